@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` and `make test`. Each creates or updates the
+# project's virtual environment (.venv) first, so a fresh clone needs nothing else.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: demo test bench env clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[blender,smpl,ray,dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/btdm demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf out .pytest_cache

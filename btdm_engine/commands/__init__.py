@@ -1,0 +1,1 @@
+"""Top-level commands that span several engine packages."""
