@@ -1,0 +1,228 @@
+"""Checkpoints: a folder with ``config.json`` and ``model.safetensors``; nothing is ever unpickled.
+
+``config.json``::
+
+    {"format_version": 1, "kind": "btunet" | "sr3", "model": <ModelConfig.to_dict()>,
+     "schedule": <ScheduleConfig.to_dict()>, "extra": {...}}
+
+``config.json`` is the folder's completeness marker: :func:`save_checkpoint` removes an old one
+first, writes the weights (temp file + ``os.replace``), then writes ``config.json`` the same way,
+so a folder that has ``config.json`` always holds the weights that belong to it. Loading is strict:
+every tensor must exist with the same name, shape and dtype as in the freshly built network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from btdm_engine.diffusion.schedule import ScheduleConfig
+
+FORMAT_VERSION = 1
+KINDS: tuple[str, ...] = ("btunet", "sr3")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be saved or loaded; the message names the file and problem."""
+
+
+def _check_kind(kind: str, where: str) -> None:
+    if kind not in KINDS:
+        raise CheckpointError(f"{where}: unknown model kind {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    model: nn.Module,
+    kind: str,
+    schedule_config: ScheduleConfig,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (its ``config`` and weights) and the schedule to ``directory``.
+
+    Args:
+        directory: the checkpoint folder (created if missing; an existing checkpoint is replaced).
+        model: a BTUNet or SR3 (anything with a ``config.to_dict()`` and a state dict).
+        kind: ``"btunet"`` or ``"sr3"``.
+        schedule_config: the schedule the model was trained with.
+        extra: JSON-serialisable metadata stored under ``"extra"`` (e.g. task, training step).
+
+    Returns:
+        The folder's path.
+    """
+    _check_kind(kind, "save_checkpoint")
+    config = getattr(model, "config", None)
+    if config is None or not callable(getattr(config, "to_dict", None)):
+        raise CheckpointError(f"save_checkpoint: {type(model).__name__} has no config.to_dict()")
+    if not isinstance(schedule_config, ScheduleConfig):
+        raise CheckpointError(f"save_checkpoint: schedule_config must be a ScheduleConfig, got {type(schedule_config).__name__}")
+    document = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "model": config.to_dict(),
+        "schedule": schedule_config.to_dict(),
+        "extra": {} if extra is None else extra,
+    }
+    try:
+        config_bytes = (json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"save_checkpoint: config or extra is not JSON-serialisable: {exc}") from exc
+    # clone(): tied parameters share storage, which safetensors refuses; loading re-ties them.
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / CONFIG_NAME
+    config_path.unlink(missing_ok=True)  # the folder is incomplete until config.json is back
+    _atomic_save_safetensors(folder / WEIGHTS_NAME, tensors, {"format": "pt", "kind": kind})
+    _atomic_write_bytes(config_path, config_bytes)
+    return folder
+
+
+def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and check ``config.json`` of a checkpoint folder (no weights are read)."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (the folder is not a complete checkpoint)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(document).__name__}")
+    allowed = {"format_version", "kind", "model", "schedule", "extra"}
+    unknown = sorted(set(document) - allowed)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    missing = sorted({"format_version", "kind", "model", "schedule"} - set(document))
+    if missing:
+        raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
+    if document["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {document['format_version']!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    _check_kind(document["kind"], str(path))
+    if not isinstance(document.get("extra", {}), dict):
+        raise CheckpointError(f"{path}: 'extra' must be a JSON object")
+    return document
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str], kind: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ScheduleConfig, dict[str, Any]]:
+    """Build the network a checkpoint describes and load its weights strictly.
+
+    Args:
+        directory: the checkpoint folder.
+        kind: the expected kind (``"btunet"`` / ``"sr3"``), or None to accept either.
+        device: where the model is put.
+
+    Returns:
+        ``(model, schedule_config, meta)``: the model in eval mode, the schedule, and the parsed
+        ``config.json`` (``meta["kind"]``, ``meta["extra"]``, ...).
+
+    Raises:
+        CheckpointError: naming the file and the problem (missing folder or file, invalid JSON,
+            unknown kind or config key, corrupt or truncated weights, missing / unexpected /
+            mis-shaped / wrongly typed tensors).
+    """
+    from btdm_engine.models import build_model  # the networks import torch-heavy modules
+
+    folder = Path(directory)
+    document = read_checkpoint_config(folder)
+    config_path = folder / CONFIG_NAME
+    if kind is not None:
+        _check_kind(kind, "load_checkpoint")
+        if document["kind"] != kind:
+            raise CheckpointError(f"{config_path}: holds a {document['kind']!r} model, expected {kind!r}")
+    try:
+        schedule = ScheduleConfig.from_dict(document["schedule"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: bad 'schedule': {exc}") from exc
+    try:
+        model = build_model(document["kind"], document["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: bad 'model': {exc}") from exc
+
+    weights_path = folder / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: missing")
+    try:
+        state = load_file(weights_path)  # safetensors only parses a JSON header and raw bytes
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_names(unexpected)}")
+    shapes = [
+        f"{n} {tuple(state[n].shape)} != {tuple(expected[n].shape)}"
+        for n in sorted(set(state) & set(expected))
+        if state[n].shape != expected[n].shape
+    ]
+    if shapes:
+        problems.append(f"mis-shaped tensors (file != model): {_names(shapes)}")
+    dtypes = [
+        f"{n} {state[n].dtype} != {expected[n].dtype}"
+        for n in sorted(set(state) & set(expected))
+        if state[n].dtype != expected[n].dtype
+    ]
+    if dtypes:
+        problems.append(f"wrong dtypes (file != model): {_names(dtypes)}")
+    if problems:
+        raise CheckpointError(f"{weights_path}: does not match the model in {CONFIG_NAME}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    model.eval()
+    return model, schedule, document
+
+
+def _names(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... ({len(items)} in all)"

@@ -1,0 +1,506 @@
+"""Samplers: plain, stateless functions over an x0-predicting network (k-diffusion style).
+
+Every sampler walks the same grid of log-SNR levels (:meth:`ScheduleConfig.sampling_logsnrs`)
+and moves from one level to the next with :func:`ddim_step`, which turns the network's x0
+prediction into the next state: deterministic DDIM for ``eta = 0``, the DDPM posterior
+(ancestral sampling) for ``eta = 1``. The network is wrapped once (:class:`PairDenoiser`) so
+every sampler shares one contract.
+
+- :func:`sample_bidirectional`: algorithm 1 (paper app. A), one batched network call per step.
+- :func:`sample_bidirectional_loop`: algorithm 1 written frame by frame, as the paper does; the
+  reference the batched sampler is tested against.
+- :func:`sample_unidirectional`: the autoregressive baseline (paper table 3).
+- :func:`sample_sr3`: SR3 super-resolution, streaming chunks of frames.
+
+Randomness: every draw comes from the ``generator`` argument, on the generator's device, and
+is then moved to the data's device, so a seed gives the same frames on CPU and GPU (up to float
+error). The batched and the literal sampler consume the generator identically: one ``(T, ...)``
+initial noise tensor, then (``eta > 0``) one ``(T, ...)`` noise tensor per step except the last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+import einops
+import torch
+from torch import Tensor, nn
+
+from btdm_engine.diffusion.schedule import ScheduleConfig, alpha_sigma, q_sample
+
+Callback = Callable[[str, int, "int | None"], None]
+"""``callback(stage, step, total)``: called after every network step; ``step`` counts from 1."""
+
+DIRECTIONS: tuple[str, ...] = ("forward", "backward")
+D_FORWARD = 0  # direction_a index of d_f (BTU-Net contract)
+D_BACKWARD = 1  # direction_a index of d_b
+
+
+class Cancelled(Exception):
+    """Raised by a sampler (or the fine-tuning loop) when its ``cancel`` signal is set."""
+
+
+class SamplerError(ValueError):
+    """A sampler argument that cannot be used (wrong shape, unknown option, bad value)."""
+
+
+class PairNetwork(Protocol):
+    """The BTU-Net contract (``btdm_engine.models.BTUNet.forward``)."""
+
+    def __call__(
+        self,
+        x_a: Tensor,
+        x_b: Tensor,
+        logsnr: Tensor,
+        pose_a: Tensor,
+        pose_b: Tensor,
+        appearance: Tensor | None = None,
+        direction_a: Tensor | None = None,
+        appearance_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def cancel_checker(cancel: object) -> Callable[[], bool]:
+    """Normalise ``cancel`` (None, a ``threading.Event``, or a callable returning bool)."""
+    if cancel is None:
+        return lambda: False
+    is_set = getattr(cancel, "is_set", None)
+    if callable(is_set):
+        return is_set
+    if callable(cancel):
+        return cancel  # type: ignore[return-value]
+    raise SamplerError(
+        f"cancel must be None, a threading.Event or a callable returning bool, got {type(cancel).__name__}"
+    )
+
+
+def _check_cancel(is_cancelled: Callable[[], bool], stage: str) -> None:
+    if is_cancelled():
+        raise Cancelled(f"{stage} sampling cancelled")
+
+
+def _check_eval(model: object) -> None:
+    # Dropout in training mode would draw from torch's global RNG, breaking "same seed, same frames".
+    if isinstance(model, nn.Module) and model.training:
+        raise SamplerError("the model is in training mode (dropout active); call model.eval() first")
+
+
+def _check_eta(eta: float) -> float:
+    eta = float(eta)
+    if not 0.0 <= eta <= 1.0:
+        raise SamplerError(f"eta must lie in [0, 1] (0 = DDIM, 1 = ancestral), got {eta}")
+    return eta
+
+
+def _check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SamplerError(f"{name} must be a positive int, got {value!r}")
+
+
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``device``."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
+
+
+def ddim_step(x: Tensor, x0: Tensor, logsnr_s: Tensor, logsnr_t: Tensor, eta: float, noise: Tensor | None) -> Tensor:
+    """Move ``x`` from level lambda_s to the cleaner level lambda_t > lambda_s given x0.
+
+    1. lambda -> alpha, sigma (eq. 2); the eps that ``x0`` implies at lambda_s.
+    2. DDIM (Song et al. 2020a, eq. 12) in log-SNR form: x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps
+       + c z, with c^2 = eta^2 (1 - r) sigma_t^2 and r = exp(lambda_s - lambda_t) = SNR_s / SNR_t.
+       eta = 1 makes this the DDPM posterior q(x_t | x_s, x0) (Kingma et al. 2021, eq. 33),
+       eta = 0 the deterministic DDIM update.
+    3. lambda_t = +inf (the last step) returns x0 itself.
+    """
+    if math.isinf(float(logsnr_t)):
+        return x0
+    alpha_s, sigma_s = alpha_sigma(logsnr_s)
+    alpha_t, sigma_t = alpha_sigma(logsnr_t)
+    eps = (x - alpha_s * x0) / sigma_s
+    one_minus_r = -torch.expm1(logsnr_s - logsnr_t)
+    c = eta * sigma_t * one_minus_r.sqrt()
+    out = alpha_t * x0 + (sigma_t.square() - c.square()).clamp(min=0).sqrt() * eps
+    if eta > 0:
+        if noise is None:
+            raise SamplerError("ddim_step with eta > 0 needs a noise tensor")
+        out = out + c * noise
+    return out
+
+
+class PairDenoiser:
+    """The BTU-Net wrapped once for sampling: fixed pose/appearance conditioning, branch a's x0.
+
+    ``__call__(state, idx_a, idx_b, logsnr, direction)`` runs the weight-shared pair pass on frames
+    ``state[idx_a]`` (branch a, the frames being updated) and ``state[idx_b]`` (branch b, their
+    neighbours) with their pose maps, and returns branch a's x0 prediction, clipped to [-1, 1]
+    (the data range; static thresholding as in Imagen) unless ``clip_x0`` is False.
+    """
+
+    def __init__(self, model: PairNetwork, poses: Tensor, appearance: Tensor | None, clip_x0: bool = True) -> None:
+        _check_eval(model)
+        self.model = model
+        self.poses = poses
+        self.appearance = appearance
+        self.clip_x0 = clip_x0
+        self.calls = 0
+
+    def __call__(
+        self, x_a: Tensor, x_b: Tensor, idx_a: Tensor, idx_b: Tensor, logsnr: Tensor, direction: int
+    ) -> Tensor:
+        b = x_a.shape[0]
+        device = x_a.device
+        appearance = None
+        if self.appearance is not None:
+            appearance = einops.repeat(self.appearance, "c h w -> b c h w", b=b)
+        x0_a, _ = self.model(
+            x_a,
+            x_b,
+            logsnr.to(device=device, dtype=torch.float32).expand(b),
+            self.poses[idx_a],
+            self.poses[idx_b],
+            appearance,
+            torch.full((b,), direction, dtype=torch.long, device=device),
+        )
+        self.calls += 1
+        x0_a = x0_a.float()
+        return x0_a.clamp(-1.0, 1.0) if self.clip_x0 else x0_a
+
+
+def _check_inputs(poses: Tensor, appearance: Tensor | None) -> None:
+    if not isinstance(poses, Tensor) or poses.ndim != 4 or poses.shape[1] != 3 or poses.shape[0] < 1:
+        shape = tuple(poses.shape) if isinstance(poses, Tensor) else type(poses).__name__
+        raise SamplerError(f"poses must be a (T, 3, H, W) tensor with T >= 1, got {shape}")
+    if appearance is not None:
+        if not isinstance(appearance, Tensor) or appearance.shape != poses.shape[1:]:
+            shape = tuple(appearance.shape) if isinstance(appearance, Tensor) else type(appearance).__name__
+            raise SamplerError(f"appearance must be a (3, H, W) tensor matching poses {tuple(poses.shape[1:])}, got {shape}")
+        if appearance.device != poses.device:
+            raise SamplerError(f"appearance is on {appearance.device} but poses on {poses.device}")
+
+
+def _is_forward(step: int, start_direction: str) -> bool:
+    if start_direction not in DIRECTIONS:
+        raise SamplerError(f"start_direction {start_direction!r} is unknown; allowed: {', '.join(DIRECTIONS)}")
+    # Algorithm 1: forward when K - k is odd, i.e. steps alternate starting with start_direction.
+    return (step % 2 == 0) == (start_direction == "forward")
+
+
+def _neighbours(idx: Tensor, num_frames: int, forward: bool) -> Tensor:
+    """Algorithm 1's neighbour: t-1 in a forward step, t+1 in a backward one; ends pair with themselves."""
+    return (idx - 1).clamp(min=0) if forward else (idx + 1).clamp(max=num_frames - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Bidirectional recursive sampling (paper app. A, algorithm 1)
+
+
+@torch.no_grad()
+def sample_bidirectional(
+    model: PairNetwork,
+    poses: Tensor,
+    appearance: Tensor | None = None,
+    *,
+    steps: int = 50,
+    schedule: ScheduleConfig,
+    generator: torch.Generator,
+    eta: float = 0.0,
+    max_batch: int | None = None,
+    callback: Callback | None = None,
+    cancel: object = None,
+    start_direction: str = "forward",
+    clip_x0: bool = True,
+) -> Tensor:
+    """Generate T frames with bidirectional recursive sampling, one batched call per step.
+
+    Args:
+        model: the BTU-Net (eval mode) or anything with its ``forward`` contract.
+        poses: pose maps (T, 3, H, W) in the IUV tensor form, on the device to run on.
+        appearance: c (3, H, W) in [-1, 1], or None for the learnt null token (person-specific
+            and unconditional models).
+        steps: number of denoising steps (the paper uses 50 at test time).
+        schedule: the schedule the model was trained with.
+        generator: the source of every random draw.
+        eta: 0 = deterministic DDIM update, 1 = ancestral (DDPM posterior) sampling.
+        max_batch: frames per network call (None: all T in one call); memory grows with it.
+        callback: ``callback("bidirectional", step, steps)`` after each step.
+        cancel: a ``threading.Event`` or callable; checked before every network call, raises
+            :class:`Cancelled`.
+        start_direction: ``"forward"`` (algorithm 1) or ``"backward"``.
+        clip_x0: clip x0 predictions to [-1, 1].
+
+    Returns:
+        The denoised frames (T, 3, H, W), float32 in [-1, 1] when ``clip_x0``.
+
+    In a forward step frame t is updated from the pair (y_t^k, y_{t-1}^k) with direction d_f, in
+    a backward step from (y_t^k, y_{t+1}^k) with d_b; the neighbour is read at the same level k
+    (the state before the step), so all frames of a step are independent given that state and
+    form one batch. The first (forward) or last (backward) frame is paired with itself.
+    """
+    _check_inputs(poses, appearance)
+    _check_positive_int("steps", steps)
+    _check_positive_int("max_batch", max_batch, allow_none=True)
+    eta = _check_eta(eta)
+    _is_forward(0, start_direction)
+    is_cancelled = cancel_checker(cancel)
+    denoise = PairDenoiser(model, poses, appearance, clip_x0)
+    num_frames = poses.shape[0]
+    device = poses.device
+    chunk = max_batch or num_frames
+    logsnrs = schedule.sampling_logsnrs(steps).to(device)
+
+    # 1. Y^K: pure noise for every frame (lambda_min makes alpha ~ 0).
+    x = draw_noise(tuple(poses.shape), generator, device)
+    for i in range(steps):
+        forward = _is_forward(i, start_direction)
+        direction = D_FORWARD if forward else D_BACKWARD
+        # 2. x0 for every frame from the pair (frame, neighbour), all read from the state at level k.
+        x0 = torch.empty_like(x)
+        for start in range(0, num_frames, chunk):
+            _check_cancel(is_cancelled, "bidirectional")
+            stop = min(start + chunk, num_frames)
+            idx_a = torch.arange(start, stop, device=device)
+            idx_b = _neighbours(idx_a, num_frames, forward)  # the state tensor shifted by one frame
+            x0[start:stop] = denoise(x[start:stop], x[idx_b], idx_a, idx_b, logsnrs[i], direction)
+        # 3. level k -> k-1 for all frames at once (DDIM / ancestral, ddim_step).
+        noise = draw_noise(tuple(x.shape), generator, device) if eta > 0 and i < steps - 1 else None
+        x = ddim_step(x, x0, logsnrs[i], logsnrs[i + 1], eta, noise)
+        if callback is not None:
+            callback("bidirectional", i + 1, steps)
+    return x
+
+
+@torch.no_grad()
+def sample_bidirectional_loop(
+    model: PairNetwork,
+    poses: Tensor,
+    appearance: Tensor | None = None,
+    *,
+    steps: int = 50,
+    schedule: ScheduleConfig,
+    generator: torch.Generator,
+    eta: float = 0.0,
+    callback: Callback | None = None,
+    cancel: object = None,
+    start_direction: str = "forward",
+    clip_x0: bool = True,
+) -> Tensor:
+    """Algorithm 1 literally: one network call per frame and step (reference implementation).
+
+    Same arguments and same result as :func:`sample_bidirectional` (up to float error); it
+    exists to show and test that the batched sampler is the paper's algorithm. Frames are 1-based
+    in the comments, as in the paper.
+    """
+    _check_inputs(poses, appearance)
+    _check_positive_int("steps", steps)
+    eta = _check_eta(eta)
+    _is_forward(0, start_direction)
+    is_cancelled = cancel_checker(cancel)
+    denoise = PairDenoiser(model, poses, appearance, clip_x0)
+    num_frames = poses.shape[0]
+    device = poses.device
+    logsnrs = schedule.sampling_logsnrs(steps).to(device)
+
+    y = draw_noise(tuple(poses.shape), generator, device)  # Y^K
+    for i in range(steps):  # "for k = K-1 to 0"
+        noise_needed = eta > 0 and i < steps - 1
+        y_next = torch.empty_like(y)
+        x0 = torch.empty_like(y)
+        if _is_forward(i, start_direction):
+            # "for t = 1 to T: y_t^{k-1} = f(y_t^k, y_{t-1}^k, lambda(k), s_t, d_f)"; y_0 := y_1.
+            for t in range(num_frames):
+                _check_cancel(is_cancelled, "bidirectional")
+                prev = max(t - 1, 0)
+                a, b = torch.tensor([t], device=device), torch.tensor([prev], device=device)
+                x0[t] = denoise(y[t : t + 1], y[prev : prev + 1], a, b, logsnrs[i], D_FORWARD)[0]
+        else:
+            # "for t = T to 1: y^{k-1} = f(y^k_t, y^k_{t+1}, lambda(k), s_t, d_b)"; y_{T+1} := y_T.
+            for t in range(num_frames - 1, -1, -1):
+                _check_cancel(is_cancelled, "bidirectional")
+                nxt = min(t + 1, num_frames - 1)
+                a, b = torch.tensor([t], device=device), torch.tensor([nxt], device=device)
+                x0[t] = denoise(y[t : t + 1], y[nxt : nxt + 1], a, b, logsnrs[i], D_BACKWARD)[0]
+        noise = draw_noise(tuple(y.shape), generator, device) if noise_needed else None
+        for t in range(num_frames):
+            y_next[t] = ddim_step(y[t], x0[t], logsnrs[i], logsnrs[i + 1], eta, None if noise is None else noise[t])
+        y = y_next
+        if callback is not None:
+            callback("bidirectional", i + 1, steps)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Unidirectional (autoregressive) baseline
+
+
+@torch.no_grad()
+def sample_unidirectional(
+    model: PairNetwork,
+    poses: Tensor,
+    appearance: Tensor | None = None,
+    *,
+    steps: int = 50,
+    schedule: ScheduleConfig,
+    generator: torch.Generator,
+    eta: float = 0.0,
+    callback: Callback | None = None,
+    cancel: object = None,
+    clip_x0: bool = True,
+) -> Tensor:
+    """The autoregressive baseline: p(Y) = prod_t p(y_t | y_{t-1}, s_t) (paper sec. 3, table 3).
+
+    Frame t (t >= 2) is denoised through all ``steps`` levels in branch a (direction d_f) while
+    branch b holds the FINISHED previous frame y_{t-1}^0 with its pose s_{t-1}, exactly as
+    :func:`btdm_engine.diffusion.losses.unidirectional_loss` trains it. Frame 1 has no finished
+    predecessor and is paired with itself at the same level, as in :func:`sample_bidirectional`.
+    Frames depend on each other sequentially, so this costs T * steps network calls of one frame.
+
+    Randomness: one (T, ...) initial noise tensor, then per frame and step (eta > 0, not the
+    last step) one (1, ...) noise tensor. ``callback("unidirectional", n, T * steps)``.
+    """
+    _check_inputs(poses, appearance)
+    _check_positive_int("steps", steps)
+    eta = _check_eta(eta)
+    is_cancelled = cancel_checker(cancel)
+    denoise = PairDenoiser(model, poses, appearance, clip_x0)
+    num_frames = poses.shape[0]
+    device = poses.device
+    logsnrs = schedule.sampling_logsnrs(steps).to(device)
+    total = num_frames * steps
+
+    init = draw_noise(tuple(poses.shape), generator, device)
+    frames = torch.empty_like(init)
+    done = 0
+    for t in range(num_frames):
+        x = init[t : t + 1]
+        idx_a = torch.tensor([t], device=device)
+        idx_b = torch.tensor([max(t - 1, 0)], device=device)
+        for i in range(steps):
+            _check_cancel(is_cancelled, "unidirectional")
+            cond = x if t == 0 else frames[t - 1 : t]
+            x0 = denoise(x, cond, idx_a, idx_b, logsnrs[i], D_FORWARD)
+            noise = draw_noise(tuple(x.shape), generator, device) if eta > 0 and i < steps - 1 else None
+            x = ddim_step(x, x0, logsnrs[i], logsnrs[i + 1], eta, noise)
+            done += 1
+            if callback is not None:
+                callback("unidirectional", done, total)
+        frames[t] = x[0]
+    return frames
+
+
+# --------------------------------------------------------------------------------------------
+# SR3 super-resolution
+
+
+def _iter_batches(low_res: Tensor | Iterable[Tensor], batch: int) -> Iterator[Tensor]:
+    """Regroup single frames (3, h, w) or chunks (n, 3, h, w) into batches of ``batch`` frames."""
+    if isinstance(low_res, Tensor):
+        if low_res.ndim != 4:
+            raise SamplerError(f"low_res must be (T, 3, h, w), got {tuple(low_res.shape)}")
+        yield from low_res.split(batch)
+        return
+    pending: list[Tensor] = []
+    count = 0
+    for item in low_res:
+        if not isinstance(item, Tensor) or item.ndim not in (3, 4):
+            shape = tuple(item.shape) if isinstance(item, Tensor) else type(item).__name__
+            raise SamplerError(f"low_res items must be (3, h, w) or (n, 3, h, w) tensors, got {shape}")
+        item = item.unsqueeze(0) if item.ndim == 3 else item
+        pending.append(item)
+        count += item.shape[0]
+        while count >= batch:
+            joined = torch.cat(pending)
+            yield joined[:batch]
+            rest = joined[batch:]
+            pending = [rest] if rest.shape[0] else []
+            count = rest.shape[0]
+    if count:
+        yield torch.cat(pending)
+
+
+@torch.no_grad()
+def sample_sr3(
+    model: Callable[..., Tensor],
+    low_res: Tensor | Iterable[Tensor],
+    *,
+    steps: int = 50,
+    schedule: ScheduleConfig,
+    generator: torch.Generator,
+    resolution: int | None = None,
+    eta: float = 0.0,
+    batch: int = 8,
+    low_res_logsnr: float | None = None,
+    num_frames: int | None = None,
+    callback: Callback | None = None,
+    cancel: object = None,
+    clip_x0: bool = True,
+) -> Iterator[Tensor]:
+    """Super-resolve frames with SR3 (Saharia et al. 2022b), streaming ``batch`` frames at a time.
+
+    Args:
+        model: the SR3 network (eval mode): ``model(x, logsnr, low_res, low_res_logsnr) -> x0``.
+        low_res: (T, 3, h, w) in [-1, 1], or an iterable of (3, h, w) frames / (n, 3, h, w) chunks
+            (consumed lazily, so a long sequence is never held at high resolution).
+        steps, schedule, generator, eta, clip_x0: as in :func:`sample_bidirectional`.
+        resolution: output size; None takes ``model.config.resolution``.
+        batch: frames per network call and per yielded chunk.
+        low_res_logsnr: noise-conditioning augmentation level applied to the low-res frames at
+            inference (the model was trained with it, :func:`~btdm_engine.diffusion.losses.sr3_loss`);
+            None passes them clean.
+        num_frames: T for the callback's total when ``low_res`` has no ``len``.
+        callback: ``callback("sr3", step, total)`` after each network call, ``total`` =
+            ceil(T / batch) * steps (None when T is unknown).
+
+    Yields:
+        (n, 3, resolution, resolution) float32 chunks in input order, n <= batch.
+
+    Randomness per chunk: (n, ...) initial noise, then (n, ...) augmentation noise when
+    ``low_res_logsnr`` is set, then (n, ...) noise per step (eta > 0, not the last step).
+    """
+    _check_positive_int("steps", steps)
+    _check_positive_int("batch", batch)
+    eta = _check_eta(eta)
+    _check_eval(model)
+    is_cancelled = cancel_checker(cancel)
+    if resolution is None:
+        config = getattr(model, "config", None)
+        resolution = getattr(config, "resolution", None)
+        if resolution is None:
+            raise SamplerError("sample_sr3 needs resolution= (the model has no config.resolution)")
+    _check_positive_int("resolution", resolution)
+    if num_frames is None and hasattr(low_res, "__len__"):
+        num_frames = len(low_res)  # type: ignore[arg-type]
+    total = None if num_frames is None else math.ceil(num_frames / batch) * steps
+    logsnrs = schedule.sampling_logsnrs(steps)
+    done = 0
+    for lr in _iter_batches(low_res, batch):
+        if lr.shape[1] != 3:
+            raise SamplerError(f"low_res frames must have 3 channels, got {tuple(lr.shape)}")
+        n = lr.shape[0]
+        device = lr.device
+        lr = lr.float()
+        x = draw_noise((n, 3, resolution, resolution), generator, device)
+        aug = None
+        if low_res_logsnr is not None:
+            # Conditioning augmentation (Ho et al. 2022, CDM): the level the model saw in training.
+            aug = torch.full((n,), float(low_res_logsnr), device=device)
+            lr = q_sample(lr, aug, draw_noise(tuple(lr.shape), generator, device))
+        levels = logsnrs.to(device)
+        for i in range(steps):
+            _check_cancel(is_cancelled, "sr3")
+            x0 = model(x, levels[i].expand(n), lr, aug).float()
+            x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
+            noise = draw_noise(tuple(x.shape), generator, device) if eta > 0 and i < steps - 1 else None
+            x = ddim_step(x, x0, levels[i], levels[i + 1], eta, noise)
+            done += 1
+            if callback is not None:
+                callback("sr3", done, total)
+        yield x
+

@@ -1,0 +1,350 @@
+"""Evaluate generated sequences against ground truth: the paper's table metrics and more.
+
+**Folder layout.** ``pred`` and ``gt`` are each either one sequence (a folder of
+``<digits>.png`` frames) or a folder of sequences: every sub-folder ``<name>`` holding frames
+directly or in ``<name>/rgb/`` (the dataset layout; a dataset root with ``manifest.json`` may be
+given, its ``sequences/`` is used). Sequences are matched by name; every predicted frame must
+exist in the ground truth under the same file name, and the predicted frames of a sequence must
+be consecutive (the temporal metrics compare neighbours). Ground-truth frames without a
+prediction are not evaluated. The optional ``iuv`` folder follows the same layout (``<name>/iuv/``
+or frames directly) and gives the foreground masks ``I > 0`` of the driving pose maps.
+
+**Foreground-only** (paper sec. 4.2): with masks, the background of both prediction and ground
+truth is painted with the background colour before every metric, and SSIM, PSNR, tOF and the
+warping error are averaged over foreground pixels only (see :mod:`.image`, :mod:`.flow`).
+LPIPS, tLPIPS and FID see the background-painted images.
+
+**Aggregation.** SSIM, PSNR and LPIPS: mean over all evaluated frames (frames with an empty
+mask are skipped); tLPIPS, tOF and warping error: mean over all consecutive pairs; FID: one
+distance between the pooled Inception features of all predicted and all ground-truth frames.
+Per-sequence means are reported too.
+
+LPIPS/tLPIPS and FID need weight files (:mod:`.lpips`, :mod:`.fid`); without them they are
+reported as ``null`` with the reason, never estimated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
+from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
+from btdm_engine.metrics.frames import (
+    WHITE,
+    FrameError,
+    frame_index,
+    list_frames,
+    read_rgb,
+    resize_labels,
+    resize_rgb,
+)
+from btdm_engine.metrics.image import fill_background, psnr, ssim
+from btdm_engine.metrics.lpips import LPIPS, lpips_pairs, tlpips_per_pair
+
+REPORT_VERSION = 1
+TABLE_COLUMNS = (("ssim", "SSIM↑", 3), ("lpips", "LPIPS↓", 3), ("tlpips", "tLPIPS↓", 3), ("tof", "tOF", 2), ("fid", "FID↓", 2))
+EXTRA_COLUMNS = (("psnr", "PSNR↑", 2), ("warp_error", "Ewarp↓", 5))
+METRIC_NAMES = ("ssim", "psnr", "lpips", "tlpips", "tof", "warp_error", "fid")
+IUV_ORDERS = ("btdm", "densepose")
+
+DEFINITIONS = {
+    "ssim": "mean SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5, RGB channels averaged, values in [0,1])",
+    "psnr": "mean per-frame PSNR in dB (data range 1); 'inf' when prediction equals ground truth",
+    "lpips": "mean LPIPS v0.1 (Zhang et al. 2018) with the given weights",
+    "tlpips": "mean over consecutive pairs of |LPIPS(y_t, y_t-1) - LPIPS(g_t, g_t-1)| (Chu et al. 2020)",
+    "tof": "mean over consecutive pairs of the mean per-pixel L2 norm of flow_pred - flow_gt, pixels; DIS flow t-1 -> t",
+    "warp_error": "mean over pairs of the masked mean squared error between y_t and y_t-1 warped by the backward flow (Lai et al. 2018)",
+    "fid": "Frechet distance between Inception-v3 pool features of all predicted and all ground-truth frames",
+}
+
+
+class EvaluationError(ValueError):
+    """The prediction, ground truth or pose-map folders do not line up."""
+
+
+@dataclass
+class _Accumulator:
+    frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    features_pred: list[np.ndarray] = field(default_factory=list)
+    features_gt: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        self.frames.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
+
+    def mean(self, name: str) -> float | None:
+        if name not in self.frames:
+            return None
+        v = np.concatenate(self.frames[name])
+        v = v[~np.isnan(v)]
+        return float(v.mean()) if v.size else math.nan
+
+
+def discover_sequences(root: str | Path, kind: str) -> dict[str, Path]:
+    """Map sequence name -> frame folder under ``root`` (layout in the module docstring).
+
+    ``kind`` is the dataset sub-folder to look for (``"rgb"`` or ``"iuv"``). A root that holds
+    frames directly is one sequence named ``""``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EvaluationError(f"{root}: not a folder")
+    if (root / "manifest.json").is_file() and (root / "sequences").is_dir():
+        root = root / "sequences"
+    if any(p.suffix.lower() == ".png" for p in root.iterdir()):
+        return {"": root}
+    found: dict[str, Path] = {}
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (child / kind).is_dir():
+            found[child.name] = child / kind
+        elif any(p.suffix.lower() == ".png" for p in child.iterdir()):
+            found[child.name] = child
+    if not found:
+        raise EvaluationError(f"{root}: no frames (<digits>.png) found, neither directly nor in sub-folders")
+    return found
+
+
+def _read_masks(paths: Sequence[Path], order: str, size: tuple[int, int]) -> torch.Tensor:
+    from btdm_engine.posemaps.encoding import read_iuv_png
+
+    masks = [resize_labels(read_iuv_png(p, order=order)[..., 0], size) > 0 for p in paths]
+    return torch.from_numpy(np.stack(masks))
+
+
+def _read_sequence(paths: Sequence[Path], background: tuple[float, float, float], size: tuple[int, int] | None) -> torch.Tensor:
+    frames = []
+    for p in paths:
+        img = read_rgb(p, background)
+        if size is not None:
+            img = resize_rgb(img, size)
+        frames.append(img)
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise EvaluationError(f"{paths[0].parent}: frames differ in size: {sorted(shapes)}")
+    return rearrange(torch.from_numpy(np.stack(frames)), "t h w c -> t c h w").contiguous()
+
+
+def _chunked(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor | None, chunk: int = 32) -> np.ndarray:
+    n = next(t for t in tensors if t is not None).shape[0]
+    out = [fn(*(None if t is None else t[i : i + chunk] for t in tensors)) for i in range(0, n, chunk)]
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def evaluate(
+    pred: str | Path,
+    gt: str | Path,
+    iuv: str | Path | None = None,
+    *,
+    lpips_weights: str | Path | None = None,
+    inception_weights: str | Path | None = None,
+    size: int | None = None,
+    background: tuple[float, float, float] = WHITE,
+    iuv_order: str = "btdm",
+    flow_source: str = "gt",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compute every metric for the sequences under ``pred`` against ``gt`` (module docstring).
+
+    Args:
+        pred, gt: prediction and ground-truth folders.
+        iuv: pose-map folder for foreground masks, or None for full-frame evaluation.
+        lpips_weights, inception_weights: safetensors weight files, or None to skip those metrics.
+        size: evaluate at ``size`` x ``size`` (frames resized, masks nearest); None demands that
+            prediction and ground truth already have the same size.
+        background: RGB in [0, 1], for RGBA compositing and for painting the background.
+        iuv_order: channel order of the IUV PNGs, ``"btdm"`` (red = I) or ``"densepose"`` (blue = I).
+        flow_source: ``"gt"`` or ``"pred"``: whose flow the warping error uses.
+        progress: called with a line per sequence.
+
+    Returns:
+        The report dict written by :func:`write_report` (floats may be inf/NaN here).
+    """
+    if iuv_order not in IUV_ORDERS:
+        raise ValueError(f"unknown iuv order {iuv_order!r}; allowed: {', '.join(IUV_ORDERS)}")
+    if size is not None and size < 11:
+        raise ValueError(f"evaluation size must be at least 11 px (the SSIM window), got {size}")
+    pred_seqs = discover_sequences(pred, "rgb")
+    gt_seqs = discover_sequences(gt, "rgb")
+    iuv_seqs = discover_sequences(iuv, "iuv") if iuv is not None else None
+    if set(pred_seqs) == {""} and set(gt_seqs) != {""}:
+        raise EvaluationError(f"{pred} holds one sequence but {gt} holds several; point both at the same level")
+    missing = sorted(set(pred_seqs) - set(gt_seqs))
+    if missing:
+        raise EvaluationError(f"{gt}: no ground truth for predicted sequence(s) {', '.join(missing[:5])}")
+    if iuv_seqs is not None:
+        missing = sorted(set(pred_seqs) - set(iuv_seqs))
+        if missing:
+            raise EvaluationError(f"{iuv}: no pose maps for sequence(s) {', '.join(missing[:5])}")
+
+    lpips_model = LPIPS.from_file(lpips_weights) if lpips_weights is not None else None
+    inception = FIDInceptionV3.from_file(inception_weights) if inception_weights is not None else None
+
+    acc = _Accumulator()
+    per_sequence: dict[str, dict[str, Any]] = {}
+    resolution: tuple[int, int] | None = None
+    total_frames = 0
+    for name, pred_dir in pred_seqs.items():
+        pred_paths = list_frames(pred_dir)
+        if not pred_paths:
+            raise EvaluationError(f"{pred_dir}: no frames")
+        indices = [frame_index(p) for p in pred_paths]
+        if indices != list(range(indices[0], indices[0] + len(indices))):
+            raise EvaluationError(f"{pred_dir}: predicted frames must be consecutive, got indices {indices[:6]}...")
+        gt_dir = gt_seqs[name]
+        gt_paths = [gt_dir / p.name for p in pred_paths]
+        absent = [p.name for p in gt_paths if not p.is_file()]
+        if absent:
+            raise EvaluationError(f"{gt_dir}: missing ground-truth frame(s) {', '.join(absent[:5])}")
+        target = (size, size) if size is not None else None
+        y = _read_sequence(pred_paths, background, target)
+        g = _read_sequence(gt_paths, background, target)
+        if y.shape != g.shape:
+            raise EvaluationError(
+                f"{pred_dir}: frames are {tuple(y.shape[-2:])} px but ground truth {gt_dir} is {tuple(g.shape[-2:])}; "
+                "pass size= (--size) to evaluate both at one resolution"
+            )
+        hw = (int(y.shape[-2]), int(y.shape[-1]))
+        if resolution is not None and hw != resolution:
+            raise EvaluationError(f"{pred_dir}: {hw} px differs from the other sequences ({resolution}); use --size")
+        resolution = hw
+        mask = None
+        if iuv_seqs is not None:
+            iuv_dir = iuv_seqs[name]
+            iuv_paths = [iuv_dir / p.name for p in pred_paths]
+            absent = [p.name for p in iuv_paths if not p.is_file()]
+            if absent:
+                raise EvaluationError(f"{iuv_dir}: missing pose map(s) {', '.join(absent[:5])}")
+            mask = _read_masks(iuv_paths, iuv_order, hw)
+            y = fill_background(y, mask, background)
+            g = fill_background(g, mask, background)
+
+        seq: dict[str, Any] = {"frames": len(pred_paths)}
+        terms = {
+            "ssim": _chunked(ssim, y, g, mask),
+            "psnr": _chunked(psnr, y, g, mask),
+            "tof": tof_per_pair(y, g, mask),
+            "warp_error": warping_error_per_pair(y, g, mask, flow_source),
+        }
+        if lpips_model is not None:
+            terms["lpips"] = lpips_pairs(lpips_model, y, g).numpy()
+            terms["tlpips"] = tlpips_per_pair(lpips_model, y, g).numpy()
+        if inception is not None:
+            acc.features_pred.append(inception_features(inception, y))
+            acc.features_gt.append(inception_features(inception, g))
+        for key, values in terms.items():
+            acc.add(key, values)
+            finite = values[~np.isnan(values)]
+            seq[key] = float(finite.mean()) if finite.size else math.nan
+        per_sequence[name] = seq
+        total_frames += len(pred_paths)
+        if progress is not None:
+            progress(f"{name or Path(pred).name}: {len(pred_paths)} frames, SSIM {seq['ssim']:.4f}, tOF {seq['tof']:.3f}")
+
+    metrics: dict[str, float | None] = {k: acc.mean(k) for k in METRIC_NAMES if k != "fid"}
+    skipped: dict[str, str] = {}
+    if lpips_model is None:
+        skipped["lpips"] = skipped["tlpips"] = "no LPIPS weights given (--lpips-weights)"
+    metrics["fid"] = None
+    if inception is None:
+        skipped["fid"] = "no Inception weights given (--inception-weights)"
+    elif total_frames < 2:
+        skipped["fid"] = f"FID needs at least 2 frames, got {total_frames}"
+    else:
+        metrics["fid"] = frechet_distance(np.concatenate(acc.features_pred), np.concatenate(acc.features_gt))
+    return {
+        "format_version": REPORT_VERSION,
+        "pred": str(pred),
+        "gt": str(gt),
+        "iuv": None if iuv is None else str(iuv),
+        "foreground_only": iuv is not None,
+        "resolution": list(resolution) if resolution else None,
+        "background": list(background),
+        "flow_source": flow_source,
+        "lpips_net": None if lpips_model is None else lpips_model.net,
+        "num_sequences": len(per_sequence),
+        "num_frames": total_frames,
+        "metrics": metrics,
+        "skipped": skipped,
+        "definitions": DEFINITIONS,
+        "per_sequence": per_sequence,
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """inf -> "inf" / "-inf", NaN -> None, so the file is standard JSON."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` as standard JSON (no NaN/inf) through a temp file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    """Write an :func:`evaluate` report as JSON (atomic; inf as "inf", NaN as null)."""
+    write_json_atomic(report, path)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "n/a"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def format_table(rows: Sequence[tuple[str, dict[str, Any]]], extra: bool = True) -> str:
+    """Markdown table in the paper's format (table 1/3 columns), one row per (method, report).
+
+    With ``extra``, PSNR and the warping error follow the paper's columns. Skipped metrics show
+    ``n/a`` and a note under the table says why.
+    """
+    cols = TABLE_COLUMNS + (EXTRA_COLUMNS if extra else ())
+    width = max([len("Method")] + [len(name) for name, _ in rows])
+    lines = [
+        "| " + "Method".ljust(width) + " | " + " | ".join(title for _, title, _ in cols) + " |",
+        "|" + "-" * (width + 2) + "|" + "|".join("-" * (len(title) + 2) for _, title, _ in cols) + "|",
+    ]
+    notes: dict[str, str] = {}
+    for name, report in rows:
+        cells = []
+        for key, title, digits in cols:
+            cells.append(_fmt(report["metrics"].get(key), digits).rjust(len(title)))
+            if key in report.get("skipped", {}):
+                notes[key] = report["skipped"][key]
+        lines.append("| " + name.ljust(width) + " | " + " | ".join(cells) + " |")
+    for key, reason in notes.items():
+        lines.append(f"{key} skipped: {reason}")
+    return "\n".join(lines)

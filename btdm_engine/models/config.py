@@ -1,0 +1,126 @@
+"""Frozen-dataclass configs shared by the networks: JSON round trip, strict validation, presets.
+
+A config is born from the constructor's arguments (diffusers' habit) and saved as
+``config.json`` beside the weights; ``from_dict`` refuses anything it does not know, so a
+checkpoint can never silently load into a differently shaped network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+class ModelConfigError(ValueError):
+    """A network config has an unknown key, a missing key or a bad value (names which)."""
+
+
+class ModelConfig:
+    """Mixin for the frozen config dataclasses: ``to_dict``/``from_dict``/``preset``.
+
+    Subclasses are ``@dataclass(frozen=True)`` and define ``PRESETS: ClassVar[dict[str, dict]]``
+    holding each preset's field values (the config objects themselves are built lazily).
+    """
+
+    PRESET_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (tuples become lists) that ``from_dict`` turns back into ``self``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        """Build a config from ``to_dict``'s output (e.g. a checkpoint's ``config.json``).
+
+        Raises ModelConfigError naming unknown or missing keys and bad values.
+        """
+        name = cls.__name__
+        if not isinstance(d, Mapping):
+            raise ModelConfigError(f"{name}: expected a mapping, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ModelConfigError(f"{name}: unknown key(s) {unknown}; allowed: {known}")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ModelConfigError(f"{name}: missing key(s) {missing}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
+
+    @classmethod
+    def preset(cls: type[C], name: str) -> C:
+        """The named preset; unknown names raise ModelConfigError listing the allowed ones."""
+        if name not in cls.PRESET_FIELDS:
+            raise ModelConfigError(
+                f"{cls.__name__}: unknown preset {name!r}; allowed: {sorted(cls.PRESET_FIELDS)}"
+            )
+        return cls(**cls.PRESET_FIELDS[name])
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated like a fresh config)."""
+        known = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise ModelConfigError(
+                f"{type(self).__name__}: unknown key(s) {unknown}; allowed: {known}"
+            )
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+# --- field validators (used from __post_init__) -------------------------------------------
+
+
+def check_int(owner: str, field: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelConfigError(f"{owner}.{field}: expected an int >= {minimum}, got {value!r}")
+
+
+def check_float(owner: str, field: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ModelConfigError(f"{owner}.{field}: expected a number in [{lo}, {hi}], got {value!r}")
+
+
+def check_bool(owner: str, field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ModelConfigError(f"{owner}.{field}: expected true/false, got {value!r}")
+
+
+def check_int_tuple(owner: str, field: str, value: Any, *, allow_empty: bool = False) -> None:
+    if (
+        not isinstance(value, tuple)
+        or (not value and not allow_empty)
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise ModelConfigError(
+            f"{owner}.{field}: expected a list of positive ints, got {value!r}"
+        )
+
+
+def check_divisible(owner: str, field: str, value: int, divisor: int, divisor_name: str) -> None:
+    if value % divisor:
+        raise ModelConfigError(
+            f"{owner}.{field}: {value} channels are not divisible by {divisor_name}={divisor}"
+        )
+
+
+def level_resolutions(owner: str, resolution: int, channel_mult: tuple[int, ...]) -> list[int]:
+    """Feature resolution of each U-Net level (halved between levels); must stay integral."""
+    levels = len(channel_mult)
+    if resolution % (2 ** (levels - 1)):
+        raise ModelConfigError(
+            f"{owner}.resolution: {resolution} is not divisible by 2**{levels - 1} "
+            f"(channel_mult has {levels} levels)"
+        )
+    return [resolution // 2**i for i in range(levels)]

@@ -1,0 +1,171 @@
+"""SR3 super-resolution U-Net (Saharia et al. 2022; paper appendix B.1: 64 px -> 256 px).
+
+The same trunk as BTU-Net without pose, appearance or direction: the noisy high-res frame is
+concatenated with the bicubically upsampled low-res frame, and FiLM reads the embeddings of
+lambda and of the low-res frame's noise-augmentation level (conditioning augmentation). It
+predicts x0 like BTU-Net, so both share the diffusion code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from btdm_engine.models.config import (
+    ModelConfig,
+    ModelConfigError,
+    check_divisible,
+    check_float,
+    check_int,
+    check_int_tuple,
+    level_resolutions,
+)
+from btdm_engine.models.layers import Cond, SelfAttentionBlock, UNetTrunk, logsnr_embedding
+
+# "Clean" low-res input: the log-SNR given to the augmentation embedding when no noise was added.
+CLEAN_LOGSNR = 20.0
+
+
+class SR3InputError(ValueError):
+    """An SR3 forward argument has the wrong shape (names which)."""
+
+
+@dataclass(frozen=True)
+class SR3Config(ModelConfig):
+    """SR3 architecture. ``resolution`` is the output size, ``low_resolution`` the input's."""
+
+    resolution: int
+    low_resolution: int
+    image_channels: int = 3
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 4, 8, 8)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 4
+    dropout: float = 0.0
+    norm_groups: int = 32
+
+    PRESET_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            resolution=128, low_resolution=32, model_channels=16, channel_mult=(1, 2, 4, 4),
+            num_res_blocks=1, attention_resolutions=(), num_heads=2, norm_groups=8,
+        ),
+        "base": dict(
+            resolution=256, low_resolution=64, model_channels=32, channel_mult=(1, 2, 4, 8, 8),
+            num_res_blocks=2, attention_resolutions=(16,), num_heads=4, dropout=0.1, norm_groups=16,
+        ),
+        # SR3's 64 -> 256 model (Saharia et al. 2022, table A.1): 128 channels,
+        # multipliers (1,2,4,8,8), 3 residual blocks.
+        "paper": dict(
+            resolution=256, low_resolution=64, model_channels=128, channel_mult=(1, 2, 4, 8, 8),
+            num_res_blocks=3, attention_resolutions=(16,), num_heads=8, dropout=0.1, norm_groups=32,
+        ),
+    }
+
+    def __post_init__(self) -> None:
+        owner = "SR3Config"
+        for name in (
+            "resolution", "low_resolution", "image_channels", "model_channels",
+            "num_res_blocks", "num_heads", "norm_groups",
+        ):
+            check_int(owner, name, getattr(self, name))
+        check_int_tuple(owner, "channel_mult", self.channel_mult)
+        check_int_tuple(owner, "attention_resolutions", self.attention_resolutions, allow_empty=True)
+        check_float(owner, "dropout", self.dropout, 0.0, 1.0)
+        if self.low_resolution > self.resolution:
+            raise ModelConfigError(
+                f"{owner}.low_resolution: {self.low_resolution} exceeds resolution {self.resolution}"
+            )
+        if self.model_channels % 2:
+            raise ModelConfigError(f"{owner}.model_channels: must be even, got {self.model_channels}")
+        levels = level_resolutions(owner, self.resolution, self.channel_mult)
+        bad = [r for r in self.attention_resolutions if r not in levels]
+        if bad:
+            raise ModelConfigError(
+                f"{owner}.attention_resolutions: {bad} are not feature sizes of this U-Net; "
+                f"allowed: {levels}"
+            )
+        for mult in self.channel_mult:
+            ch = self.model_channels * mult
+            check_divisible(owner, "model_channels*channel_mult", ch, self.norm_groups, "norm_groups")
+            check_divisible(owner, "model_channels*channel_mult", ch, self.num_heads, "num_heads")
+
+
+PRESETS: dict[str, SR3Config] = {name: SR3Config.preset(name) for name in SR3Config.PRESET_FIELDS}
+
+
+class SR3(nn.Module):
+    """Conditional U-Net: concat(x, bicubic_up(low_res)) -> x0 of the high-res frame."""
+
+    def __init__(self, config: SR3Config) -> None:
+        super().__init__()
+        if not isinstance(config, SR3Config):
+            raise TypeError(f"SR3: expected an SR3Config, got {type(config).__name__}")
+        self.config = config
+        cfg = config
+        emb_dim = 4 * cfg.model_channels
+        # lambda of x and lambda of the augmentation noise on low_res, embedded alike
+        self.logsnr_mlp = nn.Sequential(
+            nn.Linear(2 * cfg.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.unet = UNetTrunk(
+            in_channels=2 * cfg.image_channels,
+            out_channels=cfg.image_channels,
+            model_channels=cfg.model_channels,
+            channel_mult=cfg.channel_mult,
+            num_res_blocks=cfg.num_res_blocks,
+            resolution=cfg.resolution,
+            attention_resolutions=cfg.attention_resolutions,
+            emb_dim=emb_dim,
+            groups=cfg.norm_groups,
+            dropout=cfg.dropout,
+            attention=lambda channels, _res: SelfAttentionBlock(channels, cfg.num_heads),
+        )
+
+    def forward(
+        self, x: Tensor, logsnr: Tensor, low_res: Tensor, low_res_logsnr: Tensor | None = None
+    ) -> Tensor:
+        """x0 prediction (B,3,H,W) of the high-res frame.
+
+        x: noisy high-res frame (B,3,H,W) at log-SNR ``logsnr`` (B,).
+        low_res: the (noise-augmented) low-res frame (B,3,h,w) in [-1, 1].
+        low_res_logsnr: (B,) log-SNR of the augmentation noise on ``low_res``; None = clean
+            (``CLEAN_LOGSNR``).
+        """
+        cfg = self.config
+        batch = x.shape[0] if x.ndim == 4 else -1
+        for name, t, size in (
+            ("x", x, cfg.resolution),
+            ("low_res", low_res, cfg.low_resolution),
+        ):
+            if t.ndim != 4 or t.shape[0] != batch or tuple(t.shape[1:]) != (cfg.image_channels, size, size):
+                raise SR3InputError(
+                    f"SR3.forward: {name} has shape {tuple(t.shape)}, expected "
+                    f"(B, {cfg.image_channels}, {size}, {size})"
+                )
+        for name, t in (("logsnr", logsnr), ("low_res_logsnr", low_res_logsnr)):
+            if t is not None and tuple(t.shape) != (batch,):
+                raise SR3InputError(
+                    f"SR3.forward: {name} has shape {tuple(t.shape)}, expected ({batch},)"
+                )
+        if low_res_logsnr is None:
+            low_res_logsnr = torch.full_like(logsnr, CLEAN_LOGSNR, dtype=torch.float32)
+
+        # 1. SR3: condition by concatenating the bicubically upsampled low-res frame
+        up = F.interpolate(low_res, size=x.shape[-2:], mode="bicubic", align_corners=False)
+        h = torch.cat([x, up.to(x.dtype)], dim=1)
+        # 2. FiLM vector from lambda (eq. 2) and the conditioning-augmentation level
+        emb = self.logsnr_mlp(
+            torch.cat(
+                [
+                    logsnr_embedding(logsnr, cfg.model_channels),
+                    logsnr_embedding(low_res_logsnr, cfg.model_channels),
+                ],
+                dim=-1,
+            )
+        )
+        return self.unet(h, Cond(emb=emb))

@@ -1,0 +1,433 @@
+"""Procedural motion library: walk, run, turn, spin, jumping jacks, dance, kick, wave.
+
+Each motion is a set of smooth (analytic, C-infinity) joint-angle curves on SMPL's skeleton,
+then placed in the world by a ground-contact solve: the body is lifted so that its lowest foot
+point touches the floor ``y = 0`` and moved horizontally so that the supporting foot does not
+slide. Locomotion speed therefore follows from the leg swing itself, not from a guessed velocity.
+
+SMPL conventions used throughout (checked by forward kinematics in tests/test_motion.py): the
+body faces +Z, the person's left is +X, Y is up; all joint frames are world-aligned at rest (the
+T-pose). Hence, about +X: hip flexion (thigh forward) is negative, knee flexion positive, ankle
+plantar flexion (toes down) positive, spine/neck flexion (lean forward) positive. About +Z: the
+left arm comes down with a negative angle, the right arm with a positive one; left leg abduction
+is positive. About +Y (root): a positive yaw turns the body towards its left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
+from btdm_engine.motion.camera import default_camera
+from btdm_engine.motion.clip import MotionClip
+from btdm_engine.motion.kinematics import world_rotations
+from btdm_engine.motion.rotations import matrix_to_axis_angle, rotation_x, rotation_y, rotation_z
+
+__all__ = ["MOTIONS", "make_motion", "pose_motion"]
+
+J = {name: i for i, name in enumerate(JOINT_NAMES)}
+TAU = 2.0 * np.pi
+# Shoulder angle that brings the T-pose arm down beside the body (about 72 degrees).
+ARM_DOWN = 1.25
+
+
+@dataclass
+class _Curves:
+    """Joint angles of one motion before world placement.
+
+    ``angles[t, j] = (ax, ay, az)`` builds joint j's local rotation as ``Rx(ax) @ Ry(ay) @ Rz(az)``
+    (Z first: arm lowering / leg abduction; then Y twist; then X flexion). The root rotation is
+    ``Ry(yaw) @ Rx @ Ry @ Rz`` of its angles, so leaning follows the facing direction.
+    """
+
+    angles: np.ndarray  # (T, 24, 3)
+    yaw: np.ndarray  # (T,)
+    hop: np.ndarray  # (T,) extra height above the ground contact, metres
+    plant: bool = True  # keep the supporting foot from sliding
+
+
+@dataclass(frozen=True)
+class _Style:
+    """Per-seed natural variation: amplitude scales, a phase offset, small posture offsets."""
+
+    legs: float
+    arms: float
+    torso: float
+    tempo: float
+    phase: float
+    head_tilt: float
+    arm_carry: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> _Style:
+        n = np.clip(rng.normal(size=7), -2.0, 2.0)
+        return cls(
+            legs=1.0 + 0.06 * n[0],
+            arms=1.0 + 0.12 * n[1],
+            torso=1.0 + 0.15 * n[2],
+            tempo=1.0 + 0.03 * n[3],
+            phase=float(rng.uniform(-0.5, 0.5)),
+            head_tilt=0.04 * n[4],
+            arm_carry=0.05 * n[5],
+        )
+
+
+def _vm(x: np.ndarray, kappa: float) -> np.ndarray:
+    """A smooth periodic bump (von Mises shape), 1 at x = 0 (mod 2 pi), near 0 far from it."""
+    return np.exp(kappa * (np.cos(x) - 1.0))
+
+
+def _smootherstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+
+
+def _standing(T: int, style: _Style) -> np.ndarray:
+    """Relaxed standing posture: arms down, elbows soft, small per-seed head and arm offsets."""
+    a = np.zeros((T, NUM_JOINTS, 3))
+    a[:, J["left_shoulder"], 2] = -(ARM_DOWN - style.arm_carry)
+    a[:, J["right_shoulder"], 2] = ARM_DOWN - style.arm_carry
+    a[:, J["left_elbow"], 1] = -0.15
+    a[:, J["right_elbow"], 1] = 0.15
+    a[:, J["head"], 2] = style.head_tilt
+    return a
+
+
+def _set_leg(a: np.ndarray, side: str, hip: np.ndarray, knee: np.ndarray, foot_pitch: np.ndarray,
+             abduct: np.ndarray | float = 0.0) -> None:
+    """Hip flexion (positive = thigh forward), knee flexion, and the foot's world pitch.
+
+    The ankle is solved so the foot ends at ``foot_pitch`` (positive = toes down) relative to the
+    pelvis: in the sagittal plane the chain's X angles add up, so ankle = pitch - (hip + knee).
+    Abduction is cancelled at the ankle so the sole stays level.
+    """
+    hip_x = -np.asarray(hip)
+    a[:, J[f"{side}_hip"], 0] = hip_x
+    a[:, J[f"{side}_knee"], 0] = knee
+    a[:, J[f"{side}_ankle"], 0] = foot_pitch - (hip_x + knee)
+    sign = 1.0 if side == "left" else -1.0
+    a[:, J[f"{side}_hip"], 2] = sign * np.asarray(abduct)
+    a[:, J[f"{side}_ankle"], 2] = -a[:, J[f"{side}_hip"], 2]
+
+
+# ---------------------------------------------------------------------------------- motions
+def _gait(t: np.ndarray, speed: float, style: _Style, run: bool) -> _Curves:
+    """Walk or run: phase phi of the left leg; its swing is phi in (-pi/2, pi/2)."""
+    T = len(t)
+    stride_hz = (1.4 if run else 0.9) * speed * style.tempo
+    phi = TAU * stride_hz * t + style.phase
+    a = _standing(T, style)
+    hip_amp = (0.62 if run else 0.42) * style.legs
+    hip_mean = 0.16 if run else 0.05
+    knee_swing = 1.75 if run else 1.05
+    knee_stance = 0.35 if run else 0.12
+    for side, ph in (("left", phi), ("right", phi + np.pi)):
+        hip = hip_mean + hip_amp * np.sin(ph)
+        # Knee: large flexion in early swing (just after toe-off), a small one after heel strike.
+        knee = 0.06 + knee_swing * _vm(ph + 0.35, 2.5) + knee_stance * _vm(ph - 2.2, 4.0)
+        # Foot: toes up at heel strike (phi ~ pi/2), level in mid stance, push-off before
+        # toe-off (phi ~ -pi/2), then held roughly level through the swing.
+        pitch = 0.6 * _vm(ph + np.pi / 2 - 0.1, 5.0) - 0.25 * _vm(ph - np.pi / 2 + 0.1, 3.0)
+        _set_leg(a, side, hip, knee, pitch, abduct=0.02)
+    # Arms counter-swing the legs: left arm back while the left leg is forward.
+    arm_amp = (0.55 if run else 0.32) * style.arms
+    a[:, J["left_shoulder"], 0] = arm_amp * np.sin(phi)
+    a[:, J["right_shoulder"], 0] = -arm_amp * np.sin(phi)
+    elbow = (1.45 if run else 0.25) + (0.15 if run else 0.2) * style.arms * np.stack(
+        [np.sin(phi + np.pi), np.sin(phi)]).clip(0.0)
+    a[:, J["left_elbow"], 1] = -elbow[0]
+    a[:, J["right_elbow"], 1] = elbow[1]
+    # Pelvis turns with the forward leg; the thorax counter-rotates so the head looks ahead.
+    a[:, 0, 1] = -(0.1 if run else 0.07) * style.torso * np.sin(phi)
+    for j in ("spine1", "spine2", "spine3"):
+        a[:, J[j], 1] = (0.04 if run else 0.025) * style.torso * np.sin(phi)
+    lean = 0.05 if run else 0.015
+    for j in ("spine1", "spine2", "spine3"):
+        a[:, J[j], 0] = lean
+    a[:, J["neck"], 0] = -2.0 * lean
+    # Running has a flight phase twice per stride, after each push-off.
+    hop = 0.05 * style.legs * np.sin(2 * phi + 0.9).clip(0.0) ** 2 if run else np.zeros(T)
+    return _Curves(a, np.zeros(T), hop)
+
+
+def _walk(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    return _gait(t, speed, style, run=False)
+
+
+def _run(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    return _gait(t, speed, style, run=True)
+
+
+def _step_in_place(a: np.ndarray, phi: np.ndarray, amount: np.ndarray, style: _Style) -> None:
+    """Alternating small steps (each foot lifted in turn) scaled by ``amount`` in [0, 1]."""
+    for side, ph in (("left", phi), ("right", phi + np.pi)):
+        lift = amount * style.legs * np.sin(ph).clip(0.0) ** 2
+        _set_leg(a, side, 0.45 * lift, 0.9 * lift, 0.1 * lift, abduct=0.03)
+
+
+def _turn(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """Turn 180 degrees to the left and back, stepping while turning (4 s cycle at speed 1)."""
+    T = len(t)
+    u = TAU * speed * t / 4.0
+    yaw = np.pi * (1.0 - np.cos(u)) / 2.0
+    a = _standing(T, style)
+    _step_in_place(a, TAU * 1.6 * speed * style.tempo * t + style.phase, 0.2 + 0.8 * np.sin(u) ** 2, style)
+    # Head leads the turn a little.
+    a[:, J["neck"], 1] = 0.15 * style.torso * np.sin(u)
+    a[:, J["left_shoulder"], 0] = 0.1 * style.arms * np.sin(u)
+    a[:, J["right_shoulder"], 0] = -0.1 * style.arms * np.sin(u)
+    return _Curves(a, yaw, np.zeros(T))
+
+
+def _spin(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """A full 360-degree turn in place every 4 s / speed (UBC Fashion style), pausing facing front."""
+    T = len(t)
+    u = TAU * speed * t / 4.0
+    yaw = u - np.sin(u)  # rate ~ 1 - cos u: starts and ends each turn at rest, facing +Z
+    a = _standing(T, style)
+    # Arms held slightly away from the body, as models do to show a garment.
+    a[:, J["left_shoulder"], 2] += 0.25 * style.arms
+    a[:, J["right_shoulder"], 2] -= 0.25 * style.arms
+    _step_in_place(a, TAU * 1.6 * speed * style.tempo * t + style.phase, 0.15 + 0.6 * (1 - np.cos(u)) / 2, style)
+    return _Curves(a, yaw, np.zeros(T))
+
+
+def _jumping_jacks(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """Jump out to legs apart / arms overhead and back, one jack per 1.1 s at speed 1."""
+    T = len(t)
+    u = TAU * speed * style.tempo * t / 1.1
+    s = (1.0 - np.cos(u)) / 2.0  # 0 = together, 1 = spread
+    a = _standing(T, style)
+    # Knees bend when landing (s = 0 or 1) and straighten in the air.
+    land = np.cos(u) ** 2
+    for side in ("left", "right"):
+        _set_leg(a, side, 0.25 * land, 0.5 * land, 0.0, abduct=0.04 + 0.32 * style.legs * s)
+    raise_ = (ARM_DOWN + 1.45 * style.arms) * s
+    a[:, J["left_shoulder"], 2] += raise_
+    a[:, J["right_shoulder"], 2] -= raise_
+    a[:, J["left_collar"], 2] = 0.25 * s
+    a[:, J["right_collar"], 2] = -0.25 * s
+    a[:, J["left_elbow"], 1] = -0.15 * (1 - s)
+    a[:, J["right_elbow"], 1] = 0.15 * (1 - s)
+    hop = 0.08 * style.legs * np.sin(u) ** 2  # airborne between the two landing poses
+    return _Curves(a, np.zeros(T), hop)
+
+
+def _dance(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """Side-to-side sway on a 2 Hz beat with bouncing knees, torso twist and alternating arm swings."""
+    T = len(t)
+    phi = TAU * 0.5 * speed * style.tempo * t + style.phase  # one sway (two beats) per second
+    beat = 2.0 * phi
+    a = _standing(T, style)
+    bounce = 0.3 * style.legs * (1.0 - np.cos(beat)) / 2.0
+    # Legs tilt together, so with the feet planted the pelvis sways about 7 cm each way.
+    sway = -0.085 * style.legs * np.sin(phi)
+    for side in ("left", "right"):
+        abduct = 0.1 + (sway if side == "left" else -sway)
+        _set_leg(a, side, 0.5 * bounce, bounce, 0.0, abduct=abduct)
+    a[:, 0, 2] = 0.06 * style.torso * np.sin(phi)  # hips roll with the sway
+    for j in ("spine1", "spine2", "spine3"):
+        a[:, J[j], 2] = -0.06 * style.torso * np.sin(phi)
+        a[:, J[j], 1] = 0.09 * style.torso * np.sin(phi + 0.5)
+    # Arms: each swings forward and up in turn, elbows bent, on the sway.
+    up_l = style.arms * (1.0 + np.sin(phi)) / 2.0
+    up_r = style.arms * (1.0 - np.sin(phi)) / 2.0
+    a[:, J["left_shoulder"], 0] = -1.2 * up_l
+    a[:, J["right_shoulder"], 0] = -1.2 * up_r
+    a[:, J["left_shoulder"], 2] += 0.5 * up_l
+    a[:, J["right_shoulder"], 2] -= 0.5 * up_r
+    a[:, J["left_elbow"], 1] = -(0.4 + 0.9 * up_l)
+    a[:, J["right_elbow"], 1] = 0.4 + 0.9 * up_r
+    a[:, J["left_wrist"], 2] = 0.3 * np.sin(beat)
+    a[:, J["right_wrist"], 2] = -0.3 * np.sin(beat)
+    a[:, J["neck"], 0] = 0.08 * np.sin(beat)  # nod on the beat
+    a[:, J["head"], 2] += 0.06 * np.sin(phi)
+    return _Curves(a, np.zeros(T), np.zeros(T))
+
+
+def _kick(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """Front snap kicks from a guard stance, alternating legs, one every 2 s at speed 1."""
+    T = len(t)
+    cycles = speed * style.tempo * t / 2.0
+    u = cycles % 1.0
+    env = np.sin(np.pi * u) ** 2  # zero with zero slope between kicks, so switching legs is smooth
+    snap = np.exp(-(((u - 0.5) / 0.09) ** 2))
+    kicking_right = (np.floor(cycles).astype(int) % 2) == 0
+    a = _standing(T, style)
+    for side, active in (("right", kicking_right), ("left", ~kicking_right)):
+        e = np.where(active, env, 0.0)
+        sn = np.where(active, snap, 0.0)
+        support = np.where(active, 0.0, env)
+        hip = 1.45 * style.legs * e + 0.1 * support
+        knee = 0.15 + 2.0 * e - 1.9 * sn + 0.2 * support
+        pitch = 0.5 * sn - 0.1 * e
+        _set_leg(a, side, hip, knee, pitch, abduct=0.06)
+    # Guard: fists up in front of the chest; the torso leans back to balance the kick.
+    for side, sign in (("left", -1.0), ("right", 1.0)):
+        a[:, J[f"{side}_shoulder"], 2] = -sign * (ARM_DOWN - 0.35)
+        a[:, J[f"{side}_shoulder"], 0] = -0.7 * style.arms
+        a[:, J[f"{side}_elbow"], 1] = sign * 1.9
+    for j in ("spine1", "spine2"):
+        a[:, J[j], 0] = -0.1 * style.torso * env
+    a[:, J["neck"], 0] = 0.15 * env
+    return _Curves(a, np.zeros(T), np.zeros(T))
+
+
+def _wave(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """Raise the right hand, wave it side to side at 2 Hz, lower it again before the clip ends."""
+    T = len(t)
+    rise = 0.8 / speed
+    if duration < 2.5 * rise:  # too short to lower again: keep the hand up after raising it
+        r = _smootherstep(t / rise)
+    else:
+        r = _smootherstep(t / rise) * _smootherstep((duration - t) / rise)
+    wag = 0.4 * style.arms * np.sin(TAU * 2.0 * speed * style.tempo * t + style.phase) * r
+    a = _standing(T, style)
+    a[:, J["right_shoulder"], 2] = (ARM_DOWN - style.arm_carry) * (1 - r) - 0.35 * r
+    a[:, J["right_shoulder"], 0] = -0.3 * r
+    a[:, J["right_elbow"], 1] = 0.15 * (1 - r)
+    a[:, J["right_elbow"], 2] = -1.55 * r + wag
+    a[:, J["right_wrist"], 2] = 0.3 * wag
+    # Weight settles onto one leg and the head tilts towards the waving hand.
+    a[:, J["head"], 2] -= 0.08 * r
+    a[:, 0, 2] = 0.03 * r
+    return _Curves(a, np.zeros(T), np.zeros(T))
+
+
+_GENERATORS: dict[str, Callable[[np.ndarray, float, _Style, float], _Curves]] = {
+    "walk": _walk,
+    "run": _run,
+    "turn": _turn,
+    "spin": _spin,
+    "jumping_jacks": _jumping_jacks,
+    "dance": _dance,
+    "kick": _kick,
+    "wave": _wave,
+}
+MOTIONS: tuple[str, ...] = tuple(_GENERATORS)
+
+
+# ---------------------------------------------------------------------------------- assembly
+def _local_matrices(curves: _Curves) -> np.ndarray:
+    a = curves.angles
+    mats = rotation_x(a[..., 0]) @ rotation_y(a[..., 1]) @ rotation_z(a[..., 2])
+    mats[:, 0] = rotation_y(curves.yaw) @ mats[:, 0]
+    return mats
+
+
+def pose_motion(
+    name: str, seconds: float = 4.0, fps: float = 30.0, speed: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The joint-space part of :func:`make_motion`: poses (T, 24, 3), root yaw (T,), hop (T,), plant.
+
+    No body model is needed; world placement (ground contact, translation) happens in
+    :func:`make_motion`.
+    """
+    if name not in _GENERATORS:
+        raise ValueError(f"unknown motion {name!r}; allowed: {', '.join(MOTIONS)}")
+    for label, value in (("seconds", seconds), ("fps", fps), ("speed", speed)):
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{label} must be a positive number, got {value}")
+    T = max(1, int(round(seconds * fps)))
+    t = np.arange(T) / fps
+    style = _Style.draw(np.random.default_rng(seed))
+    curves = _GENERATORS[name](t, float(speed), style, T / fps)
+    poses = matrix_to_axis_angle(_local_matrices(curves))
+    return poses, curves.yaw, curves.hop, curves.plant
+
+
+@dataclass
+class _Feet:
+    """Contact points on the soles: heel (under the ankle) and ball (under the toe joint)."""
+
+    joint: list[int] = field(default_factory=lambda: [J["left_ankle"], J["left_foot"],
+                                                      J["right_ankle"], J["right_foot"]])
+    offset: np.ndarray = field(default_factory=lambda: np.zeros((4, 3)))
+
+
+def _ground_and_plant(
+    poses: np.ndarray, rest: np.ndarray, sole_y: float, hop: np.ndarray, plant: bool, fps: float
+) -> np.ndarray:
+    """Root translation (T, 3) that keeps the lowest sole point on y = 0 and the stance foot still.
+
+    Soft minima (softmax weights over contact heights) keep the result smooth in time.
+    """
+    feet = _Feet()
+    world = world_rotations(poses)
+    # Posed joints without translation (forward kinematics).
+    from btdm_engine.motion.kinematics import forward_kinematics
+
+    joints = forward_kinematics(poses, rest)
+    feet.offset = np.stack([[0.0, sole_y - rest[j, 1], 0.0] for j in feet.joint])
+    pts = joints[:, feet.joint] + np.einsum("tkij,kj->tki", world[:, feet.joint], feet.offset)
+    height = pts[..., 1]
+    tau = 0.01  # metres: how soft the choice of the lowest point is
+    w = np.exp(-(height - height.min(axis=1, keepdims=True)) / tau)
+    w /= w.sum(axis=1, keepdims=True)
+    ground = (w * height).sum(axis=1)
+    trans = np.zeros((len(poses), 3))
+    trans[:, 1] = -ground + hop
+    if plant and len(poses) > 1:
+        # Velocity of the material points in contact (not of the moving contact location), so a
+        # foot rolling from heel to ball does not push the body backwards.
+        vel = np.gradient(pts, 1.0 / fps, axis=0)
+        v_support = (w[..., None] * vel).sum(axis=1)
+        dt = 1.0 / fps
+        v = -v_support[:, [0, 2]]
+        trans[1:, [0, 2]] = np.cumsum(0.5 * (v[1:] + v[:-1]) * dt, axis=0)
+    return trans
+
+
+def make_motion(
+    name: str,
+    seconds: float = 4.0,
+    fps: float = 30.0,
+    speed: float = 1.0,
+    seed: int = 0,
+    betas: np.ndarray | None = None,
+    *,
+    width: int = 256,
+    height: int = 256,
+    body_model: str = "mannequin",
+    fov_deg: float = 40.0,
+    margin: float = 0.05,
+) -> MotionClip:
+    """A procedural motion from :data:`MOTIONS` as a MotionClip, framed by the default camera.
+
+    Args:
+        name: one of :data:`MOTIONS`.
+        seconds, fps: clip length and frame rate (``round(seconds * fps)`` frames).
+        speed: tempo multiplier (2.0 = twice as fast).
+        seed: natural variation (amplitudes, phase, posture); same seed, same clip.
+        betas: body shape (10,), zeros by default.
+        width, height: image size of the attached camera.
+        body_model: body used to place the feet on the floor and to frame the whole mesh.
+        fov_deg, margin: passed to :func:`btdm_engine.motion.camera.default_camera`.
+
+    The body stands on the floor ``y = 0`` and starts facing +Z; the camera is static, in front.
+    """
+    from btdm_engine.body import load_body_model
+    from btdm_engine.motion.kinematics import rest_joints
+
+    poses, yaw, hop, plant = pose_motion(name, seconds, fps, speed, seed)
+    betas = np.zeros(NUM_BETAS) if betas is None else np.asarray(betas, dtype=np.float64)
+    if betas.shape != (NUM_BETAS,):
+        raise ValueError(f"betas must have shape ({NUM_BETAS},), got {betas.shape}")
+    body = load_body_model(body_model)
+    rest = rest_joints(body, betas)
+    rest_verts, _ = body.forward(
+        np.zeros((1, NUM_JOINTS, 3), np.float32), betas.astype(np.float32), np.zeros((1, 3), np.float32)
+    )
+    sole_y = float(np.asarray(rest_verts)[0, :, 1].min())
+    trans = _ground_and_plant(poses, rest, sole_y, hop, plant, fps)
+    verts, _ = body.forward(poses.astype(np.float32), betas.astype(np.float32), trans.astype(np.float32))
+    facing = rotation_y(yaw[0]) @ np.array([0.0, 0.0, 1.0])
+    K, w2c = default_camera(np.asarray(verts), width, height, fov_deg=fov_deg, margin=margin,
+                            direction=-facing)
+    return MotionClip(
+        fps=float(fps), poses=poses, trans=trans, betas=betas, body_model=body_model,
+        K=K, width=width, height=height, world_to_cam=w2c,
+    )

@@ -1,0 +1,452 @@
+"""The ``Animator``: pose maps (+ an appearance image) -> frames, through BTU-Net and SR3.
+
+The denoising loops live in :mod:`btdm_engine.diffusion.samplers`; this module prepares the
+inputs, optionally fine-tunes a copy of the BTU-Net on the appearance image (paper sec. 3.3),
+runs the low-resolution sampler over the whole sequence and streams the SR3 stage.
+
+Tasks (paper sec. 3.3), all sampled with bidirectional recursive sampling (app. A):
+
+* single-image animation: ``appearance`` given (optionally with ``finetune_steps`` and the
+  image's own pose map ``appearance_iuv``, g(c) in the paper);
+* person-specific animation: a model trained on one person's video without c; call with
+  ``appearance=None``;
+* unconditional animation: a model trained with c = empty; call with ``appearance=None``.
+  Without c the BTU-Net uses its learnt null token in both cases.
+
+Devices: CUDA when present (network calls under bf16 autocast), else CPU float32. Every random
+draw goes through a ``torch.Generator`` on the CPU seeded from ``seed`` (one per stage, derived
+with ``numpy.random.SeedSequence``), so the same seed gives the same frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from btdm_engine.checkpoints import load_checkpoint
+from btdm_engine.diffusion.losses import bidirectional_loss
+from btdm_engine.diffusion.samplers import (
+    Callback,
+    Cancelled,
+    cancel_checker,
+    sample_bidirectional,
+    sample_sr3,
+    sample_unidirectional,
+)
+from btdm_engine.diffusion.schedule import ScheduleConfig
+from btdm_engine.metrics.frames import resize_labels, resize_rgb
+from btdm_engine.posemaps.encoding import iuv_to_tensor, validate_iuv
+
+SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")
+
+# Conservative activation estimate for one frame of a network call, per output pixel: the
+# pair's two branches times the float32 feature maps of a U-Net of these sizes. Used only to
+# pick a default ``max_batch`` from a memory budget; pass ``max_batch`` to override.
+_BYTES_PER_PIXEL = 2 * 4 * 2048
+_CPU_BUDGET_BYTES = 1 << 30
+
+
+class AnimatorError(ValueError):
+    """Bad input to the Animator (the message names the argument and the problem)."""
+
+
+def _stage_seed(seed: int, stage: int) -> int:
+    """Independent seed per stage, so e.g. fine-tuning steps never shift the sampling noise."""
+    return int(np.random.SeedSequence([seed, stage]).generate_state(1, dtype=np.uint64)[0])
+
+
+def _generator(seed: int, stage: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(_stage_seed(seed, stage))
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def max_batch_for(resolution: int, device: torch.device) -> int:
+    """Frames per network call that fit a memory budget (half the free GPU memory, 1 GiB on CPU)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = free // 2
+    else:
+        budget = _CPU_BUDGET_BYTES
+    return max(1, int(budget // (_BYTES_PER_PIXEL * resolution * resolution)))
+
+
+def resize_pose_maps(poses: Tensor, size: int) -> Tensor:
+    """Pose maps in tensor form (..., 3, H, W) resized to (size, size) with NEAREST sampling.
+
+    ``mode="nearest"`` picks source pixel floor(i * H / size), the same pixel as
+    ``cv2.INTER_NEAREST`` in :func:`btdm_engine.metrics.frames.resize_labels`, which the training
+    datasets use, so labels never blend and inference sees what training saw.
+    """
+    if poses.shape[-2:] == (size, size):
+        return poses
+    lead = poses.shape[:-3]
+    flat = poses.reshape(-1, *poses.shape[-3:])
+    out = F.interpolate(flat, size=(size, size), mode="nearest")
+    return out.reshape(*lead, 3, size, size)
+
+
+def image_to_tensor(image: np.ndarray, size: int, where: str = "appearance") -> Tensor:
+    """RGB uint8 (H, W, 3) -> float32 (3, size, size) in [-1, 1].
+
+    Resized like the training frames (:func:`btdm_engine.metrics.frames.resize_rgb`: area when
+    shrinking, bicubic when enlarging).
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise AnimatorError(f"{where}: expected an RGB uint8 array (H, W, 3), got {desc}")
+    h, w = image.shape[:2]
+    if h != w:
+        raise AnimatorError(f"{where}: expected a square image (the networks are square), got {h}x{w}")
+    rgb = resize_rgb(image.astype(np.float32) / 255.0, (size, size))
+    return rearrange(torch.from_numpy(np.ascontiguousarray(rgb)) * 2.0 - 1.0, "h w c -> c h w")
+
+
+def iuv_to_network(iuv: np.ndarray, size: int, where: str = "iuv") -> Tensor:
+    """uint8 IUV maps (..., H, W, 3) -> tensor form (..., 3, size, size), resized NEAREST first."""
+    validate_iuv(iuv, where=where)
+    lead = iuv.shape[:-3]
+    flat = iuv.reshape(-1, *iuv.shape[-3:])
+    small = np.stack([resize_labels(m, (size, size)) for m in flat])
+    return iuv_to_tensor(small.reshape(*lead, size, size, 3))
+
+
+def tensor_to_images(x: Tensor) -> np.ndarray:
+    """Float frames (B, 3, H, W) in [-1, 1] -> RGB uint8 (B, H, W, 3)."""
+    x = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return rearrange(x, "b c h w -> b h w c").numpy()
+
+
+def prepare_pose_maps(pose_maps: np.ndarray | Tensor, size: int, chunk: int = 64) -> Tensor:
+    """Pose maps -> tensor form at the network resolution (T, 3, size, size), float32, CPU.
+
+    Accepts uint8 IUV arrays (T, H, W, 3) (numpy or torch) or a float tensor already in tensor
+    form (T, 3, H, W). Converted ``chunk`` frames at a time, so full-resolution float copies of
+    a long sequence never exist at once.
+    """
+    if isinstance(pose_maps, Tensor) and pose_maps.dtype == torch.uint8:
+        pose_maps = pose_maps.cpu().numpy()
+    if isinstance(pose_maps, np.ndarray):
+        if pose_maps.ndim != 4 or pose_maps.shape[-1] != 3:
+            raise AnimatorError(f"pose_maps: expected uint8 IUV maps (T, H, W, 3), got shape {tuple(pose_maps.shape)}")
+        height, width = pose_maps.shape[1:3]
+        convert = lambda part: iuv_to_network(part, size, where="pose_maps")  # noqa: E731
+    elif isinstance(pose_maps, Tensor) and pose_maps.is_floating_point():
+        if pose_maps.ndim != 4 or pose_maps.shape[1] != 3:
+            raise AnimatorError(f"pose_maps: expected a tensor-form (T, 3, H, W) float tensor, got {tuple(pose_maps.shape)}")
+        height, width = pose_maps.shape[2:]
+        convert = lambda part: resize_pose_maps(part.detach().float().cpu(), size)  # noqa: E731
+    else:
+        raise AnimatorError(
+            f"pose_maps: expected a uint8 IUV array (T, H, W, 3) or a float tensor (T, 3, H, W), got "
+            f"{getattr(pose_maps, 'dtype', type(pose_maps).__name__)}"
+        )
+    if len(pose_maps) == 0:
+        raise AnimatorError("pose_maps: the sequence is empty")
+    if height != width:
+        raise AnimatorError(f"pose_maps: expected square maps (the networks are square), got {height}x{width}")
+    return torch.cat([convert(pose_maps[i : i + chunk]) for i in range(0, len(pose_maps), chunk)])
+
+
+class _Autocast(nn.Module):
+    """Runs the wrapped network under CUDA bf16 autocast and hands back float32 outputs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = getattr(model, "config", None)
+
+    def forward(self, *args: Any) -> Any:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = self.model(*args)
+        if isinstance(out, tuple):
+            return tuple(o.float() for o in out)
+        return out.float()
+
+
+def _autocast_for(model: nn.Module, device: torch.device) -> nn.Module:
+    return _Autocast(model).eval() if device.type == "cuda" else model
+
+
+def finetune_btunet(
+    model: nn.Module,
+    appearance: Tensor,
+    appearance_pose: Tensor,
+    schedule: ScheduleConfig,
+    *,
+    steps: int,
+    lr: float = 1e-5,
+    generator: torch.Generator,
+    batch: int = 4,
+    callback: Callback | None = None,
+    cancel: object = None,
+) -> nn.Module:
+    """Single-image test-time fine-tuning (paper sec. 3.3) on a COPY of ``model``.
+
+    The training set is Y = {c}, S = {g(c)}: every step is eq. 4 on the pair (c, c) with poses
+    (g(c), g(c)) and appearance c, ``batch`` copies with independent levels and noise. The paper
+    uses 300 steps at lr 1e-5 (app. B.1); Adam is our choice (the paper names no optimizer).
+
+    Args:
+        model: the trained BTU-Net; left untouched.
+        appearance: c (3, H, W) in [-1, 1] on the model's device.
+        appearance_pose: g(c) (3, H, W) in tensor form, same device.
+        schedule: the model's schedule.
+        steps, lr, batch: optimisation settings.
+        generator: draws levels and noise; dropout draws are seeded from it too.
+        callback: ``callback("finetune", step, steps)``.
+        cancel: checked before every step; raises :class:`Cancelled`.
+
+    Returns:
+        The fine-tuned copy, in eval mode.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise AnimatorError(f"finetune_steps must be an int >= 0, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise AnimatorError(f"finetune_lr must be a positive number, got {lr!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise AnimatorError(f"finetune batch must be a positive int, got {batch!r}")
+    is_cancelled = cancel_checker(cancel)
+    tuned = copy.deepcopy(model)
+    tuned.train()
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
+    device = appearance.device
+    c = repeat(appearance, "c h w -> b c h w", b=batch)
+    g = repeat(appearance_pose, "c h w -> b c h w", b=batch)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    # Dropout draws from torch's global RNG: fork it and seed it from the generator, so the
+    # caller's global RNG is untouched and the same seed gives the same fine-tuned weights.
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        for step in range(steps):
+            if is_cancelled():
+                raise Cancelled("fine-tuning cancelled")
+            with amp:
+                loss = bidirectional_loss(tuned, c, c, g, g, c, schedule, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if callback is not None:
+                callback("finetune", step + 1, steps)
+    return tuned.eval()
+
+
+class Animator:
+    """BTU-Net (+ optional SR3) with their schedules: pose maps in, RGB frames out.
+
+    Build with :meth:`from_pretrained` (a folder holding ``btunet/`` and optionally ``sr3/``
+    checkpoints) or directly from loaded networks.
+    """
+
+    def __init__(
+        self,
+        btunet: nn.Module,
+        schedule: ScheduleConfig,
+        sr3: nn.Module | None = None,
+        sr3_schedule: ScheduleConfig | None = None,
+        *,
+        device: str | torch.device | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if (sr3 is None) != (sr3_schedule is None):
+            raise AnimatorError("sr3 and sr3_schedule must be given together")
+        res = btunet.config.resolution
+        if sr3 is not None and sr3.config.low_resolution != res:
+            raise AnimatorError(
+                f"SR3 expects {sr3.config.low_resolution} px input but the BTU-Net makes {res} px frames"
+            )
+        self.btunet = btunet.eval()
+        self.schedule = schedule
+        self.sr3 = None if sr3 is None else sr3.eval()
+        self.sr3_schedule = sr3_schedule
+        self.meta = meta or {}
+        self.device = torch.device("cpu")
+        self.to(default_device() if device is None else device)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> Animator:
+        """Load ``directory/btunet`` and, when present, ``directory/sr3`` (checkpoint folders)."""
+        root = Path(directory)
+        if not root.is_dir():
+            raise AnimatorError(f"model folder {root} does not exist")
+        if not (root / "btunet").is_dir():
+            raise AnimatorError(f"{root}: no btunet/ checkpoint folder inside")
+        btunet, schedule, meta = load_checkpoint(root / "btunet", kind="btunet")
+        sr3 = sr3_schedule = None
+        sr3_meta: dict[str, Any] = {}
+        if (root / "sr3").exists():
+            sr3, sr3_schedule, sr3_meta = load_checkpoint(root / "sr3", kind="sr3")
+        return cls(btunet, schedule, sr3, sr3_schedule, device=device, meta={"btunet": meta, "sr3": sr3_meta})
+
+    def to(self, device: str | torch.device) -> Animator:
+        """Move the networks to ``device`` (returns self)."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise AnimatorError(f"device {device} requested but CUDA is not available")
+        self.btunet.to(device)
+        if self.sr3 is not None:
+            self.sr3.to(device)
+        self.device = device
+        return self
+
+    @property
+    def low_resolution(self) -> int:
+        """The BTU-Net's frame size."""
+        return int(self.btunet.config.resolution)
+
+    @property
+    def resolution(self) -> int:
+        """The output frame size: SR3's when present, else the BTU-Net's."""
+        return int(self.sr3.config.resolution) if self.sr3 is not None else self.low_resolution
+
+    def animate(
+        self,
+        pose_maps: np.ndarray | Tensor,
+        appearance: np.ndarray | None = None,
+        appearance_iuv: np.ndarray | None = None,
+        **options: Any,
+    ) -> np.ndarray:
+        """Generate all frames at once: uint8 RGB (T, R, R, 3), R = :attr:`resolution`.
+
+        Arguments (``steps``, ``sr_steps``, ``seed``, ``finetune_steps``, ``finetune_lr``,
+        ``sampler``, ``eta``, ``max_batch``, ``callback``, ``cancel``, ``device``, ...) as in
+        :meth:`animate_iter`.
+        """
+        return np.stack(list(self.animate_iter(pose_maps, appearance, appearance_iuv, **options)))
+
+    def animate_iter(
+        self,
+        pose_maps: np.ndarray | Tensor,
+        appearance: np.ndarray | None = None,
+        appearance_iuv: np.ndarray | None = None,
+        *,
+        steps: int = 50,
+        sr_steps: int | None = None,
+        seed: int = 0,
+        finetune_steps: int = 0,
+        finetune_lr: float = 1e-5,
+        finetune_batch: int = 4,
+        sampler: str = "bidirectional",
+        eta: float = 0.0,
+        max_batch: int | None = None,
+        sr_batch: int | None = None,
+        sr_low_res_logsnr: float | None = None,
+        callback: Callback | None = None,
+        cancel: object = None,
+        device: str | torch.device | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Generate frames one at a time (uint8 RGB (R, R, 3)), streaming the SR3 stage.
+
+        Args:
+            pose_maps: uint8 IUV maps (T, H, W, 3), square, any size (resized NEAREST to the
+                BTU-Net's resolution), or a float tensor in the IUV tensor form (T, 3, H, W).
+            appearance: the appearance image c, RGB uint8 (H, W, 3), square; None for
+                person-specific / unconditional models (the null token).
+            appearance_iuv: g(c), the IUV map of ``appearance`` (H, W, 3) uint8; needed by and
+                only used by fine-tuning.
+            steps: BTU-Net denoising steps (paper: 50).
+            sr_steps: SR3 denoising steps (None: ``steps``).
+            seed: the seed of every random draw.
+            finetune_steps: single-image fine-tuning iterations before sampling (paper: 300),
+                on a copy of the BTU-Net; 0 = none.
+            finetune_lr, finetune_batch: fine-tuning settings (paper lr: 1e-5).
+            sampler: ``"bidirectional"`` (algorithm 1) or ``"unidirectional"`` (the baseline).
+            eta: 0 = DDIM, 1 = ancestral sampling (both stages).
+            max_batch: frames per BTU-Net call (None: from a memory budget).
+            sr_batch: frames per SR3 call (None: from a memory budget).
+            sr_low_res_logsnr: SR3 conditioning-augmentation level at inference (None: clean).
+            callback: ``callback(stage, step, total)``, stages ``"finetune"``, the sampler's
+                name, ``"sr3"``.
+            cancel: ``threading.Event`` or callable; raises :class:`Cancelled` within one step.
+            device: move the networks there first (None: where they are).
+        """
+        if device is not None:
+            self.to(device)
+        if sampler not in SAMPLERS:
+            raise AnimatorError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise AnimatorError(f"seed must be an int >= 0, got {seed!r}")
+        if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
+            raise AnimatorError(f"finetune_steps must be an int >= 0, got {finetune_steps!r}")
+        if finetune_steps > 0 and (appearance is None or appearance_iuv is None):
+            raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
+        if finetune_steps == 0 and appearance_iuv is not None:
+            raise AnimatorError("appearance_iuv is only used by fine-tuning; set finetune_steps > 0 or drop it")
+        if self.sr3 is None and (sr_steps is not None or sr_batch is not None or sr_low_res_logsnr is not None):
+            raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
+        res = self.low_resolution
+        dev = self.device
+
+        # 1. inputs at the BTU-Net resolution: poses NEAREST, c and g(c) likewise.
+        poses = prepare_pose_maps(pose_maps, res).to(dev)
+        c = None if appearance is None else image_to_tensor(appearance, res).to(dev)
+        btunet: nn.Module = self.btunet
+
+        # 2. single-image fine-tuning on a copy (sec. 3.3: Y = {c}, S = {g(c)}).
+        if finetune_steps > 0 and c is not None and appearance is not None and appearance_iuv is not None:
+            if not isinstance(appearance_iuv, np.ndarray) or appearance_iuv.shape != appearance.shape:
+                raise AnimatorError(
+                    f"appearance_iuv: expected one uint8 (H, W, 3) map the size of appearance "
+                    f"{appearance.shape}, got {getattr(appearance_iuv, 'shape', type(appearance_iuv).__name__)}"
+                )
+            g = iuv_to_network(appearance_iuv, res, where="appearance_iuv").to(dev)
+            btunet = finetune_btunet(
+                btunet, c, g, self.schedule, steps=finetune_steps, lr=finetune_lr,
+                generator=_generator(seed, 0), batch=finetune_batch, callback=callback, cancel=cancel,
+            )
+
+        # 3. the low-resolution sequence (algorithm 1, or the autoregressive baseline).
+        net = _autocast_for(btunet, dev)
+        common = dict(steps=steps, schedule=self.schedule, generator=_generator(seed, 1), eta=eta,
+                      callback=callback, cancel=cancel)
+        if sampler == "bidirectional":
+            batch = max_batch if max_batch is not None else max_batch_for(res, dev)
+            low = sample_bidirectional(net, poses, c, max_batch=batch, **common)
+        else:
+            low = sample_unidirectional(net, poses, c, **common)
+        del btunet, net
+
+        # 4. SR3, streamed: only one chunk of high-resolution frames exists at a time.
+        if self.sr3 is None:
+            for frame in tensor_to_images(low):
+                yield frame
+            return
+        sr_net = _autocast_for(self.sr3, dev)
+        chunks = sample_sr3(
+            sr_net, low, steps=steps if sr_steps is None else sr_steps, schedule=self.sr3_schedule,
+            generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
+            batch=sr_batch if sr_batch is not None else max_batch_for(self.resolution, dev),
+            low_res_logsnr=sr_low_res_logsnr, callback=callback, cancel=cancel,
+        )
+        for chunk in chunks:
+            yield from tensor_to_images(chunk)
+
+
+__all__ = [
+    "SAMPLERS",
+    "Animator",
+    "AnimatorError",
+    "default_device",
+    "finetune_btunet",
+    "image_to_tensor",
+    "iuv_to_network",
+    "max_batch_for",
+    "prepare_pose_maps",
+    "resize_pose_maps",
+    "tensor_to_images",
+]

@@ -1,0 +1,143 @@
+"""Pose maps of a motion clip to disk: a resumable PNG sequence and a colour preview MP4.
+
+Layout under the output folder::
+
+    iuv/000000.png ...   one IUV map per clip frame (zero-based frame index, 6 digits)
+    preview.mp4          colour-coded preview of the frames in the requested range
+
+Every PNG is written atomically, so a file that exists with a valid PNG header and trailer for
+the requested size is complete; a rerun renders only the frames that are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from btdm_engine.body.model import BodyModel
+    from btdm_engine.motion import MotionClip
+    from btdm_engine.posemaps.atlas import Atlas
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+@dataclass(frozen=True)
+class PosemapExport:
+    """What :func:`export_posemaps` wrote.
+
+    Attributes:
+        iuv_dir: folder of the PNG sequence.
+        frames: clip frame indices covered, in order.
+        rendered: frames rendered in this call.
+        skipped: frames whose PNG was already complete.
+        preview: the preview MP4, or None when not requested.
+    """
+
+    iuv_dir: Path
+    frames: tuple[int, ...]
+    rendered: int
+    skipped: int
+    preview: Path | None
+
+    def png(self, frame: int) -> Path:
+        """Path of one frame's IUV PNG."""
+        return frame_path(self.iuv_dir, frame)
+
+
+def frame_path(iuv_dir: str | os.PathLike[str], frame: int) -> Path:
+    """``iuv_dir/NNNNNN.png`` for a zero-based frame index."""
+    return Path(iuv_dir) / f"{int(frame):06d}.png"
+
+
+def png_is_complete(path: Path, width: int, height: int) -> bool:
+    """True if ``path`` is a whole PNG (signature, IHDR of this size, IEND trailer)."""
+    try:
+        size = path.stat().st_size
+        if size < 33 + len(_PNG_IEND):
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+            fh.seek(size - len(_PNG_IEND))
+            tail = fh.read()
+    except FileNotFoundError:
+        return False
+    if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or tail != _PNG_IEND:
+        return False
+    w, h = struct.unpack(">II", head[16:24])
+    return (w, h) == (width, height)
+
+
+def export_posemaps(
+    clip: MotionClip,
+    out_dir: str | os.PathLike[str],
+    size: int | None = 256,
+    mp4: bool = True,
+    start: int = 0,
+    end: int | None = None,
+    body: BodyModel | None = None,
+    atlas: Atlas | None = None,
+    progress: bool = True,
+) -> PosemapExport:
+    """Render a clip's pose maps to ``out_dir/iuv/NNNNNN.png`` and ``out_dir/preview.mp4``.
+
+    Args:
+        clip: the motion clip.
+        out_dir: output folder (created).
+        size: output ``size`` x ``size`` pixels by rescaling the clip camera; None keeps the
+            clip's own size.
+        mp4: also write the colour-coded preview video.
+        start, end: frame range ``[start, end)``; ``end`` defaults to the clip's length.
+        body: body model; by default ``load_body_model(clip.body_model)``.
+        atlas: IUV atlas; by default the body's procedural atlas.
+        progress: show a progress bar.
+    """
+    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
+    from btdm_engine.posemaps.preview import colorize_iuv, write_mp4
+    from btdm_engine.posemaps.renderer import IUVRenderer
+
+    num_frames = clip.num_frames
+    end = num_frames if end is None else int(end)
+    if not 0 <= int(start) < end <= num_frames:
+        raise ValueError(
+            f"frame range --start {start} --end {end} is outside the clip's 0..{num_frames} "
+            "(start < end required)"
+        )
+    if size is not None:
+        if int(size) < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        clip = clip.resized(int(size), int(size))
+    if body is None:
+        from btdm_engine.body.model import load_body_model
+
+        body = load_body_model(clip.body_model)
+
+    out_dir = Path(out_dir)
+    iuv_dir = out_dir / "iuv"
+    iuv_dir.mkdir(parents=True, exist_ok=True)
+    frames = tuple(range(int(start), end))
+    todo = [t for t in frames if not png_is_complete(frame_path(iuv_dir, t), clip.width, clip.height)]
+
+    if todo:
+        with IUVRenderer(body, clip.width, clip.height, atlas=atlas) as renderer:
+            for t, iuv in zip(todo, renderer.render_clip(clip, progress=progress, frames=todo)):
+                write_iuv_png(frame_path(iuv_dir, t), iuv)
+
+    preview = None
+    if mp4:
+        maps = (colorize_iuv(read_iuv_png(frame_path(iuv_dir, t))) for t in frames)
+        preview = write_mp4(maps, out_dir / "preview.mp4", fps=clip.fps)
+    return PosemapExport(iuv_dir, frames, len(todo), len(frames) - len(todo), preview)
+
+
+def load_iuv_sequence(export: PosemapExport) -> np.ndarray:
+    """All IUV maps of an export as uint8 ``(T, H, W, 3)``."""
+    from btdm_engine.posemaps.encoding import read_iuv_png
+
+    return np.stack([read_iuv_png(export.png(t)) for t in export.frames])

@@ -1,0 +1,327 @@
+"""Samplers: algorithm 1 batched == literal loop, oracle recovery, pairing, seeds, cancel, SR3 streaming."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from btdm_engine.diffusion import (
+    Cancelled,
+    SamplerError,
+    ScheduleConfig,
+    alpha_sigma,
+    ddim_step,
+    sample_bidirectional,
+    sample_bidirectional_loop,
+    sample_sr3,
+    sample_unidirectional,
+)
+from btdm_engine.models import BTUNet, BTUNetConfig
+
+SCHEDULE = ScheduleConfig()
+RES = 8
+
+
+def coded_poses(num_frames: int, res: int = RES) -> Tensor:
+    """Pose maps whose channel 0 is a constant code of the frame index, so a model can tell frames apart."""
+    poses = torch.zeros(num_frames, 3, res, res)
+    for t in range(num_frames):
+        poses[t, 0] = frame_code(t, num_frames)
+    return poses
+
+
+def frame_code(t: int, num_frames: int) -> float:
+    return -1.0 + 2.0 * (t + 1) / (num_frames + 1)
+
+
+def decode(pose: Tensor, num_frames: int) -> Tensor:
+    codes = torch.tensor([frame_code(t, num_frames) for t in range(num_frames)])
+    return (pose[:, 0, 0, 0, None] - codes[None]).abs().argmin(dim=1)
+
+
+class Spy(nn.Module):
+    """BTU-Net-shaped module: output depends on both branches; records every call."""
+
+    def __init__(self, num_frames: int) -> None:
+        super().__init__()
+        self.num_frames = num_frames
+        self.calls: list[dict[str, Tensor]] = []
+        self.eval()
+
+    def forward(self, x_a, x_b, logsnr, pose_a, pose_b, appearance=None, direction_a=None, appearance_mask=None):
+        self.calls.append(dict(a=decode(pose_a, self.num_frames), b=decode(pose_b, self.num_frames),
+                               x_a=x_a.clone(), x_b=x_b.clone(), logsnr=logsnr.clone(), d=direction_a.clone()))
+        c = 0.0 if appearance is None else appearance
+        d = direction_a.float().reshape(-1, 1, 1, 1)
+        return (torch.tanh(0.7 * x_a + 0.4 * x_b + 0.2 * c + 0.1 * d),
+                torch.tanh(0.7 * x_b + 0.4 * x_a + 0.2 * c + 0.1 * (1 - d)))
+
+
+class Oracle(nn.Module):
+    """Returns the true x0 of each branch's frame (identified by its pose code)."""
+
+    def __init__(self, targets: Tensor) -> None:
+        super().__init__()
+        self.targets = targets
+        self.eval()
+
+    def forward(self, x_a, x_b, logsnr, pose_a, pose_b, appearance=None, direction_a=None, appearance_mask=None):
+        n = self.targets.shape[0]
+        return self.targets[decode(pose_a, n)], self.targets[decode(pose_b, n)]
+
+
+def tiny_btunet() -> BTUNet:
+    """The real tiny BTU-Net with its zero-initialised layers (residual outputs, attention
+    projections) filled with small random values, so that, like a trained network and unlike a
+    fresh one, its output depends on the neighbour frame, the direction and the appearance."""
+    torch.manual_seed(0)
+    model = BTUNet(BTUNetConfig.preset("tiny")).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+def test_the_test_network_reads_its_neighbour_and_direction() -> None:
+    model = tiny_btunet()
+    x_a, x_b, pose = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    lam = torch.zeros(2)
+    with torch.no_grad():
+        base = model(x_a, x_b, lam, pose, pose)[0]
+        other_b = model(x_a, torch.zeros_like(x_b), lam, pose, pose)[0]
+        backward = model(x_a, x_b, lam, pose, pose, None, torch.ones(2, dtype=torch.long))[0]
+    assert (base - other_b).abs().mean() > 1e-3
+    assert (base - backward).abs().mean() > 1e-3
+
+
+# ------------------------------------------------------------------------------------ algorithm 1
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("num_frames", [1, 2, 5])
+def test_batched_sampler_equals_the_literal_algorithm_1_loop(num_frames: int, eta: float) -> None:
+    model = tiny_btunet()
+    gen = torch.Generator().manual_seed(11)
+    poses = torch.rand(num_frames, 3, 32, 32, generator=gen) * 2 - 1
+    c = torch.rand(3, 32, 32, generator=gen) * 2 - 1
+    kwargs = dict(steps=3, schedule=SCHEDULE, eta=eta)
+    batched = sample_bidirectional(model, poses, c, max_batch=2, generator=torch.Generator().manual_seed(5), **kwargs)
+    loop = sample_bidirectional_loop(model, poses, c, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert batched.shape == (num_frames, 3, 32, 32)
+    assert torch.allclose(batched, loop, atol=1e-5), (batched - loop).abs().max()
+
+
+def test_batched_equals_loop_starting_backward_without_appearance() -> None:
+    model = tiny_btunet()
+    poses = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    kwargs = dict(steps=3, schedule=SCHEDULE, eta=0.5, start_direction="backward")
+    batched = sample_bidirectional(model, poses, None, generator=torch.Generator().manual_seed(1), **kwargs)
+    loop = sample_bidirectional_loop(model, poses, None, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert torch.allclose(batched, loop, atol=1e-5)
+
+
+def test_steps_alternate_and_pair_each_frame_with_its_neighbour_at_the_same_level() -> None:
+    num_frames, steps = 5, 4
+    spy = Spy(num_frames)
+    sample_bidirectional(spy, coded_poses(num_frames), None, steps=steps, schedule=SCHEDULE,
+                         generator=torch.Generator().manual_seed(0), max_batch=2)
+    assert len(spy.calls) == steps * 3  # ceil(5 / 2) network calls per step, never one per frame
+    levels = SCHEDULE.sampling_logsnrs(steps)
+    for step in range(steps):
+        calls = spy.calls[step * 3 : step * 3 + 3]
+        a = torch.cat([c["a"] for c in calls])
+        b = torch.cat([c["b"] for c in calls])
+        d = torch.cat([c["d"] for c in calls])
+        assert a.tolist() == list(range(num_frames))
+        if step % 2 == 0:  # forward: t reads t-1, the first frame reads itself, direction d_f
+            assert b.tolist() == [0, 0, 1, 2, 3] and d.tolist() == [0] * num_frames
+        else:  # backward: t reads t+1, the last frame reads itself, direction d_b
+            assert b.tolist() == [1, 2, 3, 4, 4] and d.tolist() == [1] * num_frames
+        state = torch.cat([c["x_a"] for c in calls])
+        neighbours = torch.cat([c["x_b"] for c in calls])
+        assert torch.equal(neighbours, state[b])  # the neighbour at the same level k, before the update
+        assert all(bool((c["logsnr"] == levels[step]).all()) for c in calls)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_oracle_denoiser_recovers_the_target_exactly(eta: float) -> None:
+    targets = torch.rand(4, 3, RES, RES, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    poses = coded_poses(4)
+    for sampler in (sample_bidirectional, sample_bidirectional_loop, sample_unidirectional):
+        out = sampler(Oracle(targets), poses, None, steps=6, schedule=SCHEDULE,
+                      generator=torch.Generator().manual_seed(3), eta=eta)
+        assert torch.equal(out, targets), sampler.__name__
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_keeps_the_marginal_of_eq_2(eta: float) -> None:
+    # With the true x0, any eta maps samples of q(x_s | x0) to samples of q(x_t | x0).
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000,), 0.3)
+    lam_s, lam_t = torch.tensor(-1.0), torch.tensor(2.5)
+    a_s, s_s = alpha_sigma(lam_s)
+    a_t, s_t = alpha_sigma(lam_t)
+    eps = torch.randn(x0.shape, generator=gen)
+    x_t = ddim_step(a_s * x0 + s_s * eps, x0, lam_s, lam_t, eta, torch.randn(x0.shape, generator=gen))
+    assert x_t.mean().item() == pytest.approx((a_t * 0.3).item(), abs=0.01)
+    assert x_t.std().item() == pytest.approx(s_t.item(), abs=0.01)
+    if eta == 0.0:  # deterministic DDIM keeps the very same eps
+        assert torch.allclose(x_t, a_t * x0 + s_t * eps, atol=1e-5)
+    assert torch.equal(ddim_step(eps, x0, lam_s, torch.tensor(float("inf")), eta, None), x0)
+
+
+def test_same_seed_same_frames_different_seed_different_frames() -> None:
+    model = tiny_btunet()
+    poses = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    run = lambda seed, eta: sample_bidirectional(model, poses, None, steps=2, schedule=SCHEDULE,  # noqa: E731
+                                                 generator=torch.Generator().manual_seed(seed), eta=eta)
+    assert torch.equal(run(1, 1.0), run(1, 1.0))
+    assert not torch.allclose(run(1, 1.0), run(2, 1.0), atol=1e-3)
+    assert not torch.allclose(run(1, 0.0), run(2, 0.0), atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ progress, cancel
+
+
+def test_callbacks_report_every_step_in_order() -> None:
+    seen: list[tuple] = []
+    sample_bidirectional(Spy(3), coded_poses(3), None, steps=4, schedule=SCHEDULE,
+                         generator=torch.Generator(), callback=lambda *a: seen.append(a))
+    assert seen == [("bidirectional", i, 4) for i in range(1, 5)]
+    seen.clear()
+    sample_unidirectional(Spy(3), coded_poses(3), None, steps=2, schedule=SCHEDULE,
+                          generator=torch.Generator(), callback=lambda *a: seen.append(a))
+    assert seen == [("unidirectional", i, 6) for i in range(1, 7)]
+
+
+def test_cancel_stops_within_one_step() -> None:
+    spy = Spy(5)
+    event = threading.Event()
+
+    def on_step(stage: str, step: int, total: int) -> None:
+        if step == 2:
+            event.set()
+
+    with pytest.raises(Cancelled):
+        sample_bidirectional(spy, coded_poses(5), None, steps=10, schedule=SCHEDULE, max_batch=2,
+                             generator=torch.Generator(), callback=on_step, cancel=event)
+    assert len(spy.calls) == 2 * 3  # two full steps, not one network call more
+    spy = Spy(5)
+    with pytest.raises(Cancelled):
+        sample_bidirectional_loop(spy, coded_poses(5), None, steps=10, schedule=SCHEDULE,
+                                  generator=torch.Generator(), cancel=lambda: len(spy.calls) >= 7)
+    assert len(spy.calls) == 7
+    spy = Spy(4)
+    with pytest.raises(Cancelled):
+        sample_unidirectional(spy, coded_poses(4), None, steps=10, schedule=SCHEDULE,
+                              generator=torch.Generator(), cancel=lambda: len(spy.calls) >= 3)
+    assert len(spy.calls) == 3
+    with pytest.raises(SamplerError, match="cancel must be"):
+        sample_bidirectional(Spy(1), coded_poses(1), None, steps=1, schedule=SCHEDULE,
+                             generator=torch.Generator(), cancel="yes")
+
+
+def test_bad_arguments_are_named() -> None:
+    poses = coded_poses(2)
+    gen = torch.Generator()
+    with pytest.raises(SamplerError, match="allowed: forward, backward"):
+        sample_bidirectional(Spy(2), poses, None, steps=1, schedule=SCHEDULE, generator=gen, start_direction="up")
+    with pytest.raises(SamplerError, match="eta must lie"):
+        sample_bidirectional(Spy(2), poses, None, steps=1, schedule=SCHEDULE, generator=gen, eta=1.5)
+    with pytest.raises(SamplerError, match=r"poses must be a \(T, 3, H, W\)"):
+        sample_bidirectional(Spy(2), poses[0], None, steps=1, schedule=SCHEDULE, generator=gen)
+    with pytest.raises(SamplerError, match="appearance must be"):
+        sample_bidirectional(Spy(2), poses, torch.zeros(3, 4, 4), steps=1, schedule=SCHEDULE, generator=gen)
+    with pytest.raises(SamplerError, match="max_batch"):
+        sample_bidirectional(Spy(2), poses, None, steps=1, schedule=SCHEDULE, generator=gen, max_batch=0)
+    with pytest.raises(SamplerError, match="training mode"):
+        sample_bidirectional(Spy(2).train(), poses, None, steps=1, schedule=SCHEDULE, generator=gen)
+
+
+# ------------------------------------------------------------------------------------ SR3
+
+
+class SR3Oracle(nn.Module):
+    """Knows the high-res targets; finds each frame from its (clean) low-res input."""
+
+    def __init__(self, targets: Tensor, low: Tensor) -> None:
+        super().__init__()
+        self.targets, self.low = targets, low
+        self.calls = 0
+        self.eval()
+
+    def forward(self, x, logsnr, low_res, low_res_logsnr=None):
+        self.calls += 1
+        dist = (low_res[:, None] - self.low[None]).flatten(2).abs().sum(-1)
+        return self.targets[dist.argmin(dim=1)]
+
+
+class SR3Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, logsnr, low_res, low_res_logsnr=None):
+        self.calls += 1
+        up = F.interpolate(low_res, size=x.shape[-2:], mode="bicubic", align_corners=False)
+        return torch.tanh(up + 0.3 * x)
+
+
+def test_sr3_oracle_recovers_targets_and_streams_in_chunks() -> None:
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.rand(5, 3, 16, 16, generator=gen) * 2 - 1
+    low = F.avg_pool2d(targets, 2)
+    chunks = list(sample_sr3(SR3Oracle(targets, low), low, steps=4, schedule=SCHEDULE, resolution=16,
+                             generator=torch.Generator().manual_seed(1), eta=1.0, batch=2))
+    assert [c.shape[0] for c in chunks] == [2, 2, 1]
+    assert torch.equal(torch.cat(chunks), targets)
+
+
+def test_sr3_consumes_its_input_lazily_and_matches_the_tensor_path() -> None:
+    low = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pulled: list[int] = []
+
+    def frames():
+        for i, frame in enumerate(low):
+            pulled.append(i)
+            yield frame
+
+    seen: list[tuple] = []
+    stream = sample_sr3(SR3Toy().eval(), frames(), steps=3, schedule=SCHEDULE, resolution=16, num_frames=5,
+                        generator=torch.Generator().manual_seed(2), batch=2, callback=lambda *a: seen.append(a))
+    first = next(stream)
+    assert first.shape == (2, 3, 16, 16) and len(pulled) <= 3  # never reads the whole sequence ahead
+    streamed = torch.cat([first, *stream])
+    whole = torch.cat(list(sample_sr3(SR3Toy().eval(), low, steps=3, schedule=SCHEDULE, resolution=16,
+                                      generator=torch.Generator().manual_seed(2), batch=2)))
+    assert torch.equal(streamed, whole)
+    assert seen == [("sr3", i, 9) for i in range(1, 10)]
+
+
+def test_sr3_cancel_and_augmentation() -> None:
+    low = torch.zeros(4, 3, 8, 8)
+    toy = SR3Toy().eval()
+    event = threading.Event()
+    stream = sample_sr3(toy, low, steps=5, schedule=SCHEDULE, resolution=16, generator=torch.Generator(),
+                        batch=2, cancel=event, callback=lambda *a: event.set())
+    with pytest.raises(Cancelled):
+        list(stream)
+    assert toy.calls == 1
+    # conditioning augmentation at inference: the model sees a noised low-res frame and its level
+    seen: dict[str, Tensor] = {}
+
+    class Probe(SR3Toy):
+        def forward(self, x, logsnr, low_res, low_res_logsnr=None):
+            seen.update(low_res=low_res, level=low_res_logsnr)
+            return super().forward(x, logsnr, low_res, low_res_logsnr)
+
+    list(sample_sr3(Probe().eval(), low, steps=1, schedule=SCHEDULE, resolution=16, generator=torch.Generator(),
+                    batch=4, low_res_logsnr=1.0))
+    assert torch.equal(seen["level"], torch.full((4,), 1.0))
+    assert seen["low_res"].std().item() == pytest.approx(alpha_sigma(torch.tensor(1.0))[1].item(), abs=0.05)

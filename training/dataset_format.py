@@ -1,0 +1,498 @@
+"""The on-disk dataset layout (synthetic set and converted real video): reader, validator, writer.
+
+Layout (``format_version`` 1)::
+
+    <root>/
+      manifest.json
+      sequences/<id>/
+        rgb/000000.png ... rgb/{N-1:06d}.png   frames: 8-bit RGB or RGBA PNG (alpha is composited
+                                                onto the training background colour when read)
+        iuv/000000.png ... iuv/{N-1:06d}.png   pose maps: IUV PNG in the project's "btdm" order
+                                                (red = I, green = round(255 U), blue = round(255 V)),
+                                                written with btdm_engine.posemaps.encoding.write_iuv_png
+        clip.npz                               the MotionClip (btdm_engine.motion.MotionClip) that
+                                                drove the frames; exactly N frames
+        meta.json                              a JSON object of free-form facts about the sequence
+                                                (character, garment, motion, seeds, ...)
+
+Frame names are six digits, zero-based and without gaps; rgb/ and iuv/ hold the same N frames and
+nothing else (hidden files such as ``.name.tmp`` left by an interrupted atomic write are
+ignored). Every rgb and iuv frame is ``resolution`` = [height, width] pixels.
+
+``manifest.json``::
+
+    {
+      "format_version": 1,
+      "resolution": [256, 256],                # [height, width] of every frame, pixels
+      "fps": 30.0,
+      "splits": {"train": ["s000", ...], "test": ["s017", ...]},
+      "sequences": {
+        "s000": {
+          "character": "char_03",              # the person; the split is by character
+          "motion": "dance_02",                # optional
+          "num_frames": 120,
+          "checksums": {"rgb/000000.png": "<sha256 hex>", ..., "iuv/...": "...",
+                        "clip.npz": "...", "meta.json": "..."}
+        }, ...
+      },
+      "info": {...}                            # optional free-form object (generator, preset, seed)
+    }
+
+Rules the validator enforces (errors name the file, the field and the sequence):
+
+* ``splits`` has ``train`` and ``test`` (``val`` optional); every sequence is in exactly one
+  split; a character's sequences all lie in one split, so test people are never seen in
+  training.
+* sequence ids match ``[A-Za-z0-9][A-Za-z0-9_.-]*``; ``num_frames >= 1``; ``checksums`` lists
+  exactly the sequence's files (rgb and iuv frames, ``clip.npz``, ``meta.json``) with lowercase
+  SHA-256 hex digests.
+* With files checked: the folders and files exist as listed, frame sizes equal ``resolution``
+  (first frame of each folder), ``meta.json`` is a JSON object and ``clip.npz`` loads as a
+  MotionClip of ``num_frames`` frames; with ``verify_checksums`` every file's digest is
+  recomputed.
+
+Writers build :class:`SequenceRecord` with :meth:`SequenceRecord.from_folder` after the sequence's
+files are complete and call :func:`write_manifest` last (atomically), so a dataset with a manifest
+is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SEQUENCES_DIR = "sequences"
+SPLIT_NAMES = ("train", "test", "val")
+REQUIRED_SPLITS = ("train", "test")
+FRAME_DIGITS = 6
+IUV_ORDER = "btdm"
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_MANIFEST_KEYS = {"format_version", "resolution", "fps", "splits", "sequences", "info"}
+_SEQUENCE_KEYS = {"character", "motion", "num_frames", "checksums"}
+
+
+class DatasetFormatError(ValueError):
+    """A dataset breaks the layout; the message names the file, the field and the sequence."""
+
+
+def frame_name(index: int) -> str:
+    """File name of frame ``index``: six digits, zero-based (``000007.png``)."""
+    return f"{index:0{FRAME_DIGITS}d}.png"
+
+
+def expected_files(num_frames: int) -> list[str]:
+    """The relative paths a sequence of ``num_frames`` frames must hold, in checksum order."""
+    frames = [frame_name(i) for i in range(num_frames)]
+    return [f"rgb/{f}" for f in frames] + [f"iuv/{f}" for f in frames] + ["clip.npz", "meta.json"]
+
+
+def sha256_file(path: str | Path) -> str:
+    """Lowercase SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SequenceRecord:
+    """One sequence's manifest entry."""
+
+    id: str
+    character: str
+    num_frames: int
+    checksums: Mapping[str, str] = field(repr=False)
+    motion: str | None = None
+
+    @classmethod
+    def from_folder(cls, root: str | Path, seq_id: str, character: str, motion: str | None = None) -> "SequenceRecord":
+        """Count the frames of ``root/sequences/<seq_id>`` and hash its files.
+
+        The folder must already be complete: rgb/ and iuv/ with the same consecutive frames,
+        ``clip.npz`` and ``meta.json``.
+        """
+        folder = Path(root) / SEQUENCES_DIR / seq_id
+        rgb = _frame_files(folder / "rgb", seq_id)
+        iuv = _frame_files(folder / "iuv", seq_id)
+        if rgb != iuv:
+            raise DatasetFormatError(
+                f"{folder}: rgb/ has {len(rgb)} frames and iuv/ {len(iuv)}; they must hold the same frame names"
+            )
+        _check_consecutive(rgb, folder / "rgb")
+        checksums = {}
+        for rel in expected_files(len(rgb)):
+            path = folder / rel
+            if not path.is_file():
+                raise DatasetFormatError(f"{path}: missing (sequence {seq_id!r})")
+            checksums[rel] = sha256_file(path)
+        record = cls(id=seq_id, character=character, num_frames=len(rgb), checksums=checksums, motion=motion)
+        record.check(f"sequence {seq_id!r}")
+        return record
+
+    def check(self, where: str) -> None:
+        """Validate the record's own fields (not the files)."""
+        if not isinstance(self.id, str) or not _ID.match(self.id):
+            raise DatasetFormatError(f"{where}: sequence id {self.id!r} must match {_ID.pattern}")
+        if not isinstance(self.character, str) or not self.character:
+            raise DatasetFormatError(f"{where}: field 'character' must be a non-empty string, got {self.character!r}")
+        if self.motion is not None and not isinstance(self.motion, str):
+            raise DatasetFormatError(f"{where}: field 'motion' must be a string, got {self.motion!r}")
+        if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
+            raise DatasetFormatError(f"{where}: field 'num_frames' must be an int >= 1, got {self.num_frames!r}")
+        if not isinstance(self.checksums, Mapping):
+            raise DatasetFormatError(f"{where}: field 'checksums' must be an object")
+        expected = set(expected_files(self.num_frames))
+        missing = sorted(expected - set(self.checksums))
+        extra = sorted(set(self.checksums) - expected)
+        if missing or extra:
+            detail = []
+            if missing:
+                detail.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+            if extra:
+                detail.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+            raise DatasetFormatError(
+                f"{where}: field 'checksums' must list exactly the files of {self.num_frames} frames: {'; '.join(detail)}"
+            )
+        bad = [k for k, v in self.checksums.items() if not isinstance(v, str) or not _HEX.match(v)]
+        if bad:
+            raise DatasetFormatError(f"{where}: checksums of {bad[0]!r} is not a lowercase SHA-256 hex digest")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"character": self.character}
+        if self.motion is not None:
+            out["motion"] = self.motion
+        out["num_frames"] = self.num_frames
+        out["checksums"] = {k: self.checksums[k] for k in expected_files(self.num_frames)}
+        return out
+
+
+@dataclass(frozen=True)
+class SequenceFrames:
+    """What a training dataset needs of one sequence: its frame files and how to read them.
+
+    ``iuv_order`` is the channel order of the IUV PNGs (``"btdm"`` for this layout,
+    ``"densepose"`` for detectron2's files, see :mod:`training.video`).
+    """
+
+    id: str
+    character: str
+    rgb: tuple[Path, ...]
+    iuv: tuple[Path, ...]
+    iuv_order: str = IUV_ORDER
+
+    def __post_init__(self) -> None:
+        if len(self.rgb) != len(self.iuv) or not self.rgb:
+            raise DatasetFormatError(
+                f"sequence {self.id!r}: needs the same non-zero number of frames and pose maps, got {len(self.rgb)} and {len(self.iuv)}"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.rgb)
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """A parsed, validated ``manifest.json`` (see the module docstring); paths resolve under ``root``."""
+
+    root: Path
+    resolution: tuple[int, int]
+    fps: float
+    splits: Mapping[str, tuple[str, ...]]
+    sequences: Mapping[str, SequenceRecord]
+    info: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def load(cls, root: str | Path) -> "DatasetManifest":
+        """Read and validate ``root/manifest.json`` (JSON only; see :meth:`validate_files`)."""
+        root = Path(root)
+        path = root / MANIFEST_NAME
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: missing (not a dataset folder, or the dataset is incomplete)")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DatasetFormatError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        return cls.from_dict(root, doc, str(path))
+
+    @classmethod
+    def from_dict(cls, root: str | Path, doc: Any, where: str = MANIFEST_NAME) -> "DatasetManifest":
+        """Validate a manifest document (as parsed from JSON)."""
+        if not isinstance(doc, dict):
+            raise DatasetFormatError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+        unknown = sorted(set(doc) - _MANIFEST_KEYS)
+        if unknown:
+            raise DatasetFormatError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_MANIFEST_KEYS))}")
+        missing = sorted(_MANIFEST_KEYS - {"info"} - set(doc))
+        if missing:
+            raise DatasetFormatError(f"{where}: missing field(s) {', '.join(missing)}")
+        if doc["format_version"] != FORMAT_VERSION:
+            raise DatasetFormatError(f"{where}: format_version {doc['format_version']!r} is not supported (expected {FORMAT_VERSION})")
+        resolution = _resolution(doc["resolution"], where)
+        fps = doc["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise DatasetFormatError(f"{where}: field 'fps' must be a positive number, got {fps!r}")
+        info = doc.get("info", {})
+        if not isinstance(info, dict):
+            raise DatasetFormatError(f"{where}: field 'info' must be a JSON object")
+        seqs_doc = doc["sequences"]
+        if not isinstance(seqs_doc, dict) or not seqs_doc:
+            raise DatasetFormatError(f"{where}: field 'sequences' must be a non-empty object of id -> record")
+        sequences: dict[str, SequenceRecord] = {}
+        for seq_id, rec in seqs_doc.items():
+            sw = f"{where}: sequences[{seq_id!r}]"
+            if not isinstance(rec, dict):
+                raise DatasetFormatError(f"{sw}: expected an object")
+            unknown = sorted(set(rec) - _SEQUENCE_KEYS)
+            if unknown:
+                raise DatasetFormatError(f"{sw}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SEQUENCE_KEYS))}")
+            missing = sorted(_SEQUENCE_KEYS - {"motion"} - set(rec))
+            if missing:
+                raise DatasetFormatError(f"{sw}: missing field(s) {', '.join(missing)}")
+            record = SequenceRecord(
+                id=seq_id, character=rec["character"], num_frames=rec["num_frames"],
+                checksums=rec["checksums"], motion=rec.get("motion"),
+            )  # fmt: skip
+            record.check(sw)
+            sequences[seq_id] = record
+        splits = _splits(doc["splits"], sequences, where)
+        return cls(Path(root), resolution, float(fps), splits, sequences, info)
+
+    # ------------------------------------------------------------------ access
+    def sequence_dir(self, seq_id: str) -> Path:
+        return self.root / SEQUENCES_DIR / seq_id
+
+    def split(self, name: str) -> list[SequenceRecord]:
+        """The records of split ``name`` (``train``, ``test`` or ``val``), in manifest order."""
+        if name not in self.splits:
+            raise DatasetFormatError(f"{self.root / MANIFEST_NAME}: no split {name!r}; present: {', '.join(self.splits)}")
+        return [self.sequences[s] for s in self.splits[name]]
+
+    def sequence_frames(self, split: str | None = None, ids: Iterable[str] | None = None) -> list[SequenceFrames]:
+        """Frame files of a split (or of the given ids; or of every sequence) for the training datasets."""
+        if split is not None and ids is not None:
+            raise ValueError("give a split or sequence ids, not both")
+        if ids is not None:
+            unknown = [i for i in ids if i not in self.sequences]
+            if unknown:
+                raise DatasetFormatError(f"{self.root / MANIFEST_NAME}: unknown sequence id(s) {', '.join(unknown[:5])}")
+            records = [self.sequences[i] for i in ids]
+        elif split is not None:
+            records = self.split(split)
+        else:
+            records = list(self.sequences.values())
+        out = []
+        for rec in records:
+            folder = self.sequence_dir(rec.id)
+            names = [frame_name(i) for i in range(rec.num_frames)]
+            out.append(SequenceFrames(
+                id=rec.id, character=rec.character,
+                rgb=tuple(folder / "rgb" / n for n in names), iuv=tuple(folder / "iuv" / n for n in names),
+            ))  # fmt: skip
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format_version": self.format_version,
+            "resolution": list(self.resolution),
+            "fps": self.fps,
+            "splits": {k: list(v) for k, v in self.splits.items()},
+            "sequences": {k: v.to_dict() for k, v in self.sequences.items()},
+        }
+        if self.info:
+            doc["info"] = dict(self.info)
+        return doc
+
+    # ------------------------------------------------------------------ files
+    def validate_files(self, verify_checksums: bool = False, check_clips: bool = True) -> None:
+        """Check the sequence folders against the manifest (module docstring).
+
+        Args:
+            verify_checksums: recompute every file's SHA-256 (reads the whole dataset).
+            check_clips: load each ``clip.npz`` as a MotionClip and compare its frame count.
+
+        Raises:
+            DatasetFormatError: naming the first file and sequence that disagree.
+        """
+        import cv2
+
+        for rec in self.sequences.values():
+            folder = self.sequence_dir(rec.id)
+            where = f"sequence {rec.id!r}"
+            if not folder.is_dir():
+                raise DatasetFormatError(f"{folder}: missing ({where} is in the manifest)")
+            for sub in ("rgb", "iuv"):
+                names = _frame_files(folder / sub, rec.id)
+                if len(names) != rec.num_frames:
+                    raise DatasetFormatError(
+                        f"{folder / sub}: {len(names)} frames, the manifest says num_frames = {rec.num_frames} ({where})"
+                    )
+                expected = [frame_name(i) for i in range(rec.num_frames)]
+                if names != expected:
+                    first = next(n for n, e in zip(names, expected) if n != e)
+                    raise DatasetFormatError(f"{folder / sub}: unexpected frame {first} (frames must be 000000.png ... consecutive)")
+                header = cv2.imread(str(folder / sub / expected[0]), cv2.IMREAD_UNCHANGED)
+                if header is None:
+                    raise DatasetFormatError(f"{folder / sub / expected[0]}: not a readable PNG ({where})")
+                if tuple(header.shape[:2]) != self.resolution:
+                    raise DatasetFormatError(
+                        f"{folder / sub / expected[0]}: {header.shape[0]}x{header.shape[1]} px, the manifest's resolution is "
+                        f"{self.resolution[0]}x{self.resolution[1]} ({where})"
+                    )
+            meta_path = folder / "meta.json"
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise DatasetFormatError(f"{meta_path}: missing ({where})") from None
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DatasetFormatError(f"{meta_path}: not valid JSON ({exc}) ({where})") from exc
+            if not isinstance(meta, dict):
+                raise DatasetFormatError(f"{meta_path}: must hold a JSON object ({where})")
+            clip_path = folder / "clip.npz"
+            if not clip_path.is_file():
+                raise DatasetFormatError(f"{clip_path}: missing ({where})")
+            if check_clips:
+                from btdm_engine.motion.clip import MotionClip
+
+                try:
+                    clip = MotionClip.load(clip_path)
+                except ValueError as exc:
+                    raise DatasetFormatError(f"{clip_path}: {exc} ({where})") from exc
+                if clip.num_frames != rec.num_frames:
+                    raise DatasetFormatError(
+                        f"{clip_path}: {clip.num_frames} frames, the manifest says num_frames = {rec.num_frames} ({where})"
+                    )
+            if verify_checksums:
+                for rel in expected_files(rec.num_frames):
+                    digest = sha256_file(folder / rel)
+                    if digest != rec.checksums[rel]:
+                        raise DatasetFormatError(f"{folder / rel}: checksum mismatch: file is {digest[:12]}..., manifest says {rec.checksums[rel][:12]}... ({where})")
+
+
+def validate_dataset(root: str | Path, verify_checksums: bool = False, check_clips: bool = True) -> DatasetManifest:
+    """Load ``root/manifest.json`` and check every sequence folder against it; returns the manifest."""
+    manifest = DatasetManifest.load(root)
+    manifest.validate_files(verify_checksums=verify_checksums, check_clips=check_clips)
+    return manifest
+
+
+def write_manifest(
+    root: str | Path,
+    sequences: Sequence[SequenceRecord],
+    splits: Mapping[str, Sequence[str]],
+    resolution: tuple[int, int] | int,
+    fps: float,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Validate and write ``root/manifest.json`` atomically (temp file + ``os.replace``).
+
+    ``resolution`` is [height, width] (an int means square). The manifest is validated exactly as
+    :meth:`DatasetManifest.load` would read it, so an invalid dataset is never written.
+    """
+    root = Path(root)
+    ids = [s.id for s in sequences]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise DatasetFormatError(f"write_manifest: duplicate sequence id(s) {', '.join(dupes)}")
+    res = [int(resolution), int(resolution)] if isinstance(resolution, int) else list(resolution)
+    doc: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "resolution": res,
+        "fps": fps,
+        "splits": {k: list(v) for k, v in splits.items()},
+        "sequences": {s.id: s.to_dict() for s in sequences},
+    }
+    if info:
+        doc["info"] = dict(info)
+    DatasetManifest.from_dict(root, json.loads(json.dumps(doc)), f"write_manifest({root})")
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------- helpers
+def _resolution(value: Any, where: str) -> tuple[int, int]:
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    )
+    if not ok:
+        raise DatasetFormatError(f"{where}: field 'resolution' must be [height, width] in positive ints, got {value!r}")
+    return (value[0], value[1])
+
+
+def _splits(value: Any, sequences: Mapping[str, SequenceRecord], where: str) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise DatasetFormatError(f"{where}: field 'splits' must be an object of split -> [sequence ids]")
+    unknown = sorted(set(value) - set(SPLIT_NAMES))
+    if unknown:
+        raise DatasetFormatError(f"{where}: unknown split(s) {', '.join(unknown)}; allowed: {', '.join(SPLIT_NAMES)}")
+    missing = [s for s in REQUIRED_SPLITS if s not in value]
+    if missing:
+        raise DatasetFormatError(f"{where}: splits: missing {', '.join(missing)}")
+    owner: dict[str, str] = {}
+    character_split: dict[str, str] = {}
+    out: dict[str, tuple[str, ...]] = {}
+    for split, ids in value.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DatasetFormatError(f"{where}: splits[{split!r}] must be a list of sequence ids")
+        for seq_id in ids:
+            if seq_id not in sequences:
+                raise DatasetFormatError(f"{where}: splits[{split!r}] names sequence {seq_id!r}, which is not in 'sequences'")
+            if seq_id in owner:
+                raise DatasetFormatError(f"{where}: sequence {seq_id!r} is in both splits {owner[seq_id]!r} and {split!r}")
+            owner[seq_id] = split
+            character = sequences[seq_id].character
+            if character_split.setdefault(character, split) != split:
+                raise DatasetFormatError(
+                    f"{where}: character {character!r} appears in splits {character_split[character]!r} and {split!r} "
+                    f"(sequence {seq_id!r}); the split must be by character"
+                )
+        out[split] = tuple(ids)
+    unassigned = [s for s in sequences if s not in owner]
+    if unassigned:
+        raise DatasetFormatError(f"{where}: sequence(s) {', '.join(unassigned[:5])} are in no split")
+    return out
+
+
+def _frame_files(folder: Path, seq_id: str) -> list[str]:
+    if not folder.is_dir():
+        raise DatasetFormatError(f"{folder}: missing (sequence {seq_id!r})")
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    bad = [n for n in names if not re.fullmatch(rf"\d{{{FRAME_DIGITS}}}\.png", n)]
+    if bad:
+        raise DatasetFormatError(f"{folder / bad[0]}: unexpected file (frames are named NNNNNN.png, six digits; sequence {seq_id!r})")
+    return names
+
+
+def _check_consecutive(names: list[str], folder: Path) -> None:
+    for i, name in enumerate(names):
+        if name != frame_name(i):
+            raise DatasetFormatError(f"{folder}: frame {frame_name(i)} is missing (found {name}); frames must be consecutive from 000000.png")

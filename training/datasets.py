@@ -1,0 +1,276 @@
+"""Training datasets: consecutive-frame pairs for the BTU-Net, single frames for SR3.
+
+Both read :class:`~training.dataset_format.SequenceFrames` (from a dataset manifest or a
+DensePose video set) and produce network tensors:
+
+* RGB frames: read as float [0, 1] (RGBA composited onto ``background``), fitted to a square
+  (``fit="pad"`` pads with the background colour, ``"crop"`` takes the centre square), resized
+  with area interpolation when shrinking (bicubic when enlarging) and mapped to [-1, 1].
+* Pose maps: read in their file's channel order, fitted the same way (padding is background,
+  I = 0), resized with NEAREST only (labels never blend), converted with
+  :func:`btdm_engine.posemaps.encoding.iuv_to_tensor`.
+* Horizontal flip (probability ``hflip_prob``) flips every image of an item together and flips
+  the pose maps with :func:`btdm_engine.posemaps.parts.flip_iuv`, which swaps left/right part
+  labels and mirrors U on the torso charts, so a flipped pose map is the render of the mirrored
+  body.
+
+Randomness is explicit: item ``i`` of epoch ``e`` draws from ``numpy.random.default_rng((seed, e,
+i))``, so an item is the same whatever the worker or rank that loads it; call ``set_epoch`` once
+per pass (as with ``DistributedSampler``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch.utils.data import Dataset
+
+from btdm_engine.metrics.frames import WHITE, read_rgb, resize_labels, resize_rgb
+from btdm_engine.posemaps.encoding import iuv_to_tensor, read_iuv_png
+from btdm_engine.posemaps.parts import flip_iuv
+from training.dataset_format import SequenceFrames
+
+APPEARANCE_MODES = ("other_frame", "none")
+FIT_MODES = ("pad", "crop")
+
+
+@dataclass(frozen=True)
+class PairDatasetConfig:
+    """How frame pairs are made.
+
+    resolution: network resolution (square).
+    appearance: ``"other_frame"``: c is another frame of the same sequence (single-image
+        animation training); ``"none"``: no c (person-specific and unconditional training; the
+        item's ``appearance`` is zeros and ``has_appearance`` False).
+    hflip_prob: probability of the truthful horizontal flip.
+    background: RGB in [0, 1] that RGBA frames are composited onto (and padding colour).
+    fit: ``"pad"`` or ``"crop"`` for non-square frames.
+    cache: keep resized frames in memory (per worker) after their first read.
+    seed: base of the per-item random draws.
+    """
+
+    resolution: int
+    appearance: str = "other_frame"
+    hflip_prob: float = 0.5
+    background: tuple[float, float, float] = WHITE
+    fit: str = "pad"
+    cache: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 8:
+            raise ValueError(f"dataset resolution must be an int >= 8, got {self.resolution!r}")
+        if self.appearance not in APPEARANCE_MODES:
+            raise ValueError(f"unknown appearance mode {self.appearance!r}; allowed: {', '.join(APPEARANCE_MODES)}")
+        if self.fit not in FIT_MODES:
+            raise ValueError(f"unknown fit {self.fit!r}; allowed: {', '.join(FIT_MODES)}")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ValueError(f"hflip_prob must lie in [0, 1], got {self.hflip_prob}")
+        if len(self.background) != 3 or not all(0.0 <= v <= 1.0 for v in self.background):
+            raise ValueError(f"background must be three values in [0, 1], got {self.background!r}")
+
+
+def _fit_square(img: np.ndarray, fit: str, fill: np.ndarray | float) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h == w:
+        return img
+    if fit == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return img[top : top + s, left : left + s]
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    out = np.empty((s, s, img.shape[2]), dtype=img.dtype)
+    out[...] = fill
+    out[top : top + h, left : left + w] = img
+    return out
+
+
+class FrameReader:
+    """Reads frames and pose maps of sequences at one square resolution, with an optional cache."""
+
+    def __init__(self, background: tuple[float, float, float], fit: str, cache: bool) -> None:
+        self.background = np.asarray(background, dtype=np.float32)
+        self.fit = fit
+        self.cache = cache
+        self._memo: dict[tuple, np.ndarray] = {}
+
+    def rgb(self, seq: SequenceFrames, index: int, resolution: int) -> np.ndarray:
+        """Frame ``index`` as float32 (R, R, 3) in [0, 1]."""
+        key = ("rgb", seq.id, index, resolution)
+        if key in self._memo:
+            return self._memo[key]
+        img = _fit_square(read_rgb(seq.rgb[index], tuple(self.background)), self.fit, self.background)
+        img = resize_rgb(img, (resolution, resolution)).astype(np.float32)
+        if self.cache:
+            self._memo[key] = img
+        return img
+
+    def iuv(self, seq: SequenceFrames, index: int, resolution: int) -> np.ndarray:
+        """Pose map ``index`` as uint8 (R, R, 3) (I, U*255, V*255), resized NEAREST."""
+        key = ("iuv", seq.id, index, resolution)
+        if key in self._memo:
+            return self._memo[key]
+        iuv = _fit_square(read_iuv_png(seq.iuv[index], order=seq.iuv_order), self.fit, 0)
+        iuv = resize_labels(iuv, (resolution, resolution))
+        if self.cache:
+            self._memo[key] = iuv
+        return iuv
+
+
+def rgb_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """float (..., H, W, 3) in [0, 1] -> float32 (..., 3, H, W) in [-1, 1]."""
+    return rearrange(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), "... h w c -> ... c h w") * 2 - 1
+
+
+def _flip_rgb(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(img[:, ::-1])
+
+
+class FramePairDataset(Dataset):
+    """Consecutive pairs (t-1, t) of every sequence, with pose maps and an appearance image.
+
+    Item ``i`` is a dict of tensors:
+
+    * ``y``, ``y_prev``: frames y_t, y_{t-1} (3, R, R) in [-1, 1];
+    * ``pose``, ``pose_prev``: their pose maps (3, R, R) (IUV tensor form);
+    * ``appearance``: c (3, R, R), a frame of the same sequence other than t-1 and t (any frame
+      when the sequence has only two), or zeros with ``appearance="none"``;
+    * ``has_appearance``: bool scalar; ``index``: the item index; ``t``: the frame number t.
+    """
+
+    def __init__(self, sequences: Sequence[SequenceFrames], config: PairDatasetConfig) -> None:
+        self.sequences = list(sequences)
+        self.config = config
+        self.reader = FrameReader(config.background, config.fit, config.cache)
+        self._pairs = [(s, t) for s, seq in enumerate(self.sequences) for t in range(1, seq.num_frames)]
+        if not self._pairs:
+            raise ValueError("FramePairDataset: every sequence has a single frame; training pairs need two or more")
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of pass ``epoch``."""
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self._pairs):
+            raise IndexError(f"pair index {index} out of range (0..{len(self._pairs) - 1})")
+        cfg = self.config
+        rng = np.random.default_rng((cfg.seed, self._epoch, index))
+        s, t = self._pairs[index]
+        seq = self.sequences[s]
+        r = cfg.resolution
+        flip = bool(rng.random() < cfg.hflip_prob)
+        images = [self.reader.rgb(seq, t, r), self.reader.rgb(seq, t - 1, r)]
+        poses = [self.reader.iuv(seq, t, r), self.reader.iuv(seq, t - 1, r)]
+        has_c = cfg.appearance == "other_frame"
+        if has_c:
+            others = [i for i in range(seq.num_frames) if i not in (t - 1, t)] or list(range(seq.num_frames))
+            images.append(self.reader.rgb(seq, int(others[rng.integers(len(others))]), r))
+        if flip:
+            images = [_flip_rgb(im) for im in images]
+            poses = [flip_iuv(p) for p in poses]
+        appearance = rgb_to_tensor(images[2]) if has_c else torch.zeros(3, r, r)
+        return {
+            "y": rgb_to_tensor(images[0]),
+            "y_prev": rgb_to_tensor(images[1]),
+            "pose": iuv_to_tensor(poses[0]),
+            "pose_prev": iuv_to_tensor(poses[1]),
+            "appearance": appearance,
+            "has_appearance": torch.tensor(has_c),
+            "index": torch.tensor(index),
+            "t": torch.tensor(t),
+        }
+
+
+class SR3FrameDataset(Dataset):
+    """Single frames for SR3: ``hr`` (3, H, H) and ``lr`` (3, h, h), both in [-1, 1].
+
+    ``lr`` is made from the same source frame with the same area resize that makes the BTU-Net's
+    training frames, so SR3 learns to lift exactly what the BTU-Net learns to produce.
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[SequenceFrames],
+        resolution: int,
+        low_resolution: int,
+        hflip_prob: float = 0.5,
+        background: tuple[float, float, float] = WHITE,
+        fit: str = "pad",
+        cache: bool = False,
+        seed: int = 0,
+    ) -> None:
+        PairDatasetConfig(resolution, "none", hflip_prob, background, fit, cache, seed)  # validates
+        if not 8 <= low_resolution < resolution:
+            raise ValueError(f"low_resolution must be in [8, resolution), got {low_resolution} for resolution {resolution}")
+        self.sequences = list(sequences)
+        self.resolution, self.low_resolution = resolution, low_resolution
+        self.hflip_prob, self.seed = hflip_prob, seed
+        self.reader = FrameReader(background, fit, cache)
+        self._frames = [(s, t) for s, seq in enumerate(self.sequences) for t in range(seq.num_frames)]
+        if not self._frames:
+            raise ValueError("SR3FrameDataset: no frames")
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self._frames):
+            raise IndexError(f"frame index {index} out of range (0..{len(self._frames) - 1})")
+        rng = np.random.default_rng((self.seed, self._epoch, index))
+        s, t = self._frames[index]
+        seq = self.sequences[s]
+        hr = self.reader.rgb(seq, t, self.resolution)
+        lr = self.reader.rgb(seq, t, self.low_resolution)
+        if rng.random() < self.hflip_prob:
+            hr, lr = _flip_rgb(hr), _flip_rgb(lr)
+        return {"hr": rgb_to_tensor(hr), "lr": rgb_to_tensor(lr), "index": torch.tensor(index)}
+
+
+def load_sequence(
+    seq: SequenceFrames,
+    resolution: int,
+    start: int = 0,
+    length: int | None = None,
+    background: tuple[float, float, float] = WHITE,
+    fit: str = "pad",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames and pose maps ``start .. start+length-1`` of a sequence: ((T,3,R,R) in [-1,1], (T,3,R,R))."""
+    stop = seq.num_frames if length is None else start + length
+    if not 0 <= start < stop <= seq.num_frames:
+        raise ValueError(f"sequence {seq.id!r} has {seq.num_frames} frames; cannot take {start}..{stop - 1}")
+    reader = FrameReader(background, fit, cache=False)
+    frames = np.stack([reader.rgb(seq, i, resolution) for i in range(start, stop)])
+    poses = np.stack([reader.iuv(seq, i, resolution) for i in range(start, stop)])
+    return rgb_to_tensor(frames), iuv_to_tensor(poses)
+
+
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3) RGB."""
+    x = rearrange(images.detach().float().cpu().clamp(-1, 1), "... c h w -> ... h w c")
+    return np.round((x.numpy() + 1) * 127.5).astype(np.uint8)
+
+
+__all__ = [
+    "APPEARANCE_MODES",
+    "FIT_MODES",
+    "FramePairDataset",
+    "FrameReader",
+    "PairDatasetConfig",
+    "SR3FrameDataset",
+    "load_sequence",
+    "rgb_to_tensor",
+    "tensor_to_uint8",
+]
