@@ -9,6 +9,7 @@ layout so that ``smplx.SMPL`` loads it, and cached under ``$BTDM_CACHE_DIR``.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import tempfile
@@ -172,18 +173,44 @@ def _centre_parts() -> dict[str, callable]:
     return {"pelvis": pelvis, "spine1": _torso, "neck": neck, "head": head}
 
 
+def _parts() -> list[tuple[str, object]]:
+    """(owning joint, signed distance function) of every part, right side mirrored."""
+    parts = list(_centre_parts().items())
+    flip = np.array([-1.0, 1.0, 1.0])
+    for name, fn in _left_parts().items():
+        parts.append((name, fn))
+        parts.append((JOINT_NAMES[MIRROR[J[name]]], lambda p, fn=fn: fn(p * flip)))
+    return parts
+
+
+_FAR = 0.1  # value given to points outside a part's bounding box (well beyond every fillet)
+
+
+@functools.lru_cache(maxsize=1)
+def _part_boxes() -> np.ndarray:
+    """(P,2,3) boxes holding each part's 5 cm neighbourhood, found on a coarse grid.
+
+    Points outside a part's box get the value _FAR instead of an exact evaluation: every
+    fillet is narrower than that, so values near the surface are unchanged and meshing is fast.
+    """
+    axes = [np.arange(lo - 0.05, hi + 0.05, 0.02) for lo, hi in BOUNDS]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    boxes = []
+    for name, fn in _parts():
+        near = grid[fn(grid) < 0.06]
+        boxes.append([near.min(0) - 0.04, near.max(0) + 0.04])
+    return np.array(boxes)
+
+
 def _part_distances(p: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Distances (P, N) of every part, with the owning joint name of each."""
     names, dists = [], []
-    for name, fn in _centre_parts().items():
+    for (name, fn), (lo, hi) in zip(_parts(), _part_boxes()):
+        inside = np.all((p >= lo) & (p <= hi), axis=1)
+        d = np.full(len(p), _FAR)
+        d[inside] = fn(p[inside])
         names.append(name)
-        dists.append(fn(p))
-    mirrored = p * np.array([-1.0, 1.0, 1.0])
-    for name, fn in _left_parts().items():
-        names.append(name)
-        dists.append(fn(p))
-        names.append(JOINT_NAMES[MIRROR[J[name]]])
-        dists.append(fn(mirrored))
+        dists.append(d)
     return names, np.stack(dists)
 
 
@@ -199,7 +226,6 @@ _BLEND = {
 def body_sdf(p: np.ndarray) -> np.ndarray:
     """Signed distance (N,) of the template body at points (N,3)."""
     names, dists = _part_distances(p)
-    left = np.where(p[:, 0] >= 0.0)
     d = dists[0]
     for name, dist in zip(names[1:], dists[1:]):
         key = name.replace("right_", "left_")
@@ -259,26 +285,37 @@ def skinning_weights(v: np.ndarray, edges: np.ndarray, degree: np.ndarray, mirro
 
 
 def _convex_weights(points: np.ndarray, target: np.ndarray) -> np.ndarray | None:
-    """Non-negative weights summing to one with weights @ points == target, closest to uniform."""
-    from scipy.optimize import minimize
+    """Maximum-entropy convex weights: w_i ~ exp(lam . (p_i - target)) with sum_i w_i p_i = target.
 
-    n = len(points)
-    a = np.vstack([points.T, np.ones((1, n))])
-    b = np.append(target, 1.0)
-    w0 = np.full(n, 1.0 / n)
-    res = minimize(
-        lambda w: 0.5 * np.sum((w - w0) ** 2) * n,
-        w0,
-        jac=lambda w: (w - w0) * n,
-        constraints=[{"type": "eq", "fun": lambda w: a @ w - b, "jac": lambda w: a}],
-        bounds=[(0.0, 1.0)] * n,
-        method="SLSQP",
-        options={"ftol": 1e-15, "maxiter": 500},
-    )
-    if not res.success or np.abs(a @ res.x - b).max() > 1e-9:
-        return None
-    w = np.clip(res.x, 0.0, None)
-    return w
+    The dual (log-sum-exp in lam, 3 unknowns) is convex; Newton's method solves it to machine
+    precision when ``target`` lies strictly inside the points' convex hull, else returns None.
+    """
+    d = points - target
+    lam = np.zeros(3)
+    for _ in range(100):
+        s = d @ lam
+        p = np.exp(s - s.max())
+        p /= p.sum()
+        grad = p @ d
+        if np.abs(grad).max() < 1e-13:
+            return p
+        hess = (d * p[:, None]).T @ d - np.outer(grad, grad)
+        try:
+            step = np.linalg.solve(hess + 1e-12 * np.eye(3), grad)
+        except np.linalg.LinAlgError:
+            return None
+        # Backtracking on the dual objective keeps Newton stable far from the optimum.
+        f0 = s.max() + np.log(np.exp(s - s.max()).sum())
+        t = 1.0
+        while t > 1e-6:
+            s1 = d @ (lam - t * step)
+            if s1.max() + np.log(np.exp(s1 - s1.max()).sum()) <= f0 - 1e-4 * t * (grad @ step):
+                break
+            t *= 0.5
+        lam = lam - t * step
+        if np.abs(lam).max() > 1e6:
+            return None
+    return None
 
 
 def joint_regressor(v: np.ndarray, joints: np.ndarray, mirror: np.ndarray) -> np.ndarray:
@@ -295,7 +332,7 @@ def joint_regressor(v: np.ndarray, joints: np.ndarray, mirror: np.ndarray) -> np
         radius = 1.3 * d.min()
         for _ in range(20):
             sel = np.flatnonzero(d < radius)
-            w = _convex_weights(v[sel], joints[j]) if len(sel) >= 4 else None
+            w = _convex_weights(v[sel], joints[j]) if len(sel) >= 8 else None
             if w is not None:
                 break
             radius *= 1.15

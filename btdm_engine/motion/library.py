@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from scipy.interpolate import CubicSpline
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
 from btdm_engine.motion.camera import default_camera
@@ -46,7 +47,13 @@ class _Curves:
     angles: np.ndarray  # (T, 24, 3)
     yaw: np.ndarray  # (T,)
     hop: np.ndarray  # (T,) extra height above the ground contact, metres
-    plant: bool = True  # keep the supporting foot from sliding
+    # "contact": move so the supporting foot does not slide; "steady": constant velocity, the
+    # mean of the supporting feet's (for running, where flight phases have no support).
+    plant: str = "contact"
+    # Optional (T, 2) weights of the left / right foot as the support for horizontal planting,
+    # from the gait phase; None picks the lowest foot. Running needs it: a swing foot can reach
+    # floor level before its stance begins, and must not drag the body back.
+    support: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -114,43 +121,69 @@ def _set_leg(a: np.ndarray, side: str, hip: np.ndarray, knee: np.ndarray, foot_p
 
 
 # ---------------------------------------------------------------------------------- motions
+# Sagittal keyframes over one gait cycle of one leg, starting at its heel strike (fraction, deg).
+# Shapes follow normative gait data (Winter, "Biomechanics and Motor Control of Human Movement"):
+# hip flexion measured from the vertical (the pelvis is not tilted here), knee flexion, and the
+# foot's pitch (toes up positive) from which the ankle is solved. Walk: stance 0-0.62; run:
+# stance 0-0.4, then flight.
+_WALK_KEYS = {
+    "hip": [(0.0, 22), (0.1, 15), (0.3, -3), (0.5, -18), (0.6, -13), (0.7, 4), (0.82, 28), (0.92, 27)],
+    "knee": [(0.0, 4), (0.15, 17), (0.4, 5), (0.6, 38), (0.72, 62), (0.85, 22), (0.93, 5)],
+    "pitch": [(0.0, 17), (0.08, 0), (0.4, 0), (0.5, -8), (0.62, -35), (0.72, -12), (0.85, 2), (0.95, 12)],
+}
+_RUN_KEYS = {
+    "hip": [(0.0, 20), (0.2, 0), (0.4, -20), (0.5, -12), (0.65, 15), (0.82, 32), (0.92, 28)],
+    "knee": [(0.0, 22), (0.15, 40), (0.38, 20), (0.6, 80), (0.75, 95), (0.88, 55), (0.95, 28)],
+    "pitch": [(0.0, 8), (0.1, 0), (0.25, -5), (0.4, -40), (0.55, -25), (0.75, -5), (0.9, 8)],
+}
+
+
+def _periodic(keys: list[tuple[float, float]]) -> Callable[[np.ndarray], np.ndarray]:
+    """A C2 periodic cubic spline through (cycle fraction, degrees) keys -> radians."""
+    x = np.array([k[0] for k in keys] + [1.0])
+    y = np.radians([k[1] for k in keys] + [keys[0][1]])
+    spline = CubicSpline(x, y, bc_type="periodic")
+    return lambda c: spline(np.mod(c, 1.0))
+
+
 def _gait(t: np.ndarray, speed: float, style: _Style, run: bool) -> _Curves:
-    """Walk or run: phase phi of the left leg; its swing is phi in (-pi/2, pi/2)."""
+    """Walk or run from keyframed joint curves; ``c`` is the left leg's cycle fraction."""
     T = len(t)
+    keys = _RUN_KEYS if run else _WALK_KEYS
+    curves = {name: _periodic(k) for name, k in keys.items()}
     stride_hz = (1.4 if run else 0.9) * speed * style.tempo
-    phi = TAU * stride_hz * t + style.phase
+    c = stride_hz * t + style.phase / TAU
     a = _standing(T, style)
-    hip_amp = (0.62 if run else 0.42) * style.legs
-    hip_mean = 0.16 if run else 0.05
-    knee_swing = 1.75 if run else 1.05
-    knee_stance = 0.35 if run else 0.12
-    for side, ph in (("left", phi), ("right", phi + np.pi)):
-        hip = hip_mean + hip_amp * np.sin(ph)
-        # Knee: large flexion in early swing (just after toe-off), a small one after heel strike.
-        knee = 0.06 + knee_swing * _vm(ph + 0.35, 2.5) + knee_stance * _vm(ph - 2.2, 4.0)
-        # Foot: toes up at heel strike (phi ~ pi/2), level in mid stance, push-off before
-        # toe-off (phi ~ -pi/2), then held roughly level through the swing.
-        pitch = 0.6 * _vm(ph + np.pi / 2 - 0.1, 5.0) - 0.25 * _vm(ph - np.pi / 2 + 0.1, 3.0)
-        _set_leg(a, side, hip, knee, pitch, abduct=0.02)
+    for side, cs in (("left", c), ("right", c + 0.5)):
+        hip = style.legs * curves["hip"](cs)
+        knee = style.legs * curves["knee"](cs)
+        _set_leg(a, side, hip, knee, -curves["pitch"](cs), abduct=0.02)
+    wave = np.cos(TAU * c)  # +1 at the left heel strike (left leg in front)
     # Arms counter-swing the legs: left arm back while the left leg is forward.
-    arm_amp = (0.55 if run else 0.32) * style.arms
-    a[:, J["left_shoulder"], 0] = arm_amp * np.sin(phi)
-    a[:, J["right_shoulder"], 0] = -arm_amp * np.sin(phi)
-    elbow = (1.45 if run else 0.25) + (0.15 if run else 0.2) * style.arms * np.stack(
-        [np.sin(phi + np.pi), np.sin(phi)]).clip(0.0)
-    a[:, J["left_elbow"], 1] = -elbow[0]
-    a[:, J["right_elbow"], 1] = elbow[1]
+    arm_amp = (0.55 if run else 0.3) * style.arms
+    a[:, J["left_shoulder"], 0] = arm_amp * wave + (0.0 if run else 0.05)
+    a[:, J["right_shoulder"], 0] = -arm_amp * wave + (0.0 if run else 0.05)
+    base, extra = (1.45, 0.25) if run else (0.3, 0.3)
+    a[:, J["left_elbow"], 1] = -(base + extra * style.arms * (1 - wave) / 2)
+    a[:, J["right_elbow"], 1] = base + extra * style.arms * (1 + wave) / 2
     # Pelvis turns with the forward leg; the thorax counter-rotates so the head looks ahead.
-    a[:, 0, 1] = -(0.1 if run else 0.07) * style.torso * np.sin(phi)
+    a[:, 0, 1] = -(0.1 if run else 0.07) * style.torso * wave
+    lean = 0.06 if run else 0.02
     for j in ("spine1", "spine2", "spine3"):
-        a[:, J[j], 1] = (0.04 if run else 0.025) * style.torso * np.sin(phi)
-    lean = 0.05 if run else 0.015
-    for j in ("spine1", "spine2", "spine3"):
+        a[:, J[j], 1] = (0.045 if run else 0.03) * style.torso * wave
         a[:, J[j], 0] = lean
     a[:, J["neck"], 0] = -2.0 * lean
-    # Running has a flight phase twice per stride, after each push-off.
-    hop = 0.05 * style.legs * np.sin(2 * phi + 0.9).clip(0.0) ** 2 if run else np.zeros(T)
-    return _Curves(a, np.zeros(T), hop)
+    hop = np.zeros(T)
+    if run:
+        # Flight around each toe-off (0.35-0.5 of either leg's cycle, 0.7-1 of a half cycle); it
+        # also keeps the landing foot off the floor until its heel strike.
+        u = np.mod(2.0 * c, 1.0)
+        hop = 0.07 * style.legs * np.where(u > 0.7, np.sin(np.pi * (u - 0.7) / 0.3) ** 2, 0.0)
+    support = None
+    if run:
+        stance_mid = 0.2  # the middle of 0-0.4
+        support = np.stack([_vm(TAU * (c - stance_mid), 3.0), _vm(TAU * (c + 0.5 - stance_mid), 3.0)], axis=1)
+    return _Curves(a, np.zeros(T), hop, plant="steady" if run else "contact", support=support)
 
 
 def _walk(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
@@ -267,7 +300,7 @@ def _kick(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curve
         _set_leg(a, side, hip, knee, pitch, abduct=0.06)
     # Guard: fists up in front of the chest; the torso leans back to balance the kick.
     for side, sign in (("left", -1.0), ("right", 1.0)):
-        a[:, J[f"{side}_shoulder"], 2] = -sign * (ARM_DOWN - 0.35)
+        a[:, J[f"{side}_shoulder"], 2] = sign * (ARM_DOWN - 0.35)
         a[:, J[f"{side}_shoulder"], 0] = -0.7 * style.arms
         a[:, J[f"{side}_elbow"], 1] = sign * 1.9
     for j in ("spine1", "spine2"):
@@ -320,8 +353,9 @@ def _local_matrices(curves: _Curves) -> np.ndarray:
 
 def pose_motion(
     name: str, seconds: float = 4.0, fps: float = 30.0, speed: float = 1.0, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """The joint-space part of :func:`make_motion`: poses (T, 24, 3), root yaw (T,), hop (T,), plant.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, np.ndarray | None]:
+    """The joint-space part of :func:`make_motion`: poses (T, 24, 3), root yaw (T,), hop (T,),
+    the planting mode ("contact" or "steady") and optional phase-based support weights (T, 2).
 
     No body model is needed; world placement (ground contact, translation) happens in
     :func:`make_motion`.
@@ -336,7 +370,7 @@ def pose_motion(
     style = _Style.draw(np.random.default_rng(seed))
     curves = _GENERATORS[name](t, float(speed), style, T / fps)
     poses = matrix_to_axis_angle(_local_matrices(curves))
-    return poses, curves.yaw, curves.hop, curves.plant
+    return poses, curves.yaw, curves.hop, curves.plant, curves.support
 
 
 @dataclass
@@ -349,12 +383,15 @@ class _Feet:
 
 
 def _ground_and_plant(
-    poses: np.ndarray, rest: np.ndarray, sole_y: float, hop: np.ndarray, plant: bool, fps: float
+    poses: np.ndarray, rest: np.ndarray, sole_y: float, hop: np.ndarray, plant: str, fps: float,
+    support: np.ndarray | None = None,
 ) -> np.ndarray:
     """Root translation (T, 3) that keeps the lowest sole point on y = 0 and the stance foot still.
 
     Soft minima (softmax weights over contact heights) keep the result smooth in time.
     """
+    if plant not in ("contact", "steady"):
+        raise ValueError(f"unknown planting mode {plant!r}; allowed: contact, steady")
     feet = _Feet()
     world = world_rotations(poses)
     # Posed joints without translation (forward kinematics).
@@ -370,13 +407,25 @@ def _ground_and_plant(
     ground = (w * height).sum(axis=1)
     trans = np.zeros((len(poses), 3))
     trans[:, 1] = -ground + hop
-    if plant and len(poses) > 1:
+    if len(poses) > 1:
         # Velocity of the material points in contact (not of the moving contact location), so a
         # foot rolling from heel to ball does not push the body backwards.
-        vel = np.gradient(pts, 1.0 / fps, axis=0)
-        v_support = (w[..., None] * vel).sum(axis=1)
+        vel = np.gradient(pts, 1.0 / fps, axis=0)[..., [0, 2]]
+        if support is not None:
+            # Within each foot the lower of heel and ball carries it; across feet, the gait phase.
+            w = np.empty_like(w)
+            for foot in (slice(0, 2), slice(2, 4)):
+                h = height[:, foot]
+                e = np.exp(-(h - h.min(axis=1, keepdims=True)) / tau)
+                w[:, foot] = e / e.sum(axis=1, keepdims=True)
+            w *= np.repeat(support / support.sum(axis=1, keepdims=True), 2, axis=1)
+        v = -(w[..., None] * vel).sum(axis=1)
+        if plant == "steady":
+            # Constant velocity: the support velocity averaged over frames where feet touch.
+            touching = np.exp(-np.maximum(height - ground[:, None], 0.0) / 0.005) * w
+            mean = -(touching[..., None] * vel).sum(axis=(0, 1)) / touching.sum()
+            v = np.broadcast_to(mean, v.shape)
         dt = 1.0 / fps
-        v = -v_support[:, [0, 2]]
         trans[1:, [0, 2]] = np.cumsum(0.5 * (v[1:] + v[:-1]) * dt, axis=0)
     return trans
 
@@ -412,7 +461,7 @@ def make_motion(
     from btdm_engine.body import load_body_model
     from btdm_engine.motion.kinematics import rest_joints
 
-    poses, yaw, hop, plant = pose_motion(name, seconds, fps, speed, seed)
+    poses, yaw, hop, plant, support = pose_motion(name, seconds, fps, speed, seed)
     betas = np.zeros(NUM_BETAS) if betas is None else np.asarray(betas, dtype=np.float64)
     if betas.shape != (NUM_BETAS,):
         raise ValueError(f"betas must have shape ({NUM_BETAS},), got {betas.shape}")
@@ -422,7 +471,7 @@ def make_motion(
         np.zeros((1, NUM_JOINTS, 3), np.float32), betas.astype(np.float32), np.zeros((1, 3), np.float32)
     )
     sole_y = float(np.asarray(rest_verts)[0, :, 1].min())
-    trans = _ground_and_plant(poses, rest, sole_y, hop, plant, fps)
+    trans = _ground_and_plant(poses, rest, sole_y, hop, plant, fps, support)
     verts, _ = body.forward(poses.astype(np.float32), betas.astype(np.float32), trans.astype(np.float32))
     facing = rotation_y(yaw[0]) @ np.array([0.0, 0.0, 1.0])
     K, w2c = default_camera(np.asarray(verts), width, height, fov_deg=fov_deg, margin=margin,

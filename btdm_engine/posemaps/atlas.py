@@ -177,9 +177,12 @@ def _bone_frame(joints: np.ndarray, proximal: str, distal: str) -> tuple[np.ndar
 
 def _body_arrays(body: BodyModel) -> dict[str, np.ndarray]:
     def arr(name: str) -> np.ndarray:
-        if not hasattr(body, name):
-            raise AtlasError(f"body model: missing attribute {name!r}")
-        value = getattr(body, name)
+        value = getattr(body, name, None)
+        if value is None:
+            raise AtlasError(
+                f"body model {getattr(body, 'name', '?')!r} has no {name}; the procedural atlas "
+                "needs it (for a licensed SMPL body pass DensePose's UV_Processed.mat instead)"
+            )
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
         if hasattr(value, "toarray"):  # scipy sparse J_regressor

@@ -1,0 +1,179 @@
+"""Ablation of table 3: the same BTU-Net trained bidirectionally (eq. 4) and unidirectionally.
+
+Both models get the same data, preset, seed, batch size, learning rate and number of steps;
+the bidirectional run is timed first and its step count (from ``--minutes``, or ``--steps``) is
+then given to the unidirectional run. The held-out characters' sequences (the manifest's
+``test`` split) are then animated from their first frame (c) and pose maps through the real
+inference path (``Animator``: bidirectional recursive sampling vs the autoregressive sampler)
+and scored against the ground truth at the network resolution, foreground only, with
+``btdm_engine.metrics.evaluate``: SSIM, LPIPS, tLPIPS (table 3), plus tOF, PSNR and the
+warping error (LPIPS/tLPIPS/FID only with ``--lpips-weights`` / ``--inception-weights``).
+
+    python -m bench ablation                                  # toy data, 2 minutes per model
+    python -m bench.bench_ablation --data DATA --minutes 12   # a synthetic set, 12 min per model
+
+Without ``--data`` a procedural toy dataset (``training.toy_data``) is written and used; the
+output says so. Everything goes to ``--out`` (default ``out/ablation``): the two runs, predicted
+and ground-truth frames, ``metrics_bidirectional.json``, ``metrics_unidirectional.json``,
+``table.md`` and ``comparison.png`` (pose | truth | bidirectional | unidirectional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("bidirectional", "unidirectional")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench_ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=None, help="dataset folder with train/test splits (default: a toy set)")
+    p.add_argument("--out", type=Path, default=Path("out/ablation"), help="output folder (replaced)")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "paper"))
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="training time of the bidirectional model (default 2)")
+    budget.add_argument("--steps", type=int, default=None, help="training steps of each model")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=16, help="frames animated per held-out sequence")
+    p.add_argument("--sample-steps", type=int, default=50, help="denoising steps (paper: 50)")
+    p.add_argument("--finetune-steps", type=int, default=0, help="single-image fine-tuning before sampling (paper: 300)")
+    p.add_argument("--lpips-weights", type=Path, default=None)
+    p.add_argument("--inception-weights", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def _train(data: Path, run: Path, mode: str, args: argparse.Namespace, steps: int, resume: bool) -> float:
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    config = TrainConfig(
+        kind="btunet", data=str(data), preset=args.preset, mode=mode, steps=steps, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, checkpoint_every=max(steps, 1), sample_every=0, log_every=10, cache_frames=True,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    train(config, run, resume=resume, progress=sys.stderr.isatty())
+    return time.perf_counter() - t0
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    from btdm_engine.posemaps.preview import write_rgb_png
+
+    write_rgb_png(path, rgb)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    import torch
+
+    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
+    from btdm_engine.metrics.frames import read_rgb, resize_labels, resize_rgb
+    from btdm_engine.pipeline import Animator
+    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet
+    from training.dataset_format import DatasetManifest
+    from training.toy_data import write_toy_dataset
+
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    if args.data is None:
+        data = write_toy_dataset(args.out / "toy_data", num_characters=6, sequences_per_character=2, num_frames=24, size=64, test_characters=2)
+        data_note = f"toy procedural dataset (training.toy_data, 6 characters, 24 frames each) written to {data}; no --data given"
+    else:
+        data = args.data
+        data_note = str(data)
+    manifest = DatasetManifest.load(data)
+    tests = manifest.sequence_frames("test")
+
+    # 1. training budget: time the bidirectional run, give its step count to the other mode
+    runs = {m: args.out / "runs" / m for m in MODES}
+    if args.steps is not None:
+        steps = args.steps
+        seconds = {"bidirectional": _train(data, runs["bidirectional"], "bidirectional", args, steps, False)}
+    else:
+        minutes = 2.0 if args.minutes is None else args.minutes
+        probe = 10
+        t_probe = _train(data, runs["bidirectional"], "bidirectional", args, probe, False)
+        per_step = t_probe / probe
+        steps = max(probe, int(minutes * 60 / per_step))
+        seconds = {"bidirectional": t_probe + _train(data, runs["bidirectional"], "bidirectional", args, steps, True)}
+    seconds["unidirectional"] = _train(data, runs["unidirectional"], "unidirectional", args, steps, False)
+
+    # 2. animate the held-out sequences from their first frame through the Animator
+    res = None
+    reports = {}
+    previews: dict[str, np.ndarray] = {}
+    gt_root, iuv_root = args.out / "gt", args.out / "iuv"
+    for mode in MODES:
+        model_dir = args.out / "models" / mode
+        model_dir.mkdir(parents=True)
+        shutil.copytree(runs[mode] / "checkpoint", model_dir / "btunet")
+        animator = Animator.from_pretrained(model_dir, device="cpu")
+        res = animator.resolution
+        t0 = time.perf_counter()
+        for seq in tests:
+            n = min(args.frames, seq.num_frames)
+            poses = np.stack([read_iuv_png(p) for p in seq.iuv[:n]])
+            c = np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8)
+            frames = animator.animate(
+                poses, c, poses[0] if args.finetune_steps else None, steps=args.sample_steps, seed=args.seed,
+                sampler=mode, finetune_steps=args.finetune_steps,
+            )  # fmt: skip
+            for t, frame in enumerate(frames):
+                _write_png(args.out / "pred" / mode / seq.id / f"{t:06d}.png", frame)
+                if mode == MODES[0]:
+                    gt = np.round(resize_rgb(read_rgb(seq.rgb[t]), (res, res)) * 255).astype(np.uint8)
+                    _write_png(gt_root / seq.id / f"{t:06d}.png", gt)
+                    write_iuv_png(iuv_root / seq.id / f"{t:06d}.png", resize_labels(poses[t], (res, res)))
+            if seq is tests[0]:
+                previews[mode] = frames
+        sample_s = time.perf_counter() - t0
+        reports[mode] = evaluate(
+            args.out / "pred" / mode, gt_root, iuv_root,
+            lpips_weights=args.lpips_weights, inception_weights=args.inception_weights,
+        )  # fmt: skip
+        reports[mode]["timing"] = {"train_s": seconds[mode], "sample_s": sample_s}
+        write_report(reports[mode], args.out / f"metrics_{mode}.json")
+
+    # 3. a picture to look at, and the table
+    seq = tests[0]
+    n = len(previews[MODES[0]])
+    up = max(1, 96 // res)
+    poses_small = [resize_labels(read_iuv_png(p), (res, res)) for p in seq.iuv[:n]]
+    rows = [colorize_iuv(np.stack(poses_small))]
+    rows.append(np.stack([np.round(resize_rgb(read_rgb(p), (res, res)) * 255).astype(np.uint8) for p in seq.rgb[:n]]))
+    rows += [previews[m] for m in MODES]
+    cols = min(n, 8)
+    images = [row[t].repeat(up, 0).repeat(up, 1) for row in rows for t in range(cols)]
+    labels = [name if t == 0 else "" for name in ("pose", "truth", "bidir", "unidir") for t in range(cols)]
+    _write_png(args.out / "comparison.png", contact_sheet(images, cols=cols, labels=labels))
+
+    table = format_table([("Ours w/ Unidirectional Model", reports["unidirectional"]), ("Ours (bidirectional)", reports["bidirectional"])])
+    budget = (
+        f"budget: {steps} steps per model, batch {args.batch_size}, lr {args.lr}, preset {args.preset}, seed {args.seed}; "
+        f"training wall time {seconds['bidirectional'] / 60:.1f} min (bidirectional) and "
+        f"{seconds['unidirectional'] / 60:.1f} min (unidirectional) on {torch.get_num_threads()} CPU thread(s)"
+    )
+    sampling = (
+        f"evaluation: {len(tests)} held-out sequence(s) ({', '.join(s.character for s in tests)}), first {args.frames} frames, "
+        f"c = frame 0, {args.sample_steps} denoising steps, fine-tuning {args.finetune_steps} steps, {res} px, foreground only"
+    )
+    text = "\n".join([f"data: {data_note}", budget, sampling, "", table, ""])
+    (args.out / "table.md").write_text(text)
+    print(text)
+    summary = {m: {k: v for k, v in reports[m]["metrics"].items()} for m in MODES}
+    print(json.dumps({"steps": steps, "metrics": {m: {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, 5)) for k, v in d.items()} for m, d in summary.items()}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""``btdm animate``: pose maps (from a motion clip or PNG files) + appearance -> generated frames.
+
+Writes ``OUT/frames/NNNNNN.png`` (RGB, atomically, streamed as SR3 finishes each chunk) and,
+with ``--mp4``, ``OUT/animation.mp4``. Heavy imports happen in :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+# Mirrors btdm_engine.pipeline.SAMPLERS (not imported here: it would load torch for --help).
+SAMPLER_CHOICES: tuple[str, ...] = ("bidirectional", "unidirectional")
+IUV_ORDERS: tuple[str, ...] = ("btdm", "densepose")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``animate`` subcommand to the ``btdm`` dispatcher."""
+    p = subparsers.add_parser(
+        "animate",
+        help="generate frames from pose maps with BTU-Net (+ SR3)",
+        description=(
+            "Generate a temporally coherent animation with the Bidirectional Temporal Diffusion "
+            "Model: pose maps from a motion clip (--clip, rendered with the IUV renderer) or from "
+            "IUV PNG files (--posemaps DIR: DIR/iuv/NNNNNN.png or DIR/NNNNNN.png), an optional "
+            "appearance image, and a model folder with btunet/ (and optionally sr3/) checkpoints. "
+            "Writes OUT/frames/NNNNNN.png and, with --mp4, OUT/animation.mp4."
+        ),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--clip", metavar="CLIP.npz", help="motion clip to render pose maps from")
+    source.add_argument("--posemaps", metavar="DIR", help="folder of IUV PNGs (DIR/iuv/*.png or DIR/*.png)")
+    p.add_argument("--appearance", metavar="IMG.png",
+                   help="appearance image c (square RGB/RGBA PNG); omit for person-specific / unconditional models")
+    p.add_argument("--appearance-iuv", metavar="IUV.png",
+                   help="IUV map g(c) of the appearance image, for --finetune-steps")
+    p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
+                   help="channel layout of the IUV PNGs read (default btdm; densepose for detectron2 files)")
+    p.add_argument("--model", required=True, metavar="DIR", help="model folder holding btunet/ and optionally sr3/")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace frames already in OUT/frames")
+    p.add_argument("--mp4", action="store_true", help="also write OUT/animation.mp4")
+    p.add_argument("--fps", type=float, default=None,
+                   help="video frame rate (default: the clip's, or 30 for --posemaps)")
+    p.add_argument("--steps", type=int, default=50, help="BTU-Net denoising steps (default 50, as the paper)")
+    p.add_argument("--sr-steps", type=int, default=None, metavar="N", help="SR3 denoising steps (default: --steps)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same frames)")
+    p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                   help="single-image fine-tuning iterations before sampling (paper: 300; default 0)")
+    p.add_argument("--finetune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5)")
+    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default="bidirectional",
+                   help="bidirectional recursive sampling (algorithm 1) or the unidirectional baseline")
+    p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = ancestral sampling")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help="frames per network call (default: from a memory budget)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run)
+
+
+class _Progress:
+    """One tqdm bar per stage, fed by the samplers' ``callback(stage, step, total)``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, step: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=stage, unit="step")
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _read_posemaps(folder: Path, order: str) -> Any:
+    import numpy as np
+
+    from btdm_engine.metrics.frames import list_frames
+    from btdm_engine.posemaps.encoding import read_iuv_png
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--posemaps {folder}: no such folder")
+    source = folder / "iuv" if (folder / "iuv").is_dir() else folder
+    files = list_frames(source)
+    if not files:
+        raise ValueError(f"--posemaps {folder}: no <digits>.png IUV files in {source}")
+    return np.stack([read_iuv_png(f, order=order) for f in files])
+
+
+def _render_clip(path: Path, size: int, progress: bool) -> tuple[Any, float]:
+    import numpy as np
+
+    from btdm_engine.body.model import load_body_model
+    from btdm_engine.motion.clip import MotionClip
+    from btdm_engine.posemaps.renderer import IUVRenderer
+
+    clip = MotionClip.load(path)
+    body = load_body_model(clip.body_model)
+    with IUVRenderer(body, size, size) as renderer:
+        maps = np.stack(list(renderer.render_clip(clip, size=size, progress=progress)))
+    return maps, float(clip.fps)
+
+
+def _read_appearance(path: Path) -> Any:
+    import numpy as np
+
+    from btdm_engine.metrics.frames import read_rgb
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--appearance {path}: no such file")
+    # The training frames are read the same way (alpha composited onto white).
+    return np.round(read_rgb(path) * 255.0).astype(np.uint8)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``btdm animate``; returns the exit status."""
+    from btdm_engine.cli import CliError
+    from btdm_engine.pipeline import Animator
+    from btdm_engine.posemaps.encoding import read_iuv_png
+    from btdm_engine.posemaps.preview import write_mp4, write_rgb_png
+
+    if args.appearance_iuv is not None and args.appearance is None:
+        raise CliError("--appearance-iuv needs --appearance (it is the appearance image's IUV map)")
+    if args.finetune_steps > 0 and args.appearance_iuv is None:
+        raise CliError("--finetune-steps needs --appearance and --appearance-iuv (paper sec. 3.3: Y = {c}, S = {g(c)})")
+    if args.fps is not None and not args.fps > 0:
+        raise CliError(f"--fps must be positive, got {args.fps}")
+    out = Path(args.out)
+    frames_dir = out / "frames"
+    existing = sorted(frames_dir.glob("[0-9]*.png")) if frames_dir.is_dir() else []
+    if existing and not args.overwrite:
+        raise CliError(f"{frames_dir} already holds {len(existing)} frames; pass --overwrite or choose another --out")
+
+    animator = Animator.from_pretrained(args.model, device=args.device)
+    progress = not args.no_progress
+    if args.clip is not None:
+        pose_maps, fps = _render_clip(Path(args.clip), animator.resolution, progress)
+    else:
+        pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order), 30.0
+    fps = args.fps if args.fps is not None else fps
+    appearance = None if args.appearance is None else _read_appearance(Path(args.appearance))
+    appearance_iuv = None
+    if args.appearance_iuv is not None:
+        appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
+
+    for stale in existing:  # --overwrite: no frame of an older, longer run may survive
+        stale.unlink()
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    bars = _Progress(progress)
+    count = 0
+
+    def written() -> Any:
+        nonlocal count
+        for frame in animator.animate_iter(
+            pose_maps, appearance, appearance_iuv, steps=args.steps,
+            sr_steps=args.sr_steps, seed=args.seed,
+            finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, sampler=args.sampler,
+            eta=args.eta, max_batch=args.max_batch, callback=bars,
+        ):
+            write_rgb_png(frames_dir / f"{count:06d}.png", frame)
+            count += 1
+            yield frame
+
+    try:
+        if args.mp4:
+            video = write_mp4(written(), out / "animation.mp4", fps=fps)
+        else:
+            video = None
+            for _ in written():
+                pass
+    finally:
+        bars.close()
+    size = animator.resolution
+    print(f"frames: {count} in {frames_dir} ({size}x{size})")
+    if video is not None:
+        print(f"video:  {video}")
+    return 0

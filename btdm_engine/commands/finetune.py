@@ -1,0 +1,94 @@
+"""``btdm finetune``: single-image fine-tuning (paper sec. 3.3) saved as a new model folder.
+
+Runs exactly the fine-tuning ``Animator.animate(..., finetune_steps=N, seed=S)`` runs
+(:func:`btdm_engine.pipeline.finetune_btunet`, eq. 4 on the pair (c, c) with poses (g(c), g(c)),
+the same generator derivation from the seed), then writes ``OUT/btunet`` (and copies ``sr3/``).
+Animating with ``--model OUT`` and no further fine-tuning therefore gives the frames the
+Animator would give with ``finetune_steps=N`` on the original model and the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``finetune`` subcommand."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on one appearance image (paper sec. 3.3) and save it",
+        description=(
+            "Fine-tune the BTU-Net of MODEL (a folder with btunet/ and optionally sr3/) on the appearance image c "
+            "and its pose map g(c), as single-image animation does at test time (paper: 300 steps, lr 1e-5), and "
+            "write the result to OUT (btunet/ fine-tuned, sr3/ copied)."
+        ),
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder with btunet/ (and sr3/)")
+    p.add_argument("--appearance", type=Path, required=True, help="appearance image c (square PNG/JPG, RGB or RGBA)")
+    p.add_argument("--appearance-iuv", type=Path, required=True, help="the IUV pose map of c, g(c) (same size)")
+    p.add_argument("--iuv-order", choices=("btdm", "densepose"), default="btdm",
+                   help="channel order of the IUV PNG: btdm (red = I) or densepose (detectron2: blue = I)")
+    p.add_argument("--background", default="white", help="colour an RGBA image is composited on (white, black, grey, R,G,B)")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (paper: 300)")
+    p.add_argument("--lr", type=float, default=1e-5, help="learning rate (paper: 1e-5)")
+    p.add_argument("--batch", type=int, default=4, help="copies of (c, c) per step, with independent noise")
+    p.add_argument("--seed", type=int, default=0, help="seed (the same derivation as Animator's seed)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", type=Path, required=True, help="new model folder (must not exist or be empty)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from btdm_engine.checkpoints import load_checkpoint, save_checkpoint
+    from btdm_engine.metrics.frames import parse_colour, read_rgb
+    from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network
+    from btdm_engine.posemaps.encoding import read_iuv_png
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ValueError(f"{args.out}: exists and is not empty; choose a new --out")
+    if not (args.model / "btunet").is_dir():
+        raise ValueError(f"{args.model}: no btunet/ checkpoint folder inside")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+
+    image = read_rgb(args.appearance, parse_colour(args.background))
+    iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
+    if image.shape[:2] != iuv.shape[:2]:
+        raise ValueError(f"{args.appearance_iuv}: {iuv.shape[1]}x{iuv.shape[0]} px, but {args.appearance} is {image.shape[1]}x{image.shape[0]}")
+    model, schedule, meta = load_checkpoint(args.model / "btunet", kind="btunet", device=device)
+    res = model.config.resolution
+    c = image_to_tensor(np.round(image * 255).astype(np.uint8), res, where=str(args.appearance)).to(device)
+    g = iuv_to_network(iuv, res, where=str(args.appearance_iuv)).to(device)
+
+    bar = tqdm(total=args.steps, desc="finetune", unit="step", dynamic_ncols=True)
+    # The Animator's fine-tuning stage generator (stage 0 of its seed), so results match it.
+    tuned = finetune_btunet(
+        model, c, g, schedule, steps=args.steps, lr=args.lr, generator=_generator(args.seed, 0), batch=args.batch,
+        callback=lambda stage, step, total: bar.update(1),
+    )
+    bar.close()
+
+    extra = dict(meta.get("extra", {}))
+    extra["finetune"] = {
+        "source": str(args.model), "appearance": str(args.appearance), "appearance_iuv": str(args.appearance_iuv),
+        "steps": args.steps, "lr": args.lr, "batch": args.batch, "seed": args.seed,
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.out / "btunet", tuned.to("cpu"), "btunet", schedule, extra=extra)
+    if (args.model / "sr3").is_dir():
+        tmp = args.out / f".sr3.tmp-{os.getpid()}"
+        shutil.copytree(args.model / "sr3", tmp)
+        os.replace(tmp, args.out / "sr3")
+    print(f"fine-tuned {args.steps} steps on {args.appearance}; model written to {args.out}", file=sys.stderr)
+    return 0

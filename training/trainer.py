@@ -1,0 +1,703 @@
+"""Training loop for the BTU-Net (eq. 4, the unidirectional baseline, person-specific and
+unconditional tasks) and SR3, resumable, single-process or DistributedDataParallel.
+
+Run folder::
+
+    RUN/
+      train_config.json              the TrainConfig (resume reads it back)
+      checkpoint/                    the latest EMA weights as a project checkpoint
+                                     (config.json + model.safetensors, btdm_engine.checkpoints):
+                                     a "btunet/" (or "sr3/") folder for Animator.from_pretrained
+      snapshots/step_0000500/        resumable state, one folder per saved step:
+        checkpoint/                  the EMA checkpoint of that step (as above)
+        training_state.safetensors   raw weights ("model.*"), optimizer tensors ("optim.<i>.<name>")
+        training_state.json          step, epoch, position in the epoch, optimizer scalars,
+                                     world size, the TrainConfig
+        COMPLETE                     written last
+      log.csv                        step, epoch, loss, lr, grad_norm, samples/s, elapsed
+      tb/                            TensorBoard events (SummaryWriter)
+      samples/step_0000500.png/.mp4  preview strip (pose | ground truth | EMA sample) and video
+
+Crash safety: a snapshot is written into ``snapshots/.step_XXXXXXX.tmp-<pid>/`` and renamed into
+place (an atomic directory rename) after every file in it is complete, so a run killed at any
+moment (even with SIGKILL) leaves only complete snapshots under ``step_*`` names; resume takes
+the newest one that has ``COMPLETE`` and ignores anything else. ``RUN/checkpoint`` is rewritten
+from the snapshot after that (``save_checkpoint`` removes its ``config.json`` first and writes it
+last, so a half-written ``checkpoint/`` is never loadable); resume rewrites it again.
+
+Randomness: the model is initialised from ``seed``; the data order is DistributedSampler's
+permutation of ``(seed, epoch)``; item augmentations draw from ``(seed, epoch, index)``; the
+noise levels, noise and dropout of step ``s`` on rank ``r`` draw from generators seeded with
+``(seed, r, s)``. Nothing random is carried from step to step, so a resumed run continues
+exactly as an uninterrupted one would (same world size and batch size).
+
+Distributed: launch with ``torchrun --nproc_per_node N -m btdm_engine.cli train ...``. The
+backend is NCCL on CUDA, gloo on CPU; each rank reads ``batch_size`` samples per step through a
+DistributedSampler; rank 0 alone writes checkpoints, logs and samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from btdm_engine.checkpoints import save_checkpoint
+from btdm_engine.diffusion.losses import bidirectional_loss, sr3_loss, unidirectional_loss
+from btdm_engine.diffusion.schedule import ScheduleConfig
+from btdm_engine.models import build_model
+from btdm_engine.models.btunet import BTUNetConfig
+from btdm_engine.models.sr3 import SR3Config
+from training.config import TrainConfig, TrainConfigError
+from training.dataset_format import DatasetFormatError, DatasetManifest, SequenceFrames
+from training.datasets import FramePairDataset, PairDatasetConfig, SR3FrameDataset
+
+STATE_VERSION = 1
+CONFIG_FILE = "train_config.json"
+SNAPSHOTS = "snapshots"
+COMPLETE = "COMPLETE"
+LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (bad run folder, data too small, ...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def training_sequences(config: TrainConfig) -> tuple[list[SequenceFrames], list[SequenceFrames]]:
+    """(training sequences, preview sequences) of a config's data folder.
+
+    Previews come from the held-out split (``test``) when the data has one, so the periodic
+    samples show people the model has not seen; otherwise from the training sequences.
+    """
+    root = Path(config.data)
+    if (root / "manifest.json").is_file():
+        manifest = DatasetManifest.load(root)
+        train = manifest.sequence_frames(config.split)
+        held_out = [s for s in ("test", "val") if s in manifest.splits and s != config.split]
+        preview = manifest.sequence_frames(held_out[0]) if held_out else train
+    else:
+        from training.video import DensePoseVideoSet
+
+        videos = DensePoseVideoSet(root)
+        train = videos.sequence_frames(config.split)
+        held_out = [s for s in ("test", "val") if s in videos.splits and s != config.split]
+        preview = videos.sequence_frames(held_out[0]) if held_out else train
+    if config.characters:
+        known = {s.character for s in train}
+        unknown = sorted(set(config.characters) - known)
+        if unknown:
+            raise DatasetFormatError(
+                f"{root}: character(s) {', '.join(unknown)} not in split {config.split!r}; present: {', '.join(sorted(known))}"
+            )
+        train = [s for s in train if s.character in config.characters]
+        preview = [s for s in preview if s.character in config.characters] or train
+    return train, preview
+
+
+def model_config(config: TrainConfig) -> BTUNetConfig | SR3Config:
+    """The network config: the preset with ``model_overrides`` applied (validated by the model)."""
+    cls = BTUNetConfig if config.kind == "btunet" else SR3Config
+    base = cls.preset(config.preset).to_dict()
+    unknown = sorted(set(config.model_overrides) - set(base))
+    if unknown:
+        raise TrainConfigError(f"model_overrides: unknown {cls.__name__} field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(base))}")
+    return cls.from_dict({**base, **config.model_overrides})
+
+
+def build_dataset(config: TrainConfig, sequences: list[SequenceFrames], net_config: Any) -> FramePairDataset | SR3FrameDataset:
+    """The training dataset of a config at its network's resolution(s)."""
+    if config.kind == "btunet":
+        return FramePairDataset(
+            sequences,
+            PairDatasetConfig(
+                resolution=net_config.resolution,
+                appearance="other_frame" if config.uses_appearance else "none",
+                hflip_prob=config.hflip_prob, background=config.background, fit=config.fit,
+                cache=config.cache_frames, seed=config.seed,
+            ),
+        )  # fmt: skip
+    return SR3FrameDataset(
+        sequences, net_config.resolution, net_config.low_resolution, config.hflip_prob,
+        config.background, config.fit, config.cache_frames, config.seed,
+    )  # fmt: skip
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (after ``skip`` of this rank's samples)."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+# --------------------------------------------------------------------------------------------
+# Loss of one batch (shared by training and by fixed-batch evaluation)
+
+
+def step_generators(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator for step ``step`` on ``rank`` (levels and noise), and seed torch's global
+    RNG (dropout) from the same (seed, rank, step), so no RNG state lives between steps."""
+    a, b = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint64)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(a) >> 1)
+    torch.manual_seed(int(b) >> 1)
+    return generator
+
+
+def batch_loss(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: TrainConfig,
+    schedule: ScheduleConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """The training loss of one batch for the config's kind and mode (eq. 4 and its variants)."""
+    if config.kind == "sr3":
+        return sr3_loss(model, batch["hr"].to(device), batch["lr"].to(device), schedule, generator)
+    y, y_prev = batch["y"].to(device), batch["y_prev"].to(device)
+    pose, pose_prev = batch["pose"].to(device), batch["pose_prev"].to(device)
+    c = batch["appearance"].to(device) if config.uses_appearance else None
+    mask = None
+    if c is not None and config.appearance_dropout > 0:
+        u = torch.rand(y.shape[0], generator=generator, device=generator.device)
+        mask = (u >= config.appearance_dropout).to(device)
+    loss_fn = unidirectional_loss if config.mode == "unidirectional" else bidirectional_loss
+    return loss_fn(model, y, y_prev, pose, pose_prev, c, schedule, generator, appearance_mask=mask)
+
+
+@torch.no_grad()
+def fixed_batch_loss(
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], config: TrainConfig, schedule: ScheduleConfig, seed: int = 1234
+) -> float:
+    """Mean loss over fixed batches with fixed noise (for comparing weights, e.g. before/after)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        total = 0.0
+        for i, batch in enumerate(batches):
+            generator = step_generators(seed, 0, i, device)
+            total += float(batch_loss(model, batch, config, schedule, generator, device))
+    model.train(was_training)
+    return total / len(batches)
+
+
+# --------------------------------------------------------------------------------------------
+# EMA, optimizer state and snapshots
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+    ema_params = [p for p in ema.parameters()]
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for eb, b in zip(ema.buffers(), model.buffers()):
+        eb.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with the usual warm-up, so early averages are not dominated by the random init."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """JSON through a temp file in the same folder and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_json(tmp, obj)
+    os.replace(tmp, path)
+
+
+def snapshot_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete snapshots of a run, oldest first: ``step_<digits>`` folders holding ``COMPLETE``."""
+    root = run_dir / SNAPSHOTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        name = p.name
+        if p.is_dir() and name.startswith("step_") and name[5:].isdigit() and (p / COMPLETE).is_file():
+            found.append((int(name[5:]), p))
+    return sorted(found)
+
+
+@dataclass
+class TrainingState:
+    """What a snapshot restores."""
+
+    step: int
+    epoch: int
+    epoch_batches: int
+    world_size: int
+    elapsed_s: float
+    snapshot: Path
+
+
+def save_snapshot(
+    run_dir: Path,
+    step: int,
+    epoch: int,
+    epoch_batches: int,
+    world_size: int,
+    elapsed_s: float,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    schedule: ScheduleConfig,
+) -> Path:
+    """Write a complete snapshot (module docstring) and refresh ``RUN/checkpoint``."""
+    root = run_dir / SNAPSHOTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".step_{step:07d}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    extra = checkpoint_extra(config, step)
+    save_checkpoint(tmp / "checkpoint", ema, config.kind, schedule, extra=extra)
+    tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    optim_tensors, optim_meta = _optimizer_to_files(optimizer)
+    tensors.update(optim_tensors)
+    save_file(tensors, str(tmp / "training_state.safetensors"), metadata={"format": "pt", "step": str(step)})
+    with open(tmp / "training_state.safetensors", "rb") as f:
+        os.fsync(f.fileno())
+    _write_json(tmp / "training_state.json", {
+        "format_version": STATE_VERSION, "step": step, "epoch": epoch, "epoch_batches": epoch_batches,
+        "world_size": world_size, "elapsed_s": elapsed_s, "optimizer": optim_meta, "train_config": config.to_dict(),
+    })  # fmt: skip
+    _write_json(tmp / COMPLETE, {"step": step})
+    _fsync_dir(tmp)
+    if final.exists():  # a re-run of the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    publish_checkpoint(run_dir, final)
+    return final
+
+
+def publish_checkpoint(run_dir: Path, snapshot: Path) -> None:
+    """Make ``RUN/checkpoint`` a copy of a snapshot's EMA checkpoint (config.json written last)."""
+    dest = run_dir / "checkpoint"
+    dest.mkdir(exist_ok=True)
+    (dest / "config.json").unlink(missing_ok=True)
+    for name in ("model.safetensors", "config.json"):
+        tmp = dest / f".{name}.tmp-{os.getpid()}"
+        shutil.copyfile(snapshot / "checkpoint" / name, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest / name)
+
+
+def prune_snapshots(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete snapshots, and stale temporary folders."""
+    for _, path in snapshot_dirs(run_dir)[:-keep]:
+        shutil.rmtree(path)
+    for p in (run_dir / SNAPSHOTS).glob(".step_*.tmp-*"):
+        shutil.rmtree(p)
+
+
+def load_snapshot(snapshot: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
+    """Restore raw weights, EMA weights and optimizer from a snapshot, strictly."""
+    from btdm_engine.checkpoints import load_checkpoint
+
+    meta = json.loads((snapshot / "training_state.json").read_text(encoding="utf-8"))
+    if meta.get("format_version") != STATE_VERSION:
+        raise TrainingError(f"{snapshot / 'training_state.json'}: unsupported format_version {meta.get('format_version')!r}")
+    tensors = load_file(str(snapshot / "training_state.safetensors"))
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        diff = sorted(set(state) ^ set(expected))
+        raise TrainingError(f"{snapshot}: saved weights do not match the model ({', '.join(diff[:4])} ...)")
+    model.load_state_dict(state, strict=True)
+    ema_model, _, _ = load_checkpoint(snapshot / "checkpoint")
+    ema.load_state_dict(ema_model.state_dict(), strict=True)
+    optimizer.load_state_dict(_optimizer_from_files(tensors, meta["optimizer"]))
+    return TrainingState(
+        step=int(meta["step"]), epoch=int(meta["epoch"]), epoch_batches=int(meta["epoch_batches"]),
+        world_size=int(meta["world_size"]), elapsed_s=float(meta["elapsed_s"]), snapshot=snapshot,
+    )  # fmt: skip
+
+
+def checkpoint_extra(config: TrainConfig, step: int) -> dict[str, Any]:
+    """What a checkpoint records about its training (``config.json`` ``extra``)."""
+    return {
+        "task": config.task,
+        "sampler": "unidirectional" if config.mode == "unidirectional" else "bidirectional",
+        "training": {"mode": config.mode, "step": step, "preset": config.preset, "data": config.data, "seed": config.seed},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed context
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def init_distributed(device_option: str) -> DistContext:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); start the
+    process group (NCCL on CUDA, gloo on CPU) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_option == "cuda" and not torch.cuda.is_available():
+        raise TrainConfigError("device 'cuda' requested but CUDA is not available")
+    use_cuda = device_option == "cuda" or (device_option == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return DistContext(rank, world, local, device)
+
+
+# --------------------------------------------------------------------------------------------
+# Logging and previews
+
+
+class RunLog:
+    """CSV + TensorBoard logging on rank 0; a resumed run drops rows past its snapshot."""
+
+    def __init__(self, run_dir: Path, resume_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.csv_path = run_dir / "log.csv"
+        rows: list[dict[str, str]] = []
+        if self.csv_path.is_file():
+            with open(self.csv_path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        tmp = self.csv_path.with_name(f".log.csv.tmp-{os.getpid()}")
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        os.replace(tmp, self.csv_path)
+        self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
+        self._csv = csv.DictWriter(self._file, fieldnames=LOG_FIELDS)
+        # purge_step discards events a killed run logged after its last snapshot.
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, row: dict[str, float]) -> None:
+        self._csv.writerow({k: row[k] for k in LOG_FIELDS})
+        self._file.flush()
+        for key in ("loss", "lr", "grad_norm", "samples_per_s"):
+            self.tb.add_scalar(f"train/{key}", row[key], int(row["step"]))
+
+    def close(self) -> None:
+        self._file.close()
+        self.tb.close()
+
+
+@torch.no_grad()
+def write_preview(
+    run_dir: Path, step: int, ema: nn.Module, config: TrainConfig, schedule: ScheduleConfig,
+    sequence: SequenceFrames, device: torch.device, fps: float = 8.0,
+) -> tuple[Path, Path]:
+    """Sample the EMA model on a (held-out) sequence; write a PNG strip and an MP4.
+
+    BTU-Net: rows = pose maps, ground truth, sample (bidirectional recursive sampling, or the
+    autoregressive sampler for the unidirectional mode), c = the sequence's first frame.
+    SR3: rows = low-res input (nearest-upscaled), ground truth, sample.
+    """
+    from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sample_unidirectional
+    from btdm_engine.posemaps.encoding import tensor_to_iuv
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png
+    from training.datasets import load_sequence, tensor_to_uint8
+
+    ema.eval()
+    n = min(config.sample_frames, sequence.num_frames)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    cfg = ema.config
+    if config.kind == "btunet":
+        frames, poses = load_sequence(sequence, cfg.resolution, 0, n, config.background, config.fit)
+        c = frames[0].to(device) if config.uses_appearance else None
+        sampler = sample_unidirectional if config.mode == "unidirectional" else sample_bidirectional
+        out = sampler(ema, poses.to(device), c, steps=config.sample_steps, schedule=schedule, generator=generator)
+        top = colorize_iuv(tensor_to_iuv(poses))
+    else:
+        frames, _ = load_sequence(sequence, cfg.resolution, 0, n, config.background, config.fit)
+        low, _ = load_sequence(sequence, cfg.low_resolution, 0, n, config.background, config.fit)
+        out = torch.cat(list(sample_sr3(ema, low.to(device), steps=config.sample_steps, schedule=schedule,
+                                        generator=generator, resolution=cfg.resolution)))  # fmt: skip
+        factor = cfg.resolution // cfg.low_resolution
+        top = tensor_to_uint8(low).repeat(factor, axis=1).repeat(factor, axis=2)
+    truth, sample = tensor_to_uint8(frames), tensor_to_uint8(out.cpu())
+    scale = max(1, 128 // frames.shape[-1])
+
+    def up(img: np.ndarray) -> np.ndarray:
+        return img.repeat(scale, axis=0).repeat(scale, axis=1)
+
+    images = [up(im) for row in (top, truth, sample) for im in row]
+    labels = [f"{name} {t}" if t == 0 else "" for name in ("input", "truth", "sample") for t in range(n)]
+    png = write_rgb_png(run_dir / "samples" / f"step_{step:07d}.png", contact_sheet(images, cols=n, labels=labels))
+    video = write_mp4((np.concatenate([up(g), up(s)], axis=1) for g, s in zip(truth, sample)),
+                      run_dir / "samples" / f"step_{step:07d}.mp4", fps=fps)  # fmt: skip
+    return png, video
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank)."""
+
+    model: nn.Module
+    ema: nn.Module
+    step: int
+    resumed_from: int | None
+    run_dir: Path
+    last_loss: float | None
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """Create a new run folder, or check a resumed one and return its (possibly extended) config."""
+    saved_path = run_dir / CONFIG_FILE
+    if resume:
+        if not saved_path.is_file():
+            raise TrainingError(f"{run_dir}: cannot resume, no {CONFIG_FILE} (not a training run folder)")
+        saved = TrainConfig.from_dict(json.loads(saved_path.read_text(encoding="utf-8")))
+        changes = {name: getattr(config, name) for name in saved.changed_fields(config)}
+        return saved.resumed_with(**changes)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise TrainingError(f"{run_dir}: folder exists and is not empty; pass --resume to continue it, or choose a new --out")
+    return config
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run; see the module docstring for the folder and guarantees.
+
+    Args:
+        config: the run's configuration. With ``resume``, it must equal the saved one except
+            for :data:`training.config.RESUMABLE_CHANGES` (e.g. a larger ``steps``).
+        run_dir: the run folder.
+        resume: continue from the newest complete snapshot (from scratch if none was written).
+        progress: show a tqdm progress bar (rank 0).
+        on_step: called on rank 0 after every step with ``(step, loss)``.
+    """
+    run_dir = Path(run_dir)
+    ctx = init_distributed(config.device)
+    if ctx.is_main:
+        config = prepare_run_dir(run_dir, config, resume)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+    ctx.barrier()
+    if not ctx.is_main:
+        config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+
+    # 1. data, network, EMA, optimizer (same init on every rank; DDP also broadcasts rank 0's)
+    sequences, previews = training_sequences(config)
+    net_config = model_config(config)
+    dataset = build_dataset(config, sequences, net_config)
+    per_epoch = len(dataset) // (config.batch_size * ctx.world_size)
+    if per_epoch < 1:
+        raise TrainingError(
+            f"{config.data}: {len(dataset)} training samples are fewer than one global batch "
+            f"({config.batch_size} x {ctx.world_size} processes)"
+        )
+    schedule = ScheduleConfig.from_dict(config.schedule)
+    torch.manual_seed(config.seed)
+    model = build_model(config.kind, net_config.to_dict()).to(ctx.device)
+    ema = build_model(config.kind, net_config.to_dict()).to(ctx.device)
+    ema.load_state_dict(model.state_dict())
+    ema.eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+    # 2. resume
+    step, epoch, epoch_batches, elapsed0, resumed_from = 0, 0, 0, 0.0, None
+    snapshots = snapshot_dirs(run_dir) if resume else []
+    if snapshots:
+        state = load_snapshot(snapshots[-1][1], model, ema, optimizer)
+        step, epoch, epoch_batches, elapsed0, resumed_from = state.step, state.epoch, state.epoch_batches, state.elapsed_s, state.step
+        if state.world_size != ctx.world_size:
+            # DistributedSampler deals an epoch's permutation out by rank; with another world
+            # size the remaining samples of this epoch are not the same set: restart the epoch.
+            if ctx.is_main:
+                print(f"resuming with {ctx.world_size} processes instead of {state.world_size}: epoch {epoch} restarts from its beginning")
+            epoch_batches = 0
+        if ctx.is_main:
+            publish_checkpoint(run_dir, state.snapshot)
+    if step >= config.steps:
+        if ctx.is_main:
+            print(f"{run_dir}: already at step {step} >= steps {config.steps}; nothing to do")
+        return TrainResult(model, ema, step, resumed_from, run_dir, None)
+
+    train_model: nn.Module = model
+    if ctx.world_size > 1:
+        # Without c (person / unconditional) the appearance encoder gets no gradient.
+        unused = config.kind == "btunet" and not config.uses_appearance
+        train_model = DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=unused
+        )
+    sampler = ResumableSampler(dataset, ctx.world_size, ctx.rank, config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, drop_last=True)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
+
+    log = RunLog(run_dir, step) if ctx.is_main else None
+    bar = None
+    if ctx.is_main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=step, desc=f"train {config.kind} ({config.mode})", unit="step", dynamic_ncols=True)
+    model.train()
+    t_start = time.monotonic()
+    window_loss, window_n, window_t = 0.0, 0, time.monotonic()
+    last_loss: float | None = None
+    try:
+        while step < config.steps:
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            sampler.skip = epoch_batches * config.batch_size
+            for batch in loader:
+                # 3. one optimisation step: lr warm-up, eq. 4 (or variant), clip, AdamW, EMA
+                lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                generator = step_generators(config.seed, ctx.rank, step, ctx.device)
+                with amp:
+                    loss = batch_loss(train_model, batch, config, schedule, generator, ctx.device)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip = config.grad_clip if config.grad_clip > 0 else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                optimizer.step()
+                ema_update(ema, model, ema_decay_at(step, config.ema_decay))
+                step += 1
+                epoch_batches += 1
+                last_loss = float(loss.detach())
+                window_loss += last_loss
+                window_n += 1
+
+                if ctx.is_main:
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch)
+                    if on_step is not None:
+                        on_step(step, last_loss)
+                    if step % config.log_every == 0 or step == config.steps:
+                        now = time.monotonic()
+                        assert log is not None
+                        log.write({
+                            "step": step, "epoch": epoch, "loss": window_loss / window_n, "lr": lr, "grad_norm": grad_norm,
+                            "samples_per_s": window_n * config.batch_size * ctx.world_size / max(now - window_t, 1e-9),
+                            "elapsed_s": elapsed0 + now - t_start,
+                        })  # fmt: skip
+                        window_loss, window_n, window_t = 0.0, 0, now
+                done_epoch = epoch_batches >= per_epoch
+                # 4. snapshot (rank 0 writes; everyone waits so no rank runs ahead of a save)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    if ctx.is_main:
+                        e, b = (epoch + 1, 0) if done_epoch else (epoch, epoch_batches)
+                        save_snapshot(run_dir, step, e, b, ctx.world_size, elapsed0 + time.monotonic() - t_start,
+                                      model, ema, optimizer, config, schedule)  # fmt: skip
+                        prune_snapshots(run_dir, config.keep_snapshots)
+                    ctx.barrier()
+                if config.sample_every and (step % config.sample_every == 0 or step == config.steps):
+                    if ctx.is_main and previews:
+                        write_preview(run_dir, step, ema, config, schedule, previews[0], ctx.device)
+                    ctx.barrier()
+                if step >= config.steps or done_epoch:
+                    break
+            if epoch_batches >= per_epoch:
+                epoch += 1
+                epoch_batches = 0
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    return TrainResult(model, ema, step, resumed_from, run_dir, last_loss)
