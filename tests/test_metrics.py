@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from einops import rearrange, repeat
 from safetensors.torch import save_file
 from scipy.ndimage import correlate1d
 
@@ -47,7 +48,7 @@ def _moving_sequence(tex: np.ndarray, shift: int, frames: int = 4, size: int = 9
     so the content moves LEFT: the true flow is (-shift, 0)."""
     crops = [tex[20 : 20 + size, 20 + t * shift : 20 + t * shift + size] for t in range(frames)]
     seq = torch.from_numpy(np.stack(crops)).float()
-    return seq[:, None].expand(-1, 3, -1, -1).contiguous()
+    return repeat(seq, "t h w -> t c h w", c=3).contiguous()
 
 
 def _write_png(path: Path, rgb01: np.ndarray) -> None:
@@ -57,7 +58,7 @@ def _write_png(path: Path, rgb01: np.ndarray) -> None:
 
 
 def _write_sequence(folder: Path, seq: torch.Tensor) -> None:
-    for t, frame in enumerate(seq.permute(0, 2, 3, 1).numpy()):
+    for t, frame in enumerate(rearrange(seq, "t c h w -> t h w c").numpy()):
         _write_png(folder / f"{t:06d}.png", frame)
 
 

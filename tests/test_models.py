@@ -325,3 +325,24 @@ def test_flop_and_parameter_counts_are_consistent() -> None:
     assert one > 0 and two == 2 * one  # linear in batch
     # E_a is skipped when there is no appearance
     assert count_flops(model, 1, conditional=False) < one
+
+
+def test_channels_last_and_bf16_autocast(woken: BTUNet) -> None:
+    """Same numbers in channels-last memory; bf16 autocast (CPU here, CUDA in training) runs."""
+    inp = _pair_inputs(2)
+    with torch.no_grad():
+        ref_a, ref_b = woken(**inp)
+        cl = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in inp.items()}
+        woken.to(memory_format=torch.channels_last)
+        try:
+            cl_a, cl_b = woken(**cl)
+        finally:
+            woken.to(memory_format=torch.contiguous_format)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf_a, bf_b = woken(**inp)
+    torch.testing.assert_close(cl_a, ref_a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cl_b, ref_b, atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(bf_a.float()).all() and torch.isfinite(bf_b.float()).all()
+    # bf16 keeps ~3 significant digits; the predictions stay close to float32's
+    assert (bf_a.float() - ref_a).abs().mean() < 0.05 * ref_a.abs().mean()
+    assert (bf_b.float() - ref_b).abs().mean() < 0.05 * ref_b.abs().mean()

@@ -114,7 +114,7 @@ class SequenceRecord:
     id: str
     character: str
     num_frames: int
-    checksums: Mapping[str, str] = field(repr=False)
+    checksums: Mapping[str, str] = field(repr=False, hash=False)
     motion: str | None = None
 
     @classmethod

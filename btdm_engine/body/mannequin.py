@@ -24,7 +24,7 @@ from btdm_engine.body.meshing import mesh_symmetric_sdf, vertex_adjacency, verte
 from btdm_engine.body.skeleton import JOINT_NAMES, MIRROR, NUM_BETAS, NUM_JOINTS, NUM_POSE_BASIS, PARENTS
 
 # Bump whenever the built arrays change; it is part of the cached file's name.
-VERSION = 1
+VERSION = 3
 MESH_SPACING = 0.0175  # metres between SDF samples; sets V (~7.5k)
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
@@ -70,7 +70,7 @@ SOLE_Y = -1.165
 def _torso(p: np.ndarray) -> np.ndarray:
     """Lofted superelliptic cross-sections from the hips to the neck base."""
     knots = np.array([-0.30, -0.22, -0.12, -0.02, 0.08, 0.16, 0.22, 0.27, 0.31])
-    half_w = np.array([0.155, 0.150, 0.136, 0.136, 0.152, 0.165, 0.160, 0.115, 0.065])
+    half_w = np.array([0.142, 0.142, 0.134, 0.136, 0.152, 0.165, 0.160, 0.115, 0.065])
     half_d = np.array([0.100, 0.095, 0.092, 0.095, 0.105, 0.106, 0.096, 0.075, 0.055])
     centre_z = np.array([-0.010, -0.002, 0.008, 0.012, 0.014, 0.008, -0.004, -0.018, -0.025])
     y = np.clip(p[:, 1], knots[0], knots[-1])
@@ -101,7 +101,7 @@ def _left_parts() -> dict[str, callable]:
     """Signed distances of the left-side limbs (the right side mirrors them)."""
 
     def thigh(p):
-        return S.round_cone(p, (0.092, -0.29, 0.0), (0.1, -0.68, 0.015), 0.082, 0.052)
+        return S.round_cone(p, (0.09, -0.3, 0.0), (0.1, -0.68, 0.015), 0.08, 0.052)
 
     def calf(p):
         shin = S.round_cone(p, (0.1, -0.68, 0.015), (0.095, -1.075, -0.03), 0.052, 0.033)
@@ -156,10 +156,10 @@ def _left_parts() -> dict[str, callable]:
 
 def _centre_parts() -> dict[str, callable]:
     def pelvis(p):
-        hips = S.ellipsoid(p, (0.0, -0.27, -0.005), (0.163, 0.105, 0.105))
-        glute_l = S.ellipsoid(p, (0.065, -0.295, -0.05), (0.08, 0.09, 0.075))
-        glute_r = S.ellipsoid(p, (-0.065, -0.295, -0.05), (0.08, 0.09, 0.075))
-        return S.smooth_min(S.smooth_min(hips, glute_l, 0.03), glute_r, 0.03)
+        hips = S.ellipsoid(p, (0.0, -0.29, -0.005), (0.14, 0.09, 0.1))
+        glute_l = S.ellipsoid(p, (0.065, -0.3, -0.05), (0.08, 0.085, 0.072))
+        glute_r = S.ellipsoid(p, (-0.065, -0.3, -0.05), (0.08, 0.085, 0.072))
+        return S.smooth_min(S.smooth_min(hips, glute_l, 0.04), glute_r, 0.04)
 
     def neck(p):
         return S.round_cone(p, (0.0, 0.25, -0.025), (0.0, 0.385, -0.005), 0.058, 0.05)
@@ -216,8 +216,8 @@ def _part_distances(p: np.ndarray) -> tuple[list[str], np.ndarray]:
 
 # Fillet width between a part and the body built so far.
 _BLEND = {
-    "pelvis": 0.0, "spine1": 0.05, "neck": 0.04, "head": 0.03,
-    "left_hip": 0.04, "left_knee": 0.03, "left_ankle": 0.025, "left_foot": 0.02,
+    "pelvis": 0.0, "spine1": 0.07, "neck": 0.04, "head": 0.03,
+    "left_hip": 0.05, "left_knee": 0.03, "left_ankle": 0.025, "left_foot": 0.02,
     "left_collar": 0.05, "left_shoulder": 0.04, "left_elbow": 0.03, "left_wrist": 0.025,
     "left_hand": 0.015,
 }
@@ -435,6 +435,43 @@ def shape_directions(v: np.ndarray, weights: np.ndarray, joints: np.ndarray,
 
 
 # --------------------------------------------------------------------------------------------
+# Pose-corrective blend shapes
+# --------------------------------------------------------------------------------------------
+
+
+def _descendants(j: int) -> list[int]:
+    out = [j]
+    for k in range(j + 1, NUM_JOINTS):
+        if PARENTS[k] in out:
+            out.append(k)
+    return out
+
+
+def pose_directions(v: np.ndarray, weights: np.ndarray, joints: np.ndarray) -> np.ndarray:
+    """(V,3,207) twist correctives: SMPL's pose blend shapes P(theta) (eq. 9), used here only
+    against linear blend skinning's "candy wrapper" loss when a joint twists about its bone.
+
+    For a rotation R about the bone axis a by theta, the functional L(R - I) = tr((R - I)(I - 2aa^T))
+    equals -2(1 - cos theta), while it is zero for any bend about an axis perpendicular to a. A vertex
+    whose weight on the twisting side is w shrinks radially by f = sqrt(w^2 + (1-w)^2) at 90 degrees;
+    pushing it out by (1/f - 1)(1 - cos theta) of its radial offset restores its section there.
+    """
+    start, end = _bone_segments(joints)
+    dirs = np.zeros((len(v), 3, NUM_POSE_BASIS))
+    for j in range(1, NUM_JOINTS):
+        axis = end[j] - start[j]
+        axis /= np.linalg.norm(axis)
+        w_twist = weights[:, _descendants(j)].sum(1)
+        gain = 1.0 / np.sqrt(w_twist**2 + (1.0 - w_twist) ** 2) - 1.0
+        offset = v - joints[j]
+        radial = offset - np.outer(offset @ axis, axis)
+        probe = np.eye(3) - 2.0 * np.outer(axis, axis)
+        # Feature index 9(j-1) + 3r + c holds (R_j - I)[r, c] (smplx's row-major flattening).
+        dirs[:, :, 9 * (j - 1): 9 * j] = -0.5 * (gain[:, None] * radial)[:, :, None] * probe.reshape(1, 1, 9)
+    return dirs
+
+
+# --------------------------------------------------------------------------------------------
 # Build, write, cache
 # --------------------------------------------------------------------------------------------
 
@@ -452,13 +489,13 @@ def build_mannequin() -> dict[str, np.ndarray]:
     weights = skinning_weights(v, edges, degree, mirror)
     regressor = joint_regressor(v, joints, mirror)
     shapedirs = shape_directions(v, weights, joints, vertex_normals(v, f), mirror)
-    posedirs = np.zeros((len(v), 3, NUM_POSE_BASIS))
+    posedirs = pose_directions(v, weights, joints)
     kintree = np.array([PARENTS, list(range(NUM_JOINTS))], dtype=np.int64)
     kintree[0, 0] = 4294967295  # SMPL stores the root's parent as uint32 -1
     return {
         "v_template": v,
         "shapedirs": shapedirs,
-        "posedirs": posedirs,
+        "posedirs": posedirs.astype(np.float32),  # 38 MB as float64; float32 loses nothing here
         "J_regressor": regressor,
         "weights": weights,
         "kintree_table": kintree,

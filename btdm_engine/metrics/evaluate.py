@@ -332,19 +332,20 @@ def format_table(rows: Sequence[tuple[str, dict[str, Any]]], extra: bool = True)
     ``n/a`` and a note under the table says why.
     """
     cols = TABLE_COLUMNS + (EXTRA_COLUMNS if extra else ())
-    width = max([len("Method")] + [len(name) for name, _ in rows])
+    cells = [[_fmt(report["metrics"].get(key), digits) for key, _, digits in cols] for _, report in rows]
+    widths = [max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title, _) in enumerate(cols)]
+    name_w = max([len("Method")] + [len(name) for name, _ in rows])
     lines = [
-        "| " + "Method".ljust(width) + " | " + " | ".join(title for _, title, _ in cols) + " |",
-        "|" + "-" * (width + 2) + "|" + "|".join("-" * (len(title) + 2) for _, title, _ in cols) + "|",
+        "| " + "Method".ljust(name_w) + " | " + " | ".join(t.ljust(w) for (_, t, _), w in zip(cols, widths)) + " |",
+        "|" + "-" * (name_w + 2) + "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
+    for (name, _), row in zip(rows, cells):
+        lines.append("| " + name.ljust(name_w) + " | " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |")
     notes: dict[str, str] = {}
-    for name, report in rows:
-        cells = []
-        for key, title, digits in cols:
-            cells.append(_fmt(report["metrics"].get(key), digits).rjust(len(title)))
+    for _, report in rows:
+        for key, _, _ in cols:
             if key in report.get("skipped", {}):
-                notes[key] = report["skipped"][key]
-        lines.append("| " + name.ljust(width) + " | " + " | ".join(cells) + " |")
+                notes.setdefault(key, report["skipped"][key])
     for key, reason in notes.items():
         lines.append(f"{key} skipped: {reason}")
     return "\n".join(lines)

@@ -74,7 +74,7 @@ def tof_per_pair(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None
     _check_sequences(pred, gt, mask)
     diff = np.linalg.norm(sequence_flows(pred).astype(np.float64) - sequence_flows(gt).astype(np.float64), axis=-1)
     if mask is None:
-        return diff.reshape(len(diff), -1).mean(axis=1)
+        return diff.mean(axis=(1, 2))
     m = mask[:-1].cpu().numpy()
     out = np.full(len(diff), math.nan)
     for t in range(len(diff)):

@@ -343,9 +343,9 @@ def save_bvh(
     if units not in ("cm", "m"):
         raise ValueError(f"unknown units {units!r}; allowed: cm, m")
     scale = 100.0 if units == "cm" else 1.0
-    from btdm_engine.body import load_body_model
+    from btdm_engine.motion.library import cached_body_model
 
-    rest = load_body_model(body_model or clip.body_model).rest_joints(clip.betas).astype(np.float64)
+    rest = cached_body_model(body_model or clip.body_model).rest_joints(clip.betas).astype(np.float64)
     has_child = {p for p in PARENTS if p >= 0}
     joints = []
     for j, name in enumerate(JOINT_NAMES):
@@ -579,7 +579,7 @@ def load_bvh(
 
     The SMPL pelvis follows the BVH's pelvis/hips bone: ``trans = hips position - rest pelvis``.
     """
-    from btdm_engine.body import load_body_model
+    from btdm_engine.motion.library import cached_body_model
 
     path = Path(path)
     if skeleton not in SKELETONS:
@@ -590,7 +590,7 @@ def load_bvh(
         raise ValueError(f"fps must be a positive number, got {fps}")
     bvh = read_bvh(path)
     betas = np.zeros(NUM_BETAS) if betas is None else np.asarray(betas, dtype=np.float64)
-    body = load_body_model(body_model)
+    body = cached_body_model(body_model)
     rest = body.rest_joints(betas).astype(np.float64)
     poses, trans = retarget(bvh, rest, skeleton, scale, up_axis, source=path.name)
     src_fps = 1.0 / bvh.frame_time

@@ -13,7 +13,7 @@ import numpy as np
 from btdm_engine.body.skeleton import NUM_JOINTS, PARENTS
 from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
-__all__ = ["world_rotations", "local_rotations", "forward_kinematics", "rest_joints"]
+__all__ = ["world_rotations", "local_rotations", "forward_kinematics"]
 
 
 def world_rotations(poses: np.ndarray) -> np.ndarray:
@@ -54,9 +54,3 @@ def forward_kinematics(
         joints += np.asarray(trans, dtype=np.float64)[:, None, :]
     return joints
 
-
-def rest_joints(body_model: object, betas: np.ndarray) -> np.ndarray:
-    """Rest-pose joints (24, 3) of ``body_model`` (a ``BodyModel``) for shape ``betas`` (10,)."""
-    zeros = np.zeros((1, NUM_JOINTS, 3), dtype=np.float32)
-    _, joints = body_model.forward(zeros, np.asarray(betas, np.float32), np.zeros((1, 3), np.float32))
-    return np.asarray(joints, dtype=np.float64)[0]

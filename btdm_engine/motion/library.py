@@ -16,18 +16,20 @@ is positive. About +Y (root): a positive yaw turns the body towards its left.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 from scipy.interpolate import CubicSpline
+from scipy.ndimage import gaussian_filter1d
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
 from btdm_engine.motion.camera import default_camera
 from btdm_engine.motion.clip import MotionClip
-from btdm_engine.motion.kinematics import world_rotations
+from btdm_engine.motion.kinematics import forward_kinematics, world_rotations
 from btdm_engine.motion.rotations import matrix_to_axis_angle, rotation_x, rotation_y, rotation_z
 
-__all__ = ["MOTIONS", "make_motion", "pose_motion"]
+__all__ = ["MOTIONS", "cached_body_model", "describe", "make_motion", "pose_motion"]
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 TAU = 2.0 * np.pi
@@ -47,8 +49,8 @@ class _Curves:
     angles: np.ndarray  # (T, 24, 3)
     yaw: np.ndarray  # (T,)
     hop: np.ndarray  # (T,) extra height above the ground contact, metres
-    # "contact": move so the supporting foot does not slide; "steady": constant velocity, the
-    # mean of the supporting feet's (for running, where flight phases have no support).
+    # "contact": move so the supporting foot does not slide; "smoothed": the same, low-passed in
+    # time, for running, whose flight phases have no support.
     plant: str = "contact"
     # Optional (T, 2) weights of the left / right foot as the support for horizontal planting,
     # from the gait phase; None picks the lowest foot. Running needs it: a swing foot can reach
@@ -175,22 +177,24 @@ def _gait(t: np.ndarray, speed: float, style: _Style, run: bool) -> _Curves:
     a[:, J["neck"], 0] = -2.0 * lean
     hop = np.zeros(T)
     if run:
-        # Flight around each toe-off (0.35-0.5 of either leg's cycle, 0.7-1 of a half cycle); it
-        # also keeps the landing foot off the floor until its heel strike.
-        u = np.mod(2.0 * c, 1.0)
-        hop = 0.07 * style.legs * np.where(u > 0.7, np.sin(np.pi * (u - 0.7) / 0.3) ** 2, 0.0)
+        # Flight around each toe-off (0.4-0.5 of either leg's cycle, 0.8-1 of a half cycle): a
+        # broad smooth lift that also keeps the landing foot off the floor until heel strike.
+        u = 2.0 * c
+        hop = 0.06 * style.legs * _vm(TAU * (u - 0.87), 2.0)
     support = None
     if run:
         stance_mid = 0.2  # the middle of 0-0.4
         support = np.stack([_vm(TAU * (c - stance_mid), 3.0), _vm(TAU * (c + 0.5 - stance_mid), 3.0)], axis=1)
-    return _Curves(a, np.zeros(T), hop, plant="steady" if run else "contact", support=support)
+    return _Curves(a, np.zeros(T), hop, plant="smoothed" if run else "contact", support=support)
 
 
 def _walk(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """Walk forward (+Z) at about 1 m/s: heel strike, roll-over, push-off, counter-swinging arms."""
     return _gait(t, speed, style, run=False)
 
 
 def _run(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
+    """Run forward (+Z) at about 2 m/s with flight phases, bent arms and a forward lean."""
     return _gait(t, speed, style, run=True)
 
 
@@ -298,11 +302,11 @@ def _kick(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curve
         knee = 0.15 + 2.0 * e - 1.9 * sn + 0.2 * support
         pitch = 0.5 * sn - 0.1 * e
         _set_leg(a, side, hip, knee, pitch, abduct=0.06)
-    # Guard: fists up in front of the chest; the torso leans back to balance the kick.
+    # Guard: upper arms down and forward, turned in, so the fists come up in front of the chest;
+    # the torso leans back to balance the kick.
     for side, sign in (("left", -1.0), ("right", 1.0)):
-        a[:, J[f"{side}_shoulder"], 2] = sign * (ARM_DOWN - 0.35)
-        a[:, J[f"{side}_shoulder"], 0] = -0.7 * style.arms
-        a[:, J[f"{side}_elbow"], 1] = sign * 1.9
+        a[:, J[f"{side}_shoulder"]] = [-0.6 * style.arms, sign * 0.5, sign * ARM_DOWN]
+        a[:, J[f"{side}_elbow"], 1] = sign * 1.6
     for j in ("spine1", "spine2"):
         a[:, J[j], 0] = -0.1 * style.torso * env
     a[:, J["neck"], 0] = 0.15 * env
@@ -343,6 +347,13 @@ _GENERATORS: dict[str, Callable[[np.ndarray, float, _Style, float], _Curves]] = 
 MOTIONS: tuple[str, ...] = tuple(_GENERATORS)
 
 
+def describe(name: str) -> str:
+    """One-line description of a library motion."""
+    if name not in _GENERATORS:
+        raise ValueError(f"unknown motion {name!r}; allowed: {', '.join(MOTIONS)}")
+    return (_GENERATORS[name].__doc__ or "").strip().splitlines()[0]
+
+
 # ---------------------------------------------------------------------------------- assembly
 def _local_matrices(curves: _Curves) -> np.ndarray:
     a = curves.angles
@@ -355,7 +366,7 @@ def pose_motion(
     name: str, seconds: float = 4.0, fps: float = 30.0, speed: float = 1.0, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, np.ndarray | None]:
     """The joint-space part of :func:`make_motion`: poses (T, 24, 3), root yaw (T,), hop (T,),
-    the planting mode ("contact" or "steady") and optional phase-based support weights (T, 2).
+    the planting mode ("contact" or "smoothed") and optional phase-based support weights (T, 2).
 
     No body model is needed; world placement (ground contact, translation) happens in
     :func:`make_motion`.
@@ -390,14 +401,11 @@ def _ground_and_plant(
 
     Soft minima (softmax weights over contact heights) keep the result smooth in time.
     """
-    if plant not in ("contact", "steady"):
-        raise ValueError(f"unknown planting mode {plant!r}; allowed: contact, steady")
+    if plant not in ("contact", "smoothed"):
+        raise ValueError(f"unknown planting mode {plant!r}; allowed: contact, smoothed")
     feet = _Feet()
     world = world_rotations(poses)
-    # Posed joints without translation (forward kinematics).
-    from btdm_engine.motion.kinematics import forward_kinematics
-
-    joints = forward_kinematics(poses, rest)
+    joints = forward_kinematics(poses, rest)  # without translation
     feet.offset = np.stack([[0.0, sole_y - rest[j, 1], 0.0] for j in feet.joint])
     pts = joints[:, feet.joint] + np.einsum("tkij,kj->tki", world[:, feet.joint], feet.offset)
     height = pts[..., 1]
@@ -420,14 +428,21 @@ def _ground_and_plant(
                 w[:, foot] = e / e.sum(axis=1, keepdims=True)
             w *= np.repeat(support / support.sum(axis=1, keepdims=True), 2, axis=1)
         v = -(w[..., None] * vel).sum(axis=1)
-        if plant == "steady":
-            # Constant velocity: the support velocity averaged over frames where feet touch.
-            touching = np.exp(-np.maximum(height - ground[:, None], 0.0) / 0.005) * w
-            mean = -(touching[..., None] * vel).sum(axis=(0, 1)) / touching.sum()
-            v = np.broadcast_to(mean, v.shape)
+        if plant == "smoothed":
+            # No support in flight: carry the body through it by smoothing the support velocity
+            # over a few frames (sigma 0.04 s) (the stance foot slides a little in exchange).
+            v = gaussian_filter1d(v, sigma=0.04 * fps, axis=0, mode="nearest")
         dt = 1.0 / fps
         trans[1:, [0, 2]] = np.cumsum(0.5 * (v[1:] + v[:-1]) * dt, axis=0)
     return trans
+
+
+@lru_cache(maxsize=4)
+def cached_body_model(name_or_path: str) -> object:
+    """``btdm_engine.body.load_body_model``, kept in memory: reading a model file takes seconds."""
+    from btdm_engine.body import load_body_model
+
+    return load_body_model(name_or_path)
 
 
 def make_motion(
@@ -458,15 +473,12 @@ def make_motion(
 
     The body stands on the floor ``y = 0`` and starts facing +Z; the camera is static, in front.
     """
-    from btdm_engine.body import load_body_model
-    from btdm_engine.motion.kinematics import rest_joints
-
     poses, yaw, hop, plant, support = pose_motion(name, seconds, fps, speed, seed)
     betas = np.zeros(NUM_BETAS) if betas is None else np.asarray(betas, dtype=np.float64)
     if betas.shape != (NUM_BETAS,):
         raise ValueError(f"betas must have shape ({NUM_BETAS},), got {betas.shape}")
-    body = load_body_model(body_model)
-    rest = rest_joints(body, betas)
+    body = cached_body_model(body_model)
+    rest = body.rest_joints(betas).astype(np.float64)
     rest_verts, _ = body.forward(
         np.zeros((1, NUM_JOINTS, 3), np.float32), betas.astype(np.float32), np.zeros((1, 3), np.float32)
     )

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from btdm_engine.body.model import load_body_model
-    from btdm_engine.motion import MotionClip
+    from btdm_engine.motion.clip import MotionClip
     from btdm_engine.posemaps.atlas import load_atlas
     from btdm_engine.posemaps.export import export_posemaps
 
@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         atlas=atlas,
         progress=not args.no_progress,
     )
+    if result.replaced:
+        print(f"inputs changed: deleted {result.replaced} outdated pose maps in {result.iuv_dir}")
     print(
         f"pose maps: {len(result.frames)} frames in {result.iuv_dir} "
         f"({result.rendered} rendered, {result.skipped} already complete)"

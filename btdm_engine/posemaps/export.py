@@ -5,12 +5,18 @@ Layout under the output folder::
     iuv/000000.png ...   one IUV map per clip frame (zero-based frame index, 6 digits)
     preview.mp4          colour-coded preview of the frames in the requested range
 
+    posemaps.json        fingerprint of the inputs (clip, camera size, body, atlas)
+
 Every PNG is written atomically, so a file that exists with a valid PNG header and trailer for
-the requested size is complete; a rerun renders only the frames that are missing.
+the requested size is complete; a rerun with the same inputs renders only the frames that are
+missing. When the inputs changed (another clip, size, body or atlas in the same folder), the old
+PNGs are outdated: they are deleted and every requested frame is rendered again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import struct
 from dataclasses import dataclass
@@ -21,8 +27,12 @@ import numpy as np
 
 if TYPE_CHECKING:
     from btdm_engine.body.model import BodyModel
-    from btdm_engine.motion import MotionClip
+    from btdm_engine.motion.clip import MotionClip
     from btdm_engine.posemaps.atlas import Atlas
+
+MANIFEST = "posemaps.json"
+# Bump when the renderer's output for the same inputs changes.
+RENDERER_VERSION = 1
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -38,6 +48,7 @@ class PosemapExport:
         rendered: frames rendered in this call.
         skipped: frames whose PNG was already complete.
         preview: the preview MP4, or None when not requested.
+        replaced: PNGs deleted because they came from different inputs.
     """
 
     iuv_dir: Path
@@ -45,6 +56,7 @@ class PosemapExport:
     rendered: int
     skipped: int
     preview: Path | None
+    replaced: int = 0
 
     def png(self, frame: int) -> Path:
         """Path of one frame's IUV PNG."""
@@ -72,6 +84,21 @@ def png_is_complete(path: Path, width: int, height: int) -> bool:
         return False
     w, h = struct.unpack(">II", head[16:24])
     return (w, h) == (width, height)
+
+
+def _fingerprint(clip: MotionClip, body: BodyModel, atlas: Atlas) -> str:
+    """Hash of everything that determines the pixels of the pose maps."""
+    h = hashlib.sha1(f"renderer-v{RENDERER_VERSION}".encode())
+    arrays = [clip.poses, clip.trans, clip.betas, clip.K, clip.world_to_cam,
+              np.array([clip.width, clip.height])]
+    arrays += [getattr(body, name) for name in
+               ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "faces")]
+    arrays += [atlas.vertex_index, atlas.faces, atlas.part, atlas.uv]
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def export_posemaps(
@@ -117,10 +144,33 @@ def export_posemaps(
         from btdm_engine.body.model import load_body_model
 
         body = load_body_model(clip.body_model)
+    if atlas is None:
+        from btdm_engine.posemaps.atlas import build_atlas
+
+        atlas = build_atlas(body)
+
+    from btdm_engine.posemaps.encoding import atomic_write_bytes
 
     out_dir = Path(out_dir)
     iuv_dir = out_dir / "iuv"
     iuv_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"fingerprint": _fingerprint(clip, body, atlas), "width": clip.width,
+                "height": clip.height, "fps": clip.fps, "frames": num_frames,
+                "atlas": atlas.source, "body_model": clip.body_model}
+    manifest_path = out_dir / MANIFEST
+    replaced = 0
+    previous = None
+    if manifest_path.is_file():
+        try:
+            previous = json.loads(manifest_path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{manifest_path}: not valid JSON ({exc}); delete it to re-render") from None
+    if previous is None or previous.get("fingerprint") != manifest["fingerprint"]:
+        # Frames on disk (if any) were rendered from other inputs: they are outdated.
+        for old in iuv_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
+            old.unlink()
+            replaced += 1
+        atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     frames = tuple(range(int(start), end))
     todo = [t for t in frames if not png_is_complete(frame_path(iuv_dir, t), clip.width, clip.height)]
 
@@ -133,7 +183,7 @@ def export_posemaps(
     if mp4:
         maps = (colorize_iuv(read_iuv_png(frame_path(iuv_dir, t))) for t in frames)
         preview = write_mp4(maps, out_dir / "preview.mp4", fps=clip.fps)
-    return PosemapExport(iuv_dir, frames, len(todo), len(frames) - len(todo), preview)
+    return PosemapExport(iuv_dir, frames, len(todo), len(frames) - len(todo), preview, replaced)
 
 
 def load_iuv_sequence(export: PosemapExport) -> np.ndarray:

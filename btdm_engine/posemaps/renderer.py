@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 from collections.abc import Iterator, Sequence  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -34,7 +35,7 @@ from btdm_engine.posemaps.atlas import Atlas, build_atlas  # noqa: E402
 
 if TYPE_CHECKING:
     from btdm_engine.body.model import BodyModel
-    from btdm_engine.motion import MotionClip
+    from btdm_engine.motion.clip import MotionClip
 
 SHADER_DIR = Path(__file__).resolve().parent / "shaders"
 
@@ -70,6 +71,32 @@ class OpenCVCamera(pyrender.Camera):
         return P
 
 
+def _keep_shared_egl_display(gl: pyrender.OffscreenRenderer) -> None:
+    """Make deleting this renderer destroy only its own EGL context.
+
+    pyrender's ``EGLPlatform.delete_context`` calls ``eglTerminate`` on the process-wide default
+    display, which invalidates every other live EGL context (other renderers, other threads).
+    The display stays initialised until the process exits instead.
+    """
+    from pyrender.platforms.egl import EGLPlatform
+
+    platform = gl._platform
+    if not isinstance(platform, EGLPlatform):
+        return
+
+    def delete_context() -> None:
+        from OpenGL import EGL
+
+        if platform._egl_display is not None and platform._egl_context is not None:
+            EGL.eglMakeCurrent(platform._egl_display, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE,
+                               EGL.EGL_NO_CONTEXT)
+            EGL.eglDestroyContext(platform._egl_display, platform._egl_context)
+        platform._egl_context = None
+        platform._egl_display = None
+
+    platform.delete_context = delete_context
+
+
 def _check_camera(K: np.ndarray, world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     K = np.asarray(K, dtype=np.float64)
     world_to_cam = np.asarray(world_to_cam, dtype=np.float64)
@@ -92,6 +119,8 @@ class IUVRenderer:
         width, height: output size in pixels for :meth:`render`.
         atlas: the IUV atlas; by default :func:`~btdm_engine.posemaps.atlas.build_atlas(body)`.
         chunk_size: frames skinned per ``body.forward`` call in :meth:`render_clip`.
+        prefetch: in :meth:`render_clip`, skin the next chunk on a worker thread while the
+            current one renders.
 
     Use as a context manager, or call :meth:`close` to free the GL context.
     """
@@ -103,6 +132,7 @@ class IUVRenderer:
         height: int,
         atlas: Atlas | None = None,
         chunk_size: int = 64,
+        prefetch: bool = True,
     ):
         if int(width) < 1 or int(height) < 1:
             raise ValueError(f"renderer size must be positive, got {width}x{height}")
@@ -114,6 +144,7 @@ class IUVRenderer:
             self.num_body_vertices
         )
         self.chunk_size = int(chunk_size)
+        self.prefetch = bool(prefetch)
         self.width, self.height = int(width), int(height)
 
         # Interleaved vertex buffer as pyrender lays it out: position (3) then colour (4).
@@ -137,6 +168,7 @@ class IUVRenderer:
         )
         # Route pyrender's segmentation pass to our IUV shaders (see the module docstring).
         self._gl._renderer._program_cache = ShaderProgramCache(shader_dir=str(SHADER_DIR))
+        _keep_shared_egl_display(self._gl)
         self._uploaded = False
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -253,15 +285,28 @@ class IUVRenderer:
         K = np.asarray(clip.K)
         world_to_cam = np.asarray(clip.world_to_cam)
         bar = tqdm(total=int(index.size), unit="frame", desc="pose maps", disable=not progress)
+        chunks = [index[i : i + self.chunk_size] for i in range(0, index.size, self.chunk_size)]
+
+        def skin(chunk: np.ndarray) -> np.ndarray:
+            vertices, _ = self.body.forward(poses[chunk], betas, trans[chunk])
+            return np.asarray(vertices)
+
+        # Skin the next chunk on a worker thread while this one renders: torch and the GL
+        # driver both release the GIL, so the two overlap on a multi-core CPU.
+        pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
-            for start in range(0, index.size, self.chunk_size):
-                chunk = index[start : start + self.chunk_size]
-                vertices, _ = self.body.forward(poses[chunk], betas, trans[chunk])
-                vertices = np.asarray(vertices)
+            pending = None
+            for k, chunk in enumerate(chunks):
+                vertices = pending.result() if pending is not None else skin(chunk)
+                pending = None
+                if pool is not None and k + 1 < len(chunks):
+                    pending = pool.submit(skin, chunks[k + 1])
                 for i, t in enumerate(chunk):
                     yield self.render(vertices[i], K[t], world_to_cam[t])
                     bar.update(1)
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
             if self._gl is not None:
                 self._resize(*previous)

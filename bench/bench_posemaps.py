@@ -1,0 +1,96 @@
+"""Pose-map throughput: a 300-frame walk at 256 x 256 on the mannequin, skinning included.
+
+Rows: skinning alone (``body.forward`` in chunks), rendering alone (pre-skinned vertices),
+``IUVRenderer.render_clip`` (both), and ``export_posemaps`` (both plus PNG writing). The target
+on the 2-core CI machine is >= 40 frames/s for ``render_clip``. Memory: process peak RSS
+(``getrusage``; includes the GL driver's allocations, which tracemalloc cannot see) and the peak
+of Python allocations during one ``render_clip`` pass (tracemalloc, in a separate untimed pass).
+
+Run: ``python -m bench posemaps``.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+
+FRAMES = 300
+SIZE = 256
+FPS = 30.0
+TARGET_FPS = 40.0
+
+
+def main() -> None:
+    from btdm_engine.body import load_body_model
+    from btdm_engine.motion import make_motion
+    from btdm_engine.posemaps.atlas import build_atlas
+    from btdm_engine.posemaps.export import export_posemaps
+    from btdm_engine.posemaps.renderer import IUVRenderer
+
+    body = load_body_model("mannequin")
+    clip = make_motion("walk", seconds=FRAMES / FPS, fps=FPS, seed=0, width=SIZE, height=SIZE)
+    t0 = time.perf_counter()
+    atlas = build_atlas(body)
+    t_atlas = time.perf_counter() - t0
+    rows: list[tuple[str, float, float]] = []  # (what, seconds, frames/s)
+
+    with IUVRenderer(body, SIZE, SIZE, atlas=atlas) as renderer:
+        # Warm-up: shader compilation and the first buffer upload happen once per renderer.
+        t0 = time.perf_counter()
+        v0, _ = body.forward(clip.poses[:1], clip.betas, clip.trans[:1])
+        renderer.render(v0[0], clip.K[0], clip.world_to_cam[0])
+        t_first = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        chunks = [body.forward(clip.poses[i : i + renderer.chunk_size], clip.betas,
+                               clip.trans[i : i + renderer.chunk_size])[0]
+                  for i in range(0, FRAMES, renderer.chunk_size)]
+        dt = time.perf_counter() - t0
+        rows.append(("skinning alone (body.forward)", dt, FRAMES / dt))
+        verts = np.concatenate(chunks)
+
+        t0 = time.perf_counter()
+        for t in range(FRAMES):
+            renderer.render(verts[t], clip.K[t], clip.world_to_cam[t])
+        dt = time.perf_counter() - t0
+        rows.append(("render alone (IUVRenderer.render)", dt, FRAMES / dt))
+
+        t0 = time.perf_counter()
+        count = sum(1 for _ in renderer.render_clip(clip, progress=False))
+        dt = time.perf_counter() - t0
+        assert count == FRAMES
+        rows.append(("render_clip (skinning + render)", dt, FRAMES / dt))
+
+        tracemalloc.start()
+        for _ in renderer.render_clip(clip, progress=False):
+            pass
+        _, py_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        export_posemaps(clip, tmp, size=None, mp4=False, body=body, atlas=atlas, progress=False)
+        dt = time.perf_counter() - t0
+        rows.append(("export_posemaps (+ PNG files, new renderer)", dt, FRAMES / dt))
+
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(f"pose maps: {FRAMES} frames at {SIZE}x{SIZE}, mannequin V={body.num_vertices}, "
+          f"split V'={atlas.num_vertices}, F={atlas.faces.shape[0]}")
+    print(f"{'what':46s} {'seconds':>8s} {'frames/s':>9s}")
+    for what, seconds, fps in rows:
+        print(f"{what:46s} {seconds:8.2f} {fps:9.1f}")
+    print(f"{'atlas build (cached after first call)':46s} {t_atlas:8.2f}")
+    print(f"{'renderer setup + first frame':46s} {t_first:8.2f}")
+    print(f"peak RSS {rss_mib:.0f} MiB; peak Python allocations in render_clip "
+          f"{py_peak / 2**20:.1f} MiB")
+    clip_fps = rows[2][2]
+    verdict = "meets" if clip_fps >= TARGET_FPS else "MISSES"
+    print(f"render_clip {clip_fps:.1f} frames/s {verdict} the {TARGET_FPS:.0f} frames/s target")
+
+
+if __name__ == "__main__":
+    main()
