@@ -42,13 +42,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     budget.add_argument("--minutes", type=float, default=None, help="training time of the bidirectional model (default 2)")
     budget.add_argument("--steps", type=int, default=None, help="training steps of each model")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=16, help="frames animated per held-out sequence")
     p.add_argument("--sample-steps", type=int, default=50, help="denoising steps (paper: 50)")
     p.add_argument("--finetune-steps", type=int, default=0, help="single-image fine-tuning before sampling (paper: 300)")
     p.add_argument("--lpips-weights", type=Path, default=None)
     p.add_argument("--inception-weights", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     return p.parse_args(argv)
 
 
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     from training.dataset_format import DatasetManifest
     from training.toy_data import write_toy_dataset
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)

@@ -11,6 +11,7 @@ Run: ``python -m bench posemaps``.
 
 from __future__ import annotations
 
+import argparse
 import resource
 import tempfile
 import time
@@ -24,7 +25,15 @@ FPS = 30.0
 TARGET_FPS = 40.0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; ``argv`` as for ``python -m bench.bench_posemaps``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_posemaps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=FRAMES, help=f"clip length (default {FRAMES})")
+    parser.add_argument("--size", type=int, default=SIZE, help=f"pixels (default {SIZE})")
+    args = parser.parse_args(argv)
+    frames, size = args.frames, args.size
+
     from btdm_engine.body import load_body_model
     from btdm_engine.motion import make_motion
     from btdm_engine.posemaps.atlas import build_atlas
@@ -32,13 +41,13 @@ def main() -> None:
     from btdm_engine.posemaps.renderer import IUVRenderer
 
     body = load_body_model("mannequin")
-    clip = make_motion("walk", seconds=FRAMES / FPS, fps=FPS, seed=0, width=SIZE, height=SIZE)
+    clip = make_motion("walk", seconds=frames / FPS, fps=FPS, seed=0, width=size, height=size)
     t0 = time.perf_counter()
     atlas = build_atlas(body)
     t_atlas = time.perf_counter() - t0
     rows: list[tuple[str, float, float]] = []  # (what, seconds, frames/s)
 
-    with IUVRenderer(body, SIZE, SIZE, atlas=atlas) as renderer:
+    with IUVRenderer(body, size, size, atlas=atlas) as renderer:
         # Warm-up: shader compilation and the first buffer upload happen once per renderer.
         t0 = time.perf_counter()
         v0, _ = body.forward(clip.poses[:1], clip.betas, clip.trans[:1])
@@ -48,22 +57,22 @@ def main() -> None:
         t0 = time.perf_counter()
         chunks = [body.forward(clip.poses[i : i + renderer.chunk_size], clip.betas,
                                clip.trans[i : i + renderer.chunk_size])[0]
-                  for i in range(0, FRAMES, renderer.chunk_size)]
+                  for i in range(0, frames, renderer.chunk_size)]
         dt = time.perf_counter() - t0
-        rows.append(("skinning alone (body.forward)", dt, FRAMES / dt))
+        rows.append(("skinning alone (body.forward)", dt, frames / dt))
         verts = np.concatenate(chunks)
 
         t0 = time.perf_counter()
-        for t in range(FRAMES):
+        for t in range(frames):
             renderer.render(verts[t], clip.K[t], clip.world_to_cam[t])
         dt = time.perf_counter() - t0
-        rows.append(("render alone (IUVRenderer.render)", dt, FRAMES / dt))
+        rows.append(("render alone (IUVRenderer.render)", dt, frames / dt))
 
         t0 = time.perf_counter()
         count = sum(1 for _ in renderer.render_clip(clip, progress=False))
         dt = time.perf_counter() - t0
-        assert count == FRAMES
-        rows.append(("render_clip (skinning + render)", dt, FRAMES / dt))
+        assert count == frames
+        rows.append(("render_clip (skinning + render)", dt, frames / dt))
 
         tracemalloc.start()
         for _ in renderer.render_clip(clip, progress=False):
@@ -75,10 +84,10 @@ def main() -> None:
         t0 = time.perf_counter()
         export_posemaps(clip, tmp, size=None, mp4=False, body=body, atlas=atlas, progress=False)
         dt = time.perf_counter() - t0
-        rows.append(("export_posemaps (+ PNG files, new renderer)", dt, FRAMES / dt))
+        rows.append(("export_posemaps (+ PNG files, new renderer)", dt, frames / dt))
 
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"pose maps: {FRAMES} frames at {SIZE}x{SIZE}, mannequin V={body.num_vertices}, "
+    print(f"pose maps: {frames} frames at {size}x{size}, mannequin V={body.num_vertices}, "
           f"split V'={atlas.num_vertices}, F={atlas.faces.shape[0]}")
     print(f"{'what':46s} {'seconds':>8s} {'frames/s':>9s}")
     for what, seconds, fps in rows:

@@ -33,6 +33,11 @@ J = {name: i for i, name in enumerate(JOINT_NAMES)}
 _ARM_JOINTS = {side: [J[f"{side}_{n}"] for n in ("shoulder", "elbow", "wrist", "hand")] for side in ("left", "right")}
 
 
+# Weak goal weights that keep close-fitting cloth near its skinned position (tight garments move
+# with the body; a coarse cloth mesh would otherwise let limbs slip through between vertices).
+SOFT_PIN: dict[str, float] = {"skirt": 0.0, "legwear": 0.2, "sleeve": 0.12, "top": 0.04}
+
+
 class GarmentError(ValueError):
     """A garment cannot be built around this body with these parameters (the message says why)."""
 
@@ -305,7 +310,8 @@ def _legwear(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float
             cur = b.add(_vertical_ring(body, y, phi, c, p["ease"] + flare, half, leg_mask))
             b.quads(_quads_between(prev, cur))
             prev = cur
-    pin = np.zeros(b.count)
+    # Tight legwear follows the legs softly (a weak goal spring); the waistband is held.
+    pin = np.full(b.count, SOFT_PIN["legwear"])
     pin[hip_rows[0]] = 1.0
     if len(hip_rows) > 1:
         pin[hip_rows[1]] = 0.3
@@ -321,7 +327,8 @@ def _top(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float]) -
     owner = body.weights.argmax(1)
     arm_mask = np.isin(owner, _ARM_JOINTS["left"] + _ARM_JOINTS["right"])
     head_mask = np.isin(owner, [J["head"]])
-    y_cut = lm["armpit"]  # the torso hole's rim
+    # The torso hole's rim; below the armpit so the bust's widest part is inside the chest hull.
+    y_cut = lm["armpit"] - 0.04
     neck_cut = lm["neck"] - 0.02  # the collar height
     x_side = lm["torso_half_width"] + ease + 0.01
     x_end = lm["shoulder_x"] + p["sleeve"] * (lm["wrist_x"] - lm["shoulder_x"])
@@ -352,7 +359,7 @@ def _top(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float]) -
             centre = hull.mean(axis=0)
             ring2 = _ring(pts[:, [1, 2]], centre, dirs, ease)
         else:
-            pts = _slab(v, 0, x, half, ~arm_mask & ~head_mask)
+            pts = _slab(v, 0, x, half, ~head_mask)
             pts = pts[(pts[:, 1] >= y_cut) & (pts[:, 1] <= neck_cut)]
             # The flat rims of the clipped section are where the holes go.
             extra = np.array([[y_cut, pts[:, 2].min()], [y_cut, pts[:, 2].max()]])
@@ -405,7 +412,9 @@ def _top(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float]) -
         centroid = verts[faces].mean(axis=1)
         keep = ~((np.abs(centroid[:, 0]) < 0.5 * p["opening"]) & (centroid[:, 2] > z_mid) & (centroid[:, 1] < neck_cut))
         b.faces = [faces[keep]]
-    pin = np.zeros(b.count)
+    pin = np.full(b.count, SOFT_PIN["top"])
+    sleeve_ids = np.concatenate([r for r, x in zip(rows, xs) if abs(x) >= x_side])
+    pin[sleeve_ids] = SOFT_PIN["sleeve"]
     shoulders = np.concatenate([r for r, x in zip(rows, xs) if abs(x) <= lm["shoulder_x"]])
     up = verts[shoulders, 1] > lm["shoulder"] - 0.02
     pin[shoulders[up]] = 1.0
@@ -433,6 +442,7 @@ def build_garment(body: BodyRest, garment: GarmentSpec, spacing: float = 0.035) 
         remap = -np.ones(len(verts), dtype=np.int64)
         remap[used] = np.arange(len(used))
         verts, faces, pin = verts[used], remap[faces], pin[used]
+    verts = _push_out(body, verts, 0.5 * garment.params["ease"])
     weights = _transfer_weights(body, verts)
     front = verts[np.abs(verts[:, 0] - anchor[0]) < 0.1]
     anchor = anchor.copy()
@@ -449,6 +459,21 @@ def _transfer_weights(body: BodyRest, points: np.ndarray, k: int = 4) -> np.ndar
     out = np.einsum("nk,nkj->nj", w, body.weights[idx])
     out[out < 1e-4] = 0.0
     return out / out.sum(1, keepdims=True)
+
+
+def _push_out(body: BodyRest, points: np.ndarray, clearance: float) -> np.ndarray:
+    """Move points that are inside the body, or closer than ``clearance`` to it, out along the
+    nearest body vertex's normal (a safety net where a ring cuts a bulge between two slabs)."""
+    tree = cKDTree(body.vertices)
+    out = points.copy()
+    for _ in range(3):
+        _, idx = tree.query(out)
+        height = np.einsum("ij,ij->i", out - body.vertices[idx], body.normals[idx])
+        low = height < clearance
+        if not np.any(low):
+            break
+        out[low] += body.normals[idx[low]] * (clearance - height[low])[:, None]
+    return out
 
 
 def inside_body(body: BodyRest, points: np.ndarray) -> np.ndarray:

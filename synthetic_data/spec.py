@@ -446,7 +446,7 @@ class CharacterSpec:
 # ------------------------------------------------------------------------------ sampling
 def character_seed(base_seed: int, index: int) -> int:
     """The seed of character ``index`` of a dataset seeded with ``base_seed`` (independent streams)."""
-    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1, dtype=np.uint32)[0])
 
 
 def _jitter_colour(rng: np.random.Generator, c: Colour, amount: float) -> Colour:

@@ -25,6 +25,15 @@ from training.toy_data import LEFT_ARM, RIGHT_ARM, write_toy_dataset
 from training.video import DensePoseVideoSet
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two intra-op threads on a busy two-core machine run several times slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), num_characters=3, num_frames=5, size=48)

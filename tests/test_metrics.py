@@ -33,6 +33,15 @@ from btdm_engine.metrics.evaluate import EvaluationError
 from btdm_engine.metrics.image import fill_background
 from btdm_engine.posemaps.encoding import write_iuv_png
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two intra-op threads on a busy two-core machine run several times slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers
 
@@ -243,19 +252,26 @@ def _write_fid_inception(path: Path, seed: int = 0) -> None:
     save_file(tensors, str(path))
 
 
-def test_fid_inception_loads_user_weights_and_scores(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(LPIPS alex file, FID Inception file) with random weights in the documented layouts."""
+    folder = tmp_path_factory.mktemp("weights")
+    _write_alex_lpips(folder / "lpips_alex.safetensors")
+    _write_fid_inception(folder / "fid_inception.safetensors")
+    return folder / "lpips_alex.safetensors", folder / "fid_inception.safetensors"
+
+
+def test_fid_inception_loads_user_weights_and_scores(weight_files: tuple[Path, Path]) -> None:
     shapes = {k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()}
     assert shapes["Conv2d_1a_3x3.conv.weight"] == (32, 3, 3, 3)
     assert shapes["Mixed_6e.branch7x7_2.conv.weight"] == (192, 192, 1, 7)
     assert shapes["Mixed_7c.branch_pool.conv.weight"] == (192, 2048, 1, 1)
-    path = tmp_path / "fid_inception.safetensors"
-    _write_fid_inception(path)
-    model = FIDInceptionV3.from_file(path)
+    model = FIDInceptionV3.from_file(weight_files[1])
     g = torch.Generator().manual_seed(0)
-    real = torch.rand(4, 3, 48, 48, generator=g)
+    real = torch.rand(3, 3, 48, 48, generator=g)
     fake = (real * 0.5 + 0.25).flip(-1)
     fr, ff = inception_features(model, real), inception_features(model, fake)
-    assert fr.shape == (4, 2048) and fr.std() > 1e-3
+    assert fr.shape == (3, 2048) and fr.std() > 1e-3
     assert frechet_distance(fr, fr) == pytest.approx(0.0, abs=1e-6 * np.trace(np.cov(fr, rowvar=False)))
     assert frechet_distance(fr, ff) > 0.0
 
@@ -308,7 +324,9 @@ def test_evaluate_foreground_only_and_skips_metrics_without_weights(tmp_path: Pa
     assert "SSIM↑" in table and "n/a" in table and "fid skipped: no Inception weights" in table
 
 
-def test_btdm_eval_command_writes_json_with_and_without_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_btdm_eval_command_writes_json_with_and_without_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture, weight_files: tuple[Path, Path]
+) -> None:
     from btdm_engine.commands import evaluate as eval_cmd
 
     pred, gt, iuv = _eval_folders(tmp_path)
@@ -323,18 +341,17 @@ def test_btdm_eval_command_writes_json_with_and_without_weights(tmp_path: Path, 
     captured = capsys.readouterr()
     assert "SKIPPED lpips" in captured.err and "SKIPPED fid" in captured.err
 
-    lp, inc = tmp_path / "lpips.safetensors", tmp_path / "inception.safetensors"
-    _write_alex_lpips(lp)
-    _write_fid_inception(inc)
+    # One sequence (3 frames) with both weight files: every metric is a number.
     out2 = tmp_path / "metrics_w.json"
     args = parser.parse_args(
-        ["eval", "--pred", str(pred), "--gt", str(gt), "--out", str(out2),
-         "--lpips-weights", str(lp), "--inception-weights", str(inc)]
+        ["eval", "--pred", str(pred / "seq_a"), "--gt", str(gt / "seq_a" / "rgb"), "--out", str(out2),
+         "--lpips-weights", str(weight_files[0]), "--inception-weights", str(weight_files[1])]
     )  # fmt: skip
     assert args.func(args) == 0
-    m = json.loads(out2.read_text())["metrics"]
+    written = json.loads(out2.read_text())
+    m = written["metrics"]
     assert m["lpips"] > 0 and m["tlpips"] >= 0 and isinstance(m["fid"], float)
-    assert json.loads(out2.read_text())["skipped"] == {}
+    assert written["skipped"] == {} and written["num_frames"] == 3 and written["lpips_net"] == "alex"
 
 
 def test_evaluate_names_missing_ground_truth(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from btdm_engine.pipeline import (
 from btdm_engine.posemaps.encoding import iuv_to_tensor, write_iuv_png
 
 SIZE = 128  # SR3 tiny output; the BTU-Net tiny runs at 32
+FAST = 64  # the faster SR3 (tiny, 32 -> 64 px) most tests use to stay within the CPU budget
 
 
 def trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -45,6 +46,19 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     save_checkpoint(root / "btunet", trained_like(BTUNet(BTUNetConfig.preset("tiny")), 1), "btunet", ScheduleConfig())
     save_checkpoint(root / "sr3", trained_like(SR3(SR3Config.preset("tiny")), 2), "sr3", ScheduleConfig(shift=1.0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def fast_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same BTU-Net with an SR3 of the tiny preset shrunk to a 64 px output."""
+    root = tmp_path_factory.mktemp("fast")
+    (root / "btunet").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (root / "btunet" / name).write_bytes((model_dir / "btunet" / name).read_bytes())
+    torch.manual_seed(3)
+    config = SR3Config.preset("tiny").replace(resolution=FAST, channel_mult=(1, 2, 2))
+    save_checkpoint(root / "sr3", trained_like(SR3(config), 3), "sr3", ScheduleConfig())
     return root
 
 
@@ -77,14 +91,15 @@ def appearance_image(size: int = SIZE) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def animator(model_dir: Path) -> Animator:
-    return Animator.from_pretrained(model_dir, device="cpu")
+def animator(fast_dir: Path) -> Animator:
+    return Animator.from_pretrained(fast_dir, device="cpu")
 
 
 # ------------------------------------------------------------------------------------ Animator
 
 
-def test_two_step_smoke_run_btunet_and_sr3(animator: Animator) -> None:
+def test_two_step_smoke_run_btunet_and_sr3(model_dir: Path) -> None:
+    animator = Animator.from_pretrained(model_dir, device="cpu")  # both tiny presets
     seen: list[tuple] = []
     frames = animator.animate(pose_sequence(3), appearance_image(), steps=2, sr_steps=2, seed=0,
                               max_batch=2, sr_batch=2, callback=lambda *a: seen.append(a))
@@ -99,8 +114,8 @@ def test_two_step_smoke_run_btunet_and_sr3(animator: Animator) -> None:
 def test_every_task_and_sampler_gives_frames(animator: Animator, btunet_only_dir: Path) -> None:
     poses = pose_sequence(2)
     # person-specific / unconditional: no c, the learnt null token
-    assert animator.animate(poses, None, steps=1, sr_steps=1).shape == (2, SIZE, SIZE, 3)
-    assert animator.animate(poses, appearance_image(), steps=1, sr_steps=1, sampler="unidirectional").shape == (2, SIZE, SIZE, 3)
+    assert animator.animate(poses, None, steps=1, sr_steps=1).shape == (2, FAST, FAST, 3)
+    assert animator.animate(poses, appearance_image(), steps=1, sr_steps=1, sampler="unidirectional").shape == (2, FAST, FAST, 3)
     low = Animator.from_pretrained(btunet_only_dir, device="cpu")
     assert low.sr3 is None and low.resolution == 32
     out = low.animate(poses, appearance_image(), steps=2)
@@ -122,7 +137,7 @@ def test_same_seed_same_frames_and_streaming_matches(animator: Animator) -> None
     assert np.abs(a.astype(int) - other.astype(int)).mean() > 1.0
     stream = animator.animate_iter(poses, c, seed=5, **kwargs)
     first = next(stream)
-    assert first.shape == (SIZE, SIZE, 3)
+    assert first.shape == (FAST, FAST, 3)
     assert np.array_equal(np.stack([first, *stream]), a)
 
 
@@ -168,7 +183,7 @@ def _finetune_loss(model: torch.nn.Module, c: torch.Tensor, g: torch.Tensor, sch
     """Eq. 4 on (c, c) averaged over fixed draws (same levels and noise for every model)."""
     gen = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        losses = [bidirectional_loss(model, c, c, g, g, c, schedule, gen).item() for _ in range(6)]
+        losses = [bidirectional_loss(model, c, c, g, g, c, schedule, gen).item() for _ in range(3)]
     return float(np.mean(losses))
 
 
@@ -178,18 +193,19 @@ def test_finetuning_works_on_a_copy_and_lowers_its_loss(animator: Animator) -> N
     g = iuv_to_network(poses[0], 32).expand(4, -1, -1, -1)
     before_weights = {k: v.clone() for k, v in animator.btunet.state_dict().items()}
     before = _finetune_loss(animator.btunet, c, g, animator.schedule)
-    tuned = finetune_btunet(animator.btunet, c[0], g[0], animator.schedule, steps=20, lr=1e-3,
-                            generator=torch.Generator().manual_seed(0), batch=4)
+    tuned = finetune_btunet(animator.btunet, c[0], g[0], animator.schedule, steps=10, lr=2e-3,
+                            generator=torch.Generator().manual_seed(0), batch=2)
     after = _finetune_loss(tuned, c, g, animator.schedule)
     assert tuned is not animator.btunet and not tuned.training
     assert after < 0.7 * before, (before, after)
     for name, tensor in animator.btunet.state_dict().items():
         assert torch.equal(tensor, before_weights[name]), name  # the loaded model is untouched
     # through the Animator: fine-tuned frames differ, the weights stay, and it is seeded
-    kwargs = dict(steps=2, sr_steps=1, seed=0, finetune_lr=1e-3)
-    plain = animator.animate(poses, appearance_image(), **kwargs)
-    tuned_a = animator.animate(poses, appearance_image(), poses[0], finetune_steps=3, **kwargs)
-    tuned_b = animator.animate(poses, appearance_image(), poses[0], finetune_steps=3, **kwargs)
+    kwargs = dict(steps=2, seed=0, finetune_lr=1e-3, finetune_batch=1)
+    low = Animator(animator.btunet, animator.schedule, device="cpu")  # no SR3: only the BTU-Net matters here
+    plain = low.animate(poses, appearance_image(), **kwargs)
+    tuned_a = low.animate(poses, appearance_image(), poses[0], finetune_steps=2, **kwargs)
+    tuned_b = low.animate(poses, appearance_image(), poses[0], finetune_steps=2, **kwargs)
     assert np.array_equal(tuned_a, tuned_b)
     assert not np.array_equal(plain, tuned_a)
     for name, tensor in animator.btunet.state_dict().items():
@@ -207,24 +223,24 @@ def _run_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_cli_animates_a_posemap_folder_end_to_end(model_dir: Path, tmp_path: Path) -> None:
+def test_cli_animates_a_posemap_folder_end_to_end(fast_dir: Path, tmp_path: Path) -> None:
     maps = pose_sequence(3)
     for t, iuv in enumerate(maps):
         write_iuv_png(tmp_path / "pm" / "iuv" / f"{t:06d}.png", iuv)
     cv2.imwrite(str(tmp_path / "c.png"), appearance_image()[..., ::-1])
     write_iuv_png(tmp_path / "c_iuv.png", maps[0])
     out = tmp_path / "out"
-    argv = ["--posemaps", str(tmp_path / "pm"), "--appearance", str(tmp_path / "c.png"), "--model", str(model_dir),
+    argv = ["--posemaps", str(tmp_path / "pm"), "--appearance", str(tmp_path / "c.png"), "--model", str(fast_dir),
             "--out", str(out), "--steps", "2", "--sr-steps", "1", "--seed", "3", "--mp4", "--no-progress",
             "--device", "cpu"]
     assert _run_cli(argv) == 0
     files = sorted((out / "frames").iterdir())
     assert [f.name for f in files] == ["000000.png", "000001.png", "000002.png"]
     first = cv2.imread(str(files[0]))
-    assert first.shape == (SIZE, SIZE, 3)
+    assert first.shape == (FAST, FAST, 3)
     assert (out / "animation.mp4").stat().st_size > 0
     # the CLI's frames are the Animator's frames for the same inputs and seed
-    direct = Animator.from_pretrained(model_dir, device="cpu").animate(maps, appearance_image(), steps=2, sr_steps=1, seed=3)
+    direct = Animator.from_pretrained(fast_dir, device="cpu").animate(maps, appearance_image(), steps=2, sr_steps=1, seed=3)
     assert np.array_equal(first[..., ::-1], direct[0])
 
     with pytest.raises(CliError, match="already holds 3 frames"):

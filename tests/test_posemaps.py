@@ -242,7 +242,8 @@ def test_projected_points_land_on_the_pixel_opencv_predicts() -> None:
     cam_to_world = np.linalg.inv(w2c)
     verts, faces = [], []
     for (tu, tv), z in zip(targets, depth):
-        corners = [(tu + du * 0.4, tv + dv * 0.4) for du, dv in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+        corners = [(tu + du * 0.4, tv + dv * 0.4)
+                   for du, dv in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
         base = len(verts)
         for cu, cv in corners:
             ray = np.linalg.inv(K) @ np.array([cu, cv, 1.0]) * z
@@ -425,6 +426,11 @@ def test_uv_processed_unreadable_files(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a MATLAB file at all" * 8)
     with pytest.raises(AtlasError, match="junk.mat.*not a readable"):
         read_uv_processed(junk)
+    truncated = tmp_path / "truncated.mat"
+    scipy.io.savemat(str(truncated), {"All_Faces": np.ones((200, 3))})
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(AtlasError, match="truncated.mat.*not a readable"):
+        read_uv_processed(truncated)
 
 
 # ----------------------------------------------------------------------------------- preview
@@ -511,3 +517,39 @@ def test_cli_end_to_end_and_resume(tmp_path: Path, walk_clip, capsys) -> None:
     assert main(["posemaps", str(clip_path), "--out", str(part), "--start", "8",
                  "--end", "20", "--no-progress"]) == 2
     assert "outside the clip's 0..10" in capsys.readouterr().err
+
+
+def test_changed_inputs_replace_outdated_pose_maps(tmp_path: Path, walk_clip, capsys) -> None:
+    from btdm_engine.cli import main
+
+    out = tmp_path / "out"
+    first = walk_clip.slice(0, 4).save(tmp_path / "a.npz")
+    second = walk_clip.slice(10, 14).save(tmp_path / "b.npz")
+    args = ["--out", str(out), "--size", "48", "--no-mp4", "--no-progress"]
+    assert main(["posemaps", str(first), *args]) == 0
+    before = read_iuv_png(out / "iuv" / "000000.png")
+    capsys.readouterr()
+    # Same folder, another clip: the old frames are outdated, never silently reused.
+    assert main(["posemaps", str(second), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "deleted 4 outdated" in printed and "4 rendered, 0 already complete" in printed
+    assert not np.array_equal(read_iuv_png(out / "iuv" / "000000.png"), before)
+
+
+def test_demo_command(tmp_path: Path, capsys) -> None:
+    from btdm_engine.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--seconds", "0.2", "--size", "48",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("walk", "spin"):
+        assert (out / name / "clip.npz").is_file()
+        assert len(list((out / name / "iuv").glob("*.png"))) == 6
+        assert (out / name / "preview.mp4").stat().st_size > 1000
+        assert str(out / name / "preview.mp4") in printed
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet.shape[0] > 2 * 48 and sheet.shape[1] >= 6 * 48
+    assert str(out / "contact_sheet.png") in printed
+    assert main(["demo", "--out", str(out), "--motions", "moonwalk"]) == 2
+    assert "allowed:" in capsys.readouterr().err

@@ -161,16 +161,47 @@ def contact_sheet(model: BodyModel, betas: np.ndarray) -> np.ndarray:
     return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
 
 
+def shape_sheet(model: BodyModel) -> np.ndarray:
+    """Front views of each shape direction at beta = -2 and +2, with the mean body between."""
+    renderer = pyrender.OffscreenRenderer(*TILE)
+    pose = np.zeros((1, NUM_JOINTS, 3), np.float32)
+    pose[0, J["left_shoulder"]] = (0.0, 0.0, -1.2)
+    pose[0, J["right_shoulder"]] = (0.0, 0.0, 1.2)
+    trans = np.zeros((1, 3), np.float32)
+    names = model_shape_names(model)
+    rows = []
+    for k in range(10):
+        row = []
+        for value in (-2.0, 0.0, 2.0):
+            betas = np.zeros(10, np.float32)
+            betas[k] = value
+            v, _ = model.forward(pose, betas, trans)
+            yaw = 0 if k not in (5, 9) else 90  # belly and chest depth show from the side
+            tile = render_view(v[0], model.faces, yaw, 0, centre=(0.0, -0.3, 0.0), extent=1.95, renderer=renderer)
+            row.append(_label(tile, f"beta{k} {names[k]} {value:+.0f}"))
+        rows.append(np.concatenate(row, axis=1))
+    renderer.delete()
+    # Two columns of five rows keep the sheet roughly square.
+    return np.concatenate([np.concatenate(rows[:5], axis=0), np.concatenate(rows[5:], axis=0)], axis=1)
+
+
+def model_shape_names(model: BodyModel) -> list[str]:
+    from btdm_engine.body.mannequin import SHAPE_NAMES
+
+    return list(SHAPE_NAMES) if model.name == "mannequin" else [f"pc{k}" for k in range(10)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mannequin", help="'mannequin' or an SMPL-layout .pkl")
     parser.add_argument("--betas", type=float, nargs="*", default=[], help="shape coefficients")
     parser.add_argument("--out", type=Path, default=Path("out/look_body.png"))
+    parser.add_argument("--shapes", action="store_true", help="render the shape directions instead")
     args = parser.parse_args(argv)
     model = load_body_model(args.model)
     betas = np.zeros(10, np.float32)
     betas[: len(args.betas)] = args.betas
-    sheet = contact_sheet(model, betas)
+    sheet = shape_sheet(model) if args.shapes else contact_sheet(model, betas)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {args.out}")

@@ -444,7 +444,7 @@ def init_distributed(device_option: str) -> DistContext:
 class RunLog:
     """CSV + TensorBoard logging on rank 0; a resumed run drops rows past its snapshot."""
 
-    def __init__(self, run_dir: Path, resume_step: int) -> None:
+    def __init__(self, run_dir: Path, resume_step: int, resumed: bool) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.csv_path = run_dir / "log.csv"
@@ -462,7 +462,7 @@ class RunLog:
         self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
         self._csv = csv.DictWriter(self._file, fieldnames=LOG_FIELDS)
         # purge_step discards events a killed run logged after its last snapshot.
-        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1 if resumed else None)
 
     def write(self, row: dict[str, float]) -> None:
         self._csv.writerow({k: row[k] for k in LOG_FIELDS})
@@ -627,7 +627,7 @@ def train(
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, drop_last=True)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
 
-    log = RunLog(run_dir, step) if ctx.is_main else None
+    log = RunLog(run_dir, step, resumed=resume) if ctx.is_main else None
     bar = None
     if ctx.is_main and progress:
         from tqdm import tqdm

@@ -24,7 +24,7 @@ from btdm_engine.body.meshing import mesh_symmetric_sdf, vertex_adjacency, verte
 from btdm_engine.body.skeleton import JOINT_NAMES, MIRROR, NUM_BETAS, NUM_JOINTS, NUM_POSE_BASIS, PARENTS
 
 # Bump whenever the built arrays change; it is part of the cached file's name.
-VERSION = 3
+VERSION = 6
 MESH_SPACING = 0.0175  # metres between SDF samples; sets V (~7.5k)
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
@@ -183,21 +183,21 @@ def _parts() -> list[tuple[str, object]]:
     return parts
 
 
-_FAR = 0.1  # value given to points outside a part's bounding box (well beyond every fillet)
+_FAR = 0.2  # value given to points outside a part's bounding box (well beyond every fillet)
 
 
 @functools.lru_cache(maxsize=1)
 def _part_boxes() -> np.ndarray:
-    """(P,2,3) boxes holding each part's 5 cm neighbourhood, found on a coarse grid.
+    """(P,2,3) boxes holding each part's 10 cm neighbourhood, found on a coarse grid.
 
     Points outside a part's box get the value _FAR instead of an exact evaluation: every
     fillet is narrower than that, so values near the surface are unchanged and meshing is fast.
     """
-    axes = [np.arange(lo - 0.05, hi + 0.05, 0.02) for lo, hi in BOUNDS]
+    axes = [np.arange(lo - 0.1, hi + 0.1, 0.03) for lo, hi in BOUNDS]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     boxes = []
     for name, fn in _parts():
-        near = grid[fn(grid) < 0.06]
+        near = grid[fn(grid) < 0.09]
         boxes.append([near.min(0) - 0.04, near.max(0) + 0.04])
     return np.array(boxes)
 
@@ -205,8 +205,11 @@ def _part_boxes() -> np.ndarray:
 def _part_distances(p: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Distances (P, N) of every part, with the owning joint name of each."""
     names, dists = [], []
+    px, py, pz = p.T
     for (name, fn), (lo, hi) in zip(_parts(), _part_boxes()):
-        inside = np.all((p >= lo) & (p <= hi), axis=1)
+        inside = np.flatnonzero(
+            (px >= lo[0]) & (px <= hi[0]) & (py >= lo[1]) & (py <= hi[1]) & (pz >= lo[2]) & (pz <= hi[2])
+        )
         d = np.full(len(p), _FAR)
         d[inside] = fn(p[inside])
         names.append(name)
@@ -404,8 +407,11 @@ def shape_directions(v: np.ndarray, weights: np.ndarray, joints: np.ndarray,
 
     # 0 height: uniform scale about the floor point under the pelvis (6 cm per unit).
     dirs[:, :, 0] = 0.035 * (v - np.array([0.0, SOLE_Y, 0.0]))
-    # 1 weight: everything thickens, the torso most.
-    dirs[:, :, 1] = 0.10 * radial * (0.6 + 0.6 * torso + 0.2 * legs)[:, None]
+    # 1 weight: soft tissue thickens along the normal, the torso and belly most.
+    belly = np.exp(-(((y + 0.07) / 0.13) ** 2)) * torso
+    hands = w[:, 20:24].sum(1)
+    thickness = 0.004 + 0.005 * torso + 0.006 * belly * np.clip(normals[:, 2], 0.0, None) - 0.003 * (feet + head + hands)
+    dirs[:, :, 1] = thickness[:, None] * normals
     dirs[:, 1, 1] *= sole_lock
     # 2 leg length: legs stretch, everything above the hips rises 5 cm.
     dirs[:, 1, 2] = 0.05 * np.clip((y - SOLE_Y) / (hip_y - SOLE_Y), 0.0, 1.0)
@@ -413,9 +419,8 @@ def shape_directions(v: np.ndarray, weights: np.ndarray, joints: np.ndarray,
     dirs[:, 0, 3] = 0.02 * sign * (arms + 0.6 * collars)
     # 4 hip width: the pelvis widens and the legs move apart.
     pelvis_zone = np.exp(-(((y - joints[0, 1]) / 0.14) ** 2)) * (torso + legs)
-    dirs[:, 0, 4] = 0.12 * x * pelvis_zone + 0.015 * sign * (legs + feet)
+    dirs[:, 0, 4] = 0.07 * x * pelvis_zone + 0.012 * sign * (legs + feet)
     # 5 belly: the front of the abdomen pushes forward, the sides out a little.
-    belly = np.exp(-(((y + 0.07) / 0.13) ** 2)) * torso
     dirs[:, 2, 5] = 0.035 * belly * np.clip(normals[:, 2], 0.0, None) ** 1.5
     dirs[:, 0, 5] = 0.01 * belly * x / 0.15
     # 6 arm length: the arm stretches along its axis (4 cm per unit at the fingertips).

@@ -124,7 +124,7 @@ def mesh_symmetric_sdf(
     sdf: SDF,
     bounds: tuple[tuple[float, float], tuple[float, float], tuple[float, float]],
     spacing: float,
-    relax_iterations: int = 12,
+    relax_iterations: int = 10,
 ) -> SymmetricMesh:
     """Mesh the zero level set of ``sdf`` (symmetric under x -> -x) inside ``bounds``.
 
@@ -165,8 +165,9 @@ def mesh_symmetric_sdf(
         lap = nb_sum / deg[:, None] - verts
         n = vertex_normals(verts, faces)
         lap -= np.einsum("ij,ij->i", lap, n)[:, None] * n
-        verts = project_to_surface(sdf, verts + 0.6 * lap)
-        verts = _symmetrise(verts, mirror)
+        # One Newton step per relaxation keeps vertices near the surface; the final steps land them.
+        verts = _symmetrise(project_to_surface(sdf, verts + 0.6 * lap, steps=1), mirror)
+    verts = _symmetrise(project_to_surface(sdf, verts, steps=3), mirror)
     return SymmetricMesh(vertices=verts, faces=faces, mirror=mirror)
 
 

@@ -112,10 +112,16 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from training.trainer import train
 
     config = config_from_args(args)
-    result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    try:
+        result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"step {result.step}: EMA checkpoint in {args.out / 'checkpoint'}")
     return 0

@@ -42,7 +42,6 @@ from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
 from btdm_engine.metrics.frames import (
     WHITE,
-    FrameError,
     frame_index,
     list_frames,
     read_rgb,

@@ -233,15 +233,17 @@ def read_bvh(path: str | os.PathLike[str]) -> Bvh:
     src = path.name
     tokens = _Tokens(lines, src)
     if tokens.peek() != "HIERARCHY":
-        raise tokens.error(f"expected 'HIERARCHY' at the start of a BVH file, got {tokens.peek()!r}", 1)
+        got = repr(tokens.peek()) if tokens.peek() is not None else "end of file"
+        line = tokens.items[0][1] if tokens.items else 1
+        raise tokens.error(f"expected 'HIERARCHY' at the start of a BVH file, got {got}", line)
     tokens.next("HIERARCHY")
     root_line = tokens.expect("ROOT")
     name, _ = tokens.next("the root joint's name")
     joints: list[BvhJoint] = []
     _parse_joint(tokens, joints, -1, name, root_line)
     if tokens.peek() != "MOTION":
-        tok, line = tokens.next("'MOTION'") if tokens.peek() else ("end of file", len(lines))
-        raise BvhError(f"{src}:{line}: expected 'MOTION' after the hierarchy, got {tok!r}")
+        tok, line = tokens.next("'MOTION'") if tokens.peek() else ("end of file", max(1, len(lines)))
+        raise BvhError(f"{src}:{line}: expected 'MOTION' after the hierarchy, got {tok}")
     n_channels = sum(len(j.channels) for j in joints)
 
     # MOTION section: "Frames: N", "Frame Time: dt", then N lines of n_channels numbers.
@@ -299,9 +301,11 @@ def write_bvh(bvh: Bvh, path: str | os.PathLike[str]) -> Path:
         if joint.parent >= 0:
             children[joint.parent].append(i)
     out = ["HIERARCHY"]
+    order: list[int] = []  # file order (depth first); the motion columns must follow it
 
     def emit(i: int, depth: int) -> None:
         joint, pad = bvh.joints[i], "  " * depth
+        order.append(i)
         out.append(f"{pad}{'ROOT' if joint.parent < 0 else 'JOINT'} {joint.name}")
         out.append(f"{pad}{{")
         out.append(f"{pad}  OFFSET {_fmt(joint.offset)}")
@@ -313,9 +317,15 @@ def write_bvh(bvh: Bvh, path: str | os.PathLike[str]) -> Path:
                         f"{pad}  }}"])
         out.append(f"{pad}}}")
 
-    emit(0, 0)
+    roots = [i for i, joint in enumerate(bvh.joints) if joint.parent < 0]
+    if len(roots) != 1:
+        raise ValueError(f"a BVH skeleton needs exactly one root joint, got {len(roots)}")
+    emit(roots[0], 0)
+    columns = np.concatenate(
+        [np.arange(bvh.channel_start[i], bvh.channel_start[i] + len(bvh.joints[i].channels)) for i in order]
+    ).astype(np.int64)
     out += ["MOTION", f"Frames: {bvh.num_frames}", f"Frame Time: {bvh.frame_time:.8f}"]
-    out += [_fmt(row) for row in bvh.motion]
+    out += [_fmt(row) for row in bvh.motion[:, columns]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".bvh.tmp")
     try:

@@ -1,4 +1,4 @@
-"""``btdm motion``: make procedural motions, import BVH files, list motions, describe clips."""
+"""``btdm motion``: make procedural motions, import BVH files, list, describe and preview clips."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``motion`` command and its ``make``, ``import``, ``list`` and ``info`` actions."""
+    """Add the ``motion`` command: ``make``, ``import``, ``list``, ``info`` and ``preview``."""
     p = subparsers.add_parser(
         "motion",
         help="make, import and inspect motion clips (.npz)",
@@ -64,6 +64,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("clip", type=Path, metavar="CLIP.npz", help="clip file to describe")
     info.set_defaults(func=_info)
 
+    sheet = sub.add_parser(
+        "preview",
+        help="stick-figure contact sheet of clips, seen by their own cameras",
+        description=(
+            "Draw a few evenly spaced frames of each clip as stick figures (person's left red, "
+            "right blue), projected with the clip's camera: one row per clip, written as a PNG."
+        ),
+    )
+    sheet.add_argument("clips", type=Path, nargs="+", metavar="CLIP.npz", help="clip files, one row each")
+    sheet.add_argument("--frames", type=int, default=8, help="frames per row (default 8)")
+    sheet.add_argument("--tile", type=int, default=192, help="tile size in pixels (default 192)")
+    sheet.add_argument("--out", type=Path, required=True, metavar="SHEET.png", help="PNG file to write")
+    sheet.set_defaults(func=_preview)
+
 
 def _check_size(size: int) -> None:
     if size <= 0:
@@ -118,4 +132,16 @@ def _info(args: argparse.Namespace) -> int:
     print(f"image:       {clip.width} x {clip.height} px")
     print(f"camera:      {'static' if static else 'moving'}, fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} "
           f"cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}, first position {np.round(cam_pos, 2)} m")
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from btdm_engine.motion.clip import MotionClip
+    from btdm_engine.motion.preview import contact_sheet
+
+    if args.frames <= 0 or args.tile < 16:
+        raise ValueError(f"--frames must be positive and --tile at least 16, got {args.frames} and {args.tile}")
+    clips = {path.stem: MotionClip.load(path) for path in args.clips}
+    path = contact_sheet(clips, args.out, frames=args.frames, tile=args.tile)
+    print(f"wrote {path}: {len(clips)} clip(s) x {args.frames} frames")
     return 0

@@ -15,13 +15,13 @@ is positive. About +Y (root): a positive yaw turns the body towards its left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 from scipy.interpolate import CubicSpline
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
 from btdm_engine.motion.camera import default_camera
@@ -236,7 +236,9 @@ def _jumping_jacks(t: np.ndarray, speed: float, style: _Style, duration: float) 
     """Jump out to legs apart / arms overhead and back, one jack per 1.1 s at speed 1."""
     T = len(t)
     u = TAU * speed * style.tempo * t / 1.1
-    s = (1.0 - np.cos(u)) / 2.0  # 0 = together, 1 = spread
+    # 0 = together, 1 = spread; the phase warp makes the limbs move mostly while airborne
+    # (u = pi/2, 3 pi/2) and hold still while the feet are on the floor (u = 0, pi).
+    s = (1.0 - np.cos(u - 0.4 * np.sin(2.0 * u))) / 2.0
     a = _standing(T, style)
     # Knees bend when landing (s = 0 or 1) and straighten in the air.
     land = np.cos(u) ** 2
@@ -249,7 +251,7 @@ def _jumping_jacks(t: np.ndarray, speed: float, style: _Style, duration: float) 
     a[:, J["right_collar"], 2] = -0.25 * s
     a[:, J["left_elbow"], 1] = -0.15 * (1 - s)
     a[:, J["right_elbow"], 1] = 0.15 * (1 - s)
-    hop = 0.08 * style.legs * np.sin(u) ** 2  # airborne between the two landing poses
+    hop = 0.08 * style.legs * _vm(2.0 * u - np.pi, 3.0)  # airborne between the two landing poses
     return _Curves(a, np.zeros(T), hop)
 
 
@@ -384,13 +386,8 @@ def pose_motion(
     return poses, curves.yaw, curves.hop, curves.plant, curves.support
 
 
-@dataclass
-class _Feet:
-    """Contact points on the soles: heel (under the ankle) and ball (under the toe joint)."""
-
-    joint: list[int] = field(default_factory=lambda: [J["left_ankle"], J["left_foot"],
-                                                      J["right_ankle"], J["right_foot"]])
-    offset: np.ndarray = field(default_factory=lambda: np.zeros((4, 3)))
+# Sole contact points: a heel under each ankle and a ball under each toe joint.
+_CONTACT_JOINTS = (J["left_ankle"], J["left_foot"], J["right_ankle"], J["right_foot"])
 
 
 def _ground_and_plant(
@@ -403,11 +400,11 @@ def _ground_and_plant(
     """
     if plant not in ("contact", "smoothed"):
         raise ValueError(f"unknown planting mode {plant!r}; allowed: contact, smoothed")
-    feet = _Feet()
     world = world_rotations(poses)
     joints = forward_kinematics(poses, rest)  # without translation
-    feet.offset = np.stack([[0.0, sole_y - rest[j, 1], 0.0] for j in feet.joint])
-    pts = joints[:, feet.joint] + np.einsum("tkij,kj->tki", world[:, feet.joint], feet.offset)
+    ids = list(_CONTACT_JOINTS)
+    offset = np.stack([[0.0, sole_y - rest[j, 1], 0.0] for j in ids])  # joint -> sole, at rest
+    pts = joints[:, ids] + np.einsum("tkij,kj->tki", world[:, ids], offset)
     height = pts[..., 1]
     tau = 0.01  # metres: how soft the choice of the lowest point is
     w = np.exp(-(height - height.min(axis=1, keepdims=True)) / tau)
@@ -415,6 +412,14 @@ def _ground_and_plant(
     ground = (w * height).sum(axis=1)
     trans = np.zeros((len(poses), 3))
     trans[:, 1] = -ground + hop
+    if plant == "smoothed" and len(poses) > 1:
+        # Running: smooth the landings' jolts, then lift wherever that put a foot into the floor
+        # (a running maximum before smoothing, so the smooth lift covers each sinking frame).
+        lifted = gaussian_filter1d(trans[:, 1], sigma=0.04 * fps, mode="nearest")
+        sink = np.maximum(-(lifted + height.min(axis=1)), 0.0)
+        sigma = 0.02 * fps
+        sink = maximum_filter1d(sink, size=2 * int(np.ceil(2 * sigma)) + 1, mode="nearest")
+        trans[:, 1] = lifted + gaussian_filter1d(sink, sigma=sigma, mode="nearest")
     if len(poses) > 1:
         # Velocity of the material points in contact (not of the moving contact location), so a
         # foot rolling from heel to ball does not push the body backwards.
@@ -430,7 +435,7 @@ def _ground_and_plant(
         v = -(w[..., None] * vel).sum(axis=1)
         if plant == "smoothed":
             # No support in flight: carry the body through it by smoothing the support velocity
-            # over a few frames (sigma 0.04 s) (the stance foot slides a little in exchange).
+            # over a few frames (sigma 0.04 s); the stance foot slides a little in exchange.
             v = gaussian_filter1d(v, sigma=0.04 * fps, axis=0, mode="nearest")
         dt = 1.0 / fps
         trans[1:, [0, 2]] = np.cumsum(0.5 * (v[1:] + v[:-1]) * dt, axis=0)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+from scipy.io.matlab import MatReadError
 
 from btdm_engine.posemaps.atlas import Atlas, AtlasError
 from btdm_engine.posemaps.parts import NUM_PARTS
@@ -56,12 +57,14 @@ def read_uv_processed(
         raise FileNotFoundError(f"{path}: no such UV_Processed.mat file")
     try:
         mat = scipy.io.loadmat(str(path))
-    except (ValueError, TypeError, OSError, NotImplementedError) as exc:
+    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError) as exc:
         raise AtlasError(f"{path}: not a readable MATLAB .mat file ({exc})") from None
 
     def column(key: str, dtype: type) -> np.ndarray:
         if key not in mat:
-            raise AtlasError(f"{path}: missing key {key!r} (expected {', '.join(UV_PROCESSED_KEYS)})")
+            raise AtlasError(
+                f"{path}: missing key {key!r} (expected {', '.join(UV_PROCESSED_KEYS)})"
+            )
         value = np.asarray(mat[key])
         if value.ndim != 2 or value.shape[1] != 1:
             raise AtlasError(f"{path}: {key} must have shape (N, 1), got {value.shape}")
@@ -74,7 +77,9 @@ def read_uv_processed(
     v = column("All_V_norm", np.float64)
     vertices = column("All_vertices", np.int64) - 1
     if "All_Faces" not in mat:
-        raise AtlasError(f"{path}: missing key 'All_Faces' (expected {', '.join(UV_PROCESSED_KEYS)})")
+        raise AtlasError(
+            f"{path}: missing key 'All_Faces' (expected {', '.join(UV_PROCESSED_KEYS)})"
+        )
     faces = np.asarray(mat["All_Faces"])
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise AtlasError(f"{path}: All_Faces must have shape (F, 3), got {faces.shape}")

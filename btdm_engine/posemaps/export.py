@@ -164,7 +164,11 @@ def export_posemaps(
         try:
             previous = json.loads(manifest_path.read_text())
         except ValueError as exc:
-            raise ValueError(f"{manifest_path}: not valid JSON ({exc}); delete it to re-render") from None
+            raise ValueError(
+                f"{manifest_path}: not valid JSON ({exc}); delete it to re-render"
+            ) from None
+        if not isinstance(previous, dict):
+            raise ValueError(f"{manifest_path}: expected a JSON object; delete it to re-render")
     if previous is None or previous.get("fingerprint") != manifest["fingerprint"]:
         # Frames on disk (if any) were rendered from other inputs: they are outdated.
         for old in iuv_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
@@ -172,7 +176,8 @@ def export_posemaps(
             replaced += 1
         atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     frames = tuple(range(int(start), end))
-    todo = [t for t in frames if not png_is_complete(frame_path(iuv_dir, t), clip.width, clip.height)]
+    todo = [t for t in frames
+            if not png_is_complete(frame_path(iuv_dir, t), clip.width, clip.height)]
 
     if todo:
         with IUVRenderer(body, clip.width, clip.height, atlas=atlas) as renderer:

@@ -122,7 +122,9 @@ class IUVRenderer:
         prefetch: in :meth:`render_clip`, skin the next chunk on a worker thread while the
             current one renders.
 
-    Use as a context manager, or call :meth:`close` to free the GL context.
+    Faces must be wound counter-clockwise seen from outside (SMPL's convention): pyrender's
+    segmentation pass culls back faces. Use as a context manager, or call :meth:`close` to free
+    the GL context.
     """
 
     def __init__(
