@@ -506,7 +506,7 @@ def add_garment(rig: Rig, mesh: GarmentMesh, spec: GarmentSpec, name: str, cloth
     cs.use_collision = True
     cs.collision_quality = cloth.collision_quality
     cs.distance_min = cloth.distance
-    cs.use_self_collision = c.self_collision
+    cs.use_self_collision = c.self_collision and cloth.self_collision
     cs.self_distance_min = 0.5 * cloth.distance
     mod.point_cache.frame_start = 1
     mod.point_cache.frame_end = frame_end

@@ -98,6 +98,7 @@ class ClothSettings:
     spacing: float = 0.035
     preroll: int = 24
     hold: int = 8
+    self_collision: bool = True  # False turns it off for every garment (CI speed)
 
     def __post_init__(self) -> None:
         if not 1 <= self.quality <= 80:

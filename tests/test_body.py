@@ -322,3 +322,28 @@ def test_foreign_objects_and_junk_are_refused(tmp_path):
         load_body_model(tmp_path / "nowhere.pkl")
     with pytest.raises(ValueError, match="mannequin"):
         load_body_model("smpl_neutral")
+
+
+# -------------------------------------------------------------------------------------- meshing
+
+
+def test_symmetric_meshing_of_a_simple_shape_and_its_errors():
+    from btdm_engine.body import sdf as S
+    from btdm_engine.body.meshing import MeshingError, mesh_symmetric_sdf
+
+    def dumbbell(p):  # two balls joined by a bar, symmetric in x
+        balls = np.minimum(np.linalg.norm(p - (0.3, 0, 0), axis=1), np.linalg.norm(p + (0.3, 0, 0), axis=1)) - 0.12
+        return S.smooth_min(balls, S.round_cone(p, (-0.3, 0, 0), (0.3, 0, 0), 0.05, 0.05), 0.05)
+
+    bounds = ((-0.5, 0.5), (-0.2, 0.2), (-0.2, 0.2))
+    mesh = mesh_symmetric_sdf(dumbbell, bounds, 0.02)
+    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    assert tm.is_watertight and tm.is_volume and tm.body_count == 1
+    np.testing.assert_array_equal(mesh.vertices[mesh.mirror] * (-1, 1, 1), mesh.vertices)
+    assert np.abs(dumbbell(mesh.vertices)).max() < 1e-4  # vertices lie on the surface
+    exact = 2 * (4 / 3) * np.pi * 0.12**3
+    assert exact < tm.volume < exact + np.pi * 0.05**2 * 0.6
+    with pytest.raises(MeshingError, match="2 connected components"):
+        mesh_symmetric_sdf(lambda p: np.minimum(np.linalg.norm(p - (0.3, 0, 0), axis=1), np.linalg.norm(p + (0.3, 0, 0), axis=1)) - 0.1, bounds, 0.02)
+    with pytest.raises(MeshingError, match="border"):
+        mesh_symmetric_sdf(dumbbell, ((-0.35, 0.35), (-0.2, 0.2), (-0.2, 0.2)), 0.02)

@@ -250,3 +250,20 @@ def test_cli_animates_a_posemap_folder_end_to_end(fast_dir: Path, tmp_path: Path
         _run_cli([*argv, "--overwrite", "--finetune-steps", "1"])
     with pytest.raises(SystemExit):  # argparse lists the allowed samplers
         _run_cli([*argv, "--sampler", "sideways"])
+
+
+def test_cli_renders_a_motion_clip(btunet_only_dir: Path, tmp_path: Path) -> None:
+    from btdm_engine.motion.library import make_motion
+
+    clip = make_motion("walk", seconds=0.2, fps=10, width=64, height=64)
+    clip.save(tmp_path / "walk.npz")
+    out = tmp_path / "out"
+    argv = ["--clip", str(tmp_path / "walk.npz"), "--model", str(btunet_only_dir), "--out", str(out),
+            "--steps", "1", "--no-progress", "--device", "cpu", "--mp4"]
+    assert _run_cli(argv) == 0
+    frames = sorted((out / "frames").iterdir())
+    assert len(frames) == clip.num_frames == 2
+    assert cv2.imread(str(frames[0])).shape == (32, 32, 3)  # the BTU-Net's size: no SR3 in this folder
+    assert (out / "animation.mp4").is_file()
+    with pytest.raises(AnimatorError, match="no SR3 model"):
+        _run_cli([*argv, "--overwrite", "--sr-steps", "2"])

@@ -149,7 +149,7 @@ def contact_sheet(model: BodyModel, betas: np.ndarray) -> np.ndarray:
         _label(render_view(rest, f, 0, colours=colours, renderer=renderer), "dominant joint"),
         _label(render_view(rest, f, 180, colours=colours, renderer=renderer), "dominant joint, back"),
         _label(render_view(twist, f, 10, 30, centre=j[J["left_wrist"]], extent=0.35, renderer=renderer), "L wrist+elbow twist 90"),
-        _label(render_view(rest, f, 0, 30, centre=j[J["left_wrist"]] + (0.05, 0, 0), extent=0.3, renderer=renderer), "left hand"),
+        _label(render_view(rest, f, 20, 65, centre=j[J["left_wrist"]] + (0.07, 0, 0), extent=0.3, renderer=renderer), "left hand from above"),
     ])
     rows.append([
         _label(render_view(rest, f, 60, 20, centre=j[J["left_ankle"]] + (0, -0.03, 0.05), extent=0.35, renderer=renderer), "left foot"),

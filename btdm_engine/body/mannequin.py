@@ -13,7 +13,7 @@ import functools
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,10 @@ from btdm_engine.body.meshing import mesh_symmetric_sdf, vertex_adjacency, verte
 from btdm_engine.body.skeleton import JOINT_NAMES, MIRROR, NUM_BETAS, NUM_JOINTS, NUM_POSE_BASIS, PARENTS
 
 # Bump whenever the built arrays change; it is part of the cached file's name.
-VERSION = 6
-MESH_SPACING = 0.0175  # metres between SDF samples; sets V (~7.5k)
+VERSION = 8
+MESH_SPACING = 0.0175  # metres between SDF samples; sets V (~7.7k)
+BOUNDS = ((-0.95, 0.95), (-1.2, 0.62), (-0.17, 0.23))  # meshing box (x, y, z ranges), metres
+SOLE_Y = -1.165  # the soles' height in the rest pose, for every shape (see shape_directions)
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 
@@ -59,9 +61,6 @@ def rest_joint_positions() -> np.ndarray:
     return out
 
 
-SOLE_Y = -1.165
-
-
 # --------------------------------------------------------------------------------------------
 # Body shape: parts, each owned by one SMPL joint (the joint whose rotation moves it).
 # --------------------------------------------------------------------------------------------
@@ -87,17 +86,7 @@ def _torso(p: np.ndarray) -> np.ndarray:
     return outside + np.minimum(np.maximum(d_r, d_y), 0.0)
 
 
-def _mirror_x(c):
-    return (-c[0], c[1], c[2])
-
-
-@dataclass(frozen=True)
-class _Part:
-    joint: str  # the left-side or centre joint that owns the part
-    fn: object  # callable (N,3) -> (N,), defined for the left side
-
-
-def _left_parts() -> dict[str, callable]:
+def _left_parts() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Signed distances of the left-side limbs (the right side mirrors them)."""
 
     def thigh(p):
@@ -154,7 +143,9 @@ def _left_parts() -> dict[str, callable]:
     }
 
 
-def _centre_parts() -> dict[str, callable]:
+def _centre_parts() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Signed distances of the parts on the centre line."""
+
     def pelvis(p):
         hips = S.ellipsoid(p, (0.0, -0.29, -0.005), (0.14, 0.09, 0.1))
         glute_l = S.ellipsoid(p, (0.065, -0.3, -0.05), (0.08, 0.085, 0.072))
@@ -173,7 +164,7 @@ def _centre_parts() -> dict[str, callable]:
     return {"pelvis": pelvis, "spine1": _torso, "neck": neck, "head": head}
 
 
-def _parts() -> list[tuple[str, object]]:
+def _parts() -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
     """(owning joint, signed distance function) of every part, right side mirrored."""
     parts = list(_centre_parts().items())
     flip = np.array([-1.0, 1.0, 1.0])
@@ -196,7 +187,7 @@ def _part_boxes() -> np.ndarray:
     axes = [np.arange(lo - 0.1, hi + 0.1, 0.03) for lo, hi in BOUNDS]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     boxes = []
-    for name, fn in _parts():
+    for _, fn in _parts():
         near = grid[fn(grid) < 0.09]
         boxes.append([near.min(0) - 0.04, near.max(0) + 0.04])
     return np.array(boxes)
@@ -233,10 +224,8 @@ def body_sdf(p: np.ndarray) -> np.ndarray:
     for name, dist in zip(names[1:], dists[1:]):
         key = name.replace("right_", "left_")
         d = S.smooth_min(d, dist, _BLEND[key])
-    return d
-
-
-BOUNDS = ((-0.95, 0.95), (-1.2, 0.62), (-0.17, 0.23))
+    # Flat soles on the floor plane, after every fillet (fillets would push them below it).
+    return S.smooth_max(d, SOLE_Y - p[:, 1], 0.01)
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,8 +263,14 @@ def _diffuse(values: np.ndarray, edges: np.ndarray, degree: np.ndarray, iteratio
 def skinning_weights(v: np.ndarray, edges: np.ndarray, degree: np.ndarray, mirror: np.ndarray,
                      iterations: int = 10) -> np.ndarray:
     """Smooth, normalised, mirror-symmetric LBS weights (V,24) from the part ownership."""
+    owner = _owner_labels(v)
     onehot = np.zeros((len(v), NUM_JOINTS))
-    onehot[np.arange(len(v)), _owner_labels(v)] = 1.0
+    onehot[np.arange(len(v)), owner] = 1.0
+    # Nearest-part ownership is noisy where parts meet in a fillet; a majority vote over a few
+    # cm (argmax after a short diffusion) straightens the region borders before blending.
+    owner = np.argmax(_diffuse(onehot, edges, degree, 8), axis=1)
+    onehot = np.zeros((len(v), NUM_JOINTS))
+    onehot[np.arange(len(v)), owner] = 1.0
     w = _diffuse(onehot, edges, degree, iterations)
     w = 0.5 * (w + w[mirror][:, list(MIRROR)])
     w[w < 1e-4] = 0.0
@@ -523,6 +518,7 @@ def write_model_file(data: dict, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             pickle.dump(data, fh, protocol=4)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache file is readable like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 SDF = Callable[[np.ndarray], np.ndarray]
 
@@ -189,18 +191,14 @@ def _check_manifold(num_vertices: int, faces: np.ndarray) -> None:
     uniq, counts = np.unique(directed, axis=0, return_counts=True)
     if (counts != 1).any():
         raise MeshingError(f"{int((counts != 1).sum())} directed edges appear more than once")
-    rev = uniq[:, ::-1]
-    lookup = {tuple(x) for x in uniq.tolist()}
-    missing = sum(1 for x in rev.tolist() if tuple(x) not in lookup)
+    code = uniq[:, 0] * num_vertices + uniq[:, 1]
+    missing = int((~np.isin(uniq[:, 1] * num_vertices + uniq[:, 0], code)).sum())
     if missing:
         raise MeshingError(f"{missing} edges have no opposite half-edge (surface not closed)")
     degenerate = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     if degenerate.any():
         raise MeshingError(f"{int(degenerate.sum())} degenerate faces")
-    # Euler characteristic per component: a closed genus-0 surface has V - E + F = 2.
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
+    # Euler characteristic of one closed genus-0 surface: V - E + F = 2.
     n_edges = len(uniq) // 2
     adj = sp.coo_matrix(
         (np.ones(len(uniq)), (uniq[:, 0], uniq[:, 1])), shape=(num_vertices, num_vertices)

@@ -138,10 +138,11 @@ def ddim_step(x: Tensor, x0: Tensor, logsnr_s: Tensor, logsnr_t: Tensor, eta: fl
 class PairDenoiser:
     """The BTU-Net wrapped once for sampling: fixed pose/appearance conditioning, branch a's x0.
 
-    ``__call__(state, idx_a, idx_b, logsnr, direction)`` runs the weight-shared pair pass on frames
-    ``state[idx_a]`` (branch a, the frames being updated) and ``state[idx_b]`` (branch b, their
-    neighbours) with their pose maps, and returns branch a's x0 prediction, clipped to [-1, 1]
-    (the data range; static thresholding as in Imagen) unless ``clip_x0`` is False.
+    ``__call__(x_a, x_b, idx_a, idx_b, logsnr, direction)`` runs the weight-shared pair pass on
+    ``x_a`` (branch a: frames ``idx_a``, the ones being updated) and ``x_b`` (branch b: their
+    neighbours ``idx_b``) with those frames' pose maps, the shared appearance, lambda and branch
+    a's direction, and returns branch a's x0 prediction (float32), clipped to [-1, 1] (the data
+    range; static thresholding as in Imagen) unless ``clip_x0`` is False.
     """
 
     def __init__(self, model: PairNetwork, poses: Tensor, appearance: Tensor | None, clip_x0: bool = True) -> None:

@@ -33,12 +33,10 @@ from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, NUM_BETAS, NUM_
 from btdm_engine.motion.camera import default_camera
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.kinematics import local_rotations, world_rotations
-from btdm_engine.motion.rotations import (
-    align_vectors, axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_euler,
-)
+from btdm_engine.motion.rotations import align_vectors, axis_angle_to_matrix, matrix_to_euler
 
 __all__ = [
-    "Bvh", "BvhError", "BvhJoint", "SKELETONS", "load_bvh", "read_bvh", "save_bvh",
+    "Bvh", "BvhError", "BvhJoint", "SKELETONS", "load_bvh", "read_bvh", "retarget", "save_bvh",
     "smpl_joint_map", "write_bvh",
 ]
 
@@ -131,7 +129,6 @@ class _Tokens:
     def __init__(self, lines: list[str], source: str):
         self.source = source
         self.items: list[tuple[str, int]] = []
-        self.lines = lines
         self.pos = 0
         for number, line in enumerate(lines, start=1):
             if line.strip().upper() == "MOTION":

@@ -1,6 +1,6 @@
 """Procedural motion library: walk, run, turn, spin, jumping jacks, dance, kick, wave.
 
-Each motion is a set of smooth (analytic, C-infinity) joint-angle curves on SMPL's skeleton,
+Each motion is a set of smooth (C2 or better) joint-angle curves on SMPL's skeleton,
 then placed in the world by a ground-contact solve: the body is lifted so that its lowest foot
 point touches the floor ``y = 0`` and moved horizontally so that the supporting foot does not
 slide. Locomotion speed therefore follows from the leg swing itself, not from a guessed velocity.
@@ -233,12 +233,12 @@ def _spin(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curve
 
 
 def _jumping_jacks(t: np.ndarray, speed: float, style: _Style, duration: float) -> _Curves:
-    """Jump out to legs apart / arms overhead and back, one jack per 1.1 s at speed 1."""
+    """Jump out to legs apart / arms overhead and back, one jack per 1.2 s at speed 1."""
     T = len(t)
-    u = TAU * speed * style.tempo * t / 1.1
+    u = TAU * speed * style.tempo * t / 1.2
     # 0 = together, 1 = spread; the phase warp makes the limbs move mostly while airborne
     # (u = pi/2, 3 pi/2) and hold still while the feet are on the floor (u = 0, pi).
-    s = (1.0 - np.cos(u - 0.4 * np.sin(2.0 * u))) / 2.0
+    s = (1.0 - np.cos(u - 0.3 * np.sin(2.0 * u))) / 2.0
     a = _standing(T, style)
     # Knees bend when landing (s = 0 or 1) and straighten in the air.
     land = np.cos(u) ** 2

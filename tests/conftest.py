@@ -1,0 +1,18 @@
+"""Session-wide test setup shared by every test file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Headless OpenGL for pyrender, before any test imports it.
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One fresh BTDM cache per test session: the suite never depends on (or pollutes) the
+    user's ~/.cache/btdm, and the mannequin is built once for all test files."""
+    if "BTDM_TEST_USE_USER_CACHE" not in os.environ:
+        os.environ["BTDM_CACHE_DIR"] = str(tmp_path_factory.mktemp("btdm-cache"))
