@@ -91,7 +91,9 @@ def save_checkpoint(
     if config is None or not callable(getattr(config, "to_dict", None)):
         raise CheckpointError(f"save_checkpoint: {type(model).__name__} has no config.to_dict()")
     if not isinstance(schedule_config, ScheduleConfig):
-        raise CheckpointError(f"save_checkpoint: schedule_config must be a ScheduleConfig, got {type(schedule_config).__name__}")
+        raise CheckpointError(
+            f"save_checkpoint: schedule_config must be a ScheduleConfig, got {type(schedule_config).__name__}"
+        )
     document = {
         "format_version": FORMAT_VERSION,
         "kind": kind,

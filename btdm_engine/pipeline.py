@@ -147,7 +147,9 @@ def prepare_pose_maps(pose_maps: np.ndarray | Tensor, size: int, chunk: int = 64
         convert = lambda part: iuv_to_network(part, size, where="pose_maps")  # noqa: E731
     elif isinstance(pose_maps, Tensor) and pose_maps.is_floating_point():
         if pose_maps.ndim != 4 or pose_maps.shape[1] != 3:
-            raise AnimatorError(f"pose_maps: expected a tensor-form (T, 3, H, W) float tensor, got {tuple(pose_maps.shape)}")
+            raise AnimatorError(
+                f"pose_maps: expected a tensor-form (T, 3, H, W) float tensor, got {tuple(pose_maps.shape)}"
+            )
         height, width = pose_maps.shape[2:]
         convert = lambda part: resize_pose_maps(part.detach().float().cpu(), size)  # noqa: E731
     else:

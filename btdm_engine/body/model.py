@@ -265,16 +265,36 @@ def lbs(poses, betas, trans, v_template, shapedirs, posedirs, J_regressor, weigh
 
 
 def load_body_model(name_or_path: str | Path = "mannequin") -> BodyModel:
-    """Load a body model: ``"mannequin"`` (built and cached on first use) or an SMPL-layout file."""
+    """Load a body model: ``"mannequin"`` (built and cached on first use) or an SMPL-layout file.
+
+    Models are kept in memory per file (keyed by path, size and modification time), because
+    reading a model file takes seconds and every stage of the pipeline asks for the body. The
+    returned model is shared: treat its arrays as read-only.
+    """
     if isinstance(name_or_path, str) and name_or_path == "mannequin":
         from btdm_engine.body.mannequin import mannequin_path
 
-        path = mannequin_path()
-        return BodyModel(read_model_file(path), name="mannequin", source=path)
-    path = Path(name_or_path)
-    if isinstance(name_or_path, str) and not path.suffix and not path.exists():
-        raise ValueError(f"unknown body model {name_or_path!r}: use 'mannequin' or a path to a .pkl model file")
-    return BodyModel(read_model_file(path), name=path.stem, source=path)
+        path, name = mannequin_path(), "mannequin"
+    else:
+        path = Path(name_or_path)
+        if isinstance(name_or_path, str) and not path.suffix and not path.exists():
+            raise ValueError(f"unknown body model {name_or_path!r}: use 'mannequin' or a path to a .pkl model file")
+        name = path.stem
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise BodyModelError(f"{path}: body model file not found") from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, name)
+    model = _MODEL_CACHE.get(key)
+    if model is None:
+        model = BodyModel(read_model_file(path), name=name, source=path)
+        if len(_MODEL_CACHE) >= 4:
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+        _MODEL_CACHE[key] = model
+    return model
+
+
+_MODEL_CACHE: dict[tuple, BodyModel] = {}
 
 
 def smplx_kwargs(model: BodyModel) -> dict:

@@ -182,7 +182,9 @@ def _check_inputs(poses: Tensor, appearance: Tensor | None) -> None:
     if appearance is not None:
         if not isinstance(appearance, Tensor) or appearance.shape != poses.shape[1:]:
             shape = tuple(appearance.shape) if isinstance(appearance, Tensor) else type(appearance).__name__
-            raise SamplerError(f"appearance must be a (3, H, W) tensor matching poses {tuple(poses.shape[1:])}, got {shape}")
+            raise SamplerError(
+                f"appearance must be a (3, H, W) tensor matching poses {tuple(poses.shape[1:])}, got {shape}"
+            )
         if appearance.device != poses.device:
             raise SamplerError(f"appearance is on {appearance.device} but poses on {poses.device}")
 

@@ -16,7 +16,6 @@ is positive. About +Y (root): a positive yaw turns the body towards its left.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -442,9 +441,8 @@ def _ground_and_plant(
     return trans
 
 
-@lru_cache(maxsize=4)
 def cached_body_model(name_or_path: str) -> object:
-    """``btdm_engine.body.load_body_model``, kept in memory: reading a model file takes seconds."""
+    """The body model by name or path (``load_body_model`` keeps models in memory)."""
     from btdm_engine.body import load_body_model
 
     return load_body_model(name_or_path)
