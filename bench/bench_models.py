@@ -109,10 +109,16 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per preset (median)")
     parser.add_argument("--train-batch", type=int, default=8, help="batch of the timed training step")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own choice); 1 is steadier on a busy machine")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args([] if argv is None else argv)
     if args.repeats < 1 or args.train_batch < 1:
         parser.error("--repeats and --train-batch must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     rows = run(args.repeats, args.train_batch)
     print(_table(rows, args.train_batch))
     if args.json is not None:

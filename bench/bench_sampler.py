@@ -92,6 +92,7 @@ def bench_memory(lengths: list[int], steps: int, sr_steps: int, max_batch: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; ``argv`` None means the defaults (as ``python -m bench`` calls it)."""
     parser = argparse.ArgumentParser(prog="python -m bench.bench_sampler", description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=64, help="frames for the speed comparison (default 64)")
     parser.add_argument("--steps", type=int, default=10, help="BTU-Net steps (default 10)")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sr-batch", type=int, default=8, help="frames per SR3 chunk (default 8)")
     parser.add_argument("--skip-memory", action="store_true", help="only the speed comparison")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parser.parse_args([] if argv is None else argv)
 
     if args.child is not None:
         print(json.dumps(child(args.child, args.steps, args.sr_steps, args.max_batch, args.sr_batch)))
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -262,7 +262,8 @@ def build_dataset(
         if not todo:
             report.seconds = time.perf_counter() - t0
             return report
-        bar = tqdm(total=len(todo), unit="seq", desc=f"synth {preset.name}", disable=not progress, smoothing=0.1)
+        bar = tqdm(total=len(todo), unit="seq", desc=f"synth {preset.name}", disable=not progress, smoothing=0.1,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} seq [{elapsed}<{remaining}]")
         state_lock = threading.Lock()
         fractions: dict[str, float] = {}
 

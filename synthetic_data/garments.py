@@ -410,7 +410,7 @@ def _top(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float]) -
     verts, faces = b.arrays()
     if g.kind == "jacket":
         centroid = verts[faces].mean(axis=1)
-        keep = ~((np.abs(centroid[:, 0]) < 0.5 * p["opening"]) & (centroid[:, 2] > z_mid) & (centroid[:, 1] < neck_cut))
+        keep = ~((np.abs(centroid[:, 0]) < 0.5 * p["opening"]) & (centroid[:, 2] > z_mid))
         b.faces = [faces[keep]]
     pin = np.full(b.count, SOFT_PIN["top"])
     sleeve_ids = np.concatenate([r for r, x in zip(rows, xs) if abs(x) >= x_side])

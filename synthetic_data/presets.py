@@ -165,7 +165,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny", characters=2, test_characters=1, motions=(MotionSpec("walk"),), frames=6, fps=30.0,
         render=RenderSettings(resolution=64, samples=4, denoise=False),
-        cloth=ClothSettings(quality=4, collision_quality=2, spacing=0.045, preroll=10, hold=3),
+        cloth=ClothSettings(quality=3, collision_quality=1, spacing=0.045, preroll=10, hold=3, self_collision=False),
         seed=7,
     ),
     "mini": Preset(

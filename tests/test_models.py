@@ -161,6 +161,11 @@ def test_direction_vectors_matter(woken: BTUNet) -> None:
         )
     assert (s_a - x0_b).abs().max() > 1e-3
     assert (s_b - x0_a).abs().max() > 1e-3
+    # the default direction is d_f for branch a
+    with torch.no_grad():
+        default_a, _ = woken(**inp)
+        forward_a, _ = woken(**inp, direction_a=torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(default_a, forward_a, atol=0, rtol=0)
     # the two learnt vectors d_f, d_b are distinct from the start (random init)
     fresh = _seeded_tiny()
     assert (fresh.direction.weight[0] - fresh.direction.weight[1]).abs().max() > 0.1

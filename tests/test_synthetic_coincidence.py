@@ -56,7 +56,6 @@ def test_blender_armature_matches_engine_skinning(body) -> None:
         bpy.context.scene.frame_set(1 + t)
         got = bs.evaluated_vertices(obj)
         errors.append(np.linalg.norm(got - expected[t], axis=1).max())
-    print("ERRS", errors)
     assert max(errors) < 1e-3, f"Blender skinning differs from BodyModel.forward by up to {max(errors) * 1000:.3f} mm"
     # The comparison is not vacuous: the poses move the body by decimetres.
     rest_verts = rest.vertices + trans[:, None]

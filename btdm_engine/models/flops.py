@@ -2,7 +2,10 @@
 
 FLOPs are counted on the meta device, so even the paper-sized models are measured without
 allocating their weights or running them; a FLOP is one multiply or one add (a multiply-add is
-2 FLOPs, FlopCounterMode's convention). Only matmul-like ops (conv, linear, attention) count.
+2 FLOPs, FlopCounterMode's convention). Only matmul-like ops count: convolutions, linear
+layers, and attention as its two batched matmuls (on the meta device SDPA takes its math path,
+which FlopCounterMode sees; the CPU flash kernel it would not count). Norms and activations
+are left out.
 """
 
 from __future__ import annotations

@@ -1,0 +1,349 @@
+"""The synthetic ground-truth set: specs, garments, and the builder end to end (tiny preset).
+
+Plain-data parts run without Blender. The build tests run real Blender shards in worker
+processes: a crash of the whole build, a worker killed mid-shard, resumption, validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthetic_data.presets import PRESETS, MotionSpec, Shard, get_preset, plan, split_characters
+from synthetic_data.spec import (
+    GARMENT_FAMILIES,
+    GARMENT_PARAMS,
+    CharacterSpec,
+    GarmentSpec,
+    SpecError,
+    sample_character,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------ plain data
+def test_character_spec_is_deterministic_by_seed() -> None:
+    a, b = sample_character(41), sample_character(41)
+    assert a == b and a.to_json() == b.to_json()
+    others = [sample_character(s) for s in range(8)]
+    assert len({c.to_json() for c in others}) == 8
+    # Seeds vary what matters: body shape, skin, outfits and prints.
+    assert len({c.betas for c in others}) == 8
+    assert len({c.skin for c in others}) > 4
+    assert len({tuple(g.kind for g in c.garments) for c in others}) > 2
+    assert len({g.texture.pattern for c in others for g in c.garments}) > 2
+
+
+def test_character_spec_json_round_trip_and_errors() -> None:
+    spec = sample_character(5)
+    doc = json.loads(spec.to_json())
+    assert CharacterSpec.from_dict(doc) == spec
+    bad = json.loads(spec.to_json())
+    bad["garments"][0]["texture"]["pattern"] = "paisley"
+    with pytest.raises(SpecError, match="texture.pattern.*paisley.*allowed: stripes, checks, dots, print"):
+        CharacterSpec.from_dict(bad)
+    bad = json.loads(spec.to_json())
+    bad["hair"]["colour"] = [1.2, 0, 0]
+    with pytest.raises(SpecError, match="hair.colour"):
+        CharacterSpec.from_dict(bad)
+    bad = json.loads(spec.to_json())
+    bad["lighting"]["shadows"] = True
+    with pytest.raises(SpecError, match="unknown field.*shadows"):
+        CharacterSpec.from_dict(bad)
+
+
+def test_every_garment_family_and_pattern_is_drawn() -> None:
+    specs = [sample_character(s) for s in range(60)]
+    kinds = {g.kind for c in specs for g in c.garments}
+    assert kinds == set(GARMENT_FAMILIES)  # skirts/dresses, shirts/jackets, trousers/shorts
+    assert {g.texture.pattern for c in specs for g in c.garments} == {"stripes", "checks", "dots", "print"}
+    assert any(g.texture.logo is not None for c in specs for g in c.garments)
+    assert {c.hair.style for c in specs} >= {"short", "long", "bun", "ponytail"}
+
+
+def test_presets_split_by_character_and_share_motions() -> None:
+    for preset in PRESETS.values():
+        shards = plan(preset) if preset.name != "paper" else None
+        split = split_characters(preset)
+        assert sum(v == "test" for v in split.values()) == preset.test_characters
+        if shards is None:
+            continue
+        by_char: dict[str, set[str]] = {}
+        for s in shards:
+            assert s.split == split[s.character.character_id]
+            by_char.setdefault(s.character.character_id, set()).add(s.motion.name)
+        assert all(m == {m.name for m in preset.motions} for m in by_char.values())
+    paper = get_preset("paper")
+    assert (paper.characters, paper.test_characters, paper.render.resolution) == (99, 19, 512)
+    assert paper.frames == 32 * 30 and paper.fps == 30
+    with pytest.raises(SpecError, match="allowed: tiny, mini, paper"):
+        get_preset("huge")
+    with pytest.raises(SpecError, match="bvh motion needs a path"):
+        MotionSpec("salsa", source="bvh")
+
+
+def test_logo_is_a_sharp_mark() -> None:
+    from synthetic_data.textures import logo_image
+
+    logo = next(g.texture.logo for s in range(20) for g in sample_character(s).garments if g.texture.logo)
+    img = logo_image(logo, 64)
+    assert img.shape == (64, 64, 4)
+    alpha = img[..., 3]
+    assert alpha[0, 0] == 0 and alpha[32, 32] > 0.99  # transparent around, solid in the middle
+    inside = img[alpha > 0.99][:, :3]
+    # Two colours (shape and glyph) with a strong contrast: high-frequency detail to track.
+    lum = inside @ np.array([0.2126, 0.7152, 0.0722])
+    assert lum.max() - lum.min() > 0.25
+
+
+# ------------------------------------------------------------------------------ garments
+@pytest.fixture(scope="module")
+def body_rest():
+    from btdm_engine.body import load_body_model
+    from synthetic_data.garments import BodyRest
+
+    body = load_body_model("mannequin")
+    return body, BodyRest.from_body_model(body, np.asarray(sample_character(3).betas))
+
+
+@pytest.mark.parametrize("kind", sorted(GARMENT_PARAMS))
+def test_garments_fit_outside_the_body_and_are_held(body_rest, kind: str) -> None:
+    from synthetic_data.garments import build_garment, inside_body
+
+    body, rest = body_rest
+    base = sample_character(3).garments[0]
+    params = {k: 0.5 * (lo + hi) for k, (lo, hi) in GARMENT_PARAMS[kind].items()}
+    mesh = build_garment(rest, GarmentSpec(kind, params, base.cloth, base.texture), spacing=0.04)
+    assert not inside_body(rest, mesh.vertices).any()
+    # One manifold piece: every edge borders one or two quads.
+    f = mesh.faces
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 3]], f[:, [3, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    assert counts.max() <= 2
+    assert np.unique(f).size == len(mesh.vertices)
+    # Pinned where a real garment is held: the waistband (legwear, skirts) or the shoulders.
+    held = mesh.vertices[mesh.pin == 1.0]
+    assert len(held) >= 8
+    lm = rest.landmarks()
+    if GARMENT_FAMILIES[kind] == "top":
+        assert held[:, 1].min() > lm["armpit"] and np.abs(held[:, 0]).max() < lm["shoulder_x"] + 0.01
+    elif kind == "dress":
+        assert held[:, 1].min() > lm["waist"]
+    else:
+        assert np.allclose(held[:, 1], lm["waist"], atol=0.01)
+    assert np.allclose(mesh.skin_weights.sum(1), 1.0, atol=1e-6)
+    # Cloth resolution follows the requested spacing.
+    e = np.unique(edges, axis=0)
+    assert 0.02 < np.median(np.linalg.norm(mesh.vertices[e[:, 0]] - mesh.vertices[e[:, 1]], axis=1)) < 0.06
+
+
+def test_trousers_have_two_legs_and_a_jacket_is_open(body_rest) -> None:
+    import networkx as nx
+
+    from synthetic_data.garments import build_garment
+
+    _, rest = body_rest
+    base = sample_character(3).garments[0]
+
+    def boundary_loops(kind: str, **params: float) -> list[np.ndarray]:
+        p = {k: 0.5 * (lo + hi) for k, (lo, hi) in GARMENT_PARAMS[kind].items()} | params
+        m = build_garment(rest, GarmentSpec(kind, p, base.cloth, base.texture), spacing=0.04)
+        f = m.faces
+        edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 3]], f[:, [3, 0]]]), axis=1)
+        u, c = np.unique(edges, axis=0, return_counts=True)
+        g = nx.Graph(u[c == 1].tolist())
+        return [m.vertices[list(comp)] for comp in nx.connected_components(g)]
+
+    loops = boundary_loops("trousers")
+    assert len(loops) == 3  # waist and two cuffs
+    cuffs = sorted(loops, key=lambda p: p[:, 1].mean())[:2]
+    assert np.sign(cuffs[0][:, 0]).tolist().count(1) in (0, len(cuffs[0]))  # each cuff on one side
+    assert cuffs[0][:, 0].mean() * cuffs[1][:, 0].mean() < 0
+    shirt = boundary_loops("shirt")
+    assert len(shirt) == 4  # neck, two cuffs, hem
+    jacket = boundary_loops("jacket")
+    assert len(jacket) == 3  # the front opening joins the neck and the hem
+    front = max(jacket, key=len)
+    assert front[:, 1].max() - front[:, 1].min() > 0.4
+
+
+# ------------------------------------------------------------------------------ build end to end
+pytestmark_build = [pytest.mark.blender, pytest.mark.slow]
+
+
+def _cli(out: Path, *extra: str, workers: int = 1) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "btdm_engine.commands.synth", "build", "--preset", "tiny", "--out", str(out),
+           "--workers", str(workers), "--no-progress", *extra]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the build exited ({proc.returncode}) before {what}:\n{proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _started(staging: Path, seq: str) -> bool:
+    """The shard's worker is running and has written some of its sequence (pose maps)."""
+    return (staging / "pids" / f"{seq}.pid").exists() and any((staging / "sequences" / seq / "iuv").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The tiny dataset, built after the first build was killed (driver and worker) mid-shard."""
+    pytest.importorskip("bpy")
+    from synthetic_data.build import build_dataset
+
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    first = plan(get_preset("tiny"))[0].sequence_id
+    staging = out / ".staging"
+    proc = _cli(out, workers=1)
+    _wait_for(lambda: _started(staging, first), proc, "the first shard started")
+    os.killpg(proc.pid, signal.SIGKILL)  # a crash: the whole build, worker included
+    proc.wait()
+    # Nothing half-written looks finished: no sequence folder, no manifest; the partial folder
+    # is only in the staging area, without meta.json.
+    assert not (out / "manifest.json").exists()
+    assert not any((out / "sequences").iterdir())
+    assert (staging / "sequences" / first / "iuv").is_dir()
+    assert not (staging / "sequences" / first / "meta.json").exists()
+    report = build_dataset(get_preset("tiny"), out, workers=2, progress=False)
+    assert sorted(report.built) == sorted(s.sequence_id for s in plan(get_preset("tiny")))
+    assert not staging.exists()
+    return out
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_tiny_dataset_is_valid_and_complete(tiny_dataset: Path) -> None:
+    import cv2
+
+    from btdm_engine.motion import MotionClip
+    from btdm_engine.posemaps import read_iuv_png
+    from training.dataset_format import validate_dataset
+
+    manifest = validate_dataset(tiny_dataset, verify_checksums=True)
+    preset = get_preset("tiny")
+    assert manifest.info["complete"] is True and manifest.info["pending"] == []
+    assert manifest.resolution == (64, 64) and manifest.fps == preset.fps
+    train = {manifest.sequences[s].character for s in manifest.splits["train"]}
+    test = {manifest.sequences[s].character for s in manifest.splits["test"]}
+    assert train and test and not train & test
+    clips = {}
+    for seq_id, rec in manifest.sequences.items():
+        folder = manifest.sequence_dir(seq_id)
+        meta = json.loads((folder / "meta.json").read_text())
+        # meta.json rebuilds the sequence: the job is the exact shard the plan makes.
+        shard = Shard.from_job(meta["job"])
+        assert shard == next(s for s in plan(preset) if s.sequence_id == seq_id)
+        assert shard.character == sample_character(shard.character.seed, shard.character.character_id)
+        assert meta["versions"]["blender"].startswith("5.0")
+        clip = MotionClip.load(folder / "clip.npz")
+        clips[seq_id] = clip
+        assert np.allclose(clip.betas, shard.character.betas, atol=1e-6)
+        for t in range(rec.num_frames):
+            rgba = cv2.imread(str(folder / "rgb" / f"{t:06d}.png"), cv2.IMREAD_UNCHANGED)
+            assert rgba.shape == (64, 64, 4)
+            person = rgba[..., 3] > 127
+            body = read_iuv_png(folder / "iuv" / f"{t:06d}.png")[..., 0] > 0
+            # The rendered (clothed) person covers the pose map's body: same camera, same pose.
+            assert (person & body).sum() / body.sum() > 0.9
+            assert person.sum() < 0.6 * person.size
+    # Every character performs exactly the same motion (joint rotations), as the paper's set.
+    poses = [c.poses for c in clips.values()]
+    assert all(np.array_equal(poses[0], p) for p in poses[1:])
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_validation_catches_a_missing_or_corrupt_frame(tiny_dataset: Path, tmp_path: Path) -> None:
+    from training.dataset_format import DatasetFormatError, validate_dataset
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, copy)
+    seq = sorted((copy / "sequences").iterdir())[0]
+    frame = seq / "rgb" / "000003.png"
+    data = bytearray(frame.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    frame.write_bytes(bytes(data))
+    with pytest.raises(DatasetFormatError, match=r"000003\.png: checksum mismatch"):
+        validate_dataset(copy, verify_checksums=True)
+    (seq / "iuv" / "000002.png").unlink()
+    with pytest.raises(DatasetFormatError, match=r"iuv.*5 frames, the manifest says num_frames = 6"):
+        validate_dataset(copy)
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_worker_death_is_reported_and_rerun_completes(tmp_path: Path) -> None:
+    pytest.importorskip("bpy")
+    from synthetic_data.build import build_dataset
+    from training.dataset_format import validate_dataset
+
+    out = tmp_path / "ds"
+    staging = out / ".staging"
+    victim, survivor = (s.sequence_id for s in plan(get_preset("tiny")))
+    proc = _cli(out, workers=2)
+    _wait_for(lambda: _started(staging, victim), proc, "the victim shard started")
+    pid = int((staging / "pids" / f"{victim}.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert f"{victim}: worker process {pid} was killed by signal SIGKILL" in stderr
+    assert "rerun the same command" in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["sequences"]) == [survivor]  # the other shard finished and was kept
+    assert manifest["info"]["pending"] == [victim] and manifest["info"]["complete"] is False
+    kept = {p: p.stat().st_mtime_ns for p in (out / "sequences" / survivor).rglob("*")}
+    report = build_dataset(get_preset("tiny"), out, workers=1, progress=False)
+    assert report.built == [victim] and report.skipped == [survivor]
+    assert {p: p.stat().st_mtime_ns for p in (out / "sequences" / survivor).rglob("*")} == kept
+    assert validate_dataset(out, verify_checksums=True).info["complete"] is True
+
+
+def test_build_refuses_unknown_sequence_and_other_recipe(tmp_path: Path) -> None:
+    from synthetic_data.build import build_dataset
+
+    with pytest.raises(SpecError, match="unknown sequence id"):
+        build_dataset(get_preset("tiny"), tmp_path / "x", only=["nobody-walk"], progress=False)
+    # A folder built with one recipe is not silently extended with another.
+    from training.dataset_format import write_manifest
+
+    out = tmp_path / "y"
+    seq = out / "sequences" / "s0"
+    (seq / "rgb").mkdir(parents=True)
+    (seq / "iuv").mkdir()
+    import cv2
+
+    cv2.imwrite(str(seq / "rgb" / "000000.png"), np.zeros((64, 64, 4), np.uint8))
+    cv2.imwrite(str(seq / "iuv" / "000000.png"), np.zeros((64, 64, 3), np.uint8))
+    clip = plan_clip_free_record(seq)
+    write_manifest(out, [clip], {"train": ["s0"], "test": []}, 64, 30.0, {"preset": get_preset("mini").to_dict()})
+    with pytest.raises(SpecError, match="different recipe"):
+        build_dataset(get_preset("tiny"), out, progress=False)
+
+
+def plan_clip_free_record(seq: Path):
+    """A minimal valid one-frame sequence record (a real MotionClip, no Blender)."""
+    from btdm_engine.motion import make_motion
+    from training.dataset_format import SequenceRecord
+
+    make_motion("walk", seconds=1 / 30, fps=30.0, width=64, height=64).save(seq / "clip.npz")
+    (seq / "meta.json").write_text("{}")
+    return SequenceRecord.from_folder(seq.parent.parent, seq.name, "someone")
