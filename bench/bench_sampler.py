@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-steps", type=int, default=2, help="BTU-Net steps in the memory run (default 2)")
     parser.add_argument("--sr-steps", type=int, default=1, help="SR3 steps in the memory run (default 1)")
     parser.add_argument("--sr-batch", type=int, default=8, help="frames per SR3 chunk (default 8)")
+    parser.add_argument("--skip-speed", action="store_true", help="only the memory run")
     parser.add_argument("--skip-memory", action="store_true", help="only the speed comparison")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
@@ -110,22 +111,30 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, tiny presets (BTU-Net 32 px, SR3 32->128 px)")
-    speed = bench_speed(args.frames, args.steps, args.max_batch)
-    print(f"\nalgorithm 1, {args.frames} frames x {args.steps} steps")
-    print(f"  batched (max_batch={args.max_batch}): {speed['batched_s']:8.2f} s")
-    print(f"  frame-by-frame loop:     {speed['loop_s']:8.2f} s")
-    print(f"  loop / batched:          {speed['loop_s'] / speed['batched_s']:8.2f} x"
-          f"   (max |difference| {speed['max_abs_diff']:.1e})")
+    if not args.skip_speed:
+        speed = bench_speed(args.frames, args.steps, args.max_batch)
+        print(f"\nalgorithm 1, {args.frames} frames x {args.steps} steps")
+        print(f"  batched (max_batch={args.max_batch}): {speed['batched_s']:8.2f} s")
+        print(f"  frame-by-frame loop:     {speed['loop_s']:8.2f} s")
+        print(f"  loop / batched:          {speed['loop_s'] / speed['batched_s']:8.2f} x"
+              f"   (max |difference| {speed['max_abs_diff']:.1e})")
     if args.skip_memory:
         return
     lengths = [int(x) for x in args.lengths.split(",")]
     rows = bench_memory(lengths, args.memory_steps, args.sr_steps, args.max_batch, args.sr_batch)
     print(f"\npeak RSS above the post-load baseline (BTU-Net {args.memory_steps} steps, max_batch {args.max_batch}; "
           f"SR3 {args.sr_steps} step(s), streamed in chunks of {args.sr_batch})")
-    print(f"  {'frames':>6} {'BTU-Net MB':>11} {'pipeline MB':>12} {'MB/frame':>9} {'all 128px frames MB':>20} {'s':>7}")
+    print(f"  {'frames':>6} {'BTU-Net MB':>11} {'pipeline MB':>12} {'added MB/frame':>15} "
+          f"{'(all 128 px frames MB)':>23} {'s':>7}")
+    previous = None
     for r in rows:
-        print(f"  {r['frames']:>6} {r['btunet_peak_mb']:>11.1f} {r['pipeline_peak_mb']:>12.1f} "
-              f"{r['pipeline_peak_mb'] / r['frames']:>9.3f} {r['all_hr_frames_mb']:>20.1f} {r['seconds']:>7.1f}")
+        slope = "" if previous is None else (
+            f"{(r['pipeline_peak_mb'] - previous['pipeline_peak_mb']) / (r['frames'] - previous['frames']):.3f}"
+        )
+        print(f"  {r['frames']:>6} {r['btunet_peak_mb']:>11.1f} {r['pipeline_peak_mb']:>12.1f} {slope:>15} "
+              f"{r['all_hr_frames_mb']:>23.1f} {r['seconds']:>7.1f}")
+        previous = r
+    print("  (linear: the added MB per frame stays flat; the last column is what holding every SR3 frame would cost)")
 
 
 if __name__ == "__main__":

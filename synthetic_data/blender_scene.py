@@ -393,8 +393,8 @@ def garment_material(name: str, tex: TextureSpec, mesh: GarmentMesh, roughness: 
         n.link(p, edge.inputs["Vector"])
         cell = n.new("ShaderNodeSeparateColor")
         n.link(vor.outputs["Color"], cell.inputs["Color"])
-        tint = n.mix(n.math("GREATER_THAN", cell.outputs["Red"], 0.55), base, tuple(0.5 * (x + y) for x, y in zip(base, accent)))
-        line = n.math("LESS_THAN", edge.outputs["Distance"], 0.08)
+        tint = n.mix(n.math("GREATER_THAN", cell.outputs["Red"], 0.6), base, tuple(0.35 * x + 0.65 * y for x, y in zip(base, accent)))
+        line = n.math("LESS_THAN", edge.outputs["Distance"], 0.12)
         colour = n.mix(line, tint, accent)
     if tex.logo is not None:
         colour = _add_logo(n, name, tex, mesh, co, colour)
@@ -644,14 +644,30 @@ def _has_device(prefs, kind: str) -> bool:
 
 
 def render_frame(frame: int, path: str | os.PathLike[str], log_path: str | os.PathLike[str] | None = None) -> None:
-    """Render Blender frame ``frame`` to ``path`` (PNG)."""
+    """Render Blender frame ``frame`` to ``path`` (8-bit RGBA PNG), atomically.
+
+    Blender's PNG carries render times and dates as text chunks; the pixels are re-encoded
+    without them, so the same scene gives byte-identical files (and checksums).
+    """
+    import cv2
+
+    path = Path(path)
+    raw = path.with_name(f".{path.name}.render.png")
     scene = bpy.context.scene
     scene.frame_set(frame)
-    scene.render.filepath = os.fspath(path)
+    scene.render.filepath = os.fspath(raw)
     with quiet(log_path):
         bpy.ops.render.render(write_still=True)
-    if not Path(path).is_file():
-        raise RuntimeError(f"Cycles did not write {path}")
+    pixels = cv2.imread(os.fspath(raw), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise RuntimeError(f"Cycles did not write a readable {raw}")
+    ok, data = cv2.imencode(".png", pixels)
+    if not ok:
+        raise RuntimeError(f"{path}: OpenCV could not encode the frame")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.tobytes())
+    os.replace(tmp, path)
+    raw.unlink()
 
 
 def evaluated_vertices(obj: bpy.types.Object) -> np.ndarray:

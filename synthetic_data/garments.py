@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import ConvexHull, cKDTree
 
-from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
+from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS
 from synthetic_data.spec import GARMENT_FAMILIES, GarmentSpec
 
 __all__ = ["BodyRest", "GarmentMesh", "GarmentError", "build_garment", "inside_body"]
@@ -344,7 +344,6 @@ def _top(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float]) -
     ncol += (ncol // 2) % 2 * 2  # a multiple of 4, so top, front, bottom and back are columns
     psi = 2 * np.pi * np.arange(ncol) / ncol
     dirs = np.stack([np.cos(psi), np.sin(psi)], axis=1)
-    y_arm = float(np.mean(body.joints[[J["left_shoulder"], J["left_elbow"], J["left_wrist"]], 1]))
     b = _Builder()
     rows = []
     for x in xs:

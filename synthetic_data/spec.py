@@ -529,11 +529,11 @@ def sample_character(seed: int, character_id: str | None = None) -> CharacterSpe
     outfit = OUTFITS[int(rng.integers(len(OUTFITS)))]
     garments = tuple(_garment(rng, kind) for kind in outfit)
     lighting = LightingSpec(
-        key=_light(rng, (-60.0, 60.0), (20.0, 55.0), (250.0, 600.0), 0.3),
-        fill=_light(rng, (-120.0, 120.0), (0.0, 30.0), (60.0, 200.0), 0.3),
-        rim=_light(rng, (140.0, 220.0) if rng.uniform() < 0.5 else (-220.0, -140.0), (20.0, 60.0), (150.0, 500.0), 0.2),
+        key=_light(rng, (-60.0, 60.0), (20.0, 55.0), (150.0, 350.0), 0.3),
+        fill=_light(rng, (-120.0, 120.0), (0.0, 30.0), (40.0, 120.0), 0.3),
+        rim=_light(rng, (140.0, 220.0) if rng.uniform() < 0.5 else (-220.0, -140.0), (20.0, 60.0), (100.0, 300.0), 0.2),
         world_colour=_jitter_colour(rng, (0.85, 0.87, 0.9), 0.1),
-        world_strength=_r(rng.uniform(0.25, 0.6)),
+        world_strength=_r(rng.uniform(0.2, 0.45)),
     )
     camera = CameraSpec(yaw=_r(rng.uniform(-25.0, 25.0), 2), elevation=_r(rng.uniform(-3.0, 12.0), 2),
                         fov=_r(rng.uniform(30.0, 45.0), 2), margin=_r(rng.uniform(0.04, 0.1)))
