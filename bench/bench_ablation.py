@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         minutes = 2.0 if args.minutes is None else args.minutes
         probe = 10
         t_probe = _train(data, runs["bidirectional"], "bidirectional", args, probe, False)
-        per_step = t_probe / probe
+        # the loop's own time (the snapshot records it), without start-up and data indexing
+        state = json.loads((runs["bidirectional"] / "snapshots" / f"step_{probe:07d}" / "training_state.json").read_text())
+        per_step = state["elapsed_s"] / probe
         steps = max(probe, int(minutes * 60 / per_step))
         seconds = {"bidirectional": t_probe + _train(data, runs["bidirectional"], "bidirectional", args, steps, True)}
     seconds["unidirectional"] = _train(data, runs["unidirectional"], "unidirectional", args, steps, False)

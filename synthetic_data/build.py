@@ -93,7 +93,15 @@ def _load_existing(out: Path, preset: Preset) -> dict[str, Any]:
     fmt = _dataset_format()
     if not (out / fmt.MANIFEST_NAME).is_file():
         return {}
+    from synthetic_data.shard import SYNTH_VERSION
+
     manifest = fmt.DatasetManifest.load(out)
+    version = manifest.info.get("synth_version")
+    if version != SYNTH_VERSION:
+        raise SpecError(
+            f"{out / fmt.MANIFEST_NAME}: built by synthetic_data version {version!r}, this is version {SYNTH_VERSION} "
+            "(sequences would not match); use another --out folder or delete it"
+        )
     recorded = manifest.info.get("preset")
     if recorded is not None and recorded != preset.to_dict():
         raise SpecError(
@@ -112,8 +120,11 @@ def _write_manifest(out: Path, preset: Preset, shards: Sequence[Shard], records:
     for s in done:
         splits[s.split].append(s.sequence_id)
     pending = [s.sequence_id for s in shards if s.sequence_id not in records]
+    from synthetic_data.shard import SYNTH_VERSION
+
     info = {
         "generator": "btdm-synth",
+        "synth_version": SYNTH_VERSION,
         "preset": preset.to_dict(),
         "complete": not pending,
         "pending": pending,

@@ -30,7 +30,7 @@ from synthetic_data.spec import CharacterSpec
 __all__ = ["SYNTH_VERSION", "make_clip", "run_shard", "sequence_paths", "main"]
 
 # Bump when the same spec would render differently (meshes, materials, lights, cloth setup).
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 
 Progress = Callable[[int, int], None]
 

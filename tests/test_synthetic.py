@@ -333,9 +333,16 @@ def test_build_refuses_unknown_sequence_and_other_recipe(tmp_path: Path) -> None
     cv2.imwrite(str(seq / "rgb" / "000000.png"), np.zeros((64, 64, 4), np.uint8))
     cv2.imwrite(str(seq / "iuv" / "000000.png"), np.zeros((64, 64, 3), np.uint8))
     clip = plan_clip_free_record(seq)
-    write_manifest(out, [clip], {"train": ["s0"], "test": []}, 64, 30.0, {"preset": get_preset("mini").to_dict()})
+    from synthetic_data.shard import SYNTH_VERSION
+
+    info = {"preset": get_preset("mini").to_dict(), "synth_version": SYNTH_VERSION}
+    write_manifest(out, [clip], {"train": ["s0"], "test": []}, 64, 30.0, info)
     with pytest.raises(SpecError, match="different recipe"):
         build_dataset(get_preset("tiny"), out, progress=False)
+    # Nor is one built by another version of this code (the same spec would render differently).
+    write_manifest(out, [clip], {"train": ["s0"], "test": []}, 64, 30.0, {**info, "synth_version": SYNTH_VERSION - 1})
+    with pytest.raises(SpecError, match=f"built by synthetic_data version {SYNTH_VERSION - 1}"):
+        build_dataset(get_preset("mini"), out, progress=False)
 
 
 def plan_clip_free_record(seq: Path):
