@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bpy
 import numpy as np
@@ -35,20 +36,33 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
 from synthetic_data.coords import SMPL_TO_BLENDER, blender_camera, smpl_to_blender
-from synthetic_data.garments import GarmentMesh
-from synthetic_data.presets import ClothSettings, RenderSettings
+from synthetic_data.garments import BodyRest, GarmentMesh
+from synthetic_data.hair import HeadMesh
+from synthetic_data.presets import ClothSettings, Preset, RenderSettings
 from synthetic_data.spec import CharacterSpec, GarmentSpec, LightSpec, TextureSpec
 from synthetic_data.textures import logo_image
+
+if TYPE_CHECKING:
+    from btdm_engine.body import BodyModel
+    from btdm_engine.motion import MotionClip
 
 __all__ = [
     "Rig",
     "quiet",
     "reset_scene",
+    "build_character",
     "build_armature",
     "add_skinned_mesh",
+    "add_pose_blend_keys",
+    "bone_quaternions",
     "keyframe_poses",
     "preroll_poses",
+    "garment_material",
+    "skin_material",
+    "hair_material",
+    "flat_material",
     "add_garment",
+    "make_collider",
     "set_camera",
     "add_lights",
     "configure_render",
@@ -691,8 +705,8 @@ def evaluated_vertices(obj: bpy.types.Object) -> np.ndarray:
 _FOOT_JOINTS = [JOINT_NAMES.index(n) for n in ("left_ankle", "right_ankle", "left_foot", "right_foot")]
 
 
-def build_character(spec: CharacterSpec, rest, body, garments: Sequence[GarmentMesh], hair, face, clip,
-                    preset, threads: int = 0) -> Rig:
+def build_character(spec: CharacterSpec, rest: BodyRest, body: BodyModel, garments: Sequence[GarmentMesh],
+                    hair: HeadMesh, face: HeadMesh, clip: MotionClip, preset: Preset, threads: int = 0) -> Rig:
     """The whole scene of one shard: rig, body, hair, garments, keyframes, camera, lights, render.
 
     ``rest`` is the :class:`~synthetic_data.garments.BodyRest` for the spec's betas, ``body`` the

@@ -287,11 +287,19 @@ class IUVRenderer:
         K = np.asarray(clip.K)
         world_to_cam = np.asarray(clip.world_to_cam)
         bar = tqdm(total=int(index.size), unit="frame", desc="pose maps", disable=not progress)
-        chunks = [index[i : i + self.chunk_size] for i in range(0, index.size, self.chunk_size)]
+        # Skinning runs on blocks aligned to the clip's frame numbers (frames b*chunk_size ...
+        # (b+1)*chunk_size - 1), whichever frames are asked for: batched matmuls round
+        # differently for different batch shapes, and a resumed export must redraw a frame
+        # bit for bit as the first run drew it.
+        block_of = index // self.chunk_size
+        cuts = np.flatnonzero(np.diff(block_of)) + 1
+        chunks = np.split(index, cuts) if index.size else []
 
         def skin(chunk: np.ndarray) -> np.ndarray:
-            vertices, _ = self.body.forward(poses[chunk], betas, trans[chunk])
-            return np.asarray(vertices)
+            start = int(chunk[0]) // self.chunk_size * self.chunk_size
+            block = np.arange(start, min(start + self.chunk_size, num_frames))
+            vertices, _ = self.body.forward(poses[block], betas, trans[block])
+            return np.asarray(vertices)[chunk - start]
 
         # Skin the next chunk on a worker thread while this one renders: torch and the GL
         # driver both release the GIL, so the two overlap on a multi-core CPU.
