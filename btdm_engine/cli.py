@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btdm_engine.commands.demo",
     "btdm_engine.motion.cli",
     "btdm_engine.posemaps.cli",
+    "btdm_engine.commands.animate",
 )
 
 
