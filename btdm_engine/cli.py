@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btdm_engine.motion.cli",
     "btdm_engine.posemaps.cli",
     "btdm_engine.commands.animate",
+    "btdm_engine.commands.synth",
 )
 
 
