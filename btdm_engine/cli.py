@@ -17,6 +17,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btdm_engine.motion.cli",
     "btdm_engine.posemaps.cli",
     "btdm_engine.commands.animate",
+    "btdm_engine.commands.finetune",
+    "btdm_engine.commands.train",
+    "btdm_engine.commands.evaluate",
     "btdm_engine.commands.synth",
 )
 
