@@ -142,14 +142,6 @@ def test_new_run_and_resume_rules(toy: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # SIGKILL and resume
 
-_CLI = """
-import argparse, sys
-from btdm_engine.commands import train
-parser = argparse.ArgumentParser(prog="btdm")
-train.register(parser.add_subparsers(dest="command"))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
 
 
 def _cli_args(toy: Path, run: Path, steps: int, *extra: str) -> list[str]:
@@ -162,7 +154,7 @@ def _cli_args(toy: Path, run: Path, steps: int, *extra: str) -> list[str]:
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    return subprocess.Popen([sys.executable, "-c", _CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "btdm_engine.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_sigkill_then_resume_continues_exactly(toy: Path, tmp_path: Path) -> None:
