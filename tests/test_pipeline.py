@@ -267,3 +267,24 @@ def test_cli_renders_a_motion_clip(btunet_only_dir: Path, tmp_path: Path) -> Non
     assert (out / "animation.mp4").is_file()
     with pytest.raises(AnimatorError, match="no SR3 model"):
         _run_cli([*argv, "--overwrite", "--sr-steps", "2"])
+
+
+def test_embedded_default_model_animates_without_model_or_appearance(tmp_path: Path, capsys) -> None:
+    from btdm_engine.motion.library import make_motion
+    from btdm_engine.weights import default_appearance, default_model_dir
+
+    root = default_model_dir()
+    assert (root / "MODEL_CARD.md").is_file()
+    image, iuv = default_appearance()
+    animator = Animator.from_pretrained(root, device="cpu")
+    assert (animator.low_resolution, animator.resolution) == (32, 128)
+    assert cv2.imread(str(image)).shape[:2] == cv2.imread(str(iuv)).shape[:2]
+
+    clip = make_motion("dance", seconds=0.2, fps=10, width=128, height=128)
+    clip.save(tmp_path / "dance.npz")
+    out = tmp_path / "out"
+    assert _run_cli(["--clip", str(tmp_path / "dance.npz"), "--out", str(out), "--steps", "1", "--sr-steps", "1",
+                     "--no-progress", "--device", "cpu"]) == 0
+    assert "using the embedded model" in capsys.readouterr().err
+    frames = sorted((out / "frames").iterdir())
+    assert len(frames) == 2 and cv2.imread(str(frames[0])).shape == (128, 128, 3)

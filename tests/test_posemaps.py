@@ -540,8 +540,8 @@ def test_demo_command(tmp_path: Path, capsys) -> None:
     from btdm_engine.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--seconds", "0.2", "--size", "48",
-                 "--no-progress"]) == 0
+    assert main(["demo", "--out", str(out), "--seconds", "0.2", "--size", "48", "--generate-seconds", "0.2",
+                 "--steps", "1", "--sr-steps", "1", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for name in ("walk", "spin"):
         assert (out / name / "clip.npz").is_file()
@@ -551,5 +551,15 @@ def test_demo_command(tmp_path: Path, capsys) -> None:
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet.shape[0] > 2 * 48 and sheet.shape[1] >= 6 * 48
     assert str(out / "contact_sheet.png") in printed
+    # generated frames from the embedded model, at its SR3 resolution, with video and strip
+    frames = sorted((out / "generated" / "frames").glob("*.png"))
+    assert len(frames) == 6
+    assert cv2.imread(str(frames[0])).shape == (128, 128, 3)
+    assert (out / "generated" / "animation.mp4").stat().st_size > 1000
+    assert cv2.imread(str(out / "generated" / "strip.png")).shape[0] > 2 * 128
+    assert main(["demo", "--out", str(tmp_path / "maps_only"), "--seconds", "0.2", "--size", "48",
+                 "--no-generate", "--no-progress"]) == 0
+    assert not (tmp_path / "maps_only" / "generated").exists()
+    capsys.readouterr()
     assert main(["demo", "--out", str(out), "--motions", "moonwalk"]) == 2
     assert "allowed:" in capsys.readouterr().err

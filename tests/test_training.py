@@ -260,3 +260,28 @@ def test_finetune_command_matches_the_animator(toy: Path, tmp_path: Path) -> Non
                               "--steps", "1", "--out", str(tmp_path / "tuned")])  # fmt: skip
     with pytest.raises(ValueError, match="not empty"):
         args.func(args)
+
+
+# --------------------------------------------------------------------------------------------
+# The embedded default model's recipe
+
+
+def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Path) -> None:
+    from btdm_engine.pipeline import Animator
+    from training.default_model import assemble
+
+    runs = {"btunet": tmp_path / "btunet", "sr3": tmp_path / "sr3"}
+    out = tmp_path / "model"
+    with pytest.raises(ValueError, match="no finished checkpoint"):
+        assemble(toy, runs, out)
+    assert not out.exists()
+    train(_config(toy, steps=2), runs["btunet"], progress=False)
+    train(_config(toy, "sr3", steps=2), runs["sr3"], progress=False)
+    assemble(toy, runs, out)
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "appearance.png", "appearance_iuv.png", "btunet", "sr3"]
+    animator = Animator.from_pretrained(out, device="cpu")
+    assert (animator.low_resolution, animator.resolution) == (16, 32)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "| btunet |" in card and "| sr3 |" in card and "test split" in card
+    assemble(toy, runs, out)  # replacing an existing folder leaves no staging debris
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -7,6 +7,7 @@ with ``--mp4``, ``OUT/animation.mp4``. Heavy imports happen in :func:`run`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="IUV map g(c) of the appearance image, for --finetune-steps")
     p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
                    help="channel layout of the IUV PNGs read (default btdm; densepose for detectron2 files)")
-    p.add_argument("--model", required=True, metavar="DIR", help="model folder holding btunet/ and optionally sr3/")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="model folder holding btunet/ and optionally sr3/ (default: the embedded tiny model, "
+                   "which also brings its appearance image when --appearance is not given)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace frames already in OUT/frames")
     p.add_argument("--mp4", action="store_true", help="also write OUT/animation.mp4")
@@ -59,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class _Progress:
+class Progress:
     """One tqdm bar per stage, fed by the samplers' ``callback(stage, step, total)``."""
 
     def __init__(self, enabled: bool) -> None:
@@ -131,6 +134,17 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.posemaps.encoding import read_iuv_png
     from btdm_engine.posemaps.preview import write_mp4, write_rgb_png
 
+    if args.model is None:
+        from btdm_engine.weights import default_appearance, default_model_dir
+
+        model_dir = default_model_dir()
+        if args.appearance is None:
+            args.appearance, shipped_iuv = default_appearance()
+            if args.finetune_steps > 0 and args.appearance_iuv is None:
+                args.appearance_iuv = shipped_iuv
+            print(f"using the embedded model {model_dir} and its appearance image {args.appearance}", file=sys.stderr)
+    else:
+        model_dir = args.model
     if args.appearance_iuv is not None and args.appearance is None:
         raise CliError("--appearance-iuv needs --appearance (it is the appearance image's IUV map)")
     if args.finetune_steps > 0 and args.appearance_iuv is None:
@@ -143,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise CliError(f"{frames_dir} already holds {len(existing)} frames; pass --overwrite or choose another --out")
 
-    animator = Animator.from_pretrained(args.model, device=args.device)
+    animator = Animator.from_pretrained(model_dir, device=args.device)
     progress = not args.no_progress
     if args.clip is not None:
         pose_maps, fps = _render_clip(Path(args.clip), animator.resolution, progress)
@@ -158,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     for stale in existing:  # --overwrite: no frame of an older, longer run may survive
         stale.unlink()
     frames_dir.mkdir(parents=True, exist_ok=True)
-    bars = _Progress(progress)
+    bars = Progress(progress)
     count = 0
 
     def written() -> Any:

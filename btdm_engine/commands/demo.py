@@ -2,8 +2,10 @@
 
 Makes procedural motions (a walk and a spin by default) with the motion library, saves each
 clip, renders its DensePose-style pose maps to a PNG sequence and a colour-coded preview MP4,
-and puts sample frames of every motion on one contact sheet with the part legend. Later issues
-extend it with generated frames.
+and puts sample frames of every motion on one contact sheet with the part legend. Then it
+animates one motion with the embedded default model (:mod:`btdm_engine.weights`): pose maps ->
+BTU-Net with the bidirectional recursive sampler -> SR3, written as a PNG sequence, an MP4 and a
+strip of pose maps over generated frames.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, metavar="PX",
                    help="pose-map size in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0, help="motion variation seed (default 0)")
+    p.add_argument("--generate", default="dance", metavar="NAME",
+                   help="motion to animate with the embedded model (default dance)")
+    p.add_argument("--generate-seconds", type=float, default=2.0, metavar="S",
+                   help="length of the generated animation (default 2)")
+    p.add_argument("--steps", type=int, default=25, help="BTU-Net denoising steps (default 25; the paper: 50)")
+    p.add_argument("--sr-steps", type=int, default=10, help="SR3 denoising steps (default 10)")
+    p.add_argument("--no-generate", action="store_true", help="pose maps only; skip the generated frames")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -58,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in args.motions if m not in MOTIONS]
     if unknown:
         raise ValueError(f"unknown motion(s) {', '.join(unknown)}; allowed: {', '.join(MOTIONS)}")
+    if not args.no_generate and args.generate not in MOTIONS:
+        raise ValueError(f"--generate: unknown motion {args.generate!r}; allowed: {', '.join(MOTIONS)}")
+    if args.steps < 1 or args.sr_steps < 1:
+        raise ValueError(f"--steps and --sr-steps must be >= 1, got {args.steps} and {args.sr_steps}")
     if args.size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
     out = Path(args.out)
@@ -84,4 +97,52 @@ def run(args: argparse.Namespace) -> int:
     pad = [np.pad(img, ((0, 0), (0, width - img.shape[1]), (0, 0))) for img in (sheet, legend)]
     sheet_path = write_rgb_png(out / "contact_sheet.png", np.concatenate(pad, axis=0))
     print(f"contact sheet: {sheet_path}")
+    if not args.no_generate:
+        _generate(args, out / "generated", body, atlas)
     return 0
+
+
+def _generate(args: argparse.Namespace, out, body, atlas) -> None:
+    """Animate ``args.generate`` with the embedded model and its shipped appearance image."""
+    import numpy as np
+
+    from btdm_engine.commands.animate import Progress
+    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.motion import make_motion
+    from btdm_engine.pipeline import Animator
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png
+    from btdm_engine.posemaps.renderer import IUVRenderer
+    from btdm_engine.weights import default_appearance, default_model_dir
+
+    animator = Animator.from_pretrained(default_model_dir())
+    image_path, _ = default_appearance()
+    appearance = np.round(read_rgb(image_path) * 255).astype(np.uint8)
+    size = animator.resolution
+    clip = make_motion(args.generate, seconds=args.generate_seconds, fps=args.fps, seed=args.seed, width=size, height=size)
+    clip.save(out / "clip.npz")
+    with IUVRenderer(body, size, size, atlas=atlas) as renderer:
+        poses = np.stack(list(renderer.render_clip(clip, size=size, progress=not args.no_progress)))
+    frames_dir = out / "frames"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    for stale in frames_dir.glob("[0-9]*.png"):
+        stale.unlink()
+    bars = Progress(not args.no_progress)
+    frames = []
+
+    def stream():
+        for t, frame in enumerate(animator.animate_iter(poses, appearance, steps=args.steps, sr_steps=args.sr_steps,
+                                                        seed=args.seed, callback=bars)):
+            write_rgb_png(frames_dir / f"{t:06d}.png", frame)
+            frames.append(frame)
+            yield frame
+
+    try:
+        video = write_mp4(stream(), out / "animation.mp4", fps=clip.fps)
+    finally:
+        bars.close()
+    picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
+    tiles = [colorize_iuv(poses[t]) for t in picks] + [frames[t] for t in picks]
+    labels = [f"pose {t}" for t in picks] + [f"frame {t}" for t in picks]
+    strip = write_rgb_png(out / "strip.png", contact_sheet([np.asarray(x) for x in tiles], cols=SHEET_FRAMES, labels=labels))
+    print(f"generated: {len(frames)} frames of {args.generate} at {size}x{size} in {frames_dir} "
+          f"(appearance {image_path.name}, {args.steps} + {args.sr_steps} steps); video {video}; strip {strip}")

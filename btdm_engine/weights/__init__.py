@@ -1,0 +1,39 @@
+"""The embedded default model: the weights `btdm demo` and `btdm animate` use when no --model is given.
+
+``default/`` is a model folder in the usual layout (``btunet/`` and ``sr3/`` checkpoint folders,
+see :mod:`btdm_engine.checkpoints`) plus the appearance image it was shown with
+(``appearance.png`` and its pose map ``appearance_iuv.png``) and ``MODEL_CARD.md``, which says
+how it was trained (data, steps, seeds, commands) and what it can and cannot do. It is made by
+:mod:`training.default_model` from the synthetic ``mini`` set, entirely on this project's own
+code: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+
+
+class NoDefaultModelError(FileNotFoundError):
+    """The embedded default model is missing (a stripped install): name what to do instead."""
+
+
+def default_model_dir() -> Path:
+    """The embedded model folder; raises :class:`NoDefaultModelError` when it is not installed."""
+    if not (DEFAULT_MODEL_DIR / "btunet" / "config.json").is_file():
+        raise NoDefaultModelError(
+            f"the embedded default model is missing ({DEFAULT_MODEL_DIR / 'btunet'}); pass --model DIR, or "
+            "rebuild it with `python -m training.default_model`"
+        )
+    return DEFAULT_MODEL_DIR
+
+
+def default_appearance() -> tuple[Path, Path]:
+    """(appearance image, its IUV pose map) shipped with the default model."""
+    root = default_model_dir()
+    image, iuv = root / "appearance.png", root / "appearance_iuv.png"
+    for path in (image, iuv):
+        if not path.is_file():
+            raise NoDefaultModelError(f"the embedded default model has no {path.name} ({path})")
+    return image, iuv
