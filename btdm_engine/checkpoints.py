@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from btdm_engine.diffusion.schedule import ScheduleConfig
+from btdm_engine.fileio import atomic_path, atomic_write_bytes
 
 FORMAT_VERSION = 1
 KINDS: tuple[str, ...] = ("btunet", "sr3")
@@ -42,29 +42,12 @@ def _check_kind(kind: str, where: str) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, fsync=True)
 
 
 def _atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def save_checkpoint(
@@ -169,7 +152,9 @@ def load_checkpoint(
             unknown kind or config key, corrupt or truncated weights, missing / unexpected /
             mis-shaped / wrongly typed tensors).
     """
-    from btdm_engine.models import build_model  # the networks import torch-heavy modules
+    from btdm_engine.models import (
+        build_model,  # the networks import torch-heavy modules
+    )
 
     folder = Path(directory)
     document = read_checkpoint_config(folder)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, FileNotFoundError, ValueError) as exc:
+    except (CliError, OSError, ValueError) as exc:  # user errors: bad files, folders, values
         print(f"btdm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

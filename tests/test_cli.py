@@ -32,3 +32,18 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("btdm train: error:") and str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing half-made to trip over on the corrected rerun
+
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    from training.toy_data import write_toy_dataset
+
+    toy = write_toy_dataset(tmp_path / "toy", num_characters=2, num_frames=4, size=16)
+    assert main(["train", "btunet", "--data", str(toy), "--out", str(tmp_path / "used"), "--no-progress"]) == 2
+    assert "not empty; pass --resume" in capsys.readouterr().err
+
+    clip = tmp_path / "walk.npz"
+    assert main(["motion", "make", "walk", "--seconds", "0.2", "--out", str(clip)]) == 0
+    assert oct(clip.stat().st_mode & 0o777) != oct(0o600)  # outputs are ordinary shared files
+    assert main(["posemaps", str(clip), "--out", str(clip), "--size", "32", "--no-progress"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

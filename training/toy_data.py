@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from btdm_engine.posemaps.encoding import atomic_write_bytes, write_iuv_png
+from btdm_engine.fileio import atomic_write_bytes
+from btdm_engine.posemaps.encoding import write_iuv_png
 from training.dataset_format import SEQUENCES_DIR, SequenceRecord, frame_name, write_manifest
 
 TORSO, LEFT_ARM, RIGHT_ARM, HEAD_RIGHT, HEAD_LEFT = 2, 17, 18, 23, 24

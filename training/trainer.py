@@ -75,7 +75,7 @@ COMPLETE = "COMPLETE"
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ValueError):
     """Training cannot start or continue (bad run folder, data too small, ...)."""
 
 
@@ -573,6 +573,8 @@ def train(
     ctx = init_distributed(config.device)
     if ctx.is_main:
         config = prepare_run_dir(run_dir, config, resume)
+        training_sequences(config)  # a bad --data or option fails here, before the run folder is made
+        model_config(config)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
     ctx.barrier()

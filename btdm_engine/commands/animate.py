@@ -151,12 +151,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--finetune-steps needs --appearance and --appearance-iuv (paper sec. 3.3: Y = {c}, S = {g(c)})")
     if args.fps is not None and not args.fps > 0:
         raise CliError(f"--fps must be positive, got {args.fps}")
+    for option, value in (("--steps", args.steps), ("--sr-steps", args.sr_steps), ("--finetune-steps", args.finetune_steps)):
+        if value is not None and value < (0 if option == "--finetune-steps" else 1):
+            raise CliError(f"{option} must be {'>= 0' if option == '--finetune-steps' else '>= 1'}, got {value}")
     out = Path(args.out)
     frames_dir = out / "frames"
     existing = sorted(frames_dir.glob("[0-9]*.png")) if frames_dir.is_dir() else []
     if existing and not args.overwrite:
         raise CliError(f"{frames_dir} already holds {len(existing)} frames; pass --overwrite or choose another --out")
 
+    # Inputs are read before the (slow) pose-map rendering, so a bad file fails at once.
+    appearance = None if args.appearance is None else _read_appearance(Path(args.appearance))
+    appearance_iuv = None
+    if args.appearance_iuv is not None:
+        appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
     animator = Animator.from_pretrained(model_dir, device=args.device)
     progress = not args.no_progress
     if args.clip is not None:
@@ -164,10 +172,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order), 30.0
     fps = args.fps if args.fps is not None else fps
-    appearance = None if args.appearance is None else _read_appearance(Path(args.appearance))
-    appearance_iuv = None
-    if args.appearance_iuv is not None:
-        appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
 
     for stale in existing:  # --overwrite: no frame of an older, longer run may survive
         stale.unlink()

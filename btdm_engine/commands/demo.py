@@ -20,11 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand to the ``btdm`` dispatcher."""
     p = subparsers.add_parser(
         "demo",
-        help="make demo motions and render their pose maps, preview videos and a contact sheet",
+        help="run the whole pipeline on the embedded defaults: pose maps, previews, generated frames",
         description=(
             "Run the pipeline on built-in defaults: procedural motions -> MotionClip files -> "
-            "IUV pose maps (PNG sequences) -> colour previews (MP4) and a contact sheet (PNG). "
-            "Rerunning resumes: pose maps already written are kept."
+            "IUV pose maps (PNG sequences) -> colour previews (MP4) and a contact sheet (PNG); then "
+            "one motion (--generate) animated by the embedded default model (BTU-Net + bidirectional "
+            "sampler + SR3) into OUT/generated/. Rerunning resumes: pose maps already written are kept."
         ),
     )
     p.add_argument("--out", default="out/demo", metavar="DIR",

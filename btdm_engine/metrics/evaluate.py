@@ -7,7 +7,8 @@ given, its ``sequences/`` is used). Sequences are matched by name; every predict
 exist in the ground truth under the same file name, and the predicted frames of a sequence must
 be consecutive (the temporal metrics compare neighbours). Ground-truth frames without a
 prediction are not evaluated. The optional ``iuv`` folder follows the same layout (``<name>/iuv/``
-or frames directly) and gives the foreground masks ``I > 0`` of the driving pose maps.
+or frames directly; one sequence may also be a folder with an ``iuv/`` sub-folder, as
+``btdm posemaps`` writes) and gives the foreground masks ``I > 0`` of the driving pose maps.
 
 **Foreground-only** (paper sec. 4.2): with masks, the background of both prediction and ground
 truth is painted with the background colour before every metric, and SSIM, PSNR, tOF and the
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.fileio import atomic_write_text
 from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
 from btdm_engine.metrics.frames import (
@@ -93,7 +93,7 @@ def discover_sequences(root: str | Path, kind: str) -> dict[str, Path]:
     """Map sequence name -> frame folder under ``root`` (layout in the module docstring).
 
     ``kind`` is the dataset sub-folder to look for (``"rgb"`` or ``"iuv"``). A root that holds
-    frames directly is one sequence named ``""``.
+    frames directly, or in its own ``kind/`` sub-folder, is one sequence named ``""``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -102,6 +102,8 @@ def discover_sequences(root: str | Path, kind: str) -> dict[str, Path]:
         root = root / "sequences"
     if any(p.suffix.lower() == ".png" for p in root.iterdir()):
         return {"": root}
+    if (root / kind).is_dir() and any(p.suffix.lower() == ".png" for p in (root / kind).iterdir()):
+        return {"": root / kind}  # one sequence's folder, e.g. `btdm posemaps` output (iuv/) or a dataset sequence
     found: dict[str, Path] = {}
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
         if (child / kind).is_dir():
@@ -210,7 +212,7 @@ def evaluate(
         if y.shape != g.shape:
             raise EvaluationError(
                 f"{pred_dir}: frames are {tuple(y.shape[-2:])} px but ground truth {gt_dir} is {tuple(g.shape[-2:])}; "
-                "pass size= (--size) to evaluate both at one resolution"
+                "pass --size to evaluate both at one resolution"
             )
         hw = (int(y.shape[-2]), int(y.shape[-1]))
         if resolution is not None and hw != resolution:
@@ -298,15 +300,7 @@ def write_json_atomic(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as standard JSON (no NaN/inf) through a temp file in the same folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, NUM_BETAS, NUM_JOINTS, PARENTS
+from btdm_engine.fileio import atomic_write_text
 from btdm_engine.motion.camera import default_camera
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.kinematics import local_rotations, world_rotations
@@ -324,15 +324,7 @@ def write_bvh(bvh: Bvh, path: str | os.PathLike[str]) -> Path:
     out += ["MOTION", f"Frames: {bvh.num_frames}", f"Frame Time: {bvh.frame_time:.8f}"]
     out += [_fmt(row) for row in bvh.motion[:, columns]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".bvh.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(out) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, "\n".join(out) + "\n")
 
 
 def _fmt(values: np.ndarray) -> str:

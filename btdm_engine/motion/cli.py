@@ -57,10 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--out", type=Path, required=True, metavar="CLIP.npz", help="clip file to write")
     imp.set_defaults(func=_import)
 
-    lst = sub.add_parser("list", help="list the built-in procedural motions")
+    lst = sub.add_parser("list", help="list the built-in procedural motions", description="List the built-in procedural motions with a line on each.")
     lst.set_defaults(func=_list)
 
-    info = sub.add_parser("info", help="describe a clip file")
+    info = sub.add_parser("info", help="describe a clip file", description="Print what a MotionClip .npz holds: frames, fps, body model, shape, camera, and the root path.")
     info.add_argument("clip", type=Path, metavar="CLIP.npz", help="clip file to describe")
     info.set_defaults(func=_info)
 

@@ -9,7 +9,6 @@ The contract (docs/architecture.md, "MotionClip"): ``format_version`` 1, ``fps``
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine.body.skeleton import NUM_BETAS, NUM_JOINTS
+from btdm_engine.fileio import atomic_path
 
 __all__ = ["FORMAT_VERSION", "MotionClip", "MotionClipError"]
 
@@ -152,14 +152,8 @@ class MotionClip:
             "height": np.int64(self.height),
             "world_to_cam": self.world_to_cam,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path, suffix=".npz.tmp") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         return path
 
     @classmethod

@@ -16,7 +16,6 @@ Tensor form: float32 ``(..., 3, H, W)`` with channels (I/24, U, V) mapped to [-1
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.fileio import atomic_write_bytes
 from btdm_engine.posemaps.parts import NUM_PARTS
 
 PNG_ORDERS: tuple[str, ...] = ("btdm", "densepose")
@@ -77,23 +77,6 @@ def encode_iuv_png(iuv: np.ndarray, order: str = "btdm") -> bytes:
     if not ok:
         raise IUVFormatError("iuv: OpenCV could not encode the PNG")
     return buf.tobytes()
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        # mkstemp creates the file private (0600); outputs are ordinary shared files.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_iuv_png(path: str | os.PathLike[str], iuv: np.ndarray, order: str = "btdm") -> Path:

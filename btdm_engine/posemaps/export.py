@@ -149,7 +149,7 @@ def export_posemaps(
 
         atlas = build_atlas(body)
 
-    from btdm_engine.posemaps.encoding import atomic_write_bytes
+    from btdm_engine.fileio import atomic_write_bytes
 
     out_dir = Path(out_dir)
     iuv_dir = out_dir / "iuv"

@@ -145,7 +145,7 @@ def contact_sheet(
 
 def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG, atomically."""
-    from btdm_engine.posemaps.encoding import atomic_write_bytes
+    from btdm_engine.fileio import atomic_write_bytes
 
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"{path}: expected uint8 (H, W, 3) RGB, got {rgb.dtype} {rgb.shape}")

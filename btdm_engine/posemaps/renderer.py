@@ -111,6 +111,10 @@ def _check_camera(K: np.ndarray, world_to_cam: np.ndarray) -> tuple[np.ndarray, 
     return K, world_to_cam
 
 
+# Largest offscreen framebuffer side we allow (OpenGL drivers commonly cap at 8192 or 16384).
+MAX_SIZE = 8192
+
+
 class IUVRenderer:
     """Renders DensePose-style IUV pose maps of a body model.
 
@@ -138,6 +142,8 @@ class IUVRenderer:
     ):
         if int(width) < 1 or int(height) < 1:
             raise ValueError(f"renderer size must be positive, got {width}x{height}")
+        if max(int(width), int(height)) > MAX_SIZE:
+            raise ValueError(f"renderer size {width}x{height} is larger than the {MAX_SIZE} px the offscreen renderer supports")
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.body = body

@@ -1,0 +1,57 @@
+"""Atomic file writes: a result file is either absent, the old one, or complete.
+
+Every writer goes through :func:`atomic_path`: it hands out a temporary name in the target's own
+folder (so ``os.replace`` is an atomic rename on one filesystem), and on success gives the file
+the permissions an ordinary ``open(path, "w")`` would (``0666 & ~umask``; ``mkstemp`` alone makes
+it private), optionally flushes it to disk, and renames it into place. On any error the temporary
+file is removed and the old ``path``, if any, is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp", fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (its folder is created); on success publish it as ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (module docstring)."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, fsync: bool = False) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (module docstring)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
