@@ -11,6 +11,8 @@ strip of pose maps over generated frames.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 DEFAULT_MOTIONS: tuple[str, ...] = ("walk", "spin")
 SHEET_FRAMES = 6  # sample frames per motion on the contact sheet
@@ -49,8 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
 
     from btdm_engine.body import load_body_model
@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps and --sr-steps must be >= 1, got {args.steps} and {args.sr_steps}")
     if args.size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
+    if not args.no_generate:
+        from btdm_engine.weights import default_appearance
+
+        default_appearance()  # a stripped install fails now, not after the pose maps
     out = Path(args.out)
     body = load_body_model("mannequin")
     atlas = build_atlas(body)
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace, out, body, atlas) -> None:
+def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> None:
     """Animate ``args.generate`` with the embedded model and its shipped appearance image."""
     import numpy as np
 
@@ -128,22 +132,26 @@ def _generate(args: argparse.Namespace, out, body, atlas) -> None:
     for stale in frames_dir.glob("[0-9]*.png"):
         stale.unlink()
     bars = Progress(not args.no_progress)
-    frames = []
+    picks = np.linspace(0, clip.num_frames - 1, SHEET_FRAMES).round().astype(int)
+    kept: dict[int, np.ndarray] = {}  # only the strip's frames stay in memory
+    count = 0
 
     def stream():
+        nonlocal count
         for t, frame in enumerate(animator.animate_iter(poses, appearance, steps=args.steps, sr_steps=args.sr_steps,
                                                         seed=args.seed, callback=bars)):
             write_rgb_png(frames_dir / f"{t:06d}.png", frame)
-            frames.append(frame)
+            if t in picks:
+                kept[t] = frame
+            count += 1
             yield frame
 
     try:
         video = write_mp4(stream(), out / "animation.mp4", fps=clip.fps)
     finally:
         bars.close()
-    picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
-    tiles = [colorize_iuv(poses[t]) for t in picks] + [frames[t] for t in picks]
+    tiles = [colorize_iuv(poses[t]) for t in picks] + [kept[t] for t in picks]
     labels = [f"pose {t}" for t in picks] + [f"frame {t}" for t in picks]
     strip = write_rgb_png(out / "strip.png", contact_sheet([np.asarray(x) for x in tiles], cols=SHEET_FRAMES, labels=labels))
-    print(f"generated: {len(frames)} frames of {args.generate} at {size}x{size} in {frames_dir} "
+    print(f"generated: {count} frames of {args.generate} at {size}x{size} in {frames_dir} "
           f"(appearance {image_path.name}, {args.steps} + {args.sr_steps} steps); video {video}; strip {strip}")
