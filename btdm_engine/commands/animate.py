@@ -151,9 +151,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--finetune-steps needs --appearance and --appearance-iuv (paper sec. 3.3: Y = {c}, S = {g(c)})")
     if args.fps is not None and not args.fps > 0:
         raise CliError(f"--fps must be positive, got {args.fps}")
-    for option, value in (("--steps", args.steps), ("--sr-steps", args.sr_steps), ("--finetune-steps", args.finetune_steps)):
-        if value is not None and value < (0 if option == "--finetune-steps" else 1):
-            raise CliError(f"{option} must be {'>= 0' if option == '--finetune-steps' else '>= 1'}, got {value}")
+    if args.steps < 1:
+        raise CliError(f"--steps must be >= 1, got {args.steps}")
+    if args.sr_steps is not None and args.sr_steps < 1:
+        raise CliError(f"--sr-steps must be >= 1, got {args.sr_steps}")
+    if args.finetune_steps < 0:
+        raise CliError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
     out = Path(args.out)
     frames_dir = out / "frames"
     existing = sorted(frames_dir.glob("[0-9]*.png")) if frames_dir.is_dir() else []
