@@ -169,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
     if args.appearance_iuv is not None:
         appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
     animator = Animator.from_pretrained(model_dir, device=args.device)
+    task = animator.meta.get("btunet", {}).get("extra", {}).get("task")
+    if appearance is None and task == "single_image":
+        print(f"warning: {model_dir} was trained with an appearance image c (task single_image) and none was given "
+              "(--appearance); its learnt null token stands in for c, so expect a generic figure", file=sys.stderr)
     progress = not args.no_progress
     if args.clip is not None:
         pose_maps, fps = _render_clip(Path(args.clip), animator.resolution, progress)
