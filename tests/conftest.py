@@ -16,3 +16,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     user's ~/.cache/btdm, and the mannequin is built once for all test files."""
     if "BTDM_TEST_USE_USER_CACHE" not in os.environ:
         os.environ["BTDM_CACHE_DIR"] = str(tmp_path_factory.mktemp("btdm-cache"))
+
+
+@pytest.fixture()
+def one_thread():
+    """Run a test with one torch intra-op thread: two threads on a busy two-core machine run
+    several times slower than one, and in-process results then match OMP_NUM_THREADS=1 subprocesses."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

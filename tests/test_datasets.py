@@ -25,13 +25,7 @@ from training.toy_data import LEFT_ARM, RIGHT_ARM, write_toy_dataset
 from training.video import DensePoseVideoSet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy two-core machine run several times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

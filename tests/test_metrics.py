@@ -33,13 +33,7 @@ from btdm_engine.metrics.evaluate import EvaluationError
 from btdm_engine.metrics.image import fill_background
 from btdm_engine.posemaps.encoding import write_iuv_png
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy two-core machine run several times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------

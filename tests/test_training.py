@@ -49,13 +49,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), num_characters=4, num_frames=8, size=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Identical float results in-process and in the subprocesses (OMP_NUM_THREADS=1 there).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(toy: Path, kind: str = "btunet", **kw) -> TrainConfig:
