@@ -35,7 +35,7 @@ from btdm_engine.models.config import (
     check_float,
     check_int,
     check_int_tuple,
-    level_resolutions,
+    check_unet_levels,
 )
 from btdm_engine.models.layers import (
     Cond,
@@ -116,19 +116,11 @@ class BTUNetConfig(ModelConfig):
         check_int_tuple(owner, "attention_resolutions", self.attention_resolutions)
         check_float(owner, "dropout", self.dropout, 0.0, 1.0)
         check_bool(owner, "position_code", self.position_code)
-        levels = level_resolutions(owner, self.resolution, self.channel_mult)
-        bad = [r for r in self.attention_resolutions if r not in levels]
-        if bad:
-            raise ModelConfigError(
-                f"{owner}.attention_resolutions: {bad} are not feature sizes of this U-Net; "
-                f"allowed: {levels}"
-            )
+        check_unet_levels(owner, self.resolution, self.channel_mult, self.attention_resolutions,
+                          self.model_channels, self.norm_groups, self.num_heads)
         for mult in self.channel_mult:
-            ch = self.model_channels * mult
-            check_divisible(owner, "model_channels*channel_mult", ch, self.norm_groups, "norm_groups")
-            check_divisible(owner, "model_channels*channel_mult", ch, self.num_heads, "num_heads")
             if self.position_code:
-                check_divisible(owner, "model_channels*channel_mult", ch, 4, "4 (position code)")
+                check_divisible(owner, "model_channels*channel_mult", self.model_channels * mult, 4, "4 (position code)")
             for enc in ("pose_encoder_channels", "appearance_encoder_channels"):
                 check_divisible(owner, enc, getattr(self, enc) * mult, self.norm_groups, "norm_groups")
         if self.model_channels % 2:

@@ -124,3 +124,30 @@ def level_resolutions(owner: str, resolution: int, channel_mult: tuple[int, ...]
             f"(channel_mult has {levels} levels)"
         )
     return [resolution // 2**i for i in range(levels)]
+
+
+def check_unet_levels(
+    owner: str,
+    resolution: int,
+    channel_mult: tuple[int, ...],
+    attention_resolutions: tuple[int, ...],
+    model_channels: int,
+    norm_groups: int,
+    num_heads: int,
+) -> list[int]:
+    """The checks every U-Net config shares; returns the level resolutions.
+
+    Attention must sit at feature sizes the U-Net has, and every level's width must split into
+    ``norm_groups`` groups and ``num_heads`` heads.
+    """
+    levels = level_resolutions(owner, resolution, channel_mult)
+    bad = [r for r in attention_resolutions if r not in levels]
+    if bad:
+        raise ModelConfigError(
+            f"{owner}.attention_resolutions: {bad} are not feature sizes of this U-Net; allowed: {levels}"
+        )
+    for mult in channel_mult:
+        ch = model_channels * mult
+        check_divisible(owner, "model_channels*channel_mult", ch, norm_groups, "norm_groups")
+        check_divisible(owner, "model_channels*channel_mult", ch, num_heads, "num_heads")
+    return levels

@@ -18,11 +18,10 @@ from torch import Tensor, nn
 from btdm_engine.models.config import (
     ModelConfig,
     ModelConfigError,
-    check_divisible,
     check_float,
     check_int,
     check_int_tuple,
-    level_resolutions,
+    check_unet_levels,
 )
 from btdm_engine.models.layers import Cond, SelfAttentionBlock, UNetTrunk, logsnr_embedding
 
@@ -82,17 +81,8 @@ class SR3Config(ModelConfig):
             )
         if self.model_channels % 2:
             raise ModelConfigError(f"{owner}.model_channels: must be even, got {self.model_channels}")
-        levels = level_resolutions(owner, self.resolution, self.channel_mult)
-        bad = [r for r in self.attention_resolutions if r not in levels]
-        if bad:
-            raise ModelConfigError(
-                f"{owner}.attention_resolutions: {bad} are not feature sizes of this U-Net; "
-                f"allowed: {levels}"
-            )
-        for mult in self.channel_mult:
-            ch = self.model_channels * mult
-            check_divisible(owner, "model_channels*channel_mult", ch, self.norm_groups, "norm_groups")
-            check_divisible(owner, "model_channels*channel_mult", ch, self.num_heads, "num_heads")
+        check_unet_levels(owner, self.resolution, self.channel_mult, self.attention_resolutions,
+                          self.model_channels, self.norm_groups, self.num_heads)
 
 
 PRESETS: dict[str, SR3Config] = {name: SR3Config.preset(name) for name in SR3Config.PRESET_FIELDS}
