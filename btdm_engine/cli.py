@@ -56,11 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, OSError, ValueError) as exc:  # user errors: bad files, folders, values
-        print(f"btdm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"btdm {args.command}: interrupted", file=sys.stderr)
+        print(f"{_command_name(args)}: interrupted", file=sys.stderr)
         return 130
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``btdm motion make`` rather than ``btdm motion``: the command plus its action, if it has one."""
+    action = getattr(args, "action", None) or getattr(args, "synth_command", None)
+    return f"btdm {args.command} {action}" if action else f"btdm {args.command}"
 
 
 if __name__ == "__main__":
