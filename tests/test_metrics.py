@@ -333,7 +333,7 @@ def test_btdm_eval_command_writes_json_with_and_without_weights(
     report = json.loads(out.read_text())  # standard JSON: inf is written as "inf"
     assert report["metrics"]["psnr"] == "inf" and report["metrics"]["lpips"] is None
     captured = capsys.readouterr()
-    assert "SKIPPED lpips" in captured.err and "SKIPPED fid" in captured.err
+    assert "lpips skipped: no LPIPS weights" in captured.out and "fid skipped: no Inception weights" in captured.out
 
     # One sequence (3 frames) with both weight files: every metric is a number.
     out2 = tmp_path / "metrics_w.json"

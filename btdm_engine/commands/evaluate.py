@@ -56,7 +56,5 @@ def run(args: argparse.Namespace) -> int:
     )
     write_report(report, args.out)
     print(format_table([(args.name, report)]))
-    for key, reason in report["skipped"].items():
-        print(f"SKIPPED {key}: {reason}", file=sys.stderr)
     print(f"{report['num_sequences']} sequence(s), {report['num_frames']} frames; report written to {args.out}")
     return 0
