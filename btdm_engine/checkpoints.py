@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from btdm_engine.diffusion.schedule import ScheduleConfig
-from btdm_engine.fileio import atomic_path, atomic_write_bytes
+from btdm_engine.fileio import atomic_path, atomic_write_bytes, read_json
 
 FORMAT_VERSION = 1
 KINDS: tuple[str, ...] = ("btunet", "sr3")
@@ -108,12 +108,7 @@ def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (the folder is not a complete checkpoint)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    document = read_json(path, CheckpointError)
     if not isinstance(document, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(document).__name__}")
     allowed = {"format_version", "kind", "model", "schedule", "extra"}

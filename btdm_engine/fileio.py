@@ -9,11 +9,13 @@ file is removed and the old ``path``, if any, is untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -55,3 +57,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = 
 def atomic_write_text(path: str | os.PathLike[str], text: str, fsync: bool = False) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (module docstring)."""
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def read_json(path: Path, error: type[Exception]) -> Any:
+    """Parse a UTF-8 JSON file, raising ``error`` with the path and the place of the fault."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc

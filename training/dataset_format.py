@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.fileio import atomic_write_text
+from btdm_engine.fileio import atomic_write_text, read_json
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -223,13 +223,7 @@ class DatasetManifest:
         path = root / MANIFEST_NAME
         if not path.is_file():
             raise DatasetFormatError(f"{path}: missing (not a dataset folder, or the dataset is incomplete)")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise DatasetFormatError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-        except json.JSONDecodeError as exc:
-            raise DatasetFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-        return cls.from_dict(root, doc, str(path))
+        return cls.from_dict(root, read_json(path, DatasetFormatError), str(path))
 
     @classmethod
     def from_dict(cls, root: str | Path, doc: Any, where: str = MANIFEST_NAME) -> "DatasetManifest":
