@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from btdm_engine.diffusion.schedule import ScheduleConfig
+from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_bytes, read_json
 
 FORMAT_VERSION = 1
@@ -32,7 +33,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BtdmError, ValueError):
     """A checkpoint folder that cannot be saved or loaded; the message names the file and problem."""
 
 

@@ -67,3 +67,34 @@ def read_json(path: Path, error: type[Exception]) -> Any:
         raise error(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise error(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+
+
+def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``{name: (shape, dtype)}`` of every array in an ``.npz``, read from the headers alone.
+
+    Nothing is decompressed beyond each member's header, so a file that declares 10^10 frames is
+    refused by its reader before any allocation. Raises ``ValueError`` naming the member for a
+    member that is not an ``.npy`` array.
+    """
+    import zipfile
+
+    import numpy as np
+
+    out: dict[str, tuple[tuple[int, ...], Any]] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename!r} is not an .npy array")
+            with archive.open(info) as fh:
+                try:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                except ValueError as exc:
+                    raise ValueError(f"member {info.filename!r}: bad .npy header ({exc})") from exc
+            out[info.filename[: -len(".npy")]] = (tuple(int(s) for s in shape), dtype)
+    return out

@@ -45,6 +45,7 @@ from btdm_engine.diffusion.samplers import (
     sample_unidirectional,
 )
 from btdm_engine.diffusion.schedule import ScheduleConfig
+from btdm_engine.errors import BtdmError
 from btdm_engine.metrics.frames import resize_labels, resize_rgb
 from btdm_engine.posemaps.encoding import iuv_to_tensor, validate_iuv
 
@@ -57,7 +58,7 @@ _BYTES_PER_PIXEL = 2 * 4 * 2048
 _CPU_BUDGET_BYTES = 1 << 30
 
 
-class AnimatorError(ValueError):
+class AnimatorError(BtdmError, ValueError):
     """Bad input to the Animator (the message names the argument and the problem)."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, cKDTree
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS
+from btdm_engine.errors import BtdmError
 from synthetic_data.spec import GARMENT_FAMILIES, GarmentSpec
 
 __all__ = ["BodyRest", "GarmentMesh", "GarmentError", "build_garment", "inside_body"]
@@ -38,7 +39,7 @@ _ARM_JOINTS = {side: [J[f"{side}_{n}"] for n in ("shoulder", "elbow", "wrist", "
 SOFT_PIN: dict[str, float] = {"skirt": 0.0, "legwear": 0.2, "sleeve": 0.12, "top": 0.04}
 
 
-class GarmentError(ValueError):
+class GarmentError(BtdmError, ValueError):
     """A garment cannot be built around this body with these parameters (the message says why)."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine.body.skeleton import NUM_BETAS
+from btdm_engine.errors import BtdmError
 
 __all__ = [
     "SPEC_VERSION",
@@ -113,7 +114,7 @@ HAIR_COLOURS: tuple[tuple[float, float, float], ...] = (
 )
 
 
-class SpecError(ValueError):
+class SpecError(BtdmError, ValueError):
     """A character spec (or its JSON) is invalid; the message names the field and the value."""
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from btdm_engine.errors import BtdmError
+
 KINDS = ("btunet", "sr3")
 MODES = ("bidirectional", "unidirectional", "person", "unconditional")
 PRESETS = ("tiny", "base", "paper")
@@ -26,7 +28,7 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(BtdmError, ValueError):
     """A training option that cannot be used; names the option."""
 
 

@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text, read_json
 
 FORMAT_VERSION = 1
@@ -83,7 +84,7 @@ _MANIFEST_KEYS = {"format_version", "resolution", "fps", "splits", "sequences", 
 _SEQUENCE_KEYS = {"character", "motion", "num_frames", "checksums"}
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(BtdmError, ValueError):
     """A dataset breaks the layout; the message names the file, the field and the sequence."""
 
 

@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from btdm_engine.checkpoints import save_checkpoint
 from btdm_engine.diffusion.losses import bidirectional_loss, sr3_loss, unidirectional_loss
 from btdm_engine.diffusion.schedule import ScheduleConfig
+from btdm_engine.errors import BtdmError
 from btdm_engine.models import build_model
 from btdm_engine.models.btunet import BTUNetConfig
 from btdm_engine.models.sr3 import SR3Config
@@ -75,7 +76,7 @@ COMPLETE = "COMPLETE"
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
 
 
-class TrainingError(ValueError):
+class TrainingError(BtdmError, ValueError):
     """Training cannot start or continue (bad run folder, data too small, ...)."""
 
 

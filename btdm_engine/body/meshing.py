@@ -17,10 +17,12 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from btdm_engine.errors import BtdmError
+
 SDF = Callable[[np.ndarray], np.ndarray]
 
 
-class MeshingError(ValueError):
+class MeshingError(BtdmError, ValueError):
     """The iso-surface is not a single closed manifold at the requested resolution."""
 
 

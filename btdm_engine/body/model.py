@@ -21,6 +21,7 @@ import torch
 from einops import rearrange
 
 from btdm_engine.body.skeleton import NUM_BETAS, NUM_JOINTS, NUM_POSE_BASIS, PARENTS
+from btdm_engine.errors import BtdmError
 
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 
@@ -42,7 +43,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class BodyModelError(ValueError):
+class BodyModelError(BtdmError, ValueError):
     """A model file is missing, unreadable or has a wrong key, shape or value."""
 
 

@@ -18,11 +18,12 @@ from torch import Tensor
 
 from btdm_engine.diffusion.samplers import D_FORWARD, PairNetwork, draw_noise
 from btdm_engine.diffusion.schedule import ScheduleConfig, q_sample
+from btdm_engine.errors import BtdmError
 
 WEIGHTINGS: tuple[str, ...] = ("x0", "truncated_snr")
 
 
-class LossError(ValueError):
+class LossError(BtdmError, ValueError):
     """A loss argument that cannot be used (shape mismatch, unknown option)."""
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from btdm_engine.diffusion.schedule import ScheduleConfig, alpha_sigma, q_sample
+from btdm_engine.errors import BtdmError
 
 Callback = Callable[[str, int, "int | None"], None]
 """``callback(stage, step, total)``: called after every network step; ``step`` counts from 1."""
@@ -42,7 +43,7 @@ class Cancelled(Exception):
     """Raised by a sampler (or the fine-tuning loop) when its ``cancel`` signal is set."""
 
 
-class SamplerError(ValueError):
+class SamplerError(BtdmError, ValueError):
     """A sampler argument that cannot be used (wrong shape, unknown option, bad value)."""
 
 

@@ -18,10 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from btdm_engine.errors import BtdmError
+
 SCHEDULE_KINDS: tuple[str, ...] = ("cosine",)
 
 
-class ScheduleConfigError(ValueError):
+class ScheduleConfigError(BtdmError, ValueError):
     """A schedule configuration that cannot be used (unknown key, value out of range)."""
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text
 from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
@@ -68,7 +69,7 @@ DEFINITIONS = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(BtdmError, ValueError):
     """The prediction, ground truth or pose-map folders do not line up."""
 
 

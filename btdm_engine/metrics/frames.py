@@ -15,12 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from btdm_engine.errors import BtdmError
+
 WHITE: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 _FRAME_NAME = re.compile(r"^(\d+)\.png$")
 
 
-class FrameError(ValueError):
+class FrameError(BtdmError, ValueError):
     """A frame file is missing, unreadable or has an unexpected format."""
 
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from btdm_engine.errors import BtdmError
+
 # Wang et al. 2004, sec. III-C: an 11x11 circular-symmetric Gaussian window, sigma 1.5,
 # K1 = 0.01 and K2 = 0.03.
 SSIM_WINDOW = 11
@@ -27,7 +29,7 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
-class MetricInputError(ValueError):
+class MetricInputError(BtdmError, ValueError):
     """Images or masks given to a metric have the wrong shape, dtype or value range."""
 
 

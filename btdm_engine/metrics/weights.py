@@ -10,8 +10,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from btdm_engine.errors import BtdmError
 
-class MetricWeightsError(ValueError):
+
+class MetricWeightsError(BtdmError, ValueError):
     """A metric weight file is missing, unreadable, or does not match the network's layout."""
 
 

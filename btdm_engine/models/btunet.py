@@ -27,6 +27,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from btdm_engine.errors import BtdmError
 from btdm_engine.models.config import (
     ModelConfig,
     ModelConfigError,
@@ -51,7 +52,7 @@ FORWARD = 0  # d_f: the branch predicts y_t from y_{t-1} (eq. 1, p_f)
 BACKWARD = 1  # d_b: the branch predicts y_{t-1} from y_t (eq. 1, p_b)
 
 
-class BTUNetInputError(ValueError):
+class BTUNetInputError(BtdmError, ValueError):
     """A BTU-Net forward argument has the wrong shape, dtype or value (names which)."""
 
 

@@ -11,10 +11,12 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from btdm_engine.errors import BtdmError
+
 C = TypeVar("C", bound="ModelConfig")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(BtdmError, ValueError):
     """A network config has an unknown key, a missing key or a bad value (names which)."""
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from btdm_engine.errors import BtdmError
 from btdm_engine.models.config import (
     ModelConfig,
     ModelConfigError,
@@ -29,7 +30,7 @@ from btdm_engine.models.layers import Cond, SelfAttentionBlock, UNetTrunk, logsn
 CLEAN_LOGSNR = 20.0
 
 
-class SR3InputError(ValueError):
+class SR3InputError(BtdmError, ValueError):
     """An SR3 forward argument has the wrong shape (names which)."""
 
 

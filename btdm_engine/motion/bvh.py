@@ -29,6 +29,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, NUM_BETAS, NUM_JOINTS, PARENTS
+from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text
 from btdm_engine.motion.camera import default_camera
 from btdm_engine.motion.clip import MotionClip
@@ -54,7 +55,7 @@ REQUIRED = tuple(JOINT_NAMES.index(n) for n in (
 ))
 
 
-class BvhError(ValueError):
+class BvhError(BtdmError, ValueError):
     """A malformed BVH file (the message names file and line) or one that cannot be mapped to SMPL."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine.body.skeleton import NUM_BETAS, NUM_JOINTS
+from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path
 
 __all__ = ["FORMAT_VERSION", "MotionClip", "MotionClipError"]
@@ -36,7 +37,7 @@ _FRAME_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
 }
 
 
-class MotionClipError(ValueError):
+class MotionClipError(BtdmError, ValueError):
     """A motion clip (file or arrays) breaks the MotionClip contract; the message names the field."""
 
 

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from btdm_engine.body.skeleton import JOINT_NAMES, MIRROR, NUM_JOINTS
+from btdm_engine.errors import BtdmError
 from btdm_engine.posemaps.parts import MIRROR_PART, NUM_PARTS, PART_NAMES, part_index
 
 if TYPE_CHECKING:
     from btdm_engine.body.model import BodyModel
 
 
-class AtlasError(ValueError):
+class AtlasError(BtdmError, ValueError):
     """An atlas (built or read) is inconsistent; the message names the array at fault."""
 
 

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_bytes
 from btdm_engine.posemaps.parts import NUM_PARTS
 
 PNG_ORDERS: tuple[str, ...] = ("btdm", "densepose")
 
 
-class IUVFormatError(ValueError):
+class IUVFormatError(BtdmError, ValueError):
     """An IUV array or file breaks the contract; the message names the file or field."""
 
 
