@@ -8,7 +8,9 @@ import pytest
 from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, PARENTS
 from btdm_engine.cli import main
 from btdm_engine.motion import MotionClip, load_bvh, make_motion, read_bvh, save_bvh, write_bvh
+from btdm_engine.motion.bonemaps import BoneMapError
 from btdm_engine.motion.bvh import Bvh, BvhError, BvhJoint
+from btdm_engine.motion.retarget import RetargetError
 from btdm_engine.motion.kinematics import world_rotations
 from btdm_engine.motion.library import cached_body_model
 from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_euler, rotation_x, rotation_z
@@ -154,19 +156,21 @@ def test_missing_bones_unknown_skeleton_and_units(tmp_path, clip):
     text = path.read_text()
     broken = tmp_path / "no_elbow.bvh"
     broken.write_text(text.replace("JOINT left_elbow", "JOINT left_forearm_twist"))
-    with pytest.raises(BvhError, match=r"no_elbow\.bvh: missing required bone\(s\) for the smpl skeleton: left_elbow"):
+    with pytest.raises(BoneMapError, match=r"no_elbow\.bvh: no bone-map preset .* the closest, smpl, has no bone "
+                       r"for SMPL joint\(s\) left_elbow; bones seen: pelvis, left_hip, .*left_forearm_twist"):
         load_bvh(broken)
-    with pytest.raises(BvhError, match=r"missing required bone\(s\) for the mixamo skeleton: Hips \(pelvis\)"):
+    with pytest.raises(BoneMapError, match=r"the mixamo skeleton has no bone for SMPL joint\(s\) pelvis, left_hip"):
         load_bvh(path, skeleton="mixamo")
-    with pytest.raises(ValueError, match="unknown skeleton 'cmu'; allowed: auto, smpl, mixamo"):
-        load_bvh(path, skeleton="cmu")
+    with pytest.raises(ValueError, match="unknown skeleton 'biped'; allowed: auto, smpl, mixamo, rigify, cmu"):
+        load_bvh(path, skeleton="biped")
     with pytest.raises(ValueError, match="unknown up axis 'X'"):
         load_bvh(path, up_axis="X")
     tiny = read_bvh(path)
     for joint in tiny.joints:
         joint.offset = joint.offset / 1000.0
+        joint.end_site = None if joint.end_site is None else joint.end_site / 1000.0
     tiny.motion[:, :3] /= 1000.0
-    with pytest.raises(BvhError, match="cannot infer units .* pass scale"):
+    with pytest.raises(RetargetError, match="tiny.bvh: cannot infer units .* pass scale"):
         load_bvh(write_bvh(tiny, tmp_path / "tiny.bvh"))
     # An explicit scale works where detection cannot.
     assert load_bvh(tmp_path / "tiny.bvh", scale=10.0).num_frames == clip.num_frames

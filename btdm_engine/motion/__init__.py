@@ -6,7 +6,7 @@ renderer; see docs/architecture.md for the contract.
 
 from __future__ import annotations
 
-from btdm_engine.motion.bvh import BvhError, load_bvh, read_bvh, save_bvh, write_bvh
+from btdm_engine.motion.bvh import BvhError, load_bvh, read_bvh, save_bvh, skeleton_from_bvh, write_bvh
 from btdm_engine.motion.camera import default_camera, intrinsics, look_at, orbit, project
 from btdm_engine.motion.clip import FORMAT_VERSION, MotionClip, MotionClipError
 from btdm_engine.motion.library import MOTIONS, make_motion

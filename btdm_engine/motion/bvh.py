@@ -1,17 +1,9 @@
-"""BVH motion files: reading, writing, and retargeting onto SMPL as a MotionClip.
+"""BVH motion files: reading, writing, and import onto SMPL as a MotionClip.
 
-Reading (:func:`read_bvh`) keeps the file's own skeleton (:class:`Bvh`). Retargeting
-(:func:`load_bvh`) maps named bones to SMPL joints (SMPL-style or Mixamo names) and transfers
-*world-space* rotations relative to each skeleton's rest pose, so rigs whose rest bones point
-elsewhere than SMPL's T-pose (a Mixamo A-pose, say) come out right:
-
-1. BVH forward kinematics gives each bone's world rotation ``G_b(t)`` (identity at rest).
-2. For every mapped SMPL joint j, a rest delta ``A_j`` rotates SMPL's rest bone directions (to its
-   nearest mapped children) onto the BVH's rest bone directions (Kabsch / shortest arc).
-3. SMPL's world rotation is ``W_j(t) = G_b(t) A_j``: it moves SMPL's bones as the BVH moves its
-   own. Unmapped BVH bones in between are composed in: their rotations are part of the child's
-   ``G``, and the parent's SMPL bone is re-aimed along the posed BVH chord.
-4. Local SMPL rotations follow down SMPL's tree: ``R_j = W_parent(j)^T W_j``.
+Reading (:func:`read_bvh`) keeps the file's own skeleton (:class:`Bvh`);
+:func:`skeleton_from_bvh` states it under the skeleton-animation contract, and :func:`load_bvh`
+hands that to the one retargeting core (:mod:`btdm_engine.motion.retarget`), which BVH, FBX and
+Blender armatures share.
 
 BVH conventions: angles in degrees; a joint's rotation channels compose in the order listed
 (``Zrotation Xrotation Yrotation`` is ``Rz @ Rx @ Ry``); position channels replace the matching
@@ -26,33 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
 
-from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, NUM_BETAS, NUM_JOINTS, PARENTS
+from btdm_engine.body.skeleton import JOINT_NAMES, PARENTS
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text
-from btdm_engine.motion.camera import default_camera
+from btdm_engine.motion.bonemaps import SKELETONS
 from btdm_engine.motion.clip import MotionClip
-from btdm_engine.motion.kinematics import local_rotations, world_rotations
-from btdm_engine.motion.rotations import align_vectors, axis_angle_to_matrix, matrix_to_euler
+from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_euler
+from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
 __all__ = [
-    "Bvh", "BvhError", "BvhJoint", "SKELETONS", "load_bvh", "read_bvh", "retarget", "save_bvh",
-    "smpl_joint_map", "write_bvh",
+    "Bvh", "BvhError", "BvhJoint", "MAX_DEPTH", "MAX_FRAMES", "MAX_JOINTS", "SKELETONS", "load_bvh", "read_bvh",
+    "save_bvh", "skeleton_from_bvh", "write_bvh",
 ]
 
-SKELETONS = ("auto", "smpl", "mixamo")
 UP_AXES = ("Y", "Z")
+# Limits on what a file may declare (a named error, never a RecursionError or a huge allocation).
+MAX_DEPTH = 256
+MAX_JOINTS = 1024
+MAX_FRAMES = 100_000
 _POS = ("Xposition", "Yposition", "Zposition")
 _ROT = ("Xrotation", "Yrotation", "Zrotation")
-# Z-up (Blender: forward -Y) to Y-up (SMPL: forward +Z): (x, y, z) -> (x, z, -y).
-_Z_TO_Y = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-# Without these an import is not a body motion.
-REQUIRED = tuple(JOINT_NAMES.index(n) for n in (
-    "pelvis", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "head",
-))
 
 
 class BvhError(BtdmError, ValueError):
@@ -172,7 +158,11 @@ class _Tokens:
         return value
 
 
-def _parse_joint(tokens: _Tokens, joints: list[BvhJoint], parent: int, name: str, line: int) -> None:
+def _parse_joint(tokens: _Tokens, joints: list[BvhJoint], parent: int, name: str, line: int, depth: int = 0) -> None:
+    if depth >= MAX_DEPTH:
+        raise tokens.error(f"joints nested more than {MAX_DEPTH} levels deep (at {name!r})", line)
+    if len(joints) >= MAX_JOINTS:
+        raise tokens.error(f"more than {MAX_JOINTS} joints", line)
     if not name:
         raise tokens.error("joint without a name", line)
     if any(j.name == name for j in joints):
@@ -204,7 +194,7 @@ def _parse_joint(tokens: _Tokens, joints: list[BvhJoint], parent: int, name: str
             return
         if tok == "JOINT":
             child, cline = tokens.next("a joint name")
-            _parse_joint(tokens, joints, index, child, cline)
+            _parse_joint(tokens, joints, index, child, cline, depth + 1)
         elif tok == "End":
             site, sline = tokens.next("'Site'")
             if site != "Site":
@@ -263,6 +253,8 @@ def read_bvh(path: str | os.PathLike[str]) -> Bvh:
         raise BvhError(f"{src}:{tl}: expected 'Frame Time: seconds' (positive), got {time_line!r}")
     if num_frames == 0:
         raise BvhError(f"{src}:{fl}: the file has no frames")
+    if num_frames > MAX_FRAMES:
+        raise BvhError(f"{src}:{fl}: 'Frames: {num_frames}' is over the limit of {MAX_FRAMES} frames")
     rows = body[2:]
     if len(rows) != num_frames:
         where = rows[-1][0] if rows else tl
@@ -361,197 +353,36 @@ def save_bvh(
     return write_bvh(Bvh(joints=joints, frame_time=1.0 / clip.fps, motion=motion), path)
 
 
-# ---------------------------------------------------------------------------------- mapping
-def _normalise(name: str) -> str:
-    name = name.split(":")[-1].lower()  # "mixamorig:LeftArm", "mixamorig1:LeftArm"
-    for prefix in ("m_avg_", "f_avg_", "smpl_"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    return re.sub(r"[^a-z0-9]", "", name)
+# ---------------------------------------------------------------------------------- to the core
+def skeleton_from_bvh(bvh: Bvh, source: str = "BVH", up: str = "Y") -> SkeletonAnimation:
+    """The file's skeleton and motion under the skeleton-animation contract (units left to detection).
 
-
-def _smpl_aliases() -> dict[str, int]:
-    aliases: dict[str, int] = {}
-    for j, name in enumerate(JOINT_NAMES):
-        if name.startswith(("left_", "right_")):
-            side, part = name.split("_", 1)
-            s = side[0]
-            for variant in (f"{side}{part}", f"{s}{part}", f"{part}{side}", f"{part}{s}"):
-                aliases[_normalise(variant)] = j
-        else:
-            aliases[_normalise(name)] = j
-    return aliases
-
-
-_ALIASES = {
-    "smpl": _smpl_aliases(),
-    "mixamo": {_normalise(n): j for j, n in enumerate(MIXAMO_NAMES)},
-}
-
-
-def smpl_joint_map(names: list[str], skeleton: str = "auto", source: str = "BVH") -> tuple[dict[int, int], str]:
-    """Map BVH bone names to SMPL joints: ``{smpl_joint: bvh_index}`` and the naming scheme used.
-
-    ``skeleton``: "smpl" (SMPL joint names and variants such as ``L_Hip``, ``Pelvis``, ``m_avg_``
-    prefixes), "mixamo" (``Hips``, ``LeftUpLeg`` ... with or without a ``mixamorig:`` prefix), or
-    "auto" (whichever matches more bones).
+    BVH rest bones carry no orientation of their own (every channel at zero is the rest pose), so
+    rest matrices are identities at the rest heads; posed matrices come from forward kinematics.
+    A bone's tail is its End Site, else the mean of its children's heads.
     """
-    if skeleton not in SKELETONS:
-        raise ValueError(f"unknown skeleton {skeleton!r}; allowed: {', '.join(SKELETONS)}")
-    schemes = ("smpl", "mixamo") if skeleton == "auto" else (skeleton,)
-    found: dict[str, dict[int, int]] = {}
-    for scheme in schemes:
-        mapping: dict[int, int] = {}
-        for i, name in enumerate(names):
-            j = _ALIASES[scheme].get(_normalise(name))
-            if j is None:
-                continue
-            if j in mapping:
-                raise BvhError(
-                    f"{source}: bones {names[mapping[j]]!r} and {name!r} both name SMPL joint "
-                    f"{JOINT_NAMES[j]!r} ({scheme} skeleton)")
-            mapping[j] = i
-        found[scheme] = mapping
-    scheme = max(schemes, key=lambda s: len(found[s]))
-    if skeleton == "auto" and len(found["smpl"]) == len(found["mixamo"]):
-        raise BvhError(
-            f"{source}: cannot tell the skeleton from its bone names ({len(found['smpl'])} SMPL-style, "
-            f"{len(found['mixamo'])} Mixamo-style matches); pass skeleton='smpl' or 'mixamo'")
-    mapping = found[scheme]
-    table = JOINT_NAMES if scheme == "smpl" else MIXAMO_NAMES
-    missing = [j for j in REQUIRED if j not in mapping]
-    if missing:
-        listed = ", ".join(f"{table[j]} ({JOINT_NAMES[j]})" for j in missing)
-        raise BvhError(f"{source}: missing required bone(s) for the {scheme} skeleton: {listed}")
-    return mapping, scheme
-
-
-def _mapped_children(mapping: dict[int, int]) -> dict[int, list[int]]:
-    """For each mapped SMPL joint, its nearest mapped descendants in SMPL's tree."""
-    out: dict[int, list[int]] = {j: [] for j in mapping}
-    for j in mapping:
-        a = PARENTS[j]
-        while a >= 0 and a not in mapping:
-            a = PARENTS[a]
-        if a >= 0:
-            out[a].append(j)
-    return out
-
-
-def _is_ancestor(joints: list[BvhJoint], anc: int, node: int) -> bool:
-    while node >= 0:
-        if node == anc:
-            return True
-        node = joints[node].parent
-    return False
-
-
-# ---------------------------------------------------------------------------------- retargeting
-def retarget(
-    bvh: Bvh, rest: np.ndarray, skeleton: str = "auto", scale: float | None = None,
-    up_axis: str = "Y", source: str = "BVH",
-) -> tuple[np.ndarray, np.ndarray]:
-    """SMPL poses (F, 24, 3) and trans (F, 3) reproducing ``bvh`` on SMPL rest joints ``rest`` (24, 3)."""
-    if up_axis not in UP_AXES:
-        raise ValueError(f"unknown up axis {up_axis!r}; allowed: {', '.join(UP_AXES)}")
-    mapping, scheme = smpl_joint_map(bvh.names(), skeleton, source)
-    names = bvh.names()
-    children = _mapped_children(mapping)
-    for j, kids in children.items():
-        for c in kids:
-            if not _is_ancestor(bvh.joints, mapping[j], mapping[c]):
-                raise BvhError(
-                    f"{source}: bone {names[mapping[c]]!r} ({JOINT_NAMES[c]}) is not below "
-                    f"{names[mapping[j]]!r} ({JOINT_NAMES[j]}) as SMPL's skeleton requires")
-
-    rest_bvh = bvh.rest_positions()
-    if scale is None:
-        scale = _auto_scale(bvh, rest_bvh, up_axis, source)
-    elif not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale}")
-    axes = _Z_TO_Y if up_axis == "Z" else np.eye(3)
-    G, P = bvh.forward()
-    G = axes @ G @ axes.T
-    P = scale * P @ axes.T
-    rest_bvh = scale * rest_bvh @ axes.T
-
-    F = bvh.num_frames
-    W = np.empty((F, NUM_JOINTS, 3, 3))
-    deltas: dict[int, np.ndarray] = {}
-    for j in range(NUM_JOINTS):  # parents come first in SMPL's joint order
-        if j not in mapping:
-            W[:, j] = W[:, PARENTS[j]]  # missing optional joint: no rotation of its own
-            continue
-        b, kids = mapping[j], children[j]
-        if kids:
-            smpl_dirs = np.stack([rest[c] - rest[j] for c in kids])
-            bvh_dirs = np.stack([rest_bvh[mapping[c]] - rest_bvh[b] for c in kids])
-            deltas[j] = align_vectors(smpl_dirs, bvh_dirs)
-        else:  # a leaf: keep the rest delta of the nearest mapped ancestor
-            a = PARENTS[j]
-            while a >= 0 and a not in deltas:
-                a = PARENTS[a]
-            deltas[j] = deltas[a] if a >= 0 else np.eye(3)
-        W[:, j] = G[:, b] @ deltas[j]
-        if any(bvh.joints[mapping[c]].parent != b for c in kids):
-            # Unmapped bones between j and a child bend the chord: re-aim SMPL's bones along it.
-            posed = np.stack([P[:, mapping[c]] - P[:, b] for c in kids], axis=1)
-            current = np.einsum("fij,kj->fki", W[:, j], np.stack([rest[c] - rest[j] for c in kids]))
-            W[:, j] = _batch_align(current, posed) @ W[:, j]
-    poses = local_rotations(W)
-    trans = P[:, mapping[0]] - rest[0]
-    return poses, trans
-
-
-def _auto_scale(bvh: Bvh, rest_bvh: np.ndarray, up_axis: str, source: str) -> float:
-    """Metres per file unit from the rest skeleton's height: metres or centimetres."""
-    points = [rest_bvh] + [
-        (rest_bvh[i] + j.end_site)[None] for i, j in enumerate(bvh.joints) if j.end_site is not None
-    ]
-    points = np.concatenate(points)
-    height = float(np.ptp(points[:, 1 if up_axis == "Y" else 2]))
-    if 0.3 <= height <= 3.5:
-        return 1.0
-    if 30.0 <= height <= 350.0:
-        return 0.01
-    raise BvhError(
-        f"{source}: cannot infer units from a rest skeleton {height:g} units tall along {up_axis} "
-        "(expected metres or centimetres); pass scale (metres per file unit) or check up_axis")
-
-
-def _batch_align(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Per-frame rotations (F, 3, 3) taking directions src (F, K, 3) onto dst (F, K, 3)."""
-    src = src / np.linalg.norm(src, axis=-1, keepdims=True)
-    dst = dst / np.linalg.norm(dst, axis=-1, keepdims=True)
-    if src.shape[1] == 1:
-        a, b = src[:, 0], dst[:, 0]
-        axis = np.cross(a, b)
-        sin = np.linalg.norm(axis, axis=-1, keepdims=True)
-        cos = np.sum(a * b, axis=-1, keepdims=True)
-        rotvec = axis / np.maximum(sin, 1e-12) * np.arctan2(sin, cos)
-        return axis_angle_to_matrix(rotvec)
-    # Kabsch: R = V diag(1, 1, det) U^T from the SVD of sum src dst^T.
-    H = np.einsum("fki,fkj->fij", src, dst)
-    U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(np.swapaxes(Vt, 1, 2) @ np.swapaxes(U, 1, 2)))
-    D = np.broadcast_to(np.eye(3), H.shape).copy()
-    D[:, 2, 2] = d
-    return np.swapaxes(Vt, 1, 2) @ D @ np.swapaxes(U, 1, 2)
-
-
-def _resample(poses: np.ndarray, trans: np.ndarray, src_fps: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Resample to ``fps``: slerp for joint rotations, linear for translation."""
-    T = len(poses)
-    t_src = np.arange(T) / src_fps
-    n = int(np.floor(t_src[-1] * fps + 1e-9)) + 1
-    t_dst = np.arange(n) / fps
-    if T == 1:
-        return poses.copy(), trans.copy()
-    out = np.empty((n, NUM_JOINTS, 3))
-    for j in range(NUM_JOINTS):
-        out[:, j] = Slerp(t_src, Rotation.from_rotvec(poses[:, j]))(t_dst).as_rotvec()
-    moved = np.stack([np.interp(t_dst, t_src, trans[:, k]) for k in range(3)], axis=-1)
-    return out, moved
+    rots, pos = bvh.forward()
+    heads = bvh.rest_positions()
+    nb = len(bvh.joints)
+    tails = heads.copy()
+    children: dict[int, list[int]] = {i: [] for i in range(nb)}
+    for i, joint in enumerate(bvh.joints):
+        if joint.parent >= 0:
+            children[joint.parent].append(i)
+    for i, joint in enumerate(bvh.joints):
+        if joint.end_site is not None:
+            tails[i] = heads[i] + joint.end_site
+        elif children[i]:
+            tails[i] = heads[children[i]].mean(0)
+    rest = np.broadcast_to(np.eye(4), (nb, 4, 4)).copy()
+    rest[:, :3, 3] = heads
+    frames = np.broadcast_to(np.eye(4), (bvh.num_frames, nb, 4, 4)).copy()
+    frames[:, :, :3, :3] = rots
+    frames[:, :, :3, 3] = pos
+    return SkeletonAnimation(
+        names=tuple(bvh.names()), parents=np.array([j.parent for j in bvh.joints], dtype=np.int64),
+        rest=rest, tails=tails, frames=frames, fps=1.0 / bvh.frame_time, scale=0.0, up=up, source=source,
+    )
 
 
 def load_bvh(
@@ -559,51 +390,44 @@ def load_bvh(
     skeleton: str = "auto",
     fps: float | None = None,
     scale: float | None = None,
-    up_axis: str = "Y",
+    up_axis: str | None = None,
     *,
+    bone_map: dict | None = None,
+    fit_shape: bool = False,
     width: int = 256,
     height: int = 256,
     body_model: str = "mannequin",
     betas: np.ndarray | None = None,
+    report: dict | None = None,
 ) -> MotionClip:
     """Import a BVH motion onto SMPL as a MotionClip framed by the default camera.
 
     Args:
         path: the .bvh file.
-        skeleton: bone naming, one of :data:`SKELETONS` (see :func:`smpl_joint_map`).
+        skeleton: bone-map preset, one of :data:`SKELETONS` (see :mod:`btdm_engine.motion.bonemaps`).
         fps: resample to this frame rate (slerp); None keeps the file's ``1 / Frame Time``.
-        scale: metres per file unit; None infers metres or centimetres from the skeleton height.
-        up_axis: "Y" (as SMPL) or "Z" (Blender-style, forward -Y), converted to SMPL's Y-up.
+        scale: metres per file unit; None detects metres, centimetres, millimetres or inches.
+        up_axis: "Y" (BVH's convention) or "Z" (Blender-style, forward -Y); None: Y unless the rest
+            skeleton stands along Z.
+        bone_map: a custom ``{smpl_joint_name: bone_name}`` map (wins over ``skeleton``).
+        fit_shape: fit the body's betas to the file's bone lengths.
         width, height: image size of the attached camera.
         body_model, betas: the SMPL body the motion is put on (its rest joints set bone lengths).
+        report: a dict that receives the retargeting report (scheme, units, warnings, ...).
 
     The SMPL pelvis follows the BVH's pelvis/hips bone: ``trans = hips position - rest pelvis``.
     """
-    from btdm_engine.motion.library import cached_body_model
+    from btdm_engine.motion.retarget import to_motion_clip
 
     path = Path(path)
+    if up_axis is not None and up_axis not in UP_AXES:
+        raise BvhError(f"unknown up axis {up_axis!r}; allowed: {', '.join(UP_AXES)}")
     if skeleton not in SKELETONS:
-        raise ValueError(f"unknown skeleton {skeleton!r}; allowed: {', '.join(SKELETONS)}")
-    if up_axis not in UP_AXES:
-        raise ValueError(f"unknown up axis {up_axis!r}; allowed: {', '.join(UP_AXES)}")
-    if fps is not None and not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps}")
-    bvh = read_bvh(path)
-    betas = np.zeros(NUM_BETAS) if betas is None else np.asarray(betas, dtype=np.float64)
-    body = cached_body_model(body_model)
-    rest = body.rest_joints(betas).astype(np.float64)
-    poses, trans = retarget(bvh, rest, skeleton, scale, up_axis, source=path.name)
-    src_fps = 1.0 / bvh.frame_time
-    if fps is not None:
-        poses, trans = _resample(poses, trans, src_fps, fps)
-    out_fps = float(fps) if fps is not None else src_fps
-    verts, _ = body.forward(poses.astype(np.float32), betas.astype(np.float32), trans.astype(np.float32))
-    root = world_rotations(poses[:1])[0, 0]
-    facing = root[:, 2] * np.array([1.0, 0.0, 1.0])
-    if np.linalg.norm(facing) < 1e-6:  # lying along the vertical: fall back to the world front
-        facing = np.array([0.0, 0.0, 1.0])
-    K, w2c = default_camera(np.asarray(verts), width, height, direction=-facing)
-    return MotionClip(
-        fps=out_fps, poses=poses, trans=trans, betas=betas, body_model=body_model,
-        K=K, width=width, height=height, world_to_cam=w2c,
-    )
+        raise BvhError(f"unknown skeleton {skeleton!r}; allowed: {', '.join(SKELETONS)}")
+    anim = skeleton_from_bvh(read_bvh(path), source=path.name)
+    done = to_motion_clip(anim, skeleton=skeleton, bone_map=bone_map, scale=scale, up=up_axis,
+                          fit_shape=fit_shape, fps=fps, width=width, height=height, body_model=body_model,
+                          betas=betas)
+    if report is not None:
+        report.update(done.report)
+    return done.clip
