@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btdm_engine.commands.train",
     "btdm_engine.commands.evaluate",
     "btdm_engine.commands.synth",
+    "btdm_engine.commands.serve",
 )
 
 

@@ -1,0 +1,157 @@
+"""``btdm serve``: the engine as an HTTP job service (API v1, :mod:`btdm_engine.service`).
+
+Loopback without a token is the default; any other address needs a token (``--token`` or
+``--token-file``), and the server refuses to start without one. Job state lives in SQLite under
+``--data`` (default ``$BTDM_CACHE_DIR/serve``, i.e. ``~/.cache/btdm/serve``); a restart resumes
+interrupted jobs. Heavy imports happen in :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+DEFAULT_MAX_QUEUED = 100
+MIN_TOKEN_CHARS = 16
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand to the ``btdm`` dispatcher."""
+    p = subparsers.add_parser(
+        "serve",
+        help="run the engine as an HTTP job service (for the Blender add-on, batches, remote GPUs)",
+        description=(
+            "Run the engine service (API v1): POST /v1/jobs with a motion clip, skeleton animation or pose "
+            "maps; follow GET /v1/jobs/{id}/events; fetch frames, pose maps, plates and the video. One worker "
+            "per device keeps the model loaded. Jobs survive restarts. See /openapi.json on the running server."
+        ),
+    )
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}; anything but loopback needs a token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--token", default=None,
+                       help="bearer token every endpoint but /v1/health requires (prefer --token-file: "
+                       "a command line is visible to other users)")
+    token.add_argument("--token-file", default=None, metavar="FILE", help="read the token from FILE (first line)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="job store and job files (default $BTDM_CACHE_DIR/serve, i.e. ~/.cache/btdm/serve)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED, metavar="N",
+                   help=f"queued jobs beyond which POST /v1/jobs answers 429 (default {DEFAULT_MAX_QUEUED})")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op CPU threads (default: torch's choice)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                   help="offer another model folder (btunet/ + sr3/) under NAME; repeatable. The embedded "
+                   "model is always offered as 'default'")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses; False for anything else (0.0.0.0, names, ...)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    from btdm_engine.cli import CliError
+
+    if args.token_file is not None:
+        path = Path(args.token_file)
+        if not path.is_file():
+            raise CliError(f"--token-file {path}: no such file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        token = lines[0].strip() if lines else ""
+    else:
+        token = args.token
+    if token is None:
+        return None
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise CliError(f"the token must be at least {MIN_TOKEN_CHARS} characters without spaces "
+                       "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return token
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("BTDM_CACHE_DIR", Path.home() / ".cache" / "btdm")) / "serve"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``btdm serve`` until SIGINT / SIGTERM; returns the exit status."""
+    from btdm_engine.cli import CliError
+
+    token = read_token(args)
+    if token is None and not is_loopback(args.host):
+        raise CliError(f"refusing to listen on {args.host} without a token: anyone who reaches this port could run "
+                       "jobs; pass --token-file FILE (or --token), or listen on 127.0.0.1")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be 0..65535, got {args.port}")
+    if args.max_queued < 1:
+        raise CliError(f"--max-queued must be >= 1, got {args.max_queued}")
+    if args.threads is not None and args.threads < 1:
+        raise CliError(f"--threads must be >= 1, got {args.threads}")
+    extra = {}
+    for spec in args.model:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise CliError(f"--model {spec!r}: expected NAME=DIR")
+        extra[name] = Path(folder)
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    import torch
+    import uvicorn
+
+    from btdm_engine.pipeline import default_device
+    from btdm_engine.service.app import create_app
+    from btdm_engine.service.schemas import MODEL_NAME_PATTERN
+    from btdm_engine.service.store import JobStore
+    from btdm_engine.service.worker import ModelRegistry, Worker
+
+    for name in extra:
+        if not re.match(MODEL_NAME_PATTERN, name) or name == "default":
+            raise CliError(f"--model {name}: a name is 1..64 of A-Z a-z 0-9 _ . - and not 'default'")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {args.device}: CUDA is not available")
+        device = torch.device("cuda", device.index or 0)
+        device_name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        device_name = f"CPU ({torch.get_num_threads()} threads)"
+    else:
+        raise CliError(f"--device must be cpu, cuda or cuda:N, got {args.device}")
+    data = Path(args.data) if args.data else default_data_dir()
+    store = JobStore(data)
+    store.recover()
+    registry = ModelRegistry.with_default(str(device), extra)
+    worker = Worker(store, registry)
+    app = create_app(store, worker, registry, token=token, max_queued=args.max_queued, device=str(device),
+                     device_name=device_name)
+    logger = logging.getLogger("btdm_engine.service")
+    logger.info("btdm serve: data %s, device %s (%s), models %s, auth %s", data, device, device_name,
+                ", ".join(registry.names()) or "none", "token" if token else "none (loopback only)")
+    worker.start(preload=tuple(registry.names()[:1]))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=5, lifespan="off")
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        worker.stop()
+        store.close()
+    return 0

@@ -1,0 +1,31 @@
+"""The engine service: ``btdm serve``, an HTTP job server around the :class:`~btdm_engine.pipeline.Animator`.
+
+The add-on, headless batches and remote GPU boxes share one capability: submit a motion (a
+MotionClip ``.npz``, a skeleton animation ``.npz`` or a zip of IUV PNGs) with an optional
+appearance image, follow the job's progress, and fetch pose maps, frames, plates and a video as
+soon as each exists. API version 1 (the contract in ``docs/architecture.md``; extend, never
+rename):
+
+=========================================  ==================================================
+``GET /v1/health``                         status, version, device, models, queue counts
+``GET /v1/models``                         the models this server can run
+``POST /v1/jobs``                          multipart upload -> 202 ``{id, state: "queued", ...}``
+``GET /v1/jobs``, ``GET /v1/jobs/{id}``    job state, stage, progress, timestamps, params
+``GET /v1/jobs/{id}/events``               server-sent events with the same fields
+``GET /v1/jobs/{id}/frames/{n}.png``       generated frame n (zero-based) once written
+``GET /v1/jobs/{id}/posemaps/{n}.png``     colour preview of pose map n once rendered
+``GET /v1/jobs/{id}/plates/{n}.png``       full-resolution RGBA plate n (shot-camera jobs)
+``GET /v1/jobs/{id}/video.mp4``            the frames as an MP4, once the job succeeded
+``POST /v1/jobs/{id}/cancel``              stop a queued or running job
+``DELETE /v1/jobs/{id}``                   remove a finished job and its files
+=========================================  ==================================================
+
+Modules: :mod:`.limits` (every size a request may declare), :mod:`.schemas` (pydantic request
+and response models: ``/openapi.json`` is the real contract), :mod:`.store` (SQLite job store),
+:mod:`.inputs` (upload validation), :mod:`.worker` (plain Python around the Animator, testable
+without HTTP), :mod:`.app` (FastAPI routers, auth dependency, error handlers).
+"""
+
+from __future__ import annotations
+
+API_VERSION = 1

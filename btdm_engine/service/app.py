@@ -1,0 +1,449 @@
+"""The FastAPI application of ``btdm serve``: one router per resource (health, models, jobs).
+
+:func:`create_app` wires a :class:`~btdm_engine.service.store.JobStore`, a
+:class:`~btdm_engine.service.worker.Worker` and its
+:class:`~btdm_engine.service.worker.ModelRegistry` into API v1. Authentication is one dependency
+(:func:`bearer_auth`, constant-time comparison); errors are one handler per exception family,
+all answering ``{"error": {"code", "message", "field"}}``: a
+:class:`~btdm_engine.errors.BtdmError` is the client's fault (4xx), anything else is a 500 and a
+bug. One log line per request (method, path, status, milliseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from btdm_engine import __version__
+from btdm_engine.errors import BtdmError
+from btdm_engine.service import API_VERSION, inputs, limits
+from btdm_engine.service.errors import (
+    Conflict,
+    InvalidParams,
+    NotFound,
+    QueueFull,
+    ServiceError,
+    Unauthorized,
+)
+from btdm_engine.service.schemas import (
+    FINAL_STATES,
+    JOB_ID_PATTERN,
+    ErrorResponse,
+    Health,
+    Job,
+    JobList,
+    JobParams,
+    ModelInfo,
+    ModelList,
+    QueueCounts,
+)
+from btdm_engine.service.store import JobStore, new_job_id
+from btdm_engine.service.worker import ModelRegistry, Worker, remove_job_files
+
+logger = logging.getLogger(__name__)
+
+SSE_PING_S = 5.0
+SSE_POLL_S = 0.1
+_JOB_FIELDS = tuple(Job.model_fields)
+
+_ERRORS = {"model": ErrorResponse}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {**_ERRORS, "description": "bad input (the field or file is named)"},
+    401: {**_ERRORS, "description": "missing or wrong bearer token"},
+    404: {**_ERRORS, "description": "no such job or file (yet)"},
+    422: {**_ERRORS, "description": "a malformed request or an invalid value"},
+}
+
+
+def job_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A job row -> the API's job object (internal columns dropped)."""
+    return {key: row[key] for key in _JOB_FIELDS}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------------------- auth
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>` when the server has a token")
+
+
+def bearer_auth(request: Request,
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Every endpoint but ``/v1/health`` depends on this: a server started with a token needs it."""
+    token: str | None = request.app.state.token
+    if token is None:
+        return
+    given = b"" if credentials is None else credentials.credentials.encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(given, token.encode("utf-8")):
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+
+# ---------------------------------------------------------------------------- routers
+health_router = APIRouter(prefix="/v1", tags=["health"], responses=ERROR_RESPONSES)
+models_router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES,
+                          dependencies=[Depends(bearer_auth)])
+jobs_router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES, dependencies=[Depends(bearer_auth)])
+
+JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 lowercase hex digits")]
+FrameIndex = Annotated[int, PathParam(ge=0, lt=limits.MAX_FRAMES, description="zero-based frame index")]
+
+
+def _state(request: Request) -> tuple[JobStore, Worker, ModelRegistry]:
+    s = request.app.state
+    return s.store, s.worker, s.registry
+
+
+@health_router.get("/health", response_model=Health, summary="server status (no token needed)")
+def health(request: Request) -> dict[str, Any]:
+    store, _worker, registry = _state(request)
+    return {
+        "status": "ok", "version": __version__, "api_version": API_VERSION, "device": request.app.state.device,
+        "device_name": request.app.state.device_name, "models": registry.names(), "queue": store.counts(),
+        "max_queued": request.app.state.max_queued, "auth": request.app.state.token is not None,
+    }
+
+
+@models_router.get("/models", response_model=ModelList, summary="the models this server runs")
+def models(request: Request) -> dict[str, Any]:
+    return {"models": _state(request)[2].infos()}
+
+
+def _get_job(store: JobStore, job_id: str) -> dict[str, Any]:
+    job = store.get(job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist", field="job_id")
+    return job
+
+
+def _parse_params(text: str | None) -> dict[str, Any]:
+    if text is None or not text.strip():
+        return JobParams().model_dump()
+    if len(text.encode("utf-8", "surrogateescape")) > limits.MAX_PARAMS_BYTES:
+        raise InvalidParams(f"params: larger than {limits.MAX_PARAMS_BYTES} bytes", field="params")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidParams(f"params: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                            field="params") from None
+    if not isinstance(raw, dict):
+        raise InvalidParams(f"params: expected a JSON object, got {type(raw).__name__}", field="params")
+    try:
+        return JobParams.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        allowed = f"; allowed keys: {', '.join(JobParams.model_fields)}" if first["type"] == "extra_forbidden" else ""
+        raise InvalidParams(f"params.{where}: {first['msg']}{allowed}", field=f"params.{where}") from None
+
+
+UPLOAD_DOC = {
+    "motion": "a MotionClip .npz (btdm motion make / import)",
+    "skeleton": "a skeleton animation .npz (btdm_engine.motion.skeleton_animation), retargeted by the engine",
+    "posemaps": "a zip of IUV PNGs named [folders/]<digits>.png, square, one size",
+    "appearance": "the appearance image c: a square PNG",
+    "appearance_iuv": "the appearance image's IUV map g(c), a PNG of the same size (for finetune_steps)",
+}
+
+
+@jobs_router.post(
+    "/jobs", response_model=Job, status_code=202, summary="submit a job (multipart/form-data)",
+    responses={413: {**_ERRORS, "description": "an upload over its size limit"},
+               429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"}},
+)
+def submit(
+    request: Request,
+    motion: Annotated[UploadFile | None, File(description=UPLOAD_DOC["motion"])] = None,
+    skeleton: Annotated[UploadFile | None, File(description=UPLOAD_DOC["skeleton"])] = None,
+    posemaps: Annotated[UploadFile | None, File(description=UPLOAD_DOC["posemaps"])] = None,
+    appearance: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance"])] = None,
+    appearance_iuv: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance_iuv"])] = None,
+    params: Annotated[str | None, Form(description="a JSON object (JobParams in the schemas)")] = None,
+) -> dict[str, Any]:
+    store, _worker, registry = _state(request)
+    sources = {"motion": motion, "skeleton": skeleton, "posemaps": posemaps}
+    given = [name for name, upload in sources.items() if upload is not None]
+    if len(given) != 1:
+        raise ServiceError(f"send exactly one motion source (motion, skeleton or posemaps); got "
+                           f"{', '.join(given) or 'none'}", field="motion")
+    source = given[0]
+    p = _parse_params(params)
+    entry = registry.entry(p["model"])
+    info = entry.info
+    if appearance_iuv is not None and appearance is None:
+        raise ServiceError("appearance_iuv needs appearance (it is the appearance image's IUV map)",
+                           field="appearance_iuv")
+    if appearance_iuv is not None and p["finetune_steps"] == 0:
+        raise InvalidParams("appearance_iuv is only used by fine-tuning; set params.finetune_steps > 0 or drop it",
+                            field="appearance_iuv")
+    default_app = appearance is None and p["use_default_appearance"] and entry.default_appearance is not None
+    if p["finetune_steps"] > 0 and appearance_iuv is None and not default_app:
+        raise InvalidParams("params.finetune_steps > 0 needs appearance and appearance_iuv (paper sec. 3.3)",
+                            field="params.finetune_steps")
+    if p["sr_steps"] is not None and not info["has_sr3"]:
+        raise InvalidParams(f"params.sr_steps given but model {entry.name} has no SR3 stage", field="params.sr_steps")
+    with request.app.state.submit_lock:
+        if store.counts()["queued"] >= request.app.state.max_queued:
+            raise QueueFull(f"{request.app.state.max_queued} jobs are already queued; retry later",
+                            headers={"Retry-After": str(request.app.state.retry_after_s)})
+        job_id = new_job_id()
+        folder = store.job_dir(job_id) / "input"
+        try:
+            described = _save_inputs(folder, source, sources[source], appearance, appearance_iuv, p)
+            job = store.create(job_id, params=p, source=source, inputs=described)
+        except BaseException:
+            remove_job_files(store, job_id)
+            raise
+    return job_view(job)
+
+
+def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: UploadFile | None,
+                 appearance_iuv: UploadFile | None, p: dict[str, Any]) -> dict[str, Any]:
+    """Copy and validate the uploads; returns what the worker needs to know about them."""
+    described: dict[str, Any] = {"source": source}
+    if source == "posemaps":
+        archive = folder / "posemaps.zip"
+        inputs.save_upload(upload.file, archive, "posemaps")
+        described.update(inputs.extract_posemaps(archive, folder / "posemaps", p["iuv_order"]))
+        archive.unlink()
+    else:
+        path = folder / f"{source}.npz"
+        inputs.save_upload(upload.file, path, source)
+        check = inputs.check_motion if source == "motion" else inputs.check_skeleton
+        described.update(check(path))
+    frames = int(described["frames"])
+    start, end = p["frame_start"], p["frame_end"]
+    stop = frames if end is None else end
+    if start >= frames:
+        raise InvalidParams(f"params.frame_start {start} is past the source's last frame ({frames - 1})",
+                            field="params.frame_start")
+    if not start < stop <= frames:
+        raise InvalidParams(f"params.frame_end {end} must lie in {start + 1}..{frames}", field="params.frame_end")
+    if stop - start > limits.MAX_FRAMES:
+        raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} "
+                            "(use frame_start / frame_end)", field="params.frame_end")
+    size = None
+    if appearance is not None:
+        inputs.save_upload(appearance.file, folder / "appearance.png", "appearance")
+        size = inputs.check_appearance(folder / "appearance.png")
+        described["appearance"] = True
+    if appearance_iuv is not None:
+        inputs.save_upload(appearance_iuv.file, folder / "appearance_iuv.png", "appearance_iuv")
+        inputs.check_appearance_iuv(folder / "appearance_iuv.png", p["iuv_order"], size)
+        described["appearance_iuv"] = True
+    return described
+
+
+@jobs_router.get("/jobs", response_model=JobList, summary="jobs, newest first")
+def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    return {"jobs": [job_view(j) for j in _state(request)[0].list(limit)]}
+
+
+@jobs_router.get("/jobs/{job_id}", response_model=Job, summary="one job's state and progress")
+def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
+    return job_view(_get_job(_state(request)[0], job_id))
+
+
+@jobs_router.get(
+    "/jobs/{job_id}/events", summary="server-sent events: the job object each time it changes",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                     "description": "`event: job` with `data: <Job JSON>`; ends after a final state"}},
+)
+async def job_events(request: Request, job_id: JobId) -> StreamingResponse:
+    store = _state(request)[0]
+    _get_job(store, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        last, last_sent = -1, time.monotonic()
+        while not await request.is_disconnected():
+            version = store.version(job_id)
+            if version != last:
+                last = version
+                job = store.get(job_id)
+                if job is None:
+                    yield "event: deleted\ndata: {}\n\n"
+                    return
+                yield f"event: job\nid: {version}\ndata: {json.dumps(job_view(job))}\n\n"
+                last_sent = time.monotonic()
+                if job["state"] in FINAL_STATES:
+                    return
+            elif time.monotonic() - last_sent > SSE_PING_S:
+                yield ": ping\n\n"
+                last_sent = time.monotonic()
+            await asyncio.sleep(SSE_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _file(request: Request, job_id: str, relative: str, what: str, media_type: str) -> FileResponse:
+    store = _state(request)[0]
+    job = _get_job(store, job_id)
+    path = store.job_dir(job_id) / relative
+    if not path.is_file():
+        hint = "" if job["state"] in FINAL_STATES else " yet"
+        raise NotFound(f"job {job_id} has no {what}{hint}", field=what.split()[0])
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+_PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
+
+
+@jobs_router.get("/jobs/{job_id}/frames/{n}.png", response_class=FileResponse, responses=_PNG,
+                 summary="generated frame n (RGB), as soon as it is written")
+def frame(request: Request, job_id: JobId, n: FrameIndex) -> FileResponse:
+    return _file(request, job_id, f"frames/{n:06d}.png", f"frame {n}", "image/png")
+
+
+@jobs_router.get("/jobs/{job_id}/posemaps/{n}.png", response_class=FileResponse, responses=_PNG,
+                 summary="colour preview of pose map n, as soon as it is rendered")
+def posemap(request: Request, job_id: JobId, n: FrameIndex) -> FileResponse:
+    return _file(request, job_id, f"posemaps/preview/{n:06d}.png", f"posemap {n}", "image/png")
+
+
+@jobs_router.get("/jobs/{job_id}/plates/{n}.png", response_class=FileResponse, responses=_PNG,
+                 summary="RGBA plate n at the shot camera's resolution (jobs with has_plates)")
+def plate(request: Request, job_id: JobId, n: FrameIndex) -> FileResponse:
+    return _file(request, job_id, f"plates/{n:06d}.png", f"plate {n}", "image/png")
+
+
+@jobs_router.get("/jobs/{job_id}/video.mp4", response_class=FileResponse,
+                 responses={200: {"content": {"video/mp4": {}}, "description": "H.264 MP4"}},
+                 summary="the frames as an MP4, once the job succeeded")
+def video(request: Request, job_id: JobId) -> FileResponse:
+    return _file(request, job_id, "video.mp4", "video", "video/mp4")
+
+
+@jobs_router.post("/jobs/{job_id}/cancel", response_model=Job, responses={409: {**_ERRORS}},
+                  summary="cancel a queued or running job (a running sampler stops within one step)")
+def cancel(request: Request, job_id: JobId) -> dict[str, Any]:
+    store, worker, _registry = _state(request)
+    job = _get_job(store, job_id)
+    if job["state"] in ("succeeded", "failed"):
+        raise Conflict(f"job {job_id} already {job['state']}", field="job_id")
+    if job["state"] == "queued":
+        job = store.cancel_queued(job_id) or _get_job(store, job_id)
+    if job["state"] == "running":
+        job = store.update(job_id, cancel_requested=True)
+        worker.cancel(job_id)
+        logger.info("job %s: cancel requested", job_id)
+    return job_view(job)
+
+
+@jobs_router.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={409: {**_ERRORS}},
+                    summary="remove a finished job and its files")
+def delete(request: Request, job_id: JobId) -> Response:
+    store = _state(request)[0]
+    job = _get_job(store, job_id)
+    if job["state"] not in FINAL_STATES:
+        raise Conflict(f"job {job_id} is {job['state']}; cancel it first", field="job_id")
+    store.delete(job_id)
+    remove_job_files(store, job_id)
+    logger.info("job %s: deleted", job_id)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------------- errors, logging, the app
+async def _btdm_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BtdmError)
+    if isinstance(exc, ServiceError):
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    return error_response(400, "invalid_input", str(exc))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query", "header")]
+    field = ".".join(loc) or None
+    return error_response(422, "invalid_request", f"{field or 'request'}: {first.get('msg')}", field)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, BtdmError):
+        return await _btdm_error(request, exc.__cause__)
+    if exc.status_code == 413:
+        message = f"the request is larger than the {limits.MAX_REQUEST_BYTES // limits.MiB} MiB limit"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "bad_request"), message,
+                          headers=getattr(exc, "headers", None))
+
+
+async def _bug(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("%s %s: unhandled %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug")
+
+
+class _RequestLog:
+    """ASGI middleware: one log line per request (method, path, status, duration)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_logged(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - t0) * 1e3)
+
+
+def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, token: str | None = None,
+               max_queued: int = 100, device: str = "cpu", device_name: str = "CPU",
+               retry_after_s: int = 10) -> FastAPI:
+    """The API v1 application around an existing store, worker and model registry."""
+    app = FastAPI(
+        title="BTDM engine service", version=__version__, max_body_size=limits.MAX_REQUEST_BYTES,
+        description="API v1 of `btdm serve`: submit motions, follow jobs, fetch pose maps, frames, plates and "
+                    "videos. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`.",
+    )
+    app.state.store, app.state.worker, app.state.registry = store, worker, registry
+    app.state.token, app.state.max_queued = token, max_queued
+    app.state.device, app.state.device_name, app.state.retry_after_s = device, device_name, retry_after_s
+    app.state.submit_lock = threading.Lock()
+    for router in (health_router, models_router, jobs_router):
+        app.include_router(router)
+    app.add_exception_handler(BtdmError, _btdm_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _bug)
+    app.add_middleware(_RequestLog)
+    return app
+
+
+__all__ = ["ERROR_RESPONSES", "ModelInfo", "QueueCounts", "bearer_auth", "create_app", "job_view"]

@@ -1,0 +1,189 @@
+"""Uploads of ``POST /v1/jobs``: size-limited copies into the job folder, then strict validation.
+
+Nothing from a request is executed, unpickled (``.npz`` files are read with ``allow_pickle=False``
+by their own loaders) or used as a path: uploads are written under fixed names in the job's
+``input/`` folder, and pose-map zip members become ``NNNNNN.png`` by their frame number. Every
+size has a limit in :mod:`btdm_engine.service.limits`. Each error is a
+:class:`~btdm_engine.service.errors.ServiceError` naming the form field.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+
+from btdm_engine.errors import BtdmError
+from btdm_engine.fileio import atomic_path, atomic_write_bytes
+from btdm_engine.service import limits
+from btdm_engine.service.errors import PayloadTooLarge, ServiceError
+
+logger = logging.getLogger(__name__)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MEMBER = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*(\d{1,9})\.png$")
+_CHUNK = 1 << 20
+
+
+def save_upload(source: BinaryIO, dest: Path, field: str) -> int:
+    """Copy an uploaded file to ``dest`` atomically, refusing more than ``MAX_UPLOAD_BYTES[field]``."""
+    limit = limits.MAX_UPLOAD_BYTES[field]
+    size = 0
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        while chunk := source.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"{field}: the upload is larger than the {limit // limits.MiB} MiB limit",
+                                      field=field)
+            out.write(chunk)
+    if size == 0:
+        dest.unlink(missing_ok=True)
+        raise ServiceError(f"{field}: the uploaded file is empty", field=field)
+    return size
+
+
+def _named(field: str, exc: Exception) -> ServiceError:
+    return ServiceError(f"{field}: {exc}", field=field)
+
+
+def check_motion(path: Path) -> dict[str, int | float]:
+    """Validate a MotionClip upload (``MotionClip.load``: allow_pickle=False, every field checked)."""
+    from btdm_engine.motion.clip import MotionClip
+
+    try:
+        clip = MotionClip.load(path)
+    except BtdmError as exc:
+        raise _named("motion", exc) from None
+    return {"frames": clip.num_frames, "fps": float(clip.fps), "width": int(clip.width), "height": int(clip.height)}
+
+
+def check_skeleton(path: Path) -> dict[str, int | float | bool]:
+    """Validate a skeleton-animation upload (``SkeletonAnimation.load``, with its size limits)."""
+    from btdm_engine.motion.skeleton_animation import SkeletonAnimation
+
+    try:
+        anim = SkeletonAnimation.load(path)
+    except BtdmError as exc:
+        raise _named("skeleton", exc) from None
+    return {"frames": anim.num_frames, "fps": float(anim.fps), "bones": anim.num_bones, "camera": anim.has_camera}
+
+
+def png_size(data: bytes, field: str) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR, refusing non-PNGs and sides over ``MAX_IMAGE_SIDE`` before decoding."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise ServiceError(f"{field}: not a PNG file", field=field)
+    width, height = struct.unpack(">II", data[16:24])
+    if not (0 < width <= limits.MAX_IMAGE_SIDE and 0 < height <= limits.MAX_IMAGE_SIDE):
+        raise ServiceError(f"{field}: {width}x{height} px; each side must be 1..{limits.MAX_IMAGE_SIDE}", field=field)
+    return width, height
+
+
+def check_appearance(path: Path) -> tuple[int, int]:
+    """A square PNG (RGB, RGBA or grey, 8 or 16 bit) that OpenCV decodes."""
+    from btdm_engine.metrics.frames import read_rgb
+
+    width, height = png_size(path.read_bytes(), "appearance")
+    if width != height:
+        raise ServiceError(f"appearance: expected a square image (the networks are square), got {width}x{height}",
+                           field="appearance")
+    try:
+        read_rgb(path)
+    except BtdmError as exc:
+        raise _named("appearance", exc) from None
+    return width, height
+
+
+def check_appearance_iuv(path: Path, order: str, size: tuple[int, int] | None) -> None:
+    """An IUV PNG of the appearance image's size, valid under the DensePose contract."""
+    from btdm_engine.posemaps.encoding import read_iuv_png
+
+    width, height = png_size(path.read_bytes(), "appearance_iuv")
+    if size is not None and (width, height) != size:
+        raise ServiceError(f"appearance_iuv: {width}x{height} px, but the appearance image is {size[0]}x{size[1]}",
+                           field="appearance_iuv")
+    try:
+        read_iuv_png(path, order=order)
+    except BtdmError as exc:
+        raise ServiceError(f"appearance_iuv: {str(exc).replace(str(path), path.name)}", field="appearance_iuv") from None
+
+
+def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
+    """Validate a zip of IUV PNGs and write them, in the project's channel order, as ``dest/NNNNNN.png``.
+
+    Members must be ``[folders/]<digits>.png`` (folder entries are skipped); frames are taken in
+    numeric order and renumbered from 0. All maps must be square and of one size. Declared sizes
+    are checked from the zip directory before anything is decompressed, and reads are capped.
+    """
+    from btdm_engine.posemaps.encoding import encode_iuv_png, validate_iuv
+
+    field = "posemaps"
+    if not zipfile.is_zipfile(path):
+        raise ServiceError(f"{field}: not a zip archive", field=field)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ServiceError(f"{field}: unreadable zip archive ({exc})", field=field) from None
+    with archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if not members:
+            raise ServiceError(f"{field}: the zip holds no files", field=field)
+        if len(members) > limits.MAX_POSEMAP_MEMBERS:
+            raise PayloadTooLarge(f"{field}: {len(members)} files; at most {limits.MAX_POSEMAP_MEMBERS}", field=field)
+        if sum(info.file_size for info in members) > limits.MAX_UNZIPPED_BYTES:
+            raise PayloadTooLarge(f"{field}: more than {limits.MAX_UNZIPPED_BYTES // limits.MiB} MiB unzipped",
+                                  field=field)
+        numbered: dict[int, zipfile.ZipInfo] = {}
+        for info in members:
+            match = _MEMBER.match(info.filename)
+            if match is None:
+                raise ServiceError(f"{field}: member {info.filename[:100]!r} is not named <digits>.png", field=field)
+            index = int(match.group(1))
+            if index in numbered:
+                raise ServiceError(f"{field}: frame {index} appears twice ({numbered[index].filename[:100]!r}, "
+                                   f"{info.filename[:100]!r})", field=field)
+            numbered[index] = info
+        size: tuple[int, int] | None = None
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            for out_index, index in enumerate(sorted(numbered)):
+                info = numbered[index]
+                where = f"{field}: {info.filename[:100]}"
+                try:
+                    with archive.open(info) as fh:
+                        data = fh.read(info.file_size + 1)
+                except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+                    raise ServiceError(f"{where}: unreadable ({exc})", field=field) from None
+                if len(data) > info.file_size:
+                    raise ServiceError(f"{where}: larger than the zip declares", field=field)
+                width, height = png_size(data, field)
+                if width != height:
+                    raise ServiceError(f"{where}: {width}x{height}; pose maps must be square", field=field)
+                if size is not None and (width, height) != size:
+                    raise ServiceError(f"{where}: {width}x{height}, but the first map is {size[0]}x{size[1]}",
+                                       field=field)
+                size = (width, height)
+                pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+                if pixels is None or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+                    raise ServiceError(f"{where}: expected an 8-bit 3-channel PNG", field=field)
+                iuv = np.ascontiguousarray(pixels[..., ::-1] if order == "btdm" else pixels)
+                try:
+                    validate_iuv(iuv, where=where)
+                except BtdmError as exc:
+                    raise ServiceError(str(exc), field=field) from None
+                atomic_write_bytes(tmp / f"{out_index:06d}.png", encode_iuv_png(iuv, "btdm"))
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    assert size is not None
+    return {"frames": len(numbered), "width": size[0], "height": size[1]}

@@ -1,0 +1,156 @@
+"""Pydantic models for every request and response of API v1: ``/openapi.json`` is built from these.
+
+Field names are the contract the add-on and headless batches use (``docs/architecture.md``):
+extend, never rename.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from btdm_engine.service import limits
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+Stage = Literal["posemaps", "finetune", "btunet", "sr3", "writing"]
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable reason, e.g. invalid_input, not_found, queue_full")
+    message: str = Field(description="what is wrong, naming the file or field")
+    field: str | None = Field(default=None, description="the form field or params key at fault")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx (and the 5xx that would be a bug) has this body."""
+
+    error: ErrorBody
+
+
+class JobParams(BaseModel):
+    """The ``params`` form field of ``POST /v1/jobs``: a JSON object, every key optional.
+
+    The generation keys mirror ``btdm animate``; ``skeleton``, ``bone_map``, ``scale``, ``up`` and
+    ``fit_shape`` apply to ``skeleton`` uploads only and are passed to
+    ``btdm_engine.motion.retarget.to_motion_clip``. Unknown keys are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(default="default", pattern=MODEL_NAME_PATTERN, description="a name from GET /v1/models")
+    steps: int = Field(default=50, ge=1, le=limits.MAX_STEPS, description="BTU-Net denoising steps")
+    sr_steps: int | None = Field(default=None, ge=1, le=limits.MAX_STEPS,
+                                 description="SR3 denoising steps (default: steps)")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="same seed, same frames")
+    finetune_steps: int = Field(default=0, ge=0, le=limits.MAX_FINETUNE_STEPS,
+                                description="single-image fine-tuning iterations (needs appearance + appearance_iuv)")
+    finetune_lr: float = Field(default=1e-5, gt=0.0, le=1.0)
+    sampler: Literal["bidirectional", "unidirectional"] = "bidirectional"
+    eta: float = Field(default=0.0, ge=0.0, le=1.0, description="0 = DDIM, 1 = ancestral sampling")
+    max_batch: int | None = Field(default=None, ge=1, le=4096, description="frames per network call")
+    frame_start: int = Field(default=0, ge=0, le=limits.MAX_FRAMES * 100,
+                             description="first source frame to generate (zero-based)")
+    frame_end: int | None = Field(default=None, ge=1, le=limits.MAX_FRAMES * 100,
+                                  description="one past the last source frame (default: the end)")
+    fps: float | None = Field(default=None, gt=0.0, le=1000.0,
+                              description="video frame rate (default: the clip's, 30 for pose maps)")
+    iuv_order: Literal["btdm", "densepose"] = Field(
+        default="btdm", description="channel layout of uploaded IUV PNGs (posemaps zip, appearance_iuv)")
+    use_default_appearance: bool = Field(
+        default=True, description="with the embedded model and no appearance upload, use its own appearance image")
+    video: bool = Field(default=True, description="write video.mp4 when the frames are done")
+    # skeleton jobs (retargeting)
+    skeleton: str = Field(default="auto", min_length=1, max_length=limits.MAX_NAME_CHARS,
+                          pattern=r"^[A-Za-z0-9_.-]+$", description="bone-map preset name")
+    bone_map: dict[str, str] | None = Field(default=None, max_length=limits.MAX_BONE_MAP_ENTRIES,
+                                            description="{smpl_joint_name: bone_name}")
+    scale: float | None = Field(default=None, gt=0.0, le=1e6, description="metres per skeleton unit")
+    up: Literal["Y", "Z"] | None = None
+    fit_shape: bool | None = None
+
+    @field_validator("finetune_lr", "eta", "fps", "scale", mode="before")
+    @classmethod
+    def _numbers_may_be_ints(cls, value: Any) -> Any:
+        # strict mode refuses 1 for a float field; JSON has one number type.
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("bone_map")
+    @classmethod
+    def _bone_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, bone in (value or {}).items():
+            if not (0 < len(key) <= limits.MAX_NAME_CHARS and 0 < len(bone) <= limits.MAX_NAME_CHARS):
+                raise ValueError(f"bone_map entries must be 1..{limits.MAX_NAME_CHARS} characters")
+        return value
+
+
+class Job(BaseModel):
+    """A job as ``GET /v1/jobs/{id}`` and its events show it."""
+
+    id: str = Field(description="32 hex digits")
+    state: JobState
+    stage: Stage | None = Field(default=None, description="what the running job does now")
+    step: int = Field(default=0, description="step within the stage")
+    total: int | None = Field(default=None, description="steps in the stage")
+    frames_done: int = Field(default=0, description="frames written (frames/{n}.png for n < frames_done)")
+    frames_total: int | None = Field(default=None, description="frames the job will write")
+    posemaps_done: int = Field(default=0, description="pose maps rendered (posemaps/{n}.png for n < posemaps_done)")
+    eta_s: float | None = Field(default=None, description="seconds to the end, estimated; null when unknown")
+    error: str | None = Field(default=None, description="why the job failed")
+    created: float = Field(description="Unix time of submission")
+    started: float | None = Field(default=None, description="Unix time the (last) run started")
+    finished: float | None = None
+    params: dict[str, Any] = Field(description="the params the job runs with, defaults filled in")
+    source: Literal["motion", "skeleton", "posemaps"]
+    attempts: int = Field(default=0, description="runs started (a restart after a crash adds one)")
+    cancel_requested: bool = False
+    has_video: bool = False
+    has_plates: bool = False
+    plate_width: int | None = None
+    plate_height: int | None = None
+    width: int | None = Field(default=None, description="frame size in pixels (square frames)")
+    height: int | None = None
+    retarget: dict[str, Any] | None = Field(default=None, description="skeleton jobs: the retargeting report")
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    preset: str | None = Field(description="model preset of the BTU-Net (tiny, base, paper) when recorded")
+    resolution: int = Field(description="output frame size (SR3's when present)")
+    low_resolution: int = Field(description="the BTU-Net's frame size")
+    has_sr3: bool
+    takes_appearance: bool = Field(description="trained with an appearance image c (single-image task)")
+    has_default_appearance: bool = Field(description="ships an appearance image used when none is uploaded")
+    task: str | None = None
+    loaded: bool = Field(description="kept in memory by the worker")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class QueueCounts(BaseModel):
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    api_version: int
+    device: str = Field(description="cpu, cuda:0, ...")
+    device_name: str
+    models: list[str]
+    queue: QueueCounts
+    max_queued: int
+    auth: bool = Field(description="whether the other endpoints need a bearer token")

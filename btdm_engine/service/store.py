@@ -1,0 +1,242 @@
+"""The job store: one SQLite database (stdlib ``sqlite3``, WAL) under the service's data folder.
+
+Layout of ``DATA``::
+
+    DATA/jobs.sqlite3            job rows (this module)
+    DATA/jobs/<id>/input/        the uploads, as validated (motion.npz, skeleton.npz, posemaps/, ...)
+    DATA/jobs/<id>/...           pose maps, low-res result, frames, plates, video (the worker)
+
+One connection, one writer: every statement runs under the store's lock, so the HTTP threads and
+the worker never interleave a read-modify-write. Each row change bumps an in-memory version per
+job, which the event streams poll without touching the database.
+
+Crash safety: WAL with ``synchronous=NORMAL`` keeps the database consistent across a SIGKILL or
+power loss (at worst the last transitions are lost, and the worker redoes them); :meth:`recover`
+runs at start and puts jobs that were ``running`` back in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from btdm_engine.service.schemas import FINAL_STATES
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MAX_ATTEMPTS = 3
+"""Runs a job gets across server crashes before it is failed (a job that kills the server every
+time must not keep the queue from moving)."""
+
+_COLUMNS = (
+    "id", "seq", "state", "stage", "step", "total", "frames_done", "frames_total", "posemaps_done", "eta_s",
+    "error", "created", "started", "finished", "params", "source", "inputs", "attempts", "cancel_requested",
+    "has_video", "has_plates", "plate_width", "plate_height", "width", "height", "retarget",
+)
+_JSON = ("params", "inputs", "retarget")
+_BOOL = ("cancel_requested", "has_video", "has_plates")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    stage TEXT,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER,
+    posemaps_done INTEGER NOT NULL DEFAULT 0,
+    eta_s REAL,
+    error TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    params TEXT NOT NULL,
+    source TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    has_video INTEGER NOT NULL DEFAULT 0,
+    has_plates INTEGER NOT NULL DEFAULT 0,
+    plate_width INTEGER,
+    plate_height INTEGER,
+    width INTEGER,
+    height INTEGER,
+    retarget TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database belongs to another schema version (not a request error: the server refuses to start)."""
+
+
+def new_job_id() -> str:
+    """32 lowercase hex digits (uuid4): never derived from anything a client sent."""
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    """Job rows in ``DATA/jobs.sqlite3``; thread-safe; see the module docstring."""
+
+    def __init__(self, data: str | Path) -> None:
+        self.data = Path(data)
+        self.data.mkdir(parents=True, exist_ok=True)
+        (self.data / "jobs").mkdir(exist_ok=True)
+        self.path = self.data / "jobs.sqlite3"
+        self._lock = threading.RLock()
+        self._versions: dict[str, int] = {}
+        self._wakeup = threading.Condition(self._lock)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode}); is the folder on a network share?")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: job store schema {row[0]}, this server reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's folder. ``job_id`` comes from :func:`new_job_id` or a row, never a raw request string."""
+        if len(job_id) != 32 or any(c not in "0123456789abcdef" for c in job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.data / "jobs" / job_id
+
+    # ------------------------------------------------------------------ rows
+    def _row(self, row: sqlite3.Row | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        job = dict(row)
+        for key in _JSON:
+            job[key] = None if job[key] is None else json.loads(job[key])
+        for key in _BOOL:
+            job[key] = bool(job[key])
+        return job
+
+    def _bump(self, job_id: str) -> None:
+        self._versions[job_id] = self._versions.get(job_id, 0) + 1
+        self._wakeup.notify_all()
+
+    def version(self, job_id: str) -> int:
+        """Changes to the job's row since this process started (event streams poll this)."""
+        return self._versions.get(job_id, 0)
+
+    def create(self, job_id: str, *, params: dict[str, Any], source: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Insert a queued job."""
+        with self._lock:
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO jobs (id, seq, state, created, params, source, inputs) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                (job_id, seq, time.time(), json.dumps(params), source, json.dumps(inputs)),
+            )
+            self._bump(job_id)
+            job = self.get(job_id)
+        assert job is not None
+        logger.info("job %s: queued (%s)", job_id, source)
+        return job
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._row(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def list(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [job for job in map(self._row, rows) if job is not None]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(("queued", "running", *FINAL_STATES), 0)
+        counts.update({state: int(n) for state, n in rows})
+        return counts
+
+    def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Set columns of one job; returns the new row."""
+        unknown = set(fields) - set(_COLUMNS) or {"id", "seq"} & set(fields)
+        if unknown:
+            raise KeyError(f"cannot set job column(s) {sorted(unknown)}")
+        values = [json.dumps(v) if k in _JSON and v is not None else (int(v) if k in _BOOL else v)
+                  for k, v in fields.items()]
+        with self._lock:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values, job_id))  # noqa: S608 (fixed names)
+            self._bump(job_id)
+            job = self.get(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} does not exist")
+        return job
+
+    def transition(self, job_id: str, state: str, **fields: Any) -> dict[str, Any]:
+        """Change a job's state (logged: one line per job transition)."""
+        job = self.update(job_id, state=state, **fields)
+        extra = f": {job['error']}" if state == "failed" and job.get("error") else ""
+        logger.info("job %s: %s%s", job_id, state, extra)
+        return job
+
+    def claim_next(self) -> dict[str, Any] | None:
+        """The oldest queued job, marked running (attempts + 1, progress reset); None when the queue is empty."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            job = self.get(row[0])
+            assert job is not None
+            return self.transition(job["id"], "running", started=time.time(), attempts=job["attempts"] + 1,
+                                   stage=None, step=0, total=None, eta_s=None)
+
+    def cancel_queued(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel a job that is still queued (atomically against :meth:`claim_next`); None if it is not queued."""
+        with self._lock:
+            job = self.get(job_id)
+            if job is None or job["state"] != "queued":
+                return None
+            return self.transition(job_id, "cancelled", cancel_requested=True, finished=time.time())
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            self._bump(job_id)
+
+    def recover(self) -> list[str]:
+        """At start: jobs left ``running`` by a crash go back to the queue, or fail after :data:`MAX_ATTEMPTS`."""
+        requeued = []
+        with self._lock:
+            rows = self._db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'").fetchall()
+            for job_id, attempts, cancel_requested in rows:
+                if cancel_requested:
+                    self.transition(job_id, "cancelled", finished=time.time(), eta_s=None)
+                elif attempts >= MAX_ATTEMPTS:
+                    self.transition(job_id, "failed", finished=time.time(), eta_s=None,
+                                    error=f"the server stopped during each of {attempts} runs of this job")
+                else:
+                    self.transition(job_id, "queued", eta_s=None)
+                    requeued.append(job_id)
+        if requeued:
+            logger.info("recovered %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
+        return requeued
+
+    def wait_for_queued(self, timeout: float) -> None:
+        """Block until some job changes (or ``timeout`` s pass): the worker's idle wait."""
+        with self._wakeup:
+            self._wakeup.wait(timeout)

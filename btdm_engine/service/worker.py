@@ -1,0 +1,576 @@
+"""The job worker: plain Python around the :class:`~btdm_engine.pipeline.Animator`, testable without HTTP.
+
+One :class:`Worker` per device runs one job at a time in its own thread; the models it has used
+stay loaded in a :class:`ModelRegistry` (loaded once, under a lock), so a second job never pays
+the load again. A job's failure (bad input found late, out of memory) fails that job alone.
+
+A job's folder (``DATA/jobs/<id>/``), every file written atomically (:mod:`btdm_engine.fileio`)::
+
+    input/                      the validated uploads (motion.npz | skeleton.npz | posemaps/, appearance...)
+    clip.npz                    skeleton jobs: the retargeted MotionClip
+    run.json                    batch sizes fixed at the first run, so a resumed run is bit-identical
+    posemaps/iuv/NNNNNN.png     the IUV maps at the output resolution (project channel order)
+    posemaps/preview/NNNNNN.png their colour previews (GET .../posemaps/{n}.png)
+    low.npy                     the complete low-resolution result of the BTU-Net stage
+    frames/NNNNNN.png           SR3 frames (GET .../frames/{n}.png)
+    plates/NNNNNN.png           RGBA plates at the shot camera's resolution (shot-camera jobs)
+    video.mp4
+
+Resuming after a crash (SIGKILL, power loss) redoes only what is not on disk: pose maps already
+rendered are kept, ``low.npy`` skips fine-tuning and the bidirectional sampler, and SR3 restarts
+at the first chunk with a missing frame. SR3 draws its noise chunk by chunk from one generator,
+so the worker replays the draws of the chunks it skips (cheap: no network call) and the resumed
+frames equal an uninterrupted run's, which equal ``btdm animate``'s with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from btdm_engine.errors import BtdmError
+from btdm_engine.fileio import atomic_path, atomic_write_text
+from btdm_engine.service import limits
+from btdm_engine.service.errors import InvalidParams, NotSupported, ServiceError
+from btdm_engine.service.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+# Sampler callback stages -> the API's stages.
+_STAGES = {"posemaps": "posemaps", "writing": "writing", "finetune": "finetune", "bidirectional": "btunet", "unidirectional": "btunet", "sr3": "sr3"}
+_PROGRESS_INTERVAL_S = 0.25
+
+
+class JobCancelled(Exception):
+    """The job's cancel signal was set (by a client, or by the server stopping)."""
+
+
+# ---------------------------------------------------------------------------- models
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path
+    default_appearance: tuple[Path, Path] | None = None
+    animator: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelRegistry:
+    """The models a server offers (``name -> model folder``); each loaded at most once, on one device."""
+
+    def __init__(self, models: dict[str, Path], device: str, default_appearances: dict[str, tuple[Path, Path]]
+                 | None = None) -> None:
+        self.device = device
+        self._lock = threading.Lock()
+        self._entries = {
+            name: ModelEntry(name, Path(path), (default_appearances or {}).get(name))
+            for name, path in models.items()
+        }
+        self.loads = 0  # how many times a model was loaded (the tests check the second job pays nothing)
+        for entry in self._entries.values():
+            entry.info = self._read_info(entry)
+
+    @classmethod
+    def with_default(cls, device: str, extra: dict[str, Path] | None = None) -> ModelRegistry:
+        """The embedded model as ``default`` (when installed), plus ``extra`` model folders."""
+        from btdm_engine.weights import DEFAULT_MODEL_DIR, NoDefaultModelError, default_appearance
+
+        models: dict[str, Path] = {}
+        appearances = {}
+        try:
+            appearances["default"] = default_appearance()
+            models["default"] = DEFAULT_MODEL_DIR
+        except NoDefaultModelError as exc:
+            logger.warning("%s", exc)
+        models.update(extra or {})
+        return cls(models, device, appearances)
+
+    @staticmethod
+    def _read_info(entry: ModelEntry) -> dict[str, Any]:
+        from btdm_engine.fileio import read_json
+
+        def config(kind: str) -> dict[str, Any] | None:
+            path = entry.path / kind / "config.json"
+            return read_json(path, ServiceError) if path.is_file() else None
+
+        btunet = config("btunet")
+        if btunet is None:
+            raise ServiceError(f"model {entry.name}: {entry.path} has no btunet/config.json")
+        sr3 = config("sr3")
+        extra = btunet.get("extra", {})
+        low = int(btunet["model"]["resolution"])
+        return {
+            "name": entry.name,
+            "preset": extra.get("training", {}).get("preset"),
+            "resolution": int(sr3["model"]["resolution"]) if sr3 else low,
+            "low_resolution": low,
+            "has_sr3": sr3 is not None,
+            "takes_appearance": extra.get("task") == "single_image",
+            "has_default_appearance": entry.default_appearance is not None,
+            "task": extra.get("task"),
+        }
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entry(self, name: str) -> ModelEntry:
+        if name not in self._entries:
+            raise InvalidParams(f"model {name!r} is unknown; available: {', '.join(self._entries) or 'none'}",
+                                field="params.model")
+        return self._entries[name]
+
+    def infos(self) -> list[dict[str, Any]]:
+        return [{**e.info, "loaded": e.animator is not None} for e in self._entries.values()]
+
+    def load(self, name: str) -> Any:
+        """The model's Animator, loaded on first use and kept."""
+        entry = self.entry(name)
+        with self._lock:
+            if entry.animator is None:
+                from btdm_engine.pipeline import Animator
+
+                t0 = time.perf_counter()
+                entry.animator = Animator.from_pretrained(entry.path, device=self.device)
+                self.loads += 1
+                logger.info("model %s loaded from %s on %s in %.2f s", name, entry.path, self.device,
+                            time.perf_counter() - t0)
+            return entry.animator
+
+
+# ---------------------------------------------------------------------------- progress
+class Progress:
+    """The samplers' ``callback(stage, step, total)`` -> throttled job-row updates with an ETA.
+
+    The ETA is the current stage's remaining steps at its measured rate, plus, while the BTU-Net
+    runs, the SR3 steps still to come at the rate the last SR3 stage of this model ran (none
+    before the first job finishes: then only the current stage counts).
+    """
+
+    def __init__(self, store: JobStore, job_id: str, sr3_seconds_per_step: dict[str, float], model: str) -> None:
+        self.store, self.job_id = store, job_id
+        self.sr3_rate = sr3_seconds_per_step
+        self.model = model
+        self.stage: str | None = None
+        self.stage_t0 = time.perf_counter()
+        self.stage_step0 = 0
+        self.last_write = 0.0
+        self.sr3_total: int | None = None
+
+    def set_stage(self, stage: str, step: int = 0, total: int | None = None, **fields: Any) -> None:
+        self.stage, self.stage_t0, self.stage_step0 = stage, time.perf_counter(), step
+        self.last_write = time.perf_counter()
+        self.store.update(self.job_id, stage=stage, step=step, total=total, eta_s=None, **fields)
+
+    def __call__(self, stage: str, step: int, total: int | None) -> None:
+        api_stage = _STAGES.get(stage, "btunet")
+        if api_stage != self.stage:
+            self.set_stage(api_stage, 0, total)
+        now = time.perf_counter()
+        done = step - self.stage_step0
+        rate = (now - self.stage_t0) / done if done > 0 else None
+        if api_stage == "sr3" and rate is not None and total is not None and step == total:
+            self.sr3_rate[self.model] = rate
+        if now - self.last_write < _PROGRESS_INTERVAL_S and step != total:
+            return
+        eta = None
+        if rate is not None and total is not None:
+            eta = (total - step) * rate
+            if api_stage in ("finetune", "btunet") and self.sr3_total:
+                known = self.sr3_rate.get(self.model)
+                eta = eta + self.sr3_total * known if known is not None else None
+        self.last_write = now
+        self.store.update(self.job_id, step=step, total=total, eta_s=None if eta is None else round(eta, 2))
+
+
+# ---------------------------------------------------------------------------- the worker
+class Worker:
+    """Runs queued jobs of ``store`` one at a time on ``registry``'s device, in a daemon thread."""
+
+    def __init__(self, store: JobStore, registry: ModelRegistry, *, poll_s: float = 1.0) -> None:
+        self.store = store
+        self.registry = registry
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._cancel: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.sr3_seconds_per_step: dict[str, float] = {}
+
+    # -- lifetime
+    def start(self, preload: tuple[str, ...] = ()) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(preload,), name="btdm-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Interrupt the running job (it goes back to the queue and resumes at the next start) and join."""
+        self._stop.set()
+        with self.store._wakeup:
+            self.store._wakeup.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self, preload: tuple[str, ...]) -> None:
+        for name in preload:
+            try:
+                self.registry.load(name)
+            except Exception:  # a broken model folder must not stop the server from serving the others
+                logger.exception("could not load model %s", name)
+        while not self._stop.is_set():
+            job = self.store.claim_next()
+            if job is None:
+                self.store.wait_for_queued(self.poll_s)
+                continue
+            self.run_claimed(job)
+
+    # -- cancel
+    def cancel(self, job_id: str) -> None:
+        """Signal a running job to stop (the sampler raises within one network step)."""
+        with self._lock:
+            event = self._cancel.get(job_id)
+        if event is not None:
+            event.set()
+
+    # -- one job
+    def run_claimed(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Run a job already marked running; returns its final row. Never raises for the job's own failures."""
+        job_id = job["id"]
+        event = threading.Event()
+        with self._lock:
+            self._cancel[job_id] = event
+        if job["cancel_requested"]:
+            event.set()
+        try:
+            self._run(job, lambda: event.is_set() or self._stop.is_set())
+        except JobCancelled:
+            if event.is_set():
+                return self.store.transition(job_id, "cancelled", finished=time.time(), eta_s=None)
+            return self.store.transition(job_id, "queued", eta_s=None)  # the server is stopping: resume later
+        except BtdmError as exc:
+            message = exc.message if isinstance(exc, ServiceError) else str(exc)
+            return self.store.transition(job_id, "failed", error=message, finished=time.time(), eta_s=None)
+        except Exception as exc:  # noqa: BLE001 - one job's bug or OOM must not stop the server
+            import torch
+
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                error = f"out of memory on {self.registry.device}: lower params.max_batch or use fewer frames"
+            else:
+                logger.exception("job %s: unexpected error", job_id)
+                error = f"internal error ({type(exc).__name__}: {exc})"
+            return self.store.transition(job_id, "failed", error=error, finished=time.time(), eta_s=None)
+        finally:
+            with self._lock:
+                self._cancel.pop(job_id, None)
+        return self.store.transition(job_id, "succeeded", stage=None, finished=time.time(), eta_s=0.0)
+
+    def _run(self, job: dict[str, Any], is_cancelled: Callable[[], bool]) -> None:
+        from btdm_engine.diffusion.samplers import Cancelled
+
+        try:
+            _JobRun(self, job, is_cancelled).run()
+        except Cancelled as exc:
+            raise JobCancelled(str(exc)) from None
+        if is_cancelled():
+            raise JobCancelled("cancelled")
+
+
+class _JobRun:
+    """One run of one job (fresh or resumed); see the module docstring for the folder layout."""
+
+    def __init__(self, worker: Worker, job: dict[str, Any], is_cancelled: Callable[[], bool]) -> None:
+        self.worker, self.store = worker, worker.store
+        self.job, self.id = job, job["id"]
+        self.params: dict[str, Any] = job["params"]
+        self.inputs: dict[str, Any] = job["inputs"]
+        self.dir = self.store.job_dir(self.id)
+        self.is_cancelled = is_cancelled
+        self.progress = Progress(self.store, self.id, worker.sr3_seconds_per_step, self.params["model"])
+
+    def check_cancel(self) -> None:
+        if self.is_cancelled():
+            raise JobCancelled("cancelled")
+
+    def run(self) -> None:
+        import torch
+
+        from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sample_unidirectional
+        from btdm_engine.metrics.frames import read_rgb
+        from btdm_engine.pipeline import (
+            _autocast_for,
+            _generator,
+            finetune_btunet,
+            image_to_tensor,
+            iuv_to_network,
+            max_batch_for,
+            prepare_pose_maps,
+            tensor_to_images,
+        )
+        from btdm_engine.posemaps.encoding import read_iuv_png
+
+        p = self.params
+        entry = self.worker.registry.entry(p["model"])
+        animator = self.worker.registry.load(p["model"])
+        res, out_res, dev = animator.low_resolution, animator.resolution, animator.device
+        if animator.sr3 is None and p.get("sr_steps") is not None:
+            raise InvalidParams(f"params.sr_steps given but model {p['model']} has no SR3 stage", field="params.sr_steps")
+
+        # 0. batch sizes fixed once per job (a resumed run must chunk exactly like the first).
+        run_path = self.dir / "run.json"
+        if run_path.is_file():
+            run_info = json.loads(run_path.read_text(encoding="utf-8"))
+        else:
+            run_info = {"max_batch": p.get("max_batch") or max_batch_for(res, dev),
+                        "sr_batch": max_batch_for(out_res, dev)}
+            atomic_write_text(run_path, json.dumps(run_info))
+
+        # 1. pose maps at the output resolution (kept across restarts, frame by frame).
+        iuv_files, fps, plan = self.pose_maps(out_res)
+        num = len(iuv_files)
+        self.check_cancel()
+
+        # 2. appearance c (and g(c) for fine-tuning), read like `btdm animate` reads them.
+        appearance = appearance_iuv = None
+        app_path, app_iuv_path, app_order = self.appearance_paths(entry)
+        if app_path is not None:
+            appearance = np.round(read_rgb(app_path) * 255.0).astype(np.uint8)
+        if app_iuv_path is not None:
+            appearance_iuv = read_iuv_png(app_iuv_path, order=app_order)
+
+        # 3. the low-resolution sequence, once: fine-tuning + algorithm 1 (or the baseline).
+        low_path = self.dir / "low.npy"
+        if low_path.is_file():
+            low = torch.from_numpy(np.load(low_path, allow_pickle=False))
+            logger.info("job %s: reusing the low-resolution result %s", self.id, low_path)
+        else:
+            pose_maps = np.stack([read_iuv_png(f) for f in iuv_files])
+            poses = prepare_pose_maps(pose_maps, res).to(dev)
+            c = None if appearance is None else image_to_tensor(appearance, res).to(dev)
+            btunet = animator.btunet
+            if p["finetune_steps"] > 0:
+                assert appearance is not None and appearance_iuv is not None
+                self.progress.set_stage("finetune", 0, p["finetune_steps"])
+                g = iuv_to_network(appearance_iuv, res, where="appearance_iuv").to(dev)
+                btunet = finetune_btunet(btunet, c, g, animator.schedule, steps=p["finetune_steps"],
+                                         lr=p["finetune_lr"], generator=_generator(p["seed"], 0),
+                                         callback=self.progress, cancel=self.is_cancelled)
+            self.progress.sr3_total = (math.ceil(num / run_info["sr_batch"]) * (p["sr_steps"] or p["steps"])
+                                       if animator.sr3 is not None else None)
+            self.progress.set_stage("btunet", 0, p["steps"] * (num if p["sampler"] == "unidirectional" else 1))
+            net = _autocast_for(btunet, dev)
+            common = dict(steps=p["steps"], schedule=animator.schedule, generator=_generator(p["seed"], 1),
+                          eta=p["eta"], callback=self.progress, cancel=self.is_cancelled)
+            if p["sampler"] == "bidirectional":
+                low = sample_bidirectional(net, poses, c, max_batch=run_info["max_batch"], **common)
+            else:
+                low = sample_unidirectional(net, poses, c, **common)
+            del btunet, net
+            low = low.detach().float().cpu()
+            with atomic_path(low_path, suffix=".npy.tmp") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, low.numpy(), allow_pickle=False)
+        self.check_cancel()
+
+        # 4. frames: SR3 from the first chunk with a missing frame (replaying skipped chunks' noise).
+        frames_dir = self.dir / "frames"
+        frames_dir.mkdir(exist_ok=True)
+        done = 0
+        while done < num and (frames_dir / f"{done:06d}.png").is_file():
+            done += 1
+        self.store.update(self.id, frames_done=done)
+        if animator.sr3 is None:
+            self.progress.set_stage("writing", done, num)
+            for n, frame in enumerate(tensor_to_images(low[done:]), start=done):
+                self.check_cancel()
+                self.write_frame(n, frame, plan, iuv_files)
+        elif done < num:
+            batch = run_info["sr_batch"]
+            first_chunk = done // batch
+            sr_steps = p["sr_steps"] or p["steps"]
+            generator = _generator(p["seed"], 2)
+            for k in range(first_chunk):  # the draws sample_sr3 makes per chunk (eta > 0: one per step but the last)
+                n = min(batch, num - k * batch)
+                shape = (n, 3, out_res, out_res)
+                for _ in range(1 + ((sr_steps - 1) if p["eta"] > 0 else 0)):
+                    torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+            start = first_chunk * batch
+            self.progress.set_stage("sr3", 0, math.ceil((num - start) / batch) * sr_steps)
+            chunks = sample_sr3(_autocast_for(animator.sr3, dev), low[start:].to(dev), steps=sr_steps,
+                                schedule=animator.sr3_schedule, generator=generator, resolution=out_res,
+                                eta=p["eta"], batch=batch, callback=self.progress, cancel=self.is_cancelled)
+            n = start
+            for chunk in chunks:
+                for frame in tensor_to_images(chunk):
+                    self.write_frame(n, frame, plan, iuv_files)
+                    n += 1
+        self.check_cancel()
+
+        # 5. the video, from the frames on disk.
+        if p["video"]:
+            self.write_video(num, fps)
+
+    # -- pieces
+    def write_frame(self, n: int, frame: np.ndarray, plan: Any, iuv_files: list[Path]) -> None:
+        """Plate n (shot-camera jobs) first, then frame n: a frame on disk means its plate is there too."""
+        from btdm_engine.posemaps.encoding import read_iuv_png
+        from btdm_engine.posemaps.preview import write_rgb_png
+
+        if plan is not None:
+            import cv2
+
+            from btdm_engine.fileio import atomic_write_bytes
+
+            rgba = plan.composite(n, frame, read_iuv_png(iuv_files[n]))
+            ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgba[..., [2, 1, 0, 3]]))
+            if not ok:
+                raise ServiceError(f"plate {n}: OpenCV could not encode the PNG")
+            atomic_write_bytes(self.dir / "plates" / f"{n:06d}.png", buf.tobytes())
+        write_rgb_png(self.dir / "frames" / f"{n:06d}.png", frame)
+        self.store.update(self.id, frames_done=n + 1)
+
+    def write_video(self, num: int, fps: float) -> None:
+        import cv2
+
+        from btdm_engine.posemaps.preview import write_mp4
+
+        self.progress.set_stage("writing", 0, num)
+
+        def frames() -> Any:
+            for n in range(num):
+                self.check_cancel()
+                bgr = cv2.imread(str(self.dir / "frames" / f"{n:06d}.png"), cv2.IMREAD_COLOR)
+                yield np.ascontiguousarray(bgr[..., ::-1])
+                self.progress("writing", n + 1, num)
+
+        write_mp4(frames(), self.dir / "video.mp4", fps=fps)
+        self.store.update(self.id, has_video=True)
+
+    def appearance_paths(self, entry: Any) -> tuple[Path | None, Path | None, str]:
+        p = self.params
+        app = self.dir / "input" / "appearance.png"
+        app_iuv = self.dir / "input" / "appearance_iuv.png"
+        if self.inputs.get("appearance"):
+            return app, (app_iuv if self.inputs.get("appearance_iuv") else None), p["iuv_order"]
+        if p["use_default_appearance"] and entry.default_appearance is not None:
+            image, iuv = entry.default_appearance
+            return image, (iuv if p["finetune_steps"] > 0 else None), "btdm"
+        return None, None, "btdm"
+
+    def load_clip(self) -> Any:
+        """The job's MotionClip: the upload, or (skeleton jobs) the retargeted clip, made once and kept."""
+        from btdm_engine.motion.clip import MotionClip
+
+        if self.job["source"] == "motion":
+            return MotionClip.load(self.dir / "input" / "motion.npz")
+        clip_path = self.dir / "clip.npz"
+        if clip_path.is_file():
+            return MotionClip.load(clip_path)
+        from btdm_engine.motion.skeleton_animation import SkeletonAnimation
+
+        try:
+            from btdm_engine.motion.retarget import to_motion_clip
+        except ImportError:
+            raise NotSupported("skeleton uploads are not supported by this build yet (no retargeting core)",
+                               field="skeleton") from None
+        anim = SkeletonAnimation.load(self.dir / "input" / "skeleton.npz")
+        p = self.params
+        kwargs: dict[str, Any] = {"skeleton": p["skeleton"]}
+        for key in ("bone_map", "scale", "up", "fit_shape"):
+            if p.get(key) is not None:
+                kwargs[key] = p[key]
+        if not anim.has_camera:
+            size = self.worker.registry.entry(p["model"]).info["resolution"]
+            kwargs.update(width=size, height=size)
+        result = to_motion_clip(anim, **kwargs)
+        result.clip.save(clip_path)
+        self.store.update(self.id, retarget=_jsonable(result.report))
+        return result.clip
+
+    def pose_maps(self, size: int) -> tuple[list[Path], float, Any]:
+        """IUV maps at ``size`` px in ``posemaps/iuv`` (rendering only missing ones), their previews; fps; shot plan."""
+        from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
+        from btdm_engine.posemaps.preview import colorize_iuv, write_rgb_png
+
+        p = self.params
+        iuv_dir, preview_dir = self.dir / "posemaps" / "iuv", self.dir / "posemaps" / "preview"
+        plan = None
+        if self.job["source"] == "posemaps":
+            sources = sorted((self.dir / "input" / "posemaps").glob("[0-9]*.png"))
+            start, stop = _frame_range(p, len(sources))
+            sources, fps, clip = sources[start:stop], 30.0, None
+            num = len(sources)
+        else:
+            clip = self.load_clip()
+            start, stop = _frame_range(p, clip.num_frames)
+            clip = clip.slice(start, stop)
+            fps, num = float(clip.fps), clip.num_frames
+            has_camera = bool(self.inputs.get("camera"))
+            if has_camera or clip.width != clip.height:
+                try:
+                    from btdm_engine.motion.shot import plan_shot
+                except ImportError:
+                    raise NotSupported(
+                        f"this clip's camera is {clip.width}x{clip.height} (or a shot camera): full-resolution "
+                        "plates are not supported by this build yet; send a square camera", field=self.job["source"],
+                    ) from None
+                plate_width, plate_height = int(clip.width), int(clip.height)
+                plan = plan_shot(clip, size)
+                clip = plan.square_clip
+                self.store.update(self.id, has_plates=True, plate_width=plate_width, plate_height=plate_height)
+        if num > limits.MAX_FRAMES:
+            raise InvalidParams(f"{num} frames; a job may generate at most {limits.MAX_FRAMES} "
+                                "(use frame_start / frame_end)", field="params.frame_end")
+        files = [iuv_dir / f"{n:06d}.png" for n in range(num)]
+        missing = [n for n in range(num) if not (files[n].is_file() and (preview_dir / files[n].name).is_file())]
+        self.store.update(self.id, frames_total=num, posemaps_done=num - len(missing), width=size, height=size)
+        if not missing:
+            return files, fps, plan
+        self.progress.set_stage("posemaps", num - len(missing), num)
+
+        def publish(n: int, iuv: np.ndarray) -> None:
+            write_iuv_png(files[n], iuv)
+            write_rgb_png(preview_dir / files[n].name, colorize_iuv(iuv))
+            done = num - len(missing) + missing.index(n) + 1
+            self.store.update(self.id, posemaps_done=done)
+            self.progress("posemaps", done, num)
+            self.check_cancel()
+
+        if clip is None:
+            # Uploaded maps keep their size: the Animator resizes them NEAREST, as for `btdm animate --posemaps`.
+            for n in missing:
+                publish(n, read_iuv_png(sources[n]))
+        else:
+            from btdm_engine.body.model import load_body_model
+            from btdm_engine.posemaps.renderer import IUVRenderer
+
+            body = load_body_model(clip.body_model)
+            with IUVRenderer(body, size, size) as renderer:
+                for n, iuv in zip(missing, renderer.render_clip(clip, size=size, progress=False, frames=missing)):
+                    publish(n, iuv)
+        return files, fps, plan
+
+
+def _frame_range(params: dict[str, Any], num: int) -> tuple[int, int]:
+    start, end = params["frame_start"], params.get("frame_end")
+    stop = num if end is None else end
+    if start >= num:
+        raise InvalidParams(f"frame_start {start} is past the source's last frame ({num - 1})", field="params.frame_start")
+    if stop > num or stop <= start:
+        raise InvalidParams(f"frame_end {end} must lie in {start + 1}..{num}", field="params.frame_end")
+    return start, stop
+
+
+def _jsonable(value: Any) -> Any:
+    """A report dict made JSON-safe (numpy scalars and arrays become numbers and lists)."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def remove_job_files(store: JobStore, job_id: str) -> None:
+    shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
