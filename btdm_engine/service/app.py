@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,6 +36,7 @@ from btdm_engine.service.errors import (
     Conflict,
     InvalidParams,
     NotFound,
+    NotSupported,
     QueueFull,
     ServiceError,
     Unauthorized,
@@ -206,8 +208,10 @@ def submit(
         job_id = new_job_id()
         folder = store.job_dir(job_id) / "input"
         try:
-            described = _save_inputs(folder, source, sources[source], appearance, appearance_iuv, p)
-            job = store.create(job_id, params=p, source=source, inputs=described)
+            described = _save_inputs(folder, source, sources[source], appearance, appearance_iuv, p,
+                                     info["resolution"])
+            report = described.pop("retarget", None)
+            job = store.create(job_id, params=p, source=source, inputs=described, retarget=report)
         except BaseException:
             remove_job_files(store, job_id)
             raise
@@ -215,7 +219,7 @@ def submit(
 
 
 def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: UploadFile | None,
-                 appearance_iuv: UploadFile | None, p: dict[str, Any]) -> dict[str, Any]:
+                 appearance_iuv: UploadFile | None, p: dict[str, Any], resolution: int) -> dict[str, Any]:
     """Copy and validate the uploads; returns what the worker needs to know about them."""
     described: dict[str, Any] = {"source": source}
     if source == "posemaps":
@@ -223,11 +227,23 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
         inputs.save_upload(upload.file, archive, "posemaps")
         described.update(inputs.extract_posemaps(archive, folder / "posemaps", p["iuv_order"]))
         archive.unlink()
+    elif source == "motion":
+        path = folder / "motion.npz"
+        inputs.save_upload(upload.file, path, "motion")
+        described.update(inputs.check_motion(path))
     else:
-        path = folder / f"{source}.npz"
-        inputs.save_upload(upload.file, path, source)
-        check = inputs.check_motion if source == "motion" else inputs.check_skeleton
-        described.update(check(path))
+        path = folder / "skeleton.npz"
+        inputs.save_upload(upload.file, path, "skeleton")
+        found, report = inputs.retarget_skeleton(path, folder.parent / "clip.npz", p, resolution)
+        described.update(found, retarget=report)
+    if source != "posemaps" and (described.get("camera") or described["width"] != described["height"]):
+        try:
+            import btdm_engine.motion.shot  # noqa: F401
+        except ImportError:
+            raise NotSupported(
+                f"{source}: this clip's camera is {described['width']}x{described['height']}"
+                f"{' (a shot camera)' if described.get('camera') else ''}; full-resolution plates are not supported "
+                "by this build yet: send a square camera without a shot camera", field=source) from None
     frames = int(described["frames"])
     start, end = p["frame_start"], p["frame_end"]
     stop = frames if end is None else end

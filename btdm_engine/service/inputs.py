@@ -9,13 +9,14 @@ size has a limit in :mod:`btdm_engine.service.limits`. Each error is a
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 import struct
 import zipfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -64,15 +65,39 @@ def check_motion(path: Path) -> dict[str, int | float]:
     return {"frames": clip.num_frames, "fps": float(clip.fps), "width": int(clip.width), "height": int(clip.height)}
 
 
-def check_skeleton(path: Path) -> dict[str, int | float | bool]:
-    """Validate a skeleton-animation upload (``SkeletonAnimation.load``, with its size limits)."""
+def retarget_skeleton(path: Path, clip_path: Path, params: dict[str, Any], size: int) -> tuple[dict[str, Any],
+                                                                                               dict[str, Any]]:
+    """Validate a skeleton-animation upload and retarget it onto the body, saving the MotionClip at ``clip_path``.
+
+    Runs at submit time, so a bone map that does not fit the rig is a 4xx naming it, not a failed
+    job. The retargeting options come from ``params`` (``skeleton``, ``bone_map``, ``scale``,
+    ``up``, ``fit_shape``); without a shot camera the default camera is ``size`` px square.
+    Returns (what the worker needs to know, the retargeting report).
+    """
+    from btdm_engine.motion.bonemaps import SKELETONS
+    from btdm_engine.motion.retarget import to_motion_clip
     from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
+    if params["skeleton"] not in SKELETONS:
+        raise ServiceError(f"params.skeleton: unknown bone-map preset {params['skeleton']!r}; allowed: "
+                           f"{', '.join(SKELETONS)}", field="params.skeleton", status=422, code="invalid_params")
     try:
         anim = SkeletonAnimation.load(path)
     except BtdmError as exc:
         raise _named("skeleton", exc) from None
-    return {"frames": anim.num_frames, "fps": float(anim.fps), "bones": anim.num_bones, "camera": anim.has_camera}
+    kwargs: dict[str, Any] = {"skeleton": params["skeleton"], "width": size, "height": size}
+    kwargs.update({key: params[key] for key in ("bone_map", "scale", "up", "fit_shape") if params.get(key) is not None})
+    try:
+        result = to_motion_clip(anim, **kwargs)
+    except BtdmError as exc:
+        field = "params.bone_map" if params.get("bone_map") is not None and "bone map" in str(exc) else "skeleton"
+        raise ServiceError(f"skeleton: {exc}", field=field) from None
+    clip = result.clip
+    clip.save(clip_path)
+    report = json.loads(json.dumps(result.report, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    described = {"frames": clip.num_frames, "fps": float(clip.fps), "bones": anim.num_bones,
+                 "camera": anim.has_camera, "width": int(clip.width), "height": int(clip.height)}
+    return described, report
 
 
 def png_size(data: bytes, field: str) -> tuple[int, int]:

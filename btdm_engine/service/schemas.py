@@ -66,8 +66,8 @@ class JobParams(BaseModel):
     # skeleton jobs (retargeting)
     skeleton: str = Field(default="auto", min_length=1, max_length=limits.MAX_NAME_CHARS,
                           pattern=r"^[A-Za-z0-9_.-]+$", description="bone-map preset name")
-    bone_map: dict[str, str] | None = Field(default=None, max_length=limits.MAX_BONE_MAP_ENTRIES,
-                                            description="{smpl_joint_name: bone_name}")
+    bone_map: dict[str, str | None] | None = Field(default=None, max_length=limits.MAX_BONE_MAP_ENTRIES,
+                                                   description="{smpl_joint_name: bone_name or null}")
     scale: float | None = Field(default=None, gt=0.0, le=1e6, description="metres per skeleton unit")
     up: Literal["Y", "Z"] | None = None
     fit_shape: bool | None = None
@@ -80,9 +80,9 @@ class JobParams(BaseModel):
 
     @field_validator("bone_map")
     @classmethod
-    def _bone_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+    def _bone_names(cls, value: dict[str, str | None] | None) -> dict[str, str | None] | None:
         for key, bone in (value or {}).items():
-            if not (0 < len(key) <= limits.MAX_NAME_CHARS and 0 < len(bone) <= limits.MAX_NAME_CHARS):
+            if not (0 < len(key) <= limits.MAX_NAME_CHARS and (bone is None or 0 < len(bone) <= limits.MAX_NAME_CHARS)):
                 raise ValueError(f"bone_map entries must be 1..{limits.MAX_NAME_CHARS} characters")
         return value
 

@@ -140,13 +140,16 @@ class JobStore:
         """Changes to the job's row since this process started (event streams poll this)."""
         return self._versions.get(job_id, 0)
 
-    def create(self, job_id: str, *, params: dict[str, Any], source: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    def create(self, job_id: str, *, params: dict[str, Any], source: str, inputs: dict[str, Any],
+               retarget: dict[str, Any] | None = None) -> dict[str, Any]:
         """Insert a queued job."""
         with self._lock:
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
-                "INSERT INTO jobs (id, seq, state, created, params, source, inputs) VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (job_id, seq, time.time(), json.dumps(params), source, json.dumps(inputs)),
+                "INSERT INTO jobs (id, seq, state, created, params, source, inputs, retarget) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, seq, time.time(), json.dumps(params), source, json.dumps(inputs),
+                 None if retarget is None else json.dumps(retarget)),
             )
             self._bump(job_id)
             job = self.get(job_id)
@@ -180,7 +183,7 @@ class JobStore:
                   for k, v in fields.items()]
         with self._lock:
             sets = ", ".join(f"{k} = ?" for k in fields)
-            self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values, job_id))  # noqa: S608 (fixed names)
+            self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values, job_id))
             self._bump(job_id)
             job = self.get(job_id)
         if job is None:

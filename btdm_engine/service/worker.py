@@ -258,7 +258,7 @@ class Worker:
         except BtdmError as exc:
             message = exc.message if isinstance(exc, ServiceError) else str(exc)
             return self.store.transition(job_id, "failed", error=message, finished=time.time(), eta_s=None)
-        except Exception as exc:  # noqa: BLE001 - one job's bug or OOM must not stop the server
+        except Exception as exc:
             import torch
 
             if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -366,8 +366,8 @@ class _JobRun:
                                        if animator.sr3 is not None else None)
             self.progress.set_stage("btunet", 0, p["steps"] * (num if p["sampler"] == "unidirectional" else 1))
             net = _autocast_for(btunet, dev)
-            common = dict(steps=p["steps"], schedule=animator.schedule, generator=_generator(p["seed"], 1),
-                          eta=p["eta"], callback=self.progress, cancel=self.is_cancelled)
+            common = {"steps": p["steps"], "schedule": animator.schedule, "generator": _generator(p["seed"], 1),
+                      "eta": p["eta"], "callback": self.progress, "cancel": self.is_cancelled}
             if p["sampler"] == "bidirectional":
                 low = sample_bidirectional(net, poses, c, max_batch=run_info["max_batch"], **common)
             else:
@@ -464,34 +464,12 @@ class _JobRun:
         return None, None, "btdm"
 
     def load_clip(self) -> Any:
-        """The job's MotionClip: the upload, or (skeleton jobs) the retargeted clip, made once and kept."""
+        """The job's MotionClip: the upload, or for skeleton jobs the clip retargeted at submit time."""
         from btdm_engine.motion.clip import MotionClip
 
         if self.job["source"] == "motion":
             return MotionClip.load(self.dir / "input" / "motion.npz")
-        clip_path = self.dir / "clip.npz"
-        if clip_path.is_file():
-            return MotionClip.load(clip_path)
-        from btdm_engine.motion.skeleton_animation import SkeletonAnimation
-
-        try:
-            from btdm_engine.motion.retarget import to_motion_clip
-        except ImportError:
-            raise NotSupported("skeleton uploads are not supported by this build yet (no retargeting core)",
-                               field="skeleton") from None
-        anim = SkeletonAnimation.load(self.dir / "input" / "skeleton.npz")
-        p = self.params
-        kwargs: dict[str, Any] = {"skeleton": p["skeleton"]}
-        for key in ("bone_map", "scale", "up", "fit_shape"):
-            if p.get(key) is not None:
-                kwargs[key] = p[key]
-        if not anim.has_camera:
-            size = self.worker.registry.entry(p["model"]).info["resolution"]
-            kwargs.update(width=size, height=size)
-        result = to_motion_clip(anim, **kwargs)
-        result.clip.save(clip_path)
-        self.store.update(self.id, retarget=_jsonable(result.report))
-        return result.clip
+        return MotionClip.load(self.dir / "clip.npz")
 
     def pose_maps(self, size: int) -> tuple[list[Path], float, Any]:
         """IUV maps at ``size`` px in ``posemaps/iuv`` (rendering only missing ones), their previews; fps; shot plan."""
