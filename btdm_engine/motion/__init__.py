@@ -1,4 +1,4 @@
-"""Motion clips: the MotionClip contract, the procedural motion library, BVH import and cameras.
+"""Motion clips: the MotionClip contract, the procedural library, motion import (BVH, FBX, armatures) and cameras.
 
 ``MotionClip`` (``.npz``) is what every entry point hands to the body model and the pose-map
 renderer; see docs/architecture.md for the contract.
@@ -14,5 +14,5 @@ from btdm_engine.motion.library import MOTIONS, make_motion
 __all__ = [
     "FORMAT_VERSION", "MOTIONS", "BvhError", "MotionClip", "MotionClipError", "default_camera",
     "intrinsics", "load_bvh", "look_at", "make_motion", "orbit", "project", "read_bvh", "save_bvh",
-    "write_bvh",
+    "skeleton_from_bvh", "write_bvh",
 ]

@@ -1,13 +1,16 @@
-"""``btdm motion``: make procedural motions, import BVH files, list, describe and preview clips."""
+"""``btdm motion``: make procedural motions, import and inspect BVH/FBX/skeleton files, list, describe and preview clips."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from btdm_engine.body.skeleton import JOINT_NAMES
+from btdm_engine.motion.bonemaps import SKELETONS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``motion`` command: ``make``, ``import``, ``list``, ``info`` and ``preview``."""
+    """Add the ``motion`` command: ``make``, ``import``, ``inspect``, ``list``, ``info`` and ``preview``."""
     p = subparsers.add_parser(
         "motion",
         help="make, import and inspect motion clips (.npz)",
@@ -39,23 +42,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     imp = sub.add_parser(
         "import",
-        help="retarget a BVH file onto SMPL",
+        help="retarget a BVH, FBX or skeleton-animation file onto SMPL",
         description=(
-            "Import a BVH motion with SMPL-style or Mixamo bone names onto the SMPL skeleton, "
-            "accounting for the file's own rest pose (T- or A-pose), units and up axis."
+            "Import a motion onto the SMPL skeleton: BVH (mocap from any source), FBX (Mixamo and "
+            "others, through Blender's own importer: needs the bpy module) or a skeleton-animation "
+            ".npz (what the Blender add-on sends). Rigs: " + ", ".join(SKELETONS[1:]) + " by name, "
+            "or any rig with --bone-map. The file's rest pose (T- or A-pose, any facing), units and "
+            "up axis are accounted for; each assumption that could be wrong is printed as a warning."
         ),
     )
-    imp.add_argument("file", type=Path, metavar="FILE.bvh", help="BVH file to import")
-    imp.add_argument("--skeleton", default="auto", choices=("auto", "smpl", "mixamo"),
-                     help="bone naming (default auto: whichever matches more bones)")
-    imp.add_argument("--scale", type=float, default=None,
-                     help="metres per file unit (default: metres or centimetres, from the skeleton height)")
-    imp.add_argument("--up", default="Y", choices=("Y", "Z"), help="the file's up axis (default Y)")
+    _source_arguments(imp)
+    imp.add_argument("--fit-shape", action="store_true",
+                     help="fit the body's shape (betas) to the rig's bone lengths and report the residual")
     imp.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: keep)")
     imp.add_argument("--size", type=int, default=256, help="camera image size in pixels, square (default 256)")
     imp.add_argument("--body", default="mannequin", help="body model: mannequin or an SMPL .pkl path")
     imp.add_argument("--out", type=Path, required=True, metavar="CLIP.npz", help="clip file to write")
     imp.set_defaults(func=_import)
+
+    ins = sub.add_parser(
+        "inspect",
+        help="show how a motion file would import, without writing anything",
+        description=("Print the bones found, the bone map chosen (SMPL joint <- bone), the units and up "
+                     "axis, frame count and fps of a BVH, FBX or skeleton-animation file. Writes nothing."),
+    )
+    _source_arguments(ins)
+    ins.set_defaults(func=_inspect)
 
     lst = sub.add_parser("list", help="list the built-in procedural motions", description="List the built-in procedural motions with a line on each.")
     lst.set_defaults(func=_list)
@@ -79,6 +91,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sheet.set_defaults(func=_preview)
 
 
+def _source_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, metavar="FILE", help="motion file: .bvh, .fbx or skeleton-animation .npz")
+    p.add_argument("--skeleton", default="auto", choices=SKELETONS,
+                   help="bone-map preset (default auto: the preset that maps the most joints; it says which)")
+    p.add_argument("--bone-map", type=Path, default=None, metavar="MAP.json",
+                   help='custom bone map, a JSON object {"pelvis": "Hips", "left_hip": "L_Thigh", ...}')
+    p.add_argument("--scale", type=float, default=None,
+                   help="metres per file unit (default: detected: m, cm, mm or inches, from the skeleton height)")
+    p.add_argument("--up", default=None, choices=("Y", "Z"),
+                   help="the file's up axis (default: the file's convention, checked against the rest skeleton)")
+    p.add_argument("--armature", default=None, metavar="NAME", help="the armature to read from an FBX with several")
+
+
+def _retarget(args: argparse.Namespace, **extra):
+    from btdm_engine.motion.sources import import_motion
+
+    return import_motion(args.file, bone_map_file=args.bone_map, armature=args.armature, skeleton=args.skeleton,
+                         scale=args.scale, up=args.up, **extra)
+
+
+def _warn(args: argparse.Namespace, lines: list[str]) -> None:
+    import sys
+
+    for line in lines:
+        print(f"btdm motion {args.action}: warning: {args.file.name}: {line}", file=sys.stderr)
+
+
 def _check_size(size: int) -> None:
     if size <= 0:
         raise ValueError(f"--size must be a positive number of pixels, got {size}")
@@ -96,13 +135,36 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from btdm_engine.motion.bvh import load_bvh
-
     _check_size(args.size)
-    clip = load_bvh(args.file, skeleton=args.skeleton, fps=args.fps, scale=args.scale, up_axis=args.up,
-                    width=args.size, height=args.size, body_model=args.body)
+    done = _retarget(args, fit_shape=args.fit_shape, fps=args.fps, width=args.size, height=args.size,
+                     body_model=args.body)
+    _warn(args, done.warnings)
+    clip = done.clip
     path = clip.save(args.out)
-    print(f"wrote {path}: {clip.num_frames} frames at {clip.fps:g} fps ({clip.duration:.2f} s)")
+    r = done.report
+    fit = f", shape fit {r['fit_rms_mm']:.1f} mm RMS ({r['fit_max_mm']:.1f} max)" if "fit_rms_mm" in r else ""
+    print(f"wrote {path}: {clip.num_frames} frames at {clip.fps:g} fps ({clip.duration:.2f} s), "
+          f"{r['skeleton']} skeleton, {r['units']} units ({r['scale']:g} m/unit), {r['up']} up{fit}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from btdm_engine.motion.sources import read_skeleton_animation
+
+    anim = read_skeleton_animation(args.file, armature=args.armature)
+    done = _retarget(args)
+    _warn(args, done.warnings)
+    r = done.report
+    print(f"file:      {args.file}")
+    print(f"bones:     {anim.num_bones}: {', '.join(anim.names)}")
+    print(f"frames:    {anim.num_frames} at {anim.fps:g} fps ({anim.num_frames / anim.fps:.2f} s)")
+    print(f"skeleton:  {r['skeleton']}" + (" (picked by auto)" if args.skeleton == "auto" and args.bone_map is None else ""))
+    print(f"units:     {r['units']}, {r['scale']:g} metres per unit")
+    print(f"up axis:   {r['up']}; rest pose faces {r['facing_deg']:+.0f} degrees from +Z about the up axis")
+    print(f"camera:    {'shot camera ' + str(anim.cam_width) + 'x' + str(anim.cam_height) if anim.has_camera else 'none'}")
+    print("bone map:  SMPL joint <- bone")
+    for joint in JOINT_NAMES:
+        print(f"  {joint:15s} <- {r['map'].get(joint, '(none: follows its parent)')}")
     return 0
 
 
