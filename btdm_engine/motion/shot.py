@@ -1,0 +1,176 @@
+"""Plates through the shot's own camera: a square window that follows the body, and the composite back.
+
+The networks are square and small; a shot camera is any pinhole camera at any aspect ratio and
+resolution. :func:`plan_shot` picks, per frame, a square window of the shot image around the body:
+
+1. The posed mesh is projected through the shot camera; its bounding box gives a centre and a side
+   (the larger box side plus ``margin`` on each side).
+2. The side is one fixed size for the whole shot when the body's on-screen size varies by less
+   than ``max_zoom``; otherwise (a dolly, a body walking to the camera) it follows a running maximum,
+   smoothed. The centre is smoothed over about a sixth of a second. Both are then widened where
+   needed so the window always holds the whole body: no jitter, nothing cut off.
+3. Window pixel j covers shot pixels ``[L + j s/R, L + (j+1) s/R]`` (left edge L, side s, R pixels),
+   so the window camera is ``K_win = A K`` with ``A = [[R/s, 0, -L R/s - 1/2], [0, R/s, -T R/s - 1/2],
+   [0, 0, 1]]`` (pixel centres at integer coordinates, as everywhere in the project).
+
+:meth:`ShotPlan.composite` maps a generated square frame back through the inverse of ``A`` into a
+full-resolution RGBA plate, opaque on the person (the pose map's foreground, slightly grown and
+feathered so hair and loose cloth survive) and transparent elsewhere, so it lies exactly over the shot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.ndimage import gaussian_filter1d, maximum_filter1d
+
+from btdm_engine.errors import BtdmError
+from btdm_engine.motion.clip import MotionClip
+
+__all__ = ["ShotError", "ShotPlan", "plan_shot"]
+
+MAX_PLATE_PIXELS = 16384 * 16384
+
+
+class ShotError(BtdmError, ValueError):
+    """The body cannot be framed through the shot camera (never in front of it, or a bad size)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ShotPlan:
+    """Square windows (left, top, side) per frame in shot pixels, and the clip filmed through them."""
+
+    windows: np.ndarray  # (T, 3) float64: left edge, top edge, side (shot pixels, continuous coordinates)
+    width: int  # the shot's resolution
+    height: int
+    size: int  # the window's resolution (square)
+    square_clip: MotionClip  # the motion with the per-frame window camera, size x size
+    visible: np.ndarray  # (T,) bool: some of the body is in front of the camera and inside the shot
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.windows)
+
+    def window_matrix(self, n: int, resolution: int) -> np.ndarray:
+        """``A`` (3, 3) taking shot pixels to the pixels of a ``resolution``-px window of frame n."""
+        left, top, side = self.windows[n]
+        a = resolution / side
+        return np.array([[a, 0.0, -left * a - 0.5], [0.0, a, -top * a - 0.5], [0.0, 0.0, 1.0]])
+
+    def composite(self, n: int, frame: np.ndarray, iuv: np.ndarray, grow: float = 0.015,
+                  feather: float = 0.006) -> np.ndarray:
+        """The RGBA plate (H, W, 4) uint8 of frame n from its square frame (R, R, 3) and pose map (P, P, 3).
+
+        Alpha is the pose map's foreground (I > 0) grown by ``grow`` and feathered by ``feather``
+        (fractions of the window's side); colour outside the alpha is zero.
+        """
+        if not 0 <= n < self.num_frames:
+            raise ShotError(f"frame {n} is outside the shot's {self.num_frames} frames")
+        frame = np.asarray(frame)
+        iuv = np.asarray(iuv)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] != frame.shape[1]:
+            raise ShotError(f"frame {n}: expected a square RGB uint8 frame (R, R, 3), got {frame.dtype} {frame.shape}")
+        if iuv.dtype != np.uint8 or iuv.ndim != 3 or iuv.shape[2] != 3 or iuv.shape[0] != iuv.shape[1]:
+            raise ShotError(f"frame {n}: expected a square IUV pose map (P, P, 3) uint8, got {iuv.dtype} {iuv.shape}")
+        size = (self.width, self.height)
+        # Inverse of A (src window pixel -> dst shot pixel) for each source resolution.
+        def to_shot(res: int) -> np.ndarray:
+            return np.linalg.inv(self.window_matrix(n, res))[:2]
+
+        rgb = cv2.warpAffine(frame, to_shot(frame.shape[0]), size, flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        mask = (iuv[..., 0] > 0).astype(np.uint8) * 255
+        res = iuv.shape[0]
+        grow_px = int(round(grow * res))
+        if grow_px > 0:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_px + 1, 2 * grow_px + 1))
+            mask = cv2.dilate(mask, kernel)
+        sigma = feather * res
+        if sigma > 0.3:
+            mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+        alpha = cv2.warpAffine(mask, to_shot(res), size, flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out = np.zeros((self.height, self.width, 4), np.uint8)
+        out[..., :3] = np.where(alpha[..., None] > 0, rgb, 0)
+        out[..., 3] = alpha
+        return out
+
+
+def _bounding_boxes(clip: MotionClip, body_model: str | None = None, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame box (x0, y0, x1, y1) of the posed mesh in shot pixels, and whether it is visible."""
+    from btdm_engine.motion.library import cached_body_model
+
+    body = cached_body_model(body_model or clip.body_model)
+    T = clip.num_frames
+    boxes = np.zeros((T, 4))
+    seen = np.zeros(T, bool)
+    for start in range(0, T, chunk):
+        sl = slice(start, min(T, start + chunk))
+        verts, _ = body.forward(clip.poses[sl], clip.betas, clip.trans[sl])
+        verts = np.asarray(verts, dtype=np.float64)
+        w2c = clip.world_to_cam[sl].astype(np.float64)
+        cam = np.einsum("tij,tvj->tvi", w2c[:, :3, :3], verts) + w2c[:, None, :3, 3]
+        K = clip.K[sl].astype(np.float64)
+        for k in range(len(cam)):
+            front = cam[k, :, 2] > 1e-3
+            if not front.any():
+                continue
+            p = cam[k, front] @ K[k].T
+            uv = p[:, :2] / p[:, 2:3]
+            x0, y0 = uv.min(0)
+            x1, y1 = uv.max(0)
+            inside = x1 > -0.5 and y1 > -0.5 and x0 < clip.width - 0.5 and y0 < clip.height - 0.5
+            boxes[start + k] = (x0, y0, x1, y1)
+            seen[start + k] = inside
+    return boxes, seen
+
+
+def plan_shot(clip: MotionClip, size: int, margin: float = 0.1, max_zoom: float = 1.5,
+              smooth_s: float = 1.0 / 6.0) -> ShotPlan:
+    """Square windows that follow the body through ``clip``'s camera (module docstring).
+
+    Args:
+        clip: the motion with the shot camera (``K``, ``width``, ``height``, ``world_to_cam``).
+        size: the window resolution the pose maps are rendered at (the network input's size or larger).
+        margin: free border around the body, as a fraction of its larger box side, on each side.
+        max_zoom: below this ratio of largest to smallest on-screen body size the window keeps one size.
+        smooth_s: smoothing time constant of the window centre (seconds).
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 8192:
+        raise ShotError(f"window size must be an integer between 8 and 8192 pixels, got {size!r}")
+    if clip.width * clip.height > MAX_PLATE_PIXELS:
+        raise ShotError(f"shot resolution {clip.width}x{clip.height} is over the limit of {MAX_PLATE_PIXELS} pixels")
+    boxes, visible = _bounding_boxes(clip)
+    if not visible.any():
+        raise ShotError("the body is never inside the shot camera's view: check the camera and the armature")
+    T = clip.num_frames
+    idx = np.arange(T)
+    if not visible.all():  # off screen: interpolate the box between visible frames (held at the ends)
+        boxes = np.stack([np.interp(idx, idx[visible], boxes[visible, k]) for k in range(4)], axis=1)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    need = np.max(boxes[:, 2:] - boxes[:, :2], axis=1) * (1.0 + 2.0 * margin)
+    need = np.maximum(need, 8.0)
+    sigma = max(smooth_s * clip.fps, 1e-6)
+    if need.max() / need.min() <= max_zoom:
+        side = np.full(T, need.max())
+    else:
+        window = max(1, int(round(clip.fps)))
+        side = gaussian_filter1d(maximum_filter1d(need, size=2 * window + 1, mode="nearest"), sigma, mode="nearest")
+    centre = gaussian_filter1d(centre, sigma, axis=0, mode="nearest") if T > 1 else centre
+    # Widen where smoothing left part of the body (plus its margin) outside the window.
+    half = np.maximum.reduce([side / 2.0, centre[:, 0] - boxes[:, 0], boxes[:, 2] - centre[:, 0],
+                              centre[:, 1] - boxes[:, 1], boxes[:, 3] - centre[:, 1]])
+    side = np.maximum(side, 2.0 * half)
+    windows = np.stack([centre[:, 0] - side / 2.0, centre[:, 1] - side / 2.0, side], axis=1)
+    a = size / side
+    A = np.zeros((T, 3, 3))
+    A[:, 0, 0] = A[:, 1, 1] = a
+    A[:, 0, 2] = -windows[:, 0] * a - 0.5
+    A[:, 1, 2] = -windows[:, 1] * a - 0.5
+    A[:, 2, 2] = 1.0
+    K = A @ clip.K.astype(np.float64)
+    square = clip.with_camera(K, int(size), int(size), clip.world_to_cam)
+    return ShotPlan(windows=windows, width=clip.width, height=clip.height, size=int(size), square_clip=square,
+                    visible=visible)
