@@ -142,7 +142,7 @@ def check_appearance_iuv(path: Path, order: str, size: tuple[int, int] | None) -
 def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
     """Validate a zip of IUV PNGs and write them, in the project's channel order, as ``dest/NNNNNN.png``.
 
-    Members must be ``[folders/]<digits>.png`` (folder entries are skipped); frames are taken in
+    Members must be ``[folders/]<digits>.png`` (folder entries are skipped; no ``..``, no absolute names); frames are taken in
     numeric order and renumbered from 0. All maps must be square and of one size. Declared sizes
     are checked from the zip directory before anything is decompressed, and reads are capped.
     """
@@ -167,7 +167,7 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
         numbered: dict[int, zipfile.ZipInfo] = {}
         for info in members:
             match = _MEMBER.match(info.filename)
-            if match is None:
+            if match is None or any(part in (".", "..") for part in info.filename.split("/")):
                 raise ServiceError(f"{field}: member {info.filename[:100]!r} is not named <digits>.png", field=field)
             index = int(match.group(1))
             if index in numbered:

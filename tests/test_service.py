@@ -1,0 +1,374 @@
+"""The engine service (`btdm serve`): a real server subprocess on a free loopback port, real HTTP, real files.
+
+Each module-scoped server runs the embedded tiny model with 2 BTU-Net and a few SR3 steps, so a
+job takes seconds on the 2-core CPU machine. Traffic goes to 127.0.0.1 only; every server is
+killed at teardown.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from blender_addon.engine_client import EngineClient, EngineError
+
+REPO = Path(__file__).resolve().parents[1]
+BTDM = [str(Path(sys.executable).with_name("btdm"))]
+FAST = {"steps": 2, "sr_steps": 2, "seed": 3}
+TOKEN = "test-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    # One thread everywhere, so in-process runs, servers and `btdm animate` round identically.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYOPENGL_PLATFORM": "egl"}
+
+
+class Server:
+    """`btdm serve` in a subprocess; :meth:`kill` sends SIGKILL, :meth:`stop` SIGTERM (then SIGKILL)."""
+
+    def __init__(self, data: Path, *extra: str, token: str | None = None) -> None:
+        self.data, self.extra, self.token = data, extra, token
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data.parent / f"{data.name}-server.log"
+
+    def start(self, timeout: float = 90.0) -> Server:
+        args = [*BTDM, "serve", "--port", str(self.port), "--data", str(self.data), "--device", "cpu",
+                "--threads", "1", *self.extra]
+        if self.token:
+            args += ["--token", self.token]
+        self.logfile = open(self.log, "ab")  # noqa: SIM115 - closed in stop()/kill()
+        self.proc = subprocess.Popen(args, cwd=REPO, env=child_env(), stdout=self.logfile, stderr=subprocess.STDOUT)
+        client = EngineClient(self.url, timeout=2.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"btdm serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if all(m["loaded"] for m in self.client().models()):
+                    return self
+            except EngineError:
+                pass
+            time.sleep(0.2)
+        del client
+        raise RuntimeError(f"btdm serve did not come up in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def client(self, token: str | None = None) -> EngineClient:
+        return EngineClient(self.url, token=token or self.token, timeout=30.0)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+        self.logfile.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self.logfile.close()
+
+
+def make_clip(path: Path, seconds: float = 0.2, motion: str = "walk") -> Path:
+    subprocess.run([*BTDM, "motion", "make", motion, "--seconds", str(seconds), "--fps", "30", "--out", str(path)],
+                   cwd=REPO, env=child_env(), check=True, capture_output=True)
+    return path
+
+
+def decode(png: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None, "not a PNG"
+    return image
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = Server(tmp_path_factory.mktemp("serve") / "data", "--max-queued", "2").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clips") / "walk.npz")
+
+
+def test_health_and_models(server: Server) -> None:
+    client = server.client()
+    health = client.health()
+    assert health["status"] == "ok" and health["device"] == "cpu" and health["models"] == ["default"]
+    assert set(health["queue"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert health["auth"] is False
+    (model,) = client.models()
+    assert model["name"] == "default" and model["preset"] == "tiny"
+    assert (model["resolution"], model["low_resolution"], model["takes_appearance"]) == (128, 32, True)
+    spec = json.loads(urllib.request.urlopen(server.url + "/openapi.json", timeout=10).read())
+    for path in ("/v1/health", "/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events",
+                 "/v1/jobs/{job_id}/frames/{n}.png", "/v1/jobs/{job_id}/posemaps/{n}.png",
+                 "/v1/jobs/{job_id}/plates/{n}.png", "/v1/jobs/{job_id}/video.mp4", "/v1/jobs/{job_id}/cancel"):
+        assert path in spec["paths"], path
+
+
+def test_job_events_frames_equal_btdm_animate(server: Server, clip: Path, tmp_path: Path) -> None:
+    client = server.client()
+    job = client.submit(motion=clip, params=FAST)
+    assert job["state"] == "queued" and len(job["id"]) == 32 and job["params"]["steps"] == 2
+    seen: list[dict] = []
+    final = client.wait(job["id"], callback=seen.append)
+    assert final["state"] == "succeeded", final["error"]
+    stages = [e["stage"] for e in seen if e["state"] == "running"]
+    for stage in ("posemaps", "btunet", "sr3", "writing"):
+        assert stage in stages, stages
+    assert stages.index("posemaps") < stages.index("btunet") < stages.index("sr3") < stages.index("writing")
+    assert final["frames_done"] == final["frames_total"] == 6 and final["has_video"]
+    assert (final["width"], final["height"]) == (128, 128)
+    assert final["started"] >= final["created"] and final["finished"] >= final["started"]
+
+    subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--steps", "2",
+                    "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
+                   capture_output=True)
+    for n in range(6):
+        served = decode(client.frame(job["id"], n))
+        local = cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert served.shape == (128, 128, 3)
+        np.testing.assert_array_equal(served, local, err_msg=f"frame {n}")
+        assert decode(client.posemap(job["id"], n)).shape == (128, 128, 3)
+    assert client.video(job["id"])[4:8] == b"ftyp"
+    with pytest.raises(EngineError) as info:
+        client.frame(job["id"], 6)
+    assert (info.value.status, info.value.code) == (404, "not_found")
+    assert job["id"] in [j["id"] for j in client.jobs()]
+    client.delete(job["id"])
+    with pytest.raises(EngineError) as info:
+        client.job(job["id"])
+    assert info.value.status == 404 and info.value.field == "job_id"
+
+
+def test_cancel_mid_run(server: Server, clip: Path) -> None:
+    client = server.client()
+    job = client.submit(motion=clip, params={"steps": 400, "sr_steps": 2})
+    for event in client.events(job["id"]):
+        if event["stage"] == "btunet" and event["step"] >= 2:
+            break
+    t0 = time.monotonic()
+    assert client.cancel(job["id"])["cancel_requested"] is True
+    final = client.wait(job["id"])
+    assert final["state"] == "cancelled" and final["step"] < 400
+    assert time.monotonic() - t0 < 10.0
+    with pytest.raises(EngineError) as info:
+        client.frame(job["id"], 0)
+    assert info.value.status == 404
+    assert client.health()["status"] == "ok"  # the worker keeps serving
+    assert client.wait(client.submit(motion=clip, params=FAST)["id"])["state"] == "succeeded"
+
+
+def test_full_queue_gives_429(server: Server, clip: Path) -> None:
+    client = server.client()
+    running = client.submit(motion=clip, params={"steps": 400, "sr_steps": 2})
+    for event in client.events(running["id"]):
+        if event["state"] == "running":
+            break
+    queued = [client.submit(motion=clip, params=FAST) for _ in range(2)]
+    request = urllib.request.Request(server.url + "/v1/jobs", method="POST", data=b"")
+    with pytest.raises(EngineError) as info:
+        client.submit(motion=clip, params=FAST)
+    assert (info.value.status, info.value.code) == (429, "queue_full")
+    try:
+        urllib.request.urlopen(request, timeout=10)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 422 or exc.code == 400  # an empty body is refused before the queue is looked at
+    body, ctype = _form(motion=clip.read_bytes())
+    req = urllib.request.Request(server.url + "/v1/jobs", data=body, method="POST", headers={"Content-Type": ctype})
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(req, timeout=10)
+    assert http.value.code == 429 and int(http.value.headers["Retry-After"]) > 0
+    for job in (*queued, running):
+        client.cancel(job["id"])
+    assert client.wait(running["id"])["state"] == "cancelled"
+    assert all(client.job(j["id"])["state"] == "cancelled" for j in queued)
+
+
+def _form(**files: bytes | str) -> tuple[bytes, str]:
+    from blender_addon.engine_client import _multipart
+
+    fields = {k: v for k, v in files.items() if isinstance(v, str)}
+    blobs = {k: (f"{k}.bin", v, "application/octet-stream") for k, v in files.items() if isinstance(v, bytes)}
+    return _multipart(fields, blobs)
+
+
+def _post(server: Server, **files: bytes | str) -> tuple[int, dict]:
+    body, ctype = _form(**files)
+    req = urllib.request.Request(server.url + "/v1/jobs", data=body, method="POST", headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _npz(**arrays: object) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _png(shape: tuple[int, ...]) -> bytes:
+    ok, buf = cv2.imencode(".png", np.zeros(shape, np.uint8))
+    assert ok
+    return buf.tobytes()
+
+
+def test_bad_input_gets_a_4xx_naming_the_field(server: Server, clip: Path) -> None:
+    motion = clip.read_bytes()
+    with np.load(clip) as npz:
+        fields = {k: npz[k] for k in npz.files}
+    evil_zip = io.BytesIO()
+    with zipfile.ZipFile(evil_zip, "w") as z:
+        z.writestr("../../etc/000000.png", _png((8, 8, 3)))
+    before = server.client().health()["queue"]
+    cases = [
+        ({}, 400, "motion"),
+        ({"motion": motion, "posemaps": b"PK"}, 400, "motion"),
+        ({"motion": b"not a zip"}, 400, "motion"),
+        ({"motion": _npz(poses=np.array([{"a": 1}], dtype=object))}, 400, "motion"),  # a pickle: never loaded
+        ({"motion": _npz(**{**fields, "poses": fields["poses"][:, :5]})}, 400, "motion"),
+        ({"motion": motion, "params": "{"}, 422, "params"),
+        ({"motion": motion, "params": "[1]"}, 422, "params"),
+        ({"motion": motion, "params": '{"steps": 0}'}, 422, "params.steps"),
+        ({"motion": motion, "params": '{"steps": "2"}'}, 422, "params.steps"),
+        ({"motion": motion, "params": '{"nope": 1}'}, 422, "params.nope"),
+        ({"motion": motion, "params": '{"model": "nope"}'}, 422, "params.model"),
+        ({"motion": motion, "params": '{"model": "../../etc/passwd"}'}, 422, "params.model"),
+        ({"motion": motion, "params": '{"frame_start": 6}'}, 422, "params.frame_start"),
+        ({"motion": motion, "params": '{"frame_end": 7}'}, 422, "params.frame_end"),
+        ({"motion": motion, "params": '{"finetune_steps": 1, "use_default_appearance": false}'}, 422,
+         "params.finetune_steps"),
+        ({"motion": motion, "appearance": b"GIF89a not a png"}, 400, "appearance"),
+        ({"motion": motion, "appearance": _png((8, 12, 3))}, 400, "appearance"),
+        ({"motion": motion, "appearance_iuv": _png((8, 8, 3))}, 400, "appearance_iuv"),
+        ({"posemaps": evil_zip.getvalue()}, 400, "posemaps"),
+        ({"posemaps": b"PK\x03\x04 truncated"}, 400, "posemaps"),
+        ({"skeleton": motion}, 400, "skeleton"),
+        ({"motion": b"\0" * (65 << 20)}, 413, "motion"),
+    ]
+    for files, status, field in cases:
+        code, body = _post(server, **files)
+        label = {k: (v[:40] if isinstance(v, str) else f"{len(v)} bytes") for k, v in files.items()}
+        assert code == status, (label, body)
+        assert set(body) == {"error"} and body["error"]["field"] == field, (label, body)
+        assert body["error"]["message"] and body["error"]["code"], (label, body)
+    assert server.client().health()["queue"] == before
+    assert list((server.data / "jobs").iterdir()) == [] or all(
+        (server.data / "jobs" / j["id"]).is_dir() for j in server.client().jobs())
+    for path, status in (("/v1/jobs/XYZ", 422), ("/v1/jobs/" + "0" * 32, 404), ("/v1/jobs/../../etc/passwd", 404),
+                         ("/v1/jobs/" + "0" * 32 + "/frames/-1.png", 422), ("/v1/nope", 404)):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(server.url + path, timeout=10)
+        assert info.value.code == status, path
+        assert "error" in json.loads(info.value.read()), path
+
+
+def test_posemaps_zip_job(server: Server, clip: Path, tmp_path: Path) -> None:
+    client = server.client()
+    done = client.wait(client.submit(motion=clip, params={**FAST, "video": False})["id"])
+    zipped = io.BytesIO()
+    maps = server.data / "jobs" / done["id"] / "posemaps" / "iuv"
+    with zipfile.ZipFile(zipped, "w") as z:
+        for path in sorted(maps.glob("*.png"))[:3]:
+            z.write(path, f"iuv/{path.name}")
+    job = client.submit(posemaps=zipped.getvalue(), params=FAST)
+    final = client.wait(job["id"])
+    assert final["state"] == "succeeded" and final["frames_done"] == 3 and final["source"] == "posemaps"
+    assert decode(client.frame(job["id"], 2)).shape == (128, 128, 3)
+
+
+def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, clip: Path) -> None:
+    params = {"steps": 2, "sr_steps": 12, "seed": 5}
+    srv = Server(tmp_path / "data").start()
+    try:
+        client = srv.client()
+        job = client.submit(motion=clip, params=params)
+        queued = client.submit(motion=clip, params=FAST)
+        folder = srv.data / "jobs" / job["id"]
+        for event in client.events(job["id"]):
+            if event["frames_done"] >= 4:  # the first SR3 chunk (4 frames at 128 px on the CPU) is on disk
+                break
+        srv.kill()
+    finally:
+        srv.kill()
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((folder / "frames").glob("*.png"))[:4]}
+    low = (folder / "low.npy").stat()
+    assert len(kept) == 4 and not list((folder / "frames").glob(".*"))  # no half-written frame under its name
+    restarted = Server(tmp_path / "data").start()
+    try:
+        client = restarted.client()
+        final = client.wait(job["id"])
+        assert final["state"] == "succeeded" and final["attempts"] == 2, final
+        assert client.wait(queued["id"])["state"] == "succeeded"
+        assert (folder / "low.npy").stat().st_mtime_ns == low.st_mtime_ns  # the bidirectional stage was not redone
+        for name, (ino, mtime) in kept.items():
+            st = (folder / "frames" / name).stat()
+            assert (st.st_ino, st.st_mtime_ns) == (ino, mtime), f"{name} was rewritten"
+        frames = [decode(client.frame(job["id"], n)) for n in range(6)]
+    finally:
+        restarted.stop()
+    # The resumed frames equal an uninterrupted run's (the SR3 noise of skipped chunks is replayed).
+    subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--steps", "2",
+                    "--sr-steps", "12", "--seed", "5", "--no-progress"], cwd=REPO, env=child_env(), check=True,
+                   capture_output=True)
+    for n, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame, cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
+
+
+def test_token_auth(tmp_path: Path, clip: Path) -> None:
+    srv = Server(tmp_path / "data", token=TOKEN).start()
+    try:
+        assert srv.client(token="wrong").health()["auth"] is True  # health needs no token
+        for token in ("wrong-token-0123456789", ""):
+            with pytest.raises(EngineError) as info:
+                EngineClient(srv.url, token=token or None).models()
+            assert (info.value.status, info.value.code) == (401, "unauthorized")
+        with pytest.raises(EngineError) as info:
+            EngineClient(srv.url, token="wrong").submit(motion=clip, params=FAST)
+        assert info.value.status == 401
+        assert srv.client().models()[0]["name"] == "default"
+        assert srv.client().jobs() == []
+    finally:
+        srv.stop()
+
+
+def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.1", "example.org"):
+        result = subprocess.run([*BTDM, "serve", "--host", host, "--port", str(free_port()), "--data",
+                                 str(tmp_path / "data")], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2, (host, result.stderr)
+        assert "refusing to listen" in result.stderr and "token" in result.stderr
+    result = subprocess.run([*BTDM, "serve", "--token", "short", "--port", str(free_port()), "--data",
+                             str(tmp_path / "data")], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "at least 16 characters" in result.stderr
