@@ -89,3 +89,28 @@ def test_errors_name_the_problem(walk):
         plan.composite(99, np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(ShotError, match="expected a square RGB uint8 frame"):
         plan.composite(0, np.zeros((64, 32, 3), np.uint8), np.zeros((64, 64, 3), np.uint8))
+
+
+def test_animate_plate_writes_square_frames_and_shot_plates(tmp_path, walk, one_thread):
+    import cv2
+
+    from btdm_engine.cli import main
+
+    shot = _shot(walk.slice(0, 4), 480, 270, np.array([2.0, 1.2, 5.0]))
+    path = shot.save(tmp_path / "shot.npz")
+    out = tmp_path / "out"
+    assert main(["animate", "--clip", str(path), "--plate", "--steps", "2", "--sr-steps", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    frames = sorted((out / "frames").glob("*.png"))
+    plates = sorted((out / "plates").glob("*.png"))
+    assert [p.name for p in plates] == [f.name for f in frames] == [f"{i:06d}.png" for i in range(4)]
+    plate = cv2.imread(str(plates[0]), cv2.IMREAD_UNCHANGED)
+    assert plate.shape == (270, 480, 4)
+    # Opaque where the body is, transparent far from it.
+    with IUVRenderer(load_body_model("mannequin"), 480, 270) as r:
+        sil = next(iter(r.render_clip(shot, progress=False, frames=[0])))[..., 0] > 0
+    eroded = cv2.erode(sil.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert (plate[..., 3][eroded] > 200).mean() > 0.95
+    far = ~cv2.dilate(sil.astype(np.uint8), np.ones((41, 41), np.uint8)).astype(bool)
+    assert (plate[..., 3][far] == 0).all()
+    assert main(["animate", "--posemaps", str(out / "frames"), "--plate", "--out", str(tmp_path / "x")]) == 2

@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace frames already in OUT/frames")
     p.add_argument("--mp4", action="store_true", help="also write OUT/animation.mp4")
+    p.add_argument("--plate", action="store_true",
+                   help="with --clip: generate inside a square window that follows the body through the clip's own "
+                   "(shot) camera, and also write OUT/plates/NNNNNN.png, RGBA at the camera's resolution, "
+                   "transparent outside the person, to lay over the shot")
     p.add_argument("--fps", type=float, default=None,
                    help="video frame rate (default: the clip's, or 30 for --posemaps)")
     p.add_argument("--steps", type=int, default=50, help="BTU-Net denoising steps (default 50, as the paper)")
@@ -102,7 +106,8 @@ def _read_posemaps(folder: Path, order: str) -> Any:
     return np.stack([read_iuv_png(f, order=order) for f in files])
 
 
-def _render_clip(path: Path, size: int, progress: bool) -> tuple[Any, float]:
+def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> tuple[Any, float, Any]:
+    """Pose maps (T, size, size, 3) of a clip, its fps, and with ``plate`` the shot plan they were drawn through."""
     import numpy as np
 
     from btdm_engine.body.model import load_body_model
@@ -110,10 +115,20 @@ def _render_clip(path: Path, size: int, progress: bool) -> tuple[Any, float]:
     from btdm_engine.posemaps.renderer import IUVRenderer
 
     clip = MotionClip.load(path)
+    plan = None
+    if plate:
+        from btdm_engine.motion.shot import plan_shot
+
+        plan = plan_shot(clip, size)
+        clip = plan.square_clip
+    elif clip.width != clip.height:
+        print(f"note: {path.name} is filmed {clip.width}x{clip.height}; the square frames show all of it, "
+              "letterboxed (pass --plate to follow the body and write plates at the shot's resolution)",
+              file=sys.stderr)
     body = load_body_model(clip.body_model)
     with IUVRenderer(body, size, size) as renderer:
         maps = np.stack(list(renderer.render_clip(clip, size=size, progress=progress)))
-    return maps, float(clip.fps)
+    return maps, float(clip.fps), plan
 
 
 def _read_appearance(path: Path) -> Any:
@@ -132,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.cli import CliError
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.preview import write_mp4, write_rgb_png
+    from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png
 
     if args.model is None:
         from btdm_engine.weights import default_appearance, default_model_dir
@@ -145,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"using the embedded model {model_dir} and its appearance image {args.appearance}", file=sys.stderr)
     else:
         model_dir = args.model
+    if args.plate and args.clip is None:
+        raise CliError("--plate needs --clip (the shot camera comes with the motion clip)")
     if args.appearance_iuv is not None and args.appearance is None:
         raise CliError("--appearance-iuv needs --appearance (it is the appearance image's IUV map)")
     if args.finetune_steps > 0 and args.appearance_iuv is None:
@@ -174,8 +191,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {model_dir} was trained with an appearance image c (task single_image) and none was given "
               "(--appearance); its learnt null token stands in for c, so expect a generic figure", file=sys.stderr)
     progress = not args.no_progress
+    plan = None
     if args.clip is not None:
-        pose_maps, fps = _render_clip(Path(args.clip), animator.resolution, progress)
+        pose_maps, fps, plan = _render_clip(Path(args.clip), animator.resolution, progress, plate=args.plate)
     else:
         pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order), 30.0
     fps = args.fps if args.fps is not None else fps
@@ -183,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
     for stale in existing:  # --overwrite: no frame of an older, longer run may survive
         stale.unlink()
     frames_dir.mkdir(parents=True, exist_ok=True)
+    plates_dir = out / "plates"
+    if plan is not None:
+        plates_dir.mkdir(parents=True, exist_ok=True)
     bars = Progress(progress)
     count = 0
 
@@ -195,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
             eta=args.eta, max_batch=args.max_batch, callback=bars,
         ):
             write_rgb_png(frames_dir / f"{count:06d}.png", frame)
+            if plan is not None:
+                write_rgba_png(plates_dir / f"{count:06d}.png", plan.composite(count, frame, pose_maps[count]))
             count += 1
             yield frame
 
@@ -209,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
         bars.close()
     size = animator.resolution
     print(f"frames: {count} in {frames_dir} ({size}x{size})")
+    if plan is not None:
+        print(f"plates: {count} in {plates_dir} ({plan.width}x{plan.height} RGBA)")
     if video is not None:
         print(f"video:  {video}")
     return 0

@@ -14,8 +14,9 @@ resolution. :func:`plan_shot` picks, per frame, a square window of the shot imag
    [0, 0, 1]]`` (pixel centres at integer coordinates, as everywhere in the project).
 
 :meth:`ShotPlan.composite` maps a generated square frame back through the inverse of ``A`` into a
-full-resolution RGBA plate, opaque on the person (the pose map's foreground, slightly grown and
-feathered so hair and loose cloth survive) and transparent elsewhere, so it lies exactly over the shot.
+full-resolution RGBA plate, opaque on the person (the pose map's foreground, plus what stands out from
+the generated background just around it, so hair and loose cloth survive), feathered, and transparent
+elsewhere, so it lies exactly over the shot.
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ class ShotPlan:
         a = resolution / side
         return np.array([[a, 0.0, -left * a - 0.5], [0.0, a, -top * a - 0.5], [0.0, 0.0, 1.0]])
 
-    def composite(self, n: int, frame: np.ndarray, iuv: np.ndarray, grow: float = 0.015,
+    def composite(self, n: int, frame: np.ndarray, iuv: np.ndarray, grow: float = 0.04,
                   feather: float = 0.006) -> np.ndarray:
         """The RGBA plate (H, W, 4) uint8 of frame n from its square frame (R, R, 3) and pose map (P, P, 3).
 
-        Alpha is the pose map's foreground (I > 0) grown by ``grow`` and feathered by ``feather``
-        (fractions of the window's side); colour outside the alpha is zero.
+        Alpha is 1 on the pose map's foreground (I > 0); in a band ``grow`` wide around it (a
+        fraction of the window's side) it keeps what differs from the generated background, so hair
+        and loose cloth stay and the background does not; then it is feathered by ``feather``.
+        Colour outside the alpha is zero.
         """
         if not 0 <= n < self.num_frames:
             raise ShotError(f"frame {n} is outside the shot's {self.num_frames} frames")
@@ -81,16 +84,24 @@ class ShotPlan:
 
         rgb = cv2.warpAffine(frame, to_shot(frame.shape[0]), size, flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        mask = (iuv[..., 0] > 0).astype(np.uint8) * 255
-        res = iuv.shape[0]
+        res = frame.shape[0]
+        body = cv2.resize((iuv[..., 0] > 0).astype(np.uint8), (res, res), interpolation=cv2.INTER_NEAREST)
+        matte = body.astype(np.float32)
         grow_px = int(round(grow * res))
         if grow_px > 0:
+            # Around the body, keep what differs from the generated background (hair, loose cloth):
+            # the background colour is the median outside the grown band.
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_px + 1, 2 * grow_px + 1))
-            mask = cv2.dilate(mask, kernel)
+            band = cv2.dilate(body, kernel).astype(bool)
+            outside = frame[~band]
+            background = np.median(outside, axis=0) if len(outside) else np.array([255.0, 255.0, 255.0])
+            distance = np.linalg.norm(frame.astype(np.float32) - background.astype(np.float32), axis=-1)
+            key = np.clip((distance - 16.0) / 48.0, 0.0, 1.0)
+            matte = np.maximum(matte, np.where(band, key, 0.0).astype(np.float32))
         sigma = feather * res
         if sigma > 0.3:
-            mask = cv2.GaussianBlur(mask, (0, 0), sigma)
-        alpha = cv2.warpAffine(mask, to_shot(res), size, flags=cv2.INTER_LINEAR,
+            matte = np.maximum(cv2.GaussianBlur(matte, (0, 0), sigma), 0.0)
+        alpha = cv2.warpAffine(np.round(matte * 255.0).astype(np.uint8), to_shot(res), size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         out = np.zeros((self.height, self.width, 4), np.uint8)
         out[..., :3] = np.where(alpha[..., None] > 0, rgb, 0)

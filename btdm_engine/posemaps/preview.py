@@ -155,6 +155,18 @@ def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.tobytes())
 
 
+def write_rgba_png(path: str | os.PathLike[str], rgba: np.ndarray) -> Path:
+    """Write an RGBA uint8 image (straight alpha) as PNG, atomically."""
+    from btdm_engine.fileio import atomic_write_bytes
+
+    if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
+        raise ValueError(f"{path}: expected uint8 (H, W, 4) RGBA, got {rgba.dtype} {rgba.shape}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgba[..., [2, 1, 0, 3]]))
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the PNG")
+    return atomic_write_bytes(path, buf.tobytes())
+
+
 def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: float) -> Path:
     """Encode RGB frames as an H.264 MP4 (yuv420p), atomically.
 
