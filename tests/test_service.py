@@ -362,13 +362,60 @@ def test_token_auth(tmp_path: Path, clip: Path) -> None:
 
 
 def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BTDM, "serve", "--port", str(free_port()), "--data", str(tmp_path / "data"), *args],
+                              cwd=REPO, env=child_env(), capture_output=True, text=True, check=False, timeout=60)
+
     for host in ("0.0.0.0", "::", "192.0.2.1", "example.org"):
-        result = subprocess.run([*BTDM, "serve", "--host", host, "--port", str(free_port()), "--data",
-                                 str(tmp_path / "data")], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                                timeout=60)
+        result = serve("--host", host)
         assert result.returncode == 2, (host, result.stderr)
         assert "refusing to listen" in result.stderr and "token" in result.stderr
-    result = subprocess.run([*BTDM, "serve", "--token", "short", "--port", str(free_port()), "--data",
-                             str(tmp_path / "data")], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                            timeout=60)
+    result = serve("--token", "short")
     assert result.returncode == 2 and "at least 16 characters" in result.stderr
+
+
+def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Server, clip: Path, tmp_path: Path) -> None:
+    from btdm_engine.motion.clip import MotionClip
+
+    wide = MotionClip.load(clip).resized(192, 128).save(tmp_path / "wide.npz")
+    client = server.client()
+    job = client.submit(motion=wide, params={**FAST, "frame_end": 3, "video": False})
+    final = client.wait(job["id"])
+    assert final["state"] == "succeeded", final["error"]
+    assert (final["has_plates"], final["plate_width"], final["plate_height"]) == (True, 192, 128)
+    subprocess.run([*BTDM, "animate", "--clip", str(wide), "--plate", "--out", str(tmp_path / "local"), "--steps", "2",
+                    "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
+                   capture_output=True)
+    # A part of the clip (frame_end): plates at the shot's size with a real matte.
+    for n in range(3):
+        plate = decode(client.plate(job["id"], n))
+        assert plate.shape == (128, 192, 4) and plate[..., 3].max() == 255 and plate[..., 3].min() == 0
+        assert decode(client.frame(job["id"], n)).shape == (128, 128, 3)
+    full = client.wait(client.submit(motion=wide, params={**FAST, "video": False})["id"])
+    for n in range(6):
+        local_plate = cv2.imread(str(tmp_path / "local" / "plates" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(decode(client.plate(full["id"], n)), local_plate)
+        np.testing.assert_array_equal(decode(client.frame(full["id"], n)),
+                                      cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
+    square = client.submit(motion=clip, params={**FAST, "plate": False, "video": False})
+    assert client.wait(square["id"])["has_plates"] is False
+
+
+def test_skeleton_job_is_retargeted(server: Server, clip: Path, tmp_path: Path) -> None:
+    from btdm_engine.motion.bvh import read_bvh, save_bvh, skeleton_from_bvh
+    from btdm_engine.motion.clip import MotionClip
+
+    bvh = save_bvh(MotionClip.load(clip), tmp_path / "walk.bvh")
+    anim = skeleton_from_bvh(read_bvh(bvh))
+    anim.save(tmp_path / "walk_skeleton.npz")
+    client = server.client()
+    job = client.submit(skeleton=tmp_path / "walk_skeleton.npz", params={**FAST, "skeleton": "smpl", "video": False})
+    assert job["retarget"]["skeleton"] == "smpl" and job["retarget"]["units"] and "warnings" in job["retarget"]
+    final = client.wait(job["id"])
+    assert final["state"] == "succeeded" and final["frames_done"] == 6 and final["has_plates"] is False
+    with pytest.raises(EngineError) as info:
+        client.submit(skeleton=tmp_path / "walk_skeleton.npz", params={"bone_map": {"pelvis": "NoSuchBone"}})
+    assert info.value.status == 400 and info.value.field == "params.bone_map", info.value.message
+    with pytest.raises(EngineError) as info:
+        client.submit(skeleton=tmp_path / "walk_skeleton.npz", params={"skeleton": "nope"})
+    assert info.value.status == 422 and info.value.field == "params.skeleton"

@@ -36,7 +36,6 @@ from btdm_engine.service.errors import (
     Conflict,
     InvalidParams,
     NotFound,
-    NotSupported,
     QueueFull,
     ServiceError,
     Unauthorized,
@@ -222,6 +221,8 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
                  appearance_iuv: UploadFile | None, p: dict[str, Any], resolution: int) -> dict[str, Any]:
     """Copy and validate the uploads; returns what the worker needs to know about them."""
     described: dict[str, Any] = {"source": source}
+    if source == "posemaps" and p["plate"]:
+        raise InvalidParams("params.plate: plates need a camera; pose-map uploads have none", field="params.plate")
     if source == "posemaps":
         archive = folder / "posemaps.zip"
         inputs.save_upload(upload.file, archive, "posemaps")
@@ -236,14 +237,6 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
         inputs.save_upload(upload.file, path, "skeleton")
         found, report = inputs.retarget_skeleton(path, folder.parent / "clip.npz", p, resolution)
         described.update(found, retarget=report)
-    if source != "posemaps" and (described.get("camera") or described["width"] != described["height"]):
-        try:
-            import btdm_engine.motion.shot  # noqa: F401
-        except ImportError:
-            raise NotSupported(
-                f"{source}: this clip's camera is {described['width']}x{described['height']}"
-                f"{' (a shot camera)' if described.get('camera') else ''}; full-resolution plates are not supported "
-                "by this build yet: send a square camera without a shot camera", field=source) from None
     frames = int(described["frames"])
     start, end = p["frame_start"], p["frame_end"]
     stop = frames if end is None else end

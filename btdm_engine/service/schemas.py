@@ -63,6 +63,9 @@ class JobParams(BaseModel):
     use_default_appearance: bool = Field(
         default=True, description="with the embedded model and no appearance upload, use its own appearance image")
     video: bool = Field(default=True, description="write video.mp4 when the frames are done")
+    plate: bool | None = Field(
+        default=None, description="render through square windows that follow the body and write RGBA plates at the "
+        "camera's resolution (btdm animate --plate); default: yes for a shot camera or a camera that is not square")
     # skeleton jobs (retargeting)
     skeleton: str = Field(default="auto", min_length=1, max_length=limits.MAX_NAME_CHARS,
                           pattern=r"^[A-Za-z0-9_.-]+$", description="bone-map preset name")

@@ -41,7 +41,7 @@ import numpy as np
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_text
 from btdm_engine.service import limits
-from btdm_engine.service.errors import InvalidParams, NotSupported, ServiceError
+from btdm_engine.service.errors import InvalidParams, ServiceError
 from btdm_engine.service.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -420,18 +420,10 @@ class _JobRun:
     def write_frame(self, n: int, frame: np.ndarray, plan: Any, iuv_files: list[Path]) -> None:
         """Plate n (shot-camera jobs) first, then frame n: a frame on disk means its plate is there too."""
         from btdm_engine.posemaps.encoding import read_iuv_png
-        from btdm_engine.posemaps.preview import write_rgb_png
+        from btdm_engine.posemaps.preview import write_rgb_png, write_rgba_png
 
         if plan is not None:
-            import cv2
-
-            from btdm_engine.fileio import atomic_write_bytes
-
-            rgba = plan.composite(n, frame, read_iuv_png(iuv_files[n]))
-            ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgba[..., [2, 1, 0, 3]]))
-            if not ok:
-                raise ServiceError(f"plate {n}: OpenCV could not encode the PNG")
-            atomic_write_bytes(self.dir / "plates" / f"{n:06d}.png", buf.tobytes())
+            write_rgba_png(self.dir / "plates" / f"{n:06d}.png", plan.composite(n, frame, read_iuv_png(iuv_files[n])))
         write_rgb_png(self.dir / "frames" / f"{n:06d}.png", frame)
         self.store.update(self.id, frames_done=n + 1)
 
@@ -489,19 +481,12 @@ class _JobRun:
             start, stop = _frame_range(p, clip.num_frames)
             clip = clip.slice(start, stop)
             fps, num = float(clip.fps), clip.num_frames
-            has_camera = bool(self.inputs.get("camera"))
-            if has_camera or clip.width != clip.height:
-                try:
-                    from btdm_engine.motion.shot import plan_shot
-                except ImportError:
-                    raise NotSupported(
-                        f"this clip's camera is {clip.width}x{clip.height} (or a shot camera): full-resolution "
-                        "plates are not supported by this build yet; send a square camera", field=self.job["source"],
-                    ) from None
-                plate_width, plate_height = int(clip.width), int(clip.height)
+            if wants_plates(p, self.inputs):
+                from btdm_engine.motion.shot import plan_shot
+
                 plan = plan_shot(clip, size)
                 clip = plan.square_clip
-                self.store.update(self.id, has_plates=True, plate_width=plate_width, plate_height=plate_height)
+                self.store.update(self.id, has_plates=True, plate_width=int(plan.width), plate_height=int(plan.height))
         if num > limits.MAX_FRAMES:
             raise InvalidParams(f"{num} frames; a job may generate at most {limits.MAX_FRAMES} "
                                 "(use frame_start / frame_end)", field="params.frame_end")
@@ -533,6 +518,16 @@ class _JobRun:
                 for n, iuv in zip(missing, renderer.render_clip(clip, size=size, progress=False, frames=missing)):
                     publish(n, iuv)
         return files, fps, plan
+
+
+def wants_plates(params: dict[str, Any], inputs: dict[str, Any]) -> bool:
+    """Plates (``btdm_engine.motion.shot``) for ``params.plate`` true, or by default for a shot camera
+    (a skeleton animation's ``cam_*``) or a camera that is not square; pose-map uploads never have them."""
+    if inputs.get("source") == "posemaps":
+        return False
+    if params.get("plate") is not None:
+        return bool(params["plate"])
+    return bool(inputs.get("camera")) or inputs.get("width") != inputs.get("height")
 
 
 def _frame_range(params: dict[str, Any], num: int) -> tuple[int, int]:
