@@ -63,6 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="frames per network call (default: from a memory budget)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--engine", default=None, metavar="URL",
+                   help="send the job to a running `btdm serve` (e.g. http://127.0.0.1:8765) instead of computing "
+                   "here; --model then names one of the server's models (GET /v1/models)")
+    engine_token = p.add_mutually_exclusive_group()
+    engine_token.add_argument("--token", default=None, help="the engine's bearer token (with --engine)")
+    engine_token.add_argument("--token-file", default=None, metavar="FILE",
+                              help="read the engine's bearer token from FILE (with --engine)")
     p.set_defaults(func=run)
 
 
@@ -145,6 +152,14 @@ def _read_appearance(path: Path) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run ``btdm animate``; returns the exit status."""
     from btdm_engine.cli import CliError
+
+    if args.engine is not None:
+        from btdm_engine.service.remote import animate_remote
+
+        return animate_remote(args)
+    if args.token is not None or args.token_file is not None:
+        raise CliError("--token / --token-file need --engine URL")
+
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.encoding import read_iuv_png
     from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png

@@ -1,0 +1,118 @@
+"""``btdm animate --engine URL``: the same job sent to a running ``btdm serve`` through the stdlib client.
+
+The command line means what it means locally (same seed, same frames): pose maps are rendered
+by the server from the clip (or the ``--posemaps`` PNGs are zipped and sent), the appearance image
+and its IUV map are uploaded, frames are downloaded into ``OUT/frames`` as the server writes them,
+plates into ``OUT/plates`` with ``--plate``, and ``--mp4`` fetches the server's video. Ctrl-C
+cancels the job on the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from blender_addon.engine_client import EngineClient, EngineError
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "steps": args.steps, "seed": args.seed, "finetune_steps": args.finetune_steps,
+        "finetune_lr": args.finetune_lr, "sampler": args.sampler, "eta": args.eta, "iuv_order": args.iuv_order,
+        "video": bool(args.mp4),
+    }
+    optional = {"model": args.model, "sr_steps": args.sr_steps, "max_batch": args.max_batch, "fps": args.fps}
+    params.update({key: value for key, value in optional.items() if value is not None})
+    if args.clip is not None:
+        params["plate"] = bool(args.plate)
+    return params
+
+
+def _zip_posemaps(folder: Path) -> bytes:
+    from btdm_engine.metrics.frames import list_frames
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--posemaps {folder}: no such folder")
+    source = folder / "iuv" if (folder / "iuv").is_dir() else folder
+    files = list_frames(source)
+    if not files:
+        raise ValueError(f"--posemaps {folder}: no <digits>.png IUV files in {source}")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+        for path in files:
+            archive.write(path, path.name)
+    return buf.getvalue()
+
+
+def animate_remote(args: argparse.Namespace) -> int:
+    """Run ``btdm animate`` on the engine at ``args.engine``; returns the exit status."""
+    from btdm_engine.cli import CliError
+    from btdm_engine.commands.animate import Progress
+    from btdm_engine.commands.serve import read_token
+    from btdm_engine.fileio import atomic_write_bytes
+
+    if args.device is not None:
+        raise CliError("--device applies to the server (btdm serve --device); drop it with --engine")
+    if args.plate and args.clip is None:
+        raise CliError("--plate needs --clip (the shot camera comes with the motion clip)")
+    out = Path(args.out)
+    frames_dir = out / "frames"
+    existing = sorted(frames_dir.glob("[0-9]*.png")) if frames_dir.is_dir() else []
+    if existing and not args.overwrite:
+        raise CliError(f"{frames_dir} already holds {len(existing)} frames; pass --overwrite or choose another --out")
+    try:
+        client = EngineClient(args.engine, token=read_token(args))
+        files: dict[str, Any] = {"appearance": args.appearance, "appearance_iuv": args.appearance_iuv}
+        if args.clip is not None:
+            files["motion"] = Path(args.clip)
+        else:
+            files["posemaps"] = _zip_posemaps(Path(args.posemaps))
+        job = client.submit(**{k: v for k, v in files.items() if v is not None}, params=_params(args))
+    except EngineError as exc:
+        raise CliError(f"engine {args.engine}: {exc.message}" + (f" [{exc.field}]" if exc.field else "")) from None
+    job_id = job["id"]
+    print(f"engine job {job_id} queued at {args.engine}", file=sys.stderr)
+    for stale in existing:
+        stale.unlink()
+    bars = Progress(not args.no_progress)
+    fetched = 0
+
+    def follow(state: dict[str, Any]) -> None:
+        nonlocal fetched
+        if state["state"] == "running" and state["stage"] is not None:
+            bars(state["stage"], state["step"], state["total"])
+        while fetched < state["frames_done"]:  # frames appear in order; fetch each once
+            atomic_write_bytes(frames_dir / f"{fetched:06d}.png", client.frame(job_id, fetched))
+            if state["has_plates"]:
+                atomic_write_bytes(out / "plates" / f"{fetched:06d}.png", client.plate(job_id, fetched))
+            fetched += 1
+
+    try:
+        final = client.wait(job_id, callback=follow)
+        if final["state"] != "succeeded":
+            raise CliError(f"engine job {job_id} {final['state']}" + (f": {final['error']}" if final["error"] else ""))
+        video = None
+        if args.mp4:
+            video = atomic_write_bytes(out / "animation.mp4", client.video(job_id))
+    except KeyboardInterrupt:
+        try:
+            client.cancel(job_id)
+            print(f"engine job {job_id}: cancel sent", file=sys.stderr)
+        except EngineError:
+            pass
+        raise
+    except EngineError as exc:
+        raise CliError(f"engine job {job_id}: {exc.message}") from None
+    finally:
+        bars.close()
+    size = final["width"]
+    print(f"frames: {fetched} in {frames_dir} ({size}x{size}, engine job {job_id})")
+    if final["has_plates"]:
+        print(f"plates: {fetched} in {out / 'plates'} ({final['plate_width']}x{final['plate_height']} RGBA)")
+    if video is not None:
+        print(f"video:  {video}")
+    return 0

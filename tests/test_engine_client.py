@@ -1,0 +1,98 @@
+"""The stdlib engine client (`blender_addon/engine_client.py`) and `btdm animate --engine`, against a real server."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_service import BTDM, FAST, REPO, TOKEN, Server, child_env, decode, free_port, make_clip
+
+from blender_addon.engine_client import EngineClient, EngineError
+
+CLIENT = REPO / "blender_addon" / "engine_client.py"
+
+
+def test_client_imports_the_standard_library_only() -> None:
+    tree = ast.parse(CLIENT.read_text())
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert modules - {"__future__"} <= set(sys.stdlib_module_names), modules - set(sys.stdlib_module_names)
+
+
+def test_unreachable_and_bad_url() -> None:
+    with pytest.raises(EngineError) as info:
+        EngineClient(f"http://127.0.0.1:{free_port()}", timeout=2.0).health()
+    assert (info.value.status, info.value.code) == (None, "unreachable")
+    assert "cannot reach the engine" in info.value.message
+    with pytest.raises(EngineError) as info:
+        EngineClient("ftp://127.0.0.1/")
+    assert info.value.code == "bad_url"
+    with pytest.raises(EngineError) as info:
+        EngineClient().job("../etc/passwd")
+    assert info.value.code == "bad_job_id"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = Server(tmp_path_factory.mktemp("serve") / "data", token=TOKEN).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clips") / "walk.npz")
+
+
+def test_client_round_trip(server: Server, clip: Path) -> None:
+    client = server.client()
+    job = client.submit(motion=clip.read_bytes(), params={**FAST, "frame_end": 2})
+    events = list(client.events(job["id"]))
+    assert events[-1]["state"] == "succeeded" and all(e["id"] == job["id"] for e in events)
+    assert client.job(job["id"])["frames_done"] == 2
+    assert decode(client.frame(job["id"], 1)).shape == (128, 128, 3)
+    assert decode(client.posemap(job["id"], 0)).shape == (128, 128, 3)
+    with pytest.raises(EngineError) as info:
+        client.plate(job["id"], 0)
+    assert info.value.status == 404
+    running = client.submit(motion=clip, params={"steps": 400})
+    with pytest.raises(EngineError) as info:
+        client.delete(running["id"])
+    assert (info.value.status, info.value.code) == (409, "conflict")
+    assert client.cancel(running["id"])["id"] == running["id"]
+    assert client.wait(running["id"])["state"] == "cancelled"
+    client.delete(running["id"])
+    with pytest.raises(EngineError) as info:
+        client.submit(motion=clip, skeleton=clip)
+    assert info.value.field == "motion"
+    with pytest.raises(EngineError) as info:
+        client.submit(motion=clip.parent / "missing.npz")
+    assert (info.value.code, info.value.field) == ("local_file", "motion")
+
+
+def test_btdm_animate_engine_equals_local(server: Server, clip: Path, tmp_path: Path) -> None:
+    common = ["--clip", str(clip), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"]
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    remote = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "remote"), "--mp4", "--engine",
+                             server.url, "--token-file", str(tmp_path / "token")], cwd=REPO, env=child_env(),
+                            capture_output=True, text=True, check=False)
+    assert remote.returncode == 0, remote.stderr
+    assert "frames: 6" in remote.stdout and (tmp_path / "remote" / "animation.mp4").stat().st_size > 0
+    subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "local")], cwd=REPO, env=child_env(),
+                   check=True, capture_output=True)
+    for n in range(6):
+        name = f"frames/{n:06d}.png"
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "remote" / name)),
+                                      cv2.imread(str(tmp_path / "local" / name)), err_msg=name)
+    denied = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "denied"), "--engine", server.url],
+                            cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
+    assert denied.returncode == 2 and "bearer token" in denied.stderr, denied.stderr
+    bad = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "bad"), "--engine", server.url,
+                          "--token", TOKEN, "--model", "nope"], cwd=REPO, env=child_env(), capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2 and "model 'nope' is unknown" in bad.stderr and "params.model" in bad.stderr
