@@ -1,0 +1,229 @@
+"""The engine connection: a local ``btdm serve`` child process, or a remote engine by URL and token.
+
+No bpy here: :class:`EngineManager` runs in worker threads (and in tests). The add-on keeps one
+manager, :data:`MANAGER`; it starts a child at most once per session, on a free loopback port,
+and stops it at unregister and when Blender's Python exits (``atexit``).
+
+Environment overrides (for pipelines and ``btdm previs``): ``BTDM_ENGINE_URL`` (use that engine,
+never start one), ``BTDM_ENGINE_TOKEN``, ``BTDM_EXECUTABLE`` (the ``btdm`` command),
+``BTDM_ENGINE_DEVICE``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .engine_client import EngineClient, EngineError
+
+__all__ = ["DEFAULT_LOCAL_URL", "MANAGER", "EngineManager", "EngineSettings", "EngineStatus", "EngineUnavailable"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCAL_URL = "http://127.0.0.1:8765"
+START_TIMEOUT_S = 180.0
+
+
+class EngineUnavailable(Exception):
+    """No engine answers; the message says why, in words an animator can act on."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Where the engine is, as plain data (the preferences, read on the main thread)."""
+
+    mode: str = "LOCAL"  # LOCAL: use or start one here; REMOTE: the URL only
+    local_url: str = DEFAULT_LOCAL_URL
+    remote_url: str = ""
+    token: str | None = None
+    executable: str = ""
+    device: str = ""
+    data_dir: str = ""
+    timeout: float = 10.0
+
+    @classmethod
+    def from_environment(cls, **values) -> EngineSettings:
+        settings = cls(**values)
+        env = os.environ
+        if env.get("BTDM_ENGINE_URL"):
+            settings = dataclasses.replace(settings, mode="REMOTE", remote_url=env["BTDM_ENGINE_URL"])
+        if env.get("BTDM_ENGINE_TOKEN"):
+            settings = dataclasses.replace(settings, token=env["BTDM_ENGINE_TOKEN"])
+        if env.get("BTDM_EXECUTABLE"):
+            settings = dataclasses.replace(settings, executable=env["BTDM_EXECUTABLE"])
+        if env.get("BTDM_ENGINE_DEVICE"):
+            settings = dataclasses.replace(settings, device=env["BTDM_ENGINE_DEVICE"])
+        return settings
+
+    def find_executable(self) -> str | None:
+        if self.executable:
+            return self.executable if os.path.isfile(self.executable) and os.access(self.executable, os.X_OK) else None
+        return shutil.which("btdm")
+
+
+@dataclass
+class EngineStatus:
+    """What the panel shows: connected or not, where, on what device, with which models, or why not."""
+
+    connected: bool = False
+    url: str = ""
+    device: str = ""
+    device_name: str = ""
+    version: str = ""
+    models: list[dict] = field(default_factory=list)
+    reason: str = "not connected yet (press Connect, or Generate)"
+    local_child: bool = False
+    checking: bool = False
+    checked: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readable(exc: EngineError) -> str:
+    """An engine error as one sentence for the UI."""
+    if exc.code == "unauthorized":
+        return "the engine refused the token: set the remote token in the add-on preferences"
+    return exc.message
+
+
+class EngineManager:
+    """Finds, starts and stops the engine; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._proc_url = ""
+        self._log_path = ""
+        self.status = EngineStatus()
+
+    # -- status
+    def _set(self, **values) -> None:
+        with self._lock:
+            self.status = dataclasses.replace(self.status, checked=time.time(), **values)
+
+    def _fail(self, reason: str, url: str = "") -> EngineUnavailable:
+        self._set(connected=False, reason=reason, url=url, checking=False)
+        return EngineUnavailable(reason)
+
+    def _check(self, url: str, token: str | None, timeout: float) -> EngineClient:
+        """Health and model list of the engine at ``url``; raises EngineError."""
+        client = EngineClient(url, token=token, timeout=timeout)
+        health = client.health()
+        models = client.models()  # needs the token, so a wrong one shows here
+        self._set(connected=True, url=url, device=str(health.get("device", "")),
+                  device_name=str(health.get("device_name", "")), version=str(health.get("version", "")),
+                  models=models, reason="", checking=False,
+                  local_child=self._proc is not None and self._proc_url == url)
+        return client
+
+    # -- connecting
+    def connect(self, settings: EngineSettings, start: bool = True) -> EngineClient:
+        """A client for a live engine, starting the local one when needed (blocking: not on the main thread)."""
+        with self._lock:
+            self._set(checking=True)
+            if settings.mode == "REMOTE":
+                url = settings.remote_url.strip()
+                if not url:
+                    raise self._fail("no remote engine URL: set one in the add-on preferences")
+                try:
+                    return self._check(url, settings.token, settings.timeout)
+                except EngineError as exc:
+                    raise self._fail(f"remote engine {url}: {readable(exc)}", url) from None
+            if self._proc is not None and self._proc.poll() is None:
+                try:
+                    return self._check(self._proc_url, None, settings.timeout)
+                except EngineError:
+                    logger.warning("the local engine at %s stopped answering; restarting it", self._proc_url)
+                    self.stop()
+            try:
+                return self._check(settings.local_url, settings.token, min(settings.timeout, 3.0))
+            except EngineError as exc:
+                if exc.status is not None or not start:
+                    raise self._fail(f"local engine {settings.local_url}: {readable(exc)}", settings.local_url) from None
+            return self._start(settings)
+
+    def _start(self, settings: EngineSettings) -> EngineClient:
+        exe = settings.find_executable()
+        if exe is None:
+            where = f" ({settings.executable} is not an executable file)" if settings.executable else ""
+            raise self._fail(f"no engine answers at {settings.local_url} and the `btdm` command was not found{where}: "
+                             "run `btdm addon install --blender ...`, or set the btdm executable in the add-on "
+                             "preferences, or start `btdm serve` yourself")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if settings.device:
+            cmd += ["--device", settings.device]
+        if settings.data_dir:
+            cmd += ["--data", settings.data_dir]
+        fd, self._log_path = tempfile.mkstemp(prefix="btdm-serve-", suffix=".log")
+        logger.info("starting the local engine: %s (log %s)", " ".join(cmd), self._log_path)
+        self._set(reason=f"starting the local engine on port {port}...", url=url)
+        with os.fdopen(fd, "wb") as log:
+            try:
+                self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+            except OSError as exc:
+                raise self._fail(f"could not start {exe}: {exc.strerror or exc}") from None
+        self._proc_url = url
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = self._log_tail()
+                self._proc = None
+                raise self._fail(f"the local engine exited at start ({tail or 'no output'})")
+            try:
+                return self._check(url, None, settings.timeout)
+            except EngineError:
+                time.sleep(0.25)
+        self.stop()
+        raise self._fail(f"the local engine did not answer within {START_TIMEOUT_S:.0f} s (log: {self._log_path})")
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self._log_path, encoding="utf-8", errors="replace") as fh:
+                lines = [line.strip() for line in fh if line.strip()]
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
+
+    # -- stopping
+    def stop(self) -> None:
+        """Stop the child this manager started (SIGTERM, then SIGKILL); an engine it did not start is left alone."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+            logger.info("stopped the local engine (pid %d)", proc.pid)
+            if self.status.url == self._proc_url:
+                self._set(connected=False, local_child=False, reason="the local engine was stopped")
+            self._proc_url = ""
+
+    @property
+    def child_pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+
+MANAGER = EngineManager()
+atexit.register(MANAGER.stop)

@@ -1,0 +1,274 @@
+"""The threaded job runner: submit, follow, download, commit. No bpy here.
+
+A :class:`PrevisRun` does all its HTTP in one worker thread (or, in background mode, in the
+calling thread through :meth:`PrevisRun.run`), and exposes a thread-safe :meth:`snapshot` that
+the main thread reads from ``bpy.app.timers`` to draw progress and, once :attr:`finished`, to put
+the strip on the sequencer.
+
+Files: frames are downloaded as the engine finishes them into a staging folder
+``<out>/.btdm-<job id>/`` (each written to a temporary name, then renamed), and moved into
+``<out>/`` only when the job has succeeded, named by scene frame (``NNNNNN.png``); stale frames
+of an earlier, longer plate are removed. A cancelled or failed run deletes its staging folder, so
+the folder never holds a half-written frame nor a mix of two runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .engine import MANAGER, EngineSettings, EngineUnavailable, readable
+from .engine_client import FINAL_STATES, EngineError
+from .pngio import atomic_write_bytes
+
+__all__ = ["PrevisRun", "RunRequest", "RunSnapshot"]
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.25
+CANCEL_WAIT_S = 30.0
+_FRAME_FILE = re.compile(r"^\d{6}\.png$")
+
+
+@dataclass
+class RunRequest:
+    """What one run sends and where it writes (built on the main thread from the scene)."""
+
+    kind: str  # "plates" (generate) or "posemaps" (preview only: the job is cancelled once the maps exist)
+    skeleton: bytes  # skeleton-animation .npz, with the shot camera when there is one
+    params: dict
+    out_dir: str  # absolute
+    first_frame: int  # the scene frame of the job's frame 0
+    num_frames: int
+    settings: EngineSettings
+    appearance: bytes | None = None
+    appearance_iuv: bytes | None = None
+    skeleton_without_camera: bytes | None = None  # fallback for an engine without shot-camera plates
+    posemaps_dir: str | None = None  # also keep the pose-map previews here (plates runs)
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    phase: str = "starting"  # starting, connecting, submitting, running, committing, succeeded, failed, cancelled
+    job_id: str = ""
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    frames_done: int = 0  # downloaded
+    frames_total: int = 0
+    posemaps_done: int = 0
+    has_plates: bool = False
+    message: str = ""
+    notes: tuple[str, ...] = ()
+    retarget: dict | None = None
+    model: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("succeeded", "failed", "cancelled")
+
+    def line(self) -> str:
+        """One line of progress for the panel and the status bar."""
+        if self.phase in ("connecting", "submitting", "committing", "starting"):
+            return f"{self.phase}..."
+        if self.finished:
+            return self.message or self.phase
+        eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None else ""
+        stage = f"{self.stage} {self.step}/{self.total}" if self.stage else "queued"
+        return f"{stage}, frames {self.frames_done}/{self.frames_total}{eta}"
+
+    @property
+    def fraction(self) -> float:
+        if self.frames_total:
+            return min(1.0, self.frames_done / self.frames_total)
+        return 0.0
+
+
+class RunCancelled(Exception):
+    pass
+
+
+class RunFailed(Exception):
+    pass
+
+
+class PrevisRun:
+    """One pre-vis job from submit to committed files; see the module docstring."""
+
+    def __init__(self, request: RunRequest) -> None:
+        self.request = request
+        self._lock = threading.Lock()
+        self._snap = RunSnapshot(frames_total=request.num_frames, model=request.params.get("model", ""))
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.finalized = False  # set by the main thread once the strip is placed (or the failure reported)
+
+    # -- main thread API
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="btdm-previs", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def snapshot(self) -> RunSnapshot:
+        with self._lock:
+            return self._snap
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- worker
+    def _update(self, **values) -> None:
+        with self._lock:
+            self._snap = dataclasses.replace(self._snap, **values)
+
+    def run(self) -> RunSnapshot:
+        """The whole run, blocking; never raises (the outcome is in the snapshot)."""
+        try:
+            self._run()
+        except RunCancelled:
+            self._update(phase="cancelled", message="cancelled: no plate was placed", eta_s=None)
+        except RunFailed as exc:
+            self._update(phase="failed", message=str(exc), eta_s=None)
+        except EngineUnavailable as exc:
+            self._update(phase="failed", message=f"cannot connect to the engine: {exc}", eta_s=None)
+        except EngineError as exc:
+            self._update(phase="failed", message=f"the engine refused the job: {readable(exc)}", eta_s=None)
+        except OSError as exc:
+            self._update(phase="failed", message=f"cannot write the plates: {exc}", eta_s=None)
+        except Exception as exc:  # a bug: say so instead of leaving the panel spinning
+            logger.exception("pre-vis run failed")
+            self._update(phase="failed", message=f"internal error ({type(exc).__name__}: {exc})", eta_s=None)
+        finally:
+            for folder in self._staging_dirs():
+                shutil.rmtree(folder, ignore_errors=True)
+        return self.snapshot()
+
+    def _staging_dirs(self) -> list[str]:
+        job_id = self.snapshot().job_id
+        if not job_id:
+            return []
+        dirs = [os.path.join(self.request.out_dir, f".btdm-{job_id}")]
+        if self.request.posemaps_dir:
+            dirs.append(os.path.join(self.request.posemaps_dir, f".btdm-{job_id}"))
+        return dirs
+
+    def _check_cancel(self, client=None) -> None:
+        if not self._cancel.is_set():
+            return
+        job_id = self.snapshot().job_id
+        if client is not None and job_id:
+            self._cancel_on_engine(client, job_id)
+        raise RunCancelled()
+
+    def _cancel_on_engine(self, client, job_id: str) -> None:
+        try:
+            client.cancel(job_id)
+        except EngineError as exc:
+            if exc.status != 409:  # 409: it had already ended
+                logger.warning("cancelling job %s: %s", job_id, exc)
+                return
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:  # the sampler stops within one step
+            try:
+                if client.job(job_id)["state"] in FINAL_STATES:
+                    return
+            except EngineError:
+                return
+            time.sleep(POLL_S)
+
+    def _submit(self, client):
+        r = self.request
+        try:
+            return client.submit(skeleton=r.skeleton, appearance=r.appearance, appearance_iuv=r.appearance_iuv,
+                                 params=r.params)
+        except EngineError as exc:
+            if exc.code != "not_supported" or r.skeleton_without_camera is None:
+                raise
+            note = (f"this engine cannot make full-resolution shot plates yet ({exc.message}); "
+                    "sent without the shot camera: the frames are square and do not lie over the shot")
+            logger.warning("%s", note)
+            self._update(notes=self.snapshot().notes + (note,))
+            return client.submit(skeleton=r.skeleton_without_camera, appearance=r.appearance,
+                                 appearance_iuv=r.appearance_iuv, params=r.params)
+
+    def _run(self) -> None:
+        r = self.request
+        self._update(phase="connecting")
+        client = MANAGER.connect(r.settings)
+        self._check_cancel()
+        self._update(phase="submitting")
+        job = self._submit(client)
+        job_id = job["id"]
+        self._update(phase="running", job_id=job_id)
+        logger.info("submitted job %s", job_id)
+        want_posemaps = r.kind == "posemaps" or r.posemaps_dir is not None
+        frames_dir = r.out_dir if r.kind == "plates" else None
+        maps_dir = r.out_dir if r.kind == "posemaps" else r.posemaps_dir
+        stage_frames = os.path.join(frames_dir, f".btdm-{job_id}") if frames_dir else None
+        stage_maps = os.path.join(maps_dir, f".btdm-{job_id}") if maps_dir else None
+        frames_got = maps_got = 0
+        while True:
+            self._check_cancel(client)
+            job = client.job(job_id)
+            total = job.get("frames_total") or r.num_frames
+            if want_posemaps:
+                while maps_got < job.get("posemaps_done", 0):
+                    self._check_cancel(client)
+                    data = client.posemap(job_id, maps_got)
+                    atomic_write_bytes(os.path.join(stage_maps, f"{r.first_frame + maps_got:06d}.png"), data)
+                    maps_got += 1
+                    self._update(posemaps_done=maps_got)
+            if r.kind == "plates":
+                while frames_got < job.get("frames_done", 0):
+                    self._check_cancel(client)
+                    data = (client.plate(job_id, frames_got) if job.get("has_plates")
+                            else client.frame(job_id, frames_got))
+                    atomic_write_bytes(os.path.join(stage_frames, f"{r.first_frame + frames_got:06d}.png"), data)
+                    frames_got += 1
+                    self._update(frames_done=frames_got)
+            self._update(stage=job.get("stage") or "", step=int(job.get("step") or 0),
+                         total=int(job.get("total") or 0), eta_s=job.get("eta_s"), frames_total=total,
+                         has_plates=bool(job.get("has_plates")), retarget=job.get("retarget"))
+            state = job["state"]
+            if r.kind == "posemaps" and total and maps_got >= total:
+                self._cancel_on_engine(client, job_id)  # the preview needs no generation
+                break
+            if state == "succeeded" and frames_got >= total:
+                break
+            if state == "failed":
+                raise RunFailed(f"the engine failed the job: {job.get('error') or 'no reason given'}")
+            if state == "cancelled":
+                raise RunCancelled()
+            if state != "succeeded":
+                time.sleep(POLL_S)
+        self._check_cancel(client)
+        self._update(phase="committing")
+        count = maps_got if r.kind == "posemaps" else frames_got
+        if stage_frames:
+            _commit(stage_frames, frames_dir)
+        if stage_maps:
+            _commit(stage_maps, maps_dir)
+        what = "pose maps" if r.kind == "posemaps" else ("plates" if self.snapshot().has_plates else "frames")
+        self._update(phase="succeeded", eta_s=None, frames_done=count,
+                     message=f"{count} {what} in {r.out_dir}")
+
+
+def _commit(staging: str, dest: str) -> None:
+    """Move the staged frames into ``dest`` and drop frames there that the new run did not write."""
+    new = {f for f in os.listdir(staging) if _FRAME_FILE.match(f)}
+    for f in sorted(new):
+        os.replace(os.path.join(staging, f), os.path.join(dest, f))
+    for f in os.listdir(dest):
+        if _FRAME_FILE.match(f) and f not in new:
+            os.unlink(os.path.join(dest, f))
+    shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,43 @@
+"""Appearance helpers: "Use as Reference Pose" for the photo mode."""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+
+from ..prepare import UserError, resolve_camera
+
+
+class BTDM_OT_use_reference_pose(bpy.types.Operator):
+    """The armature's pose at this frame matches the photo: remember the frame, and show the photo behind the camera"""
+
+    bl_idname = "btdm.use_reference_pose"
+    bl_label = "Use as Reference Pose"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        scene = context.scene
+        s = scene.btdm
+        path = bpy.path.abspath(s.appearance_image)
+        if not s.appearance_image or not os.path.isfile(path):
+            self.report({"ERROR"}, f"BTDM: choose the photo first (no such file {path!r})")
+            return {"CANCELLED"}
+        try:
+            camera = resolve_camera(context)
+        except UserError as exc:
+            self.report({"ERROR"}, f"BTDM: {exc}")
+            return {"CANCELLED"}
+        s.reference_frame = scene.frame_current
+        image = bpy.data.images.load(path, check_existing=True)
+        data = camera.data
+        backgrounds = [b for b in data.background_images if b.image == image]
+        background = backgrounds[0] if backgrounds else data.background_images.new()
+        background.image = image
+        background.alpha = 0.6
+        data.show_background_images = True
+        self.report({"INFO"}, f"BTDM: frame {scene.frame_current} is the reference pose for {os.path.basename(path)}")
+        return {"FINISHED"}
+
+
+CLASSES = (BTDM_OT_use_reference_pose,)

@@ -1,0 +1,150 @@
+"""Generate plates, preview pose maps, cancel: the operators around :mod:`..jobs` and :mod:`..runs`.
+
+Interactive: ``invoke`` samples the armature (main thread), starts the run's worker thread and
+stays modal so Esc cancels; ``bpy.app.timers`` places the strip when the run ends. Background mode
+(``blender -b``, the bpy module): ``execute`` blocks until the run ends and reports failures as
+errors, which ``bpy.ops`` raises as ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bpy
+from bpy.props import StringProperty
+
+from .. import runs
+from ..jobs import PrevisRun
+from ..prepare import UserError, build_request, resolve_camera, strip_key
+
+PROGRESS_EVERY_S = 2.0
+
+
+class _RunOperator:
+    """Shared by Generate and Preview: ``kind`` says which."""
+
+    kind = "plates"
+    output_dir: StringProperty(name="Output folder", default="", options={"SKIP_SAVE"},
+                               description="Override the output folder for this run")
+    posemaps_dir: StringProperty(name="Pose-map folder", default="", options={"SKIP_SAVE"},
+                                 description="Also keep the pose-map previews in this folder")
+    skeleton_path: StringProperty(name="Skeleton file", default="", options={"SKIP_SAVE"},
+                                  description="Also save the sampled skeleton animation (.npz) here")
+
+    @classmethod
+    def poll(cls, context):
+        scene = getattr(context, "scene", None)
+        if scene is None or not hasattr(scene, "btdm"):
+            return False
+        if runs.active(scene) is not None:
+            cls.poll_message_set("a pre-vis job is running for this scene; cancel it first")
+            return False
+        return True
+
+    def _start(self, context) -> runs.Entry | None:
+        try:
+            request = build_request(context, self.kind, out_override=self.output_dir,
+                                    posemaps_dir=self.posemaps_dir, skeleton_path=self.skeleton_path)
+            camera = resolve_camera(context)
+        except UserError as exc:
+            self.report({"ERROR"}, str(exc))
+            return None
+        scene = context.scene
+        run = PrevisRun(request)
+        if bpy.app.background:
+            entry = runs.Entry(run=run, scene=scene.name, key=strip_key(scene, camera), camera=camera.name)
+            runs.RUNS[scene.name] = entry
+            return entry
+        return runs.start(scene, camera, strip_key(scene, camera), run)
+
+    def _report_end(self, entry: runs.Entry) -> set[str]:
+        if entry.ok:
+            self.report({"INFO"}, f"BTDM: {entry.result}")
+            return {"FINISHED"}
+        if entry.run.snapshot().phase == "cancelled":
+            self.report({"WARNING"}, f"BTDM: {entry.result}")
+            return {"CANCELLED"}
+        self.report({"ERROR"}, f"BTDM: {entry.result}")
+        return {"CANCELLED"}
+
+    def execute(self, context):
+        entry = self._start(context)
+        if entry is None:
+            return {"CANCELLED"}
+        if not bpy.app.background:
+            return {"FINISHED"}  # from a script in the UI: runs on, the timer places the strip
+        # Background: block, printing progress now and then (there is no panel to look at).
+        run = entry.run
+        run.start()
+        last = 0.0
+        while not run.snapshot().finished:
+            time.sleep(0.1)
+            if time.monotonic() - last > PROGRESS_EVERY_S:
+                last = time.monotonic()
+                print(f"BTDM {self.kind}: {run.snapshot().line()}", flush=True)
+        run.join()
+        runs.finalize(entry)
+        return self._report_end(entry)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        entry = self._start(context)
+        if entry is None:
+            return {"CANCELLED"}
+        self._entry = entry
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.25, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        entry = self._entry
+        if event.type == "ESC" and event.value == "PRESS" and not entry.run.snapshot().finished:
+            entry.run.cancel()
+            self.report({"INFO"}, "BTDM: cancelling...")
+        if entry.run.finalized:
+            context.window_manager.event_timer_remove(self._timer)
+            context.workspace.status_text_set(None)
+            return self._report_end(entry)
+        if event.type == "TIMER":
+            context.workspace.status_text_set(f"BTDM {self.kind}: {entry.run.snapshot().line()}  (Esc cancels)")
+        return {"PASS_THROUGH"}
+
+
+class BTDM_OT_generate_previs(_RunOperator, bpy.types.Operator):
+    """Generate a plate of a person performing the armature's motion, seen through the shot camera, and put it on the Video Sequencer"""
+
+    bl_idname = "btdm.generate_previs"
+    bl_label = "Generate Pre-vis"
+    bl_options = {"REGISTER"}
+    kind = "plates"
+
+
+class BTDM_OT_preview_posemaps(_RunOperator, bpy.types.Operator):
+    """Render the pose maps the engine will generate from (seconds), as a strip, to check the retarget first"""
+
+    bl_idname = "btdm.preview_posemaps"
+    bl_label = "Preview Pose Maps"
+    bl_options = {"REGISTER"}
+    kind = "posemaps"
+
+
+class BTDM_OT_cancel_previs(bpy.types.Operator):
+    """Cancel this scene's pre-vis job (the engine stops it within one step; no strip is placed)"""
+
+    bl_idname = "btdm.cancel_previs"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene is not None and runs.active(context.scene) is not None
+
+    def execute(self, context):
+        entry = runs.active(context.scene)
+        if entry is not None:
+            entry.run.cancel()
+        return {"FINISHED"}
+
+
+CLASSES = (BTDM_OT_generate_previs, BTDM_OT_preview_posemaps, BTDM_OT_cancel_previs)

@@ -1,0 +1,251 @@
+"""Main-thread preparation of a run: scene checks, armature sampling, appearance image, params.
+
+Every problem the user can fix raises :class:`UserError` with one sentence naming it; the
+operators report it (and in background mode ``bpy.ops`` turns that report into a RuntimeError).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import bpy
+import numpy as np
+
+from . import preferences
+from .armature import ArmatureError, camera_matrices, sample_armature
+from .jobs import RunRequest
+from .pngio import encode_png, png_size
+from .properties import JOINT_NAMES
+
+__all__ = ["UserError", "build_request", "resolve_armature", "resolve_camera", "strip_key"]
+
+
+class UserError(Exception):
+    """Something in the scene or the settings that the user must change; the message says what."""
+
+
+def resolve_armature(context):
+    scene = context.scene
+    s = scene.btdm
+    if s.armature is not None:
+        if s.armature.name not in scene.objects:
+            raise UserError(f"armature {s.armature.name!r} is not in scene {scene.name!r}")
+        return s.armature
+    active = context.active_object if hasattr(context, "active_object") else None
+    if active is not None and active.type == "ARMATURE":
+        return active
+    found = [o for o in scene.objects if o.type == "ARMATURE"]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"no armature: scene {scene.name!r} has none; add the character's armature or pick it "
+                        "in the BTDM panel")
+    raise UserError(f"several armatures ({', '.join(sorted(o.name for o in found))}): pick one in the BTDM panel "
+                    "or select it")
+
+
+def resolve_camera(context):
+    scene = context.scene
+    camera = scene.btdm.camera or scene.camera
+    if camera is None:
+        raise UserError(f"no camera: scene {scene.name!r} has no camera; plates are seen through the shot camera, "
+                        "so add one (or pick one in the BTDM panel)")
+    if camera.type != "CAMERA":
+        raise UserError(f"{camera.name!r} is not a camera")
+    return camera
+
+
+def strip_key(scene, camera) -> str:
+    return f"{scene.name}_{camera.name}"
+
+
+def output_dir(scene, camera, override: str = "") -> str:
+    raw = override or scene.btdm.output_dir or f"//previs/{bpy.path.clean_name(strip_key(scene, camera))}/"
+    if raw.startswith("//") and not bpy.data.filepath:
+        raise UserError("save the .blend first: plates go next to it (//previs/...), or set an output folder")
+    return os.path.normpath(bpy.path.abspath(raw))
+
+
+def custom_bone_map(settings, armature) -> dict:
+    bones = armature.data.bones
+    mapping, used = {}, {}
+    for row in settings.bone_map:
+        if row.joint not in JOINT_NAMES:
+            raise UserError(f"bone map: {row.joint!r} is not an SMPL joint (reset the map)")
+        bone = row.bone.strip()
+        if not bone:
+            mapping[row.joint] = None
+            continue
+        if bone not in bones:
+            raise UserError(f"bone map: joint {row.joint} names bone {bone!r}, which armature {armature.name!r} "
+                            "does not have")
+        if bone in used:
+            raise UserError(f"bone map: bone {bone!r} is given to both {used[bone]} and {row.joint}")
+        used[bone] = row.joint
+        mapping[row.joint] = bone
+    if not used:
+        raise UserError("bone map: the custom map is empty; fill in the bones (or choose a preset)")
+    return mapping
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- appearance
+def load_rgb(path: str, what: str) -> np.ndarray:
+    """An image file -> uint8 (H, W, 3), top row first, through Blender's image reader."""
+    path = bpy.path.abspath(path)
+    if not path or not os.path.isfile(path):
+        raise UserError(f"{what}: no such file {path!r}")
+    try:
+        image = bpy.data.images.load(path, check_existing=False)
+    except RuntimeError as exc:
+        raise UserError(f"{what}: Blender cannot read {path} ({exc})") from None
+    try:
+        image.colorspace_settings.name = "Non-Color"  # raw values, no view transform
+        w, h = image.size
+        if w == 0 or h == 0:
+            raise UserError(f"{what}: {path} is empty")
+        pixels = np.empty(w * h * 4, np.float32)
+        image.pixels.foreach_get(pixels)
+    finally:
+        bpy.data.images.remove(image)
+    rgba = pixels.reshape(h, w, 4)[::-1]
+    return np.clip(np.round(rgba[..., :3] * 255.0), 0, 255).astype(np.uint8)
+
+
+def square(pixels: np.ndarray, centre: tuple[float, float] | None = None, side: int | None = None) -> np.ndarray:
+    """A square crop of ``side`` px around ``centre`` (default: the whole image, padded with black)."""
+    h, w = pixels.shape[:2]
+    side = side or max(w, h)
+    cx, cy = centre or (w / 2.0, h / 2.0)
+    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    out = np.zeros((side, side, pixels.shape[2]), np.uint8)
+    sx0, sy0 = max(0, x0), max(0, y0)
+    sx1, sy1 = min(w, x0 + side), min(h, y0 + side)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = pixels[sy0:sy1, sx0:sx1]
+    return out
+
+
+def render_appearance(context, armature, camera) -> bytes:
+    """The scene rendered at ``render_frame`` through the shot camera, cropped square around the armature."""
+    scene = context.scene
+    frame = scene.btdm.render_frame
+    old_frame, old_path, old_camera = scene.frame_current, scene.render.filepath, scene.camera
+    fd, path = tempfile.mkstemp(prefix="btdm-appearance-", suffix=".png")
+    os.close(fd)
+    try:
+        scene.camera = camera
+        scene.frame_set(frame)
+        scene.render.filepath = path
+        old_format = scene.render.image_settings.file_format
+        scene.render.image_settings.file_format = "PNG"
+        try:
+            bpy.ops.render.render(write_still=True)
+        finally:
+            scene.render.image_settings.file_format = old_format
+        K, w2c, _w, _h = camera_matrices(scene, camera)
+        heads = np.array([list(armature.matrix_world @ pb.head) + [1.0] for pb in armature.pose.bones])
+        cam = (w2c @ heads.T)[:3]
+        uv = (K @ cam)[:2] / np.maximum(cam[2], 1e-6)
+        rgb = load_rgb(path, "scene render")
+    finally:
+        scene.render.filepath, scene.camera = old_path, old_camera
+        scene.frame_set(old_frame)
+        os.unlink(path)
+    lo, hi = uv.min(axis=1), uv.max(axis=1)
+    side = int(max(hi - lo) * 1.25) + 8
+    side = max(32, min(side, max(rgb.shape[:2])))
+    return encode_png(square(rgb, ((lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0), side))
+
+
+def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | None, bool]:
+    """(appearance PNG, its IUV PNG, use the model's own appearance) for the chosen mode."""
+    s = context.scene.btdm
+    mode = s.appearance
+    finetune = s.finetune_steps > 0
+    if mode == "MODEL":
+        return None, None, True
+    if mode == "NONE":
+        if finetune:
+            raise UserError("fine-tuning needs an appearance image: choose one, or set fine-tuning steps to 0")
+        return None, None, False
+    if mode == "IMAGE_IUV":
+        image = load_rgb(s.appearance_image, "appearance image")
+        if image.shape[0] != image.shape[1]:
+            raise UserError(f"appearance image: {image.shape[1]}x{image.shape[0]} px; with an IUV file it must be "
+                            "square (the networks are square)")
+        iuv = None
+        if finetune:
+            path = bpy.path.abspath(s.appearance_iuv)
+            if not os.path.isfile(path):
+                raise UserError(f"appearance IUV: no such file {path!r}")
+            with open(path, "rb") as fh:
+                iuv = fh.read()
+            size = png_size(iuv)
+            if size is None:
+                raise UserError(f"appearance IUV: {path} is not a PNG")
+            if size != (image.shape[1], image.shape[0]):
+                raise UserError(f"appearance IUV: {size[0]}x{size[1]} px, but the image is "
+                                f"{image.shape[1]}x{image.shape[0]}")
+        return encode_png(image), iuv, False
+    if finetune:
+        raise UserError("fine-tuning with a photo or a scene render needs that image's IUV map, which this engine "
+                        "does not serve yet: use Image + IUV, or set fine-tuning steps to 0")
+    if mode == "PHOTO":
+        return encode_png(square(load_rgb(s.appearance_image, "photo"))), None, False
+    return render_appearance(context, armature, camera), None, False
+
+
+# ---------------------------------------------------------------------------- the request
+def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: str = "",
+                  skeleton_path: str = "") -> RunRequest:
+    """Everything a run needs, read from the scene on the main thread; raises :class:`UserError`."""
+    scene = context.scene
+    s = scene.btdm
+    armature = resolve_armature(context)
+    camera = resolve_camera(context)
+    start, end = scene.frame_start, scene.frame_end
+    if end < start:
+        raise UserError(f"the scene's frame range {start}..{end} is empty")
+    params = {"model": s.model or "default", "steps": s.steps, "seed": s.seed, "video": False,
+              "fps": float(scene.render.fps / scene.render.fps_base)}
+    if s.sr_steps > 0:
+        params["sr_steps"] = s.sr_steps
+    if s.skeleton == "CUSTOM":
+        params["bone_map"] = custom_bone_map(s, armature)
+    else:
+        params["skeleton"] = s.skeleton
+    if s.fit_shape:
+        params["fit_shape"] = True
+    out = output_dir(scene, camera, out_override)
+    if kind == "posemaps":
+        out = os.path.join(out, "posemaps")
+        appearance = appearance_iuv = None
+        use_default = True
+    else:
+        appearance, appearance_iuv, use_default = appearance_files(context, armature, camera)
+        if s.finetune_steps > 0:
+            params["finetune_steps"] = s.finetune_steps
+    params["use_default_appearance"] = use_default
+    try:
+        arrays = sample_armature(scene, armature, start, end, camera=camera)
+    except ArmatureError as exc:
+        raise UserError(str(exc)) from None
+    if skeleton_path:
+        from .armature import save_skeleton_npz
+
+        save_skeleton_npz(skeleton_path, arrays)
+    without_camera = {k: v for k, v in arrays.items() if not k.startswith("cam_")}
+    os.makedirs(out, exist_ok=True)
+    return RunRequest(
+        kind=kind, skeleton=_npz_bytes(arrays), params=params, out_dir=out, first_frame=start,
+        num_frames=end - start + 1, settings=preferences.engine_settings(context), appearance=appearance,
+        appearance_iuv=appearance_iuv, skeleton_without_camera=_npz_bytes(without_camera),
+        posemaps_dir=os.path.normpath(posemaps_dir) if posemaps_dir else None)

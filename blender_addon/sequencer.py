@@ -1,0 +1,81 @@
+"""Plates on the Video Sequencer: image-sequence strips on a free channel, replaced on regeneration.
+
+Blender 4.2 keeps strips in ``sequence_editor.sequences`` / ``sequences_all``; 5.0 renamed them
+``strips`` / ``strips_all``. Everything here goes through :func:`strips` and :func:`all_strips`.
+A strip made here carries custom properties (``btdm_key``, ``btdm_kind``, ``btdm_seed``,
+``btdm_model``, ``btdm_job_id``) so a redo knows what it was made from; they are plain data, so
+removing the add-on leaves the .blend intact.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["all_strips", "find_strips", "place_image_strip", "strips"]
+
+MAX_CHANNEL = 128
+
+
+def strips(editor):
+    """The top-level strip collection (has ``new_image`` and ``remove``)."""
+    return editor.strips if hasattr(editor, "strips") else editor.sequences
+
+
+def all_strips(editor):
+    """Every strip, meta strips' contents included."""
+    return editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+
+
+def find_strips(scene, key: str, kind: str) -> list:
+    editor = scene.sequence_editor
+    if editor is None:
+        return []
+    return [s for s in all_strips(editor) if s.get("btdm_key") == key and s.get("btdm_kind") == kind]
+
+
+def _channel_free(editor, channel: int, start: int, end: int) -> bool:
+    for s in all_strips(editor):
+        if s.channel == channel and s.frame_final_start < end and start < s.frame_final_end:
+            return False
+    return True
+
+
+def free_channel(editor, start: int, end: int, prefer: int | None = None) -> int:
+    """The preferred channel if nothing overlaps ``[start, end)`` there, else the lowest free one."""
+    if prefer is not None and _channel_free(editor, prefer, start, end):
+        return prefer
+    for channel in range(1, MAX_CHANNEL + 1):
+        if _channel_free(editor, channel, start, end):
+            return channel
+    raise RuntimeError(f"no free sequencer channel for frames {start}..{end - 1}")
+
+
+def place_image_strip(scene, folder: str, frame_start: int, count: int, *, name: str, key: str, kind: str,
+                      props: dict, above: bool = True):
+    """An image strip of ``folder/NNNNNN.png`` (scene frames ``frame_start .. frame_start+count-1``).
+
+    An earlier strip with the same ``key`` and ``kind`` is removed first and its channel reused
+    when free. Plates blend over the channels below (alpha over). Returns the strip.
+    """
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    old = find_strips(scene, key, kind)
+    prefer = old[0].channel if old else None
+    for strip in old:
+        strips(editor).remove(strip)
+    end = frame_start + count
+    channel = free_channel(editor, frame_start, end, prefer)
+    files = [f"{frame_start + n:06d}.png" for n in range(count)]
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise RuntimeError(f"{folder}: {len(missing)} of {count} frames are missing (first: {missing[0]})")
+    strip = strips(editor).new_image(name=name, filepath=os.path.join(folder, files[0]), channel=channel,
+                                     frame_start=frame_start)
+    for f in files[1:]:
+        strip.elements.append(f)
+    if above:
+        strip.blend_type = "ALPHA_OVER"
+    strip["btdm_key"] = key
+    strip["btdm_kind"] = kind
+    for k, v in props.items():
+        strip[f"btdm_{k}"] = v
+    return strip

@@ -1,0 +1,1 @@
+"""Panels, the bone-map list and the status-bar item."""

@@ -1,0 +1,197 @@
+"""The BTDM panels (3D viewport sidebar and Video Sequencer sidebar, tab "BTDM") and the status bar.
+
+Drawing never touches the network: the engine's state comes from :data:`..engine.MANAGER.status`
+(refreshed by Connect and by every run), the job's from :mod:`..runs`.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from .. import runs
+from ..engine import MANAGER
+
+
+def draw_engine_status(layout) -> None:
+    s = MANAGER.status
+    col = layout.column(align=True)
+    if s.checking:
+        col.label(text=s.reason or "connecting...", icon="SORTTIME")
+    elif s.connected:
+        col.label(text=f"Connected: {s.url}", icon="CHECKMARK")
+        col.label(text=f"Device: {s.device_name or s.device}" + (" (started here)" if s.local_child else ""))
+        for m in s.models:
+            preset = f", {m.get('preset')}" if m.get("preset") else ""
+            col.label(text=f"Model {m.get('name')}{preset}, {m.get('resolution')} px"
+                      + (", SR3" if m.get("has_sr3") else ""))
+    else:
+        col.label(text="Not connected", icon="ERROR")
+        for line in _wrap(s.reason, 48):
+            col.label(text=line)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = (text or "").split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        lines.append(line)
+    return lines
+
+
+class BTDM_UL_bone_map(bpy.types.UIList):
+    """One row per SMPL joint, a bone picker each."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        armature = data.armature or (context.active_object if context.active_object and
+                                     context.active_object.type == "ARMATURE" else None)
+        row = layout.row(align=True)
+        split = row.split(factor=0.4)
+        split.label(text=item.joint)
+        if armature is not None:
+            split.prop_search(item, "bone", armature.data, "bones", text="")
+        else:
+            split.prop(item, "bone", text="")
+
+
+def draw_main(layout, context) -> None:
+    scene = context.scene
+    s = scene.btdm
+    entry = runs.latest(scene)
+    running = runs.active(scene)
+    col = layout.column()
+    if running is not None:
+        snap = running.run.snapshot()
+        col.progress(factor=snap.fraction, type="BAR", text=snap.line())
+        col.operator("btdm.cancel_previs", icon="CANCEL")
+    else:
+        row = col.row(align=True)
+        row.scale_y = 1.4
+        row.operator("btdm.generate_previs", icon="RENDER_ANIMATION")
+        col.operator("btdm.preview_posemaps", icon="ARMATURE_DATA")
+        if entry is not None and entry.result:
+            box = col.box()
+            icon = "CHECKMARK" if entry.ok else ("CANCEL" if entry.run.snapshot().phase == "cancelled" else "ERROR")
+            lines = _wrap(entry.result, 48) or [""]
+            box.label(text=lines[0], icon=icon)
+            for line in lines[1:]:
+                box.label(text=line)
+    col.separator()
+    col.prop(s, "armature")
+    col.prop(s, "camera")
+    col.label(text=f"Frames {scene.frame_start}..{scene.frame_end}")
+
+
+def draw_engine(layout, context) -> None:
+    draw_engine_status(layout)
+    row = layout.row(align=True)
+    row.operator("btdm.connect_engine", icon="LINKED")
+    row.operator("btdm.stop_engine", icon="X", text="Stop")
+
+
+def draw_motion(layout, context) -> None:
+    s = context.scene.btdm
+    layout.prop(s, "skeleton")
+    layout.prop(s, "fit_shape")
+    if s.skeleton == "CUSTOM":
+        if not len(s.bone_map):
+            layout.operator("btdm.bone_map_reset", text="Make the 24 rows")
+        else:
+            layout.template_list("BTDM_UL_bone_map", "", s, "bone_map", s, "bone_map_index", rows=6)
+    row = layout.row(align=True)
+    row.operator("btdm.bone_map_from_engine", text="Copy Engine's Map")
+    row.operator("btdm.bone_map_import", text="", icon="IMPORT")
+    row.operator("btdm.bone_map_export", text="", icon="EXPORT")
+
+
+def draw_appearance(layout, context) -> None:
+    s = context.scene.btdm
+    layout.prop(s, "appearance")
+    if s.appearance in ("PHOTO", "IMAGE_IUV"):
+        layout.prop(s, "appearance_image")
+    if s.appearance == "PHOTO":
+        row = layout.row()
+        row.operator("btdm.use_reference_pose", icon="ARMATURE_DATA")
+        if s.reference_frame >= 0:
+            row.label(text=f"frame {s.reference_frame}")
+    if s.appearance == "IMAGE_IUV":
+        layout.prop(s, "appearance_iuv")
+        layout.prop(s, "iuv_order")
+    if s.appearance == "RENDER":
+        layout.prop(s, "render_frame")
+
+
+def draw_quality(layout, context) -> None:
+    s = context.scene.btdm
+    layout.prop(s, "model")
+    col = layout.column(align=True)
+    col.prop(s, "steps")
+    col.prop(s, "sr_steps")
+    col.prop(s, "seed")
+    layout.prop(s, "finetune_steps")
+    if s.finetune_steps:
+        layout.label(text=f"Fine-tuning: {s.finetune_steps} steps before sampling", icon="INFO")
+
+
+def draw_output(layout, context) -> None:
+    layout.prop(context.scene.btdm, "output_dir")
+
+
+SECTIONS = (
+    ("main", "BTDM Pre-vis", draw_main, None),
+    ("engine", "Engine", draw_engine, "DEFAULT_CLOSED"),
+    ("motion", "Motion", draw_motion, None),
+    ("appearance", "Appearance", draw_appearance, "DEFAULT_CLOSED"),
+    ("quality", "Quality", draw_quality, "DEFAULT_CLOSED"),
+    ("output", "Output", draw_output, "DEFAULT_CLOSED"),
+)
+
+
+def _drawer(draw):
+    def panel_draw(self, context):
+        draw(self.layout, context)
+
+    return panel_draw
+
+
+def _panel(space: str, prefix: str, key: str, label: str, draw, options):
+    parent = f"BTDM_PT_{prefix}main" if key != "main" else None
+    attrs = {
+        "bl_idname": f"BTDM_PT_{prefix}{key}", "bl_label": label, "bl_space_type": space, "bl_region_type": "UI",
+        "bl_category": "BTDM", "draw": _drawer(draw),
+        "poll": classmethod(lambda cls, context: getattr(context, "scene", None) is not None
+                            and hasattr(context.scene, "btdm")),
+    }
+    if parent:
+        attrs["bl_parent_id"] = parent
+    if options:
+        attrs["bl_options"] = {options}
+    return type(f"BTDM_PT_{prefix}{key}", (bpy.types.Panel,), attrs)
+
+
+# BTDM_PT_main and its sub-panels in the 3D viewport; BTDM_PT_seq_* the same in the sequencer.
+PANELS = tuple(_panel("VIEW_3D", "", *section) for section in SECTIONS) + tuple(
+    _panel("SEQUENCE_EDITOR", "seq_", *section) for section in SECTIONS)
+CLASSES = (BTDM_UL_bone_map, *PANELS)
+
+
+def draw_status(self, context) -> None:
+    """Status bar: the running job's stage, frames and ETA."""
+    scene = getattr(context, "scene", None)
+    entry = runs.active(scene) if scene is not None else None
+    if entry is None:
+        return
+    snap = entry.run.snapshot()
+    self.layout.progress(factor=snap.fraction, type="RING", text=f"BTDM: {snap.line()}")
+
+
+def register() -> None:
+    bpy.types.STATUSBAR_HT_header.append(draw_status)
+
+
+def unregister() -> None:
+    bpy.types.STATUSBAR_HT_header.remove(draw_status)
