@@ -9,15 +9,17 @@ rolled, which way its rest pose faces, or whether it rests in a T- or an A-pose:
 2. Facing. ``R_face``, a turn about the vertical, takes SMPL's rest body (facing +Z) to the rig's
    rest facing, measured from the hips' and shoulders' left-right axis. It gives every bone its
    rest twist, so a rig that rests facing +X keeps the twist of bones with a single child.
-3. Rest deltas. For each mapped SMPL joint j, ``A_j = S_j R_face``: ``S_j`` swings SMPL's (turned)
-   rest bone directions onto the rig's (to the nearest mapped children; one child: shortest arc,
-   several: Kabsch). Zero-length bones (a neck at its chest, a hand at its wrist) give no direction
-   and are skipped, never divided by.
+3. Rest deltas. For each mapped SMPL joint j, ``A_j = S_j R_face``: ``S_j`` is the shortest arc
+   swinging SMPL's (turned) rest bone direction onto the rig's, toward the next mapped joint down
+   j's chain (``_PRIMARY``: spine toward the head, limbs toward their ends; the pelvis's bone runs
+   from the hips' midpoint). Zero-length bones (a lower back at its hips, a hand at its wrist) give
+   no direction and are passed over to the next joint, never divided by.
 4. Motion. A rig bone's world rotation from its rest, ``G_b(t) = R_b(t) R_b(rest)^T``, carries full
    orientation (twist included). SMPL's world rotation is ``W_j(t) = G_b(t) A_j``; where unmapped
    bones lie between j and a mapped child, their bend is folded in by re-aiming j along the posed
    chord. Local poses follow down SMPL's tree: ``R_j = W_parent(j)^T W_j``.
-5. Placement. The pelvis follows the rig's pelvis bone: ``trans = P_pelvis(t) - rest_pelvis``.
+5. Placement. The body's hip midpoint follows the rig's (the thigh heads, placed alike by every
+   rig, unlike a pelvis bone's head): ``trans = H_rig(t) - r_0 - W_0(t) (H_rest - r_0)``.
    Optionally (``fit_shape``) the body's betas are fitted to the rig's bone lengths first.
 
 Rotating a whole rig about the vertical rotates the resulting clip the same way and changes
@@ -117,39 +119,47 @@ def _up_from_rig(anim: SkeletonAnimation, mapping: dict[int, int]) -> str | None
 
 
 # ---------------------------------------------------------------------------------- shape
+# Segments whose lengths every rig defines alike: limbs, the hip and shoulder widths, the torso
+# (hip midpoint to shoulder midpoint) and the neck. Collars and a pelvis bone's head are placed
+# differently by each rig, so they are left out. Each end is the mean of the listed joints.
+_SEGMENTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    *(((f"{s}_{a}",), (f"{s}_{b}",)) for s in ("left", "right") for a, b in (
+        ("hip", "knee"), ("knee", "ankle"), ("ankle", "foot"), ("shoulder", "elbow"), ("elbow", "wrist"),
+        ("wrist", "hand"))),
+    (("left_hip",), ("right_hip",)),
+    (("left_shoulder",), ("right_shoulder",)),
+    (("left_hip", "right_hip"), ("left_shoulder", "right_shoulder")),
+    (("neck",), ("head",)),
+)
+
+
 def fit_betas(body: Any, rig_joints: np.ndarray, mapping: dict[int, int] | list[int],
               regulariser: float = 0.02) -> tuple[np.ndarray, float, float]:
-    """Betas whose rest joints have the rig's bone lengths: (betas (10,), RMS mm, max mm).
+    """Betas whose rest joints have the rig's segment lengths: (betas (10,), RMS mm, max mm).
 
     ``rig_joints`` (24, 3) in metres holds the rig's rest positions of the mapped joints. Least
-    squares over the distances between each mapped joint and its nearest mapped ancestor (the
-    body's joints are linear in betas); a small ridge term keeps unobserved directions at 0.
+    squares over the lengths of :data:`_SEGMENTS` whose joints are all mapped (the body's joints
+    are linear in betas); a small ridge term keeps unobserved directions at 0.
     """
     mapped = set(mapping)
-    pairs = []
-    for j in sorted(mapped):
-        a = PARENTS[j]
-        while a >= 0 and a not in mapped:
-            a = PARENTS[a]
-        if a >= 0:
-            length = float(np.linalg.norm(rig_joints[j] - rig_joints[a]))
-            if length > 1e-3:
-                pairs.append((j, a, length))
-    if not pairs:
+    segs = [([J[n] for n in a], [J[n] for n in b]) for a, b in _SEGMENTS
+            if all(J[n] in mapped for n in (*a, *b))]
+    target = np.array([np.linalg.norm(rig_joints[b].mean(0) - rig_joints[a].mean(0)) for a, b in segs])
+    keep = target > 1e-3  # zero-length in the rig: no information
+    segs = [seg for seg, k in zip(segs, keep) if k]
+    target = target[keep]
+    if not segs:
         return np.zeros(NUM_BETAS), 0.0, 0.0
     base = body.rest_joints(np.zeros(NUM_BETAS)).astype(np.float64)
     basis = np.stack([body.rest_joints(np.eye(NUM_BETAS)[k]).astype(np.float64) - base
                       for k in range(NUM_BETAS)], axis=-1)  # (24, 3, 10): joints are linear in betas
-    j_idx = np.array([p[0] for p in pairs])
-    a_idx = np.array([p[1] for p in pairs])
-    target = np.array([p[2] for p in pairs])
 
-    def lengths(b: np.ndarray) -> np.ndarray:
-        joints = base + basis @ b
-        return np.linalg.norm(joints[j_idx] - joints[a_idx], axis=-1)
+    def lengths(beta: np.ndarray) -> np.ndarray:
+        joints = base + basis @ beta
+        return np.array([np.linalg.norm(joints[b].mean(0) - joints[a].mean(0)) for a, b in segs])
 
-    def residual(b: np.ndarray) -> np.ndarray:
-        return np.concatenate([lengths(b) - target, regulariser * b])
+    def residual(beta: np.ndarray) -> np.ndarray:
+        return np.concatenate([lengths(beta) - target, regulariser * beta])
 
     fit = least_squares(residual, np.zeros(NUM_BETAS), bounds=(-5.0, 5.0))
     err = np.abs(lengths(fit.x) - target)
@@ -157,15 +167,27 @@ def fit_betas(body: Any, rig_joints: np.ndarray, mapping: dict[int, int] | list[
 
 
 # ---------------------------------------------------------------------------------- rotations
-def _mapped_children(mapping: dict[int, int]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {j: [] for j in mapping}
-    for j in mapping:
-        a = PARENTS[j]
-        while a >= 0 and a not in mapping:
-            a = PARENTS[a]
-        if a >= 0:
-            out[a].append(j)
-    return out
+# Each SMPL joint's bone direction is taken toward one child along its chain (the spine toward the
+# neck, a limb toward its end); further children (a pelvis's hips, a chest's collars) sit where each
+# rig likes and would only bend the estimate. Twist comes from the facing turn.
+_PRIMARY: dict[str, str] = {
+    "pelvis": "spine1", "spine1": "spine2", "spine2": "spine3", "spine3": "neck", "neck": "head",
+    **{f"{s}_{a}": f"{s}_{b}" for s in ("left", "right") for a, b in (
+        ("hip", "knee"), ("knee", "ankle"), ("ankle", "foot"), ("collar", "shoulder"), ("shoulder", "elbow"),
+        ("elbow", "wrist"), ("wrist", "hand"))},
+}
+
+
+def _chain_target(j: int, mapping: dict[int, int], P_rest: np.ndarray) -> int | None:
+    """The first mapped joint down j's primary chain whose rig position differs from j's (zero-length bones skipped)."""
+    name = JOINT_NAMES[j]
+    origin = P_rest[mapping[j]]
+    while name in _PRIMARY:
+        name = _PRIMARY[name]
+        c = J[name]
+        if c in mapping and np.linalg.norm(P_rest[mapping[c]] - origin) > _EPS:
+            return c
+    return None
 
 
 def _facing(rest_smpl: np.ndarray, rest_rig: np.ndarray, mapping: dict[int, int], source: str) -> np.ndarray:
@@ -230,35 +252,43 @@ def _smpl_world_rotations(
 ) -> np.ndarray:
     """SMPL world rotations W (F, 24, 3, 3) from the rig's world orientations and positions (Y up, metres)."""
     face = _facing(rest, P_rest, mapping, source)
-    children = _mapped_children(mapping)
     G = R @ np.swapaxes(R_rest, -1, -2)[None]  # (F, NB, 3, 3): each bone's world rotation from rest
     F = len(R)
+    hips = [J["left_hip"], J["right_hip"]]
+
+    def start(j: int, points: np.ndarray, index: Any) -> np.ndarray:
+        # The pelvis's bone starts at the hips' midpoint: a pelvis bone's own head is placed differently by each rig.
+        if j == 0:
+            return points[..., [index(h) for h in hips], :].mean(-2)
+        return points[..., index(j), :]
+
     W = np.empty((F, NUM_JOINTS, 3, 3))
     A: dict[int, np.ndarray] = {}
     for j in range(NUM_JOINTS):  # parents come first in SMPL's joint order
         if j not in mapping:
-            W[:, j] = W[:, PARENTS[j]] if j > 0 else face  # no bone: no rotation of its own
+            W[:, j] = W[:, PARENTS[j]]  # no bone: no rotation of its own
             continue
-        b, kids = mapping[j], children[j]
-        if kids:
-            smpl_dirs = np.stack([face @ (rest[c] - rest[j]) for c in kids])
-            rig_dirs = np.stack([P_rest[mapping[c]] - P_rest[b] for c in kids])
-            A[j] = _swing(smpl_dirs, rig_dirs) @ face
-        else:
-            smpl_kids = [c for c in range(NUM_JOINTS) if PARENTS[c] == j]
-            tail = tails[b] - P_rest[b]
-            if smpl_kids and np.linalg.norm(tail) > _EPS:  # e.g. a wrist without a mapped hand: use its tail
-                A[j] = _swing((face @ (rest[smpl_kids[0]] - rest[j]))[None], tail[None]) @ face
-            else:  # an SMPL leaf (head, hands, feet): the nearest mapped ancestor's rest delta
-                a = PARENTS[j]
-                while a >= 0 and a not in A:
-                    a = PARENTS[a]
-                A[j] = A[a] if a >= 0 else face
+        b = mapping[j]
+        c = _chain_target(j, mapping, P_rest)
+        tail = tails[b] - P_rest[b]
+        if c is not None:
+            smpl_dir = rest[c] - start(j, rest, lambda i: i)
+            rig_dir = P_rest[mapping[c]] - start(j, P_rest, lambda i: mapping[i])
+            A[j] = _swing((face @ smpl_dir)[None], rig_dir[None]) @ face
+        elif JOINT_NAMES[j] in _PRIMARY and np.linalg.norm(tail) > _EPS:
+            # e.g. a wrist without a mapped hand: its own tail points where the hand would be
+            smpl_dir = rest[J[_PRIMARY[JOINT_NAMES[j]]]] - rest[j]
+            A[j] = _swing((face @ smpl_dir)[None], tail[None]) @ face
+        else:  # an SMPL leaf (head, hands, feet): the nearest mapped ancestor's rest delta
+            a = PARENTS[j]
+            while a >= 0 and a not in A:
+                a = PARENTS[a]
+            A[j] = A[a] if a >= 0 else face
         W[:, j] = G[:, b] @ A[j]
-        if kids and any(parents[mapping[c]] != b for c in kids):
-            # Unmapped bones between j and a child bend the chord: re-aim SMPL's bones along it.
-            posed = np.stack([P[:, mapping[c]] - P[:, b] for c in kids], axis=1)
-            current = np.einsum("fij,kj->fki", W[:, j], np.stack([rest[c] - rest[j] for c in kids]))
+        if c is not None and parents[mapping[c]] != b:
+            # Unmapped bones between j and its chain child bend the chord: re-aim SMPL's bone along it.
+            posed = (P[:, mapping[c]] - start(j, P, lambda i: mapping[i]))[:, None]
+            current = np.einsum("fij,j->fi", W[:, j], rest[c] - start(j, rest, lambda i: i))[:, None]
             W[:, j] = _batch_reaim(current, posed) @ W[:, j]
     return W
 
@@ -365,7 +395,11 @@ def to_motion_clip(
     W = _smpl_world_rotations(R, R_rest, P, P_rest, tails, anim.parents, mapping, rest, source)
     face = _facing(rest, P_rest, mapping, source)
     poses = local_rotations(W)
-    trans = P[:, mapping[J["pelvis"]]] - rest[0]
+    # Place the body by the hips' midpoint, which every rig puts at the thigh heads (a pelvis bone's
+    # head sits at different heights: Rigify's between the thighs, SMPL's and Mixamo's above them).
+    hips = [J["left_hip"], J["right_hip"]]
+    rig_hips = P[:, [mapping[j] for j in hips]].mean(1)
+    trans = rig_hips - rest[0] - np.einsum("fij,j->fi", W[:, 0], rest[hips].mean(0) - rest[0])
     out_fps = anim.fps
     if fps is not None:
         poses, trans = _resample(poses, trans, anim.fps, fps)
@@ -378,7 +412,7 @@ def to_motion_clip(
                                 "the plate must keep the shot's frames")
         # p_rig = axes^T p / scale; camera coordinates scaled by `scale` project to the same pixels.
         w2c = anim.cam_world_to_cam.copy()
-        w2c[:, :3, :3] = w2c[:, :3, :3] @ axes
+        w2c[:, :3, :3] = w2c[:, :3, :3] @ axes.T
         w2c[:, :3, 3] *= scale
         K, cam_w, cam_h = anim.cam_K, anim.cam_width, anim.cam_height
         report["camera"] = "shot"
