@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-
 from test_service import FAST, TOKEN, Server, make_clip
 
 MAX_EXAMPLES = 12
