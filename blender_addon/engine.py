@@ -6,13 +6,15 @@ and stops it at unregister and when Blender's Python exits (``atexit``).
 
 Environment overrides (for pipelines and ``btdm previs``): ``BTDM_ENGINE_URL`` (use that engine,
 never start one), ``BTDM_ENGINE_TOKEN``, ``BTDM_EXECUTABLE`` (the ``btdm`` command),
-``BTDM_ENGINE_DEVICE``.
+``BTDM_ENGINE_DEVICE``. Without a preference or ``BTDM_EXECUTABLE``, the ``btdm`` that
+``btdm addon install`` recorded (:func:`config_path`) is started, else the one on ``PATH``.
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -65,9 +67,26 @@ class EngineSettings:
         return settings
 
     def find_executable(self) -> str | None:
-        if self.executable:
-            return self.executable if os.path.isfile(self.executable) and os.access(self.executable, os.X_OK) else None
+        """The ``btdm`` to start: the preference, else ``btdm addon install``'s record, else the PATH's."""
+        exe = self.executable or configured_executable()
+        if exe:
+            return exe if os.path.isfile(exe) and os.access(exe, os.X_OK) else None
         return shutil.which("btdm")
+
+
+def config_path() -> str:
+    """Where ``btdm addon install`` records this machine's engine (``$XDG_CONFIG_HOME/btdm/blender_addon.json``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "btdm", "blender_addon.json")
+
+
+def configured_executable() -> str:
+    try:
+        with open(config_path(), encoding="utf-8") as fh:
+            value = json.load(fh).get("btdm_executable", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 @dataclass

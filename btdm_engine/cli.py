@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btdm_engine.commands.evaluate",
     "btdm_engine.commands.synth",
     "btdm_engine.commands.serve",
+    "btdm_engine.commands.addon",
+    "btdm_engine.commands.previs",
 )
 
 

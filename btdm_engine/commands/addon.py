@@ -1,0 +1,188 @@
+"""``btdm addon``: build the Blender extension zip and install it into a user's Blender.
+
+``btdm addon build --out DIR`` writes ``DIR/<id>-<version>.zip`` with ``blender_manifest.toml`` at
+the zip's root (the layout Blender's extension installer wants), and validates it with Blender's
+own extension tool when the bpy module ships it. ``btdm addon install --blender PATH`` installs
+that zip with ``PATH --background --command extension install-file -r user_default -e ZIP``
+(``--extensions-dir DIR`` unpacks it into a user extensions repository folder instead), then points the
+add-on at this machine's engine by writing ``btdm_executable`` to the add-on's config file
+(:data:`CONFIG_NAME` in ``$XDG_CONFIG_HOME/btdm/``), which the add-on reads when its
+preferences leave the executable empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from pathlib import Path
+
+__all__ = ["addon_source_dir", "build_zip", "config_path", "register"]
+
+CONFIG_NAME = "blender_addon.json"
+_SKIP_DIRS = {"__pycache__"}
+_SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp")
+REQUIRED_MANIFEST_KEYS = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type",
+                          "blender_version_min", "license")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "addon", help="build or install the Blender add-on (extension)",
+        description="Build the Blender extension zip, or install it into a Blender and point it at this machine's "
+        "engine (the btdm executable it starts).")
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    b = sub.add_parser("build", help="write the installable extension zip",
+                       description="Write DIR/<id>-<version>.zip (manifest at the zip root), validated with Blender's "
+                       "extension tool when the bpy module provides it.")
+    b.add_argument("--out", required=True, metavar="DIR", help="folder for the zip")
+    b.set_defaults(func=_build)
+    i = sub.add_parser("install", help="install the add-on into a Blender and point it at this engine",
+                       description="Install the extension into Blender 4.2+ (its user_default repository) and record "
+                       "this machine's btdm executable for the add-on's local engine.")
+    where = i.add_mutually_exclusive_group(required=True)
+    where.add_argument("--blender", metavar="PATH", help="the Blender executable (4.2 or later)")
+    where.add_argument("--extensions-dir", metavar="DIR",
+                       help="unpack into this user extensions repository folder instead (e.g. "
+                       "~/.config/blender/4.2/extensions/user_default)")
+    i.add_argument("--btdm", default=None, metavar="PATH",
+                   help="the btdm executable the add-on starts (default: the one running this command)")
+    i.set_defaults(func=_install)
+
+
+def addon_source_dir() -> Path:
+    """The ``blender_addon`` package folder (found without importing it: it imports bpy)."""
+    spec = importlib.util.find_spec("blender_addon")
+    if spec is None or not spec.submodule_search_locations:
+        from btdm_engine.cli import CliError
+
+        raise CliError("the blender_addon package is not installed with this btdm")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def read_manifest(source: Path) -> dict:
+    from btdm_engine.cli import CliError
+
+    path = source / "blender_manifest.toml"
+    try:
+        manifest = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CliError(f"{path}: {exc}") from None
+    missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise CliError(f"{path}: missing {', '.join(missing)}")
+    return manifest
+
+
+def _files(source: Path) -> list[Path]:
+    out = []
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or name.endswith(_SKIP_SUFFIXES):
+                continue
+            out.append(Path(root) / name)
+    return out
+
+
+def blender_ext_tool() -> Path | None:
+    """Blender's own extension command-line tool (``bl_pkg/cli/blender_ext.py``) from the bpy module, if any."""
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or spec.origin is None:
+        return None
+    base = Path(spec.origin).parent
+    found = sorted(base.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    return found[-1] if found else None
+
+
+def validate(path: Path) -> str | None:
+    """Validate a zip or folder with Blender's tool; None when valid, else its message. Skipped without the tool."""
+    tool = blender_ext_tool()
+    if tool is None:
+        return None
+    proc = subprocess.run([sys.executable, str(tool), "validate", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0 or "Error" in proc.stdout:
+        return (proc.stdout + proc.stderr).strip()
+    return None
+
+
+def build_zip(out_dir: Path) -> Path:
+    """Write the extension zip into ``out_dir`` (atomically); returns its path."""
+    from btdm_engine.cli import CliError
+    from btdm_engine.fileio import atomic_path
+
+    source = addon_source_dir()
+    manifest = read_manifest(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
+    with atomic_path(target, suffix=".zip.tmp") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for path in _files(source):
+                zf.write(path, path.relative_to(source).as_posix())
+        problem = validate(Path(tmp))
+        if problem:
+            raise CliError(f"Blender's extension tool refuses the package: {problem}")
+    return target
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "btdm" / CONFIG_NAME
+
+
+def _build(args: argparse.Namespace) -> int:
+    path = build_zip(Path(args.out))
+    checked = "validated with Blender's extension tool" if blender_ext_tool() else "manifest checked (no bpy module)"
+    print(f"{path} ({checked})")
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from btdm_engine.cli import CliError
+    from btdm_engine.fileio import atomic_write_text
+
+    btdm = Path(args.btdm) if args.btdm else Path(sys.executable).with_name("btdm")
+    if not btdm.is_file():
+        found = shutil.which("btdm")
+        if found is None:
+            raise CliError("cannot find the btdm executable to record; pass --btdm PATH")
+        btdm = Path(found)
+    with tempfile.TemporaryDirectory(prefix="btdm-addon-") as tmp:
+        zip_path = build_zip(Path(tmp))
+        manifest = read_manifest(addon_source_dir())
+        if args.blender:
+            blender = Path(args.blender)
+            if not blender.is_file():
+                raise CliError(f"--blender {blender}: no such file")
+            # `--command` implies background mode; `--enable` enables it and saves the preferences.
+            cmd = [str(blender), "--command", "extension", "install-file", "--repo", "user_default", "--enable",
+                   str(zip_path)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+                raise CliError(f"{blender} could not install the extension (Blender 4.2 or later is needed): "
+                               + " / ".join(tail))
+            where = f"{blender} (repository user_default)"
+        else:
+            dest = Path(args.extensions_dir) / manifest["id"]
+            staging = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            with zipfile.ZipFile(zip_path) as zf:
+                zf.extractall(staging)
+            shutil.rmtree(dest, ignore_errors=True)
+            staging.rename(dest)
+            where = str(dest)
+    config = config_path()
+    config.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config, json.dumps({"btdm_executable": str(btdm.resolve())}, indent=1) + "\n")
+    print(f"installed {manifest['name']} {manifest['version']} into {where}; the add-on starts {btdm} "
+          f"(recorded in {config}). In Blender: Preferences > Add-ons > {manifest['name']}.")
+    return 0
