@@ -226,11 +226,15 @@ class Worker:
             except Exception:  # a broken model folder must not stop the server from serving the others
                 logger.exception("could not load model %s", name)
         while not self._stop.is_set():
-            job = self.store.claim_next()
-            if job is None:
-                self.store.wait_for_queued(self.poll_s)
-                continue
-            self.run_claimed(job)
+            try:
+                job = self.store.claim_next()
+                if job is None:
+                    self.store.wait_for_queued(self.poll_s)
+                    continue
+                self.run_claimed(job)
+            except Exception:  # the store itself failed (disk full, ...): keep the worker alive, retry
+                logger.exception("worker: job store error; retrying in %.0f s", self.poll_s * 5)
+                self._stop.wait(self.poll_s * 5)
 
     # -- cancel
     def cancel(self, job_id: str) -> None:
