@@ -160,7 +160,8 @@ class EngineManager:
                 try:
                     return self._check(url, settings.token, settings.timeout)
                 except EngineError as exc:
-                    raise self._fail(f"remote engine {url}: {readable(exc)}", url) from None
+                    reason = readable(exc) if exc.status is None else f"remote engine {url}: {readable(exc)}"
+                    raise self._fail(reason, url) from None
             if self._proc is not None and self._proc.poll() is None:
                 try:
                     return self._check(self._proc_url, None, settings.timeout)
@@ -171,7 +172,8 @@ class EngineManager:
                 return self._check(settings.local_url, settings.token, min(settings.timeout, 3.0))
             except EngineError as exc:
                 if exc.status is not None or not start:
-                    raise self._fail(f"local engine {settings.local_url}: {readable(exc)}", settings.local_url) from None
+                    reason = readable(exc) if exc.status is None else f"local engine {settings.local_url}: {readable(exc)}"
+                    raise self._fail(reason, settings.local_url) from None
             return self._start(settings)
 
     def _start(self, settings: EngineSettings) -> EngineClient:

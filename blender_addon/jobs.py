@@ -21,7 +21,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .engine import MANAGER, EngineSettings, EngineUnavailable, readable
 from .engine_client import FINAL_STATES, EngineError

@@ -47,7 +47,7 @@ class _RunOperator:
                                     posemaps_dir=self.posemaps_dir, skeleton_path=self.skeleton_path)
             camera = resolve_camera(context)
         except UserError as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, f"BTDM: {exc}")
             return None
         scene = context.scene
         run = PrevisRun(request)

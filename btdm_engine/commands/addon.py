@@ -65,7 +65,7 @@ def addon_source_dir() -> Path:
         from btdm_engine.cli import CliError
 
         raise CliError("the blender_addon package is not installed with this btdm")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def read_manifest(source: Path) -> dict:
