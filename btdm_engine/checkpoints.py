@@ -9,6 +9,12 @@
 first, writes the weights (temp file + ``os.replace``), then writes ``config.json`` the same way,
 so a folder that has ``config.json`` always holds the weights that belong to it. Loading is strict:
 every tensor must exist with the same name, shape and dtype as in the freshly built network.
+
+Loading is also bounded and loud: the network ``config.json`` describes is first built on the
+``meta`` device (no memory), its parameter count checked against the ``parameters`` limit
+(:mod:`btdm_engine.limits`) and its tensor shapes against the safetensors header, before anything
+is allocated; and a checkpoint with a NaN or inf anywhere is refused on load and on save
+(:class:`NonFiniteWeightsError`), since it can only sample black frames.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from btdm_engine import limits
 from btdm_engine.diffusion.schedule import ScheduleConfig
-from btdm_engine.errors import BtdmError
+from btdm_engine.errors import BtdmError, NonFiniteError
 from btdm_engine.fileio import atomic_path, atomic_write_bytes, read_json
 
 FORMAT_VERSION = 1
@@ -35,6 +42,28 @@ WEIGHTS_NAME = "model.safetensors"
 
 class CheckpointError(BtdmError, ValueError):
     """A checkpoint folder that cannot be saved or loaded; the message names the file and problem."""
+
+
+class NonFiniteWeightsError(CheckpointError, NonFiniteError):
+    """Weights holding NaN or inf: refused on load and on save; names the file (or model) and the tensors."""
+
+
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an inf (with the count of bad values)."""
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point():
+            count = int((~torch.isfinite(t)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {t.numel()} values)")
+    return bad
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming ``where`` and the tensors when any value is NaN or inf."""
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise NonFiniteWeightsError(f"{where}: non-finite weights (NaN or inf) in {_names(bad)}")
 
 
 def _check_kind(kind: str, where: str) -> None:
@@ -91,6 +120,7 @@ def save_checkpoint(
         raise CheckpointError(f"save_checkpoint: config or extra is not JSON-serialisable: {exc}") from exc
     # clone(): tied parameters share storage, which safetensors refuses; loading re-ties them.
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    check_finite(tensors, f"save_checkpoint({directory})")  # nothing is written: the old checkpoint stays
 
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,18 +193,36 @@ def load_checkpoint(
         schedule = ScheduleConfig.from_dict(document["schedule"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: bad 'schedule': {exc}") from exc
+    # 1. the network on the meta device: sizes only, nothing allocated, however large config.json says
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(document["kind"], document["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: bad 'model': {exc}") from exc
+    count = sum(p.numel() for p in skeleton.parameters())
+    try:
+        limits.check("parameters", count, f"{config_path}: the 'model' it describes has {count} parameters")
+    except limits.LimitError as exc:
+        raise CheckpointLimitError(str(exc), limit="parameters") from None
+
+    # 2. the file's header against that network, before reading any weights
+    weights_path = folder / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: missing")
+    expected = skeleton.state_dict()
+    header = _safetensors_shapes(weights_path)
+    _compare(weights_path, header, {n: (tuple(t.shape), t.dtype) for n, t in expected.items()})
+
+    # 3. the real network and the weights
     try:
         model = build_model(document["kind"], document["model"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: bad 'model': {exc}") from exc
-
-    weights_path = folder / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path}: missing")
     try:
         state = load_file(weights_path)  # safetensors only parses a JSON header and raw bytes
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
+    check_finite(state, str(weights_path))
 
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -204,6 +252,47 @@ def load_checkpoint(
     model.to(device)
     model.eval()
     return model, schedule, document
+
+
+class CheckpointLimitError(CheckpointError, limits.LimitError):
+    """A checkpoint's config.json describes a network over the ``parameters`` limit."""
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{name: (shape, dtype)}`` from a safetensors header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {name: (tuple(fh.get_slice(name).get_shape()), _DTYPES.get(fh.get_slice(name).get_dtype()))
+                    for name in fh.keys()}  # fmt: skip
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}  # fmt: skip
+
+
+def _compare(path: Path, found: dict[str, tuple[tuple[int, ...], Any]], expected: dict[str, tuple[tuple[int, ...], Any]]) -> None:
+    """Refuse a weights file whose tensor names, shapes or dtypes differ from the network's."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_names(unexpected)}")
+    common = sorted(set(found) & set(expected))
+    shapes = [f"{n} {found[n][0]} != {expected[n][0]}" for n in common if found[n][0] != expected[n][0]]
+    if shapes:
+        problems.append(f"mis-shaped tensors (file != model): {_names(shapes)}")
+    dtypes = [f"{n} {found[n][1]} != {expected[n][1]}" for n in common if found[n][1] != expected[n][1]]
+    if dtypes:
+        problems.append(f"wrong dtypes (file != model): {_names(dtypes)}")
+    if problems:
+        raise CheckpointError(f"{path}: does not match the model in {CONFIG_NAME}: " + "; ".join(problems))
 
 
 def _names(items: list[str], limit: int = 8) -> str:

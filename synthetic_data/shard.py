@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from btdm_engine.errors import UsageError
 from synthetic_data.presets import MotionSpec, Preset, Shard
 from synthetic_data.spec import CharacterSpec
 
@@ -62,7 +63,7 @@ def make_clip(motion: MotionSpec, character: CharacterSpec, preset: Preset, body
     else:
         clip = load_bvh(motion.path, fps=preset.fps, width=res, height=res, body_model=preset.body_model, betas=betas)
     if clip.num_frames < preset.frames:
-        raise ValueError(f"motion {motion.name!r}: {clip.num_frames} frames, the preset needs {preset.frames}")
+        raise UsageError(f"motion {motion.name!r}: {clip.num_frames} frames, the preset needs {preset.frames}")
     clip = clip.slice(0, preset.frames)
     verts, _ = body.forward(clip.poses, betas.astype(np.float32), clip.trans)
     facing = axis_angle_to_matrix(np.asarray(clip.poses[0, 0], dtype=np.float64)) @ np.array([0.0, 0.0, 1.0])
@@ -116,7 +117,6 @@ def run_shard(job: dict[str, Any], staging: str | os.PathLike[str], progress: Pr
     from btdm_engine.body import load_body_model
     from btdm_engine.posemaps import IUVRenderer, write_iuv_png
     from btdm_engine.posemaps.encoding import validate_iuv
-
     from synthetic_data.garments import BodyRest, build_garment
     from synthetic_data.hair import build_face_marks, build_hair
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from btdm_engine.errors import UsageError
+
 __all__ = ["dataset_contact_sheet", "composite_rgba"]
 
 
@@ -43,7 +45,7 @@ def dataset_contact_sheet(root: str | os.PathLike[str], out: str | os.PathLike[s
     frames = list(frames) if frames is not None else sorted({int(round(x)) for x in np.linspace(0, n - 1, min(5, n))})
     bad = [f for f in frames if not 0 <= f < n]
     if bad:
-        raise ValueError(f"frames {bad} are outside 0..{n - 1}")
+        raise UsageError(f"frames {bad} are outside 0..{n - 1}")
     images, labels = [], []
     for s in chosen:
         folder = manifest.sequence_dir(s.id)

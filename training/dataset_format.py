@@ -282,7 +282,7 @@ class DatasetManifest:
     def sequence_frames(self, split: str | None = None, ids: Iterable[str] | None = None) -> list[SequenceFrames]:
         """Frame files of a split (or of the given ids; or of every sequence) for the training datasets."""
         if split is not None and ids is not None:
-            raise ValueError("give a split or sequence ids, not both")
+            raise DatasetFormatError("give a split or sequence ids, not both")
         if ids is not None:
             unknown = [i for i in ids if i not in self.sequences]
             if unknown:

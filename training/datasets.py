@@ -29,10 +29,15 @@ import torch
 from einops import rearrange
 from torch.utils.data import Dataset
 
+from btdm_engine.errors import BtdmError
 from btdm_engine.metrics.frames import WHITE, read_rgb, resize_labels, resize_rgb
 from btdm_engine.posemaps.encoding import iuv_to_tensor, read_iuv_png
 from btdm_engine.posemaps.parts import flip_iuv
 from training.dataset_format import SequenceFrames
+
+
+class DatasetError(BtdmError, ValueError):
+    """A training dataset that cannot give items: bad settings, no pairs, a frame range outside a sequence."""
 
 APPEARANCE_MODES = ("other_frame", "none")
 FIT_MODES = ("pad", "crop")
@@ -63,15 +68,15 @@ class PairDatasetConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 8:
-            raise ValueError(f"dataset resolution must be an int >= 8, got {self.resolution!r}")
+            raise DatasetError(f"dataset resolution must be an int >= 8, got {self.resolution!r}")
         if self.appearance not in APPEARANCE_MODES:
-            raise ValueError(f"unknown appearance mode {self.appearance!r}; allowed: {', '.join(APPEARANCE_MODES)}")
+            raise DatasetError(f"unknown appearance mode {self.appearance!r}; allowed: {', '.join(APPEARANCE_MODES)}")
         if self.fit not in FIT_MODES:
-            raise ValueError(f"unknown fit {self.fit!r}; allowed: {', '.join(FIT_MODES)}")
+            raise DatasetError(f"unknown fit {self.fit!r}; allowed: {', '.join(FIT_MODES)}")
         if not 0.0 <= self.hflip_prob <= 1.0:
-            raise ValueError(f"hflip_prob must lie in [0, 1], got {self.hflip_prob}")
+            raise DatasetError(f"hflip_prob must lie in [0, 1], got {self.hflip_prob}")
         if len(self.background) != 3 or not all(0.0 <= v <= 1.0 for v in self.background):
-            raise ValueError(f"background must be three values in [0, 1], got {self.background!r}")
+            raise DatasetError(f"background must be three values in [0, 1], got {self.background!r}")
 
 
 def _fit_square(img: np.ndarray, fit: str, fill: np.ndarray | float) -> np.ndarray:
@@ -149,7 +154,7 @@ class FramePairDataset(Dataset):
         self.reader = FrameReader(config.background, config.fit, config.cache)
         self._pairs = [(s, t) for s, seq in enumerate(self.sequences) for t in range(1, seq.num_frames)]
         if not self._pairs:
-            raise ValueError("FramePairDataset: every sequence has a single frame; training pairs need two or more")
+            raise DatasetError("FramePairDataset: every sequence has a single frame; training pairs need two or more")
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -210,14 +215,14 @@ class SR3FrameDataset(Dataset):
     ) -> None:
         PairDatasetConfig(resolution, "none", hflip_prob, background, fit, cache, seed)  # validates
         if not 8 <= low_resolution < resolution:
-            raise ValueError(f"low_resolution must be in [8, resolution), got {low_resolution} for resolution {resolution}")
+            raise DatasetError(f"low_resolution must be in [8, resolution), got {low_resolution} for resolution {resolution}")
         self.sequences = list(sequences)
         self.resolution, self.low_resolution = resolution, low_resolution
         self.hflip_prob, self.seed = hflip_prob, seed
         self.reader = FrameReader(background, fit, cache)
         self._frames = [(s, t) for s, seq in enumerate(self.sequences) for t in range(seq.num_frames)]
         if not self._frames:
-            raise ValueError("SR3FrameDataset: no frames")
+            raise DatasetError("SR3FrameDataset: no frames")
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -250,7 +255,7 @@ def load_sequence(
     """Frames and pose maps ``start .. start+length-1`` of a sequence: ((T,3,R,R) in [-1,1], (T,3,R,R))."""
     stop = seq.num_frames if length is None else start + length
     if not 0 <= start < stop <= seq.num_frames:
-        raise ValueError(f"sequence {seq.id!r} has {seq.num_frames} frames; cannot take {start}..{stop - 1}")
+        raise DatasetError(f"sequence {seq.id!r} has {seq.num_frames} frames; cannot take {start}..{stop - 1}")
     reader = FrameReader(background, fit, cache=False)
     frames = np.stack([reader.rgb(seq, i, resolution) for i in range(start, stop)])
     poses = np.stack([reader.iuv(seq, i, resolution) for i in range(start, stop)])

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from btdm_engine.errors import UsageError
+
 # The shipped model's settings. ``checkpoint_every`` etc. may differ on resume; the rest may not.
 BTUNET_SETTINGS: dict[str, Any] = dict(
     preset="tiny", mode="bidirectional", steps=1500, batch_size=8, lr=3e-4, seed=0, cache_frames=True,
@@ -118,7 +120,7 @@ def assemble(data: Path, runs: dict[str, Path], out: Path) -> Path:
     manifest = DatasetManifest.load(data)
     tests = manifest.sequence_frames("test")
     if not tests:
-        raise ValueError(f"{data / 'manifest.json'}: the test split is empty; the appearance image comes from it")
+        raise UsageError(f"{data / 'manifest.json'}: the test split is empty; the appearance image comes from it")
     seq = tests[0]
     stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if stage.exists():
@@ -126,7 +128,7 @@ def assemble(data: Path, runs: dict[str, Path], out: Path) -> Path:
     stage.mkdir(parents=True)
     for kind, run in runs.items():
         if not (run / "checkpoint" / "config.json").is_file():
-            raise ValueError(f"{run}: no finished checkpoint/ (train it first)")
+            raise UsageError(f"{run}: no finished checkpoint/ (train it first)")
         shutil.copytree(run / "checkpoint", stage / kind)
     write_rgb_png(stage / "appearance.png", np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8))
     shutil.copyfile(seq.iuv[0], stage / "appearance_iuv.png")

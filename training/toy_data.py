@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from btdm_engine.errors import UsageError
 from btdm_engine.fileio import atomic_write_bytes
 from btdm_engine.posemaps.encoding import write_iuv_png
 from training.dataset_format import SEQUENCES_DIR, SequenceRecord, frame_name, write_manifest
@@ -98,7 +99,7 @@ def write_toy_dataset(
 ) -> Path:
     """Write a toy dataset under ``root``; the last ``test_characters`` characters form the test split."""
     if not 0 < test_characters < num_characters:
-        raise ValueError(f"test_characters must be in 1..{num_characters - 1}, got {test_characters}")
+        raise UsageError(f"test_characters must be in 1..{num_characters - 1}, got {test_characters}")
     root = Path(root)
     records: list[SequenceRecord] = []
     splits: dict[str, list[str]] = {"train": [], "test": []}

@@ -279,7 +279,7 @@ def load_body_model(name_or_path: str | Path = "mannequin") -> BodyModel:
     else:
         path = Path(name_or_path)
         if isinstance(name_or_path, str) and not path.suffix and not path.exists():
-            raise ValueError(f"unknown body model {name_or_path!r}: use 'mannequin' or a path to a .pkl model file")
+            raise BodyModelError(f"unknown body model {name_or_path!r}: use 'mannequin' or a path to a .pkl model file")
         name = path.stem
     try:
         stat = path.stat()

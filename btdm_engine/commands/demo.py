@@ -14,6 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.errors import UsageError
+
 DEFAULT_MOTIONS: tuple[str, ...] = ("walk", "spin")
 SHEET_FRAMES = 6  # sample frames per motion on the contact sheet
 
@@ -67,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
 
     unknown = [m for m in args.motions if m not in MOTIONS]
     if unknown:
-        raise ValueError(f"unknown motion(s) {', '.join(unknown)}; allowed: {', '.join(MOTIONS)}")
+        raise UsageError(f"unknown motion(s) {', '.join(unknown)}; allowed: {', '.join(MOTIONS)}")
     if not args.no_generate and args.generate not in MOTIONS:
-        raise ValueError(f"--generate: unknown motion {args.generate!r}; allowed: {', '.join(MOTIONS)}")
+        raise UsageError(f"--generate: unknown motion {args.generate!r}; allowed: {', '.join(MOTIONS)}")
     if args.steps < 1 or args.sr_steps < 1:
-        raise ValueError(f"--steps and --sr-steps must be >= 1, got {args.steps} and {args.sr_steps}")
+        raise UsageError(f"--steps and --sr-steps must be >= 1, got {args.steps} and {args.sr_steps}")
     if args.size < 16:
-        raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
+        raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
     if not args.no_generate:
         from btdm_engine.weights import default_appearance
 

@@ -15,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from btdm_engine.errors import UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` subcommand."""
@@ -53,19 +55,19 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.posemaps.encoding import read_iuv_png
 
     if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.out.exists() and any(args.out.iterdir()):
-        raise ValueError(f"{args.out}: exists and is not empty; choose a new --out")
+        raise UsageError(f"{args.out}: exists and is not empty; choose a new --out")
     if not (args.model / "btunet").is_dir():
-        raise ValueError(f"{args.model}: no btunet/ checkpoint folder inside")
+        raise UsageError(f"{args.model}: no btunet/ checkpoint folder inside")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
+        raise UsageError("--device cuda requested but CUDA is not available")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
 
     image = read_rgb(args.appearance, parse_colour(args.background))
     iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
     if image.shape[:2] != iuv.shape[:2]:
-        raise ValueError(f"{args.appearance_iuv}: {iuv.shape[1]}x{iuv.shape[0]} px, but {args.appearance} is {image.shape[1]}x{image.shape[0]}")
+        raise UsageError(f"{args.appearance_iuv}: {iuv.shape[1]}x{iuv.shape[0]} px, but {args.appearance} is {image.shape[1]}x{image.shape[0]}")
     model, schedule, meta = load_checkpoint(args.model / "btunet", kind="btunet", device=device)
     res = model.config.resolution
     c = image_to_tensor(np.round(image * 255).astype(np.uint8), res, where=str(args.appearance)).to(device)

@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 
+from btdm_engine.errors import UsageError
+
 __all__ = ["register", "main"]
 
 
@@ -108,7 +110,7 @@ def _sheet(args: argparse.Namespace) -> int:
         try:
             frames = [int(x) for x in args.frames.split(",")]
         except ValueError:
-            raise ValueError(f"--frames: expected comma-separated integers, got {args.frames!r}") from None
+            raise UsageError(f"--frames: expected comma-separated integers, got {args.frames!r}") from None
     path = dataset_contact_sheet(args.root, args.out, args.motion, frames, args.characters, args.scale)
     print(path)
     return 0

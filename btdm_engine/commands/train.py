@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from btdm_engine.errors import UsageError
+
 # Options whose argparse default is None so that a resumed run knows which ones were given.
 _CONFIG_OPTIONS = {
     "preset": "preset", "mode": "mode", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
@@ -89,7 +91,7 @@ def config_from_args(args: argparse.Namespace):
         try:
             overrides = json.loads(args.model_config)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--model-config: not valid JSON ({exc.msg})") from exc
+            raise UsageError(f"--model-config: not valid JSON ({exc.msg})") from exc
         given["model_overrides"] = overrides
     if args.character is not None:
         given["characters"] = tuple(args.character)
@@ -101,12 +103,12 @@ def config_from_args(args: argparse.Namespace):
     if args.resume:
         saved_path = args.out / CONFIG_FILE
         if not saved_path.is_file():
-            raise ValueError(f"{args.out}: cannot resume, no {CONFIG_FILE}")
+            raise UsageError(f"{args.out}: cannot resume, no {CONFIG_FILE}")
         saved = TrainConfig.from_dict(json.loads(saved_path.read_text(encoding="utf-8")))
         if saved.kind != args.kind:
-            raise ValueError(f"{args.out} is a {saved.kind} run, not {args.kind}")
+            raise UsageError(f"{args.out} is a {saved.kind} run, not {args.kind}")
         if Path(saved.data).resolve() != args.data.resolve():
-            raise ValueError(f"{args.out} was trained on {saved.data}, not {args.data}")
+            raise UsageError(f"{args.out} was trained on {saved.data}, not {args.data}")
         return saved.resumed_with(**given)
     return TrainConfig(kind=args.kind, data=data, **given)
 

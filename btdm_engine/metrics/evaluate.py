@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from btdm_engine.errors import BtdmError
+from btdm_engine.errors import BtdmError, UsageError
 from btdm_engine.fileio import atomic_write_text
 from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
@@ -172,9 +172,9 @@ def evaluate(
         The report dict written by :func:`write_report` (floats may be inf/NaN here).
     """
     if iuv_order not in IUV_ORDERS:
-        raise ValueError(f"unknown iuv order {iuv_order!r}; allowed: {', '.join(IUV_ORDERS)}")
+        raise UsageError(f"unknown iuv order {iuv_order!r}; allowed: {', '.join(IUV_ORDERS)}")
     if size is not None and size < 11:
-        raise ValueError(f"evaluation size must be at least 11 px (the SSIM window), got {size}")
+        raise UsageError(f"evaluation size must be at least 11 px (the SSIM window), got {size}")
     pred_seqs = discover_sequences(pred, "rgb")
     gt_seqs = discover_sequences(gt, "rgb")
     iuv_seqs = discover_sequences(iuv, "iuv") if iuv is not None else None

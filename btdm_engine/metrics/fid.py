@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from btdm_engine.metrics.image import MetricInputError
 from btdm_engine.metrics.weights import load_strict, read_safetensors
 
 FID_IGNORABLE_KEYS = ("num_batches_tracked", "fc.weight", "fc.bias")
@@ -208,9 +209,9 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be (N, D) with equal D, got {a.shape} and {b.shape}")
+        raise MetricInputError(f"feature sets must be (N, D) with equal D, got {a.shape} and {b.shape}")
     if min(len(a), len(b)) < 2:
-        raise ValueError(f"FID needs at least 2 images per set, got {len(a)} and {len(b)}")
+        raise MetricInputError(f"FID needs at least 2 images per set, got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = a - mu_a, b - mu_b
     na, nb = len(a) - 1, len(b) - 1

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.errors import UsageError
+
 _FLOW_SOURCES = ("gt", "pred")
 
 
@@ -114,7 +116,7 @@ def warping_error_per_pair(
 ) -> np.ndarray:
     """Warping-error terms per consecutive pair, (T-1,) float64 (module docstring)."""
     if flow_source not in _FLOW_SOURCES:
-        raise ValueError(f"unknown flow_source {flow_source!r}; allowed: {', '.join(_FLOW_SOURCES)}")
+        raise UsageError(f"unknown flow_source {flow_source!r}; allowed: {', '.join(_FLOW_SOURCES)}")
     _check_sequences(pred, gt, mask)
     ref = _to_grey_u8(gt if flow_source == "gt" else pred)
     frames = rearrange(pred.detach().to("cpu", torch.float32), "t c h w -> t h w c").numpy()

@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from btdm_engine.errors import BtdmError
+from btdm_engine.errors import BtdmError, UsageError
+from btdm_engine.imageio import read_image
 
 WHITE: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
@@ -37,20 +38,19 @@ def parse_colour(text: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(0 <= v <= 255 for v in values):
-        raise ValueError(f"background colour {text!r}: use one of {', '.join(named)} or R,G,B with values in 0..255")
+        raise UsageError(f"background colour {text!r}: use one of {', '.join(named)} or R,G,B with values in 0..255")
     return (values[0] / 255, values[1] / 255, values[2] / 255)
 
 
-def read_rgb(path: str | Path, background: tuple[float, float, float] = WHITE) -> np.ndarray:
-    """Read an 8- or 16-bit RGB/RGBA/grey PNG as float32 (H, W, 3) RGB in [0, 1].
+def read_rgb(path: str | Path, background: tuple[float, float, float] = WHITE, min_side: int = 1) -> np.ndarray:
+    """Read an 8- or 16-bit RGB/RGBA/grey PNG (or a JPEG, turned upright) as float32 (H, W, 3) RGB in [0, 1].
 
     Alpha is composited onto ``background`` (RGB in [0, 1]); the alpha is straight (not
-    premultiplied), as PNG defines it.
+    premultiplied), as PNG defines it. The size is checked before decoding
+    (:func:`btdm_engine.imageio.read_image`).
     """
     path = Path(path)
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise FrameError(f"{path}: not a readable image")
+    raw = read_image(path, min_side=min_side)
     if raw.dtype == np.uint8:
         img = raw.astype(np.float32) / 255.0
     elif raw.dtype == np.uint16:

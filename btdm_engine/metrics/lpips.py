@@ -35,6 +35,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from btdm_engine.errors import UsageError
 from btdm_engine.metrics.weights import MetricWeightsError, load_strict, read_safetensors
 
 LPIPS_NETS = ("alex", "vgg")
@@ -77,7 +78,7 @@ class LPIPS(nn.Module):
     def __init__(self, net: str = "alex") -> None:
         super().__init__()
         if net not in LPIPS_NETS:
-            raise ValueError(f"unknown LPIPS network {net!r}; allowed: {', '.join(LPIPS_NETS)}")
+            raise UsageError(f"unknown LPIPS network {net!r}; allowed: {', '.join(LPIPS_NETS)}")
         self.net = net
         self.features, self.taps, channels = _alexnet_features() if net == "alex" else _vgg16_features()
         for k, c in enumerate(channels):

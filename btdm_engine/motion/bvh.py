@@ -309,7 +309,7 @@ def write_bvh(bvh: Bvh, path: str | os.PathLike[str]) -> Path:
 
     roots = [i for i, joint in enumerate(bvh.joints) if joint.parent < 0]
     if len(roots) != 1:
-        raise ValueError(f"a BVH skeleton needs exactly one root joint, got {len(roots)}")
+        raise BvhError(f"a BVH skeleton needs exactly one root joint, got {len(roots)}")
     emit(roots[0], 0)
     columns = np.concatenate(
         [np.arange(bvh.channel_start[i], bvh.channel_start[i] + len(bvh.joints[i].channels)) for i in order]
@@ -333,7 +333,7 @@ def save_bvh(
     channels hold the pelvis position ``rest pelvis + trans``. ``units``: "cm" or "m"; Y up.
     """
     if units not in ("cm", "m"):
-        raise ValueError(f"unknown units {units!r}; allowed: cm, m")
+        raise BvhError(f"unknown units {units!r}; allowed: cm, m")
     scale = 100.0 if units == "cm" else 1.0
     from btdm_engine.motion.library import cached_body_model
 

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from btdm_engine.errors import BtdmError
+
+
+class CameraError(BtdmError, ValueError):
+    """A camera cannot be built from these values (size, field of view, points out of range)."""
+
 __all__ = ["intrinsics", "look_at", "orbit", "default_camera", "project"]
 
 _WORLD_UP = np.array([0.0, 1.0, 0.0])
@@ -17,9 +23,9 @@ _WORLD_UP = np.array([0.0, 1.0, 0.0])
 def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
     """(3, 3) pinhole intrinsics with vertical field of view ``fov_deg`` and square pixels."""
     if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
+        raise CameraError(f"image size must be positive, got {width}x{height}")
     if not 0.0 < fov_deg < 180.0:
-        raise ValueError(f"fov_deg must be in (0, 180), got {fov_deg}")
+        raise CameraError(f"fov_deg must be in (0, 180), got {fov_deg}")
     f = (height / 2.0) / np.tan(np.radians(fov_deg) / 2.0)
     return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
@@ -29,11 +35,11 @@ def _rotation_from_forward(forward: np.ndarray, up: np.ndarray = _WORLD_UP) -> n
     z = np.asarray(forward, dtype=np.float64)
     norm = np.linalg.norm(z)
     if norm < 1e-12:
-        raise ValueError("camera viewing direction must be non-zero")
+        raise CameraError("camera viewing direction must be non-zero")
     z = z / norm
     x = np.cross(-np.asarray(up, dtype=np.float64), z)  # right = down x forward
     if np.linalg.norm(x) < 1e-9:
-        raise ValueError(f"camera viewing direction {tuple(z)} is parallel to the up vector")
+        raise CameraError(f"camera viewing direction {tuple(z)} is parallel to the up vector")
     x /= np.linalg.norm(x)
     y = np.cross(z, x)
     return np.stack([x, y, z])
@@ -65,9 +71,9 @@ def orbit(
     orbit loops without a repeated frame.
     """
     if num_frames <= 0:
-        raise ValueError(f"num_frames must be positive, got {num_frames}")
+        raise CameraError(f"num_frames must be positive, got {num_frames}")
     if radius <= 0:
-        raise ValueError(f"radius must be positive, got {radius}")
+        raise CameraError(f"radius must be positive, got {radius}")
     target = np.asarray(target, dtype=np.float64)
     az = np.radians(start_deg + degrees * np.arange(num_frames) / num_frames)
     el = np.radians(elevation_deg)
@@ -118,17 +124,17 @@ def default_camera(
     """
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 3 or points.shape[-1] != 3 or points.shape[0] == 0 or points.shape[1] == 0:
-        raise ValueError(f"points must have shape (T, N, 3) with T, N > 0, got {points.shape}")
+        raise CameraError(f"points must have shape (T, N, 3) with T, N > 0, got {points.shape}")
     if not np.isfinite(points).all():
-        raise ValueError("points contain NaN or inf")
+        raise CameraError("points contain NaN or inf")
     if not 0.0 <= margin < 0.5:
-        raise ValueError(f"margin must be in [0, 0.5), got {margin}")
+        raise CameraError(f"margin must be in [0, 0.5), got {margin}")
     K = intrinsics(width, height, fov_deg)
     f = K[0, 0]
     forward = np.array([0.0, 0.0, -1.0]) if direction is None else np.asarray(direction, float)
     forward = forward - forward @ _WORLD_UP * _WORLD_UP
     if np.linalg.norm(forward) < 1e-9:
-        raise ValueError(f"direction {tuple(direction)} has no horizontal component")
+        raise CameraError(f"direction {tuple(direction)} has no horizontal component")
     forward /= np.linalg.norm(forward)
     el = np.radians(elevation_deg)
     forward = np.cos(el) * forward - np.sin(el) * _WORLD_UP
@@ -139,7 +145,7 @@ def default_camera(
     half_w = (width - 1) / 2.0 - margin * width
     half_h = (height - 1) / 2.0 - margin * height
     if half_w <= 0 or half_h <= 0:
-        raise ValueError(f"margin {margin} leaves no room in a {width}x{height} image")
+        raise CameraError(f"margin {margin} leaves no room in a {width}x{height} image")
     # Camera centre C (camera axes): a point q = P - C must satisfy f*|q_x| <= half_w*q_z.
     # Right border: f*P_x - half_w*P_z <= f*C_x - half_w*C_z, similarly for the other three.
     m_right = np.max(f * P[:, 0] - half_w * P[:, 2])

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from btdm_engine.body.skeleton import JOINT_NAMES
+from btdm_engine.errors import UsageError
 from btdm_engine.motion.bonemaps import SKELETONS
 
 
@@ -120,7 +121,7 @@ def _warn(args: argparse.Namespace, lines: list[str]) -> None:
 
 def _check_size(size: int) -> None:
     if size <= 0:
-        raise ValueError(f"--size must be a positive number of pixels, got {size}")
+        raise UsageError(f"--size must be a positive number of pixels, got {size}")
 
 
 def _make(args: argparse.Namespace) -> int:
@@ -202,7 +203,7 @@ def _preview(args: argparse.Namespace) -> int:
     from btdm_engine.motion.preview import contact_sheet
 
     if args.frames <= 0 or args.tile < 16:
-        raise ValueError(f"--frames must be positive and --tile at least 16, got {args.frames} and {args.tile}")
+        raise UsageError(f"--frames must be positive and --tile at least 16, got {args.frames} and {args.tile}")
     clips = {path.stem: MotionClip.load(path) for path in args.clips}
     path = contact_sheet(clips, args.out, frames=args.frames, tile=args.tile)
     print(f"wrote {path}: {len(clips)} clip(s) x {args.frames} frames")

@@ -23,6 +23,7 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
+from btdm_engine.errors import UsageError
 from btdm_engine.motion.camera import default_camera
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.kinematics import forward_kinematics, world_rotations
@@ -351,7 +352,7 @@ MOTIONS: tuple[str, ...] = tuple(_GENERATORS)
 def describe(name: str) -> str:
     """One-line description of a library motion."""
     if name not in _GENERATORS:
-        raise ValueError(f"unknown motion {name!r}; allowed: {', '.join(MOTIONS)}")
+        raise UsageError(f"unknown motion {name!r}; allowed: {', '.join(MOTIONS)}")
     return (_GENERATORS[name].__doc__ or "").strip().splitlines()[0]
 
 
@@ -373,10 +374,10 @@ def pose_motion(
     :func:`make_motion`.
     """
     if name not in _GENERATORS:
-        raise ValueError(f"unknown motion {name!r}; allowed: {', '.join(MOTIONS)}")
+        raise UsageError(f"unknown motion {name!r}; allowed: {', '.join(MOTIONS)}")
     for label, value in (("seconds", seconds), ("fps", fps), ("speed", speed)):
         if not np.isfinite(value) or value <= 0:
-            raise ValueError(f"{label} must be a positive number, got {value}")
+            raise UsageError(f"{label} must be a positive number, got {value}")
     T = max(1, int(round(seconds * fps)))
     t = np.arange(T) / fps
     style = _Style.draw(np.random.default_rng(seed))
@@ -398,7 +399,7 @@ def _ground_and_plant(
     Soft minima (softmax weights over contact heights) keep the result smooth in time.
     """
     if plant not in ("contact", "smoothed"):
-        raise ValueError(f"unknown planting mode {plant!r}; allowed: contact, smoothed")
+        raise UsageError(f"unknown planting mode {plant!r}; allowed: contact, smoothed")
     world = world_rotations(poses)
     joints = forward_kinematics(poses, rest)  # without translation
     ids = list(_CONTACT_JOINTS)
@@ -479,7 +480,7 @@ def make_motion(
     poses, yaw, hop, plant, support = pose_motion(name, seconds, fps, speed, seed)
     betas = np.zeros(NUM_BETAS) if betas is None else np.asarray(betas, dtype=np.float64)
     if betas.shape != (NUM_BETAS,):
-        raise ValueError(f"betas must have shape ({NUM_BETAS},), got {betas.shape}")
+        raise UsageError(f"betas must have shape ({NUM_BETAS},), got {betas.shape}")
     body = cached_body_model(body_model)
     rest = body.rest_joints(betas).astype(np.float64)
     rest_verts, _ = body.forward(

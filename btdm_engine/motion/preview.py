@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from btdm_engine.body.skeleton import JOINT_NAMES, PARENTS
+from btdm_engine.errors import UsageError
 from btdm_engine.motion.camera import project
 from btdm_engine.motion.clip import MotionClip
 
@@ -79,7 +80,7 @@ def contact_sheet(
     sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"{path}: a contact sheet is written as .png")
+        raise UsageError(f"{path}: a contact sheet is written as .png")
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(".png", sheet)
     if not ok:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from btdm_engine.errors import UsageError
+
 __all__ = [
     "axis_angle_to_matrix",
     "matrix_to_axis_angle",
@@ -80,7 +82,7 @@ def euler_to_matrix(angles: np.ndarray, order: str) -> np.ndarray:
     factor. This is how BVH channel lists such as ``Zrotation Xrotation Yrotation`` compose.
     """
     if order not in _EULER_ORDERS:
-        raise ValueError(f"unknown Euler order {order!r}; allowed: {', '.join(_EULER_ORDERS)}")
+        raise UsageError(f"unknown Euler order {order!r}; allowed: {', '.join(_EULER_ORDERS)}")
     flat, lead = _flat(angles, (3,), "Euler angles")
     return Rotation.from_euler(order, flat).as_matrix().reshape((*lead, 3, 3))
 
@@ -88,7 +90,7 @@ def euler_to_matrix(angles: np.ndarray, order: str) -> np.ndarray:
 def matrix_to_euler(mat: np.ndarray, order: str) -> np.ndarray:
     """Inverse of :func:`euler_to_matrix` (angles in radians, same intrinsic ``order``)."""
     if order not in _EULER_ORDERS:
-        raise ValueError(f"unknown Euler order {order!r}; allowed: {', '.join(_EULER_ORDERS)}")
+        raise UsageError(f"unknown Euler order {order!r}; allowed: {', '.join(_EULER_ORDERS)}")
     flat, lead = _flat(mat, (3, 3), "rotation matrix")
     return Rotation.from_matrix(flat).as_euler(order).reshape((*lead, 3))
 

@@ -63,7 +63,7 @@ def validate_iuv(iuv: np.ndarray, where: str = "iuv") -> np.ndarray:
 
 def _check_order(order: str) -> None:
     if order not in PNG_ORDERS:
-        raise ValueError(f"unknown IUV PNG order {order!r}; allowed: {', '.join(PNG_ORDERS)}")
+        raise IUVFormatError(f"unknown IUV PNG order {order!r}; allowed: {', '.join(PNG_ORDERS)}")
 
 
 def encode_iuv_png(iuv: np.ndarray, order: str = "btdm") -> bytes:
@@ -111,14 +111,16 @@ def read_iuv_png(path: str | os.PathLike[str], order: str = "btdm") -> np.ndarra
         IUVFormatError: not a readable 8-bit 3-channel image, or values outside the contract;
             the message names the file.
     """
+    from btdm_engine.imageio import ImageReadError, read_image
+
     _check_order(order)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such IUV file")
-    raw = np.fromfile(path, dtype=np.uint8)
-    pixels = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-    if pixels is None:
-        raise IUVFormatError(f"{path}: not a readable image")
+    try:
+        pixels = read_image(path, formats=("png",))  # IUV labels survive only lossless PNG
+    except ImageReadError as exc:
+        raise IUVFormatError(str(exc)) from None
     if pixels.dtype != np.uint8:
         raise IUVFormatError(f"{path}: expected 8-bit channels, got {pixels.dtype}")
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]

@@ -25,6 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from btdm_engine.errors import BtdmError
+
+
+class PosemapExportError(BtdmError, ValueError):
+    """A pose-map export cannot run: bad range or size, or a folder btdm did not write."""
+
 if TYPE_CHECKING:
     from btdm_engine.body.model import BodyModel
     from btdm_engine.motion.clip import MotionClip
@@ -132,13 +138,13 @@ def export_posemaps(
     num_frames = clip.num_frames
     end = num_frames if end is None else int(end)
     if not 0 <= int(start) < end <= num_frames:
-        raise ValueError(
+        raise PosemapExportError(
             f"frame range --start {start} --end {end} is outside the clip's 0..{num_frames} "
             "(start < end required)"
         )
     if size is not None:
         if int(size) < 1:
-            raise ValueError(f"size must be positive, got {size}")
+            raise PosemapExportError(f"size must be positive, got {size}")
         clip = clip.resized(int(size), int(size))
     if body is None:
         from btdm_engine.body.model import load_body_model
@@ -164,11 +170,11 @@ def export_posemaps(
         try:
             previous = json.loads(manifest_path.read_text())
         except ValueError as exc:
-            raise ValueError(
+            raise PosemapExportError(
                 f"{manifest_path}: not valid JSON ({exc}); delete it to re-render"
             ) from None
         if not isinstance(previous, dict):
-            raise ValueError(f"{manifest_path}: expected a JSON object; delete it to re-render")
+            raise PosemapExportError(f"{manifest_path}: expected a JSON object; delete it to re-render")
     if previous is None or previous.get("fingerprint") != manifest["fingerprint"]:
         # Frames on disk (if any) were rendered from other inputs: they are outdated.
         for old in iuv_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from btdm_engine.errors import UsageError
+
 NUM_PARTS = 24
 
 # Index i is part i; 0 is the background.
@@ -68,7 +70,7 @@ _REVERSE_U[list(SELF_SYMMETRIC_PARTS)] = True
 def part_index(name: str) -> int:
     """Index (1..24) of a part by its name in :data:`PART_NAMES`."""
     if name not in PART_NAMES[1:]:
-        raise ValueError(f"unknown part {name!r}; allowed: {', '.join(PART_NAMES[1:])}")
+        raise UsageError(f"unknown part {name!r}; allowed: {', '.join(PART_NAMES[1:])}")
     return PART_NAMES.index(name)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from btdm_engine.errors import UsageError
 from btdm_engine.posemaps.encoding import validate_iuv
 from btdm_engine.posemaps.parts import NUM_PARTS, PART_NAMES
 
@@ -118,14 +119,14 @@ def contact_sheet(
         gap: pixels of dark grey between cells.
     """
     if len(images) == 0:
-        raise ValueError("contact_sheet: no images")
+        raise UsageError("contact_sheet: no images")
     if cols < 1:
-        raise ValueError(f"contact_sheet: cols must be positive, got {cols}")
+        raise UsageError(f"contact_sheet: cols must be positive, got {cols}")
     if labels is not None and len(labels) != len(images):
-        raise ValueError(f"contact_sheet: {len(labels)} labels for {len(images)} images")
+        raise UsageError(f"contact_sheet: {len(labels)} labels for {len(images)} images")
     for i, img in enumerate(images):
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"contact_sheet: image {i} must be uint8 (H, W, 3), got "
+            raise UsageError(f"contact_sheet: image {i} must be uint8 (H, W, 3), got "
                              f"{img.dtype} {img.shape}")
     ch = max(img.shape[0] for img in images)
     cw = max(img.shape[1] for img in images)
@@ -185,9 +186,9 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: f
 
     path = Path(path)
     if path.suffix.lower() != ".mp4":
-        raise ValueError(f"{path}: the preview video must end in '.mp4'")
+        raise UsageError(f"{path}: the preview video must end in '.mp4'")
     if not fps > 0:
-        raise ValueError(f"write_mp4: fps must be positive, got {fps}")
+        raise UsageError(f"write_mp4: fps must be positive, got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent)
     os.close(fd)
@@ -216,7 +217,7 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: f
             writer.send(np.ascontiguousarray(frame))
             count += 1
         if writer is None:
-            raise ValueError(f"{path}: no frames to write")
+            raise UsageError(f"{path}: no frames to write")
         writer.close()
         writer = None
         os.chmod(tmp, 0o644)

@@ -31,7 +31,12 @@ import pyrender  # noqa: E402
 from OpenGL import GL  # noqa: E402
 from pyrender.shader_program import ShaderProgramCache  # noqa: E402
 
+from btdm_engine.errors import BtdmError  # noqa: E402
 from btdm_engine.posemaps.atlas import Atlas, build_atlas  # noqa: E402
+
+
+class RendererError(BtdmError, ValueError):
+    """The renderer cannot draw this: a size over its limit, a bad camera or vertices."""
 
 if TYPE_CHECKING:
     from btdm_engine.body.model import BodyModel
@@ -101,13 +106,13 @@ def _check_camera(K: np.ndarray, world_to_cam: np.ndarray) -> tuple[np.ndarray, 
     K = np.asarray(K, dtype=np.float64)
     world_to_cam = np.asarray(world_to_cam, dtype=np.float64)
     if K.shape != (3, 3) or not np.all(np.isfinite(K)):
-        raise ValueError(f"K: expected a finite (3, 3) matrix, got shape {K.shape}")
+        raise RendererError(f"K: expected a finite (3, 3) matrix, got shape {K.shape}")
     if K[1, 0] != 0 or not np.allclose(K[2], [0, 0, 1]) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"K: not a pinhole intrinsics matrix: {K.tolist()}")
+        raise RendererError(f"K: not a pinhole intrinsics matrix: {K.tolist()}")
     if world_to_cam.shape != (4, 4) or not np.all(np.isfinite(world_to_cam)):
-        raise ValueError(f"world_to_cam: expected a finite (4, 4) matrix, got {world_to_cam.shape}")
+        raise RendererError(f"world_to_cam: expected a finite (4, 4) matrix, got {world_to_cam.shape}")
     if not np.allclose(world_to_cam[3], [0, 0, 0, 1]):
-        raise ValueError("world_to_cam: last row must be (0, 0, 0, 1)")
+        raise RendererError("world_to_cam: last row must be (0, 0, 0, 1)")
     return K, world_to_cam
 
 
@@ -141,11 +146,11 @@ class IUVRenderer:
         prefetch: bool = True,
     ):
         if int(width) < 1 or int(height) < 1:
-            raise ValueError(f"renderer size must be positive, got {width}x{height}")
+            raise RendererError(f"renderer size must be positive, got {width}x{height}")
         if max(int(width), int(height)) > MAX_SIZE:
-            raise ValueError(f"renderer size {width}x{height} is larger than the {MAX_SIZE} px the offscreen renderer supports")
+            raise RendererError(f"renderer size {width}x{height} is larger than the {MAX_SIZE} px the offscreen renderer supports")
         if int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+            raise RendererError(f"chunk_size must be positive, got {chunk_size}")
         self.body = body
         self.num_body_vertices = int(np.asarray(body.v_template).shape[0])
         self.atlas = (atlas if atlas is not None else build_atlas(body)).validate(
@@ -223,11 +228,11 @@ class IUVRenderer:
             raise RuntimeError("IUVRenderer is closed")
         vertices = np.asarray(vertices, dtype=np.float32)
         if vertices.shape != (self.num_body_vertices, 3):
-            raise ValueError(
+            raise RendererError(
                 f"vertices: expected ({self.num_body_vertices}, 3), got {vertices.shape}"
             )
         if not np.all(np.isfinite(vertices)):
-            raise ValueError("vertices: non-finite values")
+            raise RendererError("vertices: non-finite values")
         K, world_to_cam = _check_camera(K, world_to_cam)
 
         depth = vertices @ world_to_cam[2, :3] + world_to_cam[2, 3]
@@ -279,12 +284,12 @@ class IUVRenderer:
 
         if size is not None:
             if int(size) < 1:
-                raise ValueError(f"size must be positive, got {size}")
+                raise RendererError(f"size must be positive, got {size}")
             clip = clip.resized(int(size), int(size))
         num_frames = int(np.asarray(clip.poses).shape[0])
         index = np.arange(num_frames) if frames is None else np.asarray(frames, dtype=np.int64)
         if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= num_frames)):
-            raise ValueError(f"frames: indices must lie in 0..{num_frames - 1}")
+            raise RendererError(f"frames: indices must lie in 0..{num_frames - 1}")
         previous = (self.width, self.height)
         self._resize(int(clip.width), int(clip.height))
         poses = np.asarray(clip.poses, dtype=np.float32)
