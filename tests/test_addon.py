@@ -437,3 +437,34 @@ def test_cancel_leaves_no_strip_and_no_partial_frame(engine: Engine, tmp_path: P
     leftovers = [p.name for p in (tmp_path / "plates").rglob("*")]
     assert leftovers == [], leftovers  # no frame, no staging folder, no temporary file
     assert EngineClient(engine.url).job(result["job"])["state"] == "cancelled"
+
+
+def test_local_engine_is_started_on_a_free_port_and_stopped(tmp_path: Path) -> None:
+    """Local mode: nothing answers at the local URL, so the add-on starts `btdm serve` itself, then stops it."""
+    result = run_bpy(f"""
+        import os
+        from blender_addon.engine import MANAGER, EngineSettings, EngineUnavailable
+        settings = EngineSettings(local_url="http://127.0.0.1:{free_port()}", device="cpu",
+                                  executable={str(Path(sys.executable).with_name('btdm'))!r},
+                                  data_dir={str(tmp_path / 'data')!r})
+        MANAGER.connect(settings)
+        status = MANAGER.status
+        pid = MANAGER.child_pid
+        MANAGER.stop()
+        alive = True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            alive = False
+        try:
+            MANAGER.connect(EngineSettings(local_url=settings.local_url, executable="/nonexistent/btdm"))
+            missing = "no error"
+        except EngineUnavailable as exc:
+            missing = str(exc)
+        print("RESULT " + json.dumps({{"connected": status.connected, "local": status.local_child,
+                                      "device": status.device, "models": [m["name"] for m in status.models],
+                                      "url": status.url, "alive": alive, "missing": missing}}))
+    """, tmp_path)
+    assert result["connected"] and result["local"] and result["device"] == "cpu" and result["models"] == ["default"]
+    assert result["url"].startswith("http://127.0.0.1:") and not result["alive"]
+    assert "the `btdm` command was not found (/nonexistent/btdm is not an executable file)" in result["missing"]
