@@ -200,21 +200,26 @@ def submit(
                             field="params.finetune_steps")
     if p["sr_steps"] is not None and not info["has_sr3"]:
         raise InvalidParams(f"params.sr_steps given but model {entry.name} has no SR3 stage", field="params.sr_steps")
-    with request.app.state.submit_lock:
-        if store.counts()["queued"] >= request.app.state.max_queued:
-            raise QueueFull(f"{request.app.state.max_queued} jobs are already queued; retry later",
-                            headers={"Retry-After": str(request.app.state.retry_after_s)})
-        job_id = new_job_id()
-        folder = store.job_dir(job_id) / "input"
-        try:
-            described = _save_inputs(folder, source, sources[source], appearance, appearance_iuv, p,
-                                     info["resolution"])
-            report = described.pop("retarget", None)
+    _check_queue(request)  # before the uploads are copied and validated: a full queue answers at once
+    job_id = new_job_id()
+    try:
+        described = _save_inputs(store.job_dir(job_id) / "input", source, sources[source], appearance,
+                                 appearance_iuv, p, info["resolution"])
+        report = described.pop("retarget", None)
+        with request.app.state.submit_lock:  # the count and the insert together
+            _check_queue(request)
             job = store.create(job_id, params=p, source=source, inputs=described, retarget=report)
-        except BaseException:
-            remove_job_files(store, job_id)
-            raise
+    except BaseException:
+        remove_job_files(store, job_id)
+        raise
     return job_view(job)
+
+
+def _check_queue(request: Request) -> None:
+    state = request.app.state
+    if state.store.counts()["queued"] >= state.max_queued:
+        raise QueueFull(f"{state.max_queued} jobs are already queued; retry later",
+                        headers={"Retry-After": str(state.retry_after_s)})
 
 
 def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: UploadFile | None,

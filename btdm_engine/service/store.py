@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -222,7 +223,8 @@ class JobStore:
             self._bump(job_id)
 
     def recover(self) -> list[str]:
-        """At start: jobs left ``running`` by a crash go back to the queue, or fail after :data:`MAX_ATTEMPTS`."""
+        """At start: jobs left ``running`` by a crash go back to the queue, or fail after :data:`MAX_ATTEMPTS`;
+        job folders without a job row are removed. Returns the re-queued ids."""
         requeued = []
         with self._lock:
             rows = self._db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'").fetchall()
@@ -237,6 +239,13 @@ class JobStore:
                     requeued.append(job_id)
         if requeued:
             logger.info("recovered %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
+        # Folders without a row: a submit interrupted between copying its uploads and inserting the job.
+        with self._lock:
+            known = {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+        for folder in (self.data / "jobs").iterdir():
+            if folder.is_dir() and folder.name not in known:
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.info("removed %s: an upload that never became a job", folder)
         return requeued
 
     def wait_for_queued(self, timeout: float) -> None:
