@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from btdm_engine.errors import BtdmError, UsageError
+
 # Modules that contribute subcommands, in the order `btdm --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "btdm_engine.commands.demo",
@@ -27,8 +29,30 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2, no traceback."""
+class CliError(UsageError):
+    """A user-facing error about the command line: printed as one line, exit status 2, no traceback."""
+
+
+DEVICE_FORMS = "cpu, cuda or cuda:N"
+
+
+def check_device(text: str | None, flag: str = "--device") -> str | None:
+    """A ``--device`` value the engine can use (None or "auto" = choose), else a UsageError naming the forms."""
+    import re
+
+    if text is None or text == "auto":
+        return None
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise CliError(f"{flag} {text!r}: expected {DEVICE_FORMS}")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CliError(f"{flag} {text}: CUDA is not available on this machine")
+        index = int(text.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise CliError(f"{flag} {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _add_limit_flag(sub)
     return parser
+
+
+def _add_limit_flag(sub: argparse._SubParsersAction) -> None:
+    """Give every leaf command ``--limit NAME=VALUE`` (btdm_engine.limits), in one place."""
+    from btdm_engine.limits import DEFAULTS
+
+    for parser in sub.choices.values():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            for action in nested:
+                _add_limit_flag(action)
+        elif not any("--limit" in a.option_strings for a in parser._actions):
+            parser.add_argument(
+                "--limit", action="append", default=[], metavar="NAME=N",
+                help="raise a safety limit for this run (repeatable); names and defaults: "
+                + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()),
+            )
 
 
 def _version() -> str:
@@ -57,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from btdm_engine import limits
+
+        limits.override(getattr(args, "limit", None))
         return int(args.func(args) or 0)
-    except (CliError, OSError, ValueError) as exc:  # user errors: bad files, folders, values
+    except (BtdmError, OSError) as exc:  # the project's own errors and the file system's; a bug shows its traceback
         print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,6 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.errors import BtdmError
+
+
+class NpzFormatError(BtdmError, ValueError):
+    """An ``.npz`` member that is not a readable ``.npy`` array; names the member."""
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -32,7 +38,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp", fsync: bool 
     """Yield a temporary path next to ``path`` (its folder is created); on success publish it as ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    # The writer's pid is in the name, so btdm_engine.procs.clean_stale_temps can tell a killed writer's leftovers.
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -73,8 +80,8 @@ def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...]
     """``{name: (shape, dtype)}`` of every array in an ``.npz``, read from the headers alone.
 
     Nothing is decompressed beyond each member's header, so a file that declares 10^10 frames is
-    refused by its reader before any allocation. Raises ``ValueError`` naming the member for a
-    member that is not an ``.npy`` array.
+    refused by its reader before any allocation. Raises :class:`NpzFormatError` (a ``ValueError``)
+    naming the member for a member that is not an ``.npy`` array.
     """
     import zipfile
 
@@ -84,7 +91,7 @@ def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...]
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
-                raise ValueError(f"member {info.filename!r} is not an .npy array")
+                raise NpzFormatError(f"member {info.filename!r} is not an .npy array")
             with archive.open(info) as fh:
                 try:
                     version = np.lib.format.read_magic(fh)
@@ -94,7 +101,83 @@ def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...]
                         shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
                     else:
                         raise ValueError(f"unsupported .npy version {version}")
-                except ValueError as exc:
-                    raise ValueError(f"member {info.filename!r}: bad .npy header ({exc})") from exc
+                except (ValueError, EOFError) as exc:
+                    raise NpzFormatError(f"member {info.filename!r}: bad .npy header ({exc})") from exc
             out[info.filename[: -len(".npy")]] = (tuple(int(s) for s in shape), dtype)
     return out
+
+
+class StagedRun:
+    """A run's outputs are written to ``OUT/incomplete/`` and published into ``OUT`` only when complete.
+
+    ``OUT/incomplete/`` (with a ``.btdm-staging`` marker) plainly marks a run that was interrupted;
+    the next run removes it. Until :meth:`publish`, ``OUT`` keeps the previous complete run untouched.
+    :meth:`publish` moves the new ``NNNNNN.png`` files and files over (renames on one file system),
+    deletes only what the previous run's record (``OUT/run.json``) or the frame-name pattern says
+    btdm wrote, and writes the new record last.
+    """
+
+    STAGING = "incomplete"
+    MARKER = ".btdm-staging"
+    RECORD = "run.json"
+
+    def __init__(self, out: str | os.PathLike[str], subdirs: tuple[str, ...], files: tuple[str, ...]) -> None:
+        self.out = Path(out)
+        self.subdirs = subdirs
+        self.files = files
+        self.staging = self.out / self.STAGING
+
+    def begin(self) -> tuple[Path, bool]:
+        """Create a fresh staging folder; returns it and whether an interrupted run's was removed."""
+        import shutil
+
+        from btdm_engine.procs import clean_stale_temps
+
+        removed = False
+        if self.staging.exists():
+            if not (self.staging / self.MARKER).is_file():
+                raise StagingError(f"{self.staging}: exists and was not made by btdm; move it away or choose another --out")
+            shutil.rmtree(self.staging)
+            removed = True
+        clean_stale_temps(self.out)
+        self.staging.mkdir(parents=True)
+        (self.staging / self.MARKER).write_text("an interrupted or running btdm run; removed by the next run\n")
+        return self.staging, removed
+
+    def publish(self, count: int, info: dict[str, Any] | None = None) -> None:
+        """Move the staged outputs of ``count`` frames into ``OUT`` and record them."""
+        import re
+        import shutil
+
+        frame_name = re.compile(r"^\d{6}\.png$")
+        record_path = self.out / self.RECORD
+        old = read_json(record_path, StagingError) if record_path.is_file() else {}
+        old = old if isinstance(old, dict) else {}
+        record_path.unlink(missing_ok=True)  # from here until the new record, OUT is being replaced
+        published: dict[str, Any] = {"frames": count, "subdirs": [], "files": [], **(info or {})}
+        for sub in self.subdirs:
+            staged, target = self.staging / sub, self.out / sub
+            had = staged.is_dir()
+            if had:
+                target.mkdir(parents=True, exist_ok=True)
+                for f in staged.iterdir():
+                    os.replace(f, target / f.name)
+                published["subdirs"].append(sub)
+            if target.is_dir() and (had or sub in old.get("subdirs", ())):
+                first_stale = count if had else 0  # frames of an older, longer run never survive
+                for f in target.iterdir():
+                    if frame_name.match(f.name) and int(f.name[:6]) >= first_stale:
+                        f.unlink()
+        for name in self.files:
+            staged, target = self.staging / name, self.out / name
+            if staged.is_file():
+                os.replace(staged, target)
+                published["files"].append(name)
+            elif name in old.get("files", ()):
+                target.unlink(missing_ok=True)
+        atomic_write_text(record_path, json.dumps(published, indent=2) + "\n")
+        shutil.rmtree(self.staging)
+
+
+class StagingError(BtdmError, ValueError):
+    """A staging folder or run record that btdm cannot use; names the path."""

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.errors import BtdmError
+from btdm_engine.procs import die_with_parent
 from synthetic_data.presets import Preset, Shard, plan
 from synthetic_data.spec import SpecError
 
@@ -49,7 +51,7 @@ STAGING = ".staging"
 _LOG_TAIL = 1500
 
 
-class BuildFailed(RuntimeError):
+class BuildFailed(BtdmError, RuntimeError):
     """Some shards failed; finished ones are in the dataset, a rerun builds the rest."""
 
     def __init__(self, failures: Sequence[ShardFailure], out: Path):
@@ -170,7 +172,8 @@ def _run_local(shard: Shard, staging: Path, threads: int, report: Report, procs:
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     last_error = ""
     with open(paths["log"], "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        # The worker dies with this builder (SIGKILL included): none renders on into a staging folder a resumed build cleans.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, preexec_fn=die_with_parent)
         procs[shard.sequence_id] = proc
         try:
             assert proc.stdout is not None
@@ -198,7 +201,7 @@ def _ray_task(job: dict[str, Any], threads: int) -> bytes:
         job_path = staging / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         cmd = [sys.executable, "-m", "synthetic_data.shard", "--job", str(job_path), "--staging", str(staging), "--threads", str(threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=die_with_parent)
         if proc.returncode != 0:
             log = staging / "logs" / f"{job['sequence_id']}.log"
             detail = (proc.stdout[-500:] + proc.stderr[-_LOG_TAIL:] + (_tail(log) if log.is_file() else ""))

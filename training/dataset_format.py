@@ -67,8 +67,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from btdm_engine import limits
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text, read_json
+from btdm_engine.imageio import ImageReadError, image_size
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -85,7 +87,11 @@ _SEQUENCE_KEYS = {"character", "motion", "num_frames", "checksums"}
 
 
 class DatasetFormatError(BtdmError, ValueError):
-    """A dataset breaks the layout; the message names the file, the field and the sequence."""
+    """A dataset folder or manifest that breaks the layout; names the file, field and sequence."""
+
+
+class DatasetLimitError(DatasetFormatError, limits.LimitError):
+    """A manifest declares more frames or sequences than btdm_engine.limits allows."""
 
 
 def frame_name(index: int) -> str:
@@ -153,6 +159,10 @@ class SequenceRecord:
             raise DatasetFormatError(f"{where}: field 'motion' must be a string, got {self.motion!r}")
         if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
             raise DatasetFormatError(f"{where}: field 'num_frames' must be an int >= 1, got {self.num_frames!r}")
+        if self.num_frames > limits.get("frames"):
+            raise DatasetLimitError(
+                f"{where}: field 'num_frames' is {self.num_frames}, over the frames limit of {limits.get('frames')} "
+                "(raise it with --limit frames=N if you mean it)", limit="frames")
         if not isinstance(self.checksums, Mapping):
             raise DatasetFormatError(f"{where}: field 'checksums' must be an object")
         expected = set(expected_files(self.num_frames))
@@ -249,6 +259,9 @@ class DatasetManifest:
         seqs_doc = doc["sequences"]
         if not isinstance(seqs_doc, dict) or not seqs_doc:
             raise DatasetFormatError(f"{where}: field 'sequences' must be a non-empty object of id -> record")
+        if len(seqs_doc) > limits.get("sequences"):
+            raise DatasetLimitError(f"{where}: {len(seqs_doc)} sequences, over the sequences limit of "
+                                    f"{limits.get('sequences')} (raise it with --limit sequences=N)", limit="sequences")
         sequences: dict[str, SequenceRecord] = {}
         for seq_id, rec in seqs_doc.items():
             sw = f"{where}: sequences[{seq_id!r}]"
@@ -325,8 +338,6 @@ class DatasetManifest:
         Raises:
             DatasetFormatError: naming the first file and sequence that disagree.
         """
-        import cv2
-
         for rec in self.sequences.values():
             folder = self.sequence_dir(rec.id)
             where = f"sequence {rec.id!r}"
@@ -342,14 +353,21 @@ class DatasetManifest:
                 if names != expected:
                     first = next(n for n, e in zip(names, expected) if n != e)
                     raise DatasetFormatError(f"{folder / sub}: unexpected frame {first} (frames must be 000000.png ... consecutive)")
-                header = cv2.imread(str(folder / sub / expected[0]), cv2.IMREAD_UNCHANGED)
-                if header is None:
-                    raise DatasetFormatError(f"{folder / sub / expected[0]}: not a readable PNG ({where})")
-                if tuple(header.shape[:2]) != self.resolution:
-                    raise DatasetFormatError(
-                        f"{folder / sub / expected[0]}: {header.shape[0]}x{header.shape[1]} px, the manifest's resolution is "
-                        f"{self.resolution[0]}x{self.resolution[1]} ({where})"
-                    )
+                for name in expected:  # every frame's size, from its PNG header (24 bytes each)
+                    path = folder / sub / name
+                    with open(path, "rb") as fh:
+                        head = fh.read(64)
+                    try:
+                        fmt, width, height = image_size(head, str(path))
+                    except ImageReadError as exc:
+                        raise DatasetFormatError(f"{exc} ({where})") from None
+                    if fmt != "png":
+                        raise DatasetFormatError(f"{path}: not a PNG ({where})")
+                    if (height, width) != self.resolution:
+                        raise DatasetFormatError(
+                            f"{path}: {height}x{width} px, the manifest's resolution is "
+                            f"{self.resolution[0]}x{self.resolution[1]} ({where})"
+                        )
             meta_path = folder / "meta.json"
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -367,7 +385,7 @@ class DatasetManifest:
 
                 try:
                     clip = MotionClip.load(clip_path)
-                except ValueError as exc:
+                except (BtdmError, ValueError) as exc:
                     raise DatasetFormatError(f"{clip_path}: {exc} ({where})") from exc
                 if clip.num_frames != rec.num_frames:
                     raise DatasetFormatError(

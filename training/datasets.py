@@ -153,6 +153,8 @@ class FramePairDataset(Dataset):
         self.config = config
         self.reader = FrameReader(config.background, config.fit, config.cache)
         self._pairs = [(s, t) for s, seq in enumerate(self.sequences) for t in range(1, seq.num_frames)]
+        if not self.sequences:
+            raise DatasetError("FramePairDataset: no sequences (the split or the --character filter is empty)")
         if not self._pairs:
             raise DatasetError("FramePairDataset: every sequence has a single frame; training pairs need two or more")
         self._epoch = 0

@@ -42,6 +42,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import time
@@ -58,7 +59,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from btdm_engine.checkpoints import save_checkpoint
+from btdm_engine.checkpoints import non_finite_tensors, save_checkpoint
 from btdm_engine.diffusion.losses import bidirectional_loss, sr3_loss, unidirectional_loss
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
@@ -74,6 +75,10 @@ CONFIG_FILE = "train_config.json"
 SNAPSHOTS = "snapshots"
 COMPLETE = "COMPLETE"
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+
+
+class NonFiniteLossError(BtdmError, ValueError):
+    """The training loss or the weights became NaN or inf (e.g. a learning rate far too high); the run stops."""
 
 
 class TrainingError(BtdmError, ValueError):
@@ -559,6 +564,8 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    verify_checksums: bool = False,
+    allow_incomplete: bool = False,
 ) -> TrainResult:
     """Train (or resume) a run; see the module docstring for the folder and guarantees.
 
@@ -569,15 +576,81 @@ def train(
         resume: continue from the newest complete snapshot (from scratch if none was written).
         progress: show a tqdm progress bar (rank 0).
         on_step: called on rank 0 after every step with ``(step, loss)``.
+        verify_checksums: also recompute every file's SHA-256 before training (reads the whole set).
+        allow_incomplete: train on a dataset whose manifest says it is still being built.
+
+    A fresh run that fails before its first snapshot removes what it wrote (``train_config.json``,
+    ``log.csv``, ``tb/``), so the corrected command runs again without ``--resume``. A loss or
+    weights that stop being finite end the run with :class:`NonFiniteLossError`; the snapshots
+    already written (all finite) stay.
     """
     run_dir = Path(run_dir)
     ctx = init_distributed(config.device)
+    fresh = False
     if ctx.is_main:
         config = prepare_run_dir(run_dir, config, resume)
-        training_sequences(config)  # a bad --data or option fails here, before the run folder is made
-        model_config(config)
+        check_training_data(config, verify_checksums, allow_incomplete)  # before the run folder is made
+        check_model_size(config)
+        fresh = not (run_dir / CONFIG_FILE).exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+    try:
+        return _train(config, run_dir, resume, progress, on_step, ctx)
+    except BaseException:
+        if fresh and not snapshot_dirs(run_dir):
+            _remove_failed_start(run_dir)
+        raise
+
+
+def _remove_failed_start(run_dir: Path) -> None:
+    """Delete exactly what a fresh run writes before its first snapshot (and the folder if then empty)."""
+    (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+    (run_dir / "log.csv").unlink(missing_ok=True)
+    for sub in ("tb", SNAPSHOTS, "samples"):
+        if (run_dir / sub).is_dir():
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
+
+
+def check_model_size(config: TrainConfig) -> None:
+    """Build the network on the meta device (no memory) and refuse one over the ``parameters`` limit."""
+    from btdm_engine import limits
+
+    net_config = model_config(config)
+    with torch.device("meta"):
+        count = sum(p.numel() for p in build_model(config.kind, net_config.to_dict()).parameters())
+    limits.check("parameters", count, f"the {config.kind} network these options describe has {count} parameters")
+
+
+def check_training_data(config: TrainConfig, verify_checksums: bool = False, allow_incomplete: bool = False) -> None:
+    """Cheap checks of the data before a run starts: manifest, presence, frame counts and sizes, clips,
+    completeness (checksums with ``verify_checksums``); every error names the sequence and file."""
+    root = Path(config.data)
+    if (root / "manifest.json").is_file():
+        manifest = DatasetManifest.load(root)
+        if not manifest.info.get("complete", True) and not allow_incomplete:
+            pending = manifest.info.get("pending", [])
+            raise DatasetFormatError(
+                f"{root / 'manifest.json'}: the dataset is marked incomplete ({len(pending)} sequence(s) pending); "
+                "finish it (btdm synth build resumes) or pass --allow-incomplete"
+            )
+        manifest.validate_files(verify_checksums=verify_checksums, check_clips=True)
+    train, _ = training_sequences(config)
+    if not train:
+        raise DatasetFormatError(f"{root}: split {config.split!r} has no sequences to train on")
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+    ctx: DistContext,
+) -> TrainResult:
     ctx.barrier()
     if not ctx.is_main:
         config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
@@ -653,6 +726,14 @@ def train(
                 generator = step_generators(config.seed, ctx.rank, step, ctx.device)
                 with amp:
                     loss = batch_loss(train_model, batch, config, schedule, generator, ctx.device)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    kept = snapshot_dirs(run_dir)
+                    raise NonFiniteLossError(
+                        f"{run_dir}: the loss is {loss_value} at step {step + 1} (lr {lr:g}); training stopped"
+                        + (f", the last good snapshot is {kept[-1][1]}" if kept else ", no snapshot was written yet")
+                        + ". Lower --lr or check the data"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 clip = config.grad_clip if config.grad_clip > 0 else float("inf")
@@ -661,7 +742,7 @@ def train(
                 ema_update(ema, model, ema_decay_at(step, config.ema_decay))
                 step += 1
                 epoch_batches += 1
-                last_loss = float(loss.detach())
+                last_loss = loss_value
                 window_loss += last_loss
                 window_n += 1
 
@@ -684,6 +765,14 @@ def train(
                 # 4. snapshot (rank 0 writes; everyone waits so no rank runs ahead of a save)
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     if ctx.is_main:
+                        bad = non_finite_tensors({**model.state_dict(), **{f"ema.{k}": v for k, v in ema.state_dict().items()}})
+                        if bad:
+                            kept = snapshot_dirs(run_dir)
+                            raise NonFiniteLossError(
+                                f"{run_dir}: weights became non-finite by step {step} ({', '.join(bad[:3])}); training "
+                                "stopped" + (f", the last good snapshot is {kept[-1][1]}" if kept else "")
+                                + ". Lower --lr"
+                            )
                         e, b = (epoch + 1, 0) if done_epoch else (epoch, epoch_batches)
                         save_snapshot(run_dir, step, e, b, ctx.world_size, elapsed0 + time.monotonic() - t_start,
                                       model, ema, optimizer, config, schedule)  # fmt: skip

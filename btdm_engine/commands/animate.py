@@ -42,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model folder holding btunet/ and optionally sr3/ (default: the embedded tiny model, "
                    "which also brings its appearance image when --appearance is not given)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace frames already in OUT/frames")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in OUT (only once the new one is complete; until then it is built in "
+                   "OUT/incomplete/)")
+    p.add_argument("--frames", default=None, metavar="START:STOP",
+                   help="with --posemaps: animate only frames START..STOP-1 (default: every frame, none missing)")
     p.add_argument("--mp4", action="store_true", help="also write OUT/animation.mp4")
     p.add_argument("--plate", action="store_true",
                    help="with --clip: generate inside a square window that follows the body through the clip's own "
@@ -98,19 +102,17 @@ class Progress:
             self.bar = None
 
 
-def _read_posemaps(folder: Path, order: str) -> Any:
-    import numpy as np
+def _read_posemaps(folder: Path, order: str, frames: str | None) -> Any:
+    from btdm_engine.cli import CliError
+    from btdm_engine.posemaps.export import read_posemap_folder
 
-    from btdm_engine.metrics.frames import list_frames
-    from btdm_engine.posemaps.encoding import read_iuv_png
-
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--posemaps {folder}: no such folder")
-    source = folder / "iuv" if (folder / "iuv").is_dir() else folder
-    files = list_frames(source)
-    if not files:
-        raise ValueError(f"--posemaps {folder}: no <digits>.png IUV files in {source}")
-    return np.stack([read_iuv_png(f, order=order) for f in files])
+    span = None
+    if frames is not None:
+        start, sep, stop = frames.partition(":")
+        if not (sep and start.isdigit() and stop.isdigit()):
+            raise CliError(f"--frames {frames!r}: expected START:STOP, e.g. 0:48")
+        span = (int(start), int(stop))
+    return read_posemap_folder(folder, order, span)
 
 
 def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> tuple[Any, float, Any]:
@@ -141,12 +143,29 @@ def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> 
 def _read_appearance(path: Path) -> Any:
     import numpy as np
 
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE
     from btdm_engine.metrics.frames import read_rgb
 
     if not path.is_file():
         raise FileNotFoundError(f"--appearance {path}: no such file")
     # The training frames are read the same way (alpha composited onto white).
-    return np.round(read_rgb(path) * 255.0).astype(np.uint8)
+    return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
+
+
+def _check_limits(args: argparse.Namespace) -> None:
+    """Sizes asked for on the command line against btdm_engine.limits (a --limit raises one)."""
+    from btdm_engine import limits
+    from btdm_engine.cli import check_device
+
+    limits.check("steps", args.steps, "--steps")
+    if args.sr_steps is not None:
+        limits.check("steps", args.sr_steps, "--sr-steps")
+    limits.check("finetune_steps", args.finetune_steps, "--finetune-steps")
+    if args.max_batch is not None:
+        limits.check("batch", args.max_batch, "--max-batch")
+    if args.fps is not None:
+        limits.check_fps(args.fps, "--fps")
+    args.device = check_device(args.device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--sr-steps must be >= 1, got {args.sr_steps}")
     if args.finetune_steps < 0:
         raise CliError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise CliError(f"--max-batch must be >= 1, got {args.max_batch}")
+    _check_limits(args)
+    if args.frames is not None and args.posemaps is None:
+        raise CliError("--frames needs --posemaps (a clip is cut with btdm posemaps --start/--end)")
     out = Path(args.out)
     frames_dir = out / "frames"
     existing = sorted(frames_dir.glob("[0-9]*.png")) if frames_dir.is_dir() else []
@@ -210,13 +234,19 @@ def run(args: argparse.Namespace) -> int:
     if args.clip is not None:
         pose_maps, fps, plan = _render_clip(Path(args.clip), animator.resolution, progress, plate=args.plate)
     else:
-        pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order), 30.0
+        pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order, args.frames), 30.0
     fps = args.fps if args.fps is not None else fps
 
-    for stale in existing:  # --overwrite: no frame of an older, longer run may survive
-        stale.unlink()
+    # Written to OUT/incomplete/ and published over an earlier run only when complete.
+    from btdm_engine.fileio import StagedRun
+
+    run = StagedRun(out, subdirs=("frames", "plates"), files=("animation.mp4",))
+    staging, removed = run.begin()
+    if removed:
+        print(f"note: removed {staging} left by an interrupted earlier run", file=sys.stderr)
+    frames_dir = staging / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
-    plates_dir = out / "plates"
+    plates_dir = staging / "plates"
     if plan is not None:
         plates_dir.mkdir(parents=True, exist_ok=True)
     bars = Progress(progress)
@@ -238,13 +268,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.mp4:
-            video = write_mp4(written(), out / "animation.mp4", fps=fps)
+            video = write_mp4(written(), staging / "animation.mp4", fps=fps)
         else:
             video = None
             for _ in written():
                 pass
     finally:
         bars.close()
+    run.publish(count, {"seed": args.seed, "steps": args.steps})
+    frames_dir, plates_dir = out / "frames", out / "plates"
+    video = None if video is None else out / "animation.mp4"
     size = animator.resolution
     print(f"frames: {count} in {frames_dir} ({size}x{size})")
     if plan is not None:

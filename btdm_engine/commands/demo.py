@@ -76,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps and --sr-steps must be >= 1, got {args.steps} and {args.sr_steps}")
     if args.size < 16:
         raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
+    from btdm_engine import limits
+
+    limits.check("steps", args.steps, "--steps")
+    limits.check("steps", args.sr_steps, "--sr-steps")
+    limits.check("size", args.size, "--size")
+    limits.check_fps(args.fps, "--fps")
+    for label, seconds in (("--seconds", args.seconds), ("--generate-seconds", args.generate_seconds)):
+        if not (seconds > 0 and seconds * args.fps < float("inf")):
+            raise UsageError(f"{label} must be a positive number of seconds, got {seconds}")
+        limits.check("frames", round(seconds * args.fps), f"{label} {seconds:g} x --fps {args.fps:g}")
     if not args.no_generate:
         from btdm_engine.weights import default_appearance
 

@@ -10,6 +10,7 @@ Animator would give with ``finetune_steps=N`` on the original model and the same
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -49,13 +50,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from btdm_engine.checkpoints import load_checkpoint, save_checkpoint
+    from btdm_engine import limits
+    from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint
+    from btdm_engine.errors import NonFiniteError
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE
     from btdm_engine.metrics.frames import parse_colour, read_rgb
     from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network
     from btdm_engine.posemaps.encoding import read_iuv_png
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
+    limits.check("finetune_steps", args.steps, "--steps")
+    limits.check("batch", args.batch, "--batch")
     if args.out.exists() and any(args.out.iterdir()):
         raise UsageError(f"{args.out}: exists and is not empty; choose a new --out")
     if not (args.model / "btunet").is_dir():
@@ -64,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--device cuda requested but CUDA is not available")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
 
-    image = read_rgb(args.appearance, parse_colour(args.background))
+    image = read_rgb(args.appearance, parse_colour(args.background), min_side=MIN_APPEARANCE_SIDE)
     iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
     if image.shape[:2] != iuv.shape[:2]:
         raise UsageError(f"{args.appearance_iuv}: {iuv.shape[1]}x{iuv.shape[0]} px, but {args.appearance} is {image.shape[1]}x{image.shape[0]}")
@@ -80,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
         callback=lambda stage, step, total: bar.update(1),
     )
     bar.close()
+    bad = non_finite_tensors(tuned.state_dict())
+    if bad:
+        raise NonFiniteError(
+            f"fine-tuning diverged: after {args.steps} steps at lr {args.lr:g} the weights hold NaN or inf "
+            f"({', '.join(bad[:3])}); nothing was written to {args.out}. Lower --lr (paper: 1e-5)"
+        )
 
     extra = dict(meta.get("extra", {}))
     extra["finetune"] = {

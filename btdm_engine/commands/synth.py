@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from btdm_engine.errors import UsageError
+from btdm_engine.errors import BtdmError, UsageError
 
 __all__ = ["register", "main"]
 
@@ -96,9 +96,15 @@ def _validate(args: argparse.Namespace) -> int:
     manifest = validate_dataset(args.root, verify_checksums=args.checksums)
     frames = sum(r.num_frames for r in manifest.sequences.values())
     complete = manifest.info.get("complete", True)
-    print(f"{args.root}: OK, {len(manifest.sequences)} sequences, {frames} frames, "
-          f"{manifest.resolution[0]}x{manifest.resolution[1]} px"
-          + ("" if complete else f", incomplete ({len(manifest.info.get('pending', []))} pending)"))
+    summary = (f"{len(manifest.sequences)} sequences, {frames} frames, "
+               f"{manifest.resolution[0]}x{manifest.resolution[1]} px")
+    if not complete:
+        pending = manifest.info.get("pending", [])
+        print(f"btdm synth validate: error: {args.root}: INCOMPLETE, {len(pending)} sequence(s) pending "
+              f"({', '.join(map(str, pending[:5]))}{' ...' if len(pending) > 5 else ''}); the {summary} present "
+              "are valid. Finish it with btdm synth build (it resumes)", file=sys.stderr)
+        return 1
+    print(f"{args.root}: OK, {summary}")
     return 0
 
 
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as exc:
+    except (BtdmError, OSError) as exc:
         print(f"btdm-synth {args.synth_command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

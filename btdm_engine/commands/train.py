@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per process (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="default auto (CUDA when present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checksums", action="store_true", help="verify every file's SHA-256 against the manifest before training")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="train on a dataset whose manifest says it is still being built")
     p.set_defaults(func=run)
 
 
@@ -116,11 +119,17 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from btdm_engine import limits
     from training.trainer import train
 
+    if args.steps is not None:
+        limits.check("finetune_steps", args.steps, "--steps")
+    if args.batch_size is not None:
+        limits.check("batch", args.batch_size, "--batch-size")
     config = config_from_args(args)
     try:
-        result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+        result = train(config, args.out, resume=args.resume, progress=not args.no_progress,
+                       verify_checksums=args.checksums, allow_incomplete=args.allow_incomplete)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -175,6 +175,10 @@ def evaluate(
         raise UsageError(f"unknown iuv order {iuv_order!r}; allowed: {', '.join(IUV_ORDERS)}")
     if size is not None and size < 11:
         raise UsageError(f"evaluation size must be at least 11 px (the SSIM window), got {size}")
+    if size is not None:
+        from btdm_engine import limits
+
+        limits.check("size", size, "--size")
     pred_seqs = discover_sequences(pred, "rgb")
     gt_seqs = discover_sequences(gt, "rgb")
     iuv_seqs = discover_sequences(iuv, "iuv") if iuv is not None else None
@@ -207,6 +211,13 @@ def evaluate(
         absent = [p.name for p in gt_paths if not p.is_file()]
         if absent:
             raise EvaluationError(f"{gt_dir}: missing ground-truth frame(s) {', '.join(absent[:5])}")
+        extra = sorted(set(p.name for p in list_frames(gt_dir)) - set(p.name for p in pred_paths))
+        if extra:
+            raise EvaluationError(
+                f"{pred_dir}: {len(pred_paths)} predicted frames, but the ground truth {gt_dir} has "
+                f"{len(pred_paths) + len(extra)}; missing predictions {', '.join(extra[:5])}"
+                f"{' ...' if len(extra) > 5 else ''} (a partial sequence would be scored on its overlap only)"
+            )
         target = (size, size) if size is not None else None
         y = _read_sequence(pred_paths, background, target)
         g = _read_sequence(gt_paths, background, target)

@@ -165,3 +165,35 @@ def default_camera(
     w2c[:3, 3] = -centre_cam
     T = points.shape[0]
     return np.repeat(K[None], T, axis=0), np.repeat(w2c[None], T, axis=0)
+
+
+def posed_hull_points(body, poses: np.ndarray, betas: np.ndarray, trans: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """The posed mesh's extreme points over all frames, (M, 3), posing ``chunk`` frames at a time.
+
+    :func:`default_camera` only takes maxima of linear functions of the points, which the convex
+    hull's vertices attain, so ``default_camera(posed_hull_points(...)[None], ...)`` frames a clip
+    exactly as all of its vertices would, with memory flat in the number of frames.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    betas = np.asarray(betas, dtype=np.float32)
+    kept: list[np.ndarray] = []
+    for start in range(0, len(poses), chunk):
+        sl = slice(start, start + chunk)
+        verts, _ = body.forward(np.asarray(poses[sl], np.float32), betas, np.asarray(trans[sl], np.float32))
+        pts = np.asarray(verts, dtype=np.float64).reshape(-1, 3)
+        if not np.isfinite(pts).all():
+            raise CameraError("points contain NaN or inf")
+        try:
+            pts = pts[ConvexHull(pts).vertices]
+        except QhullError:  # flat or degenerate: keep every point
+            pass
+        kept.append(pts)
+        if len(kept) > 8:  # fold the hulls gathered so far into one
+            merged = np.concatenate(kept)
+            try:
+                merged = merged[ConvexHull(merged).vertices]
+            except QhullError:
+                pass
+            kept = [merged]
+    return np.concatenate(kept)

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from btdm_engine import limits
 from btdm_engine.body.skeleton import NUM_BETAS, NUM_JOINTS
 from btdm_engine.errors import BtdmError
-from btdm_engine.fileio import atomic_path
+from btdm_engine.fileio import atomic_path, npz_headers
 
 __all__ = ["FORMAT_VERSION", "MotionClip", "MotionClipError"]
 
@@ -39,6 +40,10 @@ _FRAME_FIELDS: dict[str, tuple[tuple[int, ...], str]] = {
 
 class MotionClipError(BtdmError, ValueError):
     """A motion clip (file or arrays) breaks the MotionClip contract; the message names the field."""
+
+
+class MotionClipLimitError(MotionClipError, limits.LimitError):
+    """A clip declares more frames or pixels than :mod:`btdm_engine.limits` allows; names the field and limit."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,6 +170,7 @@ class MotionClip:
             raise FileNotFoundError(f"{path}: no such motion clip file")
         if not zipfile.is_zipfile(path):
             raise MotionClipError(f"{path.name}: not a motion clip (.npz) file: it is not a zip archive")
+        _check_headers(path)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 names = set(npz.files)
@@ -184,6 +190,30 @@ class MotionClip:
 
 
 # ---------------------------------------------------------------------- validation
+def _check_headers(path: Path) -> None:
+    """Refuse declared sizes over the limits from the ``.npy`` headers, before any array is read."""
+    try:
+        headers = npz_headers(path)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise MotionClipError(f"{path.name}: unreadable .npz archive ({exc})") from exc
+    for name, (shape, dtype) in headers.items():
+        if dtype.hasobject:
+            raise MotionClipError(f"{path.name}: field {name!r} holds Python objects; only plain arrays are read")
+        if name in _FRAME_FIELDS and shape:
+            _limit("frames", shape[0], f"{path.name}: field {name!r} declares {shape[0]} frames")
+        elif name not in _FRAME_FIELDS and int(np.prod(shape, dtype=np.int64)) > 1024:
+            raise MotionClipError(f"{path.name}: field {name!r} declares shape {shape}; expected a scalar or (10,)")
+        if dtype.kind == "U" and dtype.itemsize // 4 > 4096:
+            raise MotionClipError(f"{path.name}: field {name!r} allows strings of {dtype.itemsize // 4} characters")
+
+
+def _limit(name: str, value: float, what: str) -> None:
+    try:
+        limits.check(name, value, what)
+    except limits.LimitError as exc:
+        raise MotionClipLimitError(str(exc), limit=name) from None
+
+
 def _scalar(value: Any, name: str, source: str, kind: str) -> Any:
     arr = np.asarray(value)
     if arr.shape != ():
@@ -225,13 +255,17 @@ def _validate(fields: dict[str, Any], source: str) -> dict[str, Any]:
     fps = float(_scalar(fields["fps"], "fps", source, "number"))
     if not np.isfinite(fps) or fps <= 0:
         raise MotionClipError(f"{source}: field 'fps' must be a positive number, got {fps}")
-    out["fps"] = fps
+    try:
+        out["fps"] = limits.check_fps(fps, f"{source}: field 'fps'")
+    except limits.LimitError as exc:
+        raise MotionClipLimitError(str(exc), limit="fps") from None
 
     for name in ("width", "height"):
         size = int(_scalar(fields[name], name, source, "int"))
         if size <= 0:
             raise MotionClipError(f"{source}: field {name!r} must be a positive integer, got {size}")
         out[name] = size
+    _limit("pixels", out["width"] * out["height"], f"{source}: camera image {out['width']}x{out['height']} px")
 
     body = _scalar(fields["body_model"], "body_model", source, "str")
     if not body:
@@ -252,6 +286,7 @@ def _validate(fields: dict[str, Any], source: str) -> dict[str, Any]:
             raise MotionClipError(f"{source}: field {name!r} has shape {arr.shape}, expected {expected}")
         if arr.shape[0] == 0:
             raise MotionClipError(f"{source}: field {name!r} has no frames")
+        _limit("frames", arr.shape[0], f"{source}: field {name!r} has {arr.shape[0]} frames")
         frames[name] = arr.shape[0]
         out[name] = arr
     if len(set(frames.values())) > 1:

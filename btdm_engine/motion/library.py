@@ -22,9 +22,10 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
+from btdm_engine import limits
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
 from btdm_engine.errors import UsageError
-from btdm_engine.motion.camera import default_camera
+from btdm_engine.motion.camera import default_camera, posed_hull_points
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.kinematics import forward_kinematics, world_rotations
 from btdm_engine.motion.rotations import matrix_to_axis_angle, rotation_x, rotation_y, rotation_z
@@ -378,6 +379,8 @@ def pose_motion(
     for label, value in (("seconds", seconds), ("fps", fps), ("speed", speed)):
         if not np.isfinite(value) or value <= 0:
             raise UsageError(f"{label} must be a positive number, got {value}")
+    limits.check_fps(fps, "fps")
+    limits.check("frames", seconds * fps, f"{seconds:g} seconds at {fps:g} fps (frames)")
     T = max(1, int(round(seconds * fps)))
     t = np.arange(T) / fps
     style = _Style.draw(np.random.default_rng(seed))
@@ -488,10 +491,12 @@ def make_motion(
     )
     sole_y = float(np.asarray(rest_verts)[0, :, 1].min())
     trans = _ground_and_plant(poses, rest, sole_y, hop, plant, fps, support)
-    verts, _ = body.forward(poses.astype(np.float32), betas.astype(np.float32), trans.astype(np.float32))
+    # Posed in chunks, keeping only each chunk's hull: memory stays flat in the number of frames.
+    points = posed_hull_points(body, poses, betas, trans)
     facing = rotation_y(yaw[0]) @ np.array([0.0, 0.0, 1.0])
-    K, w2c = default_camera(np.asarray(verts), width, height, fov_deg=fov_deg, margin=margin,
+    K, w2c = default_camera(points[None], width, height, fov_deg=fov_deg, margin=margin,
                             direction=-facing)
+    K, w2c = np.repeat(K, len(poses), axis=0), np.repeat(w2c, len(poses), axis=0)
     return MotionClip(
         fps=float(fps), poses=poses, trans=trans, betas=betas, body_model=body_model,
         K=K, width=width, height=height, world_to_cam=w2c,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         atlas=atlas,
         progress=not args.no_progress,
     )
+    if result.empty:
+        shown = ", ".join(str(t) for t in result.empty[:10]) + (" ..." if len(result.empty) > 10 else "")
+        print(f"warning: {len(result.empty)} of {result.rendered} rendered frame(s) show no body at all "
+              f"(out of the camera's view): {shown}", file=sys.stderr)
     if result.replaced:
         print(f"inputs changed: deleted {result.replaced} outdated pose maps in {result.iuv_dir}")
     print(

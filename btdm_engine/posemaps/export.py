@@ -54,7 +54,9 @@ class PosemapExport:
         rendered: frames rendered in this call.
         skipped: frames whose PNG was already complete.
         preview: the preview MP4, or None when not requested.
-        replaced: PNGs deleted because they came from different inputs.
+        replaced: PNGs deleted because they came from different inputs (only ever files an
+            earlier run's ``posemaps.json`` says it wrote).
+        empty: frames rendered in this call with no body pixel at all (out of view).
     """
 
     iuv_dir: Path
@@ -63,6 +65,7 @@ class PosemapExport:
     skipped: int
     preview: Path | None
     replaced: int = 0
+    empty: tuple[int, ...] = ()
 
     def png(self, frame: int) -> Path:
         """Path of one frame's IUV PNG."""
@@ -145,6 +148,9 @@ def export_posemaps(
     if size is not None:
         if int(size) < 1:
             raise PosemapExportError(f"size must be positive, got {size}")
+        from btdm_engine import limits
+
+        limits.check("size", int(size), "--size")
         clip = clip.resized(int(size), int(size))
     if body is None:
         from btdm_engine.body.model import load_body_model
@@ -156,14 +162,26 @@ def export_posemaps(
         atlas = build_atlas(body)
 
     from btdm_engine.fileio import atomic_write_bytes
+    from btdm_engine.procs import clean_stale_temps
 
     out_dir = Path(out_dir)
     iuv_dir = out_dir / "iuv"
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        # Not (yet) a btdm pose-map folder: never touch files that look like ours but are not.
+        foreign = sorted(iuv_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")) if iuv_dir.is_dir() else []
+        foreign += [p for p in (out_dir / "preview.mp4",) if p.exists()]
+        if foreign:
+            raise PosemapExportError(
+                f"{out_dir}: holds {len(foreign)} file(s) btdm did not write (no {MANIFEST}), e.g. {foreign[0]}; "
+                "choose another --out, or move them away"
+            )
     iuv_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(iuv_dir)
+    clean_stale_temps(out_dir)
     manifest = {"fingerprint": _fingerprint(clip, body, atlas), "width": clip.width,
                 "height": clip.height, "fps": clip.fps, "frames": num_frames,
                 "atlas": atlas.source, "body_model": clip.body_model}
-    manifest_path = out_dir / MANIFEST
     replaced = 0
     previous = None
     if manifest_path.is_file():
@@ -176,25 +194,40 @@ def export_posemaps(
         if not isinstance(previous, dict):
             raise PosemapExportError(f"{manifest_path}: expected a JSON object; delete it to re-render")
     if previous is None or previous.get("fingerprint") != manifest["fingerprint"]:
-        # Frames on disk (if any) were rendered from other inputs: they are outdated.
-        for old in iuv_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
-            old.unlink()
-            replaced += 1
+        # Frames on disk were rendered from other inputs: outdated. Only the names the old
+        # manifest accounts for (frames 0..its count - 1) are ours to delete.
+        old_count = previous.get("frames") if previous is not None else 0
+        old_count = old_count if isinstance(old_count, int) and not isinstance(old_count, bool) else 0
+        ours = [frame_path(iuv_dir, t) for t in range(old_count)]
+        foreign = [p for p in iuv_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png") if int(p.stem) >= old_count]
+        if foreign:
+            raise PosemapExportError(
+                f"{iuv_dir}: {len(foreign)} frame file(s) that {manifest_path.name} does not account for, e.g. "
+                f"{foreign[0].name}; choose another --out, or move them away"
+            )
+        manifest_path.unlink(missing_ok=True)  # until the new one is written, nothing here is trusted
+        for old in ours:
+            if old.exists():
+                old.unlink()
+                replaced += 1
         atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     frames = tuple(range(int(start), end))
     todo = [t for t in frames
             if not png_is_complete(frame_path(iuv_dir, t), clip.width, clip.height)]
 
+    empty: list[int] = []
     if todo:
         with IUVRenderer(body, clip.width, clip.height, atlas=atlas) as renderer:
             for t, iuv in zip(todo, renderer.render_clip(clip, progress=progress, frames=todo)):
+                if not iuv[..., 0].any():
+                    empty.append(t)
                 write_iuv_png(frame_path(iuv_dir, t), iuv)
 
     preview = None
     if mp4:
         maps = (colorize_iuv(read_iuv_png(frame_path(iuv_dir, t))) for t in frames)
         preview = write_mp4(maps, out_dir / "preview.mp4", fps=clip.fps)
-    return PosemapExport(iuv_dir, frames, len(todo), len(frames) - len(todo), preview, replaced)
+    return PosemapExport(iuv_dir, frames, len(todo), len(frames) - len(todo), preview, replaced, tuple(empty))
 
 
 def load_iuv_sequence(export: PosemapExport) -> np.ndarray:
@@ -202,3 +235,62 @@ def load_iuv_sequence(export: PosemapExport) -> np.ndarray:
     from btdm_engine.posemaps.encoding import read_iuv_png
 
     return np.stack([read_iuv_png(export.png(t)) for t in export.frames])
+
+
+def read_posemap_folder(
+    folder: str | os.PathLike[str], order: str = "btdm", frames: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A folder of IUV PNGs (``DIR/iuv/NNNNNN.png`` or ``DIR/NNNNNN.png``) as uint8 ``(T, H, W, 3)``.
+
+    Every frame must be there: without ``frames`` the sequence runs from the first file to the
+    last with no hole, and to ``posemaps.json``'s frame count when the folder has one; with
+    ``frames = (start, stop)`` exactly those frames. A missing frame, a frame count over the
+    ``frames`` limit or maps of different sizes are errors naming the file.
+    """
+    from btdm_engine import limits
+    from btdm_engine.metrics.frames import frame_index, list_frames
+    from btdm_engine.posemaps.encoding import read_iuv_png
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such pose-map folder")
+    source = folder / "iuv" if (folder / "iuv").is_dir() else folder
+    files = {frame_index(f): f for f in list_frames(source)}
+    if not files:
+        raise PosemapExportError(f"{folder}: no <digits>.png IUV files in {source}")
+    if frames is not None:
+        start, stop = frames
+        if not 0 <= start < stop:
+            raise PosemapExportError(f"frame range {start}:{stop}: need 0 <= start < stop")
+        wanted = range(start, stop)
+    else:
+        first, last = min(files), max(files)
+        declared = None
+        manifest = folder / MANIFEST
+        if manifest.is_file():
+            from btdm_engine.fileio import read_json
+
+            doc = read_json(manifest, PosemapExportError)
+            declared = doc.get("frames") if isinstance(doc, dict) else None
+            if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
+                raise PosemapExportError(f"{manifest}: field 'frames' must be a positive integer")
+            first, last = 0, declared - 1
+        wanted = range(first, last + 1)
+    limits.check("frames", len(wanted), f"{folder}: {len(wanted)} pose maps")
+    missing = [t for t in wanted if t not in files]
+    if missing:
+        shown = ", ".join(f"{t:06d}.png" for t in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise PosemapExportError(
+            f"{source}: {len(missing)} of frames {wanted.start}..{wanted.stop - 1} are missing ({shown}); "
+            "render them (btdm posemaps resumes) or pass a frame range that exists"
+        )
+    maps = []
+    for t in wanted:
+        iuv = read_iuv_png(files[t], order=order)
+        if maps and iuv.shape != maps[0].shape:
+            raise PosemapExportError(
+                f"{files[t]}: {iuv.shape[1]}x{iuv.shape[0]} px, but {files[wanted.start].name} is "
+                f"{maps[0].shape[1]}x{maps[0].shape[0]}; all pose maps of a sequence must have one size"
+            )
+        maps.append(iuv)
+    return np.stack(maps)
