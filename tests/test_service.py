@@ -419,3 +419,21 @@ def test_skeleton_job_is_retargeted(server: Server, clip: Path, tmp_path: Path) 
     with pytest.raises(EngineError) as info:
         client.submit(skeleton=tmp_path / "walk_skeleton.npz", params={"skeleton": "nope"})
     assert info.value.status == 422 and info.value.field == "params.skeleton"
+
+
+def test_sigterm_puts_the_running_job_back_in_the_queue(tmp_path: Path, clip: Path) -> None:
+    import sqlite3
+
+    srv = Server(tmp_path / "data").start()
+    try:
+        client = srv.client()
+        job = client.submit(motion=clip, params={"steps": 400})
+        for event in client.events(job["id"]):
+            if event["stage"] == "btunet":
+                break
+    finally:
+        srv.stop()
+    assert srv.proc is not None and srv.proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    with sqlite3.connect(srv.data / "jobs.sqlite3") as db:
+        row = db.execute("SELECT state, stage, attempts FROM jobs WHERE id = ?", (job["id"],)).fetchone()
+    assert row == ("queued", None, 0)

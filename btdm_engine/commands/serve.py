@@ -142,16 +142,18 @@ def run(args: argparse.Namespace) -> int:
     registry = ModelRegistry.with_default(str(device), extra)
     worker = Worker(store, registry)
     app = create_app(store, worker, registry, token=token, max_queued=args.max_queued, device=str(device),
-                     device_name=device_name)
+                     device_name=device_name, preload=tuple(registry.names()[:1]))
     logger = logging.getLogger("btdm_engine.service")
     logger.info("btdm serve: data %s, device %s (%s), models %s, auth %s", data, device, device_name,
                 ", ".join(registry.names()) or "none", "token" if token else "none (loopback only)")
-    worker.start(preload=tuple(registry.names()[:1]))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="off")
+                            timeout_graceful_shutdown=5, lifespan="on")
+    server = uvicorn.Server(config)
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
-        worker.stop()
+        worker.stop()  # already stopped by the app's lifespan unless startup failed (port in use, ...)
         store.close()
+    if not server.started:
+        raise CliError(f"could not listen on {args.host}:{args.port} (see the log above)")
     return 0

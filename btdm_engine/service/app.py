@@ -12,6 +12,7 @@ bug. One log line per request (method, path, status, milliseconds).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -439,9 +440,26 @@ class _RequestLog:
 
 def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, token: str | None = None,
                max_queued: int = 100, device: str = "cpu", device_name: str = "CPU",
-               retry_after_s: int = 10) -> FastAPI:
-    """The API v1 application around an existing store, worker and model registry."""
+               retry_after_s: int = 10, start_worker: bool = True, preload: tuple[str, ...] = ()) -> FastAPI:
+    """The API v1 application around an existing store, worker and model registry.
+
+    With ``start_worker`` the app's lifespan starts the worker (loading the ``preload`` models) and
+    stops it at shutdown.
+    """
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The worker runs while the server serves. On shutdown (SIGINT / SIGTERM) its running job is
+        # interrupted within one network step and goes back to the queue, before uvicorn exits.
+        if start_worker:
+            worker.start(preload=preload)
+        try:
+            yield
+        finally:
+            if start_worker:
+                await asyncio.to_thread(worker.stop)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="BTDM engine service", version=__version__, max_body_size=limits.MAX_REQUEST_BYTES,
         description="API v1 of `btdm serve`: submit motions, follow jobs, fetch pose maps, frames, plates and "
                     "videos. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`.",

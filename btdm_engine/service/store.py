@@ -248,6 +248,11 @@ class JobStore:
                 logger.info("removed %s: an upload that never became a job", folder)
         return requeued
 
+    def wake(self) -> None:
+        """Wake :meth:`wait_for_queued` (the worker is asked to stop)."""
+        with self._wakeup:
+            self._wakeup.notify_all()
+
     def wait_for_queued(self, timeout: float) -> None:
         """Block until some job changes (or ``timeout`` s pass): the worker's idle wait."""
         with self._wakeup:

@@ -214,8 +214,7 @@ class Worker:
     def stop(self, timeout: float = 30.0) -> None:
         """Interrupt the running job (it goes back to the queue and resumes at the next start) and join."""
         self._stop.set()
-        with self.store._wakeup:
-            self.store._wakeup.notify_all()
+        self.store.wake()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -258,7 +257,9 @@ class Worker:
         except JobCancelled:
             if event.is_set():
                 return self.store.transition(job_id, "cancelled", finished=time.time(), eta_s=None)
-            return self.store.transition(job_id, "queued", eta_s=None)  # the server is stopping: resume later
+            # The server is stopping: back to the queue, and this run does not count as a crash.
+            return self.store.transition(job_id, "queued", attempts=job["attempts"] - 1, stage=None, step=0,
+                                         total=None, eta_s=None)
         except BtdmError as exc:
             message = exc.message if isinstance(exc, ServiceError) else str(exc)
             return self.store.transition(job_id, "failed", error=message, finished=time.time(), eta_s=None)
