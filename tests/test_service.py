@@ -282,6 +282,17 @@ def test_bad_input_gets_a_4xx_naming_the_field(server: Server, clip: Path) -> No
         assert set(body) == {"error"} and body["error"]["field"] == field, (label, body)
         assert body["error"]["message"] and body["error"]["code"], (label, body)
     assert server.client().health()["queue"] == before
+    # A declared body over the request limit is refused before it is read.
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest("POST", "/v1/jobs")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(1 << 40))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "too_large"
+    conn.close()
     assert list((server.data / "jobs").iterdir()) == [] or all(
         (server.data / "jobs" / j["id"]).is_dir() for j in server.client().jobs())
     for path, status in (("/v1/jobs/XYZ", 422), ("/v1/jobs/" + "0" * 32, 404), ("/v1/jobs/../../etc/passwd", 404),

@@ -37,6 +37,7 @@ from btdm_engine.service.errors import (
     Conflict,
     InvalidParams,
     NotFound,
+    PayloadTooLarge,
     QueueFull,
     ServiceError,
     Unauthorized,
@@ -438,6 +439,41 @@ class _RequestLog:
             logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - t0) * 1e3)
 
 
+class _BodyLimit:
+    """ASGI middleware: no request body over ``MAX_REQUEST_BYTES``, answered as a JSON 413.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a streamed
+    body is counted as it arrives, and the read that crosses the limit raises :class:`PayloadTooLarge`
+    (FastAPI's form parser re-raises it with this error as the cause, which :func:`_http_error`
+    answers).
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request is larger than the {self.max_bytes // limits.MiB} MiB limit"
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(413, "too_large", message)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            event = await receive()
+            if event["type"] == "http.request":
+                seen += len(event.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(message)
+            return event
+
+        await self.app(scope, counted, send)
+
+
 def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, token: str | None = None,
                max_queued: int = 100, device: str = "cpu", device_name: str = "CPU",
                retry_after_s: int = 10, start_worker: bool = True, preload: tuple[str, ...] = ()) -> FastAPI:
@@ -460,7 +496,7 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
 
     app = FastAPI(
         lifespan=lifespan,
-        title="BTDM engine service", version=__version__, max_body_size=limits.MAX_REQUEST_BYTES,
+        title="BTDM engine service", version=__version__,
         description="API v1 of `btdm serve`: submit motions, follow jobs, fetch pose maps, frames, plates and "
                     "videos. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`.",
     )
@@ -474,6 +510,7 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _bug)
+    app.add_middleware(_BodyLimit, max_bytes=limits.MAX_REQUEST_BYTES)
     app.add_middleware(_RequestLog)
     return app
 
