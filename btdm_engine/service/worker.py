@@ -339,6 +339,7 @@ class _JobRun:
 
         # 1. pose maps at the output resolution (kept across restarts, frame by frame).
         iuv_files, fps, plan = self.pose_maps(out_res)
+        fps = p["fps"] or fps
         num = len(iuv_files)
         self.check_cancel()
 
