@@ -184,6 +184,8 @@ def test_cancel_mid_run(server: Server, clip: Path) -> None:
     assert info.value.status == 404
     assert client.health()["status"] == "ok"  # the worker keeps serving
     assert client.wait(client.submit(motion=clip, params=FAST)["id"])["state"] == "succeeded"
+    # Several jobs on: the model was loaded once, at start, and kept.
+    assert server.log.read_text().count("model default loaded") == 1
 
 
 def test_full_queue_gives_429(server: Server, clip: Path) -> None:
