@@ -105,7 +105,8 @@ class EngineClient:
             raw = b""
         try:
             body = json.loads(raw.decode("utf-8"))["error"]
-            return EngineError(exc.code, str(body.get("code", "error")), str(body.get("message", "")), body.get("field"))
+            code, message = str(body.get("code", "error")), str(body.get("message", ""))
+            return EngineError(exc.code, code, message, body.get("field"))
         except (ValueError, KeyError, TypeError, AttributeError):
             return EngineError(exc.code, "http_error", f"HTTP {exc.code} {exc.reason}")
 

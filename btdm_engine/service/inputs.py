@@ -136,15 +136,17 @@ def check_appearance_iuv(path: Path, order: str, size: tuple[int, int] | None) -
     try:
         read_iuv_png(path, order=order)
     except BtdmError as exc:
-        raise ServiceError(f"appearance_iuv: {str(exc).replace(str(path), path.name)}", field="appearance_iuv") from None
+        message = str(exc).replace(str(path), path.name)
+        raise ServiceError(f"appearance_iuv: {message}", field="appearance_iuv") from None
 
 
 def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
     """Validate a zip of IUV PNGs and write them, in the project's channel order, as ``dest/NNNNNN.png``.
 
-    Members must be ``[folders/]<digits>.png`` (folder entries are skipped; no ``..``, no absolute names); frames are taken in
-    numeric order and renumbered from 0. All maps must be square and of one size. Declared sizes
-    are checked from the zip directory before anything is decompressed, and reads are capped.
+    Members must be ``[folders/]<digits>.png`` (folder entries are skipped; no ``..``, no absolute
+    names); frames are taken in numeric order and renumbered from 0. All maps must be square and
+    of one size. Declared sizes are checked from the zip directory before anything is
+    decompressed, and reads are capped.
     """
     from btdm_engine.posemaps.encoding import encode_iuv_png, validate_iuv
 

@@ -103,7 +103,8 @@ class JobStore:
         with self._lock:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode}); is the folder on a network share?")
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode}); "
+                                 "is the folder on a network share?")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -227,7 +228,8 @@ class JobStore:
         job folders without a job row are removed. Returns the re-queued ids."""
         requeued = []
         with self._lock:
-            rows = self._db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'").fetchall()
+            rows = self._db.execute(
+                "SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'").fetchall()
             for job_id, attempts, cancel_requested in rows:
                 if cancel_requested:
                     self.transition(job_id, "cancelled", finished=time.time(), eta_s=None)

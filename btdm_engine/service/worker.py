@@ -47,7 +47,8 @@ from btdm_engine.service.store import JobStore
 logger = logging.getLogger(__name__)
 
 # Sampler callback stages -> the API's stages.
-_STAGES = {"posemaps": "posemaps", "writing": "writing", "finetune": "finetune", "bidirectional": "btunet", "unidirectional": "btunet", "sr3": "sr3"}
+_STAGES = {"posemaps": "posemaps", "writing": "writing", "finetune": "finetune", "bidirectional": "btunet",
+           "unidirectional": "btunet", "sr3": "sr3"}
 _PROGRESS_INTERVAL_S = 0.25
 
 
@@ -326,7 +327,8 @@ class _JobRun:
         animator = self.worker.registry.load(p["model"])
         res, out_res, dev = animator.low_resolution, animator.resolution, animator.device
         if animator.sr3 is None and p.get("sr_steps") is not None:
-            raise InvalidParams(f"params.sr_steps given but model {p['model']} has no SR3 stage", field="params.sr_steps")
+            raise InvalidParams(f"params.sr_steps given but model {p['model']} has no SR3 stage",
+                                field="params.sr_steps")
 
         # 0. batch sizes fixed once per job (a resumed run must chunk exactly like the first).
         run_path = self.dir / "run.json"
@@ -540,7 +542,8 @@ def _frame_range(params: dict[str, Any], num: int) -> tuple[int, int]:
     start, end = params["frame_start"], params.get("frame_end")
     stop = num if end is None else end
     if start >= num:
-        raise InvalidParams(f"frame_start {start} is past the source's last frame ({num - 1})", field="params.frame_start")
+        raise InvalidParams(f"frame_start {start} is past the source's last frame ({num - 1})",
+                            field="params.frame_start")
     if stop > num or stop <= start:
         raise InvalidParams(f"frame_end {end} must lie in {start + 1}..{num}", field="params.frame_end")
     return start, stop
