@@ -60,7 +60,7 @@ def image_size(data: bytes, where: str) -> tuple[str, int, int]:
                 return "jpeg", int(width), int(height)
             i += 2 + length
         raise ImageReadError(f"{where}: truncated JPEG (no frame header)")
-    raise ImageReadError(f"{where}: not a PNG or JPEG image")
+    raise ImageReadError(f"{where}: not a readable image (neither PNG nor JPEG)")
 
 
 def read_image(
