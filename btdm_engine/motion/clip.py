@@ -198,7 +198,8 @@ def _check_headers(path: Path) -> None:
         raise MotionClipError(f"{path.name}: unreadable .npz archive ({exc})") from exc
     for name, (shape, dtype) in headers.items():
         if dtype.hasobject:
-            raise MotionClipError(f"{path.name}: field {name!r} holds Python objects; only plain arrays are read")
+            raise MotionClipError(f"{path.name}: unreadable .npz archive (field {name!r} holds Python objects, which "
+                                  "need allow_pickle; btdm never unpickles)")
         if name in _FRAME_FIELDS and shape:
             _limit("frames", shape[0], f"{path.name}: field {name!r} declares {shape[0]} frames")
         elif name not in _FRAME_FIELDS and int(np.prod(shape, dtype=np.int64)) > 1024:
