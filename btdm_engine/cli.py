@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from btdm_engine.errors import BtdmError, UsageError
@@ -96,12 +97,16 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads steal the
+    # core another process needs, and torch then runs several times slower (bench/bench_cpu.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         from btdm_engine import limits
 
         limits.override(getattr(args, "limit", None))
+        _set_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except (BtdmError, OSError) as exc:  # the project's own errors and the file system's; a bug shows its traceback
         print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
@@ -109,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{_command_name(args)}: interrupted", file=sys.stderr)
         return 130
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads N`` of the commands that run networks: torch's intra-op CPU threads."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+        raise CliError(f"--threads must be between 1 and 1024, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _command_name(args: argparse.Namespace) -> str:

@@ -13,8 +13,10 @@ Tasks (paper sec. 3.3), all sampled with bidirectional recursive sampling (app. 
 * unconditional animation: a model trained with c = empty; call with ``appearance=None``.
   Without c the BTU-Net uses its learnt null token in both cases.
 
-Devices: CUDA when present (network calls under bf16 autocast), else CPU float32. Every random
-draw goes through a ``torch.Generator`` on the CPU seeded from ``seed`` (one per stage, derived
+Devices: CUDA when present, else the CPU. Sampling runs its network calls under bf16 autocast on
+CUDA and on CPUs with native bf16 (``precision="auto"``; ``"float32"`` for bit-compatible float32
+frames), with CPU weights channels-last; ``bench/bench_cpu.py`` measures speed and the difference
+to float32. Every random draw goes through a ``torch.Generator`` on the CPU seeded from ``seed`` (one per stage, derived
 with ``numpy.random.SeedSequence``), so the same seed gives the same frames.
 """
 
@@ -55,7 +57,9 @@ SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")
 # pair's two branches times the float32 feature maps of a U-Net of these sizes. Used only to
 # pick a default ``max_batch`` from a memory budget; pass ``max_batch`` to override.
 _BYTES_PER_PIXEL = 2 * 4 * 2048
-_CPU_BUDGET_BYTES = 1 << 30
+# 2 GiB on the CPU: SR3's 128 px tiny model then runs 8 frames per call, 1.8x faster per frame than 4
+# (bench/bench_cpu.py), and the BTU-Net takes up to 128 frames per call.
+_CPU_BUDGET_BYTES = 2 << 30
 
 
 class AnimatorError(BtdmError, ValueError):
@@ -77,7 +81,7 @@ def default_device() -> torch.device:
 
 
 def max_batch_for(resolution: int, device: torch.device) -> int:
-    """Frames per network call that fit a memory budget (half the free GPU memory, 1 GiB on CPU)."""
+    """Frames per network call that fit a memory budget (half the free GPU memory, 2 GiB on CPU)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         budget = free // 2
@@ -165,24 +169,48 @@ def prepare_pose_maps(pose_maps: np.ndarray | Tensor, size: int, chunk: int = 64
     return torch.cat([convert(pose_maps[i : i + chunk]) for i in range(0, len(pose_maps), chunk)])
 
 
-class _Autocast(nn.Module):
-    """Runs the wrapped network under CUDA bf16 autocast and hands back float32 outputs."""
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
-    def __init__(self, model: nn.Module) -> None:
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bfloat16 on CUDA and on CPUs with native bf16, else float32."""
+    if precision not in PRECISIONS:
+        raise AnimatorError(f"precision {precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()):
+        return "bfloat16"
+    return "float32"
+
+
+class _Autocast(nn.Module):
+    """Runs the wrapped network under bf16 autocast (CUDA or CPU) and hands back float32 outputs."""
+
+    def __init__(self, model: nn.Module, device_type: str) -> None:
         super().__init__()
         self.model = model
+        self.device_type = device_type
         self.config = getattr(model, "config", None)
 
     def forward(self, *args: Any) -> Any:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
             out = self.model(*args)
         if isinstance(out, tuple):
             return tuple(o.float() for o in out)
         return out.float()
 
 
-def _autocast_for(model: nn.Module, device: torch.device) -> nn.Module:
-    return _Autocast(model).eval() if device.type == "cuda" else model
+def _autocast_for(model: nn.Module, device: torch.device, precision: str = "auto") -> nn.Module:
+    """The network as sampling calls it: under bf16 autocast when ``precision`` resolves to bfloat16."""
+    if resolve_precision(precision, device) == "bfloat16":
+        return _Autocast(model, device.type).eval()
+    return model
 
 
 def finetune_btunet(
@@ -224,7 +252,9 @@ def finetune_btunet(
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise AnimatorError(f"finetune batch must be a positive int, got {batch!r}")
     is_cancelled = cancel_checker(cancel)
-    tuned = copy.deepcopy(model)
+    # Train in the contiguous layout whatever the caller's copy uses, so fine-tuning here and in
+    # `btdm finetune` (which loads the checkpoint as saved) give the same weights bit for bit.
+    tuned = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     tuned.train()
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     device = appearance.device
@@ -297,13 +327,18 @@ class Animator:
         return cls(btunet, schedule, sr3, sr3_schedule, device=device, meta={"btunet": meta, "sr3": sr3_meta})
 
     def to(self, device: str | torch.device) -> Animator:
-        """Move the networks to ``device`` (returns self)."""
+        """Move the networks to ``device`` (returns self).
+
+        On the CPU the weights are kept channels-last (NHWC), which oneDNN's convolutions run
+        faster on; results agree with the contiguous layout to float rounding.
+        """
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise AnimatorError(f"device {device} requested but CUDA is not available")
-        self.btunet.to(device)
+        layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self.btunet.to(device, memory_format=layout)
         if self.sr3 is not None:
-            self.sr3.to(device)
+            self.sr3.to(device, memory_format=layout)
         self.device = device
         return self
 
@@ -352,6 +387,7 @@ class Animator:
         callback: Callback | None = None,
         cancel: object = None,
         device: str | torch.device | None = None,
+        precision: str = "auto",
     ) -> Iterator[np.ndarray]:
         """Generate frames one at a time (uint8 RGB (R, R, 3)), streaming the SR3 stage.
 
@@ -377,9 +413,13 @@ class Animator:
                 name, ``"sr3"``.
             cancel: ``threading.Event`` or callable; raises :class:`Cancelled` within one step.
             device: move the networks there first (None: where they are).
+            precision: network arithmetic for sampling: ``"auto"`` (bf16 autocast on CUDA and on
+                CPUs with native bf16, else float32), ``"float32"`` or ``"bfloat16"``. Fine-tuning
+                always trains in float32.
         """
         if device is not None:
             self.to(device)
+        resolve_precision(precision, self.device)  # an unknown name fails before any work
         if sampler not in SAMPLERS:
             raise AnimatorError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -411,10 +451,10 @@ class Animator:
             btunet = finetune_btunet(
                 btunet, c, g, self.schedule, steps=finetune_steps, lr=finetune_lr,
                 generator=_generator(seed, 0), batch=finetune_batch, callback=callback, cancel=cancel,
-            )
+            ).to(memory_format=torch.channels_last if dev.type == "cpu" else torch.contiguous_format)
 
         # 3. the low-resolution sequence (algorithm 1, or the autoregressive baseline).
-        net = _autocast_for(btunet, dev)
+        net = _autocast_for(btunet, dev, precision)
         common = dict(steps=steps, schedule=self.schedule, generator=_generator(seed, 1), eta=eta,
                       callback=callback, cancel=cancel)
         if sampler == "bidirectional":
@@ -429,7 +469,7 @@ class Animator:
             for frame in tensor_to_images(low):
                 yield frame
             return
-        sr_net = _autocast_for(self.sr3, dev)
+        sr_net = _autocast_for(self.sr3, dev, precision)
         chunks = sample_sr3(
             sr_net, low, steps=steps if sr_steps is None else sr_steps, schedule=self.sr3_schedule,
             generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
@@ -452,4 +492,7 @@ __all__ = [
     "prepare_pose_maps",
     "resize_pose_maps",
     "tensor_to_images",
+    "PRECISIONS",
+    "cpu_has_bf16",
+    "resolve_precision",
 ]

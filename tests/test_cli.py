@@ -9,7 +9,7 @@ import pytest
 
 from btdm_engine.cli import build_parser, main
 
-SUBCOMMANDS = ("demo", "motion", "posemaps", "animate", "finetune", "train", "eval", "synth")
+SUBCOMMANDS = ("demo", "motion", "posemaps", "animate", "finetune", "train", "eval", "synth", "serve", "addon", "previs")
 
 
 def test_help_lists_every_subcommand() -> None:

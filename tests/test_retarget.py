@@ -3,8 +3,10 @@ inches, rest poses facing +X/-X/+Z, custom bone maps, shape fitting, every bad-f
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -214,18 +216,16 @@ def test_skeleton_animation_npz_round_trip_and_bad_files(tmp_path, clip, rest):
         "extra": (bad("e.npz", evil=np.zeros(3)), "unknown field.*'evil'"),
         "camera half": (bad("c.npz", cam_K=np.tile(np.eye(3), (clip.num_frames, 1, 1))), "camera fields come together"),
     }
-    for what, (p, message) in cases.items():
+    for p, message in cases.values():
         with pytest.raises(SkeletonAnimationError, match=message):
             SkeletonAnimation.load(p)
     # A header that declares a huge array is refused before anything is read.
     huge = tmp_path / "huge.npz"
     with open(huge, "wb") as fh:
         np.savez(fh, **{**good, "frames": np.zeros((1, 1, 4, 4))})
-    import zipfile
     with zipfile.ZipFile(huge, "a") as z:
         header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1, 4, 4)))
         header["shape"] = (10**9, len(anim.names), 4, 4)
-        import io
         buf = io.BytesIO()
         np.lib.format.write_array_header_1_0(buf, header)
         z.writestr("frames_big.npy", buf.getvalue())
@@ -239,14 +239,10 @@ def test_skeleton_animation_npz_round_trip_and_bad_files(tmp_path, clip, rest):
         z.writestr("frames.npy", buf.getvalue())
     with pytest.raises(SkeletonAnimationError, match=r"field 'frames' declares 1000000000 frames; the limit is"):
         SkeletonAnimation.load(huge)
+    plain = tmp_path / "plain.npz"
+    plain.write_text("hello")
     with pytest.raises(SkeletonAnimationError, match="not a zip archive"):
-        SkeletonAnimation.load(tmp_path / "rt.txt" if False else _text(tmp_path))
-
-
-def _text(tmp_path):
-    p = tmp_path / "plain.npz"
-    p.write_text("hello")
-    return p
+        SkeletonAnimation.load(plain)
 
 
 def test_bad_bvh_classes_have_named_errors(tmp_path, clip, rest):

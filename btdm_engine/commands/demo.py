@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=25, help="BTU-Net denoising steps (default 25; the paper: 50)")
     p.add_argument("--sr-steps", type=int, default=10, help="SR3 denoising steps (default 10)")
     p.add_argument("--no-generate", action="store_true", help="pose maps only; skip the generated frames")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="network arithmetic when sampling (default auto: bf16 autocast where the CPU or GPU has it)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -151,7 +154,7 @@ def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> Non
     def stream():
         nonlocal count
         for t, frame in enumerate(animator.animate_iter(poses, appearance, steps=args.steps, sr_steps=args.sr_steps,
-                                                        seed=args.seed, callback=bars)):
+                                                        seed=args.seed, callback=bars, precision=args.precision)):
             write_rgb_png(frames_dir / f"{t:06d}.png", frame)
             if t in picks:
                 kept[t] = frame

@@ -370,6 +370,8 @@ class _JobRun:
                 btunet = finetune_btunet(btunet, c, g, animator.schedule, steps=p["finetune_steps"],
                                          lr=p["finetune_lr"], generator=_generator(p["seed"], 0),
                                          callback=self.progress, cancel=self.is_cancelled)
+                # the same layout the Animator samples a fine-tuned copy in, so frames match `btdm animate`
+                btunet = btunet.to(memory_format=torch.channels_last if dev.type == "cpu" else torch.contiguous_format)
             self.progress.sr3_total = (math.ceil(num / run_info["sr_batch"]) * (p["sr_steps"] or p["steps"])
                                        if animator.sr3 is not None else None)
             self.progress.set_stage("btunet", 0, p["steps"] * (num if p["sampler"] == "unidirectional" else 1))
