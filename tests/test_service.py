@@ -141,9 +141,11 @@ def test_job_events_frames_equal_btdm_animate(server: Server, clip: Path, tmp_pa
     final = client.wait(job["id"], callback=seen.append)
     assert final["state"] == "succeeded", final["error"]
     stages = [e["stage"] for e in seen if e["state"] == "running"]
-    for stage in ("posemaps", "btunet", "sr3", "writing"):
-        assert stage in stages, stages
-    assert stages.index("posemaps") < stages.index("btunet") < stages.index("sr3") < stages.index("writing")
+    # The stream polls the store every 0.1 s, so a stage shorter than that (SR3 on 6 frames) may be
+    # coalesced into the next event; what is seen must still come in pipeline order.
+    order = ("posemaps", "finetune", "btunet", "sr3", "writing")
+    ranks = [order.index(s) for s in stages if s is not None]
+    assert "btunet" in stages and ranks == sorted(ranks), stages
     assert final["frames_done"] == final["frames_total"] == 6 and final["has_video"]
     assert (final["width"], final["height"]) == (128, 128)
     assert final["started"] >= final["created"] and final["finished"] >= final["started"]
