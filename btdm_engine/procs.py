@@ -56,3 +56,19 @@ def clean_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def ray_connect(address: str) -> bool:
+    """Join the Ray cluster at ``address`` ("local" starts one on this machine) unless already in one.
+
+    Returns whether this call started the connection (the caller then shuts it down when done).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return True

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from btdm_engine.errors import BtdmError
-from btdm_engine.procs import die_with_parent
+from btdm_engine.procs import die_with_parent, pid_alive
 from synthetic_data.presets import Preset, Shard, plan
 from synthetic_data.spec import SpecError
 
@@ -358,12 +358,9 @@ def _run_all_local(todo: Sequence[Shard], staging: Path, workers: int, on_progre
 def _run_all_ray(todo: Sequence[Shard], staging: Path, address: str, workers: int | None, on_progress, finish, fail) -> None:
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address == "local":
-            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    from btdm_engine.procs import ray_connect
+
+    started_here = ray_connect(address)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 2))
         in_flight = workers or max(1, cpus // 2)
@@ -413,7 +410,7 @@ class _Lock:
                     pid = int(self.path.read_text().strip() or "0")
                 except (OSError, ValueError):
                     pid = 0
-                if pid and _alive(pid):
+                if pid and pid_alive(pid):
                     raise SpecError(f"{self.path}: another build (pid {pid}) is writing this dataset") from None
                 self.path.unlink(missing_ok=True)
                 continue
@@ -426,11 +423,3 @@ class _Lock:
         self.path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

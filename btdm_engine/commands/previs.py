@@ -228,12 +228,9 @@ def _run_ray(specs: list[dict[str, Any]], env: dict[str, str], address: str) -> 
     """Shots as Ray tasks, one GPU each when the cluster has GPUs (the output folder must be shared)."""
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address == "local":
-            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    from btdm_engine.procs import ray_connect
+
+    started_here = ray_connect(address)
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_shot)
