@@ -1,4 +1,5 @@
-"""``btdm motion``: make procedural motions, import and inspect BVH/FBX/skeleton files, list, describe and preview clips."""
+"""``btdm motion``: make procedural motions, import and inspect BVH/FBX/skeleton files, list, describe,
+preview clips."""
 
 from __future__ import annotations
 
@@ -159,10 +160,12 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"file:      {args.file}")
     print(f"bones:     {anim.num_bones}: {', '.join(anim.names)}")
     print(f"frames:    {anim.num_frames} at {anim.fps:g} fps ({anim.num_frames / anim.fps:.2f} s)")
-    print(f"skeleton:  {r['skeleton']}" + (" (picked by auto)" if args.skeleton == "auto" and args.bone_map is None else ""))
+    picked = " (picked by auto)" if args.skeleton == "auto" and args.bone_map is None else ""
+    print(f"skeleton:  {r['skeleton']}{picked}")
     print(f"units:     {r['units']}, {r['scale']:g} metres per unit")
     print(f"up axis:   {r['up']}; rest pose faces {r['facing_deg']:+.0f} degrees from +Z about the up axis")
-    print(f"camera:    {'shot camera ' + str(anim.cam_width) + 'x' + str(anim.cam_height) if anim.has_camera else 'none'}")
+    camera = f"shot camera {anim.cam_width}x{anim.cam_height}" if anim.has_camera else "none"
+    print(f"camera:    {camera}")
     print("bone map:  SMPL joint <- bone")
     for joint in JOINT_NAMES:
         print(f"  {joint:15s} <- {r['map'].get(joint, '(none: follows its parent)')}")

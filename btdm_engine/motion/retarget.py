@@ -378,8 +378,8 @@ def to_motion_clip(
     P = scale * anim.heads() @ axes.T
 
     body = cached_body_model(body_model)
-    report: dict[str, Any] = {"skeleton": scheme, "map": {JOINT_NAMES[j]: anim.names[b] for j, b in sorted(mapping.items())},
-                              "units": unit, "scale": float(scale), "up": up}
+    bones = {JOINT_NAMES[j]: anim.names[b] for j, b in sorted(mapping.items())}
+    report: dict[str, Any] = {"skeleton": scheme, "map": bones, "units": unit, "scale": float(scale), "up": up}
     if fit_shape:
         rig_joints = np.zeros((NUM_JOINTS, 3))
         for j, b in mapping.items():

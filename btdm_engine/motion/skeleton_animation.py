@@ -167,7 +167,8 @@ class SkeletonAnimation:
                 f"{name}: unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(_REQUIRED + _CAMERA)}")
         for field, (shape, dtype) in headers.items():
             if dtype.hasobject:
-                raise SkeletonAnimationError(f"{name}: field {field!r} holds Python objects; only plain arrays are read")
+                raise SkeletonAnimationError(
+                    f"{name}: field {field!r} holds Python objects; only plain arrays are read")
         nb = headers["names"][0][0] if headers["names"][0] else 0
         t = headers["frames"][0][0] if headers["frames"][0] else 0
         if nb > lim["bones"]:
@@ -202,7 +203,8 @@ def from_arrays(raw: dict[str, Any], source: str, limits: dict[str, int] | None 
             f"{source}: unknown format_version {version}; this version of btdm reads {FORMAT_VERSION}")
     names = np.asarray(raw["names"])
     if names.dtype.kind != "U" or names.ndim != 1:
-        raise SkeletonAnimationError(f"{source}: field 'names' must be a 1-D string array, got {names.dtype} {names.shape}")
+        raise SkeletonAnimationError(
+            f"{source}: field 'names' must be a 1-D string array, got {names.dtype} {names.shape}")
     cam: dict[str, Any] = {}
     present = [f for f in _CAMERA if f in raw]
     if present and len(present) != len(_CAMERA):
@@ -278,7 +280,8 @@ def _validate(anim: SkeletonAnimation) -> None:
     set_(anim, "names", names)
     parents = np.asarray(anim.parents)
     if parents.dtype.kind not in "iu" or parents.shape != (nb,):
-        raise SkeletonAnimationError(f"{src}: field 'parents' must be ({nb},) integers, got {parents.dtype} {parents.shape}")
+        raise SkeletonAnimationError(
+            f"{src}: field 'parents' must be ({nb},) integers, got {parents.dtype} {parents.shape}")
     parents = parents.astype(np.int64)
     for i, p in enumerate(parents):
         if not -1 <= p < i:
@@ -300,7 +303,8 @@ def _validate(anim: SkeletonAnimation) -> None:
         det = np.linalg.det(arr[..., :3, :3])
         if np.any(np.abs(det) < 1e-12):
             first = tuple(int(i) for i in np.argwhere(np.abs(det) < 1e-12)[0])
-            raise SkeletonAnimationError(f"{src}: field {field!r} has a singular (zero-scale) bone matrix at index {first}")
+            raise SkeletonAnimationError(
+                f"{src}: field {field!r} has a singular (zero-scale) bone matrix at index {first}")
     fps = float(anim.fps)
     if not (np.isfinite(fps) and 1e-3 <= fps <= 1000):
         raise SkeletonAnimationError(f"{src}: field 'fps' must be between 0.001 and 1000, got {anim.fps}")
