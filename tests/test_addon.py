@@ -357,6 +357,41 @@ def test_rigify_metarig_generates_plates_over_the_shot(engine: Engine, tmp_path:
     assert _heads_inside(folder, tmp_path / "skeleton.npz", hands_feet_head, 1) >= 0.9
 
 
+def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) -> None:
+    from btdm_engine.weights import default_appearance
+
+    image, iuv = default_appearance()
+    photo = cv2.imread(str(image))
+    cv2.imwrite(str(tmp_path / "photo.png"), np.pad(photo, ((0, 0), (40, 40), (0, 0)), constant_values=255))  # wide
+    result = run_bpy(f"""
+        import blender_addon
+        from test_addon_scenes import make_scene
+        scene, arm = make_scene("rigify")
+        bpy.ops.wm.save_as_mainfile(filepath={str(tmp_path / 'shot.blend')!r})
+        scene.render.engine = "BLENDER_WORKBENCH"
+        blender_addon.register()
+        scene.btdm.steps, scene.btdm.sr_steps = 2, 2
+        seen = {{}}
+        for mode, image, iuv, finetune in (("IMAGE_IUV", {str(image)!r}, {str(iuv)!r}, 2),
+                                           ("PHOTO", {str(tmp_path / 'photo.png')!r}, "", 0),
+                                           ("RENDER", "", "", 0), ("NONE", "", "", 0)):
+            scene.btdm.appearance, scene.btdm.appearance_image, scene.btdm.appearance_iuv = mode, image, iuv
+            scene.btdm.finetune_steps = finetune
+            bpy.ops.btdm.generate_previs()
+            [strip] = list(scene.sequence_editor.strips_all)
+            seen[mode] = {{"job": strip["btdm_job_id"], "n": len(strip.elements)}}
+        blender_addon.unregister()
+        print("RESULT " + json.dumps(seen))
+    """, tmp_path, env={"BTDM_ENGINE_URL": engine.url})
+    assert set(result) == {"IMAGE_IUV", "PHOTO", "RENDER", "NONE"}
+    assert all(r["n"] == 8 for r in result.values()) and len({r["job"] for r in result.values()}) == 4
+    client = EngineClient(engine.url)
+    params = {mode: client.job(r["job"])["params"] for mode, r in result.items()}
+    assert params["IMAGE_IUV"]["finetune_steps"] == 2
+    plate = cv2.imread(str(tmp_path / "previs" / "Scene_ShotCam" / "000001.png"), cv2.IMREAD_UNCHANGED)
+    assert plate.shape[2] == 4 and (plate[..., 3] > 0).any()
+
+
 def test_btdm_previs_mixamo_end_to_end_saved_in_the_blend(engine: Engine, tmp_path: Path) -> None:
     shot = tmp_path / "mixamo_shot.blend"
     run_bpy(f"""
