@@ -436,6 +436,13 @@ def test_btdm_previs_mixamo_end_to_end_saved_in_the_blend(engine: Engine, tmp_pa
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"{shot}: error: --armature Nobody: scene 'Scene' has no armature of that name (it has: MixamoRig)"]
+    # The same shot as a Ray task on a local cluster (--ray ADDRESS spreads shots over a real one).
+    ray_out = tmp_path / "ray_out"
+    proc = subprocess.run([*BTDM, "previs", str(shot), "--out", str(ray_out), "--engine", engine.url, "--steps", "2",
+                           "--sr-steps", "2", "--seed", "5", "--ray", "local"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (ray_out / "mixamo_shot" / "frames").iterdir()) == [f"{n:06d}.png" for n in range(1, 7)]
 
 
 def test_cancel_leaves_no_strip_and_no_partial_frame(engine: Engine, tmp_path: Path) -> None:
