@@ -53,17 +53,17 @@ def animate_remote(args: argparse.Namespace) -> int:
     from btdm_engine.cli import CliError
     from btdm_engine.commands.animate import Progress
     from btdm_engine.commands.serve import read_token
-    from btdm_engine.fileio import atomic_write_bytes
+    from btdm_engine.fileio import StagedRun, atomic_write_bytes
 
     if args.device is not None:
         raise CliError("--device applies to the server (btdm serve --device); drop it with --engine")
     if args.plate and args.clip is None:
         raise CliError("--plate needs --clip (the shot camera comes with the motion clip)")
     out = Path(args.out)
-    frames_dir = out / "frames"
-    existing = sorted(frames_dir.glob("[0-9]*.png")) if frames_dir.is_dir() else []
+    existing = sorted((out / "frames").glob("[0-9]*.png")) if (out / "frames").is_dir() else []
     if existing and not args.overwrite:
-        raise CliError(f"{frames_dir} already holds {len(existing)} frames; pass --overwrite or choose another --out")
+        raise CliError(f"{out / 'frames'} already holds {len(existing)} frames; "
+                       "pass --overwrite or choose another --out")
     try:
         client = EngineClient(args.engine, token=read_token(args))
         files: dict[str, Any] = {"appearance": args.appearance, "appearance_iuv": args.appearance_iuv}
@@ -76,8 +76,13 @@ def animate_remote(args: argparse.Namespace) -> int:
         raise CliError(f"engine {args.engine}: {exc.message}" + (f" [{exc.field}]" if exc.field else "")) from None
     job_id = job["id"]
     print(f"engine job {job_id} queued at {args.engine}", file=sys.stderr)
-    for stale in existing:
-        stale.unlink()
+    # As a local run: written to OUT/incomplete/, published over an earlier run only when complete.
+    run = StagedRun(out, subdirs=("frames", "plates"), files=("animation.mp4",))
+    staging, removed = run.begin()
+    if removed:
+        print(f"note: removed {staging} left by an interrupted earlier run", file=sys.stderr)
+    frames_dir = staging / "frames"
+    frames_dir.mkdir()
     bars = Progress(not args.no_progress)
     fetched = 0
 
@@ -88,7 +93,7 @@ def animate_remote(args: argparse.Namespace) -> int:
         while fetched < state["frames_done"]:  # frames appear in order; fetch each once
             atomic_write_bytes(frames_dir / f"{fetched:06d}.png", client.frame(job_id, fetched))
             if state["has_plates"]:
-                atomic_write_bytes(out / "plates" / f"{fetched:06d}.png", client.plate(job_id, fetched))
+                atomic_write_bytes(staging / "plates" / f"{fetched:06d}.png", client.plate(job_id, fetched))
             fetched += 1
 
     try:
@@ -97,7 +102,7 @@ def animate_remote(args: argparse.Namespace) -> int:
             raise CliError(f"engine job {job_id} {final['state']}" + (f": {final['error']}" if final["error"] else ""))
         video = None
         if args.mp4:
-            video = atomic_write_bytes(out / "animation.mp4", client.video(job_id))
+            video = atomic_write_bytes(staging / "animation.mp4", client.video(job_id))
     except KeyboardInterrupt:
         try:
             client.cancel(job_id)
@@ -109,6 +114,9 @@ def animate_remote(args: argparse.Namespace) -> int:
         raise CliError(f"engine job {job_id}: {exc.message}") from None
     finally:
         bars.close()
+    run.publish(fetched, {"seed": final["params"]["seed"], "steps": final["params"]["steps"], "engine_job": job_id})
+    frames_dir = out / "frames"
+    video = None if video is None else out / "animation.mp4"
     size = final["width"]
     print(f"frames: {fetched} in {frames_dir} ({size}x{size}, engine job {job_id})")
     if final["has_plates"]:
