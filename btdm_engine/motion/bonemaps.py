@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, NUM_JOINTS, PARENTS
+from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, PARENTS
 from btdm_engine.errors import BtdmError
 
 __all__ = [
@@ -268,8 +268,3 @@ def read_bone_map(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BoneMapError(f"{path}: a bone map is a JSON object {{smpl_joint_name: bone_name}}")
     return data
-
-
-def describe(mapping: dict[int, int], names: list[str] | tuple[str, ...]) -> list[tuple[str, str | None]]:
-    """(SMPL joint, bone or None) for all 24 joints, for ``btdm motion inspect``."""
-    return [(JOINT_NAMES[j], names[mapping[j]] if j in mapping else None) for j in range(NUM_JOINTS)]

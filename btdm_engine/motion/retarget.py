@@ -44,7 +44,7 @@ from btdm_engine.motion.camera import default_camera, posed_hull_points
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.kinematics import local_rotations, world_rotations
 from btdm_engine.motion.rotations import align_vectors, axis_angle_to_matrix, rotation_y
-from btdm_engine.motion.skeleton_animation import SkeletonAnimation, orthonormalise
+from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
 __all__ = ["UNITS", "RetargetError", "Retargeted", "detect_units", "fit_betas", "to_motion_clip"]
 
@@ -248,10 +248,10 @@ def _batch_reaim(current: np.ndarray, posed: np.ndarray) -> np.ndarray:
 
 def _smpl_world_rotations(
     R: np.ndarray, R_rest: np.ndarray, P: np.ndarray, P_rest: np.ndarray, tails: np.ndarray,
-    parents: np.ndarray, mapping: dict[int, int], rest: np.ndarray, source: str,
+    parents: np.ndarray, mapping: dict[int, int], rest: np.ndarray, face: np.ndarray,
 ) -> np.ndarray:
-    """SMPL world rotations W (F, 24, 3, 3) from the rig's world orientations and positions (Y up, metres)."""
-    face = _facing(rest, P_rest, mapping, source)
+    """SMPL world rotations W (F, 24, 3, 3) from the rig's world orientations and positions (Y up, metres),
+    given the facing turn ``face`` (:func:`_facing`)."""
     G = R @ np.swapaxes(R_rest, -1, -2)[None]  # (F, NB, 3, 3): each bone's world rotation from rest
     F = len(R)
     hips = [J["left_hip"], J["right_hip"]]
@@ -371,7 +371,7 @@ def to_motion_clip(
         notes += more
 
     axes = _Z_TO_Y if up == "Z" else np.eye(3)
-    R_rest = axes @ orthonormalise(anim.rest[:, :3, :3])
+    R_rest = axes @ anim.rest_rotations()
     P_rest = scale * anim.rest_heads() @ axes.T
     tails = scale * anim.tails @ axes.T
     R = axes @ anim.rotations()
@@ -392,8 +392,8 @@ def to_motion_clip(
     betas = np.zeros(NUM_BETAS) if betas is None else np.asarray(betas, dtype=np.float64)
     rest = body.rest_joints(betas).astype(np.float64)
 
-    W = _smpl_world_rotations(R, R_rest, P, P_rest, tails, anim.parents, mapping, rest, source)
     face = _facing(rest, P_rest, mapping, source)
+    W = _smpl_world_rotations(R, R_rest, P, P_rest, tails, anim.parents, mapping, rest, face)
     poses = local_rotations(W)
     # Place the body by the hips' midpoint, which every rig puts at the thigh heads (a pelvis bone's
     # head sits at different heights: Rigify's between the thighs, SMPL's and Mixamo's above them).

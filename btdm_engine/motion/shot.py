@@ -56,9 +56,7 @@ class ShotPlan:
 
     def window_matrix(self, n: int, resolution: int) -> np.ndarray:
         """``A`` (3, 3) taking shot pixels to the pixels of a ``resolution``-px window of frame n."""
-        left, top, side = self.windows[n]
-        a = resolution / side
-        return np.array([[a, 0.0, -left * a - 0.5], [0.0, a, -top * a - 0.5], [0.0, 0.0, 1.0]])
+        return _window_matrices(self.windows[n : n + 1], resolution)[0]
 
     def composite(self, n: int, frame: np.ndarray, iuv: np.ndarray, grow: float = 0.04,
                   feather: float = 0.006) -> np.ndarray:
@@ -107,6 +105,17 @@ class ShotPlan:
         out[..., :3] = np.where(alpha[..., None] > 0, rgb, 0)
         out[..., 3] = alpha
         return out
+
+
+def _window_matrices(windows: np.ndarray, resolution: int) -> np.ndarray:
+    """``A`` (T, 3, 3) per window (left, top, side): shot pixels -> window pixels (module docstring, 3.)."""
+    a = resolution / windows[:, 2]
+    A = np.zeros((len(windows), 3, 3))
+    A[:, 0, 0] = A[:, 1, 1] = a
+    A[:, 0, 2] = -windows[:, 0] * a - 0.5
+    A[:, 1, 2] = -windows[:, 1] * a - 0.5
+    A[:, 2, 2] = 1.0
+    return A
 
 
 def _bounding_boxes(clip: MotionClip, body_model: str | None = None, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -175,13 +184,7 @@ def plan_shot(clip: MotionClip, size: int, margin: float = 0.1, max_zoom: float 
                               centre[:, 1] - boxes[:, 1], boxes[:, 3] - centre[:, 1]])
     side = np.maximum(side, 2.0 * half)
     windows = np.stack([centre[:, 0] - side / 2.0, centre[:, 1] - side / 2.0, side], axis=1)
-    a = size / side
-    A = np.zeros((T, 3, 3))
-    A[:, 0, 0] = A[:, 1, 1] = a
-    A[:, 0, 2] = -windows[:, 0] * a - 0.5
-    A[:, 1, 2] = -windows[:, 1] * a - 0.5
-    A[:, 2, 2] = 1.0
-    K = A @ clip.K.astype(np.float64)
+    K = _window_matrices(windows, size) @ clip.K.astype(np.float64)
     square = clip.with_camera(K, int(size), int(size), clip.world_to_cam)
     return ShotPlan(windows=windows, width=clip.width, height=clip.height, size=int(size), square_clip=square,
                     visible=visible)
