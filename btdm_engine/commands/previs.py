@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.procs import die_with_parent
+
 __all__ = ["register", "run_shot"]
 
 SHOT_TIMEOUT_S = 6 * 3600
@@ -93,7 +95,8 @@ class _LocalEngine:
         cmd = [*_btdm_command(), "serve", "--port", str(self.port)]
         if device:
             cmd += ["--device", device]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=die_with_parent)  # no engine outlives a killed batch
 
     def wait(self, timeout: float = 180.0) -> None:
         from blender_addon.engine_client import EngineClient, EngineError
@@ -176,7 +179,8 @@ def run_shot(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     result = {"blend": spec["blend"], "out": str(out), "ok": False, "error": "", "frames": 0}
     try:
         proc = subprocess.run([sys.executable, "-m", "btdm_engine.commands.previs", json.dumps(spec)],
-                              env=child_env, capture_output=True, text=True, timeout=SHOT_TIMEOUT_S)
+                              env=child_env, capture_output=True, text=True, timeout=SHOT_TIMEOUT_S,
+                              preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired:
         result["error"] = f"did not finish within {SHOT_TIMEOUT_S} s"
         return result

@@ -23,8 +23,9 @@ import numpy as np
 
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_bytes
+from btdm_engine.imageio import MIN_APPEARANCE_SIDE
 from btdm_engine.service import limits
-from btdm_engine.service.errors import PayloadTooLarge, ServiceError
+from btdm_engine.service.errors import InvalidParams, PayloadTooLarge, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ def retarget_skeleton(path: Path, clip_path: Path, params: dict[str, Any], size:
     from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
     if params["skeleton"] not in SKELETONS:
-        raise ServiceError(f"params.skeleton: unknown bone-map preset {params['skeleton']!r}; allowed: "
-                           f"{', '.join(SKELETONS)}", field="params.skeleton", status=422, code="invalid_params")
+        raise InvalidParams(f"params.skeleton: unknown bone-map preset {params['skeleton']!r}; allowed: "
+                            f"{', '.join(SKELETONS)}", field="params.skeleton")
     try:
         anim = SkeletonAnimation.load(path)
     except BtdmError as exc:
@@ -119,7 +120,7 @@ def check_appearance(path: Path) -> tuple[int, int]:
         raise ServiceError(f"appearance: expected a square image (the networks are square), got {width}x{height}",
                            field="appearance")
     try:
-        read_rgb(path)
+        read_rgb(path, min_side=MIN_APPEARANCE_SIDE)  # the same floor as btdm animate
     except BtdmError as exc:
         raise _named("appearance", exc) from None
     return width, height

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine.errors import BtdmError
-from btdm_engine.fileio import atomic_path, atomic_write_text
+from btdm_engine.fileio import atomic_path, atomic_write_text, read_json
 from btdm_engine.service import limits
 from btdm_engine.service.errors import InvalidParams, ServiceError
 from btdm_engine.service.store import JobStore
@@ -77,7 +77,6 @@ class ModelRegistry:
             name: ModelEntry(name, Path(path), (default_appearances or {}).get(name))
             for name, path in models.items()
         }
-        self.loads = 0  # how many times a model was loaded (the tests check the second job pays nothing)
         for entry in self._entries.values():
             entry.info = self._read_info(entry)
 
@@ -98,8 +97,6 @@ class ModelRegistry:
 
     @staticmethod
     def _read_info(entry: ModelEntry) -> dict[str, Any]:
-        from btdm_engine.fileio import read_json
-
         def config(kind: str) -> dict[str, Any] | None:
             path = entry.path / kind / "config.json"
             return read_json(path, ServiceError) if path.is_file() else None
@@ -142,7 +139,6 @@ class ModelRegistry:
 
                 t0 = time.perf_counter()
                 entry.animator = Animator.from_pretrained(entry.path, device=self.device)
-                self.loads += 1
                 logger.info("model %s loaded from %s on %s in %.2f s", name, entry.path, self.device,
                             time.perf_counter() - t0)
             return entry.animator
@@ -333,7 +329,7 @@ class _JobRun:
         # 0. batch sizes fixed once per job (a resumed run must chunk exactly like the first).
         run_path = self.dir / "run.json"
         if run_path.is_file():
-            run_info = json.loads(run_path.read_text(encoding="utf-8"))
+            run_info = read_json(run_path, ServiceError)
         else:
             run_info = {"max_batch": p.get("max_batch") or max_batch_for(res, dev),
                         "sr_batch": max_batch_for(out_res, dev)}
@@ -549,11 +545,6 @@ def _frame_range(params: dict[str, Any], num: int) -> tuple[int, int]:
     if stop > num or stop <= start:
         raise InvalidParams(f"frame_end {end} must lie in {start + 1}..{num}", field="params.frame_end")
     return start, stop
-
-
-def _jsonable(value: Any) -> Any:
-    """A report dict made JSON-safe (numpy scalars and arrays become numbers and lists)."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def remove_job_files(store: JobStore, job_id: str) -> None:
