@@ -177,6 +177,14 @@ PRESETS: dict[str, Preset] = {
         cloth=ClothSettings(quality=4, collision_quality=2, spacing=0.045, preroll=16, hold=5),
         seed=2048,  # drawn so the six characters wear all six garment kinds and all four prints
     ),
+    "wide": Preset(
+        name="wide", characters=64, test_characters=8,
+        motions=(MotionSpec("walk"), MotionSpec("dance"), MotionSpec("jumping_jacks"), MotionSpec("turn")),
+        frames=24, fps=30.0,
+        render=RenderSettings(resolution=128, samples=16, denoise=False),
+        cloth=ClothSettings(quality=4, collision_quality=2, spacing=0.045, preroll=16, hold=5),
+        seed=4096,
+    ),
     "paper": Preset(
         name="paper", characters=99, test_characters=19, motions=(MotionSpec("dance"),), frames=960, fps=30.0,
         render=RenderSettings(resolution=512, samples=64, denoise=True),
