@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
-    from btdm_engine.metrics.frames import read_rgb, resize_labels, resize_rgb
+    from btdm_engine.imageio import read_rgb, resize_labels, resize_rgb
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
     from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet

@@ -40,7 +40,7 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
     import torch
 
     from btdm_engine.body.model import load_body_model
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import read_rgb
     from btdm_engine.motion import make_motion
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.renderer import IUVRenderer

@@ -48,7 +48,7 @@ from btdm_engine.diffusion.samplers import (
 )
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
-from btdm_engine.metrics.frames import resize_labels, resize_rgb
+from btdm_engine.imageio import resize_labels, resize_rgb
 from btdm_engine.posemaps.encoding import iuv_to_tensor, validate_iuv
 
 SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")

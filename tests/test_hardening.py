@@ -59,7 +59,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ------------------------------------------------------------------ 1. bounded resources
 def test_declared_sizes_are_refused_before_allocation(tmp_path: Path) -> None:
     from btdm_engine.checkpoints import CheckpointLimitError, load_checkpoint
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import read_rgb
     from btdm_engine.motion.clip import MotionClip
     from training.dataset_format import DatasetManifest
 
@@ -176,8 +176,7 @@ def test_training_data_is_validated_at_start(toy: Path, tmp_path: Path) -> None:
 
 
 def test_out_of_range_values_get_named_errors(tmp_path: Path) -> None:
-    from btdm_engine.imageio import MIN_APPEARANCE_SIDE
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb
     from btdm_engine.motion import make_motion
     from btdm_engine.motion.clip import MotionClip
 
@@ -195,7 +194,7 @@ def test_out_of_range_values_get_named_errors(tmp_path: Path) -> None:
 
 
 def test_jpeg_exif_orientation_is_applied(tmp_path: Path) -> None:
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import read_rgb
 
     img = np.zeros((20, 40, 3), np.uint8)
     img[:, :20] = 255  # left half white, stored landscape

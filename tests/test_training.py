@@ -220,7 +220,7 @@ def test_cli_resume_refuses_changed_options(toy: Path, tmp_path: Path) -> None:
 
 def test_finetune_command_matches_the_animator(toy: Path, tmp_path: Path) -> None:
     from btdm_engine.commands import finetune as finetune_cmd
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import read_rgb
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.encoding import read_iuv_png
 

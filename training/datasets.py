@@ -30,7 +30,7 @@ from einops import rearrange
 from torch.utils.data import Dataset
 
 from btdm_engine.errors import BtdmError
-from btdm_engine.metrics.frames import WHITE, read_rgb, resize_labels, resize_rgb
+from btdm_engine.imageio import WHITE, read_rgb, resize_labels, resize_rgb
 from btdm_engine.posemaps.encoding import iuv_to_tensor, read_iuv_png
 from btdm_engine.posemaps.parts import flip_iuv
 from training.dataset_format import SequenceFrames

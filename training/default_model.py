@@ -113,7 +113,7 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str) -> str:
 
 def assemble(data: Path, runs: dict[str, Path], out: Path) -> Path:
     """Write the model folder ``out`` from finished runs (atomically: staged, then renamed)."""
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import read_rgb
     from btdm_engine.posemaps.preview import write_rgb_png
     from training.dataset_format import DatasetManifest
 

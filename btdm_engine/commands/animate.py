@@ -148,8 +148,7 @@ def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> 
 def _read_appearance(path: Path) -> Any:
     import numpy as np
 
-    from btdm_engine.imageio import MIN_APPEARANCE_SIDE
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb
 
     if not path.is_file():
         raise FileNotFoundError(f"--appearance {path}: no such file")

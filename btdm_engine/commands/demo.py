@@ -127,7 +127,7 @@ def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> Non
     import numpy as np
 
     from btdm_engine.commands.animate import Progress
-    from btdm_engine.metrics.frames import read_rgb
+    from btdm_engine.imageio import read_rgb
     from btdm_engine.motion import make_motion
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
-    from btdm_engine.metrics.frames import parse_colour
+    from btdm_engine.imageio import parse_colour
 
     report = evaluate(
         args.pred,

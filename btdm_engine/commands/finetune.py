@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine import limits
     from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint
     from btdm_engine.errors import NonFiniteError
-    from btdm_engine.imageio import MIN_APPEARANCE_SIDE
-    from btdm_engine.metrics.frames import parse_colour, read_rgb
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, parse_colour, read_rgb
     from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network
     from btdm_engine.posemaps.encoding import read_iuv_png
 

@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the arguments describe (for --resume: the saved one plus what was given)."""
-    from btdm_engine.metrics.frames import parse_colour
+    from btdm_engine.imageio import parse_colour
     from training.config import TrainConfig
     from training.trainer import CONFIG_FILE
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from btdm_engine.metrics.evaluate import EvaluationError, evaluate, format_table, write_report
 from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
 from btdm_engine.metrics.flow import optical_flow, sequence_flows, tof, warping_error
-from btdm_engine.metrics.frames import read_rgb
 from btdm_engine.metrics.image import fill_background, psnr, ssim, ssim_map
 from btdm_engine.metrics.lpips import LPIPS, lpips_pairs, tlpips_per_pair
 from btdm_engine.metrics.weights import MetricWeightsError
@@ -28,7 +27,6 @@ __all__ = [
     "lpips_pairs",
     "optical_flow",
     "psnr",
-    "read_rgb",
     "sequence_flows",
     "ssim",
     "ssim_map",

@@ -39,16 +39,9 @@ from einops import rearrange
 
 from btdm_engine.errors import BtdmError, UsageError
 from btdm_engine.fileio import atomic_write_text
+from btdm_engine.imageio import WHITE, frame_index, list_frames, read_rgb, resize_labels, resize_rgb
 from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
-from btdm_engine.metrics.frames import (
-    WHITE,
-    frame_index,
-    list_frames,
-    read_rgb,
-    resize_labels,
-    resize_rgb,
-)
 from btdm_engine.metrics.image import fill_background, psnr, ssim
 from btdm_engine.metrics.lpips import LPIPS, lpips_pairs, tlpips_per_pair
 

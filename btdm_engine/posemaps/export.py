@@ -248,7 +248,7 @@ def read_posemap_folder(
     ``frames`` limit or maps of different sizes are errors naming the file.
     """
     from btdm_engine import limits
-    from btdm_engine.metrics.frames import frame_index, list_frames
+    from btdm_engine.imageio import frame_index, list_frames
     from btdm_engine.posemaps.encoding import read_iuv_png
 
     folder = Path(folder)

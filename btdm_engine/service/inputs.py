@@ -3,7 +3,8 @@
 Nothing from a request is executed, unpickled (``.npz`` files are read with ``allow_pickle=False``
 by their own loaders) or used as a path: uploads are written under fixed names in the job's
 ``input/`` folder, and pose-map zip members become ``NNNNNN.png`` by their frame number. Every
-size has a limit in :mod:`btdm_engine.service.limits`. Each error is a
+size has a limit in :mod:`btdm_engine.service.limits`; an image's size is checked from its header
+and the same bytes are then decoded (:mod:`btdm_engine.imageio`), never read twice. Each error is a
 :class:`~btdm_engine.service.errors.ServiceError` naming the form field.
 """
 
@@ -13,23 +14,20 @@ import json
 import logging
 import re
 import shutil
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import cv2
 import numpy as np
 
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_bytes
-from btdm_engine.imageio import MIN_APPEARANCE_SIDE
+from btdm_engine.imageio import MIN_APPEARANCE_SIDE, ImageReadError, decode_image, decode_rgb, image_size
 from btdm_engine.service import limits
 from btdm_engine.service.errors import InvalidParams, PayloadTooLarge, ServiceError
 
 logger = logging.getLogger(__name__)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MEMBER = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*(\d{1,9})\.png$")
 _CHUNK = 1 << 20
 
@@ -103,24 +101,44 @@ def retarget_skeleton(path: Path, clip_path: Path, params: dict[str, Any], size:
 
 def png_size(data: bytes, field: str) -> tuple[int, int]:
     """(width, height) from a PNG's IHDR, refusing non-PNGs and sides over ``MAX_IMAGE_SIDE`` before decoding."""
-    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+    try:
+        fmt, width, height = image_size(data, field)
+    except ImageReadError:
+        fmt = None
+    if fmt != "png":
         raise ServiceError(f"{field}: not a PNG file", field=field)
-    width, height = struct.unpack(">II", data[16:24])
     if not (0 < width <= limits.MAX_IMAGE_SIDE and 0 < height <= limits.MAX_IMAGE_SIDE):
         raise ServiceError(f"{field}: {width}x{height} px; each side must be 1..{limits.MAX_IMAGE_SIDE}", field=field)
     return width, height
 
 
+def _decode_iuv(data: bytes, where: str, field: str, order: str) -> np.ndarray:
+    """An IUV PNG's bytes in the project's channel order, valid under the DensePose contract."""
+    from btdm_engine.posemaps.encoding import validate_iuv
+
+    try:
+        pixels = decode_image(data, where, formats=("png",))
+    except ImageReadError:
+        pixels = None
+    if pixels is None or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ServiceError(f"{where}: expected an 8-bit 3-channel PNG", field=field)
+    iuv = np.ascontiguousarray(pixels[..., ::-1] if order == "btdm" else pixels)
+    try:
+        validate_iuv(iuv, where=where)
+    except BtdmError as exc:
+        raise ServiceError(str(exc), field=field) from None
+    return iuv
+
+
 def check_appearance(path: Path) -> tuple[int, int]:
     """A square PNG (RGB, RGBA or grey, 8 or 16 bit) that OpenCV decodes."""
-    from btdm_engine.metrics.frames import read_rgb
-
-    width, height = png_size(path.read_bytes(), "appearance")
+    data = path.read_bytes()
+    width, height = png_size(data, "appearance")
     if width != height:
         raise ServiceError(f"appearance: expected a square image (the networks are square), got {width}x{height}",
                            field="appearance")
     try:
-        read_rgb(path, min_side=MIN_APPEARANCE_SIDE)  # the same floor as btdm animate
+        decode_rgb(data, str(path), min_side=MIN_APPEARANCE_SIDE)  # the same floor as btdm animate
     except BtdmError as exc:
         raise _named("appearance", exc) from None
     return width, height
@@ -128,17 +146,13 @@ def check_appearance(path: Path) -> tuple[int, int]:
 
 def check_appearance_iuv(path: Path, order: str, size: tuple[int, int] | None) -> None:
     """An IUV PNG of the appearance image's size, valid under the DensePose contract."""
-    from btdm_engine.posemaps.encoding import read_iuv_png
-
-    width, height = png_size(path.read_bytes(), "appearance_iuv")
+    field = "appearance_iuv"
+    data = path.read_bytes()
+    width, height = png_size(data, field)
     if size is not None and (width, height) != size:
         raise ServiceError(f"appearance_iuv: {width}x{height} px, but the appearance image is {size[0]}x{size[1]}",
-                           field="appearance_iuv")
-    try:
-        read_iuv_png(path, order=order)
-    except BtdmError as exc:
-        message = str(exc).replace(str(path), path.name)
-        raise ServiceError(f"appearance_iuv: {message}", field="appearance_iuv") from None
+                           field=field)
+    _decode_iuv(data, f"{field}: {path.name} (order={order})", field, order)
 
 
 def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
@@ -149,7 +163,7 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
     of one size. Declared sizes are checked from the zip directory before anything is
     decompressed, and reads are capped.
     """
-    from btdm_engine.posemaps.encoding import encode_iuv_png, validate_iuv
+    from btdm_engine.posemaps.encoding import encode_iuv_png
 
     field = "posemaps"
     if not zipfile.is_zipfile(path):
@@ -199,14 +213,7 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
                     raise ServiceError(f"{where}: {width}x{height}, but the first map is {size[0]}x{size[1]}",
                                        field=field)
                 size = (width, height)
-                pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-                if pixels is None or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-                    raise ServiceError(f"{where}: expected an 8-bit 3-channel PNG", field=field)
-                iuv = np.ascontiguousarray(pixels[..., ::-1] if order == "btdm" else pixels)
-                try:
-                    validate_iuv(iuv, where=where)
-                except BtdmError as exc:
-                    raise ServiceError(str(exc), field=field) from None
+                iuv = _decode_iuv(data, where, field, order)
                 atomic_write_bytes(tmp / f"{out_index:06d}.png", encode_iuv_png(iuv, "btdm"))
             shutil.rmtree(dest, ignore_errors=True)
             tmp.rename(dest)

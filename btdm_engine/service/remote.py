@@ -33,7 +33,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _zip_posemaps(folder: Path) -> bytes:
-    from btdm_engine.metrics.frames import list_frames
+    from btdm_engine.imageio import list_frames
 
     if not folder.is_dir():
         raise FileNotFoundError(f"--posemaps {folder}: no such folder")

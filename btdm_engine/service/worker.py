@@ -305,7 +305,7 @@ class _JobRun:
         import torch
 
         from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sample_unidirectional
-        from btdm_engine.metrics.frames import read_rgb
+        from btdm_engine.imageio import read_rgb
         from btdm_engine.pipeline import (
             _autocast_for,
             _generator,
