@@ -26,7 +26,7 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from btdm_engine.checkpoints import load_checkpoint
 from btdm_engine.diffusion.losses import bidirectional_loss
 from btdm_engine.diffusion.samplers import (
+    SR3_NOISE,
     Callback,
     Cancelled,
     cancel_checker,
@@ -94,7 +95,7 @@ def resize_pose_maps(poses: Tensor, size: int) -> Tensor:
     """Pose maps in tensor form (..., 3, H, W) resized to (size, size) with NEAREST sampling.
 
     ``mode="nearest"`` picks source pixel floor(i * H / size), the same pixel as
-    ``cv2.INTER_NEAREST`` in :func:`btdm_engine.metrics.frames.resize_labels`, which the training
+    ``cv2.INTER_NEAREST`` in :func:`btdm_engine.imageio.resize_labels`, which the training
     datasets use, so labels never blend and inference sees what training saw.
     """
     if poses.shape[-2:] == (size, size):
@@ -108,7 +109,7 @@ def resize_pose_maps(poses: Tensor, size: int) -> Tensor:
 def image_to_tensor(image: np.ndarray, size: int, where: str = "appearance") -> Tensor:
     """RGB uint8 (H, W, 3) -> float32 (3, size, size) in [-1, 1].
 
-    Resized like the training frames (:func:`btdm_engine.metrics.frames.resize_rgb`: area when
+    Resized like the training frames (:func:`btdm_engine.imageio.resize_rgb`: area when
     shrinking, bicubic when enlarging).
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -204,6 +205,20 @@ class _Autocast(nn.Module):
         if isinstance(out, tuple):
             return tuple(o.float() for o in out)
         return out.float()
+
+    def prepare_sampling(self, *args: Any) -> Callable[..., Tensor] | None:
+        """The wrapped BTU-Net's ``prepare_sampling``, encoding and every later call under autocast
+        (None for a network without one: the sampler then calls ``forward``)."""
+        if not hasattr(self.model, "prepare_sampling"):
+            return None
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            prepared = self.model.prepare_sampling(*args)
+
+        def call(*call_args: Any) -> Tensor:
+            with torch.autocast(self.device_type, dtype=torch.bfloat16):
+                return prepared(*call_args).float()
+
+        return call
 
 
 def _autocast_for(model: nn.Module, device: torch.device, precision: str = "auto") -> nn.Module:
@@ -384,6 +399,7 @@ class Animator:
         max_batch: int | None = None,
         sr_batch: int | None = None,
         sr_low_res_logsnr: float | None = None,
+        sr_noise: str = "shared",
         callback: Callback | None = None,
         cancel: object = None,
         device: str | torch.device | None = None,
@@ -409,6 +425,8 @@ class Animator:
             max_batch: frames per BTU-Net call (None: from a memory budget).
             sr_batch: frames per SR3 call (None: from a memory budget).
             sr_low_res_logsnr: SR3 conditioning-augmentation level at inference (None: clean).
+            sr_noise: ``"shared"`` (one SR3 noise for every frame: no flicker of invented
+                detail) or ``"independent"`` (a draw per frame), see :func:`sample_sr3`.
             callback: ``callback(stage, step, total)``, stages ``"finetune"``, the sampler's
                 name, ``"sr3"``.
             cancel: ``threading.Event`` or callable; raises :class:`Cancelled` within one step.
@@ -430,6 +448,8 @@ class Animator:
             raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
         if finetune_steps == 0 and appearance_iuv is not None:
             raise AnimatorError("appearance_iuv is only used by fine-tuning; set finetune_steps > 0 or drop it")
+        if sr_noise not in SR3_NOISE:
+            raise AnimatorError(f"sr_noise {sr_noise!r} is unknown; allowed: {', '.join(SR3_NOISE)}")
         if self.sr3 is None and (sr_steps is not None or sr_batch is not None or sr_low_res_logsnr is not None):
             raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
         res = self.low_resolution
@@ -474,7 +494,7 @@ class Animator:
             sr_net, low, steps=steps if sr_steps is None else sr_steps, schedule=self.sr3_schedule,
             generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
             batch=sr_batch if sr_batch is not None else max_batch_for(self.resolution, dev),
-            low_res_logsnr=sr_low_res_logsnr, callback=callback, cancel=cancel,
+            low_res_logsnr=sr_low_res_logsnr, noise=sr_noise, callback=callback, cancel=cancel,
         )
         for chunk in chunks:
             yield from tensor_to_images(chunk)

@@ -139,14 +139,44 @@ def test_steps_alternate_and_pair_each_frame_with_its_neighbour_at_the_same_leve
         b = torch.cat([c["b"] for c in calls])
         d = torch.cat([c["d"] for c in calls])
         assert a.tolist() == list(range(num_frames))
-        if step % 2 == 0:  # forward: t reads t-1, the first frame reads itself, direction d_f
-            assert b.tolist() == [0, 0, 1, 2, 3] and d.tolist() == [0] * num_frames
-        else:  # backward: t reads t+1, the last frame reads itself, direction d_b
-            assert b.tolist() == [1, 2, 3, 4, 4] and d.tolist() == [1] * num_frames
+        # Never a frame with itself (a pair training never shows): the end without a neighbour
+        # in this step's direction reads its other neighbour with the opposite direction.
+        if step % 2 == 0:  # forward: t reads t-1 under d_f; frame 1 reads frame 2 under d_b
+            assert b.tolist() == [1, 0, 1, 2, 3] and d.tolist() == [1, 0, 0, 0, 0]
+        else:  # backward: t reads t+1 under d_b; frame T reads frame T-1 under d_f
+            assert b.tolist() == [1, 2, 3, 4, 3] and d.tolist() == [1, 1, 1, 1, 0]
         state = torch.cat([c["x_a"] for c in calls])
         neighbours = torch.cat([c["x_b"] for c in calls])
         assert torch.equal(neighbours, state[b])  # the neighbour at the same level k, before the update
         assert all(bool((c["logsnr"] == levels[step]).all()) for c in calls)
+
+
+def test_a_one_frame_sequence_pairs_its_frame_with_itself() -> None:
+    spy = Spy(1)
+    sample_bidirectional(spy, coded_poses(1), None, steps=2, schedule=SCHEDULE, generator=torch.Generator().manual_seed(0))
+    assert [(c["a"].tolist(), c["b"].tolist(), c["d"].tolist()) for c in spy.calls] == [([0], [0], [0]), ([0], [0], [1])]
+
+
+@pytest.mark.parametrize("with_appearance", [True, False])
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0])
+def test_prepared_sampling_equals_the_plain_pair_pass(with_appearance: bool, cache_bytes: int) -> None:
+    # The sampler's fast path (E_p and E_a encoded once, branch b dropped after its last
+    # attention block) must give branch a's x0 exactly as BTUNet.forward does.
+    model = tiny_btunet()
+    gen = torch.Generator().manual_seed(4)
+    poses = torch.rand(6, 3, 32, 32, generator=gen) * 2 - 1
+    c = torch.rand(3, 32, 32, generator=gen) * 2 - 1 if with_appearance else None
+    idx_a, idx_b = torch.tensor([0, 3, 5, 2]), torch.tensor([1, 2, 4, 3])
+    x_a, x_b = torch.randn(4, 3, 32, 32, generator=gen), torch.randn(4, 3, 32, 32, generator=gen)
+    lam = torch.full((4,), -1.5)
+    direction = torch.tensor([1, 0, 0, 1])
+    with torch.no_grad():
+        plain = model(x_a, x_b, lam, poses[idx_a], poses[idx_b], None if c is None else c.expand(4, -1, -1, -1), direction)[0]
+        prepared = model.prepare_sampling(poses, c, cache_bytes)
+        assert (prepared.pose_cache is None) == (cache_bytes == 0)
+        fast = prepared(x_a, x_b, lam, idx_a, idx_b, direction)
+    assert fast.shape == plain.shape
+    assert torch.allclose(fast, plain, atol=2e-5), (fast - plain).abs().max()
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -325,3 +355,26 @@ def test_sr3_cancel_and_augmentation() -> None:
                     batch=4, low_res_logsnr=1.0))
     assert torch.equal(seen["level"], torch.full((4,), 1.0))
     assert seen["low_res"].std().item() == pytest.approx(alpha_sigma(torch.tensor(1.0))[1].item(), abs=0.05)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_sr3_shares_its_noise_across_frames_and_batches(eta: float) -> None:
+    # Shared noise: equal low-res frames come out equal (no per-frame flicker of invented detail),
+    # and the frames do not depend on how they are batched. Independent noise does neither.
+    frame = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    low = torch.cat([frame, frame, frame, frame * 0.5, frame])
+
+    def run(batch: int, noise: str) -> Tensor:
+        return torch.cat(list(sample_sr3(SR3Toy().eval(), low, steps=3, schedule=SCHEDULE, resolution=16, eta=eta,
+                                         generator=torch.Generator().manual_seed(7), batch=batch, noise=noise,
+                                         low_res_logsnr=2.0)))
+
+    shared = run(2, "shared")
+    assert all(torch.equal(shared[0], shared[i]) for i in (1, 2, 4))
+    assert not torch.allclose(shared[0], shared[3])
+    assert torch.equal(shared, run(5, "shared")) and torch.equal(shared, run(1, "shared"))
+    independent = run(2, "independent")
+    assert not torch.allclose(independent[0], independent[1])
+    with pytest.raises(SamplerError, match="noise 'fresh' is unknown"):
+        next(sample_sr3(SR3Toy().eval(), low, steps=1, schedule=SCHEDULE, resolution=16,
+                        generator=torch.Generator(), noise="fresh"))

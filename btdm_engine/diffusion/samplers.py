@@ -35,6 +35,7 @@ Callback = Callable[[str, int, "int | None"], None]
 """``callback(stage, step, total)``: called after every network step; ``step`` counts from 1."""
 
 DIRECTIONS: tuple[str, ...] = ("forward", "backward")
+SR3_NOISE: tuple[str, ...] = ("shared", "independent")
 D_FORWARD = 0  # direction_a index of d_f (BTU-Net contract)
 D_BACKWARD = 1  # direction_a index of d_b
 
@@ -136,14 +137,23 @@ def ddim_step(x: Tensor, x0: Tensor, logsnr_s: Tensor, logsnr_t: Tensor, eta: fl
     return out
 
 
+# Pose-encoder maps a sampler may keep for a whole sequence (E_p runs once instead of every step).
+POSE_CACHE_BYTES = 1 << 30
+
+
 class PairDenoiser:
     """The BTU-Net wrapped once for sampling: fixed pose/appearance conditioning, branch a's x0.
 
     ``__call__(x_a, x_b, idx_a, idx_b, logsnr, direction)`` runs the weight-shared pair pass on
     ``x_a`` (branch a: frames ``idx_a``, the ones being updated) and ``x_b`` (branch b: their
     neighbours ``idx_b``) with those frames' pose maps, the shared appearance, lambda and branch
-    a's direction, and returns branch a's x0 prediction (float32), clipped to [-1, 1] (the data
-    range; static thresholding as in Imagen) unless ``clip_x0`` is False.
+    a's direction (an int for all, or a long tensor per sample), and returns branch a's x0
+    prediction (float32), clipped to [-1, 1] (the data range; static thresholding as in Imagen)
+    unless ``clip_x0`` is False.
+
+    A network with ``prepare_sampling`` (the BTU-Net) encodes the pose maps and c once for the
+    whole run and skips the part of branch b that nothing reads; anything else with the
+    :class:`PairNetwork` contract (or whose ``prepare_sampling`` returns None) is called as is.
     """
 
     def __init__(self, model: PairNetwork, poses: Tensor, appearance: Tensor | None, clip_x0: bool = True) -> None:
@@ -153,24 +163,26 @@ class PairDenoiser:
         self.appearance = appearance
         self.clip_x0 = clip_x0
         self.calls = 0
+        prepare = getattr(model, "prepare_sampling", None)
+        self._prepared = prepare(poses, appearance, POSE_CACHE_BYTES) if callable(prepare) else None
 
     def __call__(
-        self, x_a: Tensor, x_b: Tensor, idx_a: Tensor, idx_b: Tensor, logsnr: Tensor, direction: int
+        self, x_a: Tensor, x_b: Tensor, idx_a: Tensor, idx_b: Tensor, logsnr: Tensor, direction: int | Tensor
     ) -> Tensor:
         b = x_a.shape[0]
         device = x_a.device
-        appearance = None
-        if self.appearance is not None:
-            appearance = einops.repeat(self.appearance, "c h w -> b c h w", b=b)
-        x0_a, _ = self.model(
-            x_a,
-            x_b,
-            logsnr.to(device=device, dtype=torch.float32).expand(b),
-            self.poses[idx_a],
-            self.poses[idx_b],
-            appearance,
-            torch.full((b,), direction, dtype=torch.long, device=device),
-        )
+        levels = logsnr.to(device=device, dtype=torch.float32).expand(b)
+        if isinstance(direction, Tensor):
+            directions = direction.to(device=device, dtype=torch.long)
+        else:
+            directions = torch.full((b,), direction, dtype=torch.long, device=device)
+        if self._prepared is not None:
+            x0_a = self._prepared(x_a, x_b, levels, idx_a, idx_b, directions)
+        else:
+            appearance = None
+            if self.appearance is not None:
+                appearance = einops.repeat(self.appearance, "c h w -> b c h w", b=b)
+            x0_a, _ = self.model(x_a, x_b, levels, self.poses[idx_a], self.poses[idx_b], appearance, directions)
         self.calls += 1
         x0_a = x0_a.float()
         return x0_a.clamp(-1.0, 1.0) if self.clip_x0 else x0_a
@@ -197,9 +209,29 @@ def _is_forward(step: int, start_direction: str) -> bool:
     return (step % 2 == 0) == (start_direction == "forward")
 
 
-def _neighbours(idx: Tensor, num_frames: int, forward: bool) -> Tensor:
-    """Algorithm 1's neighbour: t-1 in a forward step, t+1 in a backward one; ends pair with themselves."""
-    return (idx - 1).clamp(min=0) if forward else (idx + 1).clamp(max=num_frames - 1)
+def _neighbours(idx: Tensor, num_frames: int, forward: bool) -> tuple[Tensor, Tensor]:
+    """Algorithm 1's neighbour and branch a's direction for frames ``idx`` (0-based) in one step.
+
+    A forward step pairs frame t with t-1 under d_f, a backward step with t+1 under d_b. The
+    frame at the leading end has no such neighbour (algorithm 1 leaves y_0 / y_{T+1}
+    undefined); pairing it with itself would be a case training never shows (its pairs are
+    always two distinct consecutive frames with independent noise), so it is paired with its
+    one real neighbour in the opposite direction: frame 1 from (y_1, y_2) with d_b, frame T from
+    (y_T, y_{T-1}) with d_f, both exactly training pairs. A one-frame sequence pairs with itself.
+    """
+    if forward:
+        nbr, direction, end, other = idx - 1, D_FORWARD, 0, D_BACKWARD
+    else:
+        nbr, direction, end, other = idx + 1, D_BACKWARD, num_frames - 1, D_FORWARD
+    at_end = idx == end
+    if num_frames == 1:
+        nbr = idx.clone()
+    else:
+        nbr = torch.where(at_end, 2 * idx - nbr, nbr)  # the neighbour on the other side
+    directions = torch.where(
+        at_end & (num_frames > 1), torch.full_like(idx, other), torch.full_like(idx, direction)
+    )
+    return nbr, directions
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +278,8 @@ def sample_bidirectional(
     In a forward step frame t is updated from the pair (y_t^k, y_{t-1}^k) with direction d_f, in
     a backward step from (y_t^k, y_{t+1}^k) with d_b; the neighbour is read at the same level k
     (the state before the step), so all frames of a step are independent given that state and
-    form one batch. The first (forward) or last (backward) frame is paired with itself.
+    form one batch. The first (forward) or last (backward) frame, which has no such neighbour,
+    is updated from its other neighbour with the opposite direction (:func:`_neighbours`).
     """
     _check_inputs(poses, appearance)
     _check_positive_int("steps", steps)
@@ -264,15 +297,14 @@ def sample_bidirectional(
     x = draw_noise(tuple(poses.shape), generator, device)
     for i in range(steps):
         forward = _is_forward(i, start_direction)
-        direction = D_FORWARD if forward else D_BACKWARD
         # 2. x0 for every frame from the pair (frame, neighbour), all read from the state at level k.
         x0 = torch.empty_like(x)
         for start in range(0, num_frames, chunk):
             _check_cancel(is_cancelled, "bidirectional")
             stop = min(start + chunk, num_frames)
             idx_a = torch.arange(start, stop, device=device)
-            idx_b = _neighbours(idx_a, num_frames, forward)  # the state tensor shifted by one frame
-            x0[start:stop] = denoise(x[start:stop], x[idx_b], idx_a, idx_b, logsnrs[i], direction)
+            idx_b, directions = _neighbours(idx_a, num_frames, forward)  # the state shifted by one frame
+            x0[start:stop] = denoise(x[start:stop], x[idx_b], idx_a, idx_b, logsnrs[i], directions)
         # 3. level k -> k-1 for all frames at once (DDIM / ancestral, ddim_step).
         noise = draw_noise(tuple(x.shape), generator, device) if eta > 0 and i < steps - 1 else None
         x = ddim_step(x, x0, logsnrs[i], logsnrs[i + 1], eta, noise)
@@ -317,20 +349,23 @@ def sample_bidirectional_loop(
         noise_needed = eta > 0 and i < steps - 1
         y_next = torch.empty_like(y)
         x0 = torch.empty_like(y)
+        last = num_frames - 1
         if _is_forward(i, start_direction):
-            # "for t = 1 to T: y_t^{k-1} = f(y_t^k, y_{t-1}^k, lambda(k), s_t, d_f)"; y_0 := y_1.
+            # "for t = 1 to T: y_t^{k-1} = f(y_t^k, y_{t-1}^k, lambda(k), s_t, d_f)"; frame 1 has no
+            # y_0 and is updated from (y_1^k, y_2^k) with d_b (a one-frame sequence: with itself).
             for t in range(num_frames):
                 _check_cancel(is_cancelled, "bidirectional")
-                prev = max(t - 1, 0)
-                a, b = torch.tensor([t], device=device), torch.tensor([prev], device=device)
-                x0[t] = denoise(y[t : t + 1], y[prev : prev + 1], a, b, logsnrs[i], D_FORWARD)[0]
+                nbr, d = (t - 1, D_FORWARD) if t > 0 else (min(1, last), D_BACKWARD if last else D_FORWARD)
+                a, b = torch.tensor([t], device=device), torch.tensor([nbr], device=device)
+                x0[t] = denoise(y[t : t + 1], y[nbr : nbr + 1], a, b, logsnrs[i], d)[0]
         else:
-            # "for t = T to 1: y^{k-1} = f(y^k_t, y^k_{t+1}, lambda(k), s_t, d_b)"; y_{T+1} := y_T.
-            for t in range(num_frames - 1, -1, -1):
+            # "for t = T to 1: y^{k-1} = f(y^k_t, y^k_{t+1}, lambda(k), s_t, d_b)"; frame T has no
+            # y_{T+1} and is updated from (y_T^k, y_{T-1}^k) with d_f.
+            for t in range(last, -1, -1):
                 _check_cancel(is_cancelled, "bidirectional")
-                nxt = min(t + 1, num_frames - 1)
-                a, b = torch.tensor([t], device=device), torch.tensor([nxt], device=device)
-                x0[t] = denoise(y[t : t + 1], y[nxt : nxt + 1], a, b, logsnrs[i], D_BACKWARD)[0]
+                nbr, d = (t + 1, D_BACKWARD) if t < last else (max(last - 1, 0), D_FORWARD if last else D_BACKWARD)
+                a, b = torch.tensor([t], device=device), torch.tensor([nbr], device=device)
+                x0[t] = denoise(y[t : t + 1], y[nbr : nbr + 1], a, b, logsnrs[i], d)[0]
         noise = draw_noise(tuple(y.shape), generator, device) if noise_needed else None
         for t in range(num_frames):
             y_next[t] = ddim_step(y[t], x0[t], logsnrs[i], logsnrs[i + 1], eta, None if noise is None else noise[t])
@@ -445,6 +480,7 @@ def sample_sr3(
     callback: Callback | None = None,
     cancel: object = None,
     clip_x0: bool = True,
+    noise: str = "shared",
 ) -> Iterator[Tensor]:
     """Super-resolve frames with SR3 (Saharia et al. 2022b), streaming ``batch`` frames at a time.
 
@@ -461,15 +497,23 @@ def sample_sr3(
         num_frames: T for the callback's total when ``low_res`` has no ``len``.
         callback: ``callback("sr3", step, total)`` after each network call, ``total`` =
             ceil(T / batch) * steps (None when T is unknown).
+        noise: ``"shared"`` (default): every frame gets the same noise (initial, augmentation
+            and per step), so the detail SR3 invents is the same from frame to frame where the
+            low-resolution frames agree, instead of a fresh draw per frame that flickers; the
+            frames then also do not depend on ``batch``. ``"independent"``: a draw per frame.
 
     Yields:
         (n, 3, resolution, resolution) float32 chunks in input order, n <= batch.
 
-    Randomness per chunk: (n, ...) initial noise, then (n, ...) augmentation noise when
-    ``low_res_logsnr`` is set, then (n, ...) noise per step (eta > 0, not the last step).
+    Randomness: ``"shared"`` draws one seed from ``generator`` and, for every chunk, replays from
+    it (1, ...) initial noise, (1, ...) augmentation noise when ``low_res_logsnr`` is set, and
+    (1, ...) noise per step (eta > 0, not the last step). ``"independent"`` draws per chunk
+    (n, ...) tensors in that order from ``generator``.
     """
     _check_positive_int("steps", steps)
     _check_positive_int("batch", batch)
+    if noise not in SR3_NOISE:
+        raise SamplerError(f"noise {noise!r} is unknown; allowed: {', '.join(SR3_NOISE)}")
     eta = _check_eta(eta)
     _check_eval(model)
     is_cancelled = cancel_checker(cancel)
@@ -483,6 +527,7 @@ def sample_sr3(
         num_frames = len(low_res)  # type: ignore[arg-type]
     total = None if num_frames is None else math.ceil(num_frames / batch) * steps
     logsnrs = schedule.sampling_logsnrs(steps)
+    shared_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noise == "shared" else None
     done = 0
     for lr in _iter_batches(low_res, batch):
         if lr.shape[1] != 3:
@@ -490,19 +535,27 @@ def sample_sr3(
         n = lr.shape[0]
         device = lr.device
         lr = lr.float()
-        x = draw_noise((n, 3, resolution, resolution), generator, device)
+        if shared_seed is None:
+            chunk_generator, draw = generator, n
+        else:  # the same draws for every chunk, each broadcast over the chunk's frames
+            chunk_generator, draw = torch.Generator(generator.device).manual_seed(shared_seed), 1
+
+        def chunk_noise(shape: tuple[int, ...]) -> Tensor:
+            return draw_noise((draw, *shape[1:]), chunk_generator, device).expand(shape).contiguous()
+
+        x = chunk_noise((n, 3, resolution, resolution))
         aug = None
         if low_res_logsnr is not None:
             # Conditioning augmentation (Ho et al. 2022, CDM): the level the model saw in training.
             aug = torch.full((n,), float(low_res_logsnr), device=device)
-            lr = q_sample(lr, aug, draw_noise(tuple(lr.shape), generator, device))
+            lr = q_sample(lr, aug, chunk_noise(tuple(lr.shape)))
         levels = logsnrs.to(device)
         for i in range(steps):
             _check_cancel(is_cancelled, "sr3")
             x0 = model(x, levels[i].expand(n), lr, aug).float()
             x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
-            noise = draw_noise(tuple(x.shape), generator, device) if eta > 0 and i < steps - 1 else None
-            x = ddim_step(x, x0, levels[i], levels[i + 1], eta, noise)
+            step_noise = chunk_noise(tuple(x.shape)) if eta > 0 and i < steps - 1 else None
+            x = ddim_step(x, x0, levels[i], levels[i + 1], eta, step_noise)
             done += 1
             if callback is not None:
                 callback("sr3", done, total)

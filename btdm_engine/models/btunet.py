@@ -178,6 +178,11 @@ class BidirectionalAttention(CondBlock):
         if appearance_tokens is None:
             k = v = null
             mask = None
+        elif use_appearance is None:
+            # every sample attends to the same E_a(c) tokens (sampling): one (1, L, C) set,
+            # projected once; the null tokens are left out, as the mask below would leave them
+            ctx = self.norm_context(appearance_tokens)
+            k, v, mask = self._with_pos(ctx, self.pos_context), ctx, None
         else:
             ctx = self.norm_context(appearance_tokens)
             k = torch.cat([self._with_pos(ctx, self.pos_context), null], dim=1)
@@ -200,6 +205,29 @@ class BidirectionalAttention(CondBlock):
         return rearrange(tokens, "b (h w) c -> b c h w", h=x.shape[-2])
 
 
+class PairSampling:
+    """A BTU-Net bound to one sequence's conditioning, for samplers (made by ``prepare_sampling``).
+
+    ``__call__(x_a, x_b, logsnr, idx_a, idx_b, direction_a)`` returns branch a's x0 prediction
+    for frames ``idx_a`` paired with ``idx_b``: the same numbers as ``BTUNet.forward`` on those
+    frames' pose maps and the shared c, without re-encoding E_p / E_a every step and without
+    finishing branch b (the sampler reads only branch a).
+    """
+
+    def __init__(self, net: BTUNet, poses: Tensor, context: dict, pose_cache: list[Tensor] | None) -> None:
+        self.net, self.poses, self.context, self.pose_cache = net, poses, context, pose_cache
+
+    def __call__(
+        self, x_a: Tensor, x_b: Tensor, logsnr: Tensor, idx_a: Tensor, idx_b: Tensor, direction_a: Tensor
+    ) -> Tensor:
+        if self.pose_cache is None:
+            feats = self.net.pose_encoder(torch.cat([self.poses[idx_a], self.poses[idx_b]]))
+        else:
+            idx = torch.cat([idx_a, idx_b])
+            feats = [f[idx] for f in self.pose_cache]
+        return self.net.pair_trunk(x_a, x_b, logsnr, direction_a, feats, self.context, branch_a_only=True)
+
+
 class BTUNet(nn.Module):
     """Bidirectional Temporal U-Net f_theta with its encoders E_a and E_p (paper fig. 4)."""
 
@@ -212,6 +240,7 @@ class BTUNet(nn.Module):
         emb_dim = 4 * cfg.model_channels
         levels = cfg.level_resolutions
         pose_channels = [cfg.pose_encoder_channels * m for m in cfg.channel_mult]
+        self._pose_channels = pose_channels
 
         self.logsnr_mlp = nn.Sequential(
             nn.Linear(cfg.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
@@ -279,40 +308,78 @@ class BTUNet(nn.Module):
         if direction_a is None:
             direction_a = torch.zeros(batch, dtype=torch.long, device=x_a.device)
 
-        # 1. stack the pair along the batch: index = branch * B + sample
-        x = torch.cat([x_a, x_b])
-        pose = torch.cat([pose_a, pose_b])
-        direction = torch.cat([direction_a, 1 - direction_a])
-        logsnr2 = torch.cat([logsnr, logsnr])
+        # E_p(s) for both branches at every U-Net resolution
+        pose_feats = self.pose_encoder(torch.cat([pose_a, pose_b]))
 
-        # 2. FiLM vector: embedding of lambda (eq. 2) plus the direction vector d_f / d_b (eq. 4)
-        emb = self.logsnr_mlp(logsnr_embedding(logsnr2, self.config.model_channels))
-        emb = emb + self.direction(direction)
-
-        # 3. E_p(s) for both branches at every U-Net resolution
-        levels = self.config.level_resolutions
-        pose_feats = dict(zip(levels, self.pose_encoder(pose)))
-
-        # 4. E_a(c) tokens at the attention resolutions, shared by both branches
-        context: dict[int, tuple[Tensor | None, Tensor | None]] = {}
+        # E_a(c) tokens at the attention resolutions, shared by both branches
         if appearance is None:
-            context = {r: (None, None) for r in self.config.attention_resolutions}
+            context = self.appearance_context(None)
         else:
-            feats = self.appearance_encoder(appearance)
             use = (
                 torch.ones(batch, dtype=torch.bool, device=x_a.device)
                 if appearance_mask is None
                 else appearance_mask
             )
-            use2 = torch.cat([use, use])
-            for i in self._appearance_levels:
-                tokens = rearrange(feats[i], "b c h w -> b (h w) c")
-                context[levels[i]] = (repeat(tokens, "b l c -> (two b) l c", two=2), use2)
-
-        # 5. the U-Net pair; split back into branches
-        out = self.unet(x, Cond(emb=emb, pose=pose_feats, context=context))
+            feats = self.appearance_encoder(appearance)
+            context = {
+                r: (repeat(tokens, "b l c -> (two b) l c", two=2), torch.cat([use, use]))
+                for r, (tokens, _) in self._context_tokens(feats).items()
+            }
+        out = self.pair_trunk(x_a, x_b, logsnr, direction_a, pose_feats, context)
         x0_a, x0_b = out.chunk(2, dim=0)
         return x0_a, x0_b
+
+    # The pass in named pieces, so a sampler can encode the fixed conditioning once
+    # (``prepare_sampling``) and a plain ``forward`` stays the training contract.
+
+    def _context_tokens(self, feats: list[Tensor]) -> dict[int, tuple[Tensor, None]]:
+        levels = self.config.level_resolutions
+        return {levels[i]: (rearrange(feats[i], "b c h w -> b (h w) c"), None) for i in self._appearance_levels}
+
+    def appearance_context(self, appearance: Tensor | None) -> dict[int, tuple[Tensor | None, Tensor | None]]:
+        """E_a(c) tokens per attention resolution for ONE appearance c (1, 3, H, W), shared by
+        every sample of a call; None gives the learnt null tokens."""
+        if appearance is None:
+            return {r: (None, None) for r in self.config.attention_resolutions}
+        return dict(self._context_tokens(self.appearance_encoder(appearance)))
+
+    def pair_trunk(
+        self,
+        x_a: Tensor,
+        x_b: Tensor,
+        logsnr: Tensor,
+        direction_a: Tensor,
+        pose_feats: list[Tensor],
+        context: dict[int, tuple[Tensor | None, Tensor | None]],
+        branch_a_only: bool = False,
+    ) -> Tensor:
+        """The U-Net pair on stacked branches; ``pose_feats`` are E_p's maps for (pose_a; pose_b).
+
+        Returns (2B, 3, H, W) x0 predictions, or branch a's (B, ...) alone with
+        ``branch_a_only`` (branch b is then dropped after the last attention block, where the
+        branches last meet, so branch a's output is unchanged).
+        """
+        # 1. stack the pair along the batch: index = branch * B + sample
+        x = torch.cat([x_a, x_b])
+        direction = torch.cat([direction_a, 1 - direction_a])
+        logsnr2 = torch.cat([logsnr, logsnr])
+        # 2. FiLM vector: embedding of lambda (eq. 2) plus the direction vector d_f / d_b (eq. 4)
+        emb = self.logsnr_mlp(logsnr_embedding(logsnr2, self.config.model_channels))
+        emb = emb + self.direction(direction)
+        pose = dict(zip(self.config.level_resolutions, pose_feats))
+        # 3. the U-Net pair
+        return self.unet(x, Cond(emb=emb, pose=pose, context=context), keep=x_a.shape[0] if branch_a_only else None)
+
+    def prepare_sampling(self, poses: Tensor, appearance: Tensor | None, cache_bytes: int) -> PairSampling:
+        """Encode a sequence's fixed conditioning once for a sampler (see :class:`PairSampling`).
+
+        poses: (T, 3, H, W) pose maps; appearance: c (3, H, W) or None. E_p's maps of every
+        frame are kept when they fit ``cache_bytes``, else encoded per call.
+        """
+        context = self.appearance_context(None if appearance is None else appearance.unsqueeze(0))
+        per_frame = 4 * sum(c * r * r for c, r in zip(self._pose_channels, self.config.level_resolutions))
+        cache = self.pose_encoder(poses) if per_frame * poses.shape[0] <= cache_bytes else None
+        return PairSampling(self, poses, context, cache)
 
     def _check_inputs(
         self,

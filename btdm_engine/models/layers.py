@@ -80,6 +80,10 @@ class Cond:
     pose: dict[int, Tensor] = field(default_factory=dict)
     context: dict[int, tuple[Tensor | None, Tensor | None]] = field(default_factory=dict)
 
+    def first(self, n: int) -> Cond:
+        """The conditioning of the first ``n`` samples (the context is left as it is)."""
+        return Cond(emb=self.emb[:n], pose={r: p[:n] for r, p in self.pose.items()}, context=self.context)
+
 
 class CondBlock(nn.Module):
     """A block that reads the conditioning: ``forward(x, cond)``."""
@@ -180,12 +184,17 @@ class MultiHeadAttention(nn.Module):
         self.to_out = zero_module(nn.Linear(dim, dim))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        """q (N, Lq, dim), k/v (N, Lk, context_dim); mask bool (N, Lk), True = may attend."""
+        """q (N, Lq, dim), k/v (N or 1, Lk, context_dim); mask bool (N, Lk), True = may attend.
+
+        k/v with one sample are shared by all N queries (projected once, then broadcast).
+        """
         heads = self.num_heads
         q, k, v = (
             rearrange(proj(t), "n l (h d) -> n h l d", h=heads)
             for proj, t in ((self.to_q, q), (self.to_k, k), (self.to_v, v))
         )
+        if k.shape[0] != q.shape[0]:
+            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
         attn_mask = None if mask is None else rearrange(mask, "n l -> n 1 1 l")
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out(rearrange(out, "n h l d -> n l (h d)"))
@@ -316,14 +325,28 @@ class UNetTrunk(nn.Module):
         self.out = nn.Sequential(
             group_norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)
         )
+        # Index of the last up block holding an attention block: past it every block works on
+        # each sample alone (convolutions, per-sample norms, FiLM), so samples can be dropped.
+        attention_blocks = [i for i, blocks in enumerate(self.up) if any(isinstance(b, CondBlock)
+                            and not isinstance(b, ResBlock) for b in blocks)]
+        self._last_attention_up = attention_blocks[-1] if attention_blocks else -1
 
-    def forward(self, x: Tensor, cond: Cond) -> Tensor:
+    def forward(self, x: Tensor, cond: Cond, keep: int | None = None) -> Tensor:
+        """The trunk on ``x`` (N, C, H, W); with ``keep``, only the first ``keep`` outputs.
+
+        ``keep`` drops the other samples right after the last attention block (the last place
+        samples meet), which gives the same first ``keep`` outputs as the full pass for less work.
+        """
         h = self.input_conv(x)
         skips = [h]
         for blocks in self.down:
             h = blocks(h, cond)
             skips.append(h)
         h = self.middle(h, cond)
-        for blocks in self.up:
+        if keep is not None and self._last_attention_up < 0:
+            h, skips, cond = h[:keep], [s[:keep] for s in skips], cond.first(keep)
+        for i, blocks in enumerate(self.up):
             h = blocks(torch.cat([h, skips.pop()], dim=1), cond)
+            if keep is not None and i == self._last_attention_up:
+                h, skips, cond = h[:keep], [s[:keep] for s in skips], cond.first(keep)
         return self.out(h)
