@@ -46,7 +46,9 @@ from btdm_engine.metrics.image import fill_background, psnr, ssim
 from btdm_engine.metrics.lpips import LPIPS, lpips_pairs, tlpips_per_pair
 
 REPORT_VERSION = 1
-TABLE_COLUMNS = (("ssim", "SSIM↑", 3), ("lpips", "LPIPS↓", 3), ("tlpips", "tLPIPS↓", 3), ("tof", "tOF", 2), ("fid", "FID↓", 2))
+TABLE_COLUMNS = (
+    ("ssim", "SSIM↑", 3), ("lpips", "LPIPS↓", 3), ("tlpips", "tLPIPS↓", 3), ("tof", "tOF", 2), ("fid", "FID↓", 2)
+)
 EXTRA_COLUMNS = (("psnr", "PSNR↑", 2), ("warp_error", "Ewarp↓", 5))
 METRIC_NAMES = ("ssim", "psnr", "lpips", "tlpips", "tof", "warp_error", "fid")
 IUV_ORDERS = ("btdm", "densepose")
@@ -57,7 +59,8 @@ DEFINITIONS = {
     "lpips": "mean LPIPS v0.1 (Zhang et al. 2018) with the given weights",
     "tlpips": "mean over consecutive pairs of |LPIPS(y_t, y_t-1) - LPIPS(g_t, g_t-1)| (Chu et al. 2020)",
     "tof": "mean over consecutive pairs of the mean per-pixel L2 norm of flow_pred - flow_gt, pixels; DIS flow t-1 -> t",
-    "warp_error": "mean over pairs of the masked mean squared error between y_t and y_t-1 warped by the backward flow (Lai et al. 2018)",
+    "warp_error": "mean over pairs of the masked mean squared error between y_t and y_t-1 warped by the backward flow "
+                  "(Lai et al. 2018)",
     "fid": "Frechet distance between Inception-v3 pool features of all predicted and all ground-truth frames",
 }
 
@@ -66,11 +69,25 @@ class EvaluationError(BtdmError, ValueError):
     """The prediction, ground truth or pose-map folders do not line up."""
 
 
+@dataclass(frozen=True)
+class _Folders:
+    """One sequence's frame folders: prediction, ground truth and (foreground-only) pose maps."""
+
+    pred: Path
+    gt: Path
+    iuv: Path | None
+
+
 @dataclass
 class _Accumulator:
+    """Everything the report pools over sequences: per-frame/per-pair values, FID features, sizes."""
+
     frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
     features_pred: list[np.ndarray] = field(default_factory=list)
     features_gt: list[np.ndarray] = field(default_factory=list)
+    per_sequence: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resolution: tuple[int, int] | None = None
+    total_frames: int = 0
 
     def add(self, name: str, values: np.ndarray) -> None:
         self.frames.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
@@ -164,6 +181,23 @@ def evaluate(
     Returns:
         The report dict written by :func:`write_report` (floats may be inf/NaN here).
     """
+    sequences = _check(pred, gt, iuv, size, iuv_order)
+    lpips_model = LPIPS.from_file(lpips_weights) if lpips_weights is not None else None
+    inception = FIDInceptionV3.from_file(inception_weights) if inception_weights is not None else None
+    acc = _Accumulator()
+    for name, folders in sequences.items():
+        pred_paths, gt_paths = _pair_frames(folders)
+        y, g, mask = _prepare(pred_paths, gt_paths, folders, acc, size, background, iuv_order)
+        seq = _run(acc, name, y, g, mask, flow_source, lpips_model, inception)
+        if progress is not None:
+            progress(f"{name or Path(pred).name}: {seq['frames']} frames, SSIM {seq['ssim']:.4f}, tOF {seq['tof']:.3f}")
+    return _report(acc, pred, gt, iuv, background, flow_source, lpips_model, inception)
+
+
+def _check(
+    pred: str | Path, gt: str | Path, iuv: str | Path | None, size: int | None, iuv_order: str
+) -> dict[str, _Folders]:
+    """Refuse bad options and pair every predicted sequence with its ground truth (and pose maps) by name."""
     if iuv_order not in IUV_ORDERS:
         raise UsageError(f"unknown iuv order {iuv_order!r}; allowed: {', '.join(IUV_ORDERS)}")
     if size is not None and size < 11:
@@ -184,78 +218,98 @@ def evaluate(
         missing = sorted(set(pred_seqs) - set(iuv_seqs))
         if missing:
             raise EvaluationError(f"{iuv}: no pose maps for sequence(s) {', '.join(missing[:5])}")
+    return {
+        name: _Folders(pred_dir, gt_seqs[name], None if iuv_seqs is None else iuv_seqs[name])
+        for name, pred_dir in pred_seqs.items()
+    }
 
-    lpips_model = LPIPS.from_file(lpips_weights) if lpips_weights is not None else None
-    inception = FIDInceptionV3.from_file(inception_weights) if inception_weights is not None else None
 
-    acc = _Accumulator()
-    per_sequence: dict[str, dict[str, Any]] = {}
-    resolution: tuple[int, int] | None = None
-    total_frames = 0
-    for name, pred_dir in pred_seqs.items():
-        pred_paths = list_frames(pred_dir)
-        if not pred_paths:
-            raise EvaluationError(f"{pred_dir}: no frames")
-        indices = [frame_index(p) for p in pred_paths]
-        if indices != list(range(indices[0], indices[0] + len(indices))):
-            raise EvaluationError(f"{pred_dir}: predicted frames must be consecutive, got indices {indices[:6]}...")
-        gt_dir = gt_seqs[name]
-        gt_paths = [gt_dir / p.name for p in pred_paths]
-        absent = [p.name for p in gt_paths if not p.is_file()]
-        if absent:
-            raise EvaluationError(f"{gt_dir}: missing ground-truth frame(s) {', '.join(absent[:5])}")
-        extra = sorted(set(p.name for p in list_frames(gt_dir)) - set(p.name for p in pred_paths))
-        if extra:
-            raise EvaluationError(
-                f"{pred_dir}: {len(pred_paths)} predicted frames, but the ground truth {gt_dir} has "
-                f"{len(pred_paths) + len(extra)}; missing predictions {', '.join(extra[:5])}"
-                f"{' ...' if len(extra) > 5 else ''} (a partial sequence would be scored on its overlap only)"
-            )
-        target = (size, size) if size is not None else None
-        y = _read_sequence(pred_paths, background, target)
-        g = _read_sequence(gt_paths, background, target)
-        if y.shape != g.shape:
-            raise EvaluationError(
-                f"{pred_dir}: frames are {tuple(y.shape[-2:])} px but ground truth {gt_dir} is {tuple(g.shape[-2:])}; "
-                "pass --size to evaluate both at one resolution"
-            )
-        hw = (int(y.shape[-2]), int(y.shape[-1]))
-        if resolution is not None and hw != resolution:
-            raise EvaluationError(f"{pred_dir}: {hw} px differs from the other sequences ({resolution}); use --size")
-        resolution = hw
-        mask = None
-        if iuv_seqs is not None:
-            iuv_dir = iuv_seqs[name]
-            iuv_paths = [iuv_dir / p.name for p in pred_paths]
-            absent = [p.name for p in iuv_paths if not p.is_file()]
-            if absent:
-                raise EvaluationError(f"{iuv_dir}: missing pose map(s) {', '.join(absent[:5])}")
-            mask = _read_masks(iuv_paths, iuv_order, hw)
-            y = fill_background(y, mask, background)
-            g = fill_background(g, mask, background)
+def _pair_frames(folders: _Folders) -> tuple[list[Path], list[Path]]:
+    """The consecutive predicted frames and the ground-truth frame of each (same file names, none left over)."""
+    pred_dir, gt_dir = folders.pred, folders.gt
+    pred_paths = list_frames(pred_dir)
+    if not pred_paths:
+        raise EvaluationError(f"{pred_dir}: no frames")
+    indices = [frame_index(p) for p in pred_paths]
+    if indices != list(range(indices[0], indices[0] + len(indices))):
+        raise EvaluationError(f"{pred_dir}: predicted frames must be consecutive, got indices {indices[:6]}...")
+    gt_paths = [gt_dir / p.name for p in pred_paths]
+    absent = [p.name for p in gt_paths if not p.is_file()]
+    if absent:
+        raise EvaluationError(f"{gt_dir}: missing ground-truth frame(s) {', '.join(absent[:5])}")
+    extra = sorted(set(p.name for p in list_frames(gt_dir)) - set(p.name for p in pred_paths))
+    if extra:
+        raise EvaluationError(
+            f"{pred_dir}: {len(pred_paths)} predicted frames, but the ground truth {gt_dir} has "
+            f"{len(pred_paths) + len(extra)}; missing predictions {', '.join(extra[:5])}"
+            f"{' ...' if len(extra) > 5 else ''} (a partial sequence would be scored on its overlap only)"
+        )
+    return pred_paths, gt_paths
 
-        seq: dict[str, Any] = {"frames": len(pred_paths)}
-        terms = {
-            "ssim": _chunked(ssim, y, g, mask),
-            "psnr": _chunked(psnr, y, g, mask),
-            "tof": tof_per_pair(y, g, mask),
-            "warp_error": warping_error_per_pair(y, g, mask, flow_source),
-        }
-        if lpips_model is not None:
-            terms["lpips"] = lpips_pairs(lpips_model, y, g).numpy()
-            terms["tlpips"] = tlpips_per_pair(lpips_model, y, g).numpy()
-        if inception is not None:
-            acc.features_pred.append(inception_features(inception, y))
-            acc.features_gt.append(inception_features(inception, g))
-        for key, values in terms.items():
-            acc.add(key, values)
-            finite = values[~np.isnan(values)]
-            seq[key] = float(finite.mean()) if finite.size else math.nan
-        per_sequence[name] = seq
-        total_frames += len(pred_paths)
-        if progress is not None:
-            progress(f"{name or Path(pred).name}: {len(pred_paths)} frames, SSIM {seq['ssim']:.4f}, tOF {seq['tof']:.3f}")
 
+def _prepare(
+    pred_paths: list[Path], gt_paths: list[Path], folders: _Folders, acc: _Accumulator, size: int | None,
+    background: tuple[float, float, float], iuv_order: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Prediction and ground truth as (T, 3, H, W) at the report's one resolution, plus the foreground mask.
+
+    With pose maps the background of both is painted with ``background`` (foreground-only).
+    """
+    target = (size, size) if size is not None else None
+    y = _read_sequence(pred_paths, background, target)
+    g = _read_sequence(gt_paths, background, target)
+    if y.shape != g.shape:
+        raise EvaluationError(
+            f"{folders.pred}: frames are {tuple(y.shape[-2:])} px but ground truth {folders.gt} is "
+            f"{tuple(g.shape[-2:])}; pass --size to evaluate both at one resolution"
+        )
+    hw = (int(y.shape[-2]), int(y.shape[-1]))
+    if acc.resolution is not None and hw != acc.resolution:
+        raise EvaluationError(f"{folders.pred}: {hw} px differs from the other sequences ({acc.resolution}); use --size")
+    acc.resolution = hw
+    if folders.iuv is None:
+        return y, g, None
+    iuv_paths = [folders.iuv / p.name for p in pred_paths]
+    absent = [p.name for p in iuv_paths if not p.is_file()]
+    if absent:
+        raise EvaluationError(f"{folders.iuv}: missing pose map(s) {', '.join(absent[:5])}")
+    mask = _read_masks(iuv_paths, iuv_order, hw)
+    return fill_background(y, mask, background), fill_background(g, mask, background), mask
+
+
+def _run(
+    acc: _Accumulator, name: str, y: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, flow_source: str,
+    lpips_model: LPIPS | None, inception: FIDInceptionV3 | None,
+) -> dict[str, Any]:
+    """Score one sequence: per-frame and per-pair terms into ``acc``, FID features pooled; its means returned."""
+    seq: dict[str, Any] = {"frames": int(y.shape[0])}
+    terms = {
+        "ssim": _chunked(ssim, y, g, mask),
+        "psnr": _chunked(psnr, y, g, mask),
+        "tof": tof_per_pair(y, g, mask),
+        "warp_error": warping_error_per_pair(y, g, mask, flow_source),
+    }
+    if lpips_model is not None:
+        terms["lpips"] = lpips_pairs(lpips_model, y, g).numpy()
+        terms["tlpips"] = tlpips_per_pair(lpips_model, y, g).numpy()
+    if inception is not None:
+        acc.features_pred.append(inception_features(inception, y))
+        acc.features_gt.append(inception_features(inception, g))
+    for key, values in terms.items():
+        acc.add(key, values)
+        finite = values[~np.isnan(values)]
+        seq[key] = float(finite.mean()) if finite.size else math.nan
+    acc.per_sequence[name] = seq
+    acc.total_frames += seq["frames"]
+    return seq
+
+
+def _report(
+    acc: _Accumulator, pred: str | Path, gt: str | Path, iuv: str | Path | None,
+    background: tuple[float, float, float], flow_source: str, lpips_model: LPIPS | None,
+    inception: FIDInceptionV3 | None,
+) -> dict[str, Any]:
+    """The pooled metrics, with the reason for each one skipped, and the per-sequence means."""
     metrics: dict[str, float | None] = {k: acc.mean(k) for k in METRIC_NAMES if k != "fid"}
     skipped: dict[str, str] = {}
     if lpips_model is None:
@@ -263,8 +317,8 @@ def evaluate(
     metrics["fid"] = None
     if inception is None:
         skipped["fid"] = "no Inception weights given (--inception-weights)"
-    elif total_frames < 2:
-        skipped["fid"] = f"FID needs at least 2 frames, got {total_frames}"
+    elif acc.total_frames < 2:
+        skipped["fid"] = f"FID needs at least 2 frames, got {acc.total_frames}"
     else:
         metrics["fid"] = frechet_distance(np.concatenate(acc.features_pred), np.concatenate(acc.features_gt))
     return {
@@ -273,16 +327,16 @@ def evaluate(
         "gt": str(gt),
         "iuv": None if iuv is None else str(iuv),
         "foreground_only": iuv is not None,
-        "resolution": list(resolution) if resolution else None,
+        "resolution": list(acc.resolution) if acc.resolution else None,
         "background": list(background),
         "flow_source": flow_source,
         "lpips_net": None if lpips_model is None else lpips_model.net,
-        "num_sequences": len(per_sequence),
-        "num_frames": total_frames,
+        "num_sequences": len(acc.per_sequence),
+        "num_frames": acc.total_frames,
         "metrics": metrics,
         "skipped": skipped,
         "definitions": DEFINITIONS,
-        "per_sequence": per_sequence,
+        "per_sequence": acc.per_sequence,
     }
 
 
