@@ -4,13 +4,20 @@ Every writer goes through :func:`atomic_path`: it hands out a temporary name in 
 folder (so ``os.replace`` is an atomic rename on one filesystem), and on success gives the file
 the permissions an ordinary ``open(path, "w")`` would (``0666 & ~umask``; ``mkstemp`` alone makes
 it private), optionally flushes it to disk, and renames it into place. On any error the temporary
-file is removed and the old ``path``, if any, is untouched.
+file is removed and the old ``path``, if any, is untouched. :func:`atomic_write_bytes`,
+:func:`atomic_write_text` and :func:`write_json_atomic` are the one-call forms.
+
+A whole folder goes through :func:`atomic_dir` the same way: it is filled under a temporary name
+beside its target (folder permissions ``0777 & ~umask``) and renamed into place when complete.
+Temporary names are hidden and carry the writer's pid (``.NAME.<pid>.XXXX.tmp``), so
+:func:`btdm_engine.procs.clean_stale_temps` can tell a killed writer's leftovers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +38,7 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
 
 
 @contextmanager
@@ -64,6 +72,81 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = 
 def atomic_write_text(path: str | os.PathLike[str], text: str, fsync: bool = False) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (module docstring)."""
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, fsync: bool = False) -> Path:
+    """Write ``obj`` as standard JSON (indent 2, no NaN or inf, a final newline) to ``path`` atomically.
+
+    A value JSON cannot hold raises before anything is written.
+    """
+    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n", fsync=fsync)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str], replace: bool = False, fsync: bool = False) -> Iterator[Path]:
+    """Yield a new empty folder next to ``path`` (its parent is created); on success publish it as ``path``.
+
+    The caller fills the folder; when the ``with`` block ends without error the folder gets ordinary
+    permissions (``0777 & ~umask``; ``mkdtemp`` alone makes it private) and is renamed to ``path``.
+    On any error the temporary folder, which holds only what the caller wrote into it, is removed
+    and ``path`` is untouched. An existing ``path`` is refused with ``FileExistsError`` unless
+    ``replace``: then the old folder is renamed aside, the new one renamed in, and the old one
+    deleted, so pass ``replace`` only for a folder the project wrote. ``fsync`` flushes every file
+    and folder in the new tree to disk before the rename, and the parent folder after it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, DIR_MODE)
+        if fsync:
+            _fsync_tree(tmp)
+        aside = _rename_into_place(tmp, path, replace)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside)
+    if fsync:
+        _fsync_folder(path.parent)
+
+
+def _rename_into_place(tmp: Path, path: Path, replace: bool) -> Path | None:
+    """Rename the folder ``tmp`` to ``path``; returns where a replaced old folder now is (to delete)."""
+    if path.is_symlink() or (path.exists() and not (replace and path.is_dir())):
+        what = "a folder" if path.is_dir() and not path.is_symlink() else "not a folder"
+        raise FileExistsError(f"{path}: already exists ({what}); not replaced")
+    if not path.exists():
+        os.rename(tmp, path)
+        return None
+    aside = tmp.with_name(tmp.name[: -len(".tmp")] + ".old.tmp")  # mkdtemp's names hold no dot: unique
+    os.rename(path, aside)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(aside, path)
+        raise
+    return aside
+
+
+def _fsync_folder(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every regular file, then every folder (deepest first), under ``root`` to disk."""
+    for folder, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            file = os.path.join(folder, name)
+            if os.path.isfile(file) and not os.path.islink(file):
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        _fsync_folder(Path(folder))
 
 
 def read_json(path: Path, error: type[Exception]) -> Any:

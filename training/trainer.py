@@ -18,12 +18,12 @@ Run folder::
       tb/                            TensorBoard events (SummaryWriter)
       samples/step_0000500.png/.mp4  preview strip (pose | ground truth | EMA sample) and video
 
-Crash safety: a snapshot is written into ``snapshots/.step_XXXXXXX.tmp-<pid>/`` and renamed into
-place (an atomic directory rename) after every file in it is complete, so a run killed at any
-moment (even with SIGKILL) leaves only complete snapshots under ``step_*`` names; resume takes
-the newest one that has ``COMPLETE`` and ignores anything else. ``RUN/checkpoint`` is rewritten
-from the snapshot after that (``save_checkpoint`` removes its ``config.json`` first and writes it
-last, so a half-written ``checkpoint/`` is never loadable); resume rewrites it again.
+Crash safety: a snapshot is written into a hidden temporary folder beside it
+(:func:`btdm_engine.fileio.atomic_dir`) and renamed into place after every file in it is complete
+and flushed, so a run killed at any moment (even with SIGKILL) leaves only complete snapshots under
+``step_*`` names; resume takes the newest one that has ``COMPLETE`` and ignores anything else.
+``RUN/checkpoint`` is rewritten from the snapshot after that (``config.json`` is removed first and
+written last, so a half-written ``checkpoint/`` is never loadable); resume rewrites it again.
 
 Randomness: the model is initialised from ``seed``; the data order is DistributedSampler's
 permutation of ``(seed, epoch)``; item augmentations draw from ``(seed, epoch, index)``; the
@@ -42,6 +42,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -63,6 +64,7 @@ from btdm_engine.checkpoints import non_finite_tensors, save_checkpoint
 from btdm_engine.diffusion.losses import bidirectional_loss, sr3_loss, unidirectional_loss
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
+from btdm_engine.fileio import atomic_dir, atomic_path, atomic_write_text, write_json_atomic
 from btdm_engine.models import build_model
 from btdm_engine.models.btunet import BTUNetConfig
 from btdm_engine.models.sr3 import SR3Config
@@ -75,6 +77,8 @@ CONFIG_FILE = "train_config.json"
 SNAPSHOTS = "snapshots"
 COMPLETE = "COMPLETE"
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(BtdmError, ValueError):
@@ -126,7 +130,8 @@ def model_config(config: TrainConfig) -> BTUNetConfig | SR3Config:
     base = cls.preset(config.preset).to_dict()
     unknown = sorted(set(config.model_overrides) - set(base))
     if unknown:
-        raise TrainConfigError(f"model_overrides: unknown {cls.__name__} field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(base))}")
+        raise TrainConfigError(f"model_overrides: unknown {cls.__name__} field(s) {', '.join(unknown)}; "
+                               f"allowed: {', '.join(sorted(base))}")
     return cls.from_dict({**base, **config.model_overrides})
 
 
@@ -262,29 +267,6 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return {"state": state, "param_groups": groups}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """JSON through a temp file in the same folder and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_json(tmp, obj)
-    os.replace(tmp, path)
-
-
 def snapshot_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete snapshots of a run, oldest first: ``step_<digits>`` folders holding ``COMPLETE``."""
     root = run_dir / SNAPSHOTS
@@ -324,31 +306,19 @@ def save_snapshot(
     schedule: ScheduleConfig,
 ) -> Path:
     """Write a complete snapshot (module docstring) and refresh ``RUN/checkpoint``."""
-    root = run_dir / SNAPSHOTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = root / f".step_{step:07d}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    extra = checkpoint_extra(config, step)
-    save_checkpoint(tmp / "checkpoint", ema, config.kind, schedule, extra=extra)
-    tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    optim_tensors, optim_meta = _optimizer_to_files(optimizer)
-    tensors.update(optim_tensors)
-    save_file(tensors, str(tmp / "training_state.safetensors"), metadata={"format": "pt", "step": str(step)})
-    with open(tmp / "training_state.safetensors", "rb") as f:
-        os.fsync(f.fileno())
-    _write_json(tmp / "training_state.json", {
-        "format_version": STATE_VERSION, "step": step, "epoch": epoch, "epoch_batches": epoch_batches,
-        "world_size": world_size, "elapsed_s": elapsed_s, "optimizer": optim_meta, "train_config": config.to_dict(),
-    })  # fmt: skip
-    _write_json(tmp / COMPLETE, {"step": step})
-    _fsync_dir(tmp)
-    if final.exists():  # a re-run of the same step (e.g. after a resume): replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    final = run_dir / SNAPSHOTS / f"step_{step:07d}"
+    # A snapshot of the same step (a re-run after a resume) is replaced whole.
+    with atomic_dir(final, replace=True, fsync=True) as tmp:
+        save_checkpoint(tmp / "checkpoint", ema, config.kind, schedule, extra=checkpoint_extra(config, step))
+        tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        optim_tensors, optim_meta = _optimizer_to_files(optimizer)
+        tensors.update(optim_tensors)
+        save_file(tensors, str(tmp / "training_state.safetensors"), metadata={"format": "pt", "step": str(step)})
+        write_json_atomic(tmp / "training_state.json", {
+            "format_version": STATE_VERSION, "step": step, "epoch": epoch, "epoch_batches": epoch_batches,
+            "world_size": world_size, "elapsed_s": elapsed_s, "optimizer": optim_meta, "train_config": config.to_dict(),
+        })  # fmt: skip
+        write_json_atomic(tmp / COMPLETE, {"step": step})
     publish_checkpoint(run_dir, final)
     return final
 
@@ -359,19 +329,19 @@ def publish_checkpoint(run_dir: Path, snapshot: Path) -> None:
     dest.mkdir(exist_ok=True)
     (dest / "config.json").unlink(missing_ok=True)
     for name in ("model.safetensors", "config.json"):
-        tmp = dest / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(snapshot / "checkpoint" / name, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest / name)
+        with atomic_path(dest / name, fsync=True) as tmp:
+            shutil.copyfile(snapshot / "checkpoint" / name, tmp)
 
 
 def prune_snapshots(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete snapshots, and stale temporary folders."""
+    """Delete all but the newest ``keep`` complete snapshots, and temporary snapshot folders a killed
+    run left (``atomic_dir``'s ``.step_XXXXXXX.<pid>.XXXX.tmp``, or ``.step_XXXXXXX.tmp-<pid>`` of older versions)."""
     for _, path in snapshot_dirs(run_dir)[:-keep]:
         shutil.rmtree(path)
-    for p in (run_dir / SNAPSHOTS).glob(".step_*.tmp-*"):
-        shutil.rmtree(p)
+    for pattern in (".step_*.tmp", ".step_*.tmp-*"):
+        for p in (run_dir / SNAPSHOTS).glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
 
 
 def load_snapshot(snapshot: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
@@ -462,9 +432,7 @@ class RunLog:
         writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-        tmp = self.csv_path.with_name(f".log.csv.tmp-{os.getpid()}")
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, self.csv_path)
+        atomic_write_text(self.csv_path, buf.getvalue())
         self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
         self._csv = csv.DictWriter(self._file, fieldnames=LOG_FIELDS)
         # purge_step discards events a killed run logged after its last snapshot.
@@ -593,7 +561,7 @@ def train(
         check_model_size(config)
         fresh = not (run_dir / CONFIG_FILE).exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+        write_json_atomic(run_dir / CONFIG_FILE, config.to_dict(), fsync=True)
     try:
         return _train(config, run_dir, resume, progress, on_step, ctx)
     except BaseException:
@@ -651,11 +619,89 @@ def _train(
     on_step: Callable[[int, float], None] | None,
     ctx: DistContext,
 ) -> TrainResult:
+    """1. prepare, 2. resume, then per batch: 3. optimise, 4. report, 5. snapshot, 6. preview."""
     ctx.barrier()
     if not ctx.is_main:
         config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+    run = _prepare(config, run_dir, ctx)
+    pos, resumed_from = _resume(run, resume)
+    if pos.step >= config.steps:
+        if ctx.is_main:
+            logger.info("%s: already at step %d >= steps %d; nothing to do", run_dir, pos.step, config.steps)
+        return TrainResult(run.model, run.ema, pos.step, resumed_from, run_dir, None)
+    train_model = _distributed(run)
+    sampler = ResumableSampler(run.dataset, ctx.world_size, ctx.rank, config.seed)
+    loader = DataLoader(run.dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                        drop_last=True)  # fmt: skip
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
+    monitor = _Monitor(run, pos.step, resume, progress, on_step) if ctx.is_main else None
+    run.model.train()
+    pos.started = time.monotonic()
+    last_loss: float | None = None
+    try:
+        while pos.step < config.steps:
+            sampler.set_epoch(pos.epoch)
+            run.dataset.set_epoch(pos.epoch)
+            sampler.skip = pos.epoch_batches * config.batch_size  # a resumed epoch goes on where it stopped
+            for batch in loader:
+                stats = _optimisation_step(run, train_model, batch, pos.step, amp)
+                pos.step += 1
+                pos.epoch_batches += 1
+                last_loss = stats.loss
+                if monitor is not None:
+                    monitor.after_step(pos, stats)
+                done_epoch = pos.epoch_batches >= run.per_epoch
+                _snapshot_if_due(run, pos, done_epoch)
+                _preview_if_due(run, pos.step)
+                if pos.step >= config.steps or done_epoch:
+                    break
+            if pos.epoch_batches >= run.per_epoch:
+                pos.epoch, pos.epoch_batches = pos.epoch + 1, 0
+    finally:
+        if monitor is not None:
+            monitor.close()
+    return TrainResult(run.model, run.ema, pos.step, resumed_from, run_dir, last_loss)
 
-    # 1. data, network, EMA, optimizer (same init on every rank; DDP also broadcasts rank 0's)
+
+@dataclass
+class _Run:
+    """What every step of a run uses, built once by :func:`_prepare` (the same on every rank)."""
+
+    config: TrainConfig
+    run_dir: Path
+    ctx: DistContext
+    schedule: ScheduleConfig
+    dataset: FramePairDataset | SR3FrameDataset
+    previews: list[SequenceFrames]
+    per_epoch: int  # optimisation steps per epoch (global batches)
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass
+class _Position:
+    """Where a run is: the step counter, the epoch and the batches done in it, and the time trained."""
+
+    step: int = 0
+    epoch: int = 0
+    epoch_batches: int = 0
+    elapsed0: float = 0.0  # seconds trained before this process (from the snapshot)
+    started: float = 0.0  # time.monotonic() when this process began training
+
+    def elapsed_s(self, now: float | None = None) -> float:
+        return self.elapsed0 + (time.monotonic() if now is None else now) - self.started
+
+
+@dataclass(frozen=True)
+class _StepStats:
+    loss: float
+    lr: float
+    grad_norm: float
+
+
+def _prepare(config: TrainConfig, run_dir: Path, ctx: DistContext) -> _Run:
+    """1. Data, network, EMA and optimizer (the same init on every rank; DDP also broadcasts rank 0's)."""
     sequences, previews = training_sequences(config)
     net_config = model_config(config)
     dataset = build_dataset(config, sequences, net_config)
@@ -671,125 +717,139 @@ def _train(
     ema = build_model(config.kind, net_config.to_dict()).to(ctx.device)
     ema.load_state_dict(model.state_dict())
     ema.eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                  weight_decay=config.weight_decay)
+    return _Run(config, run_dir, ctx, schedule, dataset, previews, per_epoch, model, ema, optimizer)
 
-    # 2. resume
-    step, epoch, epoch_batches, elapsed0, resumed_from = 0, 0, 0, 0.0, None
-    snapshots = snapshot_dirs(run_dir) if resume else []
-    if snapshots:
-        state = load_snapshot(snapshots[-1][1], model, ema, optimizer)
-        step, epoch, epoch_batches, elapsed0, resumed_from = state.step, state.epoch, state.epoch_batches, state.elapsed_s, state.step
-        if state.world_size != ctx.world_size:
-            # DistributedSampler deals an epoch's permutation out by rank; with another world
-            # size the remaining samples of this epoch are not the same set: restart the epoch.
-            if ctx.is_main:
-                print(f"resuming with {ctx.world_size} processes instead of {state.world_size}: epoch {epoch} restarts from its beginning")
-            epoch_batches = 0
-        if ctx.is_main:
-            publish_checkpoint(run_dir, state.snapshot)
-    if step >= config.steps:
-        if ctx.is_main:
-            print(f"{run_dir}: already at step {step} >= steps {config.steps}; nothing to do")
-        return TrainResult(model, ema, step, resumed_from, run_dir, None)
 
-    train_model: nn.Module = model
-    if ctx.world_size > 1:
-        # Without c (person / unconditional) the appearance encoder gets no gradient.
-        unused = config.kind == "btunet" and not config.uses_appearance
-        train_model = DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=unused
+def _resume(run: _Run, resume: bool) -> tuple[_Position, int | None]:
+    """2. Restore the newest complete snapshot (with ``resume``); returns the position and its step."""
+    snapshots = snapshot_dirs(run.run_dir) if resume else []
+    if not snapshots:
+        return _Position(), None
+    state = load_snapshot(snapshots[-1][1], run.model, run.ema, run.optimizer)
+    pos = _Position(state.step, state.epoch, state.epoch_batches, state.elapsed_s)
+    if state.world_size != run.ctx.world_size:
+        # DistributedSampler deals an epoch's permutation out by rank; with another world
+        # size the remaining samples of this epoch are not the same set: restart the epoch.
+        if run.ctx.is_main:
+            logger.warning("resuming with %d processes instead of %d: epoch %d restarts from its beginning",
+                           run.ctx.world_size, state.world_size, pos.epoch)
+        pos.epoch_batches = 0
+    if run.ctx.is_main:
+        publish_checkpoint(run.run_dir, state.snapshot)
+    return pos, state.step
+
+
+def _distributed(run: _Run) -> nn.Module:
+    """The module the loss runs through: the model itself, or its DistributedDataParallel wrapper."""
+    ctx = run.ctx
+    if ctx.world_size == 1:
+        return run.model
+    # Without c (person / unconditional) the appearance encoder gets no gradient.
+    unused = run.config.kind == "btunet" and not run.config.uses_appearance
+    return DistributedDataParallel(
+        run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=unused
+    )
+
+
+def _optimisation_step(
+    run: _Run, train_model: nn.Module, batch: dict[str, torch.Tensor], step: int, amp: contextlib.AbstractContextManager
+) -> _StepStats:
+    """3. One optimisation step: lr warm-up, the loss (eq. 4 or its variant), clipping, AdamW, EMA."""
+    config, ctx = run.config, run.ctx
+    lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    generator = step_generators(config.seed, ctx.rank, step, ctx.device)
+    with amp:
+        loss = batch_loss(train_model, batch, config, run.schedule, generator, ctx.device)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        kept = snapshot_dirs(run.run_dir)
+        raise NonFiniteLossError(
+            f"{run.run_dir}: the loss is {loss_value} at step {step + 1} (lr {lr:g}); training stopped"
+            + (f", the last good snapshot is {kept[-1][1]}" if kept else ", no snapshot was written yet")
+            + ". Lower --lr or check the data"
         )
-    sampler = ResumableSampler(dataset, ctx.world_size, ctx.rank, config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, drop_last=True)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = config.grad_clip if config.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip))
+    run.optimizer.step()
+    ema_update(run.ema, run.model, ema_decay_at(step, config.ema_decay))
+    return _StepStats(loss_value, lr, grad_norm)
 
-    log = RunLog(run_dir, step, resumed=resume) if ctx.is_main else None
-    bar = None
-    if ctx.is_main and progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=config.steps, initial=step, desc=f"train {config.kind} ({config.mode})", unit="step", dynamic_ncols=True)
-    model.train()
-    t_start = time.monotonic()
-    window_loss, window_n, window_t = 0.0, 0, time.monotonic()
-    last_loss: float | None = None
-    try:
-        while step < config.steps:
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            sampler.skip = epoch_batches * config.batch_size
-            for batch in loader:
-                # 3. one optimisation step: lr warm-up, eq. 4 (or variant), clip, AdamW, EMA
-                lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                generator = step_generators(config.seed, ctx.rank, step, ctx.device)
-                with amp:
-                    loss = batch_loss(train_model, batch, config, schedule, generator, ctx.device)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    kept = snapshot_dirs(run_dir)
-                    raise NonFiniteLossError(
-                        f"{run_dir}: the loss is {loss_value} at step {step + 1} (lr {lr:g}); training stopped"
-                        + (f", the last good snapshot is {kept[-1][1]}" if kept else ", no snapshot was written yet")
-                        + ". Lower --lr or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip = config.grad_clip if config.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-                optimizer.step()
-                ema_update(ema, model, ema_decay_at(step, config.ema_decay))
-                step += 1
-                epoch_batches += 1
-                last_loss = loss_value
-                window_loss += last_loss
-                window_n += 1
+class _Monitor:
+    """4. Rank 0's reporting: the progress bar, ``on_step``, and a log row every ``log_every`` steps
+    (the mean loss and the throughput since the previous row)."""
 
-                if ctx.is_main:
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch)
-                    if on_step is not None:
-                        on_step(step, last_loss)
-                    if step % config.log_every == 0 or step == config.steps:
-                        now = time.monotonic()
-                        assert log is not None
-                        log.write({
-                            "step": step, "epoch": epoch, "loss": window_loss / window_n, "lr": lr, "grad_norm": grad_norm,
-                            "samples_per_s": window_n * config.batch_size * ctx.world_size / max(now - window_t, 1e-9),
-                            "elapsed_s": elapsed0 + now - t_start,
-                        })  # fmt: skip
-                        window_loss, window_n, window_t = 0.0, 0, now
-                done_epoch = epoch_batches >= per_epoch
-                # 4. snapshot (rank 0 writes; everyone waits so no rank runs ahead of a save)
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    if ctx.is_main:
-                        bad = non_finite_tensors({**model.state_dict(), **{f"ema.{k}": v for k, v in ema.state_dict().items()}})
-                        if bad:
-                            kept = snapshot_dirs(run_dir)
-                            raise NonFiniteLossError(
-                                f"{run_dir}: weights became non-finite by step {step} ({', '.join(bad[:3])}); training "
-                                "stopped" + (f", the last good snapshot is {kept[-1][1]}" if kept else "")
-                                + ". Lower --lr"
-                            )
-                        e, b = (epoch + 1, 0) if done_epoch else (epoch, epoch_batches)
-                        save_snapshot(run_dir, step, e, b, ctx.world_size, elapsed0 + time.monotonic() - t_start,
-                                      model, ema, optimizer, config, schedule)  # fmt: skip
-                        prune_snapshots(run_dir, config.keep_snapshots)
-                    ctx.barrier()
-                if config.sample_every and (step % config.sample_every == 0 or step == config.steps):
-                    if ctx.is_main and previews:
-                        write_preview(run_dir, step, ema, config, schedule, previews[0], ctx.device)
-                    ctx.barrier()
-                if step >= config.steps or done_epoch:
-                    break
-            if epoch_batches >= per_epoch:
-                epoch += 1
-                epoch_batches = 0
-    finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-    return TrainResult(model, ema, step, resumed_from, run_dir, last_loss)
+    def __init__(
+        self, run: _Run, step: int, resumed: bool, progress: bool, on_step: Callable[[int, float], None] | None
+    ) -> None:
+        self.run, self.on_step = run, on_step
+        self.log = RunLog(run.run_dir, step, resumed=resumed)
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            config = run.config
+            self.bar = tqdm(total=config.steps, initial=step, desc=f"train {config.kind} ({config.mode})", unit="step",
+                            dynamic_ncols=True)  # fmt: skip
+        self.window_loss, self.window_n, self.window_t = 0.0, 0, time.monotonic()
+
+    def after_step(self, pos: _Position, stats: _StepStats) -> None:
+        config = self.run.config
+        self.window_loss += stats.loss
+        self.window_n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{stats.loss:.4f}", epoch=pos.epoch)
+        if self.on_step is not None:
+            self.on_step(pos.step, stats.loss)
+        if pos.step % config.log_every == 0 or pos.step == config.steps:
+            now = time.monotonic()
+            samples = self.window_n * config.batch_size * self.run.ctx.world_size
+            self.log.write({
+                "step": pos.step, "epoch": pos.epoch, "loss": self.window_loss / self.window_n, "lr": stats.lr,
+                "grad_norm": stats.grad_norm, "samples_per_s": samples / max(now - self.window_t, 1e-9),
+                "elapsed_s": pos.elapsed_s(now),
+            })  # fmt: skip
+            self.window_loss, self.window_n, self.window_t = 0.0, 0, now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.log.close()
+
+
+def _snapshot_if_due(run: _Run, pos: _Position, done_epoch: bool) -> None:
+    """5. Every ``checkpoint_every`` steps and at the end: check the weights are finite and write a
+    snapshot (rank 0 writes; every rank waits, so none runs ahead of a save)."""
+    config, ctx = run.config, run.ctx
+    if not (pos.step % config.checkpoint_every == 0 or pos.step == config.steps):
+        return
+    if ctx.is_main:
+        bad = non_finite_tensors({**run.model.state_dict(), **{f"ema.{k}": v for k, v in run.ema.state_dict().items()}})
+        if bad:
+            kept = snapshot_dirs(run.run_dir)
+            raise NonFiniteLossError(
+                f"{run.run_dir}: weights became non-finite by step {pos.step} ({', '.join(bad[:3])}); training "
+                "stopped" + (f", the last good snapshot is {kept[-1][1]}" if kept else "") + ". Lower --lr"
+            )
+        epoch, batches = (pos.epoch + 1, 0) if done_epoch else (pos.epoch, pos.epoch_batches)
+        save_snapshot(run.run_dir, pos.step, epoch, batches, ctx.world_size, pos.elapsed_s(), run.model, run.ema,
+                      run.optimizer, config, run.schedule)  # fmt: skip
+        prune_snapshots(run.run_dir, config.keep_snapshots)
+    ctx.barrier()
+
+
+def _preview_if_due(run: _Run, step: int) -> None:
+    """6. Every ``sample_every`` steps and at the end: rank 0 samples the EMA model on a preview sequence."""
+    config, ctx = run.config, run.ctx
+    if not config.sample_every or not (step % config.sample_every == 0 or step == config.steps):
+        return
+    if ctx.is_main and run.previews:
+        write_preview(run.run_dir, step, run.ema, config, run.schedule, run.previews[0], ctx.device)
+    ctx.barrier()
