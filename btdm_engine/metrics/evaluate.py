@@ -26,7 +26,6 @@ reported as ``null`` with the reason, never estimated.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import torch
 from einops import rearrange
 
 from btdm_engine.errors import BtdmError, UsageError
-from btdm_engine.fileio import atomic_write_text
+from btdm_engine.fileio import write_json_atomic
 from btdm_engine.imageio import WHITE, frame_index, list_frames, read_rgb, resize_labels, resize_rgb
 from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
@@ -355,16 +354,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as standard JSON (no NaN/inf) through a temp file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
-
-
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     """Write an :func:`evaluate` report as JSON (atomic; inf as "inf", NaN as null)."""
-    write_json_atomic(report, path)
+    write_json_atomic(path, _json_safe(report))
 
 
 def _fmt(value: float | None, digits: int) -> str:
