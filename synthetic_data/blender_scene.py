@@ -35,6 +35,7 @@ from mathutils import Matrix
 from scipy.spatial.transform import Rotation, Slerp
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
+from btdm_engine.fileio import atomic_write_bytes
 from synthetic_data.coords import SMPL_TO_BLENDER, blender_camera, smpl_to_blender
 from synthetic_data.garments import BodyRest, GarmentMesh
 from synthetic_data.hair import HeadMesh
@@ -672,18 +673,18 @@ def render_frame(frame: int, path: str | os.PathLike[str], log_path: str | os.Pa
     scene = bpy.context.scene
     scene.frame_set(frame)
     scene.render.filepath = os.fspath(raw)
-    with quiet(log_path):
-        bpy.ops.render.render(write_still=True)
-    pixels = cv2.imread(os.fspath(raw), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise RuntimeError(f"Cycles did not write a readable {raw}")
-    ok, data = cv2.imencode(".png", pixels)
-    if not ok:
-        raise RuntimeError(f"{path}: OpenCV could not encode the frame")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
-    raw.unlink()
+    try:
+        with quiet(log_path):
+            bpy.ops.render.render(write_still=True)
+        pixels = cv2.imread(os.fspath(raw), cv2.IMREAD_UNCHANGED)
+        if pixels is None:
+            raise RuntimeError(f"Cycles did not write a readable {raw}")
+        ok, data = cv2.imencode(".png", pixels)
+        if not ok:
+            raise RuntimeError(f"{path}: OpenCV could not encode the frame")
+        atomic_write_bytes(path, data.tobytes())
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 def evaluated_vertices(obj: bpy.types.Object) -> np.ndarray:

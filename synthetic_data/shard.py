@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine.errors import UsageError
+from btdm_engine.fileio import atomic_write_text
 from synthetic_data.presets import MotionSpec, Preset, Shard
 from synthetic_data.spec import CharacterSpec
 
@@ -176,9 +177,7 @@ def run_shard(job: dict[str, Any], staging: str | os.PathLike[str], progress: Pr
             "render_s_per_frame": round(timings["render_s"] / T, 4),
         },
     }
-    tmp = seq / ".meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, seq / "meta.json")
+    atomic_write_text(seq / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
 
 

@@ -19,7 +19,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine.errors import UsageError
+from btdm_engine.fileio import atomic_dir
 
 # The shipped model's settings. ``checkpoint_every`` etc. may differ on resume; the rest may not.
 BTUNET_SETTINGS: dict[str, Any] = dict(
@@ -122,24 +122,18 @@ def assemble(data: Path, runs: dict[str, Path], out: Path) -> Path:
     if not tests:
         raise UsageError(f"{data / 'manifest.json'}: the test split is empty; the appearance image comes from it")
     seq = tests[0]
-    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
-    for kind, run in runs.items():
+    for run in runs.values():
         if not (run / "checkpoint" / "config.json").is_file():
             raise UsageError(f"{run}: no finished checkpoint/ (train it first)")
-        shutil.copytree(run / "checkpoint", stage / kind)
-    write_rgb_png(stage / "appearance.png", np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8))
-    shutil.copyfile(seq.iuv[0], stage / "appearance_iuv.png")
-    (stage / "MODEL_CARD.md").write_text(_model_card(data, runs, seq.id), encoding="utf-8")
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(stage, out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "MODEL_CARD.md").is_file():
+        raise UsageError(f"{out}: exists and is not a model folder this recipe wrote (no MODEL_CARD.md); "
+                         "move it away or choose another --out")
+    with atomic_dir(out, replace=True) as stage:
+        for kind, run in runs.items():
+            shutil.copytree(run / "checkpoint", stage / kind)
+        write_rgb_png(stage / "appearance.png", np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8))
+        shutil.copyfile(seq.iuv[0], stage / "appearance_iuv.png")
+        (stage / "MODEL_CARD.md").write_text(_model_card(data, runs, seq.id), encoding="utf-8")
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from scipy.interpolate import PchipInterpolator
 from btdm_engine.body import sdf as S
 from btdm_engine.body.meshing import mesh_symmetric_sdf, vertex_adjacency, vertex_normals
 from btdm_engine.body.skeleton import JOINT_NAMES, MIRROR, NUM_BETAS, NUM_JOINTS, NUM_POSE_BASIS, PARENTS
+from btdm_engine.fileio import atomic_path
 
 # Bump whenever the built arrays change; it is part of the cached file's name.
 VERSION = 8
@@ -511,18 +511,9 @@ def build_mannequin() -> dict[str, np.ndarray]:
 
 
 def write_model_file(data: dict, path: Path) -> None:
-    """Write a model dict as an SMPL-layout pickle, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(data, fh, protocol=4)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache file is readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a model dict as an SMPL-layout pickle, atomically (:func:`btdm_engine.fileio.atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(data, fh, protocol=4)
 
 
 def cache_dir() -> Path:

@@ -147,7 +147,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     from btdm_engine.cli import CliError
-    from btdm_engine.fileio import atomic_write_text
+    from btdm_engine.fileio import atomic_dir, atomic_write_text
 
     btdm = Path(args.btdm) if args.btdm else Path(sys.executable).with_name("btdm")
     if not btdm.is_file():
@@ -173,12 +173,9 @@ def _install(args: argparse.Namespace) -> int:
             where = f"{blender} (repository user_default)"
         else:
             dest = Path(args.extensions_dir) / manifest["id"]
-            staging = dest.with_name(dest.name + ".partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            with zipfile.ZipFile(zip_path) as zf:
+            # The folder named by the add-on's own id: an earlier install of it is replaced whole.
+            with atomic_dir(dest, replace=True) as staging, zipfile.ZipFile(zip_path) as zf:
                 zf.extractall(staging)
-            shutil.rmtree(dest, ignore_errors=True)
-            staging.rename(dest)
             where = str(dest)
     config = config_path()
     config.parent.mkdir(parents=True, exist_ok=True)

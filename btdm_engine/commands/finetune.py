@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine import limits
     from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint
     from btdm_engine.errors import NonFiniteError
+    from btdm_engine.fileio import atomic_dir
     from btdm_engine.imageio import MIN_APPEARANCE_SIDE, parse_colour, read_rgb
     from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network
     from btdm_engine.posemaps.encoding import read_iuv_png
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out / "btunet", tuned.to("cpu"), "btunet", schedule, extra=extra)
     if (args.model / "sr3").is_dir():
-        tmp = args.out / f".sr3.tmp-{os.getpid()}"
-        shutil.copytree(args.model / "sr3", tmp)
-        os.replace(tmp, args.out / "sr3")
+        with atomic_dir(args.out / "sr3") as tmp:
+            shutil.copytree(args.model / "sr3", tmp, dirs_exist_ok=True)
     print(f"fine-tuned {args.steps} steps on {args.appearance}; model written to {args.out}", file=sys.stderr)
     return 0

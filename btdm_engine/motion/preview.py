@@ -14,6 +14,7 @@ import numpy as np
 
 from btdm_engine.body.skeleton import JOINT_NAMES, PARENTS
 from btdm_engine.errors import UsageError
+from btdm_engine.fileio import atomic_write_bytes
 from btdm_engine.motion.camera import project
 from btdm_engine.motion.clip import MotionClip
 
@@ -81,14 +82,10 @@ def contact_sheet(
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UsageError(f"{path}: a contact sheet is written as .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(".png", sheet)
     if not ok:
         raise RuntimeError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, data.tobytes())
 
 
 def _fit(width: int, height: int, tile: int) -> tuple[int, int]:

@@ -8,7 +8,6 @@ the surface flow of each chart is visible. The background is black.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 
 from btdm_engine.errors import UsageError
+from btdm_engine.fileio import atomic_path, atomic_write_bytes
 from btdm_engine.posemaps.encoding import validate_iuv
 from btdm_engine.posemaps.parts import NUM_PARTS, PART_NAMES
 
@@ -146,8 +146,6 @@ def contact_sheet(
 
 def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG, atomically."""
-    from btdm_engine.fileio import atomic_write_bytes
-
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"{path}: expected uint8 (H, W, 3) RGB, got {rgb.dtype} {rgb.shape}")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
@@ -158,8 +156,6 @@ def write_rgb_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
 
 def write_rgba_png(path: str | os.PathLike[str], rgba: np.ndarray) -> Path:
     """Write an RGBA uint8 image (straight alpha) as PNG, atomically."""
-    from btdm_engine.fileio import atomic_write_bytes
-
     if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
         raise ValueError(f"{path}: expected uint8 (H, W, 4) RGBA, got {rgba.dtype} {rgba.shape}")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgba[..., [2, 1, 0, 3]]))
@@ -195,53 +191,46 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: f
     fps = limits.check_fps(fps, f"{path}: write_mp4")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)  # a killed writer's half video
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp.mp4", dir=path.parent)
-    os.close(fd)
-    proc: subprocess.Popen | None = None
-    count = 0
-    try:
-        size: tuple[int, int] | None = None
-        for i, frame in enumerate(frames):
-            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                raise UsageError(f"{path}: frame {i} must be uint8 (H, W, 3), got "
-                                 f"{frame.dtype} {frame.shape}")
-            if size is None:
-                size = (frame.shape[1], frame.shape[0])
-                even = (size[0] + size[0] % 2, size[1] + size[1] % 2)
-                # ffmpeg dies with this process (never an orphan writing on), quality as imageio's 8 (crf 10).
-                cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
-                       "-vcodec", "rawvideo", "-s", f"{even[0]}x{even[1]}", "-pix_fmt", "rgb24", "-r", f"{fps:.6f}",
-                       "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "10",
-                       "-movflags", "+faststart", "-f", "mp4", tmp]  # fmt: skip
-                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, preexec_fn=die_with_parent)
-            elif (frame.shape[1], frame.shape[0]) != size:
-                raise UsageError(f"{path}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, "
-                                 f"frame 0 was {size[0]}x{size[1]}")
-            if frame.shape[0] % 2 or frame.shape[1] % 2:
-                frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)))
-            assert proc is not None and proc.stdin is not None
-            try:
-                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-            except BrokenPipeError:
-                break  # ffmpeg stopped: its own message follows below
-            count += 1
-        if proc is None:
-            raise UsageError(f"{path}: no frames to write")
-        assert proc.stdin is not None
+    with atomic_path(path, suffix=".tmp.mp4") as tmp:
+        proc: subprocess.Popen | None = None
         try:
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr is not None else ""
-        if proc.wait() != 0:
-            raise OSError(f"{path}: ffmpeg failed (exit {proc.returncode}): {err.strip()[-500:]}")
-        proc = None
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-        Path(tmp).unlink(missing_ok=True)
+            size: tuple[int, int] | None = None
+            for i, frame in enumerate(frames):
+                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                    raise UsageError(f"{path}: frame {i} must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+                if size is None:
+                    size = (frame.shape[1], frame.shape[0])
+                    even = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+                    # ffmpeg dies with this process (never an orphan writing on), quality as imageio's 8 (crf 10).
+                    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
+                           "-vcodec", "rawvideo", "-s", f"{even[0]}x{even[1]}", "-pix_fmt", "rgb24", "-r", f"{fps:.6f}",
+                           "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "10",
+                           "-movflags", "+faststart", "-f", "mp4", str(tmp)]  # fmt: skip
+                    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+                elif (frame.shape[1], frame.shape[0]) != size:
+                    raise UsageError(f"{path}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, "
+                                     f"frame 0 was {size[0]}x{size[1]}")
+                if frame.shape[0] % 2 or frame.shape[1] % 2:
+                    frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)))
+                assert proc is not None and proc.stdin is not None
+                try:
+                    proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                except BrokenPipeError:
+                    break  # ffmpeg stopped: its own message follows below
+            if proc is None:
+                raise UsageError(f"{path}: no frames to write")
+            assert proc.stdin is not None
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr is not None else ""
+            if proc.wait() != 0:
+                raise OSError(f"{path}: ffmpeg failed (exit {proc.returncode}): {err.strip()[-500:]}")
+            proc = None
+        finally:
+            if proc is not None:  # an error before ffmpeg finished: stop it before its file is removed
+                proc.kill()
+                proc.wait()
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from btdm_engine.errors import BtdmError
-from btdm_engine.fileio import atomic_path, atomic_write_bytes
+from btdm_engine.fileio import atomic_dir, atomic_path
 from btdm_engine.imageio import MIN_APPEARANCE_SIDE, ImageReadError, decode_image, decode_rgb, image_size
 from btdm_engine.service import limits
 from btdm_engine.service.errors import InvalidParams, PayloadTooLarge, ServiceError
@@ -192,10 +191,8 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
                                    f"{info.filename[:100]!r})", field=field)
             numbered[index] = info
         size: tuple[int, int] | None = None
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        # A job's own folder, so a previous extraction into it is replaced whole.
+        with atomic_dir(dest, replace=True) as tmp:
             for out_index, index in enumerate(sorted(numbered)):
                 info = numbered[index]
                 where = f"{field}: {info.filename[:100]}"
@@ -214,11 +211,6 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
                                        field=field)
                 size = (width, height)
                 iuv = _decode_iuv(data, where, field, order)
-                atomic_write_bytes(tmp / f"{out_index:06d}.png", encode_iuv_png(iuv, "btdm"))
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                (tmp / f"{out_index:06d}.png").write_bytes(encode_iuv_png(iuv, "btdm"))
     assert size is not None
     return {"frames": len(numbered), "width": size[0], "height": size[1]}
