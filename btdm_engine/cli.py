@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from btdm_engine.errors import BtdmError, UsageError
 
@@ -105,15 +108,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from btdm_engine import limits
 
-        limits.override(getattr(args, "limit", None))
-        _set_threads(getattr(args, "threads", None))
-        return int(args.func(args) or 0)
+        with cli_logging():
+            limits.override(getattr(args, "limit", None))
+            _set_threads(getattr(args, "threads", None))
+            return int(args.func(args) or 0)
     except (BtdmError, OSError) as exc:  # the project's own errors and the file system's; a bug shows its traceback
         print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{_command_name(args)}: interrupted", file=sys.stderr)
         return 130
+
+
+# Packages whose INFO messages a command shows; other libraries' show from WARNING up.
+LOGGED_PACKAGES = ("btdm_engine", "training", "synthetic_data")
+
+
+class _CliLogHandler(logging.StreamHandler):
+    """Log records as plain lines on stderr: the project's from INFO up, other libraries' from WARNING up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING and record.name.partition(".")[0] not in LOGGED_PACKAGES:
+            return False
+        return super().filter(record)
+
+
+@contextmanager
+def cli_logging() -> Iterator[None]:
+    """For one command: library messages (``logging``) as plain lines on stderr, as its own output is.
+
+    The handler and the root level are removed and restored afterwards, so a command run in-process
+    (tests, a script) leaves logging as it found it. ``btdm serve`` replaces this with its own
+    timestamped configuration.
+    """
+    root = logging.getLogger()
+    handler = _CliLogHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))  # NOTSET (0) already lets everything through
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _set_threads(threads: int | None) -> None:

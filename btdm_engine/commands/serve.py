@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         extra[name] = Path(folder)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)  # replaces the plain lines btdm_engine.cli sets up
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     import torch
     import uvicorn

@@ -429,6 +429,6 @@ def to_motion_clip(
     clip = MotionClip(fps=out_fps, poses=poses, trans=trans, betas=betas, body_model=body_model,
                       K=K, width=int(cam_w), height=int(cam_h), world_to_cam=w2c)
     report["warnings"] = notes
-    for line in notes:
-        logger.info("%s: %s", source, line)
+    for line in notes:  # callers show or record report["warnings"] (btdm motion prints them once)
+        logger.debug("%s: %s", source, line)
     return Retargeted(clip=clip, report=report)
