@@ -351,3 +351,28 @@ def test_channels_last_and_bf16_autocast(woken: BTUNet) -> None:
     # bf16 keeps ~3 significant digits; the predictions stay close to float32's
     assert (bf_a.float() - ref_a).abs().mean() < 0.05 * ref_a.abs().mean()
     assert (bf_b.float() - ref_b).abs().mean() < 0.05 * ref_b.abs().mean()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_bf16_attention_matches_float32_sdpa(masked: bool) -> None:
+    """CPU bf16 inference takes two bf16 matmuls instead of SDPA's float32 kernel: same attention
+    to bf16 rounding, masked keys ignored, and training (grad enabled) keeps SDPA."""
+    from btdm_engine.models.layers import MultiHeadAttention
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 16, 2).eval()
+    torch.nn.init.normal_(attn.to_out.weight, std=0.2)
+    q, kv = torch.randn(3, 40, 32), torch.randn(3, 12, 16)
+    mask = torch.rand(3, 12) < 0.6 if masked else None
+    if mask is not None:
+        mask[:, 0] = True
+    with torch.no_grad():
+        ref = attn(q, kv, kv, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = attn(q, kv, kv, mask)
+            if mask is not None:  # a masked key's value must not leak in
+                poisoned = kv.clone()
+                poisoned[~mask] = 1e3
+                assert torch.allclose(attn(q, kv, poisoned, mask).float(), fast.float())
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - ref).abs().max() < 0.03 * ref.abs().max()
