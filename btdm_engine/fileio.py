@@ -37,8 +37,9 @@ def _umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open(path, "w") gives
+DIR_MODE = 0o777 & ~_UMASK  # what mkdir gives
 
 
 @contextmanager
