@@ -30,12 +30,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from btdm_engine import limits
+from btdm_engine.constants import MODEL_KINDS as KINDS
+from btdm_engine.dataconfig import check_keys
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError, NonFiniteError
 from btdm_engine.fileio import atomic_path, atomic_write_bytes, read_json
+from btdm_engine.models import build_model
 
 FORMAT_VERSION = 1
-KINDS: tuple[str, ...] = ("btunet", "sr3")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -139,16 +141,9 @@ def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (the folder is not a complete checkpoint)")
-    document = read_json(path, CheckpointError)
-    if not isinstance(document, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(document).__name__}")
-    allowed = {"format_version", "kind", "model", "schedule", "extra"}
-    unknown = sorted(set(document) - allowed)
-    if unknown:
-        raise CheckpointError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    missing = sorted({"format_version", "kind", "model", "schedule"} - set(document))
-    if missing:
-        raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")
+    required = ("format_version", "kind", "model", "schedule")
+    document = check_keys(read_json(path, CheckpointError), (*required, "extra"), CheckpointError, where=str(path),
+                          noun="key", required=required)
     if document["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format_version {document['format_version']!r} is not supported (expected {FORMAT_VERSION})"
@@ -178,10 +173,6 @@ def load_checkpoint(
             unknown kind or config key, corrupt or truncated weights, missing / unexpected /
             mis-shaped / wrongly typed tensors).
     """
-    from btdm_engine.models import (
-        build_model,  # the networks import torch-heavy modules
-    )
-
     folder = Path(directory)
     document = read_checkpoint_config(folder)
     config_path = folder / CONFIG_NAME

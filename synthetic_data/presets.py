@@ -9,16 +9,19 @@ can rebuild it). Presets:
   machine in minutes and feeds the training issue and the default model.
 * ``paper``: the paper's set (section 4.1, appendix D): 99 characters split 80/19, 32 s at
   30 fps, 512 px; a recipe for a render farm (``btdm synth build --ray ADDRESS``).
+* ``wide``: many people rather than long clips: 64 characters (56 train, 8 test) x 4 motions x
+  24 frames at 128 px.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from btdm_engine import dataconfig
+from btdm_engine.dataconfig import check_choice, check_int, check_number
 from synthetic_data.spec import CharacterSpec, SpecError, character_seed, sample_character
 
 __all__ = [
@@ -50,16 +53,17 @@ class MotionSpec:
     path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.source not in ("procedural", "bvh"):
-            raise SpecError(f"motion.source {self.source!r}; allowed: procedural, bvh")
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+        check_choice(self.source, "motion.source", ("procedural", "bvh"), SpecError)
+        if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum():
             raise SpecError(f"motion.name {self.name!r}: use letters, digits, '_' or '-'")
         if self.source == "bvh" and not self.path:
             raise SpecError(f"motion {self.name!r}: a bvh motion needs a path")
         if self.source == "procedural" and self.path is not None:
             raise SpecError(f"motion {self.name!r}: a procedural motion takes no path")
-        if not (np.isfinite(self.speed) and self.speed > 0):
-            raise SpecError(f"motion.speed must be positive, got {self.speed!r}")
+        if self.path is not None and not isinstance(self.path, str):
+            raise SpecError(f"motion.path must be a string, got {self.path!r}")
+        check_number(self.speed, "motion.speed", SpecError, lo=0.0, lo_open=True)
+        check_int(self.seed, "motion.seed", SpecError, lo=0)
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,11 @@ class RenderSettings:
     threads: int = 0  # 0 = Blender decides
 
     def __post_init__(self) -> None:
-        if self.device not in ("CPU", "GPU"):
-            raise SpecError(f"render.device {self.device!r}; allowed: CPU, GPU")
-        if not 8 <= self.resolution <= 4096:
-            raise SpecError(f"render.resolution {self.resolution} is outside [8, 4096]")
-        if not 1 <= self.samples <= 4096:
-            raise SpecError(f"render.samples {self.samples} is outside [1, 4096]")
+        check_choice(self.device, "render.device", ("CPU", "GPU"), SpecError)
+        check_int(self.resolution, "render.resolution", SpecError, lo=8, hi=4096)
+        check_int(self.samples, "render.samples", SpecError, lo=1, hi=4096)
+        dataconfig.check_bool(self.denoise, "render.denoise", SpecError)
+        check_int(self.threads, "render.threads", SpecError, lo=0)
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,15 @@ class ClothSettings:
     self_collision: bool = True  # False turns it off for every garment (CI speed)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.quality <= 80:
-            raise SpecError(f"cloth.quality {self.quality} is outside [1, 80]")
-        if not 1 <= self.collision_quality <= 20:
-            raise SpecError(f"cloth.collision_quality {self.collision_quality} is outside [1, 20]")
-        if not 0.005 <= self.spacing <= 0.2:
-            raise SpecError(f"cloth.spacing {self.spacing} is outside [0.005, 0.2]")
-        if self.preroll < 2 or not 0 <= self.hold < self.preroll:
+        check_int(self.quality, "cloth.quality", SpecError, lo=1, hi=80)
+        check_int(self.collision_quality, "cloth.collision_quality", SpecError, lo=1, hi=20)
+        for name in ("distance", "body_thickness"):
+            check_number(getattr(self, name), f"cloth.{name}", SpecError, lo=0.0)
+        check_number(self.spacing, "cloth.spacing", SpecError, lo=0.005, hi=0.2)
+        dataconfig.check_bool(self.self_collision, "cloth.self_collision", SpecError)
+        check_int(self.preroll, "cloth.preroll", SpecError, lo=2)
+        check_int(self.hold, "cloth.hold", SpecError, lo=0)
+        if not self.hold < self.preroll:
             raise SpecError(f"cloth.preroll {self.preroll} / hold {self.hold}: need preroll >= 2 and 0 <= hold < preroll")
 
 
@@ -127,37 +132,30 @@ class Preset:
     body_model: str = "mannequin"
 
     def __post_init__(self) -> None:
+        for name, low in (("characters", 0), ("test_characters", 0), ("frames", 1), ("seed", 0)):
+            check_int(getattr(self, name), f"preset {self.name!r}: {name}", SpecError, lo=low)
+        check_number(self.fps, f"preset {self.name!r}: fps", SpecError, lo=0.0, lo_open=True)
         if self.characters < 2 or not 1 <= self.test_characters < self.characters:
             raise SpecError(f"preset {self.name!r}: need at least one train and one test character, got "
                             f"{self.characters} characters with {self.test_characters} for test")
-        if self.frames < 1:
-            raise SpecError(f"preset {self.name!r}: frames must be >= 1, got {self.frames}")
         names = [m.name for m in self.motions]
         if not names or len(set(names)) != len(names):
             raise SpecError(f"preset {self.name!r}: motion names must be unique and non-empty, got {names}")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        return dataconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Preset:
-        d = dict(doc)
-        try:
-            d["motions"] = tuple(MotionSpec(**m) for m in d["motions"])
-            d["render"] = RenderSettings(**d["render"])
-            d["cloth"] = ClothSettings(**d["cloth"])
-            return cls(**d)
-        except (TypeError, KeyError) as exc:
-            raise SpecError(f"preset: {exc}") from exc
+        """Inverse of :meth:`to_dict`; unknown or missing fields raise naming them."""
+        return dataconfig.from_dict(cls, doc, SpecError, where="preset")
 
     def with_overrides(self, **changes: Any) -> Preset:
         """A copy with top-level fields or ``render_*`` / ``cloth_*`` fields replaced."""
         render = {k[7:]: v for k, v in changes.items() if k.startswith("render_")}
         cloth = {k[6:]: v for k, v in changes.items() if k.startswith("cloth_")}
         top = {k: v for k, v in changes.items() if not k.startswith(("render_", "cloth_"))}
-        unknown = set(top) - set(self.__dataclass_fields__)
-        if unknown:
-            raise SpecError(f"unknown preset field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(self.__dataclass_fields__)}")
+        dataconfig.check_keys(top, self.__dataclass_fields__, SpecError, noun="preset field")
         return replace(self, render=replace(self.render, **render), cloth=replace(self.cloth, **cloth), **top)
 
 
@@ -177,6 +175,12 @@ PRESETS: dict[str, Preset] = {
         cloth=ClothSettings(quality=4, collision_quality=2, spacing=0.045, preroll=16, hold=5),
         seed=2048,  # drawn so the six characters wear all six garment kinds and all four prints
     ),
+    "paper": Preset(
+        name="paper", characters=99, test_characters=19, motions=(MotionSpec("dance"),), frames=960, fps=30.0,
+        render=RenderSettings(resolution=512, samples=64, denoise=True),
+        cloth=ClothSettings(quality=8, collision_quality=3, spacing=0.022, preroll=45, hold=15),
+        seed=2023,
+    ),
     "wide": Preset(
         name="wide", characters=64, test_characters=8,
         motions=(MotionSpec("walk"), MotionSpec("dance"), MotionSpec("jumping_jacks"), MotionSpec("turn")),
@@ -185,19 +189,11 @@ PRESETS: dict[str, Preset] = {
         cloth=ClothSettings(quality=4, collision_quality=2, spacing=0.045, preroll=16, hold=5),
         seed=4096,
     ),
-    "paper": Preset(
-        name="paper", characters=99, test_characters=19, motions=(MotionSpec("dance"),), frames=960, fps=30.0,
-        render=RenderSettings(resolution=512, samples=64, denoise=True),
-        cloth=ClothSettings(quality=8, collision_quality=3, spacing=0.022, preroll=45, hold=15),
-        seed=2023,
-    ),
 }
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise SpecError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return PRESETS[check_choice(name, "preset", PRESETS, SpecError)]
 
 
 def split_characters(preset: Preset) -> dict[str, str]:
@@ -224,24 +220,11 @@ class Shard:
 
     def to_job(self) -> dict[str, Any]:
         """The JSON document a worker receives (and ``meta.json`` keeps)."""
-        return {
-            "sequence_id": self.sequence_id,
-            "split": self.split,
-            "character": self.character.to_dict(),
-            "motion": asdict(self.motion),
-            "preset": self.preset.to_dict(),
-        }
+        return dataconfig.to_dict(self)
 
     @classmethod
     def from_job(cls, job: dict[str, Any]) -> Shard:
-        try:
-            return cls(
-                sequence_id=job["sequence_id"], split=job["split"],
-                character=CharacterSpec.from_dict(job["character"]),
-                motion=MotionSpec(**job["motion"]), preset=Preset.from_dict(job["preset"]),
-            )
-        except KeyError as exc:
-            raise SpecError(f"shard job: missing field {exc}") from exc
+        return dataconfig.from_dict(cls, job, SpecError, where="shard job")
 
 
 def plan(preset: Preset) -> list[Shard]:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from btdm_engine import dataconfig
 from btdm_engine.body.skeleton import NUM_BETAS
+from btdm_engine.dataconfig import check_bool, check_choice, check_int, check_number, check_numbers
 from btdm_engine.errors import BtdmError
 
 __all__ = [
@@ -123,42 +125,15 @@ Colour = tuple[float, float, float]
 
 # ------------------------------------------------------------------------------ validation
 def _colour(value: Any, where: str) -> Colour:
-    ok = (
-        isinstance(value, (list, tuple))
-        and len(value) == 3
-        and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 1.0 for c in value)
-    )
-    if not ok:
-        raise SpecError(f"{where}: expected an sRGB triple in [0, 1], got {value!r}")
-    return (float(value[0]), float(value[1]), float(value[2]))
+    return check_numbers(value, where, SpecError, length=3, lo=0.0, hi=1.0)  # type: ignore[return-value]
 
 
 def _number(value: Any, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(f"{where}: expected a finite number, got {value!r}")
-    if not lo <= value <= hi:
-        raise SpecError(f"{where}: {value!r} is outside [{lo}, {hi}]")
-    return float(value)
+    return check_number(value, where, SpecError, lo=lo, hi=hi)
 
 
 def _choice(value: Any, allowed: Sequence[str], where: str) -> str:
-    if value not in allowed:
-        raise SpecError(f"{where}: unknown value {value!r}; allowed: {', '.join(allowed)}")
-    return str(value)
-
-
-def _check_keys(doc: Any, cls: type, where: str) -> dict[str, Any]:
-    if not isinstance(doc, Mapping):
-        raise SpecError(f"{where}: expected an object, got {type(doc).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(doc) - names)
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-    missing = sorted(required - set(doc))
-    if missing:
-        raise SpecError(f"{where}: missing field(s) {', '.join(missing)}")
-    return dict(doc)
+    return check_choice(value, where, allowed, SpecError)
 
 
 def _r(x: float, digits: int = 4) -> float:
@@ -248,8 +223,7 @@ class ClothSpec:
         _number(self.mass, "cloth.mass", 0.01, 10.0)
         for name in ("tension", "shear", "bending", "air_damping"):
             _number(getattr(self, name), f"cloth.{name}", 0.0, 10000.0)
-        if not isinstance(self.self_collision, bool):
-            raise SpecError(f"cloth.self_collision: expected true or false, got {self.self_collision!r}")
+        check_bool(self.self_collision, "cloth.self_collision", SpecError)
         _number(self.pin_stiffness, "cloth.pin_stiffness", 0.0, 50.0)
 
 
@@ -265,16 +239,7 @@ class GarmentSpec:
     def __post_init__(self) -> None:
         _choice(self.kind, GARMENT_KINDS, "garment.kind")
         allowed = GARMENT_PARAMS[self.kind]
-        if not isinstance(self.params, Mapping):
-            raise SpecError(f"garment.params ({self.kind}): expected an object, got {self.params!r}")
-        unknown = sorted(set(self.params) - set(allowed))
-        missing = sorted(set(allowed) - set(self.params))
-        if unknown or missing:
-            raise SpecError(
-                f"garment.params ({self.kind}): expected exactly {', '.join(sorted(allowed))}"
-                + (f"; unknown {', '.join(unknown)}" if unknown else "")
-                + (f"; missing {', '.join(missing)}" if missing else "")
-            )
+        dataconfig.check_keys(self.params, allowed, SpecError, where=f"garment.params ({self.kind})", required=allowed)
         clean = {}
         for name, (lo, hi) in allowed.items():
             clean[name] = _number(self.params[name], f"garment.params.{name} ({self.kind})", lo, hi)
@@ -383,9 +348,7 @@ class CharacterSpec:
         if not isinstance(self.character_id, str) or not self.character_id or not self.character_id.replace("_", "").replace("-", "").isalnum():
             raise SpecError(f"character_id: expected letters, digits, '_' or '-', got {self.character_id!r}")
         for name in ("seed", "render_seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
-                raise SpecError(f"{name}: expected a non-negative integer, got {v!r}")
+            check_int(getattr(self, name), name, SpecError, lo=0, hi=2**63 - 1)
         if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == NUM_BETAS):
             raise SpecError(f"betas: expected {NUM_BETAS} numbers, got {self.betas!r}")
         object.__setattr__(self, "betas", tuple(_number(b, f"betas[{i}]", -5.0, 5.0) for i, b in enumerate(self.betas)))
@@ -403,7 +366,7 @@ class CharacterSpec:
     # -------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
+        return dataconfig.to_dict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
@@ -411,29 +374,7 @@ class CharacterSpec:
     @classmethod
     def from_dict(cls, doc: Any) -> CharacterSpec:
         """Rebuild a spec from :meth:`to_dict`'s output, validating every field."""
-        d = _check_keys(doc, cls, "character")
-        d["hair"] = HairSpec(**_check_keys(d["hair"], HairSpec, "character.hair"))
-        garments = d["garments"]
-        if not isinstance(garments, list):
-            raise SpecError(f"character.garments: expected a list, got {type(garments).__name__}")
-        out = []
-        for i, g in enumerate(garments):
-            g = _check_keys(g, GarmentSpec, f"character.garments[{i}]")
-            tex = _check_keys(g["texture"], TextureSpec, f"character.garments[{i}].texture")
-            if tex.get("logo") is not None:
-                logo = _check_keys(tex["logo"], LogoSpec, f"character.garments[{i}].texture.logo")
-                tex["logo"] = LogoSpec(**{**logo, "offset": tuple(logo.get("offset", (0.0, 0.0)))})
-            g["texture"] = TextureSpec(**tex)
-            g["cloth"] = ClothSpec(**_check_keys(g["cloth"], ClothSpec, f"character.garments[{i}].cloth"))
-            out.append(GarmentSpec(**g))
-        d["garments"] = tuple(out)
-        lighting = _check_keys(d["lighting"], LightingSpec, "character.lighting")
-        for k in ("key", "fill", "rim"):
-            lighting[k] = LightSpec(**_check_keys(lighting[k], LightSpec, f"character.lighting.{k}"))
-        d["lighting"] = LightingSpec(**lighting)
-        d["camera"] = CameraSpec(**_check_keys(d["camera"], CameraSpec, "character.camera"))
-        d["betas"] = tuple(d["betas"]) if isinstance(d["betas"], list) else d["betas"]
-        return cls(**d)
+        return dataconfig.from_dict(cls, doc, SpecError, where="character")
 
     @classmethod
     def from_json(cls, text: str) -> CharacterSpec:
@@ -517,8 +458,7 @@ def sample_character(seed: int, character_id: str | None = None) -> CharacterSpe
     Body shapes use the first betas most (they carry height and girth); the outfit is one of
     :data:`OUTFITS`, each garment with its own geometry, cloth material and print.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SpecError(f"seed: expected a non-negative integer, got {seed!r}")
+    check_int(seed, "seed", SpecError, lo=0, numpy=True)
     rng = np.random.default_rng(int(seed))
     scale = np.array([1.2, 1.0, 0.6, 0.5, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3])
     betas = tuple(_r(b) for b in np.clip(rng.normal(size=NUM_BETAS) * scale, -2.5, 2.5))

@@ -20,9 +20,16 @@ from training.dataset_format import (
     validate_dataset,
     write_manifest,
 )
-from training.datasets import FramePairDataset, PairDatasetConfig, SR3FrameDataset
+from training.datasets import DatasetError, FramePairDataset, PairDatasetConfig, SR3FrameDataset
 from training.toy_data import LEFT_ARM, RIGHT_ARM, write_toy_dataset
-from training.video import DensePoseVideoSet
+from training.video import (
+    DETECTRON2_PART_SWAP,
+    SYMMETRY_FILE,
+    DensePoseSymmetry,
+    DensePoseVideoSet,
+    symmetry_from_detectron2,
+    write_symmetry,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -253,3 +260,108 @@ def test_densepose_video_errors_name_the_file(tmp_path: Path) -> None:
         DensePoseVideoSet(tmp_path / "one").sequence_frames("train")
     with pytest.raises(DatasetFormatError, match="no split 'test'"):
         DensePoseVideoSet(tmp_path / "one").sequence_frames("test")
+
+
+# --------------------------------------------------------------------------------------------
+# Flipping DensePose IUV: off without the set's symmetry table, through it with one
+
+
+def _square_video(root: Path) -> dict[int, np.ndarray]:
+    """A two-frame DensePose video whose frames are already square (no padding or resizing)."""
+    truth = {}
+    for n in (0, 1):
+        folder = root / "train" / "vid"
+        (folder / "frames").mkdir(parents=True, exist_ok=True)
+        (folder / "densepose").mkdir(parents=True, exist_ok=True)
+        iuv = np.zeros((16, 16, 3), np.uint8)
+        iuv[2:14, 1:6] = (LEFT_ARM, 40 + n, 200)
+        iuv[2:14, 6:12] = (2, 0, 90)
+        iuv[2:14, 6:12, 1] = np.arange(6, dtype=np.uint8) * 30 + 10  # torso U varies along x
+        cv2.imwrite(str(folder / "frames" / f"{n:06d}.png"), np.full((16, 16, 3), 100, np.uint8))
+        write_iuv_png(folder / "densepose" / f"{n:06d}.png", iuv, order="densepose")
+        truth[n] = iuv
+    return truth
+
+
+def _table(u_part2: list | None = None, **changes) -> dict:
+    """detectron2's label swap; U reversed on part 2 (the front torso), everything else kept."""
+    u = [None] * 24
+    u[1] = u_part2 if u_part2 is not None else np.tile(1.0 - np.arange(256) / 255.0, (256, 1)).tolist()
+    return {"format_version": 1, "labels": list(DETECTRON2_PART_SWAP), "u": u, "v": [None] * 24, **changes}
+
+
+def test_densepose_flip_defaults_off_and_an_explicit_flip_needs_a_table(tmp_path: Path) -> None:
+    truth = _square_video(tmp_path / "set")
+    runs = DensePoseVideoSet(tmp_path / "set").sequence_frames("train")
+    assert runs[0].flip_table is None
+    ds = FramePairDataset(runs, PairDatasetConfig(resolution=16, appearance="none"))  # hflip_prob unset
+    assert ds.hflip_prob == 0.0
+    for epoch in range(4):  # no epoch flips a DensePose map without a table
+        ds.set_epoch(epoch)
+        torch.testing.assert_close(ds[0]["pose"], iuv_to_tensor(truth[1]))
+    with pytest.raises(DatasetError, match=r"hflip_prob 0.5: sequence 'vid' holds detectron2 DensePose IUV.*"
+                                           r"densepose_symmetry\.json.*--hflip 0"):
+        FramePairDataset(runs, PairDatasetConfig(resolution=16, hflip_prob=0.5, appearance="none"))
+    assert FramePairDataset(runs, PairDatasetConfig(resolution=16, hflip_prob=0.0, appearance="none")).hflip_prob == 0.0
+    # SR3 flips RGB only, which is always truthful
+    assert SR3FrameDataset(runs, resolution=16, low_resolution=8).hflip_prob == 0.5
+
+
+def test_densepose_flip_goes_through_the_sets_symmetry_table(tmp_path: Path) -> None:
+    truth = _square_video(tmp_path / "set")
+    (tmp_path / "set" / SYMMETRY_FILE).write_text(json.dumps(_table()))
+    runs = DensePoseVideoSet(tmp_path / "set").sequence_frames("train")
+    assert isinstance(runs[0].flip_table, DensePoseSymmetry)
+    assert FramePairDataset(runs, PairDatasetConfig(resolution=16, appearance="none")).hflip_prob == 0.5  # back on
+    flipped = FramePairDataset(runs, PairDatasetConfig(resolution=16, hflip_prob=1.0, appearance="none"))[0]
+    mirrored = truth[1][:, ::-1]
+    expected = mirrored.copy()
+    expected[..., 0] = np.asarray(DETECTRON2_PART_SWAP, np.uint8)[mirrored[..., 0]]  # left arm 15 -> right arm 16
+    torso = mirrored[..., 0] == 2
+    expected[..., 1][torso] = 255 - mirrored[..., 1][torso]  # the table's U remap on part 2
+    assert (expected[..., 0] == RIGHT_ARM).any() and not (expected[..., 0] == LEFT_ARM).any()
+    torch.testing.assert_close(flipped["pose"], iuv_to_tensor(expected))
+    # U of the other parts and every V pass through unchanged (null tables)
+    np.testing.assert_array_equal(runs[0].flip_table.flip(truth[1])[..., 2], mirrored[..., 2])
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        (_table(extra=1), r"unknown field\(s\) extra"),
+        (_table(format_version=2), "format_version 2 is not supported"),
+        (_table(labels=list(range(24))), r"field 'labels' must be 25 part labels"),
+        (_table(labels=[0, 1, 2, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 18, 17, 20, 19, 22, 21, 24, 22]),
+         r"field 'labels': part 23 becomes 24 but 24 becomes 22"),
+        (_table(u_part2=[[0.5] * 256] * 255), r"field 'u'\[1\] \(part 2\) must be null or 256 rows of 256 numbers"),
+        (_table(u_part2=[[1.5] * 256] * 256), r"field 'u'\[1\] \(part 2\)"),
+        (_table(v=[None] * 23), r"field 'v' must be a list of 24 tables"),
+    ],
+)
+def test_symmetry_table_errors_name_the_file_and_field(tmp_path: Path, doc: dict, message: str) -> None:
+    _square_video(tmp_path / "set")
+    (tmp_path / "set" / SYMMETRY_FILE).write_text(json.dumps(doc))
+    with pytest.raises(DatasetFormatError, match=rf"densepose_symmetry\.json: {message}"):
+        DensePoseVideoSet(tmp_path / "set")
+
+
+def test_symmetry_table_from_detectron2_mat_round_trips(tmp_path: Path) -> None:
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+    cells = {key: np.empty((1, 24), dtype=object) for key in ("U_transforms", "V_transforms")}
+    for cell in cells.values():
+        for k in range(24):
+            cell[0, k] = rng.integers(0, 256, (256, 256)) / 255.0
+    scipy.io.savemat(tmp_path / "UV_symmetry_transforms.mat", cells)
+    table = symmetry_from_detectron2(tmp_path / "UV_symmetry_transforms.mat")
+    write_symmetry(table, tmp_path / SYMMETRY_FILE)
+    again = DensePoseSymmetry.load(tmp_path / SYMMETRY_FILE)
+    for name in ("labels", "u", "v"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(table, name))
+    # detectron2's rule: part I at codes (U, V) takes part swap[I] and U = U_transforms[I-1][V, U]
+    iuv = np.array([[[3, 17, 200], [0, 0, 0]]], np.uint8)
+    out = table.flip(iuv)
+    assert tuple(out[0, 1]) == (4, round(255 * cells["U_transforms"][0, 2][200, 17]),
+                                round(255 * cells["V_transforms"][0, 2][200, 17]))
+    assert tuple(out[0, 0]) == (0, 0, 0)

@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,10 +30,11 @@ from training.config import TrainConfig, TrainConfigError
 from training.toy_data import write_toy_dataset
 from training.trainer import (
     TrainingError,
+    batch_loss,
     build_dataset,
-    fixed_batch_loss,
     model_config,
     snapshot_dirs,
+    step_generators,
     train,
     training_sequences,
 )
@@ -59,6 +61,18 @@ def _config(toy: Path, kind: str = "btunet", **kw) -> TrainConfig:
     )  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
+
+
+@torch.no_grad()
+def fixed_batch_loss(model: torch.nn.Module, batches: list[dict], config: TrainConfig, schedule: ScheduleConfig) -> float:
+    """Mean training loss over fixed batches with fixed noise, to compare weights before and after."""
+    was_training = model.training
+    model.eval()
+    cpu = torch.device("cpu")
+    with torch.random.fork_rng(devices=[]):
+        losses = [float(batch_loss(model, b, config, schedule, step_generators(1234, 0, i, cpu), cpu)) for i, b in enumerate(batches)]
+    model.train(was_training)
+    return sum(losses) / len(losses)
 
 
 def test_training_lowers_the_loss_on_fixed_batches(toy: Path, tmp_path: Path) -> None:
@@ -131,6 +145,53 @@ def test_new_run_and_resume_rules(toy: Path, tmp_path: Path) -> None:
         _config(toy, mode="sideways")
     with pytest.raises(TrainConfigError, match=r"model_overrides: unknown BTUNetConfig field\(s\) colour"):
         model_config(_config(toy, model_overrides={"colour": 1}))
+
+
+def test_person_mode_needs_a_person(toy: Path, tmp_path: Path) -> None:
+    # Without a selected person the "person-specific" model would silently learn everyone.
+    with pytest.raises(TrainConfigError, match=r"mode 'person'.*no person is selected.*characters.*--character NAME"):
+        _config(toy, mode="person")
+    assert _config(toy, mode="person", characters=("char01",)).characters == ("char01",)
+    with pytest.raises(TrainConfigError, match="mode 'person'"):  # saved configs are checked alike
+        TrainConfig.from_dict({**_config(toy).to_dict(), "mode": "person"})
+    from btdm_engine.cli import main
+
+    assert main(["train", "btunet", "--data", str(toy), "--out", str(tmp_path / "run"), "--mode", "person"]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def _toy_as_densepose_videos(toy: Path, root: Path) -> Path:
+    """The toy sequences as DensePose-processed videos (detectron2's IUV channel order)."""
+    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
+
+    for seq in sorted((toy / "sequences").iterdir()):
+        video = root / "train" / seq.name
+        (video / "densepose").mkdir(parents=True)
+        shutil.copytree(seq / "rgb", video / "frames")
+        for png in sorted((seq / "iuv").glob("*.png")):
+            write_iuv_png(video / "densepose" / png.name, read_iuv_png(png), order="densepose")
+    return root
+
+
+def test_densepose_videos_train_without_a_flip_by_default(toy: Path, tmp_path: Path) -> None:
+    from training.datasets import DatasetError
+    from training.video import SYMMETRY_FILE, DETECTRON2_PART_SWAP
+
+    videos = _toy_as_densepose_videos(toy, tmp_path / "videos")
+    config = _config(videos, steps=1, checkpoint_every=1)
+    assert config.hflip_prob is None
+    sequences, _ = training_sequences(config)
+    assert build_dataset(config, sequences, model_config(config)).hflip_prob == 0.0
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.step == 1 and np.isfinite(result.last_loss)
+    # asking for the flip without the set's symmetry table is refused, naming the way out
+    with pytest.raises(DatasetError, match=r"cannot be flipped without a symmetry table.*densepose_symmetry\.json"):
+        train(_config(videos, steps=1, hflip_prob=0.5), tmp_path / "flipped", progress=False)
+    # with the table beside the videos the flip is back on by default
+    table = {"format_version": 1, "labels": list(DETECTRON2_PART_SWAP), "u": [None] * 24, "v": [None] * 24}
+    (videos / SYMMETRY_FILE).write_text(json.dumps(table))
+    sequences, _ = training_sequences(config)
+    assert build_dataset(config, sequences, model_config(config)).hflip_prob == 0.5
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from btdm_engine import dataconfig
+from btdm_engine.constants import DEVICES, FIT_MODES, MODEL_KINDS, MODEL_PRESETS, TRAIN_MODES
+from btdm_engine.dataconfig import check_int, check_number, check_numbers, option
 from btdm_engine.errors import BtdmError
-
-KINDS = ("btunet", "sr3")
-MODES = ("bidirectional", "unidirectional", "person", "unconditional")
-PRESETS = ("tiny", "base", "paper")
-DEVICES = ("auto", "cpu", "cuda")
 
 # Which paper task each training mode serves; stored in the checkpoint's "extra".
 MODE_TASKS = {
@@ -27,6 +24,12 @@ RESUMABLE_CHANGES = frozenset(
      "sample_steps", "sample_frames", "cache_frames"}
 )
 
+# Integer fields and their lower bounds.
+_INT_MINIMUMS = {
+    "steps": 1, "batch_size": 1, "checkpoint_every": 1, "log_every": 1, "keep_snapshots": 1, "sample_steps": 1,
+    "sample_frames": 1, "warmup_steps": 0, "sample_every": 0, "seed": 0, "num_workers": 0,
+}  # fmt: skip
+
 
 class TrainConfigError(BtdmError, ValueError):
     """A training option that cannot be used; names the option."""
@@ -34,88 +37,57 @@ class TrainConfigError(BtdmError, ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run.
+    """Everything that defines a training run; each field's ``help`` says what it does.
 
-    kind: ``"btunet"`` or ``"sr3"``.
-    data: dataset folder (``manifest.json`` layout, or a DensePose video set, see
-        :mod:`training.video`).
-    preset: model preset (``tiny`` / ``base`` / ``paper``); ``model_overrides`` replaces single
-        config fields of it (e.g. ``{"model_channels": 16}``).
-    mode (BTU-Net): ``bidirectional`` (eq. 4 with c), ``unidirectional`` (the table-3 baseline),
-        ``person`` (eq. 4 without c, one person's video: select it with ``characters``),
-        ``unconditional`` (eq. 4 with c = empty, every character).
-    steps: total optimisation steps (a resumed run continues to this number).
-    batch_size: per process; the effective batch is ``batch_size * world_size``.
-    lr, weight_decay, betas: AdamW (the paper uses lr 1e-5 with batch 32); ``warmup_steps`` ramps
-        the learning rate linearly from 0.
-    grad_clip: max global gradient L2 norm (0 disables).
-    ema_decay: EMA of the weights, with warm-up ``min(ema_decay, (1 + s) / (10 + s))``.
-    appearance_dropout: probability of replacing c by the null token per sample (BTU-Net modes
-        with c); 0 follows the paper.
-    split / characters: which sequences train (a split of the manifest, optionally only the
-        given characters).
-    hflip_prob, background, fit, cache_frames: dataset options (:class:`training.datasets.PairDatasetConfig`).
-    schedule: :class:`~btdm_engine.diffusion.schedule.ScheduleConfig` fields (default: the paper's).
-    checkpoint_every, sample_every, log_every: intervals in steps (0 disables sampling).
-    keep_snapshots: resumable snapshots kept on disk (the newest ones).
-    sample_steps, sample_frames: denoising steps and frames of the periodic preview videos.
-    seed: model initialisation, data order, noise and dropout all derive from it.
-    num_workers: DataLoader worker processes per rank.
-    device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    ``btdm train`` offers every field as a flag with that help (:mod:`btdm_engine.commands.train`),
+    and a run saves its config as ``RUN/train_config.json`` (:meth:`to_dict`), which ``--resume``
+    reads back.
     """
 
-    kind: str
-    data: str
-    preset: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    mode: str = "bidirectional"
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    appearance_dropout: float = 0.0
-    split: str = "train"
-    characters: tuple[str, ...] = ()
-    hflip_prob: float = 0.5
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    fit: str = "pad"
-    cache_frames: bool = False
-    schedule: dict[str, Any] = field(default_factory=dict)
-    checkpoint_every: int = 500
-    sample_every: int = 1000
-    log_every: int = 10
-    keep_snapshots: int = 2
-    sample_steps: int = 20
-    sample_frames: int = 8
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"
+    kind: str = option(help="the network to train", choices=MODEL_KINDS)
+    data: str = option(help="dataset folder (manifest.json layout, or DensePose videos: training.video)")
+    preset: str = option("tiny", help="model size", choices=MODEL_PRESETS)
+    model_overrides: dict[str, Any] = option(
+        default_factory=dict, help='single model config fields replacing the preset\'s, e.g. {"model_channels": 16}')
+    mode: str = option(
+        "bidirectional", choices=TRAIN_MODES,
+        help="BTU-Net objective: eq. 4 with c, the autoregressive baseline of table 3, eq. 4 without c on one "
+        "person (select the person with --character), or unconditional (eq. 4 with c empty, every character)")
+    steps: int = option(1000, help="total optimisation steps (a resumed run continues to this number)")
+    batch_size: int = option(8, help="samples per process per step (the effective batch is this x the world size)")
+    lr: float = option(1e-4, help="AdamW learning rate (the paper: 1e-5 at batch 32)")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    betas: tuple[float, float] = option((0.9, 0.999), help="AdamW betas")
+    warmup_steps: int = option(0, help="linear learning-rate warm-up from 0, in steps")
+    grad_clip: float = option(1.0, help="max global gradient L2 norm, 0 = off")
+    ema_decay: float = option(0.999, help="EMA decay of the saved weights (warmed up: min(decay, (1 + s) / (10 + s)))")
+    appearance_dropout: float = option(
+        0.0, help="probability of replacing c by the null token per sample (modes with c; the paper: 0)")
+    split: str = option("train", help="manifest split to train on")
+    characters: tuple[str, ...] = option((), help="train only on this character (repeatable; mode person needs it)")
+    hflip_prob: float | None = option(
+        None, help="probability of the truthful horizontal flip (default 0.5 where it is exact: this project's "
+        "atlas, and SR3; 0 on DensePose videos unless they come with a symmetry table, see training.video)")
+    background: tuple[float, float, float] = option(
+        (1.0, 1.0, 1.0), help="colour RGBA frames are composited on, and padding (RGB in [0, 1])")
+    fit: str = option("pad", help="how non-square frames become square", choices=FIT_MODES)
+    cache_frames: bool = option(False, help="keep resized frames in memory")
+    schedule: dict[str, Any] = option(
+        default_factory=dict, help="ScheduleConfig fields (btdm_engine.diffusion.schedule; default: the paper's)")
+    checkpoint_every: int = option(500, help="snapshot interval in steps")
+    sample_every: int = option(1000, help="preview interval in steps, 0 = never")
+    log_every: int = option(10, help="log interval in steps")
+    keep_snapshots: int = option(2, help="resumable snapshots kept on disk (the newest ones)")
+    sample_steps: int = option(20, help="denoising steps of the preview videos")
+    sample_frames: int = option(8, help="frames in the preview videos")
+    seed: int = option(0, help="seed of the initialisation, data order, noise and dropout")
+    num_workers: int = option(0, help="DataLoader worker processes per process")
+    device: str = option("auto", help="auto = CUDA when present", choices=DEVICES)
 
     def __post_init__(self) -> None:
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            if getattr(self, name) not in allowed:
-                raise TrainConfigError(f"unknown {name} {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
-
-        def integer(name: str, low: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise TrainConfigError(f"{name} must be an int >= {low}, got {v!r}")
-
-        def number(name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            ok = ok and (v > low if low_open else v >= low) and v <= high
-            if not ok:
-                raise TrainConfigError(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {v!r}")
-
-        choice("kind", KINDS)
-        choice("mode", MODES)
-        choice("preset", PRESETS)
-        choice("device", DEVICES)
+        for f in fields(self):
+            if "choices" in f.metadata:
+                dataconfig.check_choice(getattr(self, f.name), f.name, f.metadata["choices"], TrainConfigError)
         if self.kind == "sr3" and self.mode != "bidirectional":
             raise TrainConfigError(f"mode {self.mode!r} applies to the BTU-Net only; SR3 has one training mode")
         if not isinstance(self.data, str) or not self.data:
@@ -124,27 +96,31 @@ class TrainConfig:
             raise TrainConfigError("model_overrides must be an object of model config fields")
         if not isinstance(self.schedule, dict):
             raise TrainConfigError("schedule must be an object of ScheduleConfig fields")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_snapshots", "sample_steps", "sample_frames"):
-            integer(name, 1)
-        for name in ("warmup_steps", "sample_every", "seed", "num_workers"):
-            integer(name, 0)
-        number("lr", 0.0, low_open=True)
-        number("weight_decay", 0.0)
-        number("grad_clip", 0.0)
-        number("ema_decay", 0.0, 1.0)
-        number("appearance_dropout", 0.0, 1.0)
-        number("hflip_prob", 0.0, 1.0)
-        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
-            raise TrainConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if len(self.background) != 3 or not all(isinstance(b, (int, float)) and 0 <= b <= 1 for b in self.background):
-            raise TrainConfigError(f"background must be three numbers in [0, 1], got {self.background!r}")
+        for name, low in _INT_MINIMUMS.items():
+            check_int(getattr(self, name), name, TrainConfigError, lo=low)
+        check_number(self.lr, "lr", TrainConfigError, lo=0.0, lo_open=True)
+        check_number(self.weight_decay, "weight_decay", TrainConfigError, lo=0.0)
+        check_number(self.grad_clip, "grad_clip", TrainConfigError, lo=0.0)
+        for name in ("ema_decay", "appearance_dropout"):
+            check_number(getattr(self, name), name, TrainConfigError, lo=0.0, hi=1.0)
+        if self.hflip_prob is not None:
+            check_number(self.hflip_prob, "hflip_prob", TrainConfigError, lo=0.0, hi=1.0)
+        dataconfig.check_bool(self.cache_frames, "cache_frames", TrainConfigError)
         if not isinstance(self.characters, tuple) or not all(isinstance(c, str) for c in self.characters):
             raise TrainConfigError(f"characters must be a tuple of names, got {self.characters!r}")
         if self.appearance_dropout > 0 and self.mode in ("person", "unconditional"):
             raise TrainConfigError(f"appearance_dropout needs a mode with an appearance image, not {self.mode!r}")
-        # normalise JSON lists back to tuples so a saved config compares equal to the original
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        object.__setattr__(self, "background", tuple(float(b) for b in self.background))
+        if self.kind == "btunet" and self.mode == "person" and not self.characters:
+            raise TrainConfigError(
+                "mode 'person' trains on one person's video, and no person is selected (characters is empty, so "
+                "it would train on everyone): name the person with characters=(NAME,), on the command line "
+                "--character NAME (a DensePose video's character is its folder name)"
+            )
+        # normalise JSON lists back to tuples of floats so a saved config compares equal to the original
+        object.__setattr__(self, "betas", check_numbers(self.betas, "betas", TrainConfigError, length=2, lo=0, hi=1,
+                                                        hi_open=True))
+        object.__setattr__(self, "background", check_numbers(self.background, "background", TrainConfigError,
+                                                             length=3, lo=0, hi=1))
 
     @property
     def task(self) -> str:
@@ -156,26 +132,12 @@ class TrainConfig:
         return self.kind == "btunet" and self.mode in ("bidirectional", "unidirectional")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        d["background"] = list(self.background)
-        d["characters"] = list(self.characters)
-        return d
+        return dataconfig.to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise naming them."""
-        if not isinstance(d, dict):
-            raise TrainConfigError(f"training config must be an object, got {type(d).__name__}")
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise TrainConfigError(f"unknown training config key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-        d = dict(d)
-        for key in ("betas", "background", "characters"):
-            if key in d and isinstance(d[key], list):
-                d[key] = tuple(d[key])
-        return cls(**d)
+        return dataconfig.from_dict(cls, d, TrainConfigError, noun="training config key")
 
     def changed_fields(self, other: "TrainConfig") -> list[str]:
         """Names of fields whose values differ between two configs."""

@@ -60,17 +60,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from btdm_engine import limits
+from btdm_engine.dataconfig import check_int, check_keys, check_number, is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text, read_json
 from btdm_engine.imageio import ImageReadError, image_size
+
+if TYPE_CHECKING:
+    from training.video import DensePoseSymmetry
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -157,8 +160,7 @@ class SequenceRecord:
             raise DatasetFormatError(f"{where}: field 'character' must be a non-empty string, got {self.character!r}")
         if self.motion is not None and not isinstance(self.motion, str):
             raise DatasetFormatError(f"{where}: field 'motion' must be a string, got {self.motion!r}")
-        if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
-            raise DatasetFormatError(f"{where}: field 'num_frames' must be an int >= 1, got {self.num_frames!r}")
+        check_int(self.num_frames, f"{where}: field 'num_frames'", DatasetFormatError, lo=1)
         if self.num_frames > limits.get("frames"):
             raise DatasetLimitError(
                 f"{where}: field 'num_frames' is {self.num_frames}, over the frames limit of {limits.get('frames')} "
@@ -194,8 +196,10 @@ class SequenceRecord:
 class SequenceFrames:
     """What a training dataset needs of one sequence: its frame files and how to read them.
 
-    ``iuv_order`` is the channel order of the IUV PNGs (``"btdm"`` for this layout,
-    ``"densepose"`` for detectron2's files, see :mod:`training.video`).
+    ``iuv_order`` is the channel order of the IUV PNGs: ``"btdm"`` for this layout (this project's
+    atlas, which :func:`btdm_engine.posemaps.parts.flip_iuv` flips exactly), ``"densepose"`` for
+    detectron2's files (its charts), see :mod:`training.video`. ``flip_table`` is the
+    :class:`training.video.DensePoseSymmetry` that flips the latter truthfully, None when there is none.
     """
 
     id: str
@@ -203,6 +207,7 @@ class SequenceFrames:
     rgb: tuple[Path, ...]
     iuv: tuple[Path, ...]
     iuv_order: str = IUV_ORDER
+    flip_table: DensePoseSymmetry | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.rgb) != len(self.iuv) or not self.rgb:
@@ -239,20 +244,11 @@ class DatasetManifest:
     @classmethod
     def from_dict(cls, root: str | Path, doc: Any, where: str = MANIFEST_NAME) -> "DatasetManifest":
         """Validate a manifest document (as parsed from JSON)."""
-        if not isinstance(doc, dict):
-            raise DatasetFormatError(f"{where}: expected a JSON object, got {type(doc).__name__}")
-        unknown = sorted(set(doc) - _MANIFEST_KEYS)
-        if unknown:
-            raise DatasetFormatError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_MANIFEST_KEYS))}")
-        missing = sorted(_MANIFEST_KEYS - {"info"} - set(doc))
-        if missing:
-            raise DatasetFormatError(f"{where}: missing field(s) {', '.join(missing)}")
+        doc = check_keys(doc, _MANIFEST_KEYS, DatasetFormatError, where=where, required=_MANIFEST_KEYS - {"info"})
         if doc["format_version"] != FORMAT_VERSION:
             raise DatasetFormatError(f"{where}: format_version {doc['format_version']!r} is not supported (expected {FORMAT_VERSION})")
         resolution = _resolution(doc["resolution"], where)
-        fps = doc["fps"]
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-            raise DatasetFormatError(f"{where}: field 'fps' must be a positive number, got {fps!r}")
+        fps = check_number(doc["fps"], f"{where}: field 'fps'", DatasetFormatError, lo=0.0, lo_open=True)
         info = doc.get("info", {})
         if not isinstance(info, dict):
             raise DatasetFormatError(f"{where}: field 'info' must be a JSON object")
@@ -265,14 +261,7 @@ class DatasetManifest:
         sequences: dict[str, SequenceRecord] = {}
         for seq_id, rec in seqs_doc.items():
             sw = f"{where}: sequences[{seq_id!r}]"
-            if not isinstance(rec, dict):
-                raise DatasetFormatError(f"{sw}: expected an object")
-            unknown = sorted(set(rec) - _SEQUENCE_KEYS)
-            if unknown:
-                raise DatasetFormatError(f"{sw}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_SEQUENCE_KEYS))}")
-            missing = sorted(_SEQUENCE_KEYS - {"motion"} - set(rec))
-            if missing:
-                raise DatasetFormatError(f"{sw}: missing field(s) {', '.join(missing)}")
+            rec = check_keys(rec, _SEQUENCE_KEYS, DatasetFormatError, where=sw, required=_SEQUENCE_KEYS - {"motion"})
             record = SequenceRecord(
                 id=seq_id, character=rec["character"], num_frames=rec["num_frames"],
                 checksums=rec["checksums"], motion=rec.get("motion"),
@@ -280,7 +269,7 @@ class DatasetManifest:
             record.check(sw)
             sequences[seq_id] = record
         splits = _splits(doc["splits"], sequences, where)
-        return cls(Path(root), resolution, float(fps), splits, sequences, info)
+        return cls(Path(root), resolution, fps, splits, sequences, info)
 
     # ------------------------------------------------------------------ access
     def sequence_dir(self, seq_id: str) -> Path:
@@ -441,11 +430,7 @@ def write_manifest(
 
 # ---------------------------------------------------------------------- helpers
 def _resolution(value: Any, where: str) -> tuple[int, int]:
-    ok = (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    )
+    ok = isinstance(value, list) and len(value) == 2 and all(is_int(v) and v > 0 for v in value)
     if not ok:
         raise DatasetFormatError(f"{where}: field 'resolution' must be [height, width] in positive ints, got {value!r}")
     return (value[0], value[1])

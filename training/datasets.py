@@ -10,9 +10,12 @@ DensePose video set) and produce network tensors:
   I = 0), resized with NEAREST only (labels never blend), converted with
   :func:`btdm_engine.posemaps.encoding.iuv_to_tensor`.
 * Horizontal flip (probability ``hflip_prob``) flips every image of an item together and flips
-  the pose maps with :func:`btdm_engine.posemaps.parts.flip_iuv`, which swaps left/right part
-  labels and mirrors U on the torso charts, so a flipped pose map is the render of the mirrored
-  body.
+  the pose maps truthfully, so a flipped pose map is the render of the mirrored body: this
+  project's atlas with :func:`btdm_engine.posemaps.parts.flip_iuv` (it swaps left/right part labels
+  and mirrors U on the torso charts), detectron2 DensePose IUV through the video set's symmetry
+  table (:class:`training.video.DensePoseSymmetry`). DensePose IUV without a table cannot be
+  flipped truthfully: ``hflip_prob=None`` (the default) then means no flip, and an explicit
+  probability above 0 is refused. Elsewhere ``None`` means 0.5; SR3 flips RGB only, so always can.
 
 Randomness is explicit: item ``i`` of epoch ``e`` draws from ``numpy.random.default_rng((seed, e,
 i))``, so an item is the same whatever the worker or rank that loads it; call ``set_epoch`` once
@@ -21,7 +24,7 @@ per pass (as with ``DistributedSampler``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,18 +32,22 @@ import torch
 from einops import rearrange
 from torch.utils.data import Dataset
 
+from btdm_engine.constants import FIT_MODES
+from btdm_engine.dataconfig import check_bool, check_choice, check_int, check_number, check_numbers
 from btdm_engine.errors import BtdmError
 from btdm_engine.imageio import WHITE, read_rgb, resize_labels, resize_rgb
 from btdm_engine.posemaps.encoding import iuv_to_tensor, read_iuv_png
 from btdm_engine.posemaps.parts import flip_iuv
-from training.dataset_format import SequenceFrames
+from training.dataset_format import IUV_ORDER, SequenceFrames
 
 
 class DatasetError(BtdmError, ValueError):
     """A training dataset that cannot give items: bad settings, no pairs, a frame range outside a sequence."""
 
+
 APPEARANCE_MODES = ("other_frame", "none")
-FIT_MODES = ("pad", "crop")
+# The flip probability where a truthful flip exists and none was asked for.
+DEFAULT_HFLIP_PROB = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ class PairDatasetConfig:
     appearance: ``"other_frame"``: c is another frame of the same sequence (single-image
         animation training); ``"none"``: no c (person-specific and unconditional training; the
         item's ``appearance`` is zeros and ``has_appearance`` False).
-    hflip_prob: probability of the truthful horizontal flip.
+    hflip_prob: probability of the truthful horizontal flip; None: 0.5 where every sequence can
+        be flipped truthfully, else 0 (module docstring).
     background: RGB in [0, 1] that RGBA frames are composited onto (and padding colour).
     fit: ``"pad"`` or ``"crop"`` for non-square frames.
     cache: keep resized frames in memory (per worker) after their first read.
@@ -60,23 +68,44 @@ class PairDatasetConfig:
 
     resolution: int
     appearance: str = "other_frame"
-    hflip_prob: float = 0.5
+    hflip_prob: float | None = None
     background: tuple[float, float, float] = WHITE
     fit: str = "pad"
     cache: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < 8:
-            raise DatasetError(f"dataset resolution must be an int >= 8, got {self.resolution!r}")
-        if self.appearance not in APPEARANCE_MODES:
-            raise DatasetError(f"unknown appearance mode {self.appearance!r}; allowed: {', '.join(APPEARANCE_MODES)}")
-        if self.fit not in FIT_MODES:
-            raise DatasetError(f"unknown fit {self.fit!r}; allowed: {', '.join(FIT_MODES)}")
-        if not 0.0 <= self.hflip_prob <= 1.0:
-            raise DatasetError(f"hflip_prob must lie in [0, 1], got {self.hflip_prob}")
-        if len(self.background) != 3 or not all(0.0 <= v <= 1.0 for v in self.background):
-            raise DatasetError(f"background must be three values in [0, 1], got {self.background!r}")
+        check_int(self.resolution, "dataset resolution", DatasetError, lo=8)
+        check_choice(self.appearance, "appearance mode", APPEARANCE_MODES, DatasetError)
+        check_choice(self.fit, "fit", FIT_MODES, DatasetError)
+        if self.hflip_prob is not None:
+            check_number(self.hflip_prob, "hflip_prob", DatasetError, lo=0.0, hi=1.0)
+        check_numbers(self.background, "background", DatasetError, length=3, lo=0.0, hi=1.0)
+        check_bool(self.cache, "cache", DatasetError)
+        check_int(self.seed, "seed", DatasetError, lo=0)
+
+
+def pose_flip(seq: SequenceFrames) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The truthful horizontal flip of a sequence's pose maps, or None when it has none."""
+    if seq.iuv_order == IUV_ORDER:
+        return flip_iuv  # this project's atlas: right charts are the left ones mirrored
+    return seq.flip_table.flip if seq.flip_table is not None else None
+
+
+def resolve_hflip_prob(sequences: Sequence[SequenceFrames], hflip_prob: float | None) -> float:
+    """The flip probability to use: ``None`` becomes 0.5 where every sequence flips truthfully, else 0;
+    a probability above 0 for pose maps that cannot be flipped truthfully is refused."""
+    cannot = [s for s in sequences if pose_flip(s) is None]
+    if hflip_prob is None:
+        return 0.0 if cannot else DEFAULT_HFLIP_PROB
+    if hflip_prob > 0 and cannot:
+        raise DatasetError(
+            f"hflip_prob {hflip_prob}: sequence {cannot[0].id!r} holds detectron2 DensePose IUV, whose left and right "
+            "charts are not mirror copies, so its pose maps cannot be flipped without a symmetry table; put one in "
+            "the video set as densepose_symmetry.json (training.video) or leave the flip off (hflip_prob 0, "
+            "btdm train --hflip 0)"
+        )
+    return hflip_prob
 
 
 def _fit_square(img: np.ndarray, fit: str, fill: np.ndarray | float) -> np.ndarray:
@@ -157,6 +186,8 @@ class FramePairDataset(Dataset):
             raise DatasetError("FramePairDataset: no sequences (the split or the --character filter is empty)")
         if not self._pairs:
             raise DatasetError("FramePairDataset: every sequence has a single frame; training pairs need two or more")
+        self.hflip_prob = resolve_hflip_prob(self.sequences, config.hflip_prob)
+        self._flips = [pose_flip(seq) for seq in self.sequences]
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -174,7 +205,7 @@ class FramePairDataset(Dataset):
         s, t = self._pairs[index]
         seq = self.sequences[s]
         r = cfg.resolution
-        flip = bool(rng.random() < cfg.hflip_prob)
+        flip = bool(rng.random() < self.hflip_prob)
         images = [self.reader.rgb(seq, t, r), self.reader.rgb(seq, t - 1, r)]
         poses = [self.reader.iuv(seq, t, r), self.reader.iuv(seq, t - 1, r)]
         has_c = cfg.appearance == "other_frame"
@@ -183,7 +214,7 @@ class FramePairDataset(Dataset):
             images.append(self.reader.rgb(seq, int(others[rng.integers(len(others))]), r))
         if flip:
             images = [_flip_rgb(im) for im in images]
-            poses = [flip_iuv(p) for p in poses]
+            poses = [self._flips[s](p) for p in poses]
         appearance = rgb_to_tensor(images[2]) if has_c else torch.zeros(3, r, r)
         return {
             "y": rgb_to_tensor(images[0]),
@@ -209,13 +240,14 @@ class SR3FrameDataset(Dataset):
         sequences: Sequence[SequenceFrames],
         resolution: int,
         low_resolution: int,
-        hflip_prob: float = 0.5,
+        hflip_prob: float | None = None,
         background: tuple[float, float, float] = WHITE,
         fit: str = "pad",
         cache: bool = False,
         seed: int = 0,
     ) -> None:
         PairDatasetConfig(resolution, "none", hflip_prob, background, fit, cache, seed)  # validates
+        hflip_prob = DEFAULT_HFLIP_PROB if hflip_prob is None else hflip_prob  # RGB alone always flips truthfully
         if not 8 <= low_resolution < resolution:
             raise DatasetError(f"low_resolution must be in [8, resolution), got {low_resolution} for resolution {resolution}")
         self.sequences = list(sequences)
@@ -272,12 +304,15 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 __all__ = [
     "APPEARANCE_MODES",
+    "DEFAULT_HFLIP_PROB",
     "FIT_MODES",
     "FramePairDataset",
     "FrameReader",
     "PairDatasetConfig",
     "SR3FrameDataset",
     "load_sequence",
+    "pose_flip",
+    "resolve_hflip_prob",
     "rgb_to_tensor",
     "tensor_to_uint8",
 ]

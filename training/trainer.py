@@ -169,7 +169,7 @@ class ResumableSampler(DistributedSampler):
 
 
 # --------------------------------------------------------------------------------------------
-# Loss of one batch (shared by training and by fixed-batch evaluation)
+# Loss of one batch
 
 
 def step_generators(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
@@ -202,23 +202,6 @@ def batch_loss(
         mask = (u >= config.appearance_dropout).to(device)
     loss_fn = unidirectional_loss if config.mode == "unidirectional" else bidirectional_loss
     return loss_fn(model, y, y_prev, pose, pose_prev, c, schedule, generator, appearance_mask=mask)
-
-
-@torch.no_grad()
-def fixed_batch_loss(
-    model: nn.Module, batches: list[dict[str, torch.Tensor]], config: TrainConfig, schedule: ScheduleConfig, seed: int = 1234
-) -> float:
-    """Mean loss over fixed batches with fixed noise (for comparing weights, e.g. before/after)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[]):
-        total = 0.0
-        for i, batch in enumerate(batches):
-            generator = step_generators(seed, 0, i, device)
-            total += float(batch_loss(model, batch, config, schedule, generator, device))
-    model.train(was_training)
-    return total / len(batches)
 
 
 # --------------------------------------------------------------------------------------------

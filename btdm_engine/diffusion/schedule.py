@@ -12,12 +12,14 @@ steps: sampling only evaluates lambda on a coarser grid of the same curve.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from btdm_engine import dataconfig
+from btdm_engine.dataconfig import check_choice, check_int, check_number, is_int
 from btdm_engine.errors import BtdmError
 
 SCHEDULE_KINDS: tuple[str, ...] = ("cosine",)
@@ -48,43 +50,24 @@ class ScheduleConfig:
     num_train_steps: int = 1000
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ScheduleConfigError(
-                f"schedule kind {self.kind!r} is unknown; allowed: {', '.join(SCHEDULE_KINDS)}"
-            )
-        if not (math.isfinite(self.logsnr_min) and math.isfinite(self.logsnr_max)):
-            raise ScheduleConfigError("schedule logsnr_min and logsnr_max must be finite")
+        check_choice(self.kind, "schedule kind", SCHEDULE_KINDS, ScheduleConfigError)
+        check_number(self.logsnr_min, "schedule logsnr_min", ScheduleConfigError)
+        check_number(self.logsnr_max, "schedule logsnr_max", ScheduleConfigError)
         if not self.logsnr_min < self.logsnr_max:
             raise ScheduleConfigError(
                 f"schedule logsnr_min ({self.logsnr_min}) must be below logsnr_max ({self.logsnr_max})"
             )
-        if not math.isfinite(self.shift):
-            raise ScheduleConfigError(f"schedule shift must be finite, got {self.shift}")
-        if isinstance(self.num_train_steps, bool) or not isinstance(self.num_train_steps, int):
-            raise ScheduleConfigError(
-                f"schedule num_train_steps must be an int, got {self.num_train_steps!r}"
-            )
-        if self.num_train_steps < 1:
-            raise ScheduleConfigError(
-                f"schedule num_train_steps must be >= 1, got {self.num_train_steps}"
-            )
+        check_number(self.shift, "schedule shift", ScheduleConfigError)
+        check_int(self.num_train_steps, "schedule num_train_steps", ScheduleConfigError, lo=1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, the inverse of :meth:`from_dict`."""
-        return asdict(self)
+        return dataconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScheduleConfig:
         """Build from :meth:`to_dict`'s output; unknown keys raise naming them."""
-        if not isinstance(d, dict):
-            raise ScheduleConfigError(f"schedule config must be a JSON object, got {type(d).__name__}")
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ScheduleConfigError(
-                f"unknown schedule config key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-            )
-        return cls(**d)
+        return dataconfig.from_dict(cls, d, ScheduleConfigError, noun="schedule config key")
 
     def logsnr(self, t: Tensor | float) -> Tensor:
         """lambda(t) for t in [0, 1] (float64 math, float32 result); decreasing in t."""
@@ -117,7 +100,7 @@ class ScheduleConfig:
         alpha = 1, sigma = 0: the final update returns the network's x0 prediction itself rather
         than re-noising it to lambda(0).
         """
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ScheduleConfigError(f"steps must be a positive int, got {steps!r}")
         t = torch.arange(steps, 0, -1, dtype=torch.float64) / steps
         return torch.cat([self.logsnr(t), torch.tensor([math.inf], dtype=torch.float32)])

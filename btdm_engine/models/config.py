@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from btdm_engine import dataconfig
 from btdm_engine.errors import BtdmError
 
 C = TypeVar("C", bound="ModelConfig")
@@ -21,9 +22,9 @@ class ModelConfigError(BtdmError, ValueError):
 
 
 class ModelConfig:
-    """Mixin for the frozen config dataclasses: ``to_dict``/``from_dict``/``preset``.
+    """Mixin for the frozen config dataclasses: ``to_dict``/``from_dict``/``preset``/``replace``.
 
-    Subclasses are ``@dataclass(frozen=True)`` and define ``PRESETS: ClassVar[dict[str, dict]]``
+    Subclasses are ``@dataclass(frozen=True)`` and define ``PRESET_FIELDS: ClassVar[dict[str, dict]]``
     holding each preset's field values (the config objects themselves are built lazily).
     """
 
@@ -31,11 +32,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (tuples become lists) that ``from_dict`` turns back into ``self``."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return dataconfig.to_dict(self)
 
     @classmethod
     def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
@@ -43,23 +40,7 @@ class ModelConfig:
 
         Raises ModelConfigError naming unknown or missing keys and bad values.
         """
-        name = cls.__name__
-        if not isinstance(d, Mapping):
-            raise ModelConfigError(f"{name}: expected a mapping, got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ModelConfigError(f"{name}: unknown key(s) {unknown}; allowed: {known}")
-        required = [
-            f.name
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        missing = [k for k in required if k not in d]
-        if missing:
-            raise ModelConfigError(f"{name}: missing key(s) {missing}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kwargs)
+        return dataconfig.from_dict(cls, d, ModelConfigError, where=cls.__name__, noun="key", listing=str)
 
     @classmethod
     def preset(cls: type[C], name: str) -> C:
@@ -72,12 +53,8 @@ class ModelConfig:
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with some fields changed (validated like a fresh config)."""
-        known = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
-        unknown = sorted(set(changes) - set(known))
-        if unknown:
-            raise ModelConfigError(
-                f"{type(self).__name__}: unknown key(s) {unknown}; allowed: {known}"
-            )
+        names = [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        dataconfig.check_keys(changes, names, ModelConfigError, where=type(self).__name__, noun="key", listing=str)
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
@@ -85,25 +62,22 @@ class ModelConfig:
 
 
 def check_int(owner: str, field: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ModelConfigError(f"{owner}.{field}: expected an int >= {minimum}, got {value!r}")
+    dataconfig.check_int(value, f"{owner}.{field}", ModelConfigError, lo=minimum)
 
 
 def check_float(owner: str, field: str, value: Any, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ModelConfigError(f"{owner}.{field}: expected a number in [{lo}, {hi}], got {value!r}")
+    dataconfig.check_number(value, f"{owner}.{field}", ModelConfigError, lo=lo, hi=hi)
 
 
 def check_bool(owner: str, field: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ModelConfigError(f"{owner}.{field}: expected true/false, got {value!r}")
+    dataconfig.check_bool(value, f"{owner}.{field}", ModelConfigError)
 
 
 def check_int_tuple(owner: str, field: str, value: Any, *, allow_empty: bool = False) -> None:
     if (
         not isinstance(value, tuple)
         or (not value and not allow_empty)
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+        or any(not dataconfig.is_int(v) or v < 1 for v in value)
     ):
         raise ModelConfigError(
             f"{owner}.{field}: expected a list of positive ints, got {value!r}"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -394,18 +394,6 @@ def _charts(points: np.ndarray, part: np.ndarray, joints: np.ndarray) -> np.ndar
                 traw = _raw_chart(name, points[tsel] * _REFLECT, joints)
                 uv[tsel] = (traw - lo) / span
     return np.clip(uv, 0.0, 1.0).astype(np.float32)
-
-
-def atlas_summary(atlas: Atlas) -> dict[str, Any]:
-    """Counts per part, handy for reports and tests."""
-    fp = atlas.face_part
-    return {
-        "source": atlas.source,
-        "split_vertices": atlas.num_vertices,
-        "faces": int(atlas.faces.shape[0]),
-        "faces_per_part": {PART_NAMES[p]: int(np.count_nonzero(fp == p))
-                           for p in range(1, NUM_PARTS + 1)},
-    }
 
 
 def load_atlas(body: BodyModel, uv_processed_path: str | None = None) -> Atlas:

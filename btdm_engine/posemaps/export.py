@@ -230,13 +230,6 @@ def export_posemaps(
     return PosemapExport(iuv_dir, frames, len(todo), len(frames) - len(todo), preview, replaced, tuple(empty))
 
 
-def load_iuv_sequence(export: PosemapExport) -> np.ndarray:
-    """All IUV maps of an export as uint8 ``(T, H, W, 3)``."""
-    from btdm_engine.posemaps.encoding import read_iuv_png
-
-    return np.stack([read_iuv_png(export.png(t)) for t in export.frames])
-
-
 def read_posemap_folder(
     folder: str | os.PathLike[str], order: str = "btdm", frames: tuple[int, int] | None = None
 ) -> np.ndarray:

@@ -1,0 +1,42 @@
+"""The names a command-line choice and the library's own check share, each listed once.
+
+``btdm --help`` builds every subcommand's parser; taking the choices from here instead of from the
+modules that use them keeps it instant (no torch, numpy or OpenCV) without copying the lists into
+the CLI. Standard library only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEVICES",
+    "FIT_MODES",
+    "IUV_ORDERS",
+    "MODEL_KINDS",
+    "MODEL_PRESETS",
+    "PRECISIONS",
+    "SAMPLERS",
+    "TRAIN_MODES",
+]
+
+# Channel orders of IUV PNG files (btdm_engine.posemaps.encoding): ours (red = I) and detectron2's
+# DensePose files (blue = I).
+IUV_ORDERS: tuple[str, ...] = ("btdm", "densepose")
+
+# The two networks (checkpoint "kind") and their presets (BTUNetConfig / SR3Config.PRESET_FIELDS).
+MODEL_KINDS: tuple[str, ...] = ("btunet", "sr3")
+MODEL_PRESETS: tuple[str, ...] = ("tiny", "base", "paper")
+
+# Animator samplers: algorithm 1 and the autoregressive baseline of table 3.
+SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")
+
+# BTU-Net training objectives (training.config.TrainConfig.mode).
+TRAIN_MODES: tuple[str, ...] = ("bidirectional", "unidirectional", "person", "unconditional")
+
+# Where training and fine-tuning run ("auto": CUDA when present).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+# How non-square frames become square: pad with the background, or take the centre square.
+FIT_MODES: tuple[str, ...] = ("pad", "crop")
+
+# Network arithmetic when sampling ("auto": bf16 autocast on CUDA and on CPUs with native bf16).
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
