@@ -1,0 +1,152 @@
+"""Two generator models side by side on a dataset's held-out characters (the default-model check).
+
+The same held-out sequences (the manifest's ``test`` split: characters neither model trained on
+when the dataset is ``wide`` and the old model is the ``mini`` one), the same appearance image
+(each sequence's frame 0), the same seed and steps go through both models' full inference path
+(``Animator``: bidirectional recursive sampling, then SR3), with and without single-image
+fine-tuning. The frames are scored against the ground truth at the output resolution, foreground
+only (``btdm_engine.metrics.evaluate``: SSIM, PSNR, tOF, warping error), and a picture is made:
+for a few held-out characters, the appearance image, the pose maps, the truth, the old frames and
+the new frames.
+
+    python -m bench.bench_default_model --data data/wide --old OLD_MODEL --new NEW_MODEL \\
+        [--frames 24 --steps 25 --sr-steps 10 --finetune-steps 300 --finetune-lr 1e-4]
+
+``python -m bench default_model`` (no arguments) compares the shipped model with itself on a toy
+dataset, a smoke run of this script. Everything goes to ``--out`` (default
+``out/bench_default_model``): ``pred/<model>[_ft]/<sequence>/``, ``gt/``, ``iuv/``,
+``metrics_<model>[_ft].json``, ``table.md`` and ``comparison.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench_default_model", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=None, help="dataset with a test split (default: a toy set)")
+    p.add_argument("--old", type=Path, default=None, help="model folder (default: the shipped default model)")
+    p.add_argument("--new", type=Path, default=None, help="model folder (default: the shipped default model)")
+    p.add_argument("--out", type=Path, default=Path("out/bench_default_model"), help="output folder (replaced)")
+    p.add_argument("--frames", type=int, default=24, help="frames per held-out sequence")
+    p.add_argument("--steps", type=int, default=25, help="BTU-Net steps (the demo's 25)")
+    p.add_argument("--sr-steps", type=int, default=10, help="SR3 steps (the demo's 10)")
+    p.add_argument("--finetune-steps", type=int, default=300, help="fine-tuning steps of the second pass (0: skip it)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--finetune-sequences", type=int, default=None,
+                   help="fine-tune on only the first N held-out sequences per character order (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--picture-characters", type=int, default=3, help="held-out characters in comparison.png")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    from btdm_engine.imageio import read_rgb, resize_labels, resize_rgb
+    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
+    from btdm_engine.pipeline import Animator
+    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
+    from btdm_engine.weights import default_model_dir
+    from training.dataset_format import DatasetManifest
+    from training.toy_data import write_toy_dataset
+
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    models = {"old": args.old or default_model_dir(), "new": args.new or default_model_dir()}
+    if args.data is None:  # smoke run: tiny frames, few steps
+        data = write_toy_dataset(args.out / "toy_data", num_characters=3, sequences_per_character=1, num_frames=4,
+                                 size=64, test_characters=1)
+        args.frames, args.steps, args.sr_steps = 4, 2, 2
+        args.finetune_steps = min(args.finetune_steps, 2)
+    else:
+        data = args.data
+    tests = DatasetManifest.load(data).sequence_frames("test")
+    if not tests:
+        raise SystemExit(f"{data}: the manifest has no test split")
+    passes = [("", 0)] + ([("_ft", args.finetune_steps)] if args.finetune_steps > 0 else [])
+
+    res = None
+    reports: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    frames_of: dict[tuple[str, str], np.ndarray] = {}
+    for name, folder in models.items():
+        animator = Animator.from_pretrained(folder, device="cpu")
+        res = animator.resolution
+        for suffix, ft_steps in passes:
+            key = name + suffix
+            chosen = tests if not ft_steps or args.finetune_sequences is None else tests[: args.finetune_sequences]
+            t0 = time.perf_counter()
+            for seq in chosen:
+                n = min(args.frames, len(seq.rgb))
+                poses = np.stack([read_iuv_png(p) for p in seq.iuv[:n]])
+                c = np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8)
+                frames = animator.animate(poses, c, poses[0] if ft_steps else None, steps=args.steps,
+                                          sr_steps=args.sr_steps, seed=args.seed, finetune_steps=ft_steps,
+                                          finetune_lr=args.finetune_lr)
+                frames_of[(key, seq.id)] = frames
+                for t, frame in enumerate(frames):
+                    write_rgb_png(args.out / "pred" / key / seq.id / f"{t:06d}.png", frame)
+                    gt_path = args.out / "gt" / seq.id / f"{t:06d}.png"
+                    if not gt_path.exists():
+                        truth = np.round(resize_rgb(read_rgb(seq.rgb[t]), (res, res)) * 255).astype(np.uint8)
+                        write_rgb_png(gt_path, truth)
+                        write_iuv_png(args.out / "iuv" / seq.id / f"{t:06d}.png", resize_labels(poses[t], (res, res)))
+            timings[key] = time.perf_counter() - t0
+            reports[key] = evaluate(args.out / "pred" / key, args.out / "gt", args.out / "iuv")
+            reports[key]["timing"] = {"animate_s": timings[key], "sequences": len(chosen)}
+            write_report(reports[key], args.out / f"metrics_{key}.json")
+            print(f"{key}: {len(chosen)} sequences in {timings[key]:.0f} s", file=sys.stderr, flush=True)
+
+    # The picture: per character (its first held-out sequence), 8 frames of each row.
+    rows: list[tuple[str, np.ndarray]] = []
+    seen: list[str] = []
+    for seq in tests:
+        if seq.character in seen or len(seen) >= args.picture_characters:
+            continue
+        seen.append(seq.character)
+        n = len(frames_of[("old", seq.id)])
+        pick = np.linspace(0, n - 1, min(n, 8)).round().astype(int)
+        c = np.round(resize_rgb(read_rgb(seq.rgb[0]), (res, res)) * 255).astype(np.uint8)
+        poses = colorize_iuv(np.stack([resize_labels(read_iuv_png(seq.iuv[t]), (res, res)) for t in pick]))
+        truth = np.stack([np.round(resize_rgb(read_rgb(seq.rgb[t]), (res, res)) * 255).astype(np.uint8) for t in pick])
+        rows += [(f"{seq.id} c", np.stack([c] + [np.full_like(c, 255)] * (len(pick) - 1))),
+                 ("pose", poses), ("truth", truth)]
+        for suffix, _ in passes:
+            for name in models:
+                if (name + suffix, seq.id) in frames_of:
+                    rows.append((name + suffix, frames_of[(name + suffix, seq.id)][pick]))
+    cols = max(len(r[1]) for r in rows)
+    images = [r[1][t] for r in rows for t in range(cols)]
+    labels = [label if t == 0 else "" for label, _ in rows for t in range(cols)]
+    write_rgb_png(args.out / "comparison.png", contact_sheet(images, cols=cols, labels=labels))
+
+    order = [name + suffix for suffix, _ in passes for name in models]
+    table = format_table([(key, reports[key]) for key in order], extra=True)
+    lines = [
+        f"data: {data} (test split: {len(tests)} sequences of {len({s.character for s in tests})} held-out characters)",
+        f"models: old = {models['old']}, new = {models['new']}",
+        f"sampling: first {args.frames} frames, c = frame 0 of each sequence, {args.steps} BTU-Net + {args.sr_steps} SR3 "
+        f"steps, seed {args.seed}, {res} px, foreground only; fine-tuning pass: {args.finetune_steps} steps at lr "
+        f"{args.finetune_lr}" + (f" on the first {args.finetune_sequences} sequences" if args.finetune_sequences else ""),
+        "", table, "",
+        "animate wall time: " + ", ".join(f"{k} {timings[k]:.0f} s" for k in order),
+    ]
+    text = "\n".join(lines)
+    (args.out / "table.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    print(json.dumps({k: {m: v for m, v in reports[k]["metrics"].items() if isinstance(v, float)} for k in order}))
+
+
+if __name__ == "__main__":
+    main()
