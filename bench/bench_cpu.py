@@ -4,10 +4,13 @@ One job, as ``btdm demo`` runs it: a 60-frame dance, 25 BTU-Net + 10 SR3 steps, 
 model and its appearance image. Each configuration runs in a fresh subprocess (so thread count and
 the OpenMP wait policy take effect at start), best of ``--repeat``:
 
-- ``float32``: float32, contiguous (NCHW) weights, OpenMP's default (active) waiting and the old
-  batch sizes (BTU-Net 64, SR3 4 frames per call): the old path.
-- ``auto``: what ``btdm animate`` now does: bf16 autocast where the CPU has native bf16, channels-
-  last weights, passive OpenMP waiting, the 2 GiB batch budget (SR3 8 frames per call).
+- ``float32``: float32, contiguous (NCHW) weights, OpenMP's default (active) waiting, the old
+  batch sizes (BTU-Net 64, SR3 4 frames per call), and the BTU-Net called through ``forward``
+  every step (E_p and E_a re-encoded, branch b finished): the old path.
+- ``auto``: what ``btdm animate`` now does: bf16 autocast where the CPU has native bf16 (with
+  bf16 attention matmuls), channels-last weights, passive OpenMP waiting, 16 frames per BTU-Net
+  call, the 2 GiB budget for SR3 (8 frames per call), and the sampler's prepared BTU-Net
+  (``BTUNet.prepare_sampling``: E_p/E_a once per run, branch b dropped after its last attention).
 - ``auto-1t``: the same on one thread.
 
 Every configuration runs quiet and again beside a one-core busy loop (another process sharing the
@@ -28,14 +31,17 @@ import sys
 import time
 
 CONFIGS = {  # batches: the old 1 GiB budget's (BTU-Net 64, SR3 4) for the old path, else the defaults
-    "float32": {"precision": "float32", "layout": "contiguous", "wait": "ACTIVE", "threads": 2, "batches": (64, 4)},
-    "auto": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 2, "batches": None},
-    "auto-1t": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 1, "batches": None},
+    "float32": {"precision": "float32", "layout": "contiguous", "wait": "ACTIVE", "threads": 2, "batches": (64, 4),
+                "prepared": False},
+    "auto": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 2, "batches": None,
+             "prepared": True},
+    "auto-1t": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 1, "batches": None,
+                "prepared": True},
 }
 
 
 def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_steps: int, out: str | None,
-         batches: tuple[int, int] | None = None) -> dict:
+         batches: tuple[int, int] | None = None, prepared: bool = True) -> dict:
     import numpy as np
     import torch
 
@@ -50,6 +56,8 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
     if layout == "contiguous":
         animator.btunet.to(memory_format=torch.contiguous_format)
         animator.sr3.to(memory_format=torch.contiguous_format)
+    if not prepared:  # the old path: without prepare_sampling the sampler calls forward every step
+        animator.btunet.prepare_sampling = lambda *args: None
     clip = make_motion(motion, seconds=frames / 30.0, fps=30.0)
     res = animator.resolution
     with IUVRenderer(load_body_model(clip.body_model), res, res) as renderer:
@@ -89,7 +97,7 @@ def _run(name: str, frames: int, motion: str, steps: int, sr_steps: int, out: st
     env = {**os.environ, "OMP_WAIT_POLICY": cfg["wait"], "OMP_NUM_THREADS": str(cfg["threads"])}
     code = ("import json, sys; from bench.bench_cpu import _job; "
             f"print(json.dumps(_job({frames}, {motion!r}, {cfg['precision']!r}, {cfg['layout']!r}, {steps}, "
-            f"{sr_steps}, {out!r}, {cfg['batches']!r})))")
+            f"{sr_steps}, {out!r}, {cfg['batches']!r}, {cfg['prepared']!r})))")
     from btdm_engine.procs import die_with_parent
 
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,

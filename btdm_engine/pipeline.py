@@ -61,6 +61,9 @@ _BYTES_PER_PIXEL = 2 * 4 * 2048
 # 2 GiB on the CPU: SR3's 128 px tiny model then runs 8 frames per call, 1.8x faster per frame than 4
 # (bench/bench_cpu.py), and the BTU-Net takes up to 128 frames per call.
 _CPU_BUDGET_BYTES = 2 << 30
+# Frames per BTU-Net pair call on the CPU: a call's activations then stay in the caches (16 frames
+# ran 1.1-1.4x faster per step than 64 in bench/bench_cpu.py).
+_CPU_PAIR_FRAMES = 16
 
 
 class AnimatorError(BtdmError, ValueError):
@@ -479,6 +482,8 @@ class Animator:
                       callback=callback, cancel=cancel)
         if sampler == "bidirectional":
             batch = max_batch if max_batch is not None else max_batch_for(res, dev)
+            if max_batch is None and dev.type == "cpu":
+                batch = min(batch, _CPU_PAIR_FRAMES)
             low = sample_bidirectional(net, poses, c, max_batch=batch, **common)
         else:
             low = sample_unidirectional(net, poses, c, **common)
