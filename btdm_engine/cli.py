@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError, UsageError
 
 # Modules that contribute subcommands, in the order `btdm --help` lists them.
@@ -158,7 +159,7 @@ def _set_threads(threads: int | None) -> None:
     """``--threads N`` of the commands that run networks: torch's intra-op CPU threads."""
     if threads is None:
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+    if not is_int(threads) or not 1 <= threads <= 1024:
         raise CliError(f"--threads must be between 1 and 1024, got {threads!r}")
     import torch
 

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Mirrors btdm_engine.pipeline.SAMPLERS (not imported here: it would load torch for --help).
-SAMPLER_CHOICES: tuple[str, ...] = ("bidirectional", "unidirectional")
-IUV_ORDERS: tuple[str, ...] = ("btdm", "densepose")
+from btdm_engine.constants import IUV_ORDERS
+from btdm_engine.constants import SAMPLERS as SAMPLER_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

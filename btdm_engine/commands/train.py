@@ -20,6 +20,7 @@ import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 from btdm_engine.constants import MODEL_KINDS
@@ -67,17 +68,16 @@ def config_flags() -> list[tuple[str, str, dict[str, Any]]]:
     for f in dataclasses.fields(TrainConfig):
         if f.name in _NOT_FLAGS:
             continue
-        kw: dict[str, Any] = {"help": f.metadata["help"], "default": None}
-        if f.name in _FLAG_FORMS:
-            flag, form = _FLAG_FORMS[f.name]
-            kw.update(form)
-        else:
-            flag = "--" + f.name.replace("_", "-")
-            kind = hints[f.name]
-            if kind is bool:
-                kw.update(action="store_const", const=True)
-            else:
-                kw["type"] = kind
+        flag, form = _FLAG_FORMS.get(f.name, ("--" + f.name.replace("_", "-"), {}))
+        kw: dict[str, Any] = {"help": f.metadata["help"], **form, "default": None}
+        kind = hints[f.name]
+        if typing.get_origin(kind) is UnionType:  # X | None: an X
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        if kind is bool:
+            kw.update(action="store_const", const=True)
+        elif f.name not in _CONVERT:  # a plain value: --steps 10
+            kw["type"] = kind
+            if f.default is not None:
                 kw["help"] += f" (default {f.default})"
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.constants import IUV_ORDERS
 from btdm_engine.errors import BtdmError, UsageError
 from btdm_engine.fileio import write_json_atomic
 from btdm_engine.imageio import WHITE, frame_index, list_frames, read_rgb, resize_labels, resize_rgb
@@ -50,7 +51,6 @@ TABLE_COLUMNS = (
 )
 EXTRA_COLUMNS = (("psnr", "PSNR↑", 2), ("warp_error", "Ewarp↓", 5))
 METRIC_NAMES = ("ssim", "psnr", "lpips", "tlpips", "tof", "warp_error", "fid")
-IUV_ORDERS = ("btdm", "densepose")
 
 DEFINITIONS = {
     "ssim": "mean SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5, RGB channels averaged, values in [0,1])",

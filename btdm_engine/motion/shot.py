@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
+from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.motion.clip import MotionClip
 
@@ -158,7 +159,7 @@ def plan_shot(clip: MotionClip, size: int, margin: float = 0.1, max_zoom: float 
         max_zoom: below this ratio of largest to smallest on-screen body size the window keeps one size.
         smooth_s: smoothing time constant of the window centre (seconds).
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= 8192:
+    if not is_int(size, numpy=True) or not 8 <= size <= 8192:
         raise ShotError(f"window size must be an integer between 8 and 8192 pixels, got {size!r}")
     if clip.width * clip.height > MAX_PLATE_PIXELS:
         raise ShotError(f"shot resolution {clip.width}x{clip.height} is over the limit of {MAX_PLATE_PIXELS} pixels")

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, npz_headers
 
@@ -328,7 +329,7 @@ def _validate(anim: SkeletonAnimation) -> None:
             raise SkeletonAnimationError(f"{src}: field 'cam_world_to_cam' must have last row (0, 0, 0, 1)")
         for f in ("cam_width", "cam_height"):
             v = getattr(anim, f)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 < v <= LIMITS["pixels"]:
+            if not is_int(v, numpy=True) or not 0 < v <= LIMITS["pixels"]:
                 raise SkeletonAnimationError(f"{src}: field {f!r} must be 1..{LIMITS['pixels']} pixels, got {v!r}")
             set_(anim, f, int(v))
         set_(anim, "cam_K", K)

@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.constants import IUV_ORDERS as PNG_ORDERS
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_bytes
 from btdm_engine.posemaps.parts import NUM_PARTS
-
-PNG_ORDERS: tuple[str, ...] = ("btdm", "densepose")
 
 
 class IUVFormatError(BtdmError, ValueError):

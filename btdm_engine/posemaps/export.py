@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 
 
@@ -197,7 +198,7 @@ def export_posemaps(
         # Frames on disk were rendered from other inputs: outdated. Only the names the old
         # manifest accounts for (frames 0..its count - 1) are ours to delete.
         old_count = previous.get("frames") if previous is not None else 0
-        old_count = old_count if isinstance(old_count, int) and not isinstance(old_count, bool) else 0
+        old_count = old_count if is_int(old_count) else 0
         ours = [frame_path(iuv_dir, t) for t in range(old_count)]
         foreign = [p for p in iuv_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png") if int(p.stem) >= old_count]
         if foreign:
@@ -265,7 +266,7 @@ def read_posemap_folder(
 
             doc = read_json(manifest, PosemapExportError)
             declared = doc.get("frames") if isinstance(doc, dict) else None
-            if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
+            if not is_int(declared) or declared < 1:
                 raise PosemapExportError(f"{manifest}: field 'frames' must be a positive integer")
             first, last = 0, declared - 1
         wanted = range(first, last + 1)

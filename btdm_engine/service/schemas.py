@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from btdm_engine.dataconfig import is_int
 from btdm_engine.service import limits
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -79,7 +80,7 @@ class JobParams(BaseModel):
     @classmethod
     def _numbers_may_be_ints(cls, value: Any) -> Any:
         # strict mode refuses 1 for a float field; JSON has one number type.
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        return float(value) if is_int(value) else value
 
     @field_validator("bone_map")
     @classmethod
