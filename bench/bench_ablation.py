@@ -50,7 +50,34 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lpips-weights", type=Path, default=None)
     p.add_argument("--inception-weights", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    for mode in MODES:
+        p.add_argument(f"--{mode}-run", type=Path, default=None,
+                       help=f"an existing {mode} run folder to use (trained with this script's settings, e.g. the "
+                            "default model's BTU-Net run); its steps set the budget. Default: train into OUT/runs")
     return p.parse_args(argv)
+
+
+def _reused_steps(data: Path, runs: dict[str, Path], args: argparse.Namespace) -> int | None:
+    """Check that given run folders were trained with this script's settings; their common steps."""
+    steps = set()
+    for mode, run in runs.items():
+        if getattr(args, f"{mode}_run") is None:
+            continue
+        cfg_path = run / "train_config.json"
+        if not (run / "checkpoint").is_dir() or not cfg_path.is_file():
+            raise SystemExit(f"--{mode}-run {run}: not a finished run (no checkpoint/ or train_config.json)")
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        want = {"kind": "btunet", "mode": mode, "preset": args.preset, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed}
+        wrong = {k: cfg.get(k) for k, v in want.items() if cfg.get(k) != v}
+        if Path(cfg.get("data", "")).resolve() != data.resolve():
+            wrong["data"] = cfg.get("data")
+        if wrong:
+            raise SystemExit(f"--{mode}-run {run}: trained with {wrong}, this comparison needs {want} on {data}")
+        steps.add(cfg["steps"])
+    if len(steps) > 1:
+        raise SystemExit(f"the given runs trained for different steps {sorted(steps)}")
+    return steps.pop() if steps else None
 
 
 def _train(data: Path, run: Path, mode: str, args: argparse.Namespace, steps: int, resume: bool) -> float:
@@ -99,8 +126,16 @@ def main(argv: list[str] | None = None) -> None:
     tests = manifest.sequence_frames("test")
 
     # 1. training budget: time the bidirectional run, give its step count to the other mode
-    runs = {m: args.out / "runs" / m for m in MODES}
-    if args.steps is not None:
+    runs = {m: getattr(args, f"{m}_run") or args.out / "runs" / m for m in MODES}
+    reused = _reused_steps(data, runs, args)
+    if reused is not None and args.steps not in (None, reused):
+        raise SystemExit(f"--steps {args.steps} differs from the given run's {reused} steps")
+    if reused is not None:
+        steps = reused
+        seconds = {}
+        for mode in MODES:  # a given run is reused as is; a missing one is trained to the same steps
+            seconds[mode] = 0.0 if getattr(args, f"{mode}_run") else _train(data, runs[mode], mode, args, steps, False)
+    elif args.steps is not None:
         steps = args.steps
         seconds = {"bidirectional": _train(data, runs["bidirectional"], "bidirectional", args, steps, False)}
     else:
@@ -112,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         per_step = state["elapsed_s"] / probe
         steps = max(probe, int(minutes * 60 / per_step))
         seconds = {"bidirectional": t_probe + _train(data, runs["bidirectional"], "bidirectional", args, steps, True)}
-    seconds["unidirectional"] = _train(data, runs["unidirectional"], "unidirectional", args, steps, False)
+    if reused is None:
+        seconds["unidirectional"] = _train(data, runs["unidirectional"], "unidirectional", args, steps, False)
 
     # 2. animate the held-out sequences from their first frame through the Animator
     res = None
@@ -166,8 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     table = format_table([("Ours w/ Unidirectional Model", reports["unidirectional"]), ("Ours (bidirectional)", reports["bidirectional"])])
     budget = (
         f"budget: {steps} steps per model, batch {args.batch_size}, lr {args.lr}, preset {args.preset}, seed {args.seed}; "
-        f"training wall time {seconds['bidirectional'] / 60:.1f} min (bidirectional) and "
-        f"{seconds['unidirectional'] / 60:.1f} min (unidirectional) on {torch.get_num_threads()} CPU thread(s)"
+        "training wall time " + " and ".join(
+            f"{seconds[m] / 60:.1f} min ({m})" if not getattr(args, f"{m}_run") else f"a given run ({m}: {runs[m]})"
+            for m in MODES) + f" on {torch.get_num_threads()} CPU thread(s)"
     )
     sampling = (
         f"evaluation: {len(tests)} held-out sequence(s) ({', '.join(s.character for s in tests)}), first {args.frames} frames, "
