@@ -171,7 +171,7 @@ class LogoSpec:
         if not (isinstance(self.offset, (list, tuple)) and len(self.offset) == 2):
             raise SpecError(f"logo.offset: expected (x, y) metres, got {self.offset!r}")
         object.__setattr__(
-            self, "offset", (_number(self.offset[0], "logo.offset[0]", -0.3, 0.3), _number(self.offset[1], "logo.offset[1]", -0.3, 0.3))
+            self, "offset", tuple(_number(v, f"logo.offset[{i}]", -0.3, 0.3) for i, v in enumerate(self.offset))
         )
 
 
@@ -345,7 +345,8 @@ class CharacterSpec:
     spec_version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
-        if not isinstance(self.character_id, str) or not self.character_id or not self.character_id.replace("_", "").replace("-", "").isalnum():
+        cid = self.character_id
+        if not isinstance(cid, str) or not cid or not cid.replace("_", "").replace("-", "").isalnum():
             raise SpecError(f"character_id: expected letters, digits, '_' or '-', got {self.character_id!r}")
         for name in ("seed", "render_seed"):
             check_int(getattr(self, name), name, SpecError, lo=0, hi=2**63 - 1)

@@ -70,7 +70,8 @@ def fixed_batch_loss(model: torch.nn.Module, batches: list[dict], config: TrainC
     model.eval()
     cpu = torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
-        losses = [float(batch_loss(model, b, config, schedule, step_generators(1234, 0, i, cpu), cpu)) for i, b in enumerate(batches)]
+        losses = [float(batch_loss(model, b, config, schedule, step_generators(1234, 0, i, cpu), cpu))
+                  for i, b in enumerate(batches)]
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -175,7 +176,7 @@ def _toy_as_densepose_videos(toy: Path, root: Path) -> Path:
 
 def test_densepose_videos_train_without_a_flip_by_default(toy: Path, tmp_path: Path) -> None:
     from training.datasets import DatasetError
-    from training.video import SYMMETRY_FILE, DETECTRON2_PART_SWAP
+    from training.video import DETECTRON2_PART_SWAP, SYMMETRY_FILE
 
     videos = _toy_as_densepose_videos(toy, tmp_path / "videos")
     config = _config(videos, steps=1, checkpoint_every=1)

@@ -212,7 +212,8 @@ class SequenceFrames:
     def __post_init__(self) -> None:
         if len(self.rgb) != len(self.iuv) or not self.rgb:
             raise DatasetFormatError(
-                f"sequence {self.id!r}: needs the same non-zero number of frames and pose maps, got {len(self.rgb)} and {len(self.iuv)}"
+                f"sequence {self.id!r}: needs the same non-zero number of frames and pose maps, "
+                f"got {len(self.rgb)} and {len(self.iuv)}"
             )
 
     @property
@@ -246,7 +247,8 @@ class DatasetManifest:
         """Validate a manifest document (as parsed from JSON)."""
         doc = check_keys(doc, _MANIFEST_KEYS, DatasetFormatError, where=where, required=_MANIFEST_KEYS - {"info"})
         if doc["format_version"] != FORMAT_VERSION:
-            raise DatasetFormatError(f"{where}: format_version {doc['format_version']!r} is not supported (expected {FORMAT_VERSION})")
+            raise DatasetFormatError(
+                f"{where}: format_version {doc['format_version']!r} is not supported (expected {FORMAT_VERSION})")
         resolution = _resolution(doc["resolution"], where)
         fps = check_number(doc["fps"], f"{where}: field 'fps'", DatasetFormatError, lo=0.0, lo_open=True)
         info = doc.get("info", {})
@@ -341,7 +343,8 @@ class DatasetManifest:
                 expected = [frame_name(i) for i in range(rec.num_frames)]
                 if names != expected:
                     first = next(n for n, e in zip(names, expected) if n != e)
-                    raise DatasetFormatError(f"{folder / sub}: unexpected frame {first} (frames must be 000000.png ... consecutive)")
+                    raise DatasetFormatError(
+                        f"{folder / sub}: unexpected frame {first} (frames must be 000000.png ... consecutive)")
                 for name in expected:  # every frame's size, from its PNG header (24 bytes each)
                     path = folder / sub / name
                     with open(path, "rb") as fh:
@@ -384,7 +387,8 @@ class DatasetManifest:
                 for rel in expected_files(rec.num_frames):
                     digest = sha256_file(folder / rel)
                     if digest != rec.checksums[rel]:
-                        raise DatasetFormatError(f"{folder / rel}: checksum mismatch: file is {digest[:12]}..., manifest says {rec.checksums[rel][:12]}... ({where})")
+                        raise DatasetFormatError(f"{folder / rel}: checksum mismatch: file is {digest[:12]}..., "
+                                                 f"manifest says {rec.checksums[rel][:12]}... ({where})")
 
 
 def validate_dataset(root: str | Path, verify_checksums: bool = False, check_clips: bool = True) -> DatasetManifest:
@@ -476,11 +480,13 @@ def _frame_files(folder: Path, seq_id: str) -> list[str]:
     names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     bad = [n for n in names if not re.fullmatch(rf"\d{{{FRAME_DIGITS}}}\.png", n)]
     if bad:
-        raise DatasetFormatError(f"{folder / bad[0]}: unexpected file (frames are named NNNNNN.png, six digits; sequence {seq_id!r})")
+        raise DatasetFormatError(
+            f"{folder / bad[0]}: unexpected file (frames are named NNNNNN.png, six digits; sequence {seq_id!r})")
     return names
 
 
 def _check_consecutive(names: list[str], folder: Path) -> None:
     for i, name in enumerate(names):
         if name != frame_name(i):
-            raise DatasetFormatError(f"{folder}: frame {frame_name(i)} is missing (found {name}); frames must be consecutive from 000000.png")
+            raise DatasetFormatError(
+                f"{folder}: frame {frame_name(i)} is missing (found {name}); frames must be consecutive from 000000.png")

@@ -235,7 +235,8 @@ def _video_runs(video_id: str, folder: Path, symmetry: DensePoseSymmetry | None)
     lonely = sorted(set(frames) ^ set(poses))
     if lonely:
         n = lonely[0]
-        which = f"frame {frames[n].name} has no pose map in densepose/" if n in frames else f"pose map {poses[n].name} has no frame in frames/"
+        which = (f"frame {frames[n].name} has no pose map in densepose/" if n in frames
+                 else f"pose map {poses[n].name} has no frame in frames/")
         raise DatasetFormatError(f"{folder}: {which} (video {video_id!r})")
     runs: list[list[int]] = []
     for n in sorted(frames):
