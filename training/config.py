@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from btdm_engine import dataconfig
@@ -47,8 +47,8 @@ class TrainConfig:
     kind: str = option(help="the network to train", choices=MODEL_KINDS)
     data: str = option(help="dataset folder (manifest.json layout, or DensePose videos: training.video)")
     preset: str = option("tiny", help="model size", choices=MODEL_PRESETS)
-    model_overrides: dict[str, Any] = option(
-        default_factory=dict, help='single model config fields replacing the preset\'s, e.g. {"model_channels": 16}')
+    model_overrides: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": 'single model config fields replacing the preset\'s, e.g. {"model_channels": 16}'})
     mode: str = option(
         "bidirectional", choices=TRAIN_MODES,
         help="BTU-Net objective: eq. 4 with c, the autoregressive baseline of table 3, eq. 4 without c on one "
@@ -72,8 +72,8 @@ class TrainConfig:
         (1.0, 1.0, 1.0), help="colour RGBA frames are composited on, and padding (RGB in [0, 1])")
     fit: str = option("pad", help="how non-square frames become square", choices=FIT_MODES)
     cache_frames: bool = option(False, help="keep resized frames in memory")
-    schedule: dict[str, Any] = option(
-        default_factory=dict, help="ScheduleConfig fields (btdm_engine.diffusion.schedule; default: the paper's)")
+    schedule: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "ScheduleConfig fields (btdm_engine.diffusion.schedule; default: the paper's)"})
     checkpoint_every: int = option(500, help="snapshot interval in steps")
     sample_every: int = option(1000, help="preview interval in steps, 0 = never")
     log_every: int = option(10, help="log interval in steps")
@@ -139,11 +139,11 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise naming them."""
         return dataconfig.from_dict(cls, d, TrainConfigError, noun="training config key")
 
-    def changed_fields(self, other: "TrainConfig") -> list[str]:
+    def changed_fields(self, other: TrainConfig) -> list[str]:
         """Names of fields whose values differ between two configs."""
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
-    def resumed_with(self, **changes: Any) -> "TrainConfig":
+    def resumed_with(self, **changes: Any) -> TrainConfig:
         """This config with the given changes, refusing any that would alter the optimisation."""
         bad = sorted(k for k, v in changes.items() if k not in RESUMABLE_CHANGES and getattr(self, k) != v)
         if bad:

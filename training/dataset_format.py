@@ -128,7 +128,7 @@ class SequenceRecord:
     motion: str | None = None
 
     @classmethod
-    def from_folder(cls, root: str | Path, seq_id: str, character: str, motion: str | None = None) -> "SequenceRecord":
+    def from_folder(cls, root: str | Path, seq_id: str, character: str, motion: str | None = None) -> SequenceRecord:
         """Count the frames of ``root/sequences/<seq_id>`` and hash its files.
 
         The folder must already be complete: rgb/ and iuv/ with the same consecutive frames,
@@ -234,7 +234,7 @@ class DatasetManifest:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def load(cls, root: str | Path) -> "DatasetManifest":
+    def load(cls, root: str | Path) -> DatasetManifest:
         """Read and validate ``root/manifest.json`` (JSON only; see :meth:`validate_files`)."""
         root = Path(root)
         path = root / MANIFEST_NAME
@@ -243,7 +243,7 @@ class DatasetManifest:
         return cls.from_dict(root, read_json(path, DatasetFormatError), str(path))
 
     @classmethod
-    def from_dict(cls, root: str | Path, doc: Any, where: str = MANIFEST_NAME) -> "DatasetManifest":
+    def from_dict(cls, root: str | Path, doc: Any, where: str = MANIFEST_NAME) -> DatasetManifest:
         """Validate a manifest document (as parsed from JSON)."""
         doc = check_keys(doc, _MANIFEST_KEYS, DatasetFormatError, where=where, required=_MANIFEST_KEYS - {"info"})
         if doc["format_version"] != FORMAT_VERSION:
