@@ -94,6 +94,12 @@ def max_batch_for(resolution: int, device: torch.device) -> int:
     return max(1, int(budget // (_BYTES_PER_PIXEL * resolution * resolution)))
 
 
+def pair_batch_for(resolution: int, device: torch.device) -> int:
+    """Frames per BTU-Net call by default: the memory budget's, at most 16 on the CPU (cache-sized)."""
+    batch = max_batch_for(resolution, device)
+    return min(batch, _CPU_PAIR_FRAMES) if device.type == "cpu" else batch
+
+
 def resize_pose_maps(poses: Tensor, size: int) -> Tensor:
     """Pose maps in tensor form (..., 3, H, W) resized to (size, size) with NEAREST sampling.
 
@@ -481,9 +487,7 @@ class Animator:
         common = dict(steps=steps, schedule=self.schedule, generator=_generator(seed, 1), eta=eta,
                       callback=callback, cancel=cancel)
         if sampler == "bidirectional":
-            batch = max_batch if max_batch is not None else max_batch_for(res, dev)
-            if max_batch is None and dev.type == "cpu":
-                batch = min(batch, _CPU_PAIR_FRAMES)
+            batch = max_batch if max_batch is not None else pair_batch_for(res, dev)
             low = sample_bidirectional(net, poses, c, max_batch=batch, **common)
         else:
             low = sample_unidirectional(net, poses, c, **common)
@@ -514,6 +518,7 @@ __all__ = [
     "image_to_tensor",
     "iuv_to_network",
     "max_batch_for",
+    "pair_batch_for",
     "prepare_pose_maps",
     "resize_pose_maps",
     "tensor_to_images",

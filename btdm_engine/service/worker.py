@@ -18,9 +18,9 @@ A job's folder (``DATA/jobs/<id>/``), every file written atomically (:mod:`btdm_
 
 Resuming after a crash (SIGKILL, power loss) redoes only what is not on disk: pose maps already
 rendered are kept, ``low.npy`` skips fine-tuning and the bidirectional sampler, and SR3 restarts
-at the first chunk with a missing frame. SR3 draws its noise chunk by chunk from one generator,
-so the worker replays the draws of the chunks it skips (cheap: no network call) and the resumed
-frames equal an uninterrupted run's, which equal ``btdm animate``'s with the same seed.
+at the first chunk with a missing frame. SR3 gives every frame the same noise (``sample_sr3``'s
+shared noise, drawn from one seed), so a frame does not depend on the chunks before it and the
+resumed frames equal an uninterrupted run's, which equal ``btdm animate``'s with the same seed.
 """
 
 from __future__ import annotations
@@ -313,6 +313,7 @@ class _JobRun:
             image_to_tensor,
             iuv_to_network,
             max_batch_for,
+            pair_batch_for,
             prepare_pose_maps,
             tensor_to_images,
         )
@@ -331,7 +332,7 @@ class _JobRun:
         if run_path.is_file():
             run_info = read_json(run_path, ServiceError)
         else:
-            run_info = {"max_batch": p.get("max_batch") or max_batch_for(res, dev),
+            run_info = {"max_batch": p.get("max_batch") or pair_batch_for(res, dev),
                         "sr_batch": max_batch_for(out_res, dev)}
             atomic_write_text(run_path, json.dumps(run_info))
 
@@ -384,7 +385,7 @@ class _JobRun:
                 np.save(fh, low.numpy(), allow_pickle=False)
         self.check_cancel()
 
-        # 4. frames: SR3 from the first chunk with a missing frame (replaying skipped chunks' noise).
+        # 4. frames: SR3 from the first chunk with a missing frame (its noise is shared by all frames).
         frames_dir = self.dir / "frames"
         frames_dir.mkdir(exist_ok=True)
         done = 0
@@ -401,11 +402,6 @@ class _JobRun:
             first_chunk = done // batch
             sr_steps = p["sr_steps"] or p["steps"]
             generator = _generator(p["seed"], 2)
-            for k in range(first_chunk):  # the draws sample_sr3 makes per chunk (eta > 0: one per step but the last)
-                n = min(batch, num - k * batch)
-                shape = (n, 3, out_res, out_res)
-                for _ in range(1 + ((sr_steps - 1) if p["eta"] > 0 else 0)):
-                    torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
             start = first_chunk * batch
             self.progress.set_stage("sr3", 0, math.ceil((num - start) / batch) * sr_steps)
             chunks = sample_sr3(_autocast_for(animator.sr3, dev), low[start:].to(dev), steps=sr_steps,
