@@ -339,5 +339,8 @@ def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Pa
     assert (animator.low_resolution, animator.resolution) == (16, 32)
     card = (out / "MODEL_CARD.md").read_text()
     assert "| btunet |" in card and "| sr3 |" in card and "test split" in card
+    assert "characters" in card and "held-out figures" not in card
+    assemble(toy, runs, out, notes="## Measured\n\nheld-out figures here\n")  # the notes close the card
+    assert (out / "MODEL_CARD.md").read_text().rstrip().endswith("held-out figures here")
     assemble(toy, runs, out)  # replacing an existing folder leaves no staging debris
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
