@@ -36,7 +36,7 @@ from btdm_engine.fileio import atomic_dir
 
 # The shipped model's settings. ``checkpoint_every`` etc. may differ on resume; the rest may not.
 BTUNET_SETTINGS: dict[str, Any] = dict(
-    preset="tiny", mode="bidirectional", steps=1500, batch_size=8, lr=3e-4, seed=0, cache_frames=True,
+    preset="tiny", mode="bidirectional", steps=1500, batch_size=8, lr=3e-4, seed=0, cache_frames=True, hflip_prob=0.5,
     checkpoint_every=250, sample_every=500, log_every=10,
 )  # fmt: skip
 SR3_SETTINGS: dict[str, Any] = dict(
