@@ -1,4 +1,6 @@
-"""The `btdm` command: one entry point, subcommands contributed by the engine's packages.
+"""The `btdm` command: one entry point, subcommands contributed by the engine's packages and,
+as the application layer, by ``training`` and ``synthetic_data`` (imported by name, see
+``APPLICATION_COMMAND_MODULES``).
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets
 ``func(args) -> int`` on it. Heavy imports (torch, pyrender) happen inside ``func`` so that
@@ -18,20 +20,29 @@ from contextlib import contextmanager
 from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError, UsageError
 
-# Modules that contribute subcommands, in the order `btdm --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
+# The engine's modules that contribute subcommands, in the order `btdm --help` lists them.
+ENGINE_COMMAND_MODULES: tuple[str, ...] = (
     "btdm_engine.commands.demo",
     "btdm_engine.motion.cli",
     "btdm_engine.posemaps.cli",
     "btdm_engine.commands.animate",
     "btdm_engine.commands.finetune",
-    "btdm_engine.commands.train",
     "btdm_engine.commands.evaluate",
-    "btdm_engine.commands.synth",
     "btdm_engine.commands.serve",
     "btdm_engine.commands.addon",
     "btdm_engine.commands.previs",
 )
+
+# The application layer: commands that live beside the packages they drive (training, the
+# Blender dataset builder), outside the engine. The engine never imports these packages; only
+# the `btdm` command does, here, by name, when it builds its parser (their handlers import the
+# heavy parts when run).
+APPLICATION_COMMAND_MODULES: tuple[str, ...] = (
+    "training.command",
+    "synthetic_data.command",
+)
+
+COMMAND_MODULES: tuple[str, ...] = ENGINE_COMMAND_MODULES + APPLICATION_COMMAND_MODULES
 
 
 class CliError(UsageError):

@@ -8,8 +8,10 @@ the CLI. Standard library only.
 from __future__ import annotations
 
 __all__ = [
+    "CYCLES_DEVICES",
     "DEVICES",
     "FIT_MODES",
+    "FLOW_SOURCES",
     "IUV_ORDERS",
     "MODEL_KINDS",
     "MODEL_PRESETS",
@@ -37,6 +39,12 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 # How non-square frames become square: pad with the background, or take the centre square.
 FIT_MODES: tuple[str, ...] = ("pad", "crop")
+
+# Where Blender's Cycles renders the synthetic set (synthetic_data.presets.RenderSettings.device).
+CYCLES_DEVICES: tuple[str, ...] = ("CPU", "GPU")
+
+# Whose optical flow the warping error warps with (btdm_engine.metrics.flow): the ground truth's or the prediction's.
+FLOW_SOURCES: tuple[str, ...] = ("gt", "pred")
 
 # Network arithmetic when sampling ("auto": bf16 autocast on CUDA and on CPUs with native bf16).
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")

@@ -37,6 +37,8 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from btdm_engine.checkpoints import load_checkpoint
+from btdm_engine.constants import PRECISIONS, SAMPLERS
+from btdm_engine.dataconfig import check_int
 from btdm_engine.diffusion.losses import bidirectional_loss
 from btdm_engine.diffusion.samplers import (
     SR3_NOISE,
@@ -51,8 +53,6 @@ from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
 from btdm_engine.imageio import resize_labels, resize_rgb
 from btdm_engine.posemaps.encoding import iuv_to_tensor, validate_iuv
-
-SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")
 
 # Conservative activation estimate for one frame of a network call, per output pixel: the
 # pair's two branches times the float32 feature maps of a U-Net of these sizes. Used only to
@@ -179,9 +179,6 @@ def prepare_pose_maps(pose_maps: np.ndarray | Tensor, size: int, chunk: int = 64
     return torch.cat([convert(pose_maps[i : i + chunk]) for i in range(0, len(pose_maps), chunk)])
 
 
-PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
-
-
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -269,12 +266,10 @@ def finetune_btunet(
     Returns:
         The fine-tuned copy, in eval mode.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise AnimatorError(f"finetune_steps must be an int >= 0, got {steps!r}")
+    check_int(steps, "finetune_steps", AnimatorError, lo=0)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise AnimatorError(f"finetune_lr must be a positive number, got {lr!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise AnimatorError(f"finetune batch must be a positive int, got {batch!r}")
+    check_int(batch, "finetune batch", AnimatorError, lo=1)
     is_cancelled = cancel_checker(cancel)
     # Train in the contiguous layout whatever the caller's copy uses, so fine-tuning here and in
     # `btdm finetune` (which loads the checkpoint as saved) give the same weights bit for bit.
@@ -449,10 +444,8 @@ class Animator:
         resolve_precision(precision, self.device)  # an unknown name fails before any work
         if sampler not in SAMPLERS:
             raise AnimatorError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise AnimatorError(f"seed must be an int >= 0, got {seed!r}")
-        if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int) or finetune_steps < 0:
-            raise AnimatorError(f"finetune_steps must be an int >= 0, got {finetune_steps!r}")
+        check_int(seed, "seed", AnimatorError, lo=0)
+        check_int(finetune_steps, "finetune_steps", AnimatorError, lo=0)
         if finetune_steps > 0 and (appearance is None or appearance_iuv is None):
             raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
         if finetune_steps == 0 and appearance_iuv is not None:

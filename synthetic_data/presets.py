@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine import dataconfig
+from btdm_engine.constants import CYCLES_DEVICES
 from btdm_engine.dataconfig import check_choice, check_int, check_number
 from synthetic_data.spec import CharacterSpec, SpecError, character_seed, sample_character
 
@@ -77,7 +78,7 @@ class RenderSettings:
     threads: int = 0  # 0 = Blender decides
 
     def __post_init__(self) -> None:
-        check_choice(self.device, "render.device", ("CPU", "GPU"), SpecError)
+        check_choice(self.device, "render.device", CYCLES_DEVICES, SpecError)
         check_int(self.resolution, "render.resolution", SpecError, lo=8, hi=4096)
         check_int(self.samples, "render.samples", SpecError, lo=1, hi=4096)
         dataconfig.check_bool(self.denoise, "render.denoise", SpecError)

@@ -183,7 +183,7 @@ def test_help_stays_free_of_torch() -> None:
 def _train_parser():
     import argparse
 
-    from btdm_engine.commands import train as train_cmd
+    from training import command as train_cmd
 
     parser = argparse.ArgumentParser(prog="btdm")
     train_cmd.register(parser.add_subparsers(dest="command"))

@@ -181,7 +181,7 @@ def test_trousers_have_two_legs_and_a_jacket_is_open(body_rest) -> None:
 
 
 def _cli(out: Path, *extra: str, workers: int = 1) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "btdm_engine.commands.synth", "build", "--preset", "tiny", "--out", str(out),
+    cmd = [sys.executable, "-m", "synthetic_data.command", "build", "--preset", "tiny", "--out", str(out),
            "--workers", str(workers), "--no-progress", *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -402,7 +402,7 @@ def test_bvh_motion_drives_the_same_pipeline(tmp_path: Path) -> None:
 def test_cli_presets_spec_and_errors(capsys) -> None:
     import argparse
 
-    from btdm_engine.commands import synth
+    from synthetic_data import command as synth
 
     assert synth.main(["presets"]) == 0
     out = capsys.readouterr().out

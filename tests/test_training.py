@@ -262,7 +262,7 @@ def test_sigkill_then_resume_continues_exactly(toy: Path, tmp_path: Path) -> Non
 
 
 def test_cli_resume_refuses_changed_options(toy: Path, tmp_path: Path) -> None:
-    from btdm_engine.commands import train as train_cmd
+    from training import command as train_cmd
 
     parser = argparse.ArgumentParser(prog="btdm")
     train_cmd.register(parser.add_subparsers(dest="command"))

@@ -39,7 +39,7 @@ class TrainConfigError(BtdmError, ValueError):
 class TrainConfig:
     """Everything that defines a training run; each field's ``help`` says what it does.
 
-    ``btdm train`` offers every field as a flag with that help (:mod:`btdm_engine.commands.train`),
+    ``btdm train`` offers every field as a flag with that help (:mod:`training.command`),
     and a run saves its config as ``RUN/train_config.json`` (:meth:`to_dict`), which ``--resume``
     reads back.
     """

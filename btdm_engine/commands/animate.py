@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.constants import IUV_ORDERS
-from btdm_engine.constants import SAMPLERS as SAMPLER_CHOICES
+from btdm_engine.constants import IUV_ORDERS, PRECISIONS, SAMPLERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,13 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                    help="single-image fine-tuning iterations before sampling (paper: 300; default 0)")
     p.add_argument("--finetune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5)")
-    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default="bidirectional",
+    p.add_argument("--sampler", choices=SAMPLERS, default="bidirectional",
                    help="bidirectional recursive sampling (algorithm 1) or the unidirectional baseline")
     p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = ancestral sampling")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="frames per network call (default: from a memory budget)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic when sampling: auto = bf16 autocast on CUDA and on CPUs with native bf16 "
                    "(about 2x faster there, within a few grey levels of float32), else float32")
     p.add_argument("--threads", type=int, default=None, metavar="N",

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.constants import PRECISIONS
 from btdm_engine.errors import UsageError
 
 DEFAULT_MOTIONS: tuple[str, ...] = ("walk", "spin")
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=25, help="BTU-Net denoising steps (default 25; the paper: 50)")
     p.add_argument("--sr-steps", type=int, default=10, help="SR3 denoising steps (default 10)")
     p.add_argument("--no-generate", action="store_true", help="pose maps only; skip the generated frames")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic when sampling (default auto: bf16 autocast where the CPU or GPU has it)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

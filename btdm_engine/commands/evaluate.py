@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from btdm_engine.constants import FLOW_SOURCES, IUV_ORDERS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
@@ -26,13 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", type=Path, required=True, help="generated frames")
     p.add_argument("--gt", type=Path, required=True, help="ground-truth frames")
     p.add_argument("--iuv", type=Path, default=None, help="pose maps for foreground-only evaluation")
-    p.add_argument("--iuv-order", choices=("btdm", "densepose"), default="btdm",
+    p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
                    help="IUV PNG channel order: btdm (red = I, ours) or densepose (blue = I, detectron2 files)")
     p.add_argument("--lpips-weights", type=Path, default=None, help="LPIPS safetensors file (see btdm_engine.metrics.lpips)")
     p.add_argument("--inception-weights", type=Path, default=None, help="FID Inception safetensors file (see btdm_engine.metrics.fid)")
     p.add_argument("--size", type=int, default=None, help="evaluate at SIZE x SIZE (default: frames must already match)")
     p.add_argument("--background", default="white", help="background colour for RGBA frames and masking: white, black, grey or R,G,B")
-    p.add_argument("--flow-source", choices=("gt", "pred"), default="gt", help="whose flow the warping error warps with")
+    p.add_argument("--flow-source", choices=FLOW_SOURCES, default="gt", help="whose flow the warping error warps with")
     p.add_argument("--name", default="prediction", help="row label in the printed table")
     p.add_argument("--out", type=Path, required=True, help="JSON report to write")
     p.set_defaults(func=run)

@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from btdm_engine.constants import DEVICES, IUV_ORDERS
 from btdm_engine.errors import UsageError
 
 
@@ -32,14 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="model folder with btunet/ (and sr3/)")
     p.add_argument("--appearance", type=Path, required=True, help="appearance image c (square PNG/JPG, RGB or RGBA)")
     p.add_argument("--appearance-iuv", type=Path, required=True, help="the IUV pose map of c, g(c) (same size)")
-    p.add_argument("--iuv-order", choices=("btdm", "densepose"), default="btdm",
+    p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
                    help="channel order of the IUV PNG: btdm (red = I) or densepose (detectron2: blue = I)")
     p.add_argument("--background", default="white", help="colour an RGBA image is composited on (white, black, grey, R,G,B)")
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (paper: 300)")
     p.add_argument("--lr", type=float, default=1e-5, help="learning rate (paper: 1e-5)")
     p.add_argument("--batch", type=int, default=4, help="copies of (c, c) per step, with independent noise")
     p.add_argument("--seed", type=int, default=0, help="seed (the same derivation as Animator's seed)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--out", type=Path, required=True, help="new model folder (must not exist or be empty)")
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ everything else about noise.
 
 from __future__ import annotations
 
+from btdm_engine.diffusion.common import draw_noise
 from btdm_engine.diffusion.losses import WEIGHTINGS, LossError, bidirectional_loss, sr3_loss, unidirectional_loss
 from btdm_engine.diffusion.samplers import (
     Cancelled,
@@ -13,7 +14,6 @@ from btdm_engine.diffusion.samplers import (
     SamplerError,
     cancel_checker,
     ddim_step,
-    draw_noise,
     sample_bidirectional,
     sample_bidirectional_loop,
     sample_sr3,

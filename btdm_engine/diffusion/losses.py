@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from btdm_engine.diffusion.samplers import D_FORWARD, PairNetwork, draw_noise
+from btdm_engine.diffusion.common import D_FORWARD, PairNetwork, draw_noise
 from btdm_engine.diffusion.schedule import ScheduleConfig, q_sample
 from btdm_engine.errors import BtdmError
 

@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
 
 import einops
 import torch
 from torch import Tensor, nn
 
+from btdm_engine.dataconfig import check_int
+from btdm_engine.diffusion.common import D_BACKWARD, D_FORWARD, DIRECTIONS, PairNetwork, draw_noise
 from btdm_engine.diffusion.schedule import ScheduleConfig, alpha_sigma, q_sample
 from btdm_engine.errors import BtdmError
 
 Callback = Callable[[str, int, "int | None"], None]
 """``callback(stage, step, total)``: called after every network step; ``step`` counts from 1."""
 
-DIRECTIONS: tuple[str, ...] = ("forward", "backward")
 SR3_NOISE: tuple[str, ...] = ("shared", "independent")
-D_FORWARD = 0  # direction_a index of d_f (BTU-Net contract)
-D_BACKWARD = 1  # direction_a index of d_b
 
 
 class Cancelled(Exception):
@@ -46,22 +44,6 @@ class Cancelled(Exception):
 
 class SamplerError(BtdmError, ValueError):
     """A sampler argument that cannot be used (wrong shape, unknown option, bad value)."""
-
-
-class PairNetwork(Protocol):
-    """The BTU-Net contract (``btdm_engine.models.BTUNet.forward``)."""
-
-    def __call__(
-        self,
-        x_a: Tensor,
-        x_b: Tensor,
-        logsnr: Tensor,
-        pose_a: Tensor,
-        pose_b: Tensor,
-        appearance: Tensor | None = None,
-        direction_a: Tensor | None = None,
-        appearance_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,13 +85,7 @@ def _check_eta(eta: float) -> float:
 def _check_positive_int(name: str, value: object, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SamplerError(f"{name} must be a positive int, got {value!r}")
-
-
-def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device``."""
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
+    check_int(value, name, SamplerError, lo=1)
 
 
 def ddim_step(x: Tensor, x0: Tensor, logsnr_s: Tensor, logsnr_t: Tensor, eta: float, noise: Tensor | None) -> Tensor:

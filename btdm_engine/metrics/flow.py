@@ -39,9 +39,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.constants import FLOW_SOURCES
 from btdm_engine.errors import UsageError
-
-_FLOW_SOURCES = ("gt", "pred")
 
 
 def _to_grey_u8(frames: torch.Tensor) -> np.ndarray:
@@ -115,8 +114,8 @@ def warping_error_per_pair(
     pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None, flow_source: str = "gt"
 ) -> np.ndarray:
     """Warping-error terms per consecutive pair, (T-1,) float64 (module docstring)."""
-    if flow_source not in _FLOW_SOURCES:
-        raise UsageError(f"unknown flow_source {flow_source!r}; allowed: {', '.join(_FLOW_SOURCES)}")
+    if flow_source not in FLOW_SOURCES:
+        raise UsageError(f"unknown flow_source {flow_source!r}; allowed: {', '.join(FLOW_SOURCES)}")
     _check_sequences(pred, gt, mask)
     ref = _to_grey_u8(gt if flow_source == "gt" else pred)
     frames = rearrange(pred.detach().to("cpu", torch.float32), "t c h w -> t h w c").numpy()

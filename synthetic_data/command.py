@@ -8,8 +8,9 @@ Subcommands::
     btdm synth presets
     btdm synth spec --seed 3
 
-Also installed as the ``btdm-synth`` console script (``main``). Heavy imports happen inside the
-handlers so ``btdm --help`` stays instant.
+Also installed as the ``btdm-synth`` console script (``main``). Part of the application layer:
+``btdm_engine.cli`` registers it by name (``APPLICATION_COMMAND_MODULES``); the engine itself never
+imports ``synthetic_data``. Heavy imports happen inside the handlers so ``btdm --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import sys
 
+from btdm_engine.constants import CYCLES_DEVICES
 from btdm_engine.errors import BtdmError, UsageError
 
 __all__ = ["register", "main"]
@@ -45,7 +47,7 @@ def _add_subcommands(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--workers", type=int, default=None, help="shards at once (default: cores / 2)")
     b.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run shards as Ray tasks on this cluster ('auto', 'ray://host:10001', or 'local')")
-    b.add_argument("--device", choices=("CPU", "GPU"), default=None, help="Cycles device (default: the preset's, CPU)")
+    b.add_argument("--device", choices=CYCLES_DEVICES, default=None, help="Cycles device (default: the preset's, CPU)")
     b.add_argument("--only", nargs="+", metavar="SEQUENCE", default=None, help="build just these sequence ids")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)

@@ -1,5 +1,8 @@
 """``btdm train btunet|sr3``: train a generator network on a dataset folder (resumable, DDP-ready).
 
+Part of the application layer: ``btdm_engine.cli`` registers it by name (``APPLICATION_COMMAND_MODULES``);
+the engine itself never imports ``training``. Torch-free at import, so ``btdm --help`` stays instant.
+
 The run folder's ``checkpoint/`` is the latest EMA model in the project checkpoint format. To
 assemble a model folder for ``Animator.from_pretrained`` / ``btdm animate --model DIR``::
 
