@@ -8,14 +8,12 @@ project), so a stray import of the service or Blender stack would fail here firs
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from device_only import device_only_python
 from safetensors.torch import load_file
 
 from btdm_engine.checkpoints import load_checkpoint
@@ -33,18 +31,8 @@ from training.gpu_recipe import (
 )
 from training.toy_data import write_toy_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-# Import names of the packages on the GPU machine's image (/work/.library/device/KINDS.md) that
-# this code may reach; anything else outside the standard library fails to import in the child.
-DEVICE_PACKAGES = {
-    "absl", "btdm_engine", "bench", "cv2", "einops", "filelock", "fsspec", "google", "grpc", "jinja2", "markupsafe",
-    "mpmath", "networkx", "numpy", "packaging", "PIL", "safetensors", "scipy", "six", "sympy", "tensorboard",
-    "tensorboard_data_server", "torch", "torchgen", "tqdm", "training", "triton", "typing_extensions", "werkzeug",
-    "yaml", "_yaml", "markdown",
-}  # fmt: skip
-# Their distributions' folders beside them (metadata, bundled shared libraries).
-DEVICE_DISTRIBUTIONS = {"absl_py", "grpcio", "opencv_python_headless", "pillow", "protobuf", "pyyaml", "numpy",
-                        "scipy"}  # fmt: skip
+# one torch thread: two threads on this busy two-core machine run several times slower (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -135,30 +123,15 @@ def test_pack_limit_counts_the_checkout_that_travels_with_it(toy: Path, tmp_path
 # --------------------------------------------------------------------------- train, export, assemble
 
 
-def _device_only_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``code`` in a child whose third-party packages are only DEVICE_PACKAGES: the standard
-    library (python -S: no site-packages) plus a folder of links to just those packages."""
-    site = Path(np.__file__).resolve().parents[1]
-    linked = cwd / "device_site"
-    linked.mkdir(exist_ok=True)
-    for entry in site.iterdir():
-        stem = entry.name.split("-")[0].split(".")[0]
-        if stem in DEVICE_PACKAGES | DEVICE_DISTRIBUTIONS and not (linked / entry.name).exists():
-            (linked / entry.name).symlink_to(entry)
-    return subprocess.run([sys.executable, "-S", "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": f"{REPO}:{linked}", "PATH": "/usr/bin:/bin", "HOME": str(cwd),
-                               "OMP_NUM_THREADS": "1"}, timeout=240)  # fmt: skip
-
-
 def test_train_export_assemble_round_trip_with_device_imports_only(pack: Path, tmp_path: Path) -> None:
     run, export = tmp_path / "run", tmp_path / "out"
-    # a budget (0.3 min) with a 3-step calibration, then the resumed run: the real trainer on the
+    # a budget (0.2 min) with a 3-step calibration, then the resumed run: the real trainer on the
     # CPU, a tiny model, float32 shards of at most 0.5 MiB
-    argv = ["train", "--data", str(pack), "--run", str(run), "--export", str(export), "--minutes", "0.3",
+    argv = ["train", "--data", str(pack), "--run", str(run), "--export", str(export), "--minutes", "0.2",
             "--calibration-steps", "3", "--preset", "tiny", "--model-overrides", '{"model_channels": 16}',
             "--batch-size", "2", "--device", "cpu", "--dtype", "float32", "--shard-mib", "0.5", "--max-files", "8",
             "--warmup-steps", "0"]  # fmt: skip
-    proc = _device_only_python(f"""
+    proc = device_only_python(f"""
         import sys
         from training.gpu_recipe import main
         sys.exit(main({argv!r}))
@@ -170,7 +143,7 @@ def test_train_export_assemble_round_trip_with_device_imports_only(pack: Path, t
     assert 2 <= len(shards) <= 8 and all(p.stat().st_size <= 0.5 * MIB for p in shards)
     assert summary["export_dtype"] == "float32"
     assert summary["phases"][0]["steps"] == 3 and len(summary["phases"]) == 2
-    assert summary["checkpoint_step"] > 3 and summary["trained_s"] < 1.1 * 18 + 5
+    assert summary["checkpoint_step"] > 3 and summary["trained_s"] < 1.1 * 12 + 5
     assert summary["train_config"]["model_overrides"] == {"model_channels": 16}
     assert (export / "preview.png").is_file() == ("preview.png" in summary["files"])
 
