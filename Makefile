@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/btdm demo --out out/demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

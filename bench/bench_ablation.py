@@ -93,31 +93,25 @@ def _train(data: Path, run: Path, mode: str, args: argparse.Namespace, steps: in
     return time.perf_counter() - t0
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    from btdm_engine.posemaps.preview import write_rgb_png
-
-    write_rgb_png(path, rgb)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     import torch
 
-    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
-    from btdm_engine.imageio import read_rgb, resize_labels, resize_rgb
+    from bench.heldout import fresh_dir, score, sequence_inputs, truth_frame, write_frames
+    from btdm_engine.imageio import resize_labels
+    from btdm_engine.metrics.evaluate import format_table, write_report
     from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
-    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet
+    from btdm_engine.posemaps.encoding import read_iuv_png
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
     from training.dataset_format import DatasetManifest
     from training.toy_data import write_toy_dataset
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
+    fresh_dir(args.out)
     if args.data is None:
-        data = write_toy_dataset(args.out / "toy_data", num_characters=6, sequences_per_character=2, num_frames=24, size=64, test_characters=2)
+        data = write_toy_dataset(args.out / "toy_data", num_characters=6, sequences_per_character=2, num_frames=24, size=64,
+                                 test_characters=2)
         data_note = f"toy procedural dataset (training.toy_data, 6 characters, 24 frames each) written to {data}; no --data given"
     else:
         data = args.data
@@ -154,7 +148,6 @@ def main(argv: list[str] | None = None) -> None:
     res = None
     reports = {}
     previews: dict[str, np.ndarray] = {}
-    gt_root, iuv_root = args.out / "gt", args.out / "iuv"
     for mode in MODES:
         model_dir = args.out / "models" / mode
         model_dir.mkdir(parents=True)
@@ -163,26 +156,16 @@ def main(argv: list[str] | None = None) -> None:
         res = animator.resolution
         t0 = time.perf_counter()
         for seq in tests:
-            n = min(args.frames, seq.num_frames)
-            poses = np.stack([read_iuv_png(p) for p in seq.iuv[:n]])
-            c = np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8)
+            poses, c = sequence_inputs(seq, args.frames)
             frames = animator.animate(
                 poses, c, poses[0] if args.finetune_steps else None, steps=args.sample_steps, seed=args.seed,
                 sampler=mode, finetune_steps=args.finetune_steps,
             )  # fmt: skip
-            for t, frame in enumerate(frames):
-                _write_png(args.out / "pred" / mode / seq.id / f"{t:06d}.png", frame)
-                if mode == MODES[0]:
-                    gt = np.round(resize_rgb(read_rgb(seq.rgb[t]), (res, res)) * 255).astype(np.uint8)
-                    _write_png(gt_root / seq.id / f"{t:06d}.png", gt)
-                    write_iuv_png(iuv_root / seq.id / f"{t:06d}.png", resize_labels(poses[t], (res, res)))
+            write_frames(args.out, mode, seq, frames, poses, res)
             if seq is tests[0]:
                 previews[mode] = frames
         sample_s = time.perf_counter() - t0
-        reports[mode] = evaluate(
-            args.out / "pred" / mode, gt_root, iuv_root,
-            lpips_weights=args.lpips_weights, inception_weights=args.inception_weights,
-        )  # fmt: skip
+        reports[mode] = score(args.out, mode, lpips_weights=args.lpips_weights, inception_weights=args.inception_weights)
         reports[mode]["timing"] = {"train_s": seconds[mode], "sample_s": sample_s}
         write_report(reports[mode], args.out / f"metrics_{mode}.json")
 
@@ -192,14 +175,15 @@ def main(argv: list[str] | None = None) -> None:
     up = max(1, 96 // res)
     poses_small = [resize_labels(read_iuv_png(p), (res, res)) for p in seq.iuv[:n]]
     rows = [colorize_iuv(np.stack(poses_small))]
-    rows.append(np.stack([np.round(resize_rgb(read_rgb(p), (res, res)) * 255).astype(np.uint8) for p in seq.rgb[:n]]))
+    rows.append(np.stack([truth_frame(p, res) for p in seq.rgb[:n]]))
     rows += [previews[m] for m in MODES]
     cols = min(n, 8)
     images = [row[t].repeat(up, 0).repeat(up, 1) for row in rows for t in range(cols)]
     labels = [name if t == 0 else "" for name in ("pose", "truth", "bidir", "unidir") for t in range(cols)]
-    _write_png(args.out / "comparison.png", contact_sheet(images, cols=cols, labels=labels))
+    write_rgb_png(args.out / "comparison.png", contact_sheet(images, cols=cols, labels=labels))
 
-    table = format_table([("Ours w/ Unidirectional Model", reports["unidirectional"]), ("Ours (bidirectional)", reports["bidirectional"])])
+    table = format_table([("Ours w/ Unidirectional Model", reports["unidirectional"]),
+                          ("Ours (bidirectional)", reports["bidirectional"])])
     budget = (
         f"budget: {steps} steps per model, batch {args.batch_size}, lr {args.lr}, preset {args.preset}, seed {args.seed}; "
         "training wall time " + " and ".join(
@@ -213,8 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join([f"data: {data_note}", budget, sampling, "", table, ""])
     (args.out / "table.md").write_text(text)
     print(text)
-    summary = {m: {k: v for k, v in reports[m]["metrics"].items()} for m in MODES}
-    print(json.dumps({"steps": steps, "metrics": {m: {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, 5)) for k, v in d.items()} for m, d in summary.items()}}))
+    summary = {m: dict(reports[m]["metrics"]) for m in MODES}
+
+    def finite(v):
+        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, 5)
+
+    print(json.dumps({"steps": steps, "metrics": {m: {k: finite(v) for k, v in d.items()} for m, d in summary.items()}}))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,22 +50,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    from btdm_engine.imageio import read_rgb, resize_labels, resize_rgb
-    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
+    from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, truth_frame, write_frames
+    from btdm_engine.imageio import resize_labels
+    from btdm_engine.metrics.evaluate import format_table, write_report
     from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
+    from btdm_engine.posemaps.encoding import read_iuv_png
     from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
     from btdm_engine.weights import default_model_dir
     from training.dataset_format import DatasetManifest
-    from training.toy_data import write_toy_dataset
 
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
+    fresh_dir(args.out)
     models = {"old": args.old or default_model_dir(), "new": args.new or default_model_dir()}
     if args.data is None:  # smoke run: tiny frames, few steps
-        data = write_toy_dataset(args.out / "toy_data", num_characters=3, sequences_per_character=1, num_frames=4,
-                                 size=64, test_characters=1)
+        data = smoke_dataset(args.out)
         args.frames, args.steps, args.sr_steps = 4, 2, 2
         args.finetune_steps = min(args.finetune_steps, 2)
     else:
@@ -88,22 +84,14 @@ def main(argv: list[str] | None = None) -> None:
             chosen = tests if not ft_steps or args.finetune_sequences is None else tests[: args.finetune_sequences]
             t0 = time.perf_counter()
             for seq in chosen:
-                n = min(args.frames, len(seq.rgb))
-                poses = np.stack([read_iuv_png(p) for p in seq.iuv[:n]])
-                c = np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8)
+                poses, c = sequence_inputs(seq, args.frames)
                 frames = animator.animate(poses, c, poses[0] if ft_steps else None, steps=args.steps,
                                           sr_steps=args.sr_steps, seed=args.seed, finetune_steps=ft_steps,
                                           finetune_lr=args.finetune_lr)
                 frames_of[(key, seq.id)] = frames
-                for t, frame in enumerate(frames):
-                    write_rgb_png(args.out / "pred" / key / seq.id / f"{t:06d}.png", frame)
-                    gt_path = args.out / "gt" / seq.id / f"{t:06d}.png"
-                    if not gt_path.exists():
-                        truth = np.round(resize_rgb(read_rgb(seq.rgb[t]), (res, res)) * 255).astype(np.uint8)
-                        write_rgb_png(gt_path, truth)
-                        write_iuv_png(args.out / "iuv" / seq.id / f"{t:06d}.png", resize_labels(poses[t], (res, res)))
+                write_frames(args.out, key, seq, frames, poses, res)
             timings[key] = time.perf_counter() - t0
-            reports[key] = evaluate(args.out / "pred" / key, args.out / "gt", args.out / "iuv")
+            reports[key] = score(args.out, key)
             reports[key]["timing"] = {"animate_s": timings[key], "sequences": len(chosen)}
             write_report(reports[key], args.out / f"metrics_{key}.json")
             print(f"{key}: {len(chosen)} sequences in {timings[key]:.0f} s", file=sys.stderr, flush=True)
@@ -117,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         seen.append(seq.character)
         n = len(frames_of[("old", seq.id)])
         pick = np.linspace(0, n - 1, min(n, 8)).round().astype(int)
-        c = np.round(resize_rgb(read_rgb(seq.rgb[0]), (res, res)) * 255).astype(np.uint8)
+        c = truth_frame(seq.rgb[0], res)
         poses = colorize_iuv(np.stack([resize_labels(read_iuv_png(seq.iuv[t]), (res, res)) for t in pick]))
-        truth = np.stack([np.round(resize_rgb(read_rgb(seq.rgb[t]), (res, res)) * 255).astype(np.uint8) for t in pick])
+        truth = np.stack([truth_frame(seq.rgb[t], res) for t in pick])
         rows += [(f"{seq.id} c", np.stack([c] + [np.full_like(c, 255)] * (len(pick) - 1))),
                  ("pose", poses), ("truth", truth)]
         for suffix, _ in passes:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from btdm_engine.models import BTUNet, BTUNetConfig, SR3, SR3Config
+from btdm_engine.models import SR3, BTUNet, BTUNetConfig, SR3Config
 from btdm_engine.models.flops import count_parameters, example_inputs, model_cost
 
 PRESETS = ("tiny", "base", "paper")

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,21 +44,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    from btdm_engine.imageio import read_rgb, resize_labels, resize_rgb
-    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
+    from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, write_frames
+    from btdm_engine.metrics.evaluate import format_table, write_report
     from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
-    from btdm_engine.posemaps.preview import write_rgb_png
     from btdm_engine.weights import default_model_dir
     from training.dataset_format import DatasetManifest
-    from training.toy_data import write_toy_dataset
 
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
+    fresh_dir(args.out)
     if args.data is None:
-        data = write_toy_dataset(args.out / "toy_data", num_characters=3, sequences_per_character=1, num_frames=4,
-                                 size=64, test_characters=1)
+        data = smoke_dataset(args.out)
         args.frames, args.steps, args.sr_steps, args.levels = 4, 2, 2, "none,8"
     else:
         data = args.data
@@ -80,18 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         key = f"{noise}_{'clean' if level is None else f'l{level:g}'}"
         t0 = time.perf_counter()
         for seq in chosen:
-            n = min(args.frames, len(seq.rgb))
-            poses = np.stack([read_iuv_png(p) for p in seq.iuv[:n]])
-            c = np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8)
+            poses, c = sequence_inputs(seq, args.frames)
             frames = animator.animate(poses, c, steps=args.steps, sr_steps=args.sr_steps, seed=args.seed,
                                       sr_noise=noise, sr_low_res_logsnr=level)
-            for t, frame in enumerate(frames):
-                write_rgb_png(args.out / "pred" / key / seq.id / f"{t:06d}.png", frame)
-                gt = args.out / "gt" / seq.id / f"{t:06d}.png"
-                if not gt.exists():
-                    write_rgb_png(gt, np.round(resize_rgb(read_rgb(seq.rgb[t]), (res, res)) * 255).astype(np.uint8))
-                    write_iuv_png(args.out / "iuv" / seq.id / f"{t:06d}.png", resize_labels(poses[t], (res, res)))
-        reports[key] = evaluate(args.out / "pred" / key, args.out / "gt", args.out / "iuv")
+            write_frames(args.out, key, seq, frames, poses, res)
+        reports[key] = score(args.out, key)
         write_report(reports[key], args.out / f"metrics_{key}.json")
         rows.append((f"{noise} noise, low-res {'clean' if level is None else f'lambda {level:g}'}", reports[key]))
         print(f"{key}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)

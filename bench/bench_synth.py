@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mini recipe: {base.render.samples} samples, denoise {base.render.denoise}, cloth quality "
           f"{base.cloth.quality}/{base.cloth.collision_quality}, spacing {base.cloth.spacing} m, "
           f"pre-roll {base.cloth.preroll}; {args.characters} characters x {args.frames} frames of {args.motion}")
-    print(f"{'size':>5} {'cloth s/frame':>14} {'render s/frame':>15} {'posemaps s/frame':>17} {'fixed s/shard':>14} {'wall s/shard':>13}  garments (vertices)")
+    print(f"{'size':>5} {'cloth s/frame':>14} {'render s/frame':>15} {'posemaps s/frame':>17} {'fixed s/shard':>14} "
+          f"{'wall s/shard':>13}  garments (vertices)")
     with tempfile.TemporaryDirectory(prefix="bench-synth-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
         for size in args.sizes:

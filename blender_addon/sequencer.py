@@ -34,10 +34,7 @@ def find_strips(scene, key: str, kind: str) -> list:
 
 
 def _channel_free(editor, channel: int, start: int, end: int) -> bool:
-    for s in all_strips(editor):
-        if s.channel == channel and s.frame_final_start < end and start < s.frame_final_end:
-            return False
-    return True
+    return not any(s.channel == channel and s.frame_final_start < end and start < s.frame_final_end for s in all_strips(editor))
 
 
 def free_channel(editor, start: int, end: int, prefer: int | None = None) -> int:

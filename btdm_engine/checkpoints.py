@@ -232,7 +232,7 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dt
     try:
         with safe_open(str(path), framework="pt") as fh:
             return {name: (tuple(fh.get_slice(name).get_shape()), _DTYPES.get(fh.get_slice(name).get_dtype()))
-                    for name in fh.keys()}  # fmt: skip
+                    for name in fh.keys()}  # noqa: SIM118 (safe_open is not iterable)  # fmt: skip
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 

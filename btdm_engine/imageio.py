@@ -30,10 +30,10 @@ from btdm_engine import limits
 from btdm_engine.errors import BtdmError, UsageError
 
 __all__ = [
-    "FrameError",
-    "ImageReadError",
     "MIN_APPEARANCE_SIDE",
     "WHITE",
+    "FrameError",
+    "ImageReadError",
     "decode_image",
     "decode_rgb",
     "frame_index",

@@ -488,8 +488,7 @@ class Animator:
 
         # 4. SR3, streamed: only one chunk of high-resolution frames exists at a time.
         if self.sr3 is None:
-            for frame in tensor_to_images(low):
-                yield frame
+            yield from tensor_to_images(low)
             return
         sr_net = _autocast_for(self.sr3, dev, precision)
         chunks = sample_sr3(
@@ -503,9 +502,11 @@ class Animator:
 
 
 __all__ = [
+    "PRECISIONS",
     "SAMPLERS",
     "Animator",
     "AnimatorError",
+    "cpu_has_bf16",
     "default_device",
     "finetune_btunet",
     "image_to_tensor",
@@ -514,8 +515,6 @@ __all__ = [
     "pair_batch_for",
     "prepare_pose_maps",
     "resize_pose_maps",
-    "tensor_to_images",
-    "PRECISIONS",
-    "cpu_has_bf16",
     "resolve_precision",
+    "tensor_to_images",
 ]

@@ -13,10 +13,11 @@ import ctypes
 import os
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["clean_stale_temps", "die_with_parent", "pid_alive"]
+__all__ = ["clean_stale_temps", "die_with_parent", "pid_alive", "stop_process"]
 
 _PR_SET_PDEATHSIG = 1
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+(\.[A-Za-z0-9]+)*\.tmp(\.[A-Za-z0-9]+)?$")
@@ -27,6 +28,18 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a child: SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; waits for it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def pid_alive(pid: int) -> bool:

@@ -49,27 +49,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Rig",
-    "quiet",
-    "reset_scene",
-    "build_character",
-    "build_armature",
-    "add_skinned_mesh",
-    "add_pose_blend_keys",
-    "bone_quaternions",
-    "keyframe_poses",
-    "preroll_poses",
-    "garment_material",
-    "skin_material",
-    "hair_material",
-    "flat_material",
     "add_garment",
-    "make_collider",
-    "set_camera",
     "add_lights",
-    "configure_render",
+    "add_pose_blend_keys",
+    "add_skinned_mesh",
     "bake_cloth",
-    "render_frame",
+    "bone_quaternions",
+    "build_armature",
+    "build_character",
+    "configure_render",
     "evaluated_vertices",
+    "flat_material",
+    "garment_material",
+    "hair_material",
+    "keyframe_poses",
+    "make_collider",
+    "preroll_poses",
+    "quiet",
+    "render_frame",
+    "reset_scene",
+    "set_camera",
+    "skin_material",
 ]
 
 _C = SMPL_TO_BLENDER[:3, :3]
@@ -408,7 +408,8 @@ def garment_material(name: str, tex: TextureSpec, mesh: GarmentMesh, roughness: 
         n.link(p, edge.inputs["Vector"])
         cell = n.new("ShaderNodeSeparateColor")
         n.link(vor.outputs["Color"], cell.inputs["Color"])
-        tint = n.mix(n.math("GREATER_THAN", cell.outputs["Red"], 0.6), base, tuple(0.35 * x + 0.65 * y for x, y in zip(base, accent)))
+        tint = n.mix(n.math("GREATER_THAN", cell.outputs["Red"], 0.6), base,
+                     tuple(0.35 * x + 0.65 * y for x, y in zip(base, accent)))
         line = n.math("LESS_THAN", edge.outputs["Distance"], 0.12)
         colour = n.mix(line, tint, accent)
     if tex.logo is not None:
@@ -728,7 +729,8 @@ def build_character(spec: CharacterSpec, rest: BodyRest, body: BodyModel, garmen
         add_pose_blend_keys(body_obj, posedirs)
     make_collider(body_obj, preset.cloth)
     rig.body = body_obj
-    rig.extras.append(add_skinned_mesh(rig, "hair", hair.vertices, hair.faces, hair.skin_weights, hair_material(spec.hair.colour)))
+    rig.extras.append(add_skinned_mesh(rig, "hair", hair.vertices, hair.faces, hair.skin_weights,
+                                       hair_material(spec.hair.colour)))
     rig.extras.append(add_skinned_mesh(rig, "face", face.vertices, face.faces, face.skin_weights,
                                        flat_material("face_marks", (0.06, 0.04, 0.04), 0.25)))
     for i, (g, mesh) in enumerate(zip(spec.garments, garments)):

@@ -45,7 +45,7 @@ from btdm_engine.procs import die_with_parent, pid_alive
 from synthetic_data.presets import Preset, Shard, plan
 from synthetic_data.spec import SpecError
 
-__all__ = ["BuildFailed", "BuildReport", "ShardFailure", "build_dataset", "STAGING", "default_workers"]
+__all__ = ["STAGING", "BuildFailed", "BuildReport", "ShardFailure", "build_dataset", "default_workers"]
 
 STAGING = ".staging"
 _LOG_TAIL = 1500
@@ -56,7 +56,8 @@ class BuildFailed(BtdmError, RuntimeError):
 
     def __init__(self, failures: Sequence[ShardFailure], out: Path):
         self.failures = list(failures)
-        lines = [f"{len(self.failures)} shard(s) failed in {out} (finished sequences are kept; rerun the same command to build the rest):"]
+        lines = [f"{len(self.failures)} shard(s) failed in {out} "
+                 "(finished sequences are kept; rerun the same command to build the rest):"]
         for f in self.failures:
             lines.append(f"  {f.sequence_id}: {f.reason}")
         super().__init__("\n".join(lines))
@@ -156,6 +157,12 @@ def _tail(path: Path) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _shard_command(job_path: Path, staging: Path, threads: int) -> list[str]:
+    """The worker process that builds one shard (``python -m synthetic_data.shard``), locally or in a Ray task."""
+    return [sys.executable, "-m", "synthetic_data.shard", "--job", str(job_path), "--staging", str(staging),
+            "--threads", str(threads)]
+
+
 def _run_local(shard: Shard, staging: Path, threads: int, report: Report, procs: dict[str, subprocess.Popen]) -> None:
     """Run one shard in a fresh Python process; raise RuntimeError on failure."""
     from synthetic_data.shard import sequence_paths
@@ -166,10 +173,11 @@ def _run_local(shard: Shard, staging: Path, threads: int, report: Report, procs:
     job_path = job_dir / f"{shard.sequence_id}.json"
     job_path.write_text(json.dumps(shard.to_job()), encoding="utf-8")
     paths["log"].parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "synthetic_data.shard", "--job", str(job_path), "--staging", str(staging), "--threads", str(threads)]
+    cmd = _shard_command(job_path, staging, threads)
     env = dict(os.environ)
     env.setdefault("PYOPENGL_PLATFORM", "egl")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     last_error = ""
     with open(paths["log"], "ab") as log:
         # The worker dies with this builder (SIGKILL included): none renders on into a staging folder a resumed build cleans.
@@ -200,8 +208,8 @@ def _ray_task(job: dict[str, Any], threads: int) -> bytes:
         staging = Path(tmp)
         job_path = staging / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
-        cmd = [sys.executable, "-m", "synthetic_data.shard", "--job", str(job_path), "--staging", str(staging), "--threads", str(threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=die_with_parent)
+        proc = subprocess.run(_shard_command(job_path, staging, threads), capture_output=True, text=True,
+                              preexec_fn=die_with_parent)
         if proc.returncode != 0:
             log = staging / "logs" / f"{job['sequence_id']}.log"
             detail = (proc.stdout[-500:] + proc.stderr[-_LOG_TAIL:] + (_tail(log) if log.is_file() else ""))

@@ -22,7 +22,7 @@ import sys
 from btdm_engine.constants import CYCLES_DEVICES
 from btdm_engine.errors import BtdmError, UsageError
 
-__all__ = ["register", "main"]
+__all__ = ["main", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +41,10 @@ def _add_subcommands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="synth_command", metavar="SUBCOMMAND")
     sub.required = True
 
-    b = sub.add_parser("build", help="build or resume a dataset (one shard per character and motion)", description="Build or resume a dataset: one shard per (character, motion), each simulated and rendered in its own worker process (or Ray task). Finished sequences are kept; an interrupted build resumes where it stopped.")
+    b = sub.add_parser(
+        "build", help="build or resume a dataset (one shard per character and motion)",
+        description="Build or resume a dataset: one shard per (character, motion), each simulated and rendered in its own "
+        "worker process (or Ray task). Finished sequences are kept; an interrupted build resumes where it stopped.")
     b.add_argument("--preset", required=True, help="tiny, mini or paper (see `btdm synth presets`)")
     b.add_argument("--out", required=True, help="dataset folder (created; an interrupted build resumes)")
     b.add_argument("--workers", type=int, default=None, help="shards at once (default: cores / 2)")
@@ -52,12 +55,18 @@ def _add_subcommands(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 
-    v = sub.add_parser("validate", help="check a dataset folder against its manifest", description="Check a dataset folder against its manifest.json: layout, frame sizes, clips, and (with --checksums) every file's SHA-256.")
+    v = sub.add_parser(
+        "validate", help="check a dataset folder against its manifest",
+        description="Check a dataset folder against its manifest.json: layout, frame sizes, clips, and (with --checksums) "
+        "every file's SHA-256.")
     v.add_argument("root", help="dataset folder")
     v.add_argument("--checksums", action="store_true", help="recompute every file's SHA-256")
     v.set_defaults(func=_validate)
 
-    s = sub.add_parser("sheet", help="contact sheet: several characters, same frames, with pose maps", description="Write a contact sheet PNG: several characters at the same frames of the same motion, each over its IUV pose map.")
+    s = sub.add_parser(
+        "sheet", help="contact sheet: several characters, same frames, with pose maps",
+        description="Write a contact sheet PNG: several characters at the same frames of the same motion, each over its IUV "
+        "pose map.")
     s.add_argument("root", help="dataset folder")
     s.add_argument("--out", required=True, help="PNG to write")
     s.add_argument("--motion", default=None, help="motion name (default: the first)")
@@ -66,10 +75,14 @@ def _add_subcommands(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--scale", type=int, default=1, help="enlarge cells by this factor")
     s.set_defaults(func=_sheet)
 
-    p = sub.add_parser("presets", help="list the dataset presets", description="List the dataset presets (characters, motions, frames, resolution, samples).")
+    p = sub.add_parser("presets", help="list the dataset presets",
+                       description="List the dataset presets (characters, motions, frames, resolution, samples).")
     p.set_defaults(func=_presets)
 
-    c = sub.add_parser("spec", help="print the character spec a seed gives (JSON)", description="Print the character spec (body shape, skin, hair, garments, textures, lights, camera) that a seed gives, as JSON.")
+    c = sub.add_parser(
+        "spec", help="print the character spec a seed gives (JSON)",
+        description="Print the character spec (body shape, skin, hair, garments, textures, lights, camera) that a seed gives, "
+        "as JSON.")
     c.add_argument("--seed", type=int, required=True)
     c.set_defaults(func=_spec)
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "SMPL_TO_BLENDER",
     "BLENDER_TO_SMPL",
-    "smpl_to_blender",
-    "blender_to_smpl",
+    "SENSOR_WIDTH_MM",
+    "SMPL_TO_BLENDER",
     "BlenderCamera",
     "blender_camera",
+    "blender_to_smpl",
     "project_blender",
-    "SENSOR_WIDTH_MM",
+    "smpl_to_blender",
 ]
 
 # A +90 degree turn about X: SMPL (x, y, z) -> Blender (x, -z, y). Y up becomes Z up and the

@@ -19,6 +19,7 @@ Pure numpy/scipy; the Blender layer only copies these arrays.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS
 from btdm_engine.errors import BtdmError
 from synthetic_data.spec import GARMENT_FAMILIES, GarmentSpec
 
-__all__ = ["BodyRest", "GarmentMesh", "GarmentError", "build_garment", "inside_body"]
+__all__ = ["BodyRest", "GarmentError", "GarmentMesh", "build_garment", "inside_body"]
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 _ARM_JOINTS = {side: [J[f"{side}_{n}"] for n in ("shoulder", "elbow", "wrist", "hand")] for side in ("left", "right")}
@@ -73,7 +74,8 @@ class BodyRest:
         v, j = self.vertices, self.joints
         near_mid = np.abs(v[:, 0]) < 0.02
         below_pelvis = v[:, 1] < j[J["pelvis"], 1]
-        crotch = float(v[near_mid & below_pelvis, 1].min()) if np.any(near_mid & below_pelvis) else float(j[J["left_hip"], 1] - 0.07)
+        below = near_mid & below_pelvis
+        crotch = float(v[below, 1].min()) if np.any(below) else float(j[J["left_hip"], 1] - 0.07)
         arm = np.isin(self.weights.argmax(1), _ARM_JOINTS["left"])
         shoulder_x = j[J["left_shoulder"], 0]
         upper_arm = arm & (v[:, 0] > shoulder_x) & (v[:, 0] < 0.5 * (shoulder_x + j[J["left_elbow"], 0]))
@@ -247,7 +249,7 @@ def _skirt(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float])
     for y in ys:
         flare = p["flare"] * max(0.0, lm["hip"] - y)
         ids.append(b.add(_vertical_ring(body, y, theta, centre, p["ease"] + flare, half)))
-    for a, c in zip(ids[:-1], ids[1:]):
+    for a, c in itertools.pairwise(ids):
         b.quads(_quads_between(a, c))
     pin = np.zeros(b.count)
     pin[ids[0]] = 1.0
@@ -271,7 +273,7 @@ def _legwear(body: BodyRest, g: GarmentSpec, spacing: float, lm: dict[str, float
     last = crotch + 0.25 * spacing
     rows = max(int(np.ceil((top - last) / spacing)), 1)
     hip_rows = [b.add(_vertical_ring(body, y, theta, centre, p["ease"], half)) for y in np.linspace(top, last, rows + 1)]
-    for a, c in zip(hip_rows[:-1], hip_rows[1:]):
+    for a, c in itertools.pairwise(hip_rows):
         b.quads(_quads_between(a, c))
     ring = hip_rows[-1]
     verts, _ = b.arrays()

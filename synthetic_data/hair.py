@@ -17,7 +17,7 @@ from btdm_engine.body.skeleton import JOINT_NAMES, NUM_JOINTS
 from synthetic_data.garments import BodyRest, _transfer_weights
 from synthetic_data.spec import HairSpec
 
-__all__ = ["HeadMesh", "build_hair", "build_face_marks"]
+__all__ = ["HeadMesh", "build_face_marks", "build_hair"]
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 
@@ -144,7 +144,7 @@ def _curtain(body: BodyRest, centre: np.ndarray, radius: float, chin: float, cro
 
 def build_face_marks(body: BodyRest) -> HeadMesh:
     """Two eyes and a mouth: small flat ellipsoids on the front of the head."""
-    head, centre, chin, crown, radius = _head_frame(body)
+    head, _centre, chin, crown, _radius = _head_frame(body)
     v = body.vertices
     parts = []
     for x, t, radii in ((0.032, 0.56, (0.011, 0.008, 0.004)), (-0.032, 0.56, (0.011, 0.008, 0.004)),

@@ -26,12 +26,12 @@ from btdm_engine.dataconfig import check_choice, check_int, check_number
 from synthetic_data.spec import CharacterSpec, SpecError, character_seed, sample_character
 
 __all__ = [
-    "MotionSpec",
-    "RenderSettings",
-    "ClothSettings",
-    "Preset",
-    "Shard",
     "PRESETS",
+    "ClothSettings",
+    "MotionSpec",
+    "Preset",
+    "RenderSettings",
+    "Shard",
     "get_preset",
     "plan",
     "split_characters",

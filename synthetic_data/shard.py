@@ -29,7 +29,7 @@ from btdm_engine.fileio import atomic_write_text
 from synthetic_data.presets import MotionSpec, Preset, Shard
 from synthetic_data.spec import CharacterSpec
 
-__all__ = ["SYNTH_VERSION", "make_clip", "run_shard", "sequence_paths", "main"]
+__all__ = ["SYNTH_VERSION", "main", "make_clip", "run_shard", "sequence_paths"]
 
 # Bump when the same spec would render differently (meshes, materials, lights, cloth setup).
 SYNTH_VERSION = 2

@@ -16,7 +16,7 @@ import numpy as np
 
 from btdm_engine.errors import UsageError
 
-__all__ = ["dataset_contact_sheet", "composite_rgba"]
+__all__ = ["composite_rgba", "dataset_contact_sheet"]
 
 
 def composite_rgba(rgba: np.ndarray, background: int = 128) -> np.ndarray:

@@ -25,26 +25,26 @@ from btdm_engine.dataconfig import check_bool, check_choice, check_int, check_nu
 from btdm_engine.errors import BtdmError
 
 __all__ = [
-    "SPEC_VERSION",
+    "CLOTH_MATERIALS",
     "GARMENT_FAMILIES",
     "GARMENT_KINDS",
     "HAIR_STYLES",
-    "PATTERNS",
     "LOGO_SHAPES",
-    "CLOTH_MATERIALS",
     "OUTFITS",
-    "SpecError",
-    "TextureSpec",
-    "LogoSpec",
+    "PATTERNS",
+    "SPEC_VERSION",
+    "CameraSpec",
+    "CharacterSpec",
     "ClothSpec",
     "GarmentSpec",
     "HairSpec",
     "LightSpec",
     "LightingSpec",
-    "CameraSpec",
-    "CharacterSpec",
-    "sample_character",
+    "LogoSpec",
+    "SpecError",
+    "TextureSpec",
     "character_seed",
+    "sample_character",
 ]
 
 SPEC_VERSION = 1

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from blender_addon.engine_client import EngineClient, EngineError
+from btdm_engine.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 ADDON = REPO / "blender_addon"
@@ -260,7 +261,7 @@ class Engine:
     def __init__(self, data: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(data.parent / "serve.log", "wb")
+        self.log = open(data.parent / "serve.log", "wb")  # noqa: SIM115 (open while the server runs; stop() closes it)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([*BTDM, "serve", "--port", str(self.port), "--data", str(data), "--device", "cpu",
                                       "--threads", "1"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -276,13 +277,7 @@ class Engine:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -11,8 +11,7 @@ import torch
 import trimesh
 from scipy.spatial import ConvexHull
 
-from btdm_engine.body import BodyModel, BodyModelError, load_body_model, read_model_file, smplx_kwargs
-from btdm_engine.body import mannequin
+from btdm_engine.body import BodyModel, BodyModelError, load_body_model, mannequin, read_model_file, smplx_kwargs
 from btdm_engine.body.skeleton import JOINT_NAMES, MIRROR, NUM_JOINTS, PARENTS
 
 J = {n: i for i, n in enumerate(JOINT_NAMES)}
@@ -231,7 +230,8 @@ def test_shape_directions_change_the_body_plausibly(model):
         5: lambda v, j: v[np.abs(v[:, 1] + 0.07) < 0.03, 2].max(),
         6: lambda v, j: np.linalg.norm(j[J["left_wrist"]] - j[J["left_shoulder"]]),
         7: lambda v, j: v[:, 1].max() - j[J["neck"], 1],
-        8: lambda v, j: np.ptp(v[(np.abs(v[:, 1] - (j[J["left_hip"], 1] + j[J["left_knee"], 1]) / 2) < 0.02) & (v[:, 0] > 0.02), 0]),
+        8: lambda v, j: np.ptp(
+            v[(np.abs(v[:, 1] - (j[J["left_hip"], 1] + j[J["left_knee"], 1]) / 2) < 0.02) & (v[:, 0] > 0.02), 0]),
         9: lambda v, j: chest(v, 2),
     }
     ranges = {  # plausible change per +1 beta (metres, or ratio for volume)
@@ -344,6 +344,8 @@ def test_symmetric_meshing_of_a_simple_shape_and_its_errors():
     exact = 2 * (4 / 3) * np.pi * 0.12**3
     assert exact < tm.volume < exact + np.pi * 0.05**2 * 0.6
     with pytest.raises(MeshingError, match="2 connected components"):
-        mesh_symmetric_sdf(lambda p: np.minimum(np.linalg.norm(p - (0.3, 0, 0), axis=1), np.linalg.norm(p + (0.3, 0, 0), axis=1)) - 0.1, bounds, 0.02)
+        mesh_symmetric_sdf(
+            lambda p: np.minimum(np.linalg.norm(p - (0.3, 0, 0), axis=1), np.linalg.norm(p + (0.3, 0, 0), axis=1)) - 0.1,
+            bounds, 0.02)
     with pytest.raises(MeshingError, match="border"):
         mesh_symmetric_sdf(dumbbell, ((-0.35, 0.35), (-0.2, 0.2), (-0.2, 0.2)), 0.02)

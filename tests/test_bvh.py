@@ -10,9 +10,9 @@ from btdm_engine.cli import main
 from btdm_engine.motion import MotionClip, load_bvh, make_motion, read_bvh, save_bvh, write_bvh
 from btdm_engine.motion.bonemaps import BoneMapError
 from btdm_engine.motion.bvh import Bvh, BvhError, BvhJoint
-from btdm_engine.motion.retarget import RetargetError
 from btdm_engine.motion.kinematics import world_rotations
 from btdm_engine.motion.library import cached_body_model
+from btdm_engine.motion.retarget import RetargetError
 from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_euler, rotation_x, rotation_z
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
@@ -213,7 +213,8 @@ MALFORMED = {
     "frame time": (GOOD.replace("Frame Time: 0.033333", "Frame Time: -1"), r":18: expected 'Frame Time: seconds'"),
     "not bvh": ("just some text\n", r":1: expected 'HIERARCHY' at the start"),
     "empty": ("", r":1: expected 'HIERARCHY' at the start of a BVH file, got end of file"),
-    "unclosed": (GOOD.replace("  }\n}\nMOTION", "  }\nMOTION"), r":15: expected JOINT, End Site or '\}' inside 'Hips', got 'MOTION'"),
+    "unclosed": (GOOD.replace("  }\n}\nMOTION", "  }\nMOTION"),
+                 r":15: expected JOINT, End Site or '\}' inside 'Hips', got 'MOTION'"),
 }
 
 

@@ -31,7 +31,8 @@ def random_btunet(seed: int = 0) -> BTUNet:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BTUNet]:
     model = random_btunet()
-    folder = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "btunet", model, "btunet", SCHEDULE, extra={"task": "single_image", "step": 7})
+    folder = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "btunet", model, "btunet", SCHEDULE,
+                             extra={"task": "single_image", "step": 7})
     return folder, model
 
 

@@ -31,7 +31,6 @@ from training.video import (
     write_symmetry,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -87,11 +86,13 @@ def test_validator_catches_a_changed_file_by_checksum(toy_copy: Path) -> None:
     "edit, message",
     [
         (lambda d: d["splits"].update(test=["c02_s00", "c01_s00"], train=["c00_s00", "c01_s00"]), r"'c01_s00' is in both splits"),
-        (lambda d: d["sequences"]["c02_s00"].update(character="char00"), r"character 'char00' appears in splits 'train' and 'test'"),
+        (lambda d: d["sequences"]["c02_s00"].update(character="char00"),
+         r"character 'char00' appears in splits 'train' and 'test'"),
         (lambda d: d.update(colour="blue"), r"unknown field\(s\) colour"),
         (lambda d: d["splits"].update(train=["c00_s00"]), r"c01_s00 are in no split"),
         (lambda d: d.update(resolution=[48]), r"'resolution' must be \[height, width\]"),
-        (lambda d: d["sequences"]["c00_s00"].update(num_frames=4), r"sequences\['c00_s00'\]: field 'checksums' must list exactly"),
+        (lambda d: d["sequences"]["c00_s00"].update(num_frames=4),
+         r"sequences\['c00_s00'\]: field 'checksums' must list exactly"),
         (lambda d: d["splits"].pop("test"), r"splits: missing test"),
         (lambda d: d.update(format_version=2), r"format_version 2 is not supported"),
     ],

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from btdm_engine.models import (
+    CLEAN_LOGSNR,
+    SR3,
     BTUNet,
     BTUNetConfig,
     BTUNetInputError,
-    CLEAN_LOGSNR,
     ModelConfigError,
-    SR3,
     SR3Config,
     SR3InputError,
     build_model,

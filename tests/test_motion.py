@@ -8,7 +8,14 @@ import pytest
 from btdm_engine.body.skeleton import JOINT_NAMES
 from btdm_engine.cli import main
 from btdm_engine.motion import (
-    MOTIONS, MotionClip, MotionClipError, default_camera, intrinsics, look_at, make_motion, orbit,
+    MOTIONS,
+    MotionClip,
+    MotionClipError,
+    default_camera,
+    intrinsics,
+    look_at,
+    make_motion,
+    orbit,
     project,
 )
 from btdm_engine.motion import rotations as R
@@ -80,7 +87,8 @@ def _nan_at(arr: np.ndarray, value: float) -> np.ndarray:
 
 
 BAD_FIELDS = {
-    "wrong shape": (lambda f: f.update(poses=f["poses"][:, :23]), r"walk\.npz: field 'poses' has shape \(7, 23, 3\), expected \(T, 24, 3\)"),
+    "wrong shape": (lambda f: f.update(poses=f["poses"][:, :23]),
+                    r"walk\.npz: field 'poses' has shape \(7, 23, 3\), expected \(T, 24, 3\)"),
     "nan": (lambda f: f.update(trans=_nan_at(f["trans"], np.nan)), r"walk\.npz: field 'trans' contains NaN"),
     "inf": (lambda f: f.update(K=_nan_at(f["K"], np.inf)), r"walk\.npz: field 'K' contains inf"),
     "version": (lambda f: f.update(format_version=np.int64(2)), r"walk\.npz: unknown format_version 2"),
@@ -164,7 +172,8 @@ def test_rotation_conversions_round_trip():
     np.testing.assert_allclose(R.rotation_angle(mats), np.linalg.norm(aa, axis=-1), atol=1e-7)
     # Intrinsic Euler: the first axis named is the outermost factor (BVH channel order).
     a, b, c = 0.3, -0.7, 1.1
-    np.testing.assert_allclose(R.euler_to_matrix([a, b, c], "ZXY"), R.rotation_z(a) @ R.rotation_x(b) @ R.rotation_y(c), atol=1e-12)
+    np.testing.assert_allclose(R.euler_to_matrix([a, b, c], "ZXY"), R.rotation_z(a) @ R.rotation_x(b) @ R.rotation_y(c),
+                               atol=1e-12)
     np.testing.assert_allclose(R.matrix_to_euler(R.euler_to_matrix([a, b, c], "ZXY"), "ZXY"), [a, b, c], atol=1e-12)
     with pytest.raises(ValueError, match="allowed: XYZ"):
         R.euler_to_matrix([a, b, c], "XXY")
@@ -218,7 +227,7 @@ def test_smpl_conventions_the_library_relies_on(body):
 # ------------------------------------------------------------------------------ motion library
 @pytest.mark.parametrize("name", MOTIONS)
 def test_library_motion_is_valid_smooth_grounded_and_framed(library, name):
-    clip, verts, joints = library[name]
+    clip, verts, _ = library[name]
     T = int(SECONDS * FPS)
     assert clip.num_frames == T and clip.fps == FPS and clip.poses.shape == (T, 24, 3)
     assert np.isfinite(clip.poses).all() and np.isfinite(clip.trans).all()
@@ -284,7 +293,7 @@ def test_jumping_jacks_wave_and_kick_do_what_they_say(library):
     assert (wrists > head + 0.1).any() and (wrists < head - 0.5).any()  # overhead and down again
     ankles = joints[:, J["left_ankle"], 0] - joints[:, J["right_ankle"], 0]
     assert ankles.max() > ankles.min() + 0.3  # legs spread and close
-    clip, verts, _ = library["jumping_jacks"]
+    _, verts, _ = library["jumping_jacks"]
     assert verts[..., 1].min(axis=1).max() > 0.04  # airborne at times
 
     _, _, joints = library["wave"]
@@ -349,7 +358,7 @@ def test_default_camera_frames_all_points_tightly(size):
 def test_default_camera_looks_at_the_front_in_opencv_axes():
     pts = np.array([[[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 1.0, 0.0]]])
     K, w2c = default_camera(pts, 100, 100)
-    uv, depth = project(pts, K, w2c)
+    uv, _ = project(pts, K, w2c)
     assert uv[0, 1, 0] > uv[0, 0, 0]  # the body's left (+X) is on the image's right
     assert uv[0, 2, 1] < uv[0, 0, 1]  # up is up (image y grows downwards)
     cam_pos = -w2c[0, :3, :3].T @ w2c[0, :3, 3]

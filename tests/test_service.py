@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from blender_addon.engine_client import EngineClient, EngineError
+from btdm_engine.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 BTDM = [str(Path(sys.executable).with_name("btdm"))]
@@ -83,13 +84,8 @@ class Server:
         self.logfile.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=30)
         self.logfile.close()
 
 

@@ -120,7 +120,7 @@ def body_rest():
 def test_garments_fit_outside_the_body_and_are_held(body_rest, kind: str) -> None:
     from synthetic_data.garments import build_garment, inside_body
 
-    body, rest = body_rest
+    _, rest = body_rest
     base = sample_character(3).garments[0]
     params = {k: 0.5 * (lo + hi) for k, (lo, hi) in GARMENT_PARAMS[kind].items()}
     mesh = build_garment(rest, GarmentSpec(kind, params, base.cloth, base.texture), spacing=0.04)

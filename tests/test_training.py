@@ -109,7 +109,7 @@ def test_every_mode_trains_logs_and_previews(toy: Path, tmp_path: Path, kind: st
     assert result.step == 2 and np.isfinite(result.last_loss)
     _, _, meta = load_checkpoint(tmp_path / "run" / "checkpoint", kind=kind)
     assert meta["extra"]["task"] == task
-    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [1, 2]
     assert (tmp_path / "run" / "samples" / "step_0000002.png").stat().st_size > 0
     assert (tmp_path / "run" / "samples" / "step_0000002.mp4").stat().st_size > 0
@@ -210,7 +210,8 @@ def _cli_args(toy: Path, run: Path, steps: int, *extra: str) -> list[str]:
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    return subprocess.Popen([sys.executable, "-m", "btdm_engine.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "btdm_engine.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
 
 
 def test_sigkill_then_resume_continues_exactly(toy: Path, tmp_path: Path) -> None:
@@ -250,14 +251,14 @@ def test_sigkill_then_resume_continues_exactly(toy: Path, tmp_path: Path) -> Non
     # Continue two steps: the counter goes on from the snapshot, the CSV has no duplicate steps.
     resumed = train(config.resumed_with(steps=last + 2), run, resume=True, progress=False)
     assert resumed.resumed_from == last and resumed.step == last + 2
-    steps = [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))]
+    steps = [int(r["step"]) for r in csv.DictReader((run / "log.csv").read_text().splitlines())]
     assert steps == list(range(1, last + 3))
 
     # ...and lands where an uninterrupted run lands.
     reference = train(config.resumed_with(steps=last + 2), tmp_path / "reference", progress=False)
     for name, value in reference.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
-    loaded, _, meta = load_checkpoint(run / "checkpoint")
+    _, _, meta = load_checkpoint(run / "checkpoint")
     assert meta["extra"]["training"]["step"] == last + 2
 
 
@@ -271,7 +272,8 @@ def test_cli_resume_refuses_changed_options(toy: Path, tmp_path: Path) -> None:
     args = parser.parse_args(_cli_args(toy, tmp_path / "run", 4, "--resume", "--lr", "0.5"))
     with pytest.raises(TrainConfigError, match="cannot change lr"):
         args.func(args)
-    args = parser.parse_args(["train", "btunet", "--data", str(toy), "--out", str(tmp_path / "run"), "--resume", "--steps", "3", "--no-progress"])
+    args = parser.parse_args(["train", "btunet", "--data", str(toy), "--out", str(tmp_path / "run"), "--resume", "--steps", "3",
+                              "--no-progress"])
     assert args.func(args) == 0  # only --steps given: the saved options are kept
     assert [s for s, _ in snapshot_dirs(tmp_path / "run")] == [2, 3]
 
@@ -296,7 +298,8 @@ def test_finetune_command_matches_the_animator(toy: Path, tmp_path: Path) -> Non
     parser = argparse.ArgumentParser(prog="btdm")
     finetune_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["finetune", "--model", str(model), "--appearance", str(image), "--appearance-iuv", str(iuv),
-                              "--steps", "3", "--lr", "1e-3", "--seed", "7", "--device", "cpu", "--out", str(tmp_path / "tuned")])  # fmt: skip
+                              "--steps", "3", "--lr", "1e-3", "--seed", "7", "--device", "cpu",
+                              "--out", str(tmp_path / "tuned")])  # fmt: skip
     assert args.func(args) == 0
     tuned, _, meta = load_checkpoint(tmp_path / "tuned" / "btunet")
     original, _, _ = load_checkpoint(model / "btunet")

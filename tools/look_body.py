@@ -16,13 +16,13 @@ from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pyrender  # noqa: E402
-import trimesh  # noqa: E402
+import cv2
+import numpy as np
+import pyrender
+import trimesh
 
-from btdm_engine.body import BodyModel, load_body_model  # noqa: E402
-from btdm_engine.body.skeleton import JOINT_NAMES, NUM_JOINTS  # noqa: E402
+from btdm_engine.body import BodyModel, load_body_model
+from btdm_engine.body.skeleton import JOINT_NAMES, NUM_JOINTS
 
 J = {n: i for i, n in enumerate(JOINT_NAMES)}
 TILE = (360, 480)  # width, height of one view
@@ -148,14 +148,18 @@ def contact_sheet(model: BodyModel, betas: np.ndarray) -> np.ndarray:
     rows.append([
         _label(render_view(rest, f, 0, colours=colours, renderer=renderer), "dominant joint"),
         _label(render_view(rest, f, 180, colours=colours, renderer=renderer), "dominant joint, back"),
-        _label(render_view(twist, f, 10, 30, centre=j[J["left_wrist"]], extent=0.35, renderer=renderer), "L wrist+elbow twist 90"),
-        _label(render_view(rest, f, 20, 65, centre=j[J["left_wrist"]] + (0.07, 0, 0), extent=0.3, renderer=renderer), "left hand from above"),
+        _label(render_view(twist, f, 10, 30, centre=j[J["left_wrist"]], extent=0.35, renderer=renderer),
+               "L wrist+elbow twist 90"),
+        _label(render_view(rest, f, 20, 65, centre=j[J["left_wrist"]] + (0.07, 0, 0), extent=0.3, renderer=renderer),
+               "left hand from above"),
     ])
     rows.append([
-        _label(render_view(rest, f, 60, 20, centre=j[J["left_ankle"]] + (0, -0.03, 0.05), extent=0.35, renderer=renderer), "left foot"),
+        _label(render_view(rest, f, 60, 20, centre=j[J["left_ankle"]] + (0, -0.03, 0.05), extent=0.35, renderer=renderer),
+               "left foot"),
         _label(render_view(rest, f, 0, 0, centre=j[J["head"]] + (0, 0.08, 0), extent=0.4, renderer=renderer), "head front"),
         _label(render_view(rest, f, 90, 0, centre=j[J["head"]] + (0, 0.08, 0), extent=0.4, renderer=renderer), "head side"),
-        _label(render_view(rest, f, 0, 0, centre=(0, -0.45, 0), extent=0.5, colours=colours, renderer=renderer), "hips, dominant joint"),
+        _label(render_view(rest, f, 0, 0, centre=(0, -0.45, 0), extent=0.5, colours=colours, renderer=renderer),
+               "hips, dominant joint"),
     ])
     renderer.delete()
     return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)

@@ -48,7 +48,8 @@ class TrainConfig:
     data: str = option(help="dataset folder (manifest.json layout, or DensePose videos: training.video)")
     preset: str = option("tiny", help="model size", choices=MODEL_PRESETS)
     model_overrides: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": 'single model config fields replacing the preset\'s, e.g. {"model_channels": 16}'})
+        default_factory=dict,
+        metadata={"help": 'single model config fields replacing the preset\'s, e.g. {"model_channels": 16}'})
     mode: str = option(
         "bidirectional", choices=TRAIN_MODES,
         help="BTU-Net objective: eq. 4 with c, the autoregressive baseline of table 3, eq. 4 without c on one "

@@ -416,7 +416,7 @@ class RunLog:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.csv_path, buf.getvalue())
-        self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
+        self._file = open(self.csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (appended to until close())
         self._csv = csv.DictWriter(self._file, fieldnames=LOG_FIELDS)
         # purge_step discards events a killed run logged after its last snapshot.
         self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1 if resumed else None)
@@ -560,10 +560,8 @@ def _remove_failed_start(run_dir: Path) -> None:
     for sub in ("tb", SNAPSHOTS, "samples"):
         if (run_dir / sub).is_dir():
             shutil.rmtree(run_dir / sub, ignore_errors=True)
-    try:
+    with contextlib.suppress(OSError):
         run_dir.rmdir()
-    except OSError:
-        pass
 
 
 def check_model_size(config: TrainConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import bpy
@@ -33,10 +34,8 @@ class BTDM_OT_connect_engine(bpy.types.Operator):
             return {"FINISHED"}
 
         def work():
-            try:
+            with contextlib.suppress(EngineUnavailable):  # the reason is in MANAGER.status; the panel shows it
                 MANAGER.connect(settings)
-            except EngineUnavailable:
-                pass  # the reason is in MANAGER.status; the panel shows it
 
         threading.Thread(target=work, name="btdm-connect", daemon=True).start()
         if not bpy.app.timers.is_registered(_watch):

@@ -113,7 +113,7 @@ class _RunOperator:
 
 
 class BTDM_OT_generate_previs(_RunOperator, bpy.types.Operator):
-    """Generate a plate of a person performing the armature's motion, seen through the shot camera, and put it on the Video Sequencer"""
+    """Generate a plate of a person doing the armature's motion, seen through the shot camera, onto the Video Sequencer"""
 
     bl_idname = "btdm.generate_previs"
     bl_label = "Generate Pre-vis"

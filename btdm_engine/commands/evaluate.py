@@ -31,9 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
                    help="IUV PNG channel order: btdm (red = I, ours) or densepose (blue = I, detectron2 files)")
     p.add_argument("--lpips-weights", type=Path, default=None, help="LPIPS safetensors file (see btdm_engine.metrics.lpips)")
-    p.add_argument("--inception-weights", type=Path, default=None, help="FID Inception safetensors file (see btdm_engine.metrics.fid)")
+    p.add_argument("--inception-weights", type=Path, default=None,
+                   help="FID Inception safetensors file (see btdm_engine.metrics.fid)")
     p.add_argument("--size", type=int, default=None, help="evaluate at SIZE x SIZE (default: frames must already match)")
-    p.add_argument("--background", default="white", help="background colour for RGBA frames and masking: white, black, grey or R,G,B")
+    p.add_argument("--background", default="white",
+                   help="background colour for RGBA frames and masking: white, black, grey or R,G,B")
     p.add_argument("--flow-source", choices=FLOW_SOURCES, default="gt", help="whose flow the warping error warps with")
     p.add_argument("--name", default="prediction", help="row label in the printed table")
     p.add_argument("--out", type=Path, required=True, help="JSON report to write")
@@ -41,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
     from btdm_engine.imageio import parse_colour
+    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
 
     report = evaluate(
         args.pred,

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     image = read_rgb(args.appearance, parse_colour(args.background), min_side=MIN_APPEARANCE_SIDE)
     iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
     if image.shape[:2] != iuv.shape[:2]:
-        raise UsageError(f"{args.appearance_iuv}: {iuv.shape[1]}x{iuv.shape[0]} px, but {args.appearance} is {image.shape[1]}x{image.shape[0]}")
+        raise UsageError(f"{args.appearance_iuv}: {iuv.shape[1]}x{iuv.shape[0]} px, "
+                         f"but {args.appearance} is {image.shape[1]}x{image.shape[0]}")
     model, schedule, meta = load_checkpoint(args.model / "btunet", kind="btunet", device=device)
     res = model.config.resolution
     c = image_to_tensor(np.round(image * 255).astype(np.uint8), res, where=str(args.appearance)).to(device)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.procs import die_with_parent
+from btdm_engine.procs import die_with_parent, stop_process
 
 __all__ = ["register", "run_shot"]
 
@@ -91,7 +91,8 @@ class _LocalEngine:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="btdm-previs-serve-", suffix=".log", delete=False)
+        # open while the engine child runs; stop() closes it
+        self.log = tempfile.NamedTemporaryFile(prefix="btdm-previs-serve-", suffix=".log", delete=False)  # noqa: SIM115
         cmd = [*_btdm_command(), "serve", "--port", str(self.port)]
         if device:
             cmd += ["--device", device]
@@ -115,13 +116,7 @@ class _LocalEngine:
         raise CliError(f"the local engine did not answer within {timeout:.0f} s; see {self.log.name}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -20,6 +20,7 @@ initial noise tensor, then (``eta > 0``) one ``(T, ...)`` noise tensor per step 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -178,6 +179,19 @@ def _check_inputs(poses: Tensor, appearance: Tensor | None) -> None:
             raise SamplerError(f"appearance is on {appearance.device} but poses on {poses.device}")
 
 
+def _prepare(
+    model: PairNetwork, poses: Tensor, appearance: Tensor | None, steps: int, schedule: ScheduleConfig, eta: float,
+    cancel: object, clip_x0: bool,
+) -> tuple[PairDenoiser, Callable[[], bool], float, Tensor]:
+    """What every pair sampler checks and builds first: the wrapped network, the cancel check, eta, and the
+    ``steps + 1`` log-SNR levels on the poses' device."""
+    _check_inputs(poses, appearance)
+    _check_positive_int("steps", steps)
+    eta = _check_eta(eta)
+    denoise = PairDenoiser(model, poses, appearance, clip_x0)
+    return denoise, cancel_checker(cancel), eta, schedule.sampling_logsnrs(steps).to(poses.device)
+
+
 def _is_forward(step: int, start_direction: str) -> bool:
     if start_direction not in DIRECTIONS:
         raise SamplerError(f"start_direction {start_direction!r} is unknown; allowed: {', '.join(DIRECTIONS)}")
@@ -257,17 +271,12 @@ def sample_bidirectional(
     form one batch. The first (forward) or last (backward) frame, which has no such neighbour,
     is updated from its other neighbour with the opposite direction (:func:`_neighbours`).
     """
-    _check_inputs(poses, appearance)
-    _check_positive_int("steps", steps)
     _check_positive_int("max_batch", max_batch, allow_none=True)
-    eta = _check_eta(eta)
     _is_forward(0, start_direction)
-    is_cancelled = cancel_checker(cancel)
-    denoise = PairDenoiser(model, poses, appearance, clip_x0)
+    denoise, is_cancelled, eta, logsnrs = _prepare(model, poses, appearance, steps, schedule, eta, cancel, clip_x0)
     num_frames = poses.shape[0]
     device = poses.device
     chunk = max_batch or num_frames
-    logsnrs = schedule.sampling_logsnrs(steps).to(device)
 
     # 1. Y^K: pure noise for every frame (lambda_min makes alpha ~ 0).
     x = draw_noise(tuple(poses.shape), generator, device)
@@ -310,15 +319,10 @@ def sample_bidirectional_loop(
     exists to show and test that the batched sampler is the paper's algorithm. Frames are 1-based
     in the comments, as in the paper.
     """
-    _check_inputs(poses, appearance)
-    _check_positive_int("steps", steps)
-    eta = _check_eta(eta)
     _is_forward(0, start_direction)
-    is_cancelled = cancel_checker(cancel)
-    denoise = PairDenoiser(model, poses, appearance, clip_x0)
+    denoise, is_cancelled, eta, logsnrs = _prepare(model, poses, appearance, steps, schedule, eta, cancel, clip_x0)
     num_frames = poses.shape[0]
     device = poses.device
-    logsnrs = schedule.sampling_logsnrs(steps).to(device)
 
     y = draw_noise(tuple(poses.shape), generator, device)  # Y^K
     for i in range(steps):  # "for k = K-1 to 0"
@@ -380,14 +384,9 @@ def sample_unidirectional(
     Randomness: one (T, ...) initial noise tensor, then per frame and step (eta > 0, not the
     last step) one (1, ...) noise tensor. ``callback("unidirectional", n, T * steps)``.
     """
-    _check_inputs(poses, appearance)
-    _check_positive_int("steps", steps)
-    eta = _check_eta(eta)
-    is_cancelled = cancel_checker(cancel)
-    denoise = PairDenoiser(model, poses, appearance, clip_x0)
+    denoise, is_cancelled, eta, logsnrs = _prepare(model, poses, appearance, steps, schedule, eta, cancel, clip_x0)
     num_frames = poses.shape[0]
     device = poses.device
-    logsnrs = schedule.sampling_logsnrs(steps).to(device)
     total = num_frames * steps
 
     init = draw_noise(tuple(poses.shape), generator, device)
@@ -412,6 +411,11 @@ def sample_unidirectional(
 
 # --------------------------------------------------------------------------------------------
 # SR3 super-resolution
+
+
+def _broadcast_noise(shape: tuple[int, ...], draw: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Noise of ``shape`` from ``draw`` frames' worth of draws (``shape[0]``, or 1 shared by every frame)."""
+    return draw_noise((draw, *shape[1:]), generator, device).expand(shape).contiguous()
 
 
 def _iter_batches(low_res: Tensor | Iterable[Tensor], batch: int) -> Iterator[Tensor]:
@@ -515,10 +519,7 @@ def sample_sr3(
             chunk_generator, draw = generator, n
         else:  # the same draws for every chunk, each broadcast over the chunk's frames
             chunk_generator, draw = torch.Generator(generator.device).manual_seed(shared_seed), 1
-
-        def chunk_noise(shape: tuple[int, ...]) -> Tensor:
-            return draw_noise((draw, *shape[1:]), chunk_generator, device).expand(shape).contiguous()
-
+        chunk_noise = functools.partial(_broadcast_noise, draw=draw, generator=chunk_generator, device=device)
         x = chunk_noise((n, 3, resolution, resolution))
         aug = None
         if low_res_logsnr is not None:

@@ -15,9 +15,9 @@ from btdm_engine.metrics.lpips import LPIPS, lpips_pairs, tlpips_per_pair
 from btdm_engine.metrics.weights import MetricWeightsError
 
 __all__ = [
+    "LPIPS",
     "EvaluationError",
     "FIDInceptionV3",
-    "LPIPS",
     "MetricWeightsError",
     "evaluate",
     "fill_background",

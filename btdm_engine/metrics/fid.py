@@ -177,7 +177,7 @@ class FIDInceptionV3(nn.Module):
         self.eval()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "FIDInceptionV3":
+    def from_file(cls, path: str | Path) -> FIDInceptionV3:
         """Load the weight file described in the module docstring, strictly."""
         model = cls()
         load_strict(model, read_safetensors(path), path, ignorable=FID_IGNORABLE_KEYS)

@@ -57,7 +57,8 @@ def _dis() -> cv2.DISOpticalFlow:
 def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """DIS flow from grey uint8 image ``a`` (H,W) to ``b``: float32 (H,W,2), ``a(x) ~ b(x + flow(x))``."""
     if a.dtype != np.uint8 or b.dtype != np.uint8 or a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"optical_flow needs two grey uint8 (H, W) images of equal size, got {a.shape} {a.dtype} and {b.shape} {b.dtype}")
+        raise ValueError(
+            f"optical_flow needs two grey uint8 (H, W) images of equal size, got {a.shape} {a.dtype} and {b.shape} {b.dtype}")
     return _dis().calc(a, b, None)
 
 
@@ -146,4 +147,5 @@ def _check_sequences(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | 
     if pred.ndim != 4 or pred.shape[1] != 3 or pred.shape != gt.shape:
         raise ValueError(f"sequences must both be (T, 3, H, W), got {tuple(pred.shape)} and {tuple(gt.shape)}")
     if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (pred.shape[0], *pred.shape[2:])):
-        raise ValueError(f"mask must be bool (T, H, W) = {(pred.shape[0], *pred.shape[2:])}, got {tuple(mask.shape)} {mask.dtype}")
+        raise ValueError(
+            f"mask must be bool (T, H, W) = {(pred.shape[0], *pred.shape[2:])}, got {tuple(mask.shape)} {mask.dtype}")

@@ -89,7 +89,7 @@ class LPIPS(nn.Module):
         self.eval()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "LPIPS":
+    def from_file(cls, path: str | Path) -> LPIPS:
         """Load a weight file in the layout of the module docstring (network kind from its keys)."""
         tensors = read_safetensors(path)
         if "features.28.weight" in tensors:

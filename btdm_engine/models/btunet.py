@@ -425,12 +425,15 @@ class BTUNet(nn.Module):
                     f"BTUNet.forward: {name} has dtype {t.dtype}, expected one of {list(dtypes)}"
                 )
         # a value check syncs with the device, so it is skipped inside torch.compile graphs
-        if direction_a is not None and not torch.compiler.is_compiling():
-            if bool(((direction_a != FORWARD) & (direction_a != BACKWARD)).any()):
-                raise BTUNetInputError(
-                    f"BTUNet.forward: direction_a holds {sorted(set(direction_a.tolist()))}; "
-                    f"allowed: {FORWARD} (d_f), {BACKWARD} (d_b)"
-                )
+        if (
+            direction_a is not None
+            and not torch.compiler.is_compiling()
+            and bool(((direction_a != FORWARD) & (direction_a != BACKWARD)).any())
+        ):
+            raise BTUNetInputError(
+                f"BTUNet.forward: direction_a holds {sorted(set(direction_a.tolist()))}; "
+                f"allowed: {FORWARD} (d_f), {BACKWARD} (d_b)"
+            )
         if appearance_mask is not None and appearance is None:
             raise BTUNetInputError(
                 "BTUNet.forward: appearance_mask given without appearance; pass appearance=None "

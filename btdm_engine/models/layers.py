@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -255,7 +256,7 @@ class ConvEncoder(nn.Module):
         )
         self.downs = nn.ModuleList(
             nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
-            for c_in, c_out in zip(channels[:-1], channels[1:])
+            for c_in, c_out in itertools.pairwise(channels)
         )
 
     def forward(self, x: Tensor) -> list[Tensor]:

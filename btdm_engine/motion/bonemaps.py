@@ -32,8 +32,15 @@ from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, PARENTS
 from btdm_engine.errors import BtdmError
 
 __all__ = [
-    "PRESETS", "REQUIRED", "SKELETONS", "BoneMapError", "choose_map", "map_from_dict", "normalise",
-    "read_bone_map", "preset_map",
+    "PRESETS",
+    "REQUIRED",
+    "SKELETONS",
+    "BoneMapError",
+    "choose_map",
+    "map_from_dict",
+    "normalise",
+    "preset_map",
+    "read_bone_map",
 ]
 
 J = {name: j for j, name in enumerate(JOINT_NAMES)}

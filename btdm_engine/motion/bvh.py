@@ -28,8 +28,18 @@ from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_euler
 from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
 __all__ = [
-    "Bvh", "BvhError", "BvhJoint", "MAX_DEPTH", "MAX_FRAMES", "MAX_JOINTS", "SKELETONS", "load_bvh", "read_bvh",
-    "save_bvh", "skeleton_from_bvh", "write_bvh",
+    "MAX_DEPTH",
+    "MAX_FRAMES",
+    "MAX_JOINTS",
+    "SKELETONS",
+    "Bvh",
+    "BvhError",
+    "BvhJoint",
+    "load_bvh",
+    "read_bvh",
+    "save_bvh",
+    "skeleton_from_bvh",
+    "write_bvh",
 ]
 
 UP_AXES = ("Y", "Z")

@@ -7,6 +7,8 @@ centre, with pixel centres at integer coordinates (so the centre is ``((W-1)/2, 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from btdm_engine.errors import BtdmError
@@ -15,7 +17,7 @@ from btdm_engine.errors import BtdmError
 class CameraError(BtdmError, ValueError):
     """A camera cannot be built from these values (size, field of view, points out of range)."""
 
-__all__ = ["intrinsics", "look_at", "orbit", "default_camera", "project"]
+__all__ = ["default_camera", "intrinsics", "look_at", "orbit", "project"]
 
 _WORLD_UP = np.array([0.0, 1.0, 0.0])
 
@@ -184,16 +186,12 @@ def posed_hull_points(body, poses: np.ndarray, betas: np.ndarray, trans: np.ndar
         pts = np.asarray(verts, dtype=np.float64).reshape(-1, 3)
         if not np.isfinite(pts).all():
             raise CameraError("points contain NaN or inf")
-        try:
+        with contextlib.suppress(QhullError):  # flat or degenerate: keep every point
             pts = pts[ConvexHull(pts).vertices]
-        except QhullError:  # flat or degenerate: keep every point
-            pass
         kept.append(pts)
         if len(kept) > 8:  # fold the hulls gathered so far into one
             merged = np.concatenate(kept)
-            try:
+            with contextlib.suppress(QhullError):
                 merged = merged[ConvexHull(merged).vertices]
-            except QhullError:
-                pass
             kept = [merged]
     return np.concatenate(kept)

@@ -71,10 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _source_arguments(ins)
     ins.set_defaults(func=_inspect)
 
-    lst = sub.add_parser("list", help="list the built-in procedural motions", description="List the built-in procedural motions with a line on each.")
+    lst = sub.add_parser("list", help="list the built-in procedural motions",
+                         description="List the built-in procedural motions with a line on each.")
     lst.set_defaults(func=_list)
 
-    info = sub.add_parser("info", help="describe a clip file", description="Print what a MotionClip .npz holds: frames, fps, body model, shape, camera, and the root path.")
+    info = sub.add_parser("info", help="describe a clip file", description="Print what a MotionClip .npz holds: frames, fps, "
+                          "body model, shape, camera, and the root path.")
     info.add_argument("clip", type=Path, metavar="CLIP.npz", help="clip file to describe")
     info.set_defaults(func=_info)
 

@@ -13,7 +13,7 @@ import numpy as np
 from btdm_engine.body.skeleton import NUM_JOINTS, PARENTS
 from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
-__all__ = ["world_rotations", "local_rotations", "forward_kinematics"]
+__all__ = ["forward_kinematics", "local_rotations", "world_rotations"]
 
 
 def world_rotations(poses: np.ndarray) -> np.ndarray:

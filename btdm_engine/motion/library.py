@@ -15,8 +15,8 @@ is positive. About +Y (root): a positive yaw turns the body towards its left.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.interpolate import CubicSpline

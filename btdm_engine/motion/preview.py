@@ -18,7 +18,7 @@ from btdm_engine.fileio import atomic_write_bytes
 from btdm_engine.motion.camera import project
 from btdm_engine.motion.clip import MotionClip
 
-__all__ = ["clip_joints", "draw_stick_figure", "contact_sheet"]
+__all__ = ["clip_joints", "contact_sheet", "draw_stick_figure"]
 
 _LEFT = (40, 40, 220)  # BGR red
 _RIGHT = (220, 90, 30)  # BGR blue

@@ -13,19 +13,19 @@ from scipy.spatial.transform import Rotation
 from btdm_engine.errors import UsageError
 
 __all__ = [
+    "align_vectors",
     "axis_angle_to_matrix",
-    "matrix_to_axis_angle",
     "axis_angle_to_quat",
-    "quat_to_axis_angle",
-    "matrix_to_quat",
-    "quat_to_matrix",
     "euler_to_matrix",
+    "matrix_to_axis_angle",
     "matrix_to_euler",
+    "matrix_to_quat",
+    "quat_to_axis_angle",
+    "quat_to_matrix",
+    "rotation_angle",
     "rotation_x",
     "rotation_y",
     "rotation_z",
-    "rotation_angle",
-    "align_vectors",
 ]
 
 _EULER_ORDERS = ("XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX")

@@ -50,7 +50,7 @@ from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, npz_headers
 
-__all__ = ["FORMAT_VERSION", "LIMITS", "SkeletonAnimation", "SkeletonAnimationError", "UP_AXES"]
+__all__ = ["FORMAT_VERSION", "LIMITS", "UP_AXES", "SkeletonAnimation", "SkeletonAnimationError"]
 
 FORMAT_VERSION = 1
 UP_AXES = ("Y", "Z")
@@ -166,7 +166,7 @@ class SkeletonAnimation:
         if extra:
             raise SkeletonAnimationError(
                 f"{name}: unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(_REQUIRED + _CAMERA)}")
-        for field, (shape, dtype) in headers.items():
+        for field, (_shape, dtype) in headers.items():
             if dtype.hasobject:
                 raise SkeletonAnimationError(
                     f"{name}: field {field!r} holds Python objects; only plain arrays are read")

@@ -346,7 +346,7 @@ def _raw_chart(part_name: str, p: np.ndarray, joints: np.ndarray) -> np.ndarray:
     if part_name == "head_left":
         # Projection on the sagittal plane: U from the back (-z) to the face, V from the top.
         return np.stack([p[:, 2], -p[:, 1]], axis=1)
-    for seg, (prox, dist, front_part, back_part) in _LIMBS.items():
+    for prox, dist, front_part, back_part in _LIMBS.values():
         if part_name in (front_part, back_part):
             origin, axis, cut, front = _bone_frame(joints, prox, dist)
             rel = p - origin

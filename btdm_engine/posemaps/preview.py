@@ -7,6 +7,7 @@ the surface flow of each chart is visible. The background is black.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -221,10 +222,8 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: f
             if proc is None:
                 raise UsageError(f"{path}: no frames to write")
             assert proc.stdin is not None
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
-            except BrokenPipeError:
-                pass
             err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr is not None else ""
             if proc.wait() != 0:
                 raise OSError(f"{path}: ffmpeg failed (exit {proc.returncode}): {err.strip()[-500:]}")

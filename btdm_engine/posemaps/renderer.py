@@ -21,18 +21,18 @@ import os
 # pyrender picks its GL platform at import time: headless EGL unless the user chose otherwise.
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from collections.abc import Iterator, Sequence  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np  # noqa: E402
-import pyrender  # noqa: E402
-from OpenGL import GL  # noqa: E402
-from pyrender.shader_program import ShaderProgramCache  # noqa: E402
+import numpy as np
+import pyrender
+from OpenGL import GL
+from pyrender.shader_program import ShaderProgramCache
 
-from btdm_engine.errors import BtdmError  # noqa: E402
-from btdm_engine.posemaps.atlas import Atlas, build_atlas  # noqa: E402
+from btdm_engine.errors import BtdmError
+from btdm_engine.posemaps.atlas import Atlas, build_atlas
 
 
 class RendererError(BtdmError, ValueError):
@@ -148,7 +148,8 @@ class IUVRenderer:
         if int(width) < 1 or int(height) < 1:
             raise RendererError(f"renderer size must be positive, got {width}x{height}")
         if max(int(width), int(height)) > MAX_SIZE:
-            raise RendererError(f"renderer size {width}x{height} is larger than the {MAX_SIZE} px the offscreen renderer supports")
+            raise RendererError(
+                f"renderer size {width}x{height} is larger than the {MAX_SIZE} px the offscreen renderer supports")
         if int(chunk_size) < 1:
             raise RendererError(f"chunk_size must be positive, got {chunk_size}")
         self.body = body
