@@ -81,7 +81,7 @@ def _train(kind: str, data: Path, run: Path, settings: dict[str, Any], progress:
 
 
 def _last_log_row(run: Path) -> dict[str, str]:
-    rows = list(csv.DictReader(open(run / "log.csv", encoding="utf-8")))
+    rows = list(csv.DictReader((run / "log.csv").read_text(encoding="utf-8").splitlines()))
     return rows[-1] if rows else {}
 
 
