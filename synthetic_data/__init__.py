@@ -15,6 +15,8 @@ Layers (kubric's split: plain data first, Blender as a thin mirror):
 * :mod:`synthetic_data.shard`: one (character, motion) sequence in its own process.
 * :mod:`synthetic_data.build`: the dataset builder (local processes or Ray), resumable.
 * :mod:`synthetic_data.sheet`: contact sheets.
+* :mod:`synthetic_data.command`: ``btdm synth`` and the ``btdm-synth`` script (the application layer:
+  ``btdm_engine.cli`` registers it by name; the engine never imports this package).
 
 Nothing here imports ``bpy`` at package import time.
 """

@@ -8,6 +8,8 @@ person-specific and unconditional variants, SR3) and distributed launch.
 * :mod:`training.config` / :mod:`training.trainer`: ``TrainConfig`` and the resumable,
   DDP-capable training loop behind ``btdm train``.
 * :mod:`training.toy_data`: a small procedural dataset in the real layout (tests, smoke runs).
+* :mod:`training.command`: ``btdm train`` (the application layer: ``btdm_engine.cli`` registers it by
+  name; the engine never imports this package).
 
 Imports are lazy so that ``import training.dataset_format`` stays light (no torch).
 """
