@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from btdm_engine.constants import MODEL_PRESETS
+
 MODES = ("bidirectional", "unidirectional")
 
 
@@ -37,7 +39,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench_ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=None, help="dataset folder with train/test splits (default: a toy set)")
     p.add_argument("--out", type=Path, default=Path("out/ablation"), help="output folder (replaced)")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "paper"))
+    p.add_argument("--preset", default="tiny", choices=MODEL_PRESETS)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None, help="training time of the bidirectional model (default 2)")
     budget.add_argument("--steps", type=int, default=None, help="training steps of each model")

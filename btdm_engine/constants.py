@@ -18,6 +18,7 @@ __all__ = [
     "PRECISIONS",
     "SAMPLERS",
     "TRAIN_MODES",
+    "UP_AXES",
 ]
 
 # Channel orders of IUV PNG files (btdm_engine.posemaps.encoding): ours (red = I) and detectron2's
@@ -33,6 +34,9 @@ SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")
 
 # BTU-Net training objectives (training.config.TrainConfig.mode).
 TRAIN_MODES: tuple[str, ...] = ("bidirectional", "unidirectional", "person", "unconditional")
+
+# A motion file's up axis (BVH's Y, or Blender's Z with forward -Y) for retargeting.
+UP_AXES: tuple[str, ...] = ("Y", "Z")
 
 # Where training and fine-tuning run ("auto": CUDA when present).
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from btdm_engine.body.skeleton import JOINT_NAMES, PARENTS
+from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text
 from btdm_engine.motion.bonemaps import SKELETONS
@@ -42,7 +43,6 @@ __all__ = [
     "write_bvh",
 ]
 
-UP_AXES = ("Y", "Z")
 # Limits on what a file may declare (a named error, never a RecursionError or a huge allocation).
 MAX_DEPTH = 256
 MAX_JOINTS = 1024

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from btdm_engine.body.skeleton import JOINT_NAMES
+from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import UsageError
 from btdm_engine.motion.bonemaps import SKELETONS
 
@@ -103,7 +104,7 @@ def _source_arguments(p: argparse.ArgumentParser) -> None:
                    help='custom bone map, a JSON object {"pelvis": "Hips", "left_hip": "L_Thigh", ...}')
     p.add_argument("--scale", type=float, default=None,
                    help="metres per file unit (default: detected: m, cm, mm or inches, from the skeleton height)")
-    p.add_argument("--up", default=None, choices=("Y", "Z"),
+    p.add_argument("--up", default=None, choices=UP_AXES,
                    help="the file's up axis (default: the file's convention, checked against the rest skeleton)")
     p.add_argument("--armature", default=None, metavar="NAME", help="the armature to read from an FBX with several")
 

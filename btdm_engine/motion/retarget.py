@@ -38,6 +38,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation, Slerp
 
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS, PARENTS
+from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import BtdmError
 from btdm_engine.motion.bonemaps import choose_map, map_from_dict
 from btdm_engine.motion.camera import default_camera, posed_hull_points
@@ -343,8 +344,8 @@ def to_motion_clip(
 
     source = anim.source
     notes: list[str] = []
-    if up is not None and up not in ("Y", "Z"):
-        raise RetargetError(f"unknown up axis {up!r}; allowed: Y, Z")
+    if up is not None and up not in UP_AXES:
+        raise RetargetError(f"unknown up axis {up!r}; allowed: {', '.join(UP_AXES)}")
     if scale is not None and not (np.isfinite(scale) and 1e-6 <= scale <= 1e3):
         raise RetargetError(f"scale must be metres per unit between 1e-6 and 1000, got {scale}")
     if fps is not None and not (np.isfinite(fps) and 1e-3 <= fps <= 1000):

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from btdm_engine.constants import UP_AXES
 from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, npz_headers
@@ -53,7 +54,6 @@ from btdm_engine.fileio import atomic_path, npz_headers
 __all__ = ["FORMAT_VERSION", "LIMITS", "UP_AXES", "SkeletonAnimation", "SkeletonAnimationError"]
 
 FORMAT_VERSION = 1
-UP_AXES = ("Y", "Z")
 # Sizes a file may declare (checked from the headers, before reading any array).
 LIMITS = {"bones": 1024, "frames": 100_000, "bone_frames": 4_000_000, "name_chars": 256, "pixels": 16384}
 
