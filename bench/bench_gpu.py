@@ -285,6 +285,8 @@ def variant_models(btunet: BTUNet, sr3: SR3, variant: str, device: torch.device,
         yield _autocast_for(btunet, device, precision), _autocast_for(sr3_net, device, precision)
     finally:
         btunet.unet = trunk
+        if variant != "eager":
+            torch.compiler.reset()  # the next variant or preset compiles afresh (and CUDA-graph pools are freed)
 
 
 def run_pipeline(

@@ -128,7 +128,7 @@ def test_train_export_assemble_round_trip_with_device_imports_only(pack: Path, t
     # a budget (0.2 min) with a 3-step calibration, then the resumed run: the real trainer on the
     # CPU, a tiny model, float32 shards of at most 0.5 MiB
     argv = ["train", "--data", str(pack), "--run", str(run), "--export", str(export), "--minutes", "0.2",
-            "--calibration-steps", "3", "--preset", "tiny", "--model-overrides", '{"model_channels": 16}',
+            "--calibration-steps", "3", "--preset", "tiny", "--model-config", '{"model_channels": 16}',
             "--batch-size", "2", "--device", "cpu", "--dtype", "float32", "--shard-mib", "0.5", "--max-files", "8",
             "--warmup-steps", "0"]  # fmt: skip
     proc = device_only_python(f"""
@@ -172,6 +172,16 @@ def test_train_export_assemble_round_trip_with_device_imports_only(pack: Path, t
     first.write_bytes(bytes(data))
     with pytest.raises(GpuRecipeError, match="do not hash to the export id"):
         read_shards(altered)
+
+
+def test_train_refuses_a_deadline_too_close_to_train(pack: Path, tmp_path: Path) -> None:
+    import time
+
+    from training.gpu_recipe import train_recipe
+
+    with pytest.raises(GpuRecipeError, match="too few to train"):
+        train_recipe(pack, tmp_path / "run", tmp_path / "out", until=time.time() + 20, settings={"device": "cpu"})
+    assert not (tmp_path / "run").exists()
 
 
 def test_bf16_export_fits_a_tighter_limit_and_assembles_to_the_rounded_weights(tmp_path: Path) -> None:

@@ -61,13 +61,13 @@ DEVICE_CARRY_BYTES = 64 * MIB  # working tree + carried paths
 DEVICE_FILE_BYTES = 16 * MIB  # each file brought back
 DEVICE_FILES = 8  # files brought back
 DEVICE_RETURN_BYTES = 64 * MIB  # all files brought back
-# Defaults that leave room: the code travels too, and the benchmark's JSON, the training summary
-# and the preview come back beside the shards.
+# Defaults that leave room: the code travels too, and 4 files come back beside the shards
+# (train.json, preview.png, the benchmark's JSON and the run's log), together well under 2 MiB.
 PACK_LIMIT_BYTES = 44 * MIB
 CARRY_MARGIN_BYTES = 2 * MIB
 SHARD_BYTES = DEVICE_FILE_BYTES - 64 * 1024
-SHARD_FILES = 5
-SHARDS_TOTAL_BYTES = 56 * MIB
+SHARD_FILES = 4
+SHARDS_TOTAL_BYTES = DEVICE_RETURN_BYTES - 2 * MIB
 SHARD_SUFFIX = ".safetensors"
 
 # The recipe's model and optimisation (a TrainConfig each); the budget sets the step count.
@@ -75,7 +75,9 @@ TRAIN_SETTINGS: dict[str, Any] = dict(
     kind="btunet", preset="base", mode="bidirectional", batch_size=64, lr=2e-4, warmup_steps=200, ema_decay=0.999,
     grad_clip=1.0, seed=0, log_every=50, keep_snapshots=1, sample_steps=20, sample_frames=8,
 )  # fmt: skip
-CALIBRATION_STEPS = 60
+CALIBRATION_STEPS = 100  # past the first epoch boundary of the wide pack at batch 64 (~80 steps)
+EXPORT_RESERVE_S = 45.0  # export, preview and summary after training, on the GPU machine (base: ~10 s)
+MIN_TRAIN_S = 30.0
 
 
 class GpuRecipeError(BtdmError, ValueError):
@@ -476,6 +478,7 @@ def train_recipe(
     steps: int | None = None,
     settings: dict[str, Any] | None = None,
     calibration_steps: int = CALIBRATION_STEPS,
+    until: float | None = None,
     dtype: str = "auto",
     shard_bytes: int = SHARD_BYTES,
     max_files: int = SHARD_FILES,
@@ -490,7 +493,9 @@ def train_recipe(
     ``minutes``, ``calibration_steps`` are trained first to measure the rate; the run is then
     resumed to the step count that fills what is left, and stopped at 110 % of the budget if the
     rate drops (the last snapshot is exported then). With ``preview``, ``export/preview.png``
-    shows the EMA model on a held-out sequence (:func:`write_preview_png`). Returns the summary.
+    shows the EMA model on a held-out sequence (:func:`write_preview_png`). ``until`` (Unix time)
+    is when everything, export included, must be done: the budget shrinks to fit it (the device
+    run's command limit, after a benchmark of unknown length). Returns the summary.
     """
     from training.config import TrainConfig
     from training.trainer import train
@@ -507,10 +512,20 @@ def train_recipe(
     import torch
 
     cuda = fields.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
-    fields.setdefault("num_workers", min(6, max((os.cpu_count() or 1) - 2, 0)) if cuda else 0)
+    # ~1 ms per 64 px pair on one core: 8 workers feed a 64-sample batch every ~10 ms
+    fields.setdefault("num_workers", min(8, max((os.cpu_count() or 1) - 2, 0)) if cuda else 0)
     fields.setdefault("cache_frames", fields["num_workers"] == 0)  # workers restart every epoch: a cache would not last
     budget_s = None if minutes is None else 60.0 * minutes
     deadline = None if budget_s is None else t_start + 1.1 * budget_s
+    if until is not None:
+        left = until - time.time() - EXPORT_RESERVE_S
+        if left < MIN_TRAIN_S:
+            raise GpuRecipeError(f"train: {left + EXPORT_RESERVE_S:.0f} s left before --until, too few to train for "
+                                 f"{MIN_TRAIN_S:.0f} s and export ({EXPORT_RESERVE_S:.0f} s); nothing trained")  # fmt: skip
+        budget_s = left if budget_s is None else min(budget_s, left)
+        deadline = min(deadline or math.inf, t_start + left + 0.5 * EXPORT_RESERVE_S)
+        if steps is None:
+            logger.info("training budget %.0f s (until %s)", budget_s, time.strftime("%H:%M:%S", time.localtime(until)))
     phases = []
 
     def run(config: TrainConfig, resume: bool, clock: _StepClock) -> bool:
@@ -732,11 +747,11 @@ def _model_card(document: dict[str, Any], meta: dict[str, str], sr3: Any, copied
     model = document["model"]
     lines = [
         "# A BTU-Net trained with the GPU recipe (training.gpu_recipe)", "",
-        f"- BTU-Net: {model['resolution']} px, model_channels {model['model_channels']}, channel_mult "
-        f"{model['channel_mult']}; trained {training.get('step', '?')} steps ({training.get('mode', '?')}, preset "
-        f"{training.get('preset', '?')}) on {training.get('data', '?')}.",
-        f"- Weights: export {meta['export_id'][:16]}, {meta['num_shards']} shard(s) in {meta['dtype']}, widened to "
-        "float32 exactly.",
+        (f"- BTU-Net: {model['resolution']} px, model_channels {model['model_channels']}, channel_mult "
+         f"{model['channel_mult']}; trained {training.get('step', '?')} steps ({training.get('mode', '?')}, preset "
+         f"{training.get('preset', '?')}) on {training.get('data', '?')}."),
+        (f"- Weights: export {meta['export_id'][:16]}, {meta['num_shards']} shard(s) in {meta['dtype']}, widened to "
+         "float32 exactly."),
         f"- SR3: {'copied from ' + str(sr3) if sr3 is not None else 'none (frames come out at the BTU-Net resolution)'}.",
         f"- Appearance image: {'from ' + str(appearance_from) if copied else 'none (pass --appearance)'}.",
         "", "Evaluate it against the shipped model on held-out characters before using it (docs/gpu.md).", "",
@@ -778,17 +793,20 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     budget.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the training (default 8)")
     budget.add_argument("--steps", type=int, default=None, help="exactly this many steps instead of a budget")
     t.add_argument("--preset", default=TRAIN_SETTINGS["preset"], help="BTU-Net preset (default base)")
-    t.add_argument("--model-overrides", type=json.loads, default=None, help='config fields over the preset, JSON')
+    t.add_argument("--model-config", dest="model_overrides", type=json.loads, default=None,
+                   help="model config fields over the preset, JSON (as btdm train --model-config)")
     t.add_argument("--batch-size", type=int, default=TRAIN_SETTINGS["batch_size"])
     t.add_argument("--lr", type=float, default=TRAIN_SETTINGS["lr"])
     t.add_argument("--warmup-steps", type=int, default=TRAIN_SETTINGS["warmup_steps"])
-    t.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default 6 on CUDA, 0 on the CPU)")
+    t.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default 8 on CUDA, 0 on the CPU)")
     t.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     t.add_argument("--calibration-steps", type=int, default=CALIBRATION_STEPS)
+    t.add_argument("--until", type=float, default=None,
+                   help="Unix time by which training and export must be done (e.g. $(( $(date +%%s) + 300 )))")
     t.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="shard dtype (auto: float32 when it fits the limits, else bf16)")
     t.add_argument("--shard-mib", type=_mib, default=SHARD_BYTES, help="largest shard (default just under 16 MiB)")
-    t.add_argument("--max-files", type=int, default=SHARD_FILES, help="most shards (default 5: 3 files left of 8)")
+    t.add_argument("--max-files", type=int, default=SHARD_FILES, help="most shards (default 4: 4 files left of 8)")
     t.add_argument("--no-preview", action="store_true", help="no preview of the EMA model at the end")
     a = sub.add_parser("assemble", help="a model folder from the shards (here, on the CPU)")
     a.add_argument("--shards", type=Path, nargs="+", required=True, help="the shards' folder, or the shard files")
@@ -824,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
                 settings["num_workers"] = args.num_workers
             minutes = args.minutes if args.minutes is not None or args.steps is not None else 8.0
             summary = train_recipe(args.data, args.run, args.export, minutes=minutes, steps=args.steps,
-                                   settings=settings, calibration_steps=args.calibration_steps, dtype=args.dtype,
+                                   settings=settings, calibration_steps=args.calibration_steps, until=args.until,
+                                   dtype=args.dtype,
                                    shard_bytes=args.shard_mib, max_files=args.max_files,
                                    preview=not args.no_preview)  # fmt: skip
             last = summary["log"][-1] if summary["log"] else {}
