@@ -545,13 +545,16 @@ def train_recipe(
     # GPU machine lacks; the recipe writes its own PNG preview at the end instead.
     config = TrainConfig(data=str(data), steps=first, checkpoint_every=first, sample_every=0, **fields)
     clock = _StepClock(deadline)
+    phase_start = time.monotonic()
     finished = run(config, False, clock)
     if steps is None and finished:
-        # 1. the rate after warm-up, and what the end costs (the last snapshot, the preview)
+        # 1. the rate after warm-up, and what the rest costs besides steps: a restart (data check,
+        # model, snapshot, workers) as long as the calibration's start, the last snapshot as long
+        # as the calibration's, and a preview of up to 5 % of the budget
         rate = clock.rate(skip=min(10, calibration_steps // 3))
-        # the last snapshot costs what the calibration's did; a preview up to 5 % of the budget
+        restart = clock.times[0][1] - phase_start
         end_cost = max(time.monotonic() - clock.times[-1][1], 1.0) + (min(15.0, 0.05 * budget_s) if preview else 0.0)
-        left = budget_s - (time.monotonic() - t_start) - end_cost
+        left = budget_s - (time.monotonic() - t_start) - restart - end_cost
         extra = int(rate * left * 0.97) if rate and left > 0 else 0
         total = calibration_steps + max(extra, 0)
         logger.info("calibration: %.2f steps/s; training to step %d in the %.0f s left", rate or 0.0, total, max(left, 0))
@@ -564,9 +567,14 @@ def train_recipe(
     shards = export_shards(run_dir / "checkpoint", export, dtype=dtype, shard_bytes=shard_bytes, max_files=max_files,
                            total_bytes=total_bytes)  # fmt: skip
     files = [s.name for s in shards]
+    preview_error = None
     if preview:
-        write_preview_png(run_dir, export / "preview.png")
-        files.append("preview.png")
+        try:
+            write_preview_png(run_dir, export / "preview.png")
+            files.append("preview.png")
+        except Exception as exc:  # the weights are out already: report the preview's failure, keep the summary
+            preview_error = f"{type(exc).__name__}: {exc}"
+            logger.error("preview.png not written: %s", preview_error)
     rows = _log_rows(run_dir)
     checkpoint_config = json.loads((run_dir / "checkpoint" / "config.json").read_text(encoding="utf-8"))
     summary = {
@@ -576,7 +584,7 @@ def train_recipe(
         "budget_s": budget_s, "trained_s": trained_s, "export_s": time.monotonic() - t_start - trained_s,
         "device": _device_summary(), "shards": [asdict(s) for s in shards],
         "export_dtype": _shard_metadata(export / shards[0].name)["dtype"],
-        "log": rows[-40:], "files": [*files, "train.json"],
+        "log": rows[-40:], "files": [*files, "train.json"], "preview_error": preview_error,
     }  # fmt: skip
     write_json_atomic(export / "train.json", summary)
     return summary
