@@ -120,6 +120,7 @@ class RunResult:
     sr3_tflops: float | None = None
     fraction_of_matmul_peak: float | None = None
     peak_memory_bytes: int | None = None
+    compiler: dict[str, int] | None = None  # graph breaks, graphs, CUDA-graph skips (compiled variants)
 
 
 @dataclass
@@ -267,6 +268,30 @@ class _StepMarked(nn.Module):
         return self.compiled(*args, **kwargs)
 
 
+def reset_compiler() -> None:
+    """``torch.compiler.reset()`` and torch.compile's counters (which that reset keeps)."""
+    torch.compiler.reset()
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return
+    counters.clear()
+
+
+def compiler_counters() -> dict[str, int] | None:
+    """torch.compile's own counts since the last reset: graph breaks, compiled graphs and CUDA-graph
+    skips (a skip means ``cudagraphs`` ran as plain ``compile`` somewhere). None where torch keeps none."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return None
+    return {
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0)),
+    }
+
+
 def _compiled(module: nn.Module, variant: str) -> nn.Module:
     mode = COMPILE_MODES[variant]
     compiled = torch.compile(module, mode=mode, dynamic=False)
@@ -279,6 +304,7 @@ def variant_models(btunet: BTUNet, sr3: SR3, variant: str, device: torch.device,
     trunk = btunet.unet
     sr3_net: nn.Module = sr3
     if variant != "eager":
+        reset_compiler()  # fresh caches and counters for this variant
         btunet.unet = _compiled(trunk, variant)
         sr3_net = _compiled(sr3, variant)
     try:
@@ -286,7 +312,7 @@ def variant_models(btunet: BTUNet, sr3: SR3, variant: str, device: torch.device,
     finally:
         btunet.unet = trunk
         if variant != "eager":
-            torch.compiler.reset()  # the next variant or preset compiles afresh (and CUDA-graph pools are freed)
+            reset_compiler()  # the next variant or preset compiles afresh (and CUDA-graph pools are freed)
 
 
 def run_pipeline(
@@ -423,6 +449,7 @@ class Bench:
                 result.compile_s = max(first - again, 0.0) if variant != "eager" else None
                 # 2. the steady state at the full step counts
                 times = [call(o.steps, o.sr_steps) for _ in range(repeats)]
+                result.compiler = compiler_counters() if variant != "eager" else None
         except Exception as exc:  # a compiler failure is a result to report, not the end of the run
             result.status, result.reason = "error", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             return self._record(result)
@@ -445,6 +472,8 @@ class Bench:
         if result.status == "ok":
             mem = "" if result.peak_memory_bytes is None else f", peak {result.peak_memory_bytes / 2**30:.1f} GiB"
             comp = "" if result.compile_s is None else f", compile {result.compile_s:.1f} s"
+            if result.compiler:
+                comp += ", " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.compiler.items())
             print(f"{result.preset} {result.variant}: {result.s_per_frame:.4f} s/frame (BTU-Net {result.btunet_s_per_frame:.4f} "
                   f"+ SR3 {result.sr3_s_per_frame:.4f}), {_rate(result.tflops)} = {result.fraction_of_matmul_peak:.0%} "
                   f"of the matmul peak{comp}{mem}", flush=True)  # fmt: skip
