@@ -98,6 +98,9 @@ def ddim_step(x: Tensor, x0: Tensor, logsnr_s: Tensor, logsnr_t: Tensor, eta: fl
        eta = 1 makes this the DDPM posterior q(x_t | x_s, x0) (Kingma et al. 2021, eq. 33),
        eta = 0 the deterministic DDIM update.
     3. lambda_t = +inf (the last step) returns x0 itself.
+
+    The levels are 0-dim tensors; the samplers pass CPU ones (they broadcast against ``x`` on any
+    device), so the last-step test reads no accelerator memory.
     """
     if math.isinf(float(logsnr_t)):
         return x0
@@ -148,7 +151,7 @@ class PairDenoiser:
     ) -> Tensor:
         b = x_a.shape[0]
         device = x_a.device
-        levels = logsnr.to(device=device, dtype=torch.float32).expand(b)
+        levels = torch.full((b,), float(logsnr), dtype=torch.float32, device=device)  # CPU scalar in: no sync
         if isinstance(direction, Tensor):
             directions = direction.to(device=device, dtype=torch.long)
         else:
@@ -184,12 +187,13 @@ def _prepare(
     cancel: object, clip_x0: bool,
 ) -> tuple[PairDenoiser, Callable[[], bool], float, Tensor]:
     """What every pair sampler checks and builds first: the wrapped network, the cancel check, eta, and the
-    ``steps + 1`` log-SNR levels on the poses' device."""
+    ``steps + 1`` log-SNR levels, kept on the CPU so reading one (``ddim_step``'s last-step test, the
+    network's level) never waits for an accelerator."""
     _check_inputs(poses, appearance)
     _check_positive_int("steps", steps)
     eta = _check_eta(eta)
     denoise = PairDenoiser(model, poses, appearance, clip_x0)
-    return denoise, cancel_checker(cancel), eta, schedule.sampling_logsnrs(steps).to(poses.device)
+    return denoise, cancel_checker(cancel), eta, schedule.sampling_logsnrs(steps)
 
 
 def _is_forward(step: int, start_direction: str) -> bool:
@@ -526,13 +530,12 @@ def sample_sr3(
             # Conditioning augmentation (Ho et al. 2022, CDM): the level the model saw in training.
             aug = torch.full((n,), float(low_res_logsnr), device=device)
             lr = q_sample(lr, aug, chunk_noise(tuple(lr.shape)))
-        levels = logsnrs.to(device)
         for i in range(steps):
             _check_cancel(is_cancelled, "sr3")
-            x0 = model(x, levels[i].expand(n), lr, aug).float()
+            x0 = model(x, torch.full((n,), float(logsnrs[i]), device=device), lr, aug).float()
             x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
             step_noise = chunk_noise(tuple(x.shape)) if eta > 0 and i < steps - 1 else None
-            x = ddim_step(x, x0, levels[i], levels[i + 1], eta, step_noise)
+            x = ddim_step(x, x0, logsnrs[i], logsnrs[i + 1], eta, step_noise)
             done += 1
             if callback is not None:
                 callback("sr3", done, total)
