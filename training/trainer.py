@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import logging
@@ -436,8 +437,9 @@ class RunLog:
 def write_preview(
     run_dir: Path, step: int, ema: nn.Module, config: TrainConfig, schedule: ScheduleConfig,
     sequence: SequenceFrames, device: torch.device, fps: float = 8.0,
-) -> tuple[Path, Path]:
-    """Sample the EMA model on a (held-out) sequence; write a PNG strip and an MP4.
+) -> tuple[Path, Path | None]:
+    """Sample the EMA model on a (held-out) sequence; write a PNG strip and an MP4 (None where
+    imageio-ffmpeg is not installed, as on a bare GPU machine: the PNG is the preview then).
 
     BTU-Net: rows = pose maps, ground truth, sample (bidirectional recursive sampling, or the
     autoregressive sampler for the unidirectional mode), c = the sequence's first frame.
@@ -474,6 +476,9 @@ def write_preview(
     images = [up(im) for row in (top, truth, sample) for im in row]
     labels = [f"{name} {t}" if t == 0 else "" for name in ("input", "truth", "sample") for t in range(n)]
     png = write_rgb_png(run_dir / "samples" / f"step_{step:07d}.png", contact_sheet(images, cols=n, labels=labels))
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        logger.info("preview %s: no MP4 (imageio-ffmpeg is not installed)", png)
+        return png, None
     video = write_mp4((np.concatenate([up(g), up(s)], axis=1) for g, s in zip(truth, sample)),
                       run_dir / "samples" / f"step_{step:07d}.mp4", fps=fps)  # fmt: skip
     return png, video
