@@ -43,6 +43,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--finetune-sequences", type=int, default=None,
                    help="fine-tune on only the first N held-out sequences per character order (default: all)")
+    p.add_argument("--motion", default=None, help="only the held-out sequences of this motion (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--picture-characters", type=int, default=3, help="held-out characters in comparison.png")
     return p.parse_args(argv)
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         data = args.data
     tests = DatasetManifest.load(data).sequence_frames("test")
+    if args.motion is not None:
+        tests = [s for s in tests if s.id.endswith(f"-{args.motion}")]
     if not tests:
         raise SystemExit(f"{data}: the manifest has no test split")
     passes = [("", 0)] + ([("_ft", args.finetune_steps)] if args.finetune_steps > 0 else [])
