@@ -317,7 +317,11 @@ def test_posemaps_zip_job(server: Server, clip: Path, tmp_path: Path) -> None:
     assert decode(client.frame(job["id"], 2)).shape == (128, 128, 3)
 
 
-def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, clip: Path) -> None:
+def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) -> None:
+    # 12 frames: after the first SR3 chunk (4 frames at 128 px on the CPU) two more chunks remain, so
+    # the kill lands mid-job even when the event reaches the test late (CI ran the 2-frame tail to
+    # the end before the kill arrived with a 6-frame clip).
+    clip = make_clip(tmp_path / "walk12.npz", seconds=0.4)
     params = {"steps": 2, "sr_steps": 12, "seed": 5}
     srv = Server(tmp_path / "data").start()
     try:
@@ -331,6 +335,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, cl
         srv.kill()
     finally:
         srv.kill()
+    assert not (folder / "frames" / "000011.png").exists(), "the job ended before the kill: the test proves nothing"
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((folder / "frames").glob("*.png"))[:4]}
     low = (folder / "low.npy").stat()
     assert len(kept) == 4 and not list((folder / "frames").glob(".*"))  # no half-written frame under its name
@@ -344,7 +349,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, cl
         for name, (ino, mtime) in kept.items():
             st = (folder / "frames" / name).stat()
             assert (st.st_ino, st.st_mtime_ns) == (ino, mtime), f"{name} was rewritten"
-        frames = [decode(client.frame(job["id"], n)) for n in range(6)]
+        frames = [decode(client.frame(job["id"], n)) for n in range(12)]
     finally:
         restarted.stop()
     # The resumed frames equal an uninterrupted run's (the SR3 noise of skipped chunks is replayed).
