@@ -329,6 +329,11 @@ def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Pa
     from btdm_engine.pipeline import Animator
     from training.default_model import assemble
 
+    # A synthetic set records its whole preset in the manifest; the card names it, not the dict.
+    toy = shutil.copytree(toy, tmp_path / "data")
+    manifest = json.loads((toy / "manifest.json").read_text())
+    manifest.setdefault("info", {})["preset"] = {"name": "wide", "characters": 64}
+    (toy / "manifest.json").write_text(json.dumps(manifest))
     runs = {"btunet": tmp_path / "btunet", "sr3": tmp_path / "sr3"}
     out = tmp_path / "model"
     with pytest.raises(ValueError, match="no finished checkpoint"):
@@ -343,7 +348,9 @@ def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Pa
     card = (out / "MODEL_CARD.md").read_text()
     assert "| btunet |" in card and "| sr3 |" in card and "test split" in card
     assert "characters" in card and "held-out figures" not in card
+    assert "(`btdm synth build --preset wide`:" in card and "'characters'" not in card
     assemble(toy, runs, out, notes="## Measured\n\nheld-out figures here\n")  # the notes close the card
     assert (out / "MODEL_CARD.md").read_text().rstrip().endswith("held-out figures here")
     assemble(toy, runs, out)  # replacing an existing folder leaves no staging debris
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+

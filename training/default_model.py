@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import shutil
 import sys
@@ -63,10 +62,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _train(kind: str, data: Path, run: Path, settings: dict[str, Any], progress: bool) -> None:
     from training.config import TrainConfig
     from training.trainer import CONFIG_FILE, train
@@ -86,10 +81,12 @@ def _last_log_row(run: Path) -> dict[str, str]:
 
 
 def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: str = "") -> str:
-    from training.dataset_format import DatasetManifest
+    from training.dataset_format import DatasetManifest, sha256_file
 
     manifest = DatasetManifest.load(data)
     preset = manifest.info.get("preset", "?")
+    if isinstance(preset, dict):  # synthetic sets record the whole preset; the card names it
+        preset = preset.get("name", "?")
     characters = {s: sorted({r.character for r in manifest.split(s)}) for s in manifest.splits}
     people = ", ".join(f"{len(c)} {s}" for s, c in characters.items())
     lines = [
@@ -99,7 +96,7 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
         "trained from scratch on this machine's CPU by `python -m training.default_model`, on the synthetic",
         f"soft-cloth set `{data}` (`btdm synth build --preset {preset}`: {len(manifest.sequences)} sequences",
         f"({', '.join(f'{k} {len(v)}' for k, v in manifest.splits.items())}) of {people} characters; manifest sha256",
-        f"`{_sha256(data / 'manifest.json')[:16]}...`).",
+        f"`{sha256_file(data / 'manifest.json')[:16]}...`).",
         "",
         "What it is for: the README's `make demo` and `btdm animate` without `--model`, so that the whole",
         "path (pose maps -> bidirectional recursive sampling -> SR3) runs out of the box. What it is not:",
