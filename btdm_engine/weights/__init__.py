@@ -4,7 +4,7 @@
 see :mod:`btdm_engine.checkpoints`) plus the appearance image it was shown with
 (``appearance.png`` and its pose map ``appearance_iuv.png``) and ``MODEL_CARD.md``, which says
 how it was trained (data, steps, seeds, commands) and what it can and cannot do. It is made by
-:mod:`training.default_model` from the synthetic ``mini`` set, entirely on this project's own
+:mod:`training.default_model` from the synthetic ``wide`` set, entirely on this project's own
 code: nothing is downloaded.
 """
 
