@@ -15,8 +15,8 @@ the first sampled frame. The camera becomes OpenCV intrinsics and extrinsics per
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 
 import numpy as np
 
@@ -153,16 +153,10 @@ def sample_armature(scene, armature, frame_start: int, frame_end: int, camera=No
 
 def save_skeleton_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> str:
     """Write the sampled arrays as a skeleton-animation ``.npz``, atomically (temp file, then rename)."""
+    from .pngio import atomic_write_bytes  # the add-on's one safe-write path (it cannot import btdm_engine)
+
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".skeleton.", suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -138,3 +138,27 @@ def test_one_write_json_atomic_with_path_first(tmp_path: Path) -> None:
     assert evaluate.write_json_atomic is write_json_atomic  # one helper, in fileio
     evaluate.write_report({"metrics": {"psnr": float("inf"), "lpips": float("nan")}}, tmp_path / "r" / "report.json")
     assert json.loads((tmp_path / "r" / "report.json").read_text()) == {"metrics": {"psnr": "inf", "lpips": None}}
+
+
+def test_the_addons_writers_are_atomic_with_ordinary_permissions(tmp_path: Path) -> None:
+    # The add-on cannot import btdm_engine (no torch inside Blender): its one safe-write path is
+    # blender_addon.pngio.atomic_write_bytes, which the skeleton writer goes through too.
+    from blender_addon.armature import save_skeleton_npz
+    from blender_addon.pngio import atomic_write_bytes as addon_write
+
+    expected = 0o666 & ~_umask()
+    addon_write(str(tmp_path / "plate.png"), b"png")
+    path = Path(save_skeleton_npz(tmp_path / "shot" / "skeleton.npz", {"fps": np.float64(24.0), "x": np.arange(4)}))
+    assert _mode(tmp_path / "plate.png") == expected and _mode(path) == expected
+    with np.load(path, allow_pickle=False) as z:
+        assert float(z["fps"]) == 24.0 and z["x"].tolist() == [0, 1, 2, 3]
+
+    class Unsaveable:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        save_skeleton_npz(path, {"x": Unsaveable()})
+    with np.load(path, allow_pickle=False) as z:
+        assert z["x"].tolist() == [0, 1, 2, 3]  # the old file stays whole
+    assert _hidden(tmp_path) == [] and _hidden(tmp_path / "shot") == []
