@@ -256,6 +256,9 @@ def test_bad_input_gets_a_4xx_naming_the_field(server: Server, clip: Path) -> No
         ({"motion": b"not a zip"}, 400, "motion"),
         ({"motion": _npz(poses=np.array([{"a": 1}], dtype=object))}, 400, "motion"),  # a pickle: never loaded
         ({"motion": _npz(**{**fields, "poses": fields["poses"][:, :5]})}, 400, "motion"),
+        # a body model named by path would be a server file opened and unpickled at the client's choice
+        ({"motion": _npz(**{**fields, "body_model": np.array(str(REPO / "pyproject.toml"))})}, 400, "motion"),
+        ({"motion": _npz(**{**fields, "body_model": np.array("smpl_neutral")})}, 400, "motion"),
         ({"motion": motion, "params": "{"}, 422, "params"),
         ({"motion": motion, "params": "[1]"}, 422, "params"),
         ({"motion": motion, "params": '{"steps": 0}'}, 422, "params.steps"),

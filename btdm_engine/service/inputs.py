@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 _MEMBER = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*(\d{1,9})\.png$")
 _CHUNK = 1 << 20
+SERVICE_BODY_MODELS = ("mannequin",)
+"""The bodies a motion upload may name: the bundled mannequin (never a path, see check_motion)."""
 
 
 def save_upload(source: BinaryIO, dest: Path, field: str) -> int:
@@ -60,6 +62,12 @@ def check_motion(path: Path) -> dict[str, int | float]:
         clip = MotionClip.load(path)
     except BtdmError as exc:
         raise _named("motion", exc) from None
+    if clip.body_model not in SERVICE_BODY_MODELS:
+        # A clip names its body as "mannequin" or a path to a model file. A path in an upload
+        # would be a server path chosen by the client (opened, read whole, unpickled): refused.
+        raise ServiceError(f"motion: body_model {clip.body_model!r} is not served here; the service renders "
+                           f"{', '.join(map(repr, SERVICE_BODY_MODELS))} (retarget the motion onto it with "
+                           "'btdm motion import', or send the skeleton animation)", field="motion")
     return {"frames": clip.num_frames, "fps": float(clip.fps), "width": int(clip.width), "height": int(clip.height)}
 
 
