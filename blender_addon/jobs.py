@@ -15,6 +15,7 @@ the folder never holds a half-written frame nor a mix of two runs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -203,6 +204,9 @@ class PrevisRun:
 
     def _run(self) -> None:
         r = self.request
+        for folder in (r.out_dir, r.posemaps_dir):
+            if folder:
+                check_output_folder(folder)
         self._update(phase="connecting")
         client = MANAGER.connect(r.settings)
         self._check_cancel()
@@ -263,12 +267,57 @@ class PrevisRun:
                      message=f"{count} {what} in {r.out_dir}")
 
 
+WRITTEN_FILE = ".btdm-frames.json"
+"""In an output folder: the frame files the add-on wrote there (only these are ever replaced or removed)."""
+
+
+def _written(dest: str) -> set[str]:
+    try:
+        with open(os.path.join(dest, WRITTEN_FILE), encoding="utf-8") as fh:
+            names = json.load(fh).get("frames", [])
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RunFailed(f"{os.path.join(dest, WRITTEN_FILE)} is unreadable ({exc}); remove it and the frames "
+                        "it listed, or choose another Output folder") from None
+    return {n for n in names if isinstance(n, str) and _FRAME_FILE.match(n)}
+
+
+def _record(dest: str, names: set[str]) -> None:
+    data = json.dumps({"frames": sorted(names)}, indent=0) + "\n"
+    atomic_write_bytes(os.path.join(dest, WRITTEN_FILE), data.encode("utf-8"))
+
+
+def check_output_folder(dest: str) -> None:
+    """Refuse a folder holding frame files (``NNNNNN.png``) that the add-on did not write there.
+
+    A run replaces the frames of the run before it in its folder and removes the ones the new run
+    did not make; it never touches a file it did not write (someone's render, another camera's
+    plates), so such a folder is refused before anything is generated.
+    """
+    if not os.path.isdir(dest):
+        return
+    foreign = sorted(f for f in os.listdir(dest) if _FRAME_FILE.match(f) and f not in _written(dest))
+    if foreign:
+        raise RunFailed(f"{dest} holds {len(foreign)} frame file(s) that pre-vis did not write ({foreign[0]}"
+                        f"{', ...' if len(foreign) > 1 else ''}); choose an empty Output folder or move them")
+
+
 def _commit(staging: str, dest: str) -> None:
-    """Move the staged frames into ``dest`` and drop frames there that the new run did not write."""
+    """Move the staged frames into ``dest`` and drop the frames of an earlier run that this one did not write.
+
+    The record of what the add-on wrote covers old and new frames while files move, so a crash in
+    between never leaves a frame of ours looking foreign.
+    """
+    check_output_folder(dest)
     new = {f for f in os.listdir(staging) if _FRAME_FILE.match(f)}
+    old = _written(dest)
+    _record(dest, old | new)
     for f in sorted(new):
         os.replace(os.path.join(staging, f), os.path.join(dest, f))
-    for f in os.listdir(dest):
-        if _FRAME_FILE.match(f) and f not in new:
-            os.unlink(os.path.join(dest, f))
+    for f in sorted(old - new):
+        path = os.path.join(dest, f)
+        if os.path.exists(path):
+            os.unlink(path)
+    _record(dest, new)
     shutil.rmtree(staging, ignore_errors=True)
