@@ -233,6 +233,8 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         appearance, appearance_iuv, use_default = appearance_files(context, armature, camera)
         if s.finetune_steps > 0:
             params["finetune_steps"] = s.finetune_steps
+        if appearance_iuv is not None:
+            params["iuv_order"] = s.iuv_order  # the IUV file's channel order, as the panel says
     params["use_default_appearance"] = use_default
     try:
         arrays = sample_armature(scene, armature, start, end, camera=camera)
