@@ -29,6 +29,7 @@ def register() -> None:
         bpy.utils.register_class(cls)
     properties.register()
     panels.register()
+    runs.register()
 
 
 def unregister() -> None:

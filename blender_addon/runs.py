@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import bpy
+from bpy.app.handlers import persistent
 
 from . import sequencer
 from .jobs import PrevisRun
@@ -49,8 +50,29 @@ def start(scene, camera, key: str, run: PrevisRun) -> Entry:
     RUNS[scene.name] = entry
     run.start()
     if not bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.register(_tick, first_interval=TICK_S)
+        bpy.app.timers.register(_tick, first_interval=TICK_S, persistent=True)
     return entry
+
+
+@persistent
+def _on_load_pre(*_args) -> None:
+    """Another .blend is being opened: its scenes are not the ones the runs were for.
+
+    Runs are keyed by scene name, and a new file's "Scene" would otherwise inherit the old file's
+    run (a progress bar that never ends, Generate disabled, or a strip placed in the wrong file),
+    so every run is cancelled on the engine (by its worker thread) and forgotten.
+    """
+    if RUNS:
+        logger.info("a new .blend is loading: cancelling %d pre-vis run(s)", sum(not e.run.finalized for e in RUNS.values()))
+    cancel_all()
+    for entry in RUNS.values():
+        entry.run.finalized = True  # nothing is placed from a run of the file being closed
+    RUNS.clear()
+
+
+def register() -> None:
+    if _on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_on_load_pre)
 
 
 def finalize(entry: Entry) -> None:
@@ -117,6 +139,8 @@ def cancel_all() -> None:
 
 
 def unregister() -> None:
+    if _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
     cancel_all()
     for entry in RUNS.values():
         entry.run.join(timeout=5.0)
