@@ -119,10 +119,18 @@ def readable(exc: EngineError) -> str:
 
 
 class EngineManager:
-    """Finds, starts and stops the engine; thread-safe."""
+    """Finds, starts and stops the engine; thread-safe.
+
+    ``_lock`` guards the child process and the status and is only ever held for a moment, so the
+    main thread (the Stop button, unregister, quitting) never waits behind a connect, which can
+    take minutes (a remote request, a local start). Connects are serialised by their own lock; a
+    :meth:`stop` during a local start makes that start give up at its next poll.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._connect_lock = threading.Lock()
+        self._abort = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._proc_url = ""
         self._log_path = ""
@@ -142,39 +150,50 @@ class EngineManager:
         client = EngineClient(url, token=token, timeout=timeout)
         health = client.health()
         models = client.models()  # needs the token, so a wrong one shows here
+        with self._lock:
+            child = self._proc is not None and self._proc_url == url
         self._set(connected=True, url=url, device=str(health.get("device", "")),
                   device_name=str(health.get("device_name", "")), version=str(health.get("version", "")),
-                  models=models, reason="", checking=False,
-                  local_child=self._proc is not None and self._proc_url == url)
+                  models=models, reason="", checking=False, local_child=child)
         return client
 
     # -- connecting
     def connect(self, settings: EngineSettings, start: bool = True) -> EngineClient:
         """A client for a live engine, starting the local one when needed (blocking: not on the main thread)."""
-        with self._lock:
+        with self._connect_lock:
+            self._abort.clear()
             self._set(checking=True)
-            if settings.mode == "REMOTE":
-                url = settings.remote_url.strip()
-                if not url:
-                    raise self._fail("no remote engine URL: set one in the add-on preferences")
-                try:
-                    return self._check(url, settings.token, settings.timeout)
-                except EngineError as exc:
-                    reason = readable(exc) if exc.status is None else f"remote engine {url}: {readable(exc)}"
-                    raise self._fail(reason, url) from None
-            if self._proc is not None and self._proc.poll() is None:
-                try:
-                    return self._check(self._proc_url, None, settings.timeout)
-                except EngineError:
-                    logger.warning("the local engine at %s stopped answering; restarting it", self._proc_url)
-                    self.stop()
             try:
-                return self._check(settings.local_url, settings.token, min(settings.timeout, 3.0))
+                return self._connect(settings, start)
+            finally:
+                if self.status.checking:  # an unexpected error: Connect must not stay disabled
+                    self._set(checking=False)
+
+    def _connect(self, settings: EngineSettings, start: bool) -> EngineClient:
+        if settings.mode == "REMOTE":
+            url = settings.remote_url.strip()
+            if not url:
+                raise self._fail("no remote engine URL: set one in the add-on preferences")
+            try:
+                return self._check(url, settings.token, settings.timeout)
             except EngineError as exc:
-                if exc.status is not None or not start:
-                    reason = readable(exc) if exc.status is None else f"local engine {settings.local_url}: {readable(exc)}"
-                    raise self._fail(reason, settings.local_url) from None
-            return self._start(settings)
+                reason = readable(exc) if exc.status is None else f"remote engine {url}: {readable(exc)}"
+                raise self._fail(reason, url) from None
+        with self._lock:
+            proc, proc_url = self._proc, self._proc_url
+        if proc is not None and proc.poll() is None:
+            try:
+                return self._check(proc_url, None, settings.timeout)
+            except EngineError:
+                logger.warning("the local engine at %s stopped answering; restarting it", proc_url)
+                self._stop_child(wait=True)
+        try:
+            return self._check(settings.local_url, settings.token, min(settings.timeout, 3.0))
+        except EngineError as exc:
+            if exc.status is not None or not start:
+                reason = readable(exc) if exc.status is None else f"local engine {settings.local_url}: {readable(exc)}"
+                raise self._fail(reason, settings.local_url) from None
+        return self._start(settings)
 
     def _start(self, settings: EngineSettings) -> EngineClient:
         exe = settings.find_executable()
@@ -195,22 +214,29 @@ class EngineManager:
         self._set(reason=f"starting the local engine on port {port}...", url=url)
         with os.fdopen(fd, "wb") as log:
             try:
-                self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True)
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
             except OSError as exc:
                 raise self._fail(f"could not start {exe}: {exc.strerror or exc}") from None
-        self._proc_url = url
+        with self._lock:
+            self._proc, self._proc_url = proc, url
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if self._abort.is_set():  # stop() was called meanwhile (it may have run before _proc was set)
+                self._stop_child(wait=True)
+                _terminate(proc)
+                raise self._fail("the local engine was stopped while it was starting")
+            if proc.poll() is not None:
                 tail = self._log_tail()
-                self._proc = None
+                with self._lock:
+                    if self._proc is proc:
+                        self._proc, self._proc_url = None, ""
                 raise self._fail(f"the local engine exited at start ({tail or 'no output'})")
             try:
                 return self._check(url, None, settings.timeout)
             except EngineError:
-                time.sleep(0.25)
-        self.stop()
+                self._abort.wait(0.25)
+        self._stop_child(wait=True)
         raise self._fail(f"the local engine did not answer within {START_TIMEOUT_S:.0f} s (log: {self._log_path})")
 
     def _log_tail(self) -> str:
@@ -222,28 +248,43 @@ class EngineManager:
         return lines[-1][:300] if lines else ""
 
     # -- stopping
-    def stop(self) -> None:
-        """Stop the child this manager started (SIGTERM, then SIGKILL); an engine it did not start is left alone."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop the child this manager started (SIGTERM, then SIGKILL); an engine it did not start is left alone.
+
+        A local start in progress gives up. ``wait=False`` (the Stop button) reaps the child in a
+        background thread, so the UI does not wait for it to exit.
+        """
+        self._abort.set()
+        self._stop_child(wait)
+
+    def _stop_child(self, wait: bool) -> None:
         with self._lock:
-            proc, self._proc = self._proc, None
+            proc, url = self._proc, self._proc_url
+            self._proc, self._proc_url = None, ""
             if proc is None:
                 return
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            logger.info("stopped the local engine (pid %d)", proc.pid)
-            if self.status.url == self._proc_url:
+            if self.status.url == url:
                 self._set(connected=False, local_child=False, reason="the local engine was stopped")
-            self._proc_url = ""
+        if wait:
+            _terminate(proc)
+        else:
+            threading.Thread(target=_terminate, args=(proc,), name="btdm-engine-stop", daemon=True).start()
 
     @property
     def child_pid(self) -> int | None:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    logger.info("stopped the local engine (pid %d)", proc.pid)
 
 
 MANAGER = EngineManager()

@@ -61,7 +61,7 @@ class BTDM_OT_stop_engine(bpy.types.Operator):
         return MANAGER.child_pid is not None
 
     def execute(self, context):
-        MANAGER.stop()
+        MANAGER.stop(wait=False)  # the child exits in the background; the UI does not wait for it
         return {"FINISHED"}
 
 
