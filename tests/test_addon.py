@@ -345,7 +345,7 @@ def test_rigify_metarig_generates_plates_over_the_shot(engine: Engine, tmp_path:
     folder = tmp_path / "previs" / "Scene_ShotCam"
     assert Path(strip["dir"]).resolve() == folder.resolve()
     files = sorted(p.name for p in folder.iterdir())
-    assert files == [f"{n:06d}.png" for n in range(1, 9)], files  # nothing staged or temporary left
+    assert files == [".btdm-frames.json"] + [f"{n:06d}.png" for n in range(1, 9)], files  # nothing staged left
     plate = cv2.imread(str(folder / "000001.png"), cv2.IMREAD_UNCHANGED)
     assert plate.shape == (108, 192, 4) and 0 < (plate[..., 3] > 0).mean() < 0.5
     hands_feet_head = ["hand.L", "hand.R", "foot.L", "foot.R", "spine.006", "forearm.L", "shin.R"]
@@ -366,6 +366,7 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
         scene.render.engine = "BLENDER_WORKBENCH"
         blender_addon.register()
         scene.btdm.steps, scene.btdm.sr_steps = 2, 2
+        scene.btdm.iuv_order = "btdm"  # the shipped appearance's IUV map was written by btdm
         seen = {{}}
         for mode, image, iuv, finetune in (("IMAGE_IUV", {str(image)!r}, {str(iuv)!r}, 2),
                                            ("PHOTO", {str(tmp_path / 'photo.png')!r}, "", 0),
@@ -382,7 +383,8 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
     assert all(r["n"] == 8 for r in result.values()) and len({r["job"] for r in result.values()}) == 4
     client = EngineClient(engine.url)
     params = {mode: client.job(r["job"])["params"] for mode, r in result.items()}
-    assert params["IMAGE_IUV"]["finetune_steps"] == 2
+    assert params["IMAGE_IUV"]["finetune_steps"] == 2 and params["IMAGE_IUV"]["iuv_order"] == "btdm"
+    assert params["PHOTO"]["iuv_order"] == "btdm"  # the server's default: no IUV file was sent
     plate = cv2.imread(str(tmp_path / "previs" / "Scene_ShotCam" / "000001.png"), cv2.IMREAD_UNCHANGED)
     assert plate.shape[2] == 4 and (plate[..., 3] > 0).any()
 
@@ -405,7 +407,7 @@ def test_btdm_previs_mixamo_end_to_end_saved_in_the_blend(engine: Engine, tmp_pa
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     d = out / "mixamo_shot"
-    assert sorted(p.name for p in (d / "frames").iterdir()) == [f"{n:06d}.png" for n in range(1, 7)]
+    assert sorted(p.name for p in (d / "frames").glob("*.png")) == [f"{n:06d}.png" for n in range(1, 7)]
     assert len(list((d / "posemaps").glob("*.png"))) == 6
     from btdm_engine.motion.clip import MotionClip
 
@@ -437,7 +439,7 @@ def test_btdm_previs_mixamo_end_to_end_saved_in_the_blend(engine: Engine, tmp_pa
                            "--sr-steps", "2", "--seed", "5", "--ray", "local"],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ray_frames = sorted(p.name for p in (ray_out / "mixamo_shot" / "frames").iterdir())
+    ray_frames = sorted(p.name for p in (ray_out / "mixamo_shot" / "frames").glob("*.png"))
     assert ray_frames == [f"{n:06d}.png" for n in range(1, 7)]
 
 
@@ -465,16 +467,30 @@ def test_cancel_leaves_no_strip_and_no_partial_frame(engine: Engine, tmp_path: P
         runs.finalize(entry)
         snap = run.snapshot()
         se = scene.sequence_editor
+        # Opening another .blend mid-run: the run is cancelled and forgotten, nothing lands in the new file.
+        bpy.ops.wm.save_as_mainfile(filepath={str(tmp_path / 'shot.blend')!r})
+        other = PrevisRun(build_request(bpy.context, "plates", out_override=out))
+        runs.start(scene, scene.camera, "Scene_ShotCam", other)
+        while other.snapshot().stage not in ("btunet", "sr3") and time.monotonic() < deadline + 120:
+            time.sleep(0.05)
+        bpy.ops.wm.open_mainfile(filepath={str(tmp_path / 'shot.blend')!r})
+        forgotten = runs.RUNS == {{}} and runs.active(bpy.context.scene) is None
+        other.join(60)
+        se2 = bpy.context.scene.sequence_editor
         blender_addon.unregister()
         print("RESULT " + json.dumps({{"phase": snap.phase, "job": snap.job_id, "stage": staged,
                                       "strips": 0 if se is None else len(se.strips_all), "ok": entry.ok,
-                                      "result": entry.result}}))
+                                      "result": entry.result, "forgotten": forgotten,
+                                      "other": other.snapshot().phase, "other_job": other.snapshot().job_id,
+                                      "strips_after_load": 0 if se2 is None else len(se2.strips_all)}}))
     """, tmp_path, env={"BTDM_ENGINE_URL": engine.url})
     assert result["stage"] in ("btunet", "sr3")
     assert result["phase"] == "cancelled" and result["strips"] == 0 and not result["ok"]
     leftovers = [p.name for p in (tmp_path / "plates").rglob("*")]
     assert leftovers == [], leftovers  # no frame, no staging folder, no temporary file
     assert EngineClient(engine.url).job(result["job"])["state"] == "cancelled"
+    assert result["forgotten"] and result["other"] == "cancelled" and result["strips_after_load"] == 0
+    assert EngineClient(engine.url).job(result["other_job"])["state"] == "cancelled"
 
 
 def test_local_engine_is_started_on_a_free_port_and_stopped(tmp_path: Path) -> None:
@@ -506,3 +522,81 @@ def test_local_engine_is_started_on_a_free_port_and_stopped(tmp_path: Path) -> N
     assert result["connected"] and result["local"] and result["device"] == "cpu" and result["models"] == ["default"]
     assert result["url"].startswith("http://127.0.0.1:") and not result["alive"]
     assert "the `btdm` command was not found (/nonexistent/btdm is not an executable file)" in result["missing"]
+
+
+def test_an_output_folder_keeps_every_file_pre_vis_did_not_write(tmp_path: Path) -> None:
+    # Generate replaces its own earlier frames and removes the ones a shorter run no longer makes,
+    # and refuses, before any work, a folder holding frames it did not write (a render, a plate).
+    from blender_addon.jobs import WRITTEN_FILE, RunFailed, _commit, check_output_folder
+
+    def stage(names: list[str]) -> str:
+        staging = tmp_path / "out" / ".btdm-job"
+        staging.mkdir(parents=True)
+        for name in names:
+            (staging / name).write_bytes(b"new " + name.encode())
+        return str(staging)
+
+    out = tmp_path / "out"
+    _commit(stage(["000001.png", "000002.png", "000003.png"]), str(out))
+    _commit(stage(["000001.png", "000002.png"]), str(out))  # a shorter run: 000003 was ours, so it goes
+    assert sorted(p.name for p in out.iterdir()) == [WRITTEN_FILE, "000001.png", "000002.png"]
+    assert json.loads((out / WRITTEN_FILE).read_text())["frames"] == ["000001.png", "000002.png"]
+    (out / "000007.png").write_bytes(b"someone's render")
+    (out / "notes.txt").write_text("kept")
+    with pytest.raises(RunFailed, match=r"out holds 1 frame file\(s\) that pre-vis did not write \(000007.png\)"):
+        check_output_folder(str(out))
+    staging = stage(["000001.png"])
+    with pytest.raises(RunFailed, match="did not write"):
+        _commit(staging, str(out))
+    assert (out / "000007.png").read_bytes() == b"someone's render" and (out / "notes.txt").read_text() == "kept"
+    assert (out / "000002.png").read_bytes() == b"new 000002.png"  # nothing of ours was touched either
+    (out / WRITTEN_FILE).write_text("{not json")
+    with pytest.raises(RunFailed, match="unreadable"):
+        check_output_folder(str(out))
+    check_output_folder(str(tmp_path / "missing"))  # a folder that does not exist yet is fine
+
+
+def test_stop_never_waits_behind_a_starting_engine(tmp_path: Path) -> None:
+    # The Stop button, unregister and quitting call stop() on Blender's main thread while a worker
+    # may be inside connect(), waiting (up to minutes) for a local engine to answer: stop() returns
+    # at once, the start gives up with a clear reason and the child is gone.
+    import threading
+
+    from blender_addon.engine import EngineManager, EngineSettings, EngineUnavailable
+
+    silent = tmp_path / "btdm"
+    silent.write_text("#!/bin/sh\nexec sleep 600\n")  # starts, never answers
+    silent.chmod(0o755)
+    manager = EngineManager()
+    settings = EngineSettings(local_url=f"http://127.0.0.1:{free_port()}", executable=str(silent))
+    outcome: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            manager.connect(settings)
+        except BaseException as exc:  # the outcome is asserted below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=connect)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while manager.child_pid is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = manager.child_pid
+    assert pid is not None and manager.status.checking
+    t0 = time.monotonic()
+    manager.stop(wait=False)
+    assert time.monotonic() - t0 < 1.0
+    worker.join(15)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], EngineUnavailable) and "stopped while it was starting" in str(outcome[0])
+    assert not manager.status.checking and not manager.status.connected
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the child {pid} is still running")
