@@ -15,6 +15,7 @@ Errors: every failure is an :class:`EngineError` with the server's ``status``, `
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -93,7 +94,7 @@ class EngineClient:
             return urllib.request.urlopen(request, timeout=self.timeout if timeout is None else timeout)
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise EngineError(None, "unreachable", f"cannot reach the engine at {self.url}: {reason}") from None
 
@@ -110,9 +111,17 @@ class EngineClient:
         except (ValueError, KeyError, TypeError, AttributeError):
             return EngineError(exc.code, "http_error", f"HTTP {exc.code} {exc.reason}")
 
+    def _read(self, response: Any, path: str) -> bytes:
+        """The whole body; a connection that breaks or stalls while it arrives is ``unreachable`` too."""
+        try:
+            return response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise EngineError(None, "unreachable", f"{path}: the engine at {self.url} stopped answering: "
+                              f"{exc or type(exc).__name__}") from None
+
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         with self._request(method, path, **kw) as response:
-            data = response.read()
+            data = self._read(response, path)
         try:
             return json.loads(data.decode("utf-8")) if data else None
         except ValueError:
@@ -120,7 +129,7 @@ class EngineClient:
 
     def _bytes(self, path: str) -> bytes:
         with self._request("GET", path, timeout=max(self.timeout, 60.0)) as response:
-            return response.read()
+            return self._read(response, path)
 
     @staticmethod
     def _job_path(job_id: str) -> str:

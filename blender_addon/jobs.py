@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
 CANCEL_WAIT_S = 30.0
+RETRY_S = 120.0
+"""How long a running job's polls and downloads retry an engine that stopped answering (a network
+hiccup, a proxy restart) before the run fails; the job goes on on the engine meanwhile."""
 _FRAME_FILE = re.compile(r"^\d{6}\.png$")
 
 
@@ -108,6 +111,7 @@ class PrevisRun:
         self._lock = threading.Lock()
         self._snap = RunSnapshot(frames_total=request.num_frames, model=request.params.get("model", ""))
         self._cancel = threading.Event()
+        self._client = None  # the engine client, once connected
         self._thread: threading.Thread | None = None
         self.finalized = False  # set by the main thread once the strip is placed (or the failure reported)
 
@@ -143,16 +147,49 @@ class PrevisRun:
         except EngineUnavailable as exc:
             self._update(phase="failed", message=f"cannot connect to the engine: {exc}", eta_s=None)
         except EngineError as exc:
-            self._update(phase="failed", message=f"the engine refused the job: {readable(exc)}", eta_s=None)
+            what = "lost the engine" if exc.code == "unreachable" else "the engine refused the job"
+            self._update(phase="failed", message=f"{what}: {readable(exc)}", eta_s=None)
+            self._abandon()
         except OSError as exc:
             self._update(phase="failed", message=f"cannot write the plates: {exc}", eta_s=None)
+            self._abandon()
         except Exception as exc:  # a bug: say so instead of leaving the panel spinning
             logger.exception("pre-vis run failed")
             self._update(phase="failed", message=f"internal error ({type(exc).__name__}: {exc})", eta_s=None)
+            self._abandon()
         finally:
             for folder in self._staging_dirs():
                 shutil.rmtree(folder, ignore_errors=True)
         return self.snapshot()
+
+    def _abandon(self) -> None:
+        """A run that failed on this side: the engine need not go on computing its job (best effort)."""
+        job_id, client = self.snapshot().job_id, self._client
+        if not job_id or client is None:
+            return
+        try:
+            client.cancel(job_id)
+        except EngineError as exc:
+            logger.info("could not cancel job %s on the engine: %s", job_id, exc)
+
+    def _retrying(self, call, *args):
+        """``call(*args)``, retried with backoff while the engine is unreachable, for up to RETRY_S."""
+        deadline, delay = None, POLL_S
+        while True:
+            try:
+                return call(*args)
+            except EngineError as exc:
+                if exc.code != "unreachable":
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + RETRY_S
+                if now >= deadline:
+                    raise
+                logger.warning("the engine is not answering (%s); retrying", exc.message)
+                self._update(message=f"the engine is not answering; retrying ({exc.message})")
+                if self._cancel.wait(delay):
+                    raise RunCancelled() from None
+                delay = min(2 * delay, 5.0)
 
     def _staging_dirs(self) -> list[str]:
         job_id = self.snapshot().job_id
@@ -208,7 +245,7 @@ class PrevisRun:
             if folder:
                 check_output_folder(folder)
         self._update(phase="connecting")
-        client = MANAGER.connect(r.settings)
+        client = self._client = MANAGER.connect(r.settings)
         self._check_cancel()
         self._update(phase="submitting")
         job = self._submit(client)
@@ -223,20 +260,19 @@ class PrevisRun:
         frames_got = maps_got = 0
         while True:
             self._check_cancel(client)
-            job = client.job(job_id)
+            job = self._retrying(client.job, job_id)
             total = job.get("frames_total") or r.num_frames
             if want_posemaps:
                 while maps_got < job.get("posemaps_done", 0):
                     self._check_cancel(client)
-                    data = client.posemap(job_id, maps_got)
+                    data = self._retrying(client.posemap, job_id, maps_got)
                     atomic_write_bytes(os.path.join(stage_maps, f"{r.first_frame + maps_got:06d}.png"), data)
                     maps_got += 1
                     self._update(posemaps_done=maps_got)
             if r.kind == "plates":
                 while frames_got < job.get("frames_done", 0):
                     self._check_cancel(client)
-                    data = (client.plate(job_id, frames_got) if job.get("has_plates")
-                            else client.frame(job_id, frames_got))
+                    data = self._retrying(client.plate if job.get("has_plates") else client.frame, job_id, frames_got)
                     atomic_write_bytes(os.path.join(stage_frames, f"{r.first_frame + frames_got:06d}.png"), data)
                     frames_got += 1
                     self._update(frames_done=frames_got)

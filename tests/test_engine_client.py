@@ -38,6 +38,74 @@ def test_unreachable_and_bad_url() -> None:
     assert info.value.code == "bad_job_id"
 
 
+class _Flaky:
+    """A real HTTP server on loopback that drops the first ``drops`` connections, then answers
+    ``GET /v1/health``; ``truncate`` sends a body shorter than its Content-Length instead."""
+
+    def __init__(self, drops: int, truncate: bool = False) -> None:
+        import http.server
+        import threading
+
+        flaky = self
+        self.drops, self.seen = drops, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                flaky.seen += 1
+                if flaky.seen <= flaky.drops:
+                    self.close_connection = True  # no answer at all: the client sees the connection drop
+                    return
+                body = b'{"status": "ok"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body) + (100 if truncate else 0)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_dropped_or_cut_answer_is_unreachable_and_a_run_retries_through_it(tmp_path: Path, monkeypatch) -> None:
+    from blender_addon import jobs
+    from blender_addon.engine import EngineSettings
+
+    cut = _Flaky(drops=0, truncate=True)
+    try:
+        with pytest.raises(EngineError) as info:  # the body stops short: not a crash in the caller
+            EngineClient(cut.url, timeout=5.0).health()
+        assert (info.value.status, info.value.code) == (None, "unreachable")
+        assert "stopped answering" in info.value.message
+    finally:
+        cut.close()
+    run = jobs.PrevisRun(jobs.RunRequest(kind="plates", skeleton=b"", params={}, out_dir=str(tmp_path), first_frame=1,
+                                         num_frames=1, settings=EngineSettings()))
+    flaky = _Flaky(drops=3)
+    try:
+        assert run._retrying(EngineClient(flaky.url, timeout=5.0).health) == {"status": "ok"}
+        assert flaky.seen == 4
+        monkeypatch.setattr(jobs, "RETRY_S", 0.6)
+        flaky.drops, flaky.seen = 1000, 0
+        with pytest.raises(EngineError) as info:  # an engine that stays away: the run fails, naming it
+            run._retrying(EngineClient(flaky.url, timeout=5.0).health)
+        assert info.value.code == "unreachable" and flaky.seen >= 2
+        monkeypatch.setattr(jobs, "RETRY_S", 60.0)
+        run.cancel()  # Cancel while it retries: at once, not after RETRY_S
+        with pytest.raises(jobs.RunCancelled):
+            run._retrying(EngineClient(flaky.url, timeout=5.0).health)
+    finally:
+        flaky.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     srv = Server(tmp_path_factory.mktemp("serve") / "data", token=TOKEN).start()
