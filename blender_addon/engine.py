@@ -101,6 +101,7 @@ class EngineStatus:
     models: list[dict] = field(default_factory=list)
     reason: str = "not connected yet (press Connect, or Generate)"
     local_child: bool = False
+    max_frames: int = 0  # the most frames one job may have on this engine (0: not known yet)
     checking: bool = False
     checked: float = 0.0
 
@@ -154,7 +155,8 @@ class EngineManager:
             child = self._proc is not None and self._proc_url == url
         self._set(connected=True, url=url, device=str(health.get("device", "")),
                   device_name=str(health.get("device_name", "")), version=str(health.get("version", "")),
-                  models=models, reason="", checking=False, local_child=child)
+                  models=models, reason="", checking=False, local_child=child,
+                  max_frames=int(health.get("max_frames") or 0))
         return client
 
     # -- connecting

@@ -15,9 +15,13 @@ import numpy as np
 
 from . import preferences
 from .armature import ArmatureError, camera_matrices, sample_armature
+from .engine import MANAGER
 from .jobs import RunRequest
 from .pngio import encode_png, png_size
 from .properties import JOINT_NAMES
+
+DEFAULT_MAX_FRAMES = 2000
+"""Frames per job when the engine has not said yet (``btdm serve``'s limit, /v1/health max_frames)."""
 
 __all__ = ["UserError", "build_request", "resolve_armature", "resolve_camera", "strip_key"]
 
@@ -214,6 +218,11 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
     start, end = scene.frame_start, scene.frame_end
     if end < start:
         raise UserError(f"the scene's frame range {start}..{end} is empty")
+    # Checked before the armature is sampled (frame by frame, on the main thread), not by the engine after.
+    limit = MANAGER.status.max_frames or DEFAULT_MAX_FRAMES
+    if end - start + 1 > limit:
+        raise UserError(f"the scene's frame range {start}..{end} is {end - start + 1} frames; the engine generates "
+                        f"at most {limit} per job: shorten the frame range, or split the shot")
     params = {"model": s.model or "default", "steps": s.steps, "seed": s.seed, "video": False,
               "fps": float(scene.render.fps / scene.render.fps_base)}
     if s.sr_steps > 0:

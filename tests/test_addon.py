@@ -242,6 +242,15 @@ ERRORS_SCRIPT = """
     attempt("missing_bone", skeleton="CUSTOM")
     make_scene("rigify")
     attempt("wrong_preset", skeleton="mixamo")
+    scene, _arm = make_scene("mixamo")
+    scene.frame_end = scene.frame_start + 2500
+    attempt("too_long")
+    make_scene("mixamo")
+    os.makedirs("foreign_frames")
+    with open(os.path.join("foreign_frames", "000001.png"), "wb") as fh:
+        fh.write(b"someone's render")
+    attempt("foreign_frames")
+    out["foreign_kept"] = open(os.path.join("foreign_frames", "000001.png"), "rb").read() == b"someone's render"
     os.environ["BTDM_ENGINE_URL"] = UNREACHABLE
     make_scene("mixamo")
     attempt("unreachable")
@@ -314,7 +323,10 @@ def test_one_clear_message_per_problem(engine: Engine, tmp_path: Path) -> None:
     assert "'Pelvis', which armature 'MixamoRig' does not have" in m["missing_bone"]
     assert "the engine refused the job" in m["wrong_preset"] and "mixamo" in m["wrong_preset"].lower()
     assert "cannot connect to the engine" in m["unreachable"] and "127.0.0.1" in m["unreachable"]
-    for key in ("no_armature", "no_camera", "custom_map", "missing_bone", "wrong_preset", "unreachable"):
+    assert "2501 frames; the engine generates at most 2000 per job" in m["too_long"]
+    assert "1 frame file(s) that pre-vis did not write (000001.png)" in m["foreign_frames"] and m["foreign_kept"]
+    for key in ("no_armature", "no_camera", "custom_map", "missing_bone", "wrong_preset", "unreachable", "too_long",
+                "foreign_frames"):
         assert m[key].startswith("Error: BTDM: ") and m[key].count("\n") <= 1, m[key]
         assert m[f"{key}/strips"] == 0
     print(json.dumps(m, indent=1))

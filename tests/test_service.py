@@ -118,7 +118,7 @@ def test_health_and_models(server: Server) -> None:
     health = client.health()
     assert health["status"] == "ok" and health["device"] == "cpu" and health["models"] == ["default"]
     assert set(health["queue"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
-    assert health["auth"] is False
+    assert health["auth"] is False and health["max_frames"] == 2000
     (model,) = client.models()
     assert model["name"] == "default" and model["preset"] == "tiny"
     assert (model["resolution"], model["low_resolution"], model["takes_appearance"]) == (128, 32, True)

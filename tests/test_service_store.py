@@ -40,6 +40,29 @@ def test_store_wal_transitions_and_recovery(tmp_path: Path) -> None:
         store.job_dir("../x")
 
 
+def test_finished_jobs_expire_with_their_folders_and_nothing_else(tmp_path: Path) -> None:
+    import time
+
+    store = JobStore(tmp_path)
+    ids = {name: store.create(new_job_id(), params={}, source="motion", inputs={})["id"]
+           for name in ("old_done", "old_failed", "new_done", "running", "queued")}
+    for job_id in ids.values():
+        (store.job_dir(job_id) / "frames").mkdir(parents=True)
+        (store.job_dir(job_id) / "frames" / "000000.png").write_bytes(b"png")
+    now = time.time()
+    store.transition(ids["old_done"], "succeeded", finished=now - 8 * 86400)
+    store.transition(ids["old_failed"], "failed", finished=now - 8 * 86400)
+    store.transition(ids["new_done"], "succeeded", finished=now - 86400)
+    store.transition(ids["running"], "running", started=now - 30 * 86400)  # old but not finished: kept
+    (tmp_path / "jobs" / "notes.txt").write_text("kept")
+    gone = store.expire(7 * 86400, now=now)
+    assert sorted(gone) == sorted([ids["old_done"], ids["old_failed"]])
+    assert {j["id"] for j in store.list()} == {ids["new_done"], ids["running"], ids["queued"]}
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == sorted(
+        [ids["new_done"], ids["running"], ids["queued"], "notes.txt"])
+    assert store.expire(7 * 86400, now=now) == []
+
+
 def test_store_one_writer_under_threads(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     ids = [store.create(new_job_id(), params={}, source="motion", inputs={})["id"] for _ in range(8)]

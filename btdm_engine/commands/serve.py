@@ -19,6 +19,7 @@ from pathlib import Path
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_QUEUED = 100
+DEFAULT_KEEP_DAYS = 7.0
 MIN_TOKEN_CHARS = 16
 
 
@@ -46,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED, metavar="N",
                    help=f"queued jobs beyond which POST /v1/jobs answers 429 (default {DEFAULT_MAX_QUEUED})")
+    p.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS, metavar="D",
+                   help=f"remove finished jobs (inputs, frames, plates) D days after they ended; 0 keeps them "
+                        f"(default {DEFAULT_KEEP_DAYS:g})")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch intra-op CPU threads (default: torch's choice)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
@@ -100,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--port must be 0..65535, got {args.port}")
     if args.max_queued < 1:
         raise CliError(f"--max-queued must be >= 1, got {args.max_queued}")
+    if not args.keep_days >= 0:
+        raise CliError(f"--keep-days must be >= 0, got {args.keep_days}")
     if args.threads is not None and args.threads < 1:
         raise CliError(f"--threads must be >= 1, got {args.threads}")
     extra = {}
@@ -140,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     store = JobStore(data)
     store.recover()
     registry = ModelRegistry.with_default(str(device), extra)
-    worker = Worker(store, registry)
+    worker = Worker(store, registry, keep_s=args.keep_days * 86400 if args.keep_days > 0 else None)
     app = create_app(store, worker, registry, token=token, max_queued=args.max_queued, device=str(device),
                      device_name=device_name, preload=tuple(registry.names()[:1]))
     logger = logging.getLogger("btdm_engine.service")

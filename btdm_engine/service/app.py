@@ -120,7 +120,8 @@ def health(request: Request) -> dict[str, Any]:
     return {
         "status": "ok", "version": __version__, "api_version": API_VERSION, "device": request.app.state.device,
         "device_name": request.app.state.device_name, "models": registry.names(), "queue": store.counts(),
-        "max_queued": request.app.state.max_queued, "auth": request.app.state.token is not None,
+        "max_queued": request.app.state.max_queued, "max_frames": limits.MAX_FRAMES,
+        "auth": request.app.state.token is not None,
     }
 
 
@@ -253,8 +254,9 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
     if not start < stop <= frames:
         raise InvalidParams(f"params.frame_end {end} must lie in {start + 1}..{frames}", field="params.frame_end")
     if stop - start > limits.MAX_FRAMES:
-        raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} "
-                            "(use frame_start / frame_end)", field="params.frame_end")
+        raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} (send a "
+                            "shorter range: params frame_start / frame_end, or a shorter scene frame range in "
+                            "Blender)", field="params.frame_end")
     size = None
     if appearance is not None:
         inputs.save_upload(appearance.file, folder / "appearance.png", "appearance")

@@ -157,4 +157,5 @@ class Health(BaseModel):
     models: list[str]
     queue: QueueCounts
     max_queued: int
+    max_frames: int = Field(description="the most frames one job may generate (frame_end - frame_start)")
     auth: bool = Field(description="whether the other endpoints need a bearer token")

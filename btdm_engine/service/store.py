@@ -223,6 +223,25 @@ class JobStore:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             self._bump(job_id)
 
+    def expire(self, max_age_s: float, now: float | None = None) -> list[str]:
+        """Delete the jobs that ended more than ``max_age_s`` seconds ago, rows and folders; their ids.
+
+        Queued and running jobs are never touched, whatever their age. Each row goes before its
+        folder, so a crash in between leaves a folder that :meth:`recover` removes at the next start.
+        """
+        cutoff = (time.time() if now is None else now) - max_age_s
+        states = tuple(FINAL_STATES)
+        with self._lock:
+            ids = [row[0] for row in self._db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({', '.join('?' * len(states))}) AND finished < ?",
+                (*states, cutoff))]
+        for job_id in ids:
+            self.delete(job_id)
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        if ids:
+            logger.info("removed %d job(s) that ended over %.1f days ago", len(ids), max_age_s / 86400)
+        return ids
+
     def recover(self) -> list[str]:
         """At start: jobs left ``running`` by a crash go back to the queue, or fail after :data:`MAX_ATTEMPTS`;
         job folders without a job row are removed. Returns the re-queued ids."""

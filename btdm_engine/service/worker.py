@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 _STAGES = {"posemaps": "posemaps", "writing": "writing", "finetune": "finetune", "bidirectional": "btunet",
            "unidirectional": "btunet", "sr3": "sr3"}
 _PROGRESS_INTERVAL_S = 0.25
+EXPIRY_EVERY_S = 600.0
+"""How often an idle worker looks for finished jobs past ``btdm serve --keep-days``."""
 
 
 class JobCancelled(Exception):
@@ -193,10 +195,13 @@ class Progress:
 class Worker:
     """Runs queued jobs of ``store`` one at a time on ``registry``'s device, in a daemon thread."""
 
-    def __init__(self, store: JobStore, registry: ModelRegistry, *, poll_s: float = 1.0) -> None:
+    def __init__(self, store: JobStore, registry: ModelRegistry, *, poll_s: float = 1.0,
+                 keep_s: float | None = None) -> None:
         self.store = store
         self.registry = registry
         self.poll_s = poll_s
+        self.keep_s = keep_s  # finished jobs older than this are removed while idle (None: kept)
+        self._next_expiry = 0.0
         self._stop = threading.Event()
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -225,12 +230,20 @@ class Worker:
             try:
                 job = self.store.claim_next()
                 if job is None:
+                    self._expire_if_due()
                     self.store.wait_for_queued(self.poll_s)
                     continue
                 self.run_claimed(job)
             except Exception:  # the store itself failed (disk full, ...): keep the worker alive, retry
                 logger.exception("worker: job store error; retrying in %.0f s", self.poll_s * 5)
                 self._stop.wait(self.poll_s * 5)
+
+    def _expire_if_due(self) -> None:
+        """While idle, at most every EXPIRY_EVERY_S: drop the jobs that ended more than keep_s ago."""
+        if self.keep_s is None or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + EXPIRY_EVERY_S
+        self.store.expire(self.keep_s)
 
     # -- cancel
     def cancel(self, job_id: str) -> None:
