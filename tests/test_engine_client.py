@@ -158,6 +158,25 @@ def test_btdm_animate_engine_equals_local(server: Server, clip: Path, tmp_path: 
         name = f"frames/{n:06d}.png"
         np.testing.assert_array_equal(cv2.imread(str(tmp_path / "remote" / name)),
                                       cv2.imread(str(tmp_path / "local" / name)), err_msg=name)
+    # --frames with --posemaps means the same frames on the engine as locally; local-only flags are refused.
+    job_id = remote.stderr.split("engine job ")[1].split()[0]
+    maps = ["--posemaps", str(server.data / "jobs" / job_id / "posemaps" / "iuv"), "--frames", "2:5", "--steps", "2",
+            "--sr-steps", "2", "--seed", "3", "--no-progress"]
+    for where, extra in (("remote_cut", ["--engine", server.url, "--token", TOKEN]), ("local_cut", [])):
+        subprocess.run([*BTDM, "animate", *maps, "--out", str(tmp_path / where), *extra], cwd=REPO, env=child_env(),
+                       check=True, capture_output=True)
+    cut = sorted(p.name for p in (tmp_path / "remote_cut" / "frames").iterdir())
+    assert cut == ["000000.png", "000001.png", "000002.png"], cut
+    for name in cut:
+        np.testing.assert_array_equal(cv2.imread(str(tmp_path / "remote_cut" / "frames" / name)),
+                                      cv2.imread(str(tmp_path / "local_cut" / "frames" / name)), err_msg=name)
+    for flags, said in ((["--threads", "1"], "--threads applies to the server"),
+                        (["--precision", "float32"], "--precision applies to the server"),
+                        (["--frames", "0:2"], "--frames needs --posemaps")):
+        refused = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "refused"), "--engine", server.url,
+                                  "--token", TOKEN, *flags], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                                 check=False)
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
     denied = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "denied"), "--engine", server.url],
                             cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
     assert denied.returncode == 2 and "bearer token" in denied.stderr, denied.stderr

@@ -105,17 +105,22 @@ class Progress:
             self.bar = None
 
 
-def _read_posemaps(folder: Path, order: str, frames: str | None) -> Any:
+def parse_frames(frames: str | None) -> tuple[int, int] | None:
+    """``--frames START:STOP`` as (start, stop); None when not given."""
     from btdm_engine.cli import CliError
+
+    if frames is None:
+        return None
+    start, sep, stop = frames.partition(":")
+    if not (sep and start.isdigit() and stop.isdigit()):
+        raise CliError(f"--frames {frames!r}: expected START:STOP, e.g. 0:48")
+    return int(start), int(stop)
+
+
+def _read_posemaps(folder: Path, order: str, frames: str | None) -> Any:
     from btdm_engine.posemaps.export import read_posemap_folder
 
-    span = None
-    if frames is not None:
-        start, sep, stop = frames.partition(":")
-        if not (sep and start.isdigit() and stop.isdigit()):
-            raise CliError(f"--frames {frames!r}: expected START:STOP, e.g. 0:48")
-        span = (int(start), int(stop))
-    return read_posemap_folder(folder, order, span)
+    return read_posemap_folder(folder, order, parse_frames(frames))
 
 
 def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> tuple[Any, float, Any]:

@@ -25,6 +25,8 @@ MIN_TOKEN_CHARS = 16
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` subcommand to the ``btdm`` dispatcher."""
+    from btdm_engine.service import limits as job  # torch-free
+
     p = subparsers.add_parser(
         "serve",
         help="run the engine as an HTTP job service (for the Blender add-on, batches, remote GPUs)",
@@ -55,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                    help="offer another model folder (btunet/ + sr3/) under NAME; repeatable. The embedded "
                    "model is always offered as 'default'")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=N",
+                   help="raise an engine limit on what uploads are read with (repeatable; names as for the other "
+                        f"commands: frames, pixels, ...). A job's own limits are fixed: at most {job.MAX_FRAMES} "
+                        f"frames, {job.MAX_STEPS} steps, {job.MAX_FINETUNE_STEPS} fine-tuning steps, "
+                        f"{job.MAX_REQUEST_BYTES >> 20} MiB per request (btdm_engine/service/limits.py)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 

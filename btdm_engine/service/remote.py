@@ -32,8 +32,9 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _zip_posemaps(folder: Path) -> bytes:
-    from btdm_engine.imageio import list_frames
+def _zip_posemaps(folder: Path, span: tuple[int, int] | None = None) -> bytes:
+    """The folder's IUV PNGs as a zip; with ``span`` (``--frames``) exactly frames start..stop-1, as locally."""
+    from btdm_engine.imageio import frame_index, list_frames
 
     if not folder.is_dir():
         raise FileNotFoundError(f"--posemaps {folder}: no such folder")
@@ -41,6 +42,13 @@ def _zip_posemaps(folder: Path) -> bytes:
     files = list_frames(source)
     if not files:
         raise ValueError(f"--posemaps {folder}: no <digits>.png IUV files in {source}")
+    if span is not None:
+        by_index = {frame_index(f): f for f in files}
+        missing = [n for n in range(*span) if n not in by_index]
+        if span[0] >= span[1] or missing:
+            raise ValueError(f"--frames {span[0]}:{span[1]}: " + (f"frame {missing[0]} is not in {source}" if missing
+                                                                   else "need START < STOP"))
+        files = [by_index[n] for n in range(*span)]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
         for path in files:
@@ -51,12 +59,19 @@ def _zip_posemaps(folder: Path) -> bytes:
 def animate_remote(args: argparse.Namespace) -> int:
     """Run ``btdm animate`` on the engine at ``args.engine``; returns the exit status."""
     from btdm_engine.cli import CliError
-    from btdm_engine.commands.animate import Progress
+    from btdm_engine.commands.animate import Progress, parse_frames
     from btdm_engine.commands.serve import read_token
     from btdm_engine.fileio import StagedRun, atomic_write_bytes
 
     if args.device is not None:
         raise CliError("--device applies to the server (btdm serve --device); drop it with --engine")
+    if args.threads is not None:
+        raise CliError("--threads applies to the server (btdm serve --threads); drop it with --engine")
+    if args.precision != "auto":
+        raise CliError("--precision applies to the server, which samples as `auto` does; drop it with --engine")
+    if args.frames is not None and args.posemaps is None:
+        raise CliError("--frames needs --posemaps (a clip is cut with btdm posemaps --start/--end)")
+    span = parse_frames(args.frames)
     if args.plate and args.clip is None:
         raise CliError("--plate needs --clip (the shot camera comes with the motion clip)")
     out = Path(args.out)
@@ -70,7 +85,7 @@ def animate_remote(args: argparse.Namespace) -> int:
         if args.clip is not None:
             files["motion"] = Path(args.clip)
         else:
-            files["posemaps"] = _zip_posemaps(Path(args.posemaps))
+            files["posemaps"] = _zip_posemaps(Path(args.posemaps), span)
         job = client.submit(**{k: v for k, v in files.items() if v is not None}, params=_params(args))
     except EngineError as exc:
         raise CliError(f"engine {args.engine}: {exc.message}" + (f" [{exc.field}]" if exc.field else "")) from None
