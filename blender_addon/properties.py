@@ -80,7 +80,8 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
         ("densepose", "DensePose", "Written by detectron2 (blue = part index)"),
         ("btdm", "BTDM", "Written by btdm (red = part index)")))
     reference_frame: IntProperty(name="Reference frame", default=-1,
-                                 description="Frame where the armature matches the photo (-1: not set)")
+                                 description="Frame where the armature was posed to match the photo (-1: not set; "
+                                 "noted for the animator, not used by generation yet)")
     render_frame: IntProperty(name="Render frame", default=1,
                               description="Frame rendered as the appearance image (Scene render)")
     # generation

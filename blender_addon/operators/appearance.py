@@ -10,7 +10,10 @@ from ..prepare import UserError, resolve_camera
 
 
 class BTDM_OT_use_reference_pose(bpy.types.Operator):
-    """The armature's pose at this frame matches the photo: remember the frame, and show the photo behind the camera"""
+    """Show the photo behind the shot camera to pose the armature to match it, and note this frame on the panel.
+
+    Generation does not use the frame yet: a photo is sent as the appearance image alone.
+    """
 
     bl_idname = "btdm.use_reference_pose"
     bl_label = "Use as Reference Pose"
