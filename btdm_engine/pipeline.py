@@ -404,6 +404,7 @@ class Animator:
         sr_batch: int | None = None,
         sr_low_res_logsnr: float | None = None,
         sr_noise: str = "shared",
+        noise: str = "shared",
         callback: Callback | None = None,
         cancel: object = None,
         device: str | torch.device | None = None,
@@ -431,6 +432,9 @@ class Animator:
             sr_low_res_logsnr: SR3 conditioning-augmentation level at inference (None: clean).
             sr_noise: ``"shared"`` (one SR3 noise for every frame: no flicker of invented
                 detail) or ``"independent"`` (a draw per frame), see :func:`sample_sr3`.
+            noise: the BTU-Net sampler's noise across frames, ``"shared"`` (one Y^K for every
+                frame: far less flicker, docs/results/ablation_wide.md) or ``"independent"`` (a
+                draw per frame), see :func:`sample_bidirectional`.
             callback: ``callback(stage, step, total)``, stages ``"finetune"``, the sampler's
                 name, ``"sr3"``.
             cancel: ``threading.Event`` or callable; raises :class:`Cancelled` within one step.
@@ -450,8 +454,9 @@ class Animator:
             raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
         if finetune_steps == 0 and appearance_iuv is not None:
             raise AnimatorError("appearance_iuv is only used by fine-tuning; set finetune_steps > 0 or drop it")
-        if sr_noise not in SR3_NOISE:
-            raise AnimatorError(f"sr_noise {sr_noise!r} is unknown; allowed: {', '.join(SR3_NOISE)}")
+        for name, value in (("noise", noise), ("sr_noise", sr_noise)):
+            if value not in SR3_NOISE:
+                raise AnimatorError(f"{name} {value!r} is unknown; allowed: {', '.join(SR3_NOISE)}")
         if self.sr3 is None and (sr_steps is not None or sr_batch is not None or sr_low_res_logsnr is not None):
             raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
         res = self.low_resolution
@@ -478,7 +483,7 @@ class Animator:
         # 3. the low-resolution sequence (algorithm 1, or the autoregressive baseline).
         net = _autocast_for(btunet, dev, precision)
         common = dict(steps=steps, schedule=self.schedule, generator=_generator(seed, 1), eta=eta,
-                      callback=callback, cancel=cancel)
+                      callback=callback, cancel=cancel, noise=noise)
         if sampler == "bidirectional":
             batch = max_batch if max_batch is not None else pair_batch_for(res, dev)
             low = sample_bidirectional(net, poses, c, max_batch=batch, **common)

@@ -103,18 +103,45 @@ def test_the_test_network_reads_its_neighbour_and_direction() -> None:
 # ------------------------------------------------------------------------------------ algorithm 1
 
 
+@pytest.mark.parametrize("noise", ["independent", "shared"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("num_frames", [1, 2, 5])
-def test_batched_sampler_equals_the_literal_algorithm_1_loop(num_frames: int, eta: float) -> None:
+def test_batched_sampler_equals_the_literal_algorithm_1_loop(num_frames: int, eta: float, noise: str) -> None:
     model = tiny_btunet()
     gen = torch.Generator().manual_seed(11)
     poses = torch.rand(num_frames, 3, 32, 32, generator=gen) * 2 - 1
     c = torch.rand(3, 32, 32, generator=gen) * 2 - 1
-    kwargs = dict(steps=3, schedule=SCHEDULE, eta=eta)
+    kwargs = dict(steps=3, schedule=SCHEDULE, eta=eta, noise=noise)
     batched = sample_bidirectional(model, poses, c, max_batch=2, generator=torch.Generator().manual_seed(5), **kwargs)
     loop = sample_bidirectional_loop(model, poses, c, generator=torch.Generator().manual_seed(5), **kwargs)
     assert batched.shape == (num_frames, 3, 32, 32)
     assert torch.allclose(batched, loop, atol=1e-5), (batched - loop).abs().max()
+
+
+def test_shared_noise_starts_and_steps_every_frame_from_the_same_draws() -> None:
+    # With equal poses and a network that ignores its neighbour, shared noise gives equal frames
+    # (independent noise does not); with different poses the frames still differ.
+    class PoseOnly(nn.Module):
+        def forward(self, y_a, y_b, logsnr, pose_a, pose_b, c, direction):
+            x0 = torch.tanh(pose_a + 0.1 * y_a)
+            return x0, x0
+
+    poses = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3)).repeat(4, 1, 1, 1) * 2 - 1
+    for sampler in (sample_bidirectional, sample_unidirectional):
+        for eta in (0.0, 1.0):
+            shared, independent = (sampler(PoseOnly().eval(), poses, None, steps=4, schedule=SCHEDULE, eta=eta,
+                                           generator=torch.Generator().manual_seed(9), noise=noise)
+                                   for noise in ("shared", "independent"))
+            assert all(torch.equal(shared[0], shared[t]) for t in range(1, 4)), sampler.__name__
+            assert not torch.equal(independent[0], independent[1]), sampler.__name__
+    different = poses.clone()
+    different[2] = -different[2]
+    out = sample_bidirectional(PoseOnly().eval(), different, None, steps=4, schedule=SCHEDULE,
+                               generator=torch.Generator().manual_seed(9), noise="shared")
+    assert not torch.equal(out[0], out[2])
+    with pytest.raises(SamplerError, match="noise 'none' is unknown"):
+        sample_bidirectional(PoseOnly().eval(), poses, None, steps=2, schedule=SCHEDULE,
+                             generator=torch.Generator().manual_seed(9), noise="none")
 
 
 def test_batched_equals_loop_starting_backward_without_appearance() -> None:

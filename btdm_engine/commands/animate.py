@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="bidirectional",
                    help="bidirectional recursive sampling (algorithm 1) or the unidirectional baseline")
     p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = ancestral sampling")
+    p.add_argument("--noise", choices=("shared", "independent"), default="shared",
+                   help="noise across frames in both stages: one draw every frame shares (default: far less "
+                   "flicker) or one per frame (algorithm 1 read literally)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="frames per network call (default: from a memory budget)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -266,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
             sr_steps=args.sr_steps, seed=args.seed,
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, sampler=args.sampler,
             precision=args.precision,
-            eta=args.eta, max_batch=args.max_batch, callback=bars,
+            eta=args.eta, noise=args.noise, sr_noise=args.noise, max_batch=args.max_batch, callback=bars,
         ):
             write_rgb_png(frames_dir / f"{count:06d}.png", frame)
             if plan is not None:

@@ -22,7 +22,8 @@ from blender_addon.engine_client import EngineClient, EngineError
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {
         "steps": args.steps, "seed": args.seed, "finetune_steps": args.finetune_steps,
-        "finetune_lr": args.finetune_lr, "sampler": args.sampler, "eta": args.eta, "iuv_order": args.iuv_order,
+        "finetune_lr": args.finetune_lr, "sampler": args.sampler, "eta": args.eta, "noise": args.noise,
+        "iuv_order": args.iuv_order,
         "video": bool(args.mp4),
     }
     optional = {"model": args.model, "sr_steps": args.sr_steps, "max_batch": args.max_batch, "fps": args.fps}

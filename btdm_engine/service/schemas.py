@@ -52,6 +52,9 @@ class JobParams(BaseModel):
     finetune_lr: float = Field(default=1e-5, gt=0.0, le=1.0)
     sampler: Literal["bidirectional", "unidirectional"] = "bidirectional"
     eta: float = Field(default=0.0, ge=0.0, le=1.0, description="0 = DDIM, 1 = ancestral sampling")
+    noise: Literal["shared", "independent"] = Field(
+        default="shared", description="noise across frames, both stages: one draw every frame shares (far less "
+        "flicker) or one per frame (algorithm 1 read literally)")
     max_batch: int | None = Field(default=None, ge=1, le=4096, description="frames per network call")
     frame_start: int = Field(default=0, ge=0, le=limits.MAX_FRAMES * 100,
                              description="first source frame to generate (zero-based)")

@@ -387,7 +387,7 @@ class _JobRun:
             self.progress.set_stage("btunet", 0, p["steps"] * (num if p["sampler"] == "unidirectional" else 1))
             net = _autocast_for(btunet, dev)
             common = {"steps": p["steps"], "schedule": animator.schedule, "generator": _generator(p["seed"], 1),
-                      "eta": p["eta"], "callback": self.progress, "cancel": self.is_cancelled}
+                      "eta": p["eta"], "callback": self.progress, "cancel": self.is_cancelled, "noise": p["noise"]}
             if p["sampler"] == "bidirectional":
                 low = sample_bidirectional(net, poses, c, max_batch=run_info["max_batch"], **common)
             else:
@@ -419,7 +419,8 @@ class _JobRun:
             self.progress.set_stage("sr3", 0, math.ceil((num - start) / batch) * sr_steps)
             chunks = sample_sr3(_autocast_for(animator.sr3, dev), low[start:].to(dev), steps=sr_steps,
                                 schedule=animator.sr3_schedule, generator=generator, resolution=out_res,
-                                eta=p["eta"], batch=batch, callback=self.progress, cancel=self.is_cancelled)
+                                eta=p["eta"], batch=batch, noise=p["noise"], callback=self.progress,
+                                cancel=self.is_cancelled)
             n = start
             for chunk in chunks:
                 for frame in tensor_to_images(chunk):
