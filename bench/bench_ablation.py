@@ -49,6 +49,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16, help="frames animated per held-out sequence")
     p.add_argument("--sample-steps", type=int, default=50, help="denoising steps (paper: 50)")
     p.add_argument("--finetune-steps", type=int, default=0, help="single-image fine-tuning before sampling (paper: 300)")
+    p.add_argument("--noise", choices=("shared", "independent"), default="shared",
+                   help="both samplers' noise across frames (the Animator's default: shared)")
     p.add_argument("--lpips-weights", type=Path, default=None)
     p.add_argument("--inception-weights", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             poses, c = sequence_inputs(seq, args.frames)
             frames = animator.animate(
                 poses, c, poses[0] if args.finetune_steps else None, steps=args.sample_steps, seed=args.seed,
-                sampler=mode, finetune_steps=args.finetune_steps,
+                sampler=mode, finetune_steps=args.finetune_steps, noise=args.noise,
             )  # fmt: skip
             write_frames(args.out, mode, seq, frames, poses, res)
             if seq is tests[0]:
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     sampling = (
         f"evaluation: {len(tests)} held-out sequence(s) ({', '.join(s.character for s in tests)}), first {args.frames} frames, "
-        f"c = frame 0, {args.sample_steps} denoising steps, fine-tuning {args.finetune_steps} steps, {res} px, foreground only"
+        f"c = frame 0, {args.sample_steps} denoising steps, {args.noise} noise, fine-tuning {args.finetune_steps} steps, "
+        f"{res} px, foreground only"
     )
     text = "\n".join([f"data: {data_note}", budget, sampling, "", table, ""])
     (args.out / "table.md").write_text(text)
