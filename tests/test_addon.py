@@ -479,6 +479,7 @@ def test_cancel_leaves_no_strip_and_no_partial_frame(engine: Engine, tmp_path: P
         runs.finalize(entry)
         snap = run.snapshot()
         se = scene.sequence_editor
+        strips = 0 if se is None else len(se.strips_all)  # read now: the objects die with the file below
         # Opening another .blend mid-run: the run is cancelled and forgotten, nothing lands in the new file.
         bpy.ops.wm.save_as_mainfile(filepath={str(tmp_path / 'shot.blend')!r})
         other = PrevisRun(build_request(bpy.context, "plates", out_override=out))
@@ -491,7 +492,7 @@ def test_cancel_leaves_no_strip_and_no_partial_frame(engine: Engine, tmp_path: P
         se2 = bpy.context.scene.sequence_editor
         blender_addon.unregister()
         print("RESULT " + json.dumps({{"phase": snap.phase, "job": snap.job_id, "stage": staged,
-                                      "strips": 0 if se is None else len(se.strips_all), "ok": entry.ok,
+                                      "strips": strips, "ok": entry.ok,
                                       "result": entry.result, "forgotten": forgotten,
                                       "other": other.snapshot().phase, "other_job": other.snapshot().job_id,
                                       "strips_after_load": 0 if se2 is None else len(se2.strips_all)}}))
