@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from btdm_engine.constants import MODEL_PRESETS
+from btdm_engine.constants import MODEL_PRESETS, NOISE_MODES
 
 MODES = ("bidirectional", "unidirectional")
 
@@ -49,7 +49,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16, help="frames animated per held-out sequence")
     p.add_argument("--sample-steps", type=int, default=50, help="denoising steps (paper: 50)")
     p.add_argument("--finetune-steps", type=int, default=0, help="single-image fine-tuning before sampling (paper: 300)")
-    p.add_argument("--noise", choices=("shared", "independent"), default="shared",
+    p.add_argument("--noise", choices=NOISE_MODES, default="shared",
                    help="both samplers' noise across frames (the Animator's default: shared)")
     p.add_argument("--lpips-weights", type=Path, default=None)
     p.add_argument("--inception-weights", type=Path, default=None)

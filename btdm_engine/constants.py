@@ -15,6 +15,7 @@ __all__ = [
     "IUV_ORDERS",
     "MODEL_KINDS",
     "MODEL_PRESETS",
+    "NOISE_MODES",
     "PRECISIONS",
     "SAMPLERS",
     "TRAIN_MODES",
@@ -28,6 +29,9 @@ IUV_ORDERS: tuple[str, ...] = ("btdm", "densepose")
 # The two networks (checkpoint "kind") and their presets (BTUNetConfig / SR3Config.PRESET_FIELDS).
 MODEL_KINDS: tuple[str, ...] = ("btunet", "sr3")
 MODEL_PRESETS: tuple[str, ...] = ("tiny", "base", "paper")
+
+# Samplers' noise across frames: one draw every frame shares, or one per frame (diffusion.samplers).
+NOISE_MODES: tuple[str, ...] = ("shared", "independent")
 
 # Animator samplers: algorithm 1 and the autoregressive baseline of table 3.
 SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")

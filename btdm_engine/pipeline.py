@@ -37,11 +37,10 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from btdm_engine.checkpoints import load_checkpoint
-from btdm_engine.constants import PRECISIONS, SAMPLERS
+from btdm_engine.constants import NOISE_MODES, PRECISIONS, SAMPLERS
 from btdm_engine.dataconfig import check_int
 from btdm_engine.diffusion.losses import bidirectional_loss
 from btdm_engine.diffusion.samplers import (
-    SR3_NOISE,
     Callback,
     Cancelled,
     cancel_checker,
@@ -455,8 +454,8 @@ class Animator:
         if finetune_steps == 0 and appearance_iuv is not None:
             raise AnimatorError("appearance_iuv is only used by fine-tuning; set finetune_steps > 0 or drop it")
         for name, value in (("noise", noise), ("sr_noise", sr_noise)):
-            if value not in SR3_NOISE:
-                raise AnimatorError(f"{name} {value!r} is unknown; allowed: {', '.join(SR3_NOISE)}")
+            if value not in NOISE_MODES:
+                raise AnimatorError(f"{name} {value!r} is unknown; allowed: {', '.join(NOISE_MODES)}")
         if self.sr3 is None and (sr_steps is not None or sr_batch is not None or sr_low_res_logsnr is not None):
             raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
         res = self.low_resolution

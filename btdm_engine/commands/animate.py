@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.constants import IUV_ORDERS, PRECISIONS, SAMPLERS
+from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="bidirectional",
                    help="bidirectional recursive sampling (algorithm 1) or the unidirectional baseline")
     p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = ancestral sampling")
-    p.add_argument("--noise", choices=("shared", "independent"), default="shared",
+    p.add_argument("--noise", choices=NOISE_MODES, default="shared",
                    help="noise across frames in both stages: one draw every frame shares (default: far less "
                    "flicker) or one per frame (algorithm 1 read literally)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",

@@ -28,6 +28,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
+from btdm_engine.constants import NOISE_MODES
 from btdm_engine.dataconfig import check_int
 from btdm_engine.diffusion.common import D_BACKWARD, D_FORWARD, DIRECTIONS, PairNetwork, draw_noise
 from btdm_engine.diffusion.schedule import ScheduleConfig, alpha_sigma, q_sample
@@ -36,9 +37,6 @@ from btdm_engine.errors import BtdmError
 Callback = Callable[[str, int, "int | None"], None]
 """``callback(stage, step, total)``: called after every network step; ``step`` counts from 1."""
 
-NOISE_MODES: tuple[str, ...] = ("shared", "independent")
-"""How a sampler draws noise across frames: one draw that every frame shares, or one per frame."""
-SR3_NOISE = NOISE_MODES
 
 
 def _check_noise(noise: str) -> None:
