@@ -93,6 +93,34 @@ def max_batch_for(resolution: int, device: torch.device) -> int:
     return max(1, int(budget // (_BYTES_PER_PIXEL * resolution * resolution)))
 
 
+def sampling_workers(device: torch.device, workers: int | None = None) -> tuple[int, int]:
+    """(threads running network calls side by side, intra-op threads each) for sampling on ``device``.
+
+    On the CPU the default is one worker per thread torch may use (``torch.get_num_threads()``:
+    ``--threads``, ``OMP_NUM_THREADS`` or the core count), each with one intra-op thread: the
+    calls of these small networks scale across cores far better side by side than split inside
+    each kernel (bench/bench_cpu.py). On CUDA the calls queue on one stream: one worker.
+    """
+    threads = torch.get_num_threads()
+    if workers is None:
+        workers = threads if device.type == "cpu" else 1
+    check_int(workers, "workers", AnimatorError, lo=1, hi=1024)
+    return workers, max(1, threads // workers)
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for a block, then restored."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
 def pair_batch_for(resolution: int, device: torch.device) -> int:
     """Frames per BTU-Net call by default: the memory budget's, at most 16 on the CPU (cache-sized)."""
     batch = max_batch_for(resolution, device)
@@ -408,6 +436,7 @@ class Animator:
         cancel: object = None,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        workers: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Generate frames one at a time (uint8 RGB (R, R, 3)), streaming the SR3 stage.
 
@@ -441,6 +470,10 @@ class Animator:
             precision: network arithmetic for sampling: ``"auto"`` (bf16 autocast on CUDA and on
                 CPUs with native bf16, else float32), ``"float32"`` or ``"bfloat16"``. Fine-tuning
                 always trains in float32.
+            workers: threads that run a step's network calls side by side, each with
+                ``torch.get_num_threads() // workers`` intra-op threads while sampling
+                (:func:`sampling_workers`; None: one per CPU thread, 1 on CUDA). The frames do
+                not depend on it.
         """
         if device is not None:
             self.to(device)
@@ -460,6 +493,7 @@ class Animator:
             raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
         res = self.low_resolution
         dev = self.device
+        workers, intra = sampling_workers(dev, workers)
 
         # 1. inputs at the BTU-Net resolution: poses NEAREST, c and g(c) likewise.
         poses = prepare_pose_maps(pose_maps, res).to(dev)
@@ -485,8 +519,9 @@ class Animator:
                       callback=callback, cancel=cancel, noise=noise)
         if sampler == "bidirectional":
             batch = max_batch if max_batch is not None else pair_batch_for(res, dev)
-            low = sample_bidirectional(net, poses, c, max_batch=batch, **common)
-        else:
+            with _intra_op_threads(intra):
+                low = sample_bidirectional(net, poses, c, max_batch=batch, workers=workers, **common)
+        else:  # one frame after the other: nothing to run side by side
             low = sample_unidirectional(net, poses, c, **common)
         del btunet, net
 
@@ -498,10 +533,15 @@ class Animator:
         chunks = sample_sr3(
             sr_net, low, steps=steps if sr_steps is None else sr_steps, schedule=self.sr3_schedule,
             generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
-            batch=sr_batch if sr_batch is not None else max_batch_for(self.resolution, dev),
-            low_res_logsnr=sr_low_res_logsnr, noise=sr_noise, callback=callback, cancel=cancel,
+            # the memory budget holds every worker's chunk
+            batch=sr_batch if sr_batch is not None else max(1, max_batch_for(self.resolution, dev) // workers),
+            low_res_logsnr=sr_low_res_logsnr, noise=sr_noise, callback=callback, cancel=cancel, workers=workers,
         )
-        for chunk in chunks:
+        while True:
+            with _intra_op_threads(intra):  # only while SR3 runs: not while the caller handles frames
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
             yield from tensor_to_images(chunk)
 
 
@@ -520,5 +560,6 @@ __all__ = [
     "prepare_pose_maps",
     "resize_pose_maps",
     "resolve_precision",
+    "sampling_workers",
     "tensor_to_images",
 ]

@@ -20,6 +20,7 @@ from btdm_engine.pipeline import (
     Animator,
     AnimatorError,
     finetune_btunet,
+    sampling_workers,
     image_to_tensor,
     iuv_to_network,
     prepare_pose_maps,
@@ -139,6 +140,24 @@ def test_same_seed_same_frames_and_streaming_matches(animator: Animator) -> None
     first = next(stream)
     assert first.shape == (FAST, FAST, 3)
     assert np.array_equal(np.stack([first, *stream]), a)
+
+
+def test_workers_run_side_by_side_with_one_intra_op_thread_each(animator: Animator) -> None:
+    poses, c = pose_sequence(4), appearance_image()
+    threads = torch.get_num_threads()
+    seen: list[tuple[str, int]] = []
+    kwargs = dict(steps=2, sr_steps=2, seed=3, max_batch=2, sr_batch=2, precision="float32")
+    one = animator.animate(poses, c, workers=1, **kwargs)
+    two = animator.animate(poses, c, workers=2, callback=lambda stage, *_: seen.append((stage, torch.get_num_threads())),
+                           **kwargs)
+    # the same frames (float32 kernels may round differently on fewer intra-op threads: a grey level at most)
+    assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
+    assert {n for _, n in seen} == {max(1, threads // 2)}  # while sampling: threads split among workers
+    assert torch.get_num_threads() == threads  # and restored afterwards
+    assert sampling_workers(torch.device("cpu")) == (threads, 1)
+    assert sampling_workers(torch.device("cpu"), 1) == (1, threads)
+    with pytest.raises(AnimatorError, match="workers"):
+        animator.animate(poses, c, workers=0, **kwargs)
 
 
 def test_inputs_are_resized_nearest_and_validated(animator: Animator) -> None:

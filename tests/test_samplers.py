@@ -15,6 +15,7 @@ from btdm_engine.diffusion import (
     ScheduleConfig,
     alpha_sigma,
     ddim_step,
+    frame_chunks,
     sample_bidirectional,
     sample_bidirectional_loop,
     sample_sr3,
@@ -405,3 +406,80 @@ def test_sr3_shares_its_noise_across_frames_and_batches(eta: float) -> None:
     with pytest.raises(SamplerError, match="noise 'fresh' is unknown"):
         next(sample_sr3(SR3Toy().eval(), low, steps=1, schedule=SCHEDULE, resolution=16,
                         generator=torch.Generator(), noise="fresh"))
+
+
+# ------------------------------------------------------------------------ calls side by side
+
+
+def test_frame_chunks_are_even_capped_and_fill_the_workers() -> None:
+    assert frame_chunks(60, 16, 2) == [(0, 15), (15, 30), (30, 45), (45, 60)]  # not 16 + 16 + 16 + 12
+    assert frame_chunks(5, 2) == [(0, 1), (1, 3), (3, 5)]
+    assert frame_chunks(3, None, 4) == [(0, 1), (1, 2), (2, 3)]  # never a chunk without frames
+    assert frame_chunks(7, None) == [(0, 7)]
+    for frames in range(1, 40):
+        for batch in (None, 1, 3, 16):
+            for workers in (1, 2, 3, 8):
+                chunks = frame_chunks(frames, batch, workers)
+                sizes = [stop - start for start, stop in chunks]
+                assert [start for start, _ in chunks] == [0, *(stop for _, stop in chunks[:-1])]
+                assert chunks[-1][1] == frames and min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+                assert batch is None or max(sizes) <= batch
+                assert len(chunks) % workers == 0 or len(chunks) == frames
+    with pytest.raises(SamplerError, match="workers"):
+        frame_chunks(5, 2, 0)
+
+
+class Meeting:
+    """Wraps a network so that its calls must meet in twos (a barrier): they can only return if two
+    run at the same time, on two threads. Records the threads and whether autograd was on."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net, self.barrier = net, threading.Barrier(2, timeout=20)
+        self.threads: set[int] = set()
+        self.grad: list[bool] = []
+        self.training = False
+
+    def __call__(self, *args):
+        self.threads.add(threading.get_ident())
+        self.grad.append(torch.is_grad_enabled())
+        self.barrier.wait()
+        return self.net(*args)
+
+
+@pytest.mark.parametrize("noise", ["independent", "shared"])
+def test_bidirectional_calls_run_side_by_side_and_give_the_same_frames(noise: str) -> None:
+    poses = coded_poses(6)
+    kwargs = dict(steps=3, schedule=SCHEDULE, eta=1.0, max_batch=3, noise=noise)
+    alone = sample_bidirectional(Spy(6), poses, None, generator=torch.Generator().manual_seed(4), **kwargs)
+    meeting = Meeting(Spy(6))
+    together = sample_bidirectional(meeting, poses, None, generator=torch.Generator().manual_seed(4), workers=2, **kwargs)
+    assert torch.equal(together, alone)
+    assert len(meeting.threads) == 2 and threading.get_ident() not in meeting.threads
+    assert meeting.grad == [False] * 6  # two calls per step, both without autograd
+    # a cancel seen by a worker ends the run within the step
+    spy, event = Spy(5), threading.Event()
+    with pytest.raises(Cancelled):
+        sample_bidirectional(spy, coded_poses(5), None, steps=10, schedule=SCHEDULE, max_batch=2, workers=2,
+                             generator=torch.Generator(), callback=lambda *a: event.set(), cancel=event)
+    assert len(spy.calls) == 4  # one step of 4 chunks (ceil(5 / 2) rounded up to 2 workers)
+
+
+@pytest.mark.parametrize("noise", ["independent", "shared"])
+def test_sr3_chunks_run_side_by_side_and_give_the_same_frames(noise: str) -> None:
+    low = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    kwargs = dict(steps=3, schedule=SCHEDULE, resolution=16, eta=1.0, batch=2, noise=noise, low_res_logsnr=2.0)
+    seen: list[tuple] = []
+    alone = list(sample_sr3(SR3Toy().eval(), low, generator=torch.Generator().manual_seed(3), **kwargs))
+    meeting = Meeting(SR3Toy().eval())
+    meeting.barrier = threading.Barrier(2, timeout=1)
+    with pytest.raises(threading.BrokenBarrierError):  # 3 chunks: the last one has nobody to meet
+        list(sample_sr3(meeting, low, generator=torch.Generator().manual_seed(3), workers=2, **kwargs))
+    meeting = Meeting(SR3Toy().eval())
+    together = list(sample_sr3(meeting, low[:4], generator=torch.Generator().manual_seed(3), workers=2,
+                               callback=lambda *a: seen.append(a), **kwargs))
+    assert len(meeting.threads) == 2 and meeting.grad == [False] * 6
+    assert [c.shape[0] for c in together] == [2, 2]
+    assert torch.equal(torch.cat(together), torch.cat(alone)[:4])  # chunk for chunk, the frames of one thread
+    assert seen == [("sr3", i, 6) for i in range(1, 7)]
+    two = list(sample_sr3(SR3Toy().eval(), low, generator=torch.Generator().manual_seed(3), workers=2, **kwargs))
+    assert [c.shape[0] for c in two] == [2, 2, 1] and torch.equal(torch.cat(two), torch.cat(alone))

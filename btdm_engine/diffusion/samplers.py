@@ -20,9 +20,14 @@ initial noise tensor, then (``eta > 0``) one ``(T, ...)`` noise tensor per step 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import einops
 import torch
@@ -37,6 +42,8 @@ from btdm_engine.errors import BtdmError
 Callback = Callable[[str, int, "int | None"], None]
 """``callback(stage, step, total)``: called after every network step; ``step`` counts from 1."""
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def _check_noise(noise: str) -> None:
@@ -127,6 +134,46 @@ def ddim_step(x: Tensor, x0: Tensor, logsnr_s: Tensor, logsnr_t: Tensor, eta: fl
     return out
 
 
+def frame_chunks(num_frames: int, max_batch: int | None, workers: int = 1) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges covering ``num_frames`` frames for batched network calls.
+
+    At most ``max_batch`` frames each (None: no limit), sizes as even as possible, and, where
+    there are frames enough, a multiple of ``workers`` in number, so that when the calls of a
+    step run on ``workers`` threads (:func:`worker_pool`) no thread waits for a short last chunk.
+    60 frames, ``max_batch`` 16 and 2 workers give 4 chunks of 15, not 16 + 16 + 16 + 12.
+    """
+    _check_positive_int("max_batch", max_batch, allow_none=True)
+    _check_positive_int("workers", workers)
+    count = math.ceil(num_frames / (max_batch or num_frames))
+    count = min(num_frames, math.ceil(count / workers) * workers)
+    return [(i * num_frames // count, (i + 1) * num_frames // count) for i in range(count)]
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Callable[[Callable[[_T], _R], Sequence[_T]], list[_R]]]:
+    """``map(fn, items)`` that runs the independent network calls of one step on ``workers`` threads.
+
+    Data parallelism for the CPU: torch releases the GIL inside its kernels, so two calls on two
+    threads with one intra-op thread each keep two cores busy, where one call on two intra-op
+    threads spends much of its time forking and joining OpenMP teams around the small kernels of
+    these networks (bench/bench_cpu.py measures both). Every call runs without autograd (the
+    caller's ``no_grad`` is per thread); results come back in the order of ``items``; the first
+    exception (e.g. :class:`Cancelled`) is raised in the caller once the running calls end.
+    With ``workers == 1`` the calls run in the calling thread.
+    """
+    _check_positive_int("workers", workers)
+
+    def call(fn: Callable[[_T], _R], item: _T) -> _R:
+        with torch.no_grad():
+            return fn(item)
+
+    if workers == 1:
+        yield lambda fn, items: [fn(item) for item in items]
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="btdm-sampler") as pool:
+        yield lambda fn, items: list(pool.map(functools.partial(call, fn), items))
+
+
 # Pose-encoder maps a sampler may keep for a whole sequence (E_p runs once instead of every step).
 POSE_CACHE_BYTES = 1 << 30
 
@@ -153,6 +200,7 @@ class PairDenoiser:
         self.appearance = appearance
         self.clip_x0 = clip_x0
         self.calls = 0
+        self._lock = threading.Lock()  # calls may come from several sampler threads (worker_pool)
         prepare = getattr(model, "prepare_sampling", None)
         self._prepared = prepare(poses, appearance, POSE_CACHE_BYTES) if callable(prepare) else None
 
@@ -173,7 +221,8 @@ class PairDenoiser:
             if self.appearance is not None:
                 appearance = einops.repeat(self.appearance, "c h w -> b c h w", b=b)
             x0_a, _ = self.model(x_a, x_b, levels, self.poses[idx_a], self.poses[idx_b], appearance, directions)
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         x0_a = x0_a.float()
         return x0_a.clamp(-1.0, 1.0) if self.clip_x0 else x0_a
 
@@ -258,6 +307,7 @@ def sample_bidirectional(
     start_direction: str = "forward",
     clip_x0: bool = True,
     noise: str = "independent",
+    workers: int = 1,
 ) -> Tensor:
     """Generate T frames with bidirectional recursive sampling, one batched call per step.
 
@@ -271,6 +321,7 @@ def sample_bidirectional(
         generator: the source of every random draw.
         eta: 0 = deterministic DDIM update, 1 = ancestral (DDPM posterior) sampling.
         max_batch: frames per network call (None: all T in one call); memory grows with it.
+            The calls of a step split the frames evenly (:func:`frame_chunks`).
         callback: ``callback("bidirectional", step, steps)`` after each step.
         cancel: a ``threading.Event`` or callable; checked before every network call, raises
             :class:`Cancelled`.
@@ -282,6 +333,9 @@ def sample_bidirectional(
             and neighbours make them differ, not by their starting noise: on the wide set's
             held-out people the warping error fell 80 % and tOF 62 % for 2 % of SSIM
             (docs/results/ablation_wide.md). The Animator samples with ``"shared"``.
+        workers: threads that run a step's network calls side by side (:func:`worker_pool`);
+            the model must be safe to call from several threads (inference-only modules are).
+            The frames do not depend on it.
 
     Returns:
         The denoised frames (T, 3, H, W), float32 in [-1, 1] when ``clip_x0``.
@@ -292,31 +346,36 @@ def sample_bidirectional(
     form one batch. The first (forward) or last (backward) frame, which has no such neighbour,
     is updated from its other neighbour with the opposite direction (:func:`_neighbours`).
     """
-    _check_positive_int("max_batch", max_batch, allow_none=True)
     _is_forward(0, start_direction)
     _check_noise(noise)
     denoise, is_cancelled, eta, logsnrs = _prepare(model, poses, appearance, steps, schedule, eta, cancel, clip_x0)
     num_frames = poses.shape[0]
     device = poses.device
-    chunk = max_batch or num_frames
+    chunks = frame_chunks(num_frames, max_batch, workers)
 
     # 1. Y^K: pure noise for every frame (lambda_min makes alpha ~ 0).
     x = _frame_noise(tuple(poses.shape), generator, device, noise)
-    for i in range(steps):
-        forward = _is_forward(i, start_direction)
-        # 2. x0 for every frame from the pair (frame, neighbour), all read from the state at level k.
-        x0 = torch.empty_like(x)
-        for start in range(0, num_frames, chunk):
-            _check_cancel(is_cancelled, "bidirectional")
-            stop = min(start + chunk, num_frames)
-            idx_a = torch.arange(start, stop, device=device)
-            idx_b, directions = _neighbours(idx_a, num_frames, forward)  # the state shifted by one frame
-            x0[start:stop] = denoise(x[start:stop], x[idx_b], idx_a, idx_b, logsnrs[i], directions)
-        # 3. level k -> k-1 for all frames at once (DDIM / ancestral, ddim_step).
-        step_noise = _frame_noise(tuple(x.shape), generator, device, noise) if eta > 0 and i < steps - 1 else None
-        x = ddim_step(x, x0, logsnrs[i], logsnrs[i + 1], eta, step_noise)
-        if callback is not None:
-            callback("bidirectional", i + 1, steps)
+    with worker_pool(workers) as run:
+        for i in range(steps):
+            forward = _is_forward(i, start_direction)
+            x0 = torch.empty_like(x)
+
+            # 2. x0 for every frame from the pair (frame, neighbour), all read from the state at
+            # level k: the chunks of a step are independent and may run side by side.
+            def pair_call(span: tuple[int, int], x: Tensor = x, x0: Tensor = x0, i: int = i,
+                          forward: bool = forward) -> None:
+                _check_cancel(is_cancelled, "bidirectional")
+                start, stop = span
+                idx_a = torch.arange(start, stop, device=device)
+                idx_b, directions = _neighbours(idx_a, num_frames, forward)  # the state shifted by one frame
+                x0[start:stop] = denoise(x[start:stop], x[idx_b], idx_a, idx_b, logsnrs[i], directions)
+
+            run(pair_call, chunks)
+            # 3. level k -> k-1 for all frames at once (DDIM / ancestral, ddim_step).
+            step_noise = _frame_noise(tuple(x.shape), generator, device, noise) if eta > 0 and i < steps - 1 else None
+            x = ddim_step(x, x0, logsnrs[i], logsnrs[i + 1], eta, step_noise)
+            if callback is not None:
+                callback("bidirectional", i + 1, steps)
     return x
 
 
@@ -495,6 +554,7 @@ def sample_sr3(
     cancel: object = None,
     clip_x0: bool = True,
     noise: str = "shared",
+    workers: int = 1,
 ) -> Iterator[Tensor]:
     """Super-resolve frames with SR3 (Saharia et al. 2022b), streaming ``batch`` frames at a time.
 
@@ -515,17 +575,22 @@ def sample_sr3(
             and per step), so the detail SR3 invents is the same from frame to frame where the
             low-resolution frames agree, instead of a fresh draw per frame that flickers; the
             frames then also do not depend on ``batch``. ``"independent"``: a draw per frame.
+        workers: ``workers`` chunks are denoised side by side, each on its own thread
+            (:func:`worker_pool`); the frames do not depend on it, and at most ``workers * batch``
+            high-resolution frames exist at a time.
 
     Yields:
         (n, 3, resolution, resolution) float32 chunks in input order, n <= batch.
 
-    Randomness: ``"shared"`` draws one seed from ``generator`` and, for every chunk, replays from
-    it (1, ...) initial noise, (1, ...) augmentation noise when ``low_res_logsnr`` is set, and
-    (1, ...) noise per step (eta > 0, not the last step). ``"independent"`` draws per chunk
-    (n, ...) tensors in that order from ``generator``.
+    Randomness: every chunk draws from its own generator, in this order: (n, ...) initial noise,
+    (n, ...) augmentation noise when ``low_res_logsnr`` is set, and (n, ...) noise per step
+    (eta > 0, not the last step). ``"shared"`` seeds every chunk's generator with one seed drawn
+    from ``generator`` and draws (1, ...) tensors broadcast over the chunk; ``"independent"``
+    draws one seed per chunk from ``generator``, in chunk order.
     """
     _check_positive_int("steps", steps)
     _check_positive_int("batch", batch)
+    _check_positive_int("workers", workers)
     _check_noise(noise)
     eta = _check_eta(eta)
     _check_eval(model)
@@ -542,31 +607,47 @@ def sample_sr3(
     logsnrs = schedule.sampling_logsnrs(steps)
     shared_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noise == "shared" else None
     done = 0
-    for lr in _iter_batches(low_res, batch):
-        if lr.shape[1] != 3:
-            raise SamplerError(f"low_res frames must have 3 channels, got {tuple(lr.shape)}")
-        n = lr.shape[0]
-        device = lr.device
-        lr = lr.float()
-        if shared_seed is None:
-            chunk_generator, draw = generator, n
-        else:  # the same draws for every chunk, each broadcast over the chunk's frames
-            chunk_generator, draw = torch.Generator(generator.device).manual_seed(shared_seed), 1
-        chunk_noise = functools.partial(_broadcast_noise, draw=draw, generator=chunk_generator, device=device)
-        x = chunk_noise((n, 3, resolution, resolution))
-        aug = None
+    batches = _iter_batches(low_res, batch)
+    with worker_pool(workers) as run:
+        while wave := [_SR3Chunk(lr, resolution, generator, shared_seed, low_res_logsnr)
+                       for lr in itertools.islice(batches, workers)]:
+            for i in range(steps):
+                _check_cancel(is_cancelled, "sr3")
+
+                def sr3_call(chunk: _SR3Chunk, i: int = i) -> Tensor:
+                    _check_cancel(is_cancelled, "sr3")
+                    levels = torch.full((chunk.x.shape[0],), float(logsnrs[i]), device=chunk.x.device)
+                    return model(chunk.x, levels, chunk.low_res, chunk.aug).float()
+
+                for chunk, x0 in zip(wave, run(sr3_call, wave), strict=True):
+                    x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
+                    step_noise = chunk.noise(tuple(chunk.x.shape)) if eta > 0 and i < steps - 1 else None
+                    chunk.x = ddim_step(chunk.x, x0, logsnrs[i], logsnrs[i + 1], eta, step_noise)
+                    done += 1
+                    if callback is not None:
+                        callback("sr3", done, total)
+            for chunk in wave:
+                yield chunk.x
+
+
+class _SR3Chunk:
+    """One chunk of frames in :func:`sample_sr3`: its state x, its (augmented) low-res frames and its noise."""
+
+    def __init__(self, low_res: Tensor, resolution: int, generator: torch.Generator, shared_seed: int | None,
+                 low_res_logsnr: float | None) -> None:
+        if low_res.shape[1] != 3:
+            raise SamplerError(f"low_res frames must have 3 channels, got {tuple(low_res.shape)}")
+        n, device = low_res.shape[0], low_res.device
+        if shared_seed is None:  # independent: a seed per chunk, drawn in chunk order
+            seed, draw = int(torch.randint(0, 2**62, (1,), generator=generator)), n
+        else:  # shared: the same draws for every chunk, each broadcast over the chunk's frames
+            seed, draw = shared_seed, 1
+        own = torch.Generator(generator.device).manual_seed(seed)
+        self.noise = functools.partial(_broadcast_noise, draw=draw, generator=own, device=device)
+        self.x = self.noise((n, 3, resolution, resolution))
+        self.low_res = low_res.float()
+        self.aug = None
         if low_res_logsnr is not None:
             # Conditioning augmentation (Ho et al. 2022, CDM): the level the model saw in training.
-            aug = torch.full((n,), float(low_res_logsnr), device=device)
-            lr = q_sample(lr, aug, chunk_noise(tuple(lr.shape)))
-        for i in range(steps):
-            _check_cancel(is_cancelled, "sr3")
-            x0 = model(x, torch.full((n,), float(logsnrs[i]), device=device), lr, aug).float()
-            x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
-            step_noise = chunk_noise(tuple(x.shape)) if eta > 0 and i < steps - 1 else None
-            x = ddim_step(x, x0, logsnrs[i], logsnrs[i + 1], eta, step_noise)
-            done += 1
-            if callback is not None:
-                callback("sr3", done, total)
-        yield x
-
+            self.aug = torch.full((n,), float(low_res_logsnr), device=device)
+            self.low_res = q_sample(self.low_res, self.aug, self.noise(tuple(self.low_res.shape)))
