@@ -2,16 +2,23 @@
 
 One job, as ``btdm demo`` runs it: a 60-frame dance, 25 BTU-Net + 10 SR3 steps, the embedded
 model and its appearance image. Each configuration runs in a fresh subprocess (so thread count and
-the OpenMP wait policy take effect at start), best of ``--repeat``:
+the OpenMP wait policy take effect at start), best of ``--repeat`` rounds that run every
+configuration once each (interleaved, so a slow spell of a shared machine hits all alike):
 
 - ``float32``: float32, contiguous (NCHW) weights, OpenMP's default (active) waiting, the old
-  batch sizes (BTU-Net 64, SR3 4 frames per call), and the BTU-Net called through ``forward``
-  every step (E_p and E_a re-encoded, branch b finished): the old path.
-- ``auto``: what ``btdm animate`` now does: bf16 autocast where the CPU has native bf16 (with
-  bf16 attention matmuls), channels-last weights, passive OpenMP waiting, 16 frames per BTU-Net
-  call, the 2 GiB budget for SR3 (8 frames per call), and the sampler's prepared BTU-Net
-  (``BTUNet.prepare_sampling``: E_p/E_a once per run, branch b dropped after its last attention).
-- ``auto-1t``: the same on one thread.
+  batch sizes (BTU-Net 64, SR3 4 frames per call), the BTU-Net called through ``forward``
+  every step (E_p and E_a re-encoded, branch b finished), and one call at a time on two intra-op
+  threads: the old path.
+- ``auto-1w``: bf16 autocast where the CPU has native bf16 (with bf16 attention matmuls),
+  channels-last weights, passive OpenMP waiting, 16 frames per BTU-Net call, SR3's memory budget
+  (8 frames per call), the sampler's prepared BTU-Net (``BTUNet.prepare_sampling``: E_p/E_a once
+  per run, branch b dropped after its last attention), one call at a time on two intra-op threads.
+- ``auto-2w``: ``auto-1w`` with a step's calls running side by side on one worker thread per
+  core, one intra-op thread each (``sampling_workers``; SR3 4 frames per call, so the same 8
+  frames are in flight).
+- ``auto``: what ``btdm animate`` now does: ``auto-2w`` with glibc's malloc keeping freed memory
+  (``procs.keep_freed_memory``) instead of page-faulting every activation in afresh.
+- ``auto-1t``: ``auto`` on one thread (``OMP_NUM_THREADS=1``: one worker).
 
 Every configuration runs quiet and again beside a one-core busy loop (another process sharing the
 machine). The report gives wall seconds, the ratio to ``float32``, achieved GFLOP/s (from the
@@ -32,16 +39,25 @@ import time
 
 CONFIGS = {  # batches: the old 1 GiB budget's (BTU-Net 64, SR3 4) for the old path, else the defaults
     "float32": {"precision": "float32", "layout": "contiguous", "wait": "ACTIVE", "threads": 2, "batches": (64, 4),
-                "prepared": False},
+                "prepared": False, "workers": 1, "keep_freed": False},
+    "auto-1w": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 2, "batches": None,
+                "prepared": True, "workers": 1, "keep_freed": False},
+    "auto-2w": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 2, "batches": None,
+                "prepared": True, "workers": None, "keep_freed": False},
     "auto": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 2, "batches": None,
-             "prepared": True},
+             "prepared": True, "workers": None, "keep_freed": True},
     "auto-1t": {"precision": "auto", "layout": "channels_last", "wait": "PASSIVE", "threads": 1, "batches": None,
-                "prepared": True},
+                "prepared": True, "workers": None, "keep_freed": True},
 }
 
 
 def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_steps: int, out: str | None,
-         batches: tuple[int, int] | None = None, prepared: bool = True) -> dict:
+         batches: tuple[int, int] | None = None, prepared: bool = True, workers: int | None = None,
+         keep_freed: bool = True) -> dict:
+    if keep_freed:  # as the btdm command does first
+        from btdm_engine.procs import keep_freed_memory
+
+        keep_freed_memory()
     import numpy as np
     import torch
 
@@ -64,13 +80,19 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
         maps = np.stack(list(renderer.render_clip(clip, size=res, progress=False)))
     image, _ = default_appearance()
     c = np.round(read_rgb(image) * 255.0).astype(np.uint8)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     sizes = {} if batches is None else {"max_batch": batches[0], "sr_batch": batches[1]}
-    frames_out = animator.animate(maps, c, steps=steps, sr_steps=sr_steps, seed=0, precision=precision, **sizes)
+    frames_out = animator.animate(maps, c, steps=steps, sr_steps=sr_steps, seed=0, precision=precision,
+                                  workers=workers, **sizes)
     seconds = time.perf_counter() - t0
     if out:
         np.save(out, frames_out)
-    return {"seconds": seconds, "threads": torch.get_num_threads()}
+    after = resource.getrusage(resource.RUSAGE_SELF)  # of the generation alone
+    return {"seconds": seconds, "threads": torch.get_num_threads(), "page_faults": after.ru_minflt - before.ru_minflt,
+            "kernel_s": after.ru_stime - before.ru_stime}
 
 
 def _conv_peak(dtype: str) -> float:
@@ -97,7 +119,8 @@ def _run(name: str, frames: int, motion: str, steps: int, sr_steps: int, out: st
     env = {**os.environ, "OMP_WAIT_POLICY": cfg["wait"], "OMP_NUM_THREADS": str(cfg["threads"])}
     code = ("import json, sys; from bench.bench_cpu import _job; "
             f"print(json.dumps(_job({frames}, {motion!r}, {cfg['precision']!r}, {cfg['layout']!r}, {steps}, "
-            f"{sr_steps}, {out!r}, {cfg['batches']!r}, {cfg['prepared']!r})))")
+            f"{sr_steps}, {out!r}, {cfg['batches']!r}, {cfg['prepared']!r}, {cfg['workers']!r}, "
+            f"{cfg['keep_freed']!r})))")
     from btdm_engine.procs import die_with_parent
 
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
@@ -143,12 +166,18 @@ def main(argv: list[str] | None = None) -> int:
 
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=die_with_parent)
         try:
+            # configurations interleaved, repeat by repeat, so a slow spell of a shared machine hits all alike
+            runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+            for _ in range(args.repeat):
+                for name in CONFIGS:
+                    runs[name].append(_run(name, args.frames, "dance", args.steps, args.sr_steps))
             for name in CONFIGS:
-                best = min(_run(name, args.frames, "dance", args.steps, args.sr_steps)["seconds"]
-                           for _ in range(args.repeat))
-                rows[(name, loaded)] = best
-                print(f"  {'one-core load' if loaded else 'quiet':13s} {name:8s} {best:7.1f} s  "
-                      f"x{rows[('float32', loaded)] / best:4.2f}  {gflop / best:6.1f} GFLOP/s", flush=True)
+                best = min(runs[name], key=lambda run: run["seconds"])
+                rows[(name, loaded)] = seconds = best["seconds"]
+                print(f"  {'one-core load' if loaded else 'quiet':13s} {name:8s} {seconds:7.1f} s  "
+                      f"x{rows[('float32', loaded)] / seconds:4.2f}  {gflop / seconds:6.1f} GFLOP/s  "
+                      f"{best['page_faults'] / 1e6:5.2f} M page faults, {best['kernel_s']:4.1f} s in the kernel",
+                      flush=True)
         finally:
             if hog is not None:
                 hog.kill()

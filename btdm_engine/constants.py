@@ -18,6 +18,7 @@ __all__ = [
     "NOISE_MODES",
     "PRECISIONS",
     "SAMPLERS",
+    "THREADS_HELP",
     "TRAIN_MODES",
     "UP_AXES",
 ]
@@ -56,3 +57,7 @@ FLOW_SOURCES: tuple[str, ...] = ("gt", "pred")
 
 # Network arithmetic when sampling ("auto": bf16 autocast on CUDA and on CPUs with native bf16).
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+# ``--threads`` of the commands that run the networks (animate, demo, serve): sampling runs that many
+# network calls side by side, one intra-op thread each (``pipeline.sampling_workers``).
+THREADS_HELP = ("CPU threads (default: one per core); sampling runs that many network calls side by side, "
+                "so it keeps its speed when another job shares the cores")

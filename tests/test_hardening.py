@@ -308,6 +308,41 @@ def test_children_die_with_their_parent_and_stale_temps_are_cleaned(tmp_path: Pa
     assert live.exists()
 
 
+_FAULTS = """
+import resource, sys, threading, torch
+from btdm_engine import procs
+from btdm_engine.models import SR3, SR3Config
+if sys.argv[1] == "keep":
+    assert procs.keep_freed_memory()
+torch.set_num_threads(1)
+net = SR3(SR3Config.preset("tiny")).eval()
+def work():  # what a sampler worker does: SR3 calls on a thread of its own
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(4, 3, 128, 128), torch.ones(4), torch.rand(4, 3, 32, 32))
+work()  # the heap grows to the job's peak once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+threads = [threading.Thread(target=work) for _ in range(2)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+procs.release_freed_memory()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_kept_for_the_next_network_call() -> None:
+    # glibc hands freed activations back to the kernel, and every later call page-faults them in
+    # again; after keep_freed_memory (the CLI calls it first) the heap keeps them
+    def faults(mode: str) -> int:
+        r = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.split()[-1])
+
+    default, kept = faults("default"), faults("keep")
+    assert kept * 5 < default, (kept, default)
+
+
 # ------------------------------------------------------------------ 4. one error type, one exit path
 def test_cli_catches_project_errors_and_lets_bugs_show(tmp_path: Path) -> None:
     from btdm_engine.cli import CliError

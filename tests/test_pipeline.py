@@ -20,10 +20,10 @@ from btdm_engine.pipeline import (
     Animator,
     AnimatorError,
     finetune_btunet,
-    sampling_workers,
     image_to_tensor,
     iuv_to_network,
     prepare_pose_maps,
+    sampling_workers,
 )
 from btdm_engine.posemaps.encoding import iuv_to_tensor, write_iuv_png
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS
+from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS, THREADS_HELP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="network arithmetic when sampling: auto = bf16 autocast on CUDA and on CPUs with native bf16 "
                    "(about 2x faster there, within a few grey levels of float32), else float32")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for torch (default: torch's choice; 1 is faster when another job shares the cores)")
+                   help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--engine", default=None, metavar="URL",
                    help="send the job to a running `btdm serve` (e.g. http://127.0.0.1:8765) instead of computing "

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.constants import PRECISIONS
+from btdm_engine.constants import PRECISIONS, THREADS_HELP
 from btdm_engine.errors import UsageError
 
 DEFAULT_MOTIONS: tuple[str, ...] = ("walk", "spin")
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-generate", action="store_true", help="pose maps only; skip the generated frames")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic when sampling (default auto: bf16 autocast where the CPU or GPU has it)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 

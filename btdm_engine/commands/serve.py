@@ -25,6 +25,7 @@ MIN_TOKEN_CHARS = 16
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` subcommand to the ``btdm`` dispatcher."""
+    from btdm_engine.constants import THREADS_HELP
     from btdm_engine.service import limits as job  # torch-free
 
     p = subparsers.add_parser(
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"remove finished jobs (inputs, frames, plates) D days after they ended; 0 keeps them "
                         f"(default {DEFAULT_KEEP_DAYS:g})")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch intra-op CPU threads (default: torch's choice)")
+                   help=THREADS_HELP)
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                    help="offer another model folder (btunet/ + sr3/) under NAME; repeatable. The embedded "
                    "model is always offered as 'default'")

@@ -40,6 +40,7 @@ import numpy as np
 
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_text, read_json
+from btdm_engine.procs import release_freed_memory
 from btdm_engine.service import limits
 from btdm_engine.service.errors import InvalidParams, ServiceError
 from btdm_engine.service.store import JobStore
@@ -285,6 +286,7 @@ class Worker:
         finally:
             with self._lock:
                 self._cancel.pop(job_id, None)
+            release_freed_memory()  # the heap kept its peak for the job's network calls (btdm_engine.procs)
         return self.store.transition(job_id, "succeeded", stage=None, finished=time.time(), eta_s=0.0)
 
     def _run(self, job: dict[str, Any], is_cancelled: Callable[[], bool]) -> None:
