@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import Tensor
 
 from btdm_engine.checkpoints import load_checkpoint
 from btdm_engine.diffusion.schedule import ScheduleConfig
@@ -29,9 +30,11 @@ from btdm_engine.models import build_model
 from training.config import TrainConfig, TrainConfigError
 from training.toy_data import write_toy_dataset
 from training.trainer import (
+    ResumableSampler,
     TrainingError,
     batch_loss,
     build_dataset,
+    data_loader,
     model_config,
     snapshot_dirs,
     step_generators,
@@ -130,6 +133,43 @@ def test_run_checkpoints_assemble_into_an_animator_model(toy: Path, tmp_path: Pa
     poses[:, 8:24, 10:20] = (2, 100, 100)
     frames = animator.animate(poses, np.full((32, 32, 3), 200, np.uint8), steps=2, sr_steps=2, seed=0)
     assert frames.shape == (3, 32, 32, 3) and frames.dtype == np.uint8
+
+
+def test_loader_workers_keep_their_frame_cache_and_still_draw_per_epoch(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    # The trainer's DataLoader workers live for the whole run, so cache_frames lasts past the first
+    # epoch; the sampler's (epoch, index) keys reach them, where a set_epoch in this process would not.
+    from training import datasets
+
+    log = tmp_path / "reads.log"
+    read_rgb = datasets.read_rgb
+
+    def logged(path, *args):  # forked workers inherit this and append one line per frame read
+        with open(log, "a") as f:
+            f.write("read\n")
+        return read_rgb(path, *args)
+
+    monkeypatch.setattr(datasets, "read_rgb", logged)
+    config = _config(toy, cache_frames=True, hflip_prob=0.5)
+    sequences, _ = training_sequences(config)
+
+    def run(workers: int) -> tuple[list[list[Tensor]], list[int]]:
+        dataset = build_dataset(config, sequences, model_config(config))
+        sampler = ResumableSampler(dataset, 1, 0, config.seed)
+        loader = data_loader(dataset, sampler, TrainConfig.from_dict({**config.to_dict(), "num_workers": workers}))
+        batches, reads = [], []
+        for epoch in range(3):
+            log.write_text("")
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)  # what the trainer once relied on: it never reaches a live worker
+            batches.append([torch.cat([b["y"], b["appearance"]]) for b in loader])
+            reads.append(len(log.read_text().splitlines()))
+        return batches, reads
+
+    alone, _ = run(0)
+    together, reads = run(1)
+    assert all(torch.equal(a, b) for ea, eb in zip(alone, together, strict=True) for a, b in zip(ea, eb, strict=True))
+    assert not torch.equal(torch.cat(alone[0]), torch.cat(alone[1]))  # each epoch its own order and draws
+    assert reads[0] > 0 and reads[1] + reads[2] < reads[0]  # after the first epoch, mostly from the cache
 
 
 def test_new_run_and_resume_rules(toy: Path, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ DensePose video set) and produce network tensors:
 
 Randomness is explicit: item ``i`` of epoch ``e`` draws from ``numpy.random.default_rng((seed, e,
 i))``, so an item is the same whatever the worker or rank that loads it; call ``set_epoch`` once
-per pass (as with ``DistributedSampler``).
+per pass (as with ``DistributedSampler``), or key items by ``(epoch, index)`` as the trainer's
+sampler does (which reaches workers that live across epochs).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class PairDatasetConfig:
         be flipped truthfully, else 0 (module docstring).
     background: RGB in [0, 1] that RGBA frames are composited onto (and padding colour).
     fit: ``"pad"`` or ``"crop"`` for non-square frames.
-    cache: keep resized frames in memory (per worker) after their first read.
+    cache: keep resized frames in memory (per DataLoader worker; the trainer's workers live for the
+        whole run) after their first read.
     seed: base of the per-item random draws.
     """
 
@@ -161,6 +163,19 @@ def rgb_to_tensor(img: np.ndarray) -> torch.Tensor:
     return rearrange(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)), "... h w c -> ... c h w") * 2 - 1
 
 
+def _epoch_and_index(key: int | tuple[int, int], epoch: int) -> tuple[int, int]:
+    """A dataset key: an index (drawn as in ``epoch``, the last ``set_epoch``) or ``(epoch, index)``.
+
+    The trainer's sampler sends ``(epoch, index)``: DataLoader workers that live across epochs
+    (``persistent_workers``, so a frame cache lasts) hold their own copy of the dataset, which a
+    ``set_epoch`` in the main process never reaches.
+    """
+    if isinstance(key, tuple):
+        epoch, index = key
+        return int(epoch), int(index)
+    return epoch, int(key)
+
+
 def _flip_rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, ::-1])
 
@@ -191,17 +206,19 @@ class FramePairDataset(Dataset):
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the random draws of pass ``epoch``."""
+        """Select the random draws of pass ``epoch`` for plain integer keys."""
         self._epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self._pairs)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Item ``index``, or ``(epoch, index)``: the epoch's random draws (flip, appearance frame)."""
+        epoch, index = _epoch_and_index(key, self._epoch)
         if not 0 <= index < len(self._pairs):
             raise IndexError(f"pair index {index} out of range (0..{len(self._pairs) - 1})")
         cfg = self.config
-        rng = np.random.default_rng((cfg.seed, self._epoch, index))
+        rng = np.random.default_rng((cfg.seed, epoch, index))
         s, t = self._pairs[index]
         seq = self.sequences[s]
         r = cfg.resolution
@@ -260,15 +277,18 @@ class SR3FrameDataset(Dataset):
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of pass ``epoch`` for plain integer keys."""
         self._epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Item ``index``, or ``(epoch, index)``: the epoch's random draws (flip)."""
+        epoch, index = _epoch_and_index(key, self._epoch)
         if not 0 <= index < len(self._frames):
             raise IndexError(f"frame index {index} out of range (0..{len(self._frames) - 1})")
-        rng = np.random.default_rng((self.seed, self._epoch, index))
+        rng = np.random.default_rng((self.seed, epoch, index))
         s, t = self._frames[index]
         seq = self.sequences[s]
         hr = self.reader.rgb(seq, t, self.resolution)

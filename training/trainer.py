@@ -155,18 +155,31 @@ def build_dataset(config: TrainConfig, sequences: list[SequenceFrames], net_conf
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way (after ``skip`` of this rank's samples)."""
+    """DistributedSampler that can start an epoch part-way (after ``skip`` of this rank's samples).
+
+    It yields ``(epoch, index)`` keys, which the datasets read as "item ``index`` with the draws of
+    ``epoch``", so workers that outlive an epoch (``persistent_workers``) still draw per epoch.
+    """
 
     def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.skip = 0
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         indices = list(super().__iter__())
-        return iter(indices[self.skip :])
+        return iter([(self.epoch, i) for i in indices[self.skip :]])
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
+
+
+def data_loader(dataset: Any, sampler: ResumableSampler, config: TrainConfig) -> DataLoader:
+    """The run's batches. Workers live for the whole run (``persistent_workers``), so a frame
+    cache (``cache_frames``) lasts past the first epoch; the sampler's ``(epoch, index)`` keys keep
+    each epoch's draws what they are without workers."""
+    workers = config.num_workers
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                      persistent_workers=workers > 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,8 +630,7 @@ def _train(
         return TrainResult(run.model, run.ema, pos.step, resumed_from, run_dir, None)
     train_model = _distributed(run)
     sampler = ResumableSampler(run.dataset, ctx.world_size, ctx.rank, config.seed)
-    loader = DataLoader(run.dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        drop_last=True)  # fmt: skip
+    loader = data_loader(run.dataset, sampler, config)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
     monitor = _Monitor(run, pos.step, resume, progress, on_step) if ctx.is_main else None
     run.model.train()
@@ -627,7 +639,6 @@ def _train(
     try:
         while pos.step < config.steps:
             sampler.set_epoch(pos.epoch)
-            run.dataset.set_epoch(pos.epoch)
             sampler.skip = pos.epoch_batches * config.batch_size  # a resumed epoch goes on where it stopped
             for batch in loader:
                 stats = _optimisation_step(run, train_model, batch, pos.step, amp)
