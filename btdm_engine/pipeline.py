@@ -109,7 +109,7 @@ def sampling_workers(device: torch.device, workers: int | None = None) -> tuple[
 
 
 @contextlib.contextmanager
-def _intra_op_threads(threads: int) -> Iterator[None]:
+def intra_op_threads(threads: int) -> Iterator[None]:
     """torch's intra-op thread count set to ``threads`` for a block, then restored."""
     before = torch.get_num_threads()
     if threads != before:
@@ -119,6 +119,17 @@ def _intra_op_threads(threads: int) -> Iterator[None]:
     finally:
         if threads != before:
             torch.set_num_threads(before)
+
+
+def stream_with_threads(chunks: Iterator[Tensor], threads: int) -> Iterator[Tensor]:
+    """A streaming sampler's chunks (``sample_sr3``), each made with ``threads`` intra-op threads;
+    the caller handles them (writes frames) with torch's own count."""
+    while True:
+        with intra_op_threads(threads):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def pair_batch_for(resolution: int, device: torch.device) -> int:
@@ -519,7 +530,7 @@ class Animator:
                       callback=callback, cancel=cancel, noise=noise)
         if sampler == "bidirectional":
             batch = max_batch if max_batch is not None else pair_batch_for(res, dev)
-            with _intra_op_threads(intra):
+            with intra_op_threads(intra):
                 low = sample_bidirectional(net, poses, c, max_batch=batch, workers=workers, **common)
         else:  # one frame after the other: nothing to run side by side
             low = sample_unidirectional(net, poses, c, **common)
@@ -537,11 +548,7 @@ class Animator:
             batch=sr_batch if sr_batch is not None else max(1, max_batch_for(self.resolution, dev) // workers),
             low_res_logsnr=sr_low_res_logsnr, noise=sr_noise, callback=callback, cancel=cancel, workers=workers,
         )
-        while True:
-            with _intra_op_threads(intra):  # only while SR3 runs: not while the caller handles frames
-                chunk = next(chunks, None)
-            if chunk is None:
-                return
+        for chunk in stream_with_threads(chunks, intra):
             yield from tensor_to_images(chunk)
 
 
@@ -554,6 +561,7 @@ __all__ = [
     "default_device",
     "finetune_btunet",
     "image_to_tensor",
+    "intra_op_threads",
     "iuv_to_network",
     "max_batch_for",
     "pair_batch_for",
@@ -561,5 +569,6 @@ __all__ = [
     "resize_pose_maps",
     "resolve_precision",
     "sampling_workers",
+    "stream_with_threads",
     "tensor_to_images",
 ]

@@ -326,10 +326,13 @@ class _JobRun:
             _generator,
             finetune_btunet,
             image_to_tensor,
+            intra_op_threads,
             iuv_to_network,
             max_batch_for,
             pair_batch_for,
             prepare_pose_maps,
+            sampling_workers,
+            stream_with_threads,
             tensor_to_images,
         )
         from btdm_engine.posemaps.encoding import read_iuv_png
@@ -342,13 +345,15 @@ class _JobRun:
             raise InvalidParams(f"params.sr_steps given but model {p['model']} has no SR3 stage",
                                 field="params.sr_steps")
 
-        # 0. batch sizes fixed once per job (a resumed run must chunk exactly like the first).
+        # 0. batch sizes fixed once per job (a resumed run must chunk exactly like the first); on the
+        # CPU a step's calls run side by side (`btdm serve --threads` workers, as in the Animator).
+        workers, intra = sampling_workers(dev)
         run_path = self.dir / "run.json"
         if run_path.is_file():
             run_info = read_json(run_path, ServiceError)
         else:
             run_info = {"max_batch": p.get("max_batch") or pair_batch_for(res, dev),
-                        "sr_batch": max_batch_for(out_res, dev)}
+                        "sr_batch": max(1, max_batch_for(out_res, dev) // workers)}
             atomic_write_text(run_path, json.dumps(run_info))
 
         # 1. pose maps at the output resolution (kept across restarts, frame by frame).
@@ -391,7 +396,9 @@ class _JobRun:
             common = {"steps": p["steps"], "schedule": animator.schedule, "generator": _generator(p["seed"], 1),
                       "eta": p["eta"], "callback": self.progress, "cancel": self.is_cancelled, "noise": p["noise"]}
             if p["sampler"] == "bidirectional":
-                low = sample_bidirectional(net, poses, c, max_batch=run_info["max_batch"], **common)
+                with intra_op_threads(intra):
+                    low = sample_bidirectional(net, poses, c, max_batch=run_info["max_batch"], workers=workers,
+                                               **common)
             else:
                 low = sample_unidirectional(net, poses, c, **common)
             del btunet, net
@@ -422,9 +429,9 @@ class _JobRun:
             chunks = sample_sr3(_autocast_for(animator.sr3, dev), low[start:].to(dev), steps=sr_steps,
                                 schedule=animator.sr3_schedule, generator=generator, resolution=out_res,
                                 eta=p["eta"], batch=batch, noise=p["noise"], callback=self.progress,
-                                cancel=self.is_cancelled)
+                                cancel=self.is_cancelled, workers=workers)
             n = start
-            for chunk in chunks:
+            for chunk in stream_with_threads(chunks, intra):
                 for frame in tensor_to_images(chunk):
                     self.write_frame(n, frame, plan, iuv_files)
                     n += 1
