@@ -83,14 +83,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def max_batch_for(resolution: int, device: torch.device) -> int:
-    """Frames per network call that fit a memory budget (half the free GPU memory, 2 GiB on CPU)."""
+def max_batch_for(resolution: int, device: torch.device, workers: int = 1) -> int:
+    """Frames per network call that fit a memory budget (half the free GPU memory, 2 GiB on CPU),
+    shared by ``workers`` calls running side by side."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         budget = free // 2
     else:
         budget = _CPU_BUDGET_BYTES
-    return max(1, int(budget // (_BYTES_PER_PIXEL * resolution * resolution)))
+    return max(1, int(budget // (_BYTES_PER_PIXEL * resolution * resolution * workers)))
 
 
 def sampling_workers(device: torch.device, workers: int | None = None) -> tuple[int, int]:
@@ -132,9 +133,10 @@ def stream_with_threads(chunks: Iterator[Tensor], threads: int) -> Iterator[Tens
         yield chunk
 
 
-def pair_batch_for(resolution: int, device: torch.device) -> int:
-    """Frames per BTU-Net call by default: the memory budget's, at most 16 on the CPU (cache-sized)."""
-    batch = max_batch_for(resolution, device)
+def pair_batch_for(resolution: int, device: torch.device, workers: int = 1) -> int:
+    """Frames per BTU-Net call by default: a worker's share of the memory budget, at most 16 on the CPU
+    (cache-sized)."""
+    batch = max_batch_for(resolution, device, workers)
     return min(batch, _CPU_PAIR_FRAMES) if device.type == "cpu" else batch
 
 
@@ -529,7 +531,7 @@ class Animator:
         common = dict(steps=steps, schedule=self.schedule, generator=_generator(seed, 1), eta=eta,
                       callback=callback, cancel=cancel, noise=noise)
         if sampler == "bidirectional":
-            batch = max_batch if max_batch is not None else pair_batch_for(res, dev)
+            batch = max_batch if max_batch is not None else pair_batch_for(res, dev, workers)
             with intra_op_threads(intra):
                 low = sample_bidirectional(net, poses, c, max_batch=batch, workers=workers, **common)
         else:  # one frame after the other: nothing to run side by side
@@ -544,8 +546,7 @@ class Animator:
         chunks = sample_sr3(
             sr_net, low, steps=steps if sr_steps is None else sr_steps, schedule=self.sr3_schedule,
             generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
-            # the memory budget holds every worker's chunk
-            batch=sr_batch if sr_batch is not None else max(1, max_batch_for(self.resolution, dev) // workers),
+            batch=sr_batch if sr_batch is not None else max_batch_for(self.resolution, dev, workers),
             low_res_logsnr=sr_low_res_logsnr, noise=sr_noise, callback=callback, cancel=cancel, workers=workers,
         )
         for chunk in stream_with_threads(chunks, intra):

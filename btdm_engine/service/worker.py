@@ -352,8 +352,8 @@ class _JobRun:
         if run_path.is_file():
             run_info = read_json(run_path, ServiceError)
         else:
-            run_info = {"max_batch": p.get("max_batch") or pair_batch_for(res, dev),
-                        "sr_batch": max(1, max_batch_for(out_res, dev) // workers)}
+            run_info = {"max_batch": p.get("max_batch") or pair_batch_for(res, dev, workers),
+                        "sr_batch": max_batch_for(out_res, dev, workers)}
             atomic_write_text(run_path, json.dumps(run_info))
 
         # 1. pose maps at the output resolution (kept across restarts, frame by frame).
