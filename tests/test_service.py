@@ -420,6 +420,43 @@ def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Serv
     assert client.wait(square["id"])["has_plates"] is False
 
 
+def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Server, clip: Path, tmp_path: Path) -> None:
+    # A render (or matched photo) of the whole shot-camera view at one frame: the engine cuts it with
+    # that frame's window and fine-tunes with that frame's pose map as g(c); no IUV file is needed.
+    from blender_addon.engine_client import EngineError
+    from btdm_engine.body.model import load_body_model
+    from btdm_engine.motion.clip import MotionClip
+    from btdm_engine.posemaps.preview import colorize_iuv
+    from btdm_engine.posemaps.renderer import IUVRenderer
+
+    wide = MotionClip.load(clip).resized(192, 128)
+    path = wide.save(tmp_path / "wide.npz")
+    with IUVRenderer(load_body_model(wide.body_model), 192, 128) as renderer:
+        (iuv,) = renderer.render_clip(wide, progress=False, frames=[2])
+    picture = np.where(iuv[..., :1] > 0, colorize_iuv(iuv), 255).astype(np.uint8)
+    ok, png = cv2.imencode(".png", picture[..., ::-1])
+    client = server.client()
+    params = {**FAST, "frame_end": 4, "video": False, "finetune_steps": 2, "appearance_frame": 2}
+    final = client.wait(client.submit(motion=path, appearance=png.tobytes(), params=params)["id"])
+    assert final["state"] == "succeeded", final["error"]
+    assert final["frames_done"] == 4 and final["has_plates"]
+    assert decode(client.frame(final["id"], 2)).shape == (128, 128, 3)
+
+    def refused(**submit: object) -> EngineError:
+        with pytest.raises(EngineError) as info:
+            client.submit(motion=path, **submit)
+        assert info.value.status in (400, 422)  # a bad upload, bad params
+        return info.value
+
+    assert refused(params={**params}).field == "params.appearance_frame"  # no picture to place
+    assert refused(appearance=png.tobytes(), params={**params, "appearance_frame": 4}).field == "params.appearance_frame"
+    error = refused(appearance=_png((64, 64, 3)), params=params)  # not the shot camera's view
+    assert error.field == "appearance" and "192x128" in error.message
+    assert refused(appearance=_png((128, 192, 3)), appearance_iuv=_png((128, 192, 3)), params=params).field == "appearance_iuv"
+    without = {k: v for k, v in params.items() if k != "appearance_frame"}
+    assert refused(appearance=_png((64, 64, 3)), params={**without, "plate": False}).field == "params.finetune_steps"
+
+
 def test_skeleton_job_is_retargeted(server: Server, clip: Path, tmp_path: Path) -> None:
     from btdm_engine.motion.bvh import read_bvh, save_bvh, skeleton_from_bvh
     from btdm_engine.motion.clip import MotionClip

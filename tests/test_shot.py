@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -75,6 +76,31 @@ def test_window_render_composites_exactly_over_the_full_resolution_render(walk):
         assert (plate[..., 3] == 0).mean() > 0.8 and (plate[plate[..., 3] == 0][:, :3] == 0).all()
         grown = plan.composite(n, frame, square[k])  # the default grows the matte to keep hair and cloth
         assert ((grown[..., 3] > 0) | ~sil).all()
+
+
+def test_crop_cuts_a_picture_of_the_shot_as_the_pose_map_frames_the_body(walk):
+    # The appearance of a shot-camera job: a picture of the whole shot at frame n, cut with frame n's
+    # window, lines up with frame n's pose map (its fine-tuning IUV map), at any picture resolution.
+    shot = _shot(walk, 640, 360, np.array([2.5, 1.0, 5.5]))
+    plan = plan_shot(shot, 128)
+    body = load_body_model("mannequin")
+    n = 30
+    with IUVRenderer(body, 640, 360) as r:
+        (full,) = r.render_clip(shot, progress=False, frames=[n])
+    with IUVRenderer(body, 128, 128) as r:
+        (square,) = r.render_clip(plan.square_clip, progress=False, frames=[n])
+    picture = np.where(full[..., :1] > 0, 40, 255).astype(np.uint8).repeat(3, axis=2)
+    for scale in (1.0, 3.0, 0.5):  # the render's own size, a larger photo, a smaller one
+        resized = cv2.resize(picture, (round(640 * scale), round(360 * scale)), interpolation=cv2.INTER_AREA)
+        cut = plan.crop(n, resized, 128)
+        assert cut.shape == (128, 128, 3) and cut.dtype == np.uint8
+        mine, pose = cut[..., 0] < 148, square[..., 0] > 0
+        iou = (mine & pose).sum() / (mine | pose).sum()
+        assert iou > 0.9, f"scale {scale}: IoU {iou:.3f} with frame {n}'s pose map"
+    with pytest.raises(ShotError, match="aspect"):
+        plan.crop(n, np.zeros((300, 300, 3), np.uint8), 128)
+    with pytest.raises(ShotError, match="outside the shot"):
+        plan.crop(plan.num_frames, picture, 128)
 
 
 def test_errors_name_the_problem(walk):

@@ -59,6 +59,34 @@ class ShotPlan:
         """``A`` (3, 3) taking shot pixels to the pixels of a ``resolution``-px window of frame n."""
         return _window_matrices(self.windows[n : n + 1], resolution)[0]
 
+    def crop(self, n: int, image: np.ndarray, size: int, fill: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+        """Frame n's window cut from a picture of the whole shot, as a (size, size, 3) uint8 square.
+
+        ``image`` (H', W', 3) uint8 is the shot-camera view at any resolution with the shot's aspect
+        (a render of frame n, or a photo the body was posed to match); the result shows it exactly as
+        frame n's pose map shows the body (the inverse of :meth:`composite`). Window parts outside
+        the picture are ``fill``.
+        """
+        if not 0 <= n < self.num_frames:
+            raise ShotError(f"frame {n} is outside the shot's {self.num_frames} frames")
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ShotError(f"expected an RGB uint8 picture of the shot (H, W, 3), got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        if abs(width * self.height - height * self.width) > 0.01 * height * self.width:
+            raise ShotError(f"a {width}x{height} picture does not have the shot's aspect ({self.width}x{self.height})")
+        # Shrink first where the window holds many picture pixels per output pixel (warpAffine only
+        # interpolates), then warp picture pixels -> shot pixels -> window pixels.
+        factor = self.windows[n, 2] * width / self.width / size
+        if factor > 1.0:
+            width, height = max(1, round(width / factor)), max(1, round(height / factor))
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        sx, sy = width / self.width, height / self.height
+        to_shot = np.array([[1 / sx, 0.0, 0.5 / sx - 0.5], [0.0, 1 / sy, 0.5 / sy - 0.5], [0.0, 0.0, 1.0]])
+        matrix = (self.window_matrix(n, size) @ to_shot)[:2]
+        return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=tuple(int(v) for v in fill))
+
     def composite(self, n: int, frame: np.ndarray, iuv: np.ndarray, grow: float = 0.04,
                   feather: float = 0.006) -> np.ndarray:
         """The RGBA plate (H, W, 4) uint8 of frame n from its square frame (R, R, 3) and pose map (P, P, 3).

@@ -55,7 +55,7 @@ from btdm_engine.service.schemas import (
     QueueCounts,
 )
 from btdm_engine.service.store import JobStore, new_job_id
-from btdm_engine.service.worker import ModelRegistry, Worker, remove_job_files
+from btdm_engine.service.worker import ModelRegistry, Worker, remove_job_files, wants_plates
 
 logger = logging.getLogger(__name__)
 
@@ -197,10 +197,16 @@ def submit(
     if appearance_iuv is not None and p["finetune_steps"] == 0:
         raise InvalidParams("appearance_iuv is only used by fine-tuning; set params.finetune_steps > 0 or drop it",
                             field="appearance_iuv")
+    if p["appearance_frame"] is not None and appearance is None:
+        raise InvalidParams("params.appearance_frame says which frame the appearance image shows; send that image "
+                            "(appearance)", field="params.appearance_frame")
+    if p["appearance_frame"] is not None and appearance_iuv is not None:
+        raise InvalidParams("send appearance_iuv or params.appearance_frame (whose pose map then is the IUV map), "
+                            "not both", field="appearance_iuv")
     default_app = appearance is None and p["use_default_appearance"] and entry.default_appearance is not None
-    if p["finetune_steps"] > 0 and appearance_iuv is None and not default_app:
-        raise InvalidParams("params.finetune_steps > 0 needs appearance and appearance_iuv (paper sec. 3.3)",
-                            field="params.finetune_steps")
+    if p["finetune_steps"] > 0 and appearance_iuv is None and p["appearance_frame"] is None and not default_app:
+        raise InvalidParams("params.finetune_steps > 0 needs appearance and its IUV map: appearance_iuv, or "
+                            "params.appearance_frame (paper sec. 3.3)", field="params.finetune_steps")
     if p["sr_steps"] is not None and not info["has_sr3"]:
         raise InvalidParams(f"params.sr_steps given but model {entry.name} has no SR3 stage", field="params.sr_steps")
     _check_queue(request)  # before the uploads are copied and validated: a full queue answers at once
@@ -257,10 +263,17 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
         raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} (send a "
                             "shorter range: params frame_start / frame_end, or a shorter scene frame range in "
                             "Blender)", field="params.frame_end")
+    if p["appearance_frame"] is not None and p["appearance_frame"] >= stop - start:
+        raise InvalidParams(f"params.appearance_frame {p['appearance_frame']} is not one of the job's {stop - start} "
+                            f"frames (0..{stop - start - 1}, counted from frame_start)",
+                            field="params.appearance_frame")
     size = None
     if appearance is not None:
         inputs.save_upload(appearance.file, folder / "appearance.png", "appearance")
-        size = inputs.check_appearance(folder / "appearance.png")
+        # the whole shot-camera view, cut per frame window by the worker; else square like the networks
+        shot = ((int(described["width"]), int(described["height"]))
+                if p["appearance_frame"] is not None and wants_plates(p, described) else None)
+        size = inputs.check_appearance(folder / "appearance.png", shot)
         described["appearance"] = True
     if appearance_iuv is not None:
         inputs.save_upload(appearance_iuv.file, folder / "appearance_iuv.png", "appearance_iuv")

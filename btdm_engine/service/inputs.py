@@ -137,11 +137,16 @@ def _decode_iuv(data: bytes, where: str, field: str, order: str) -> np.ndarray:
     return iuv
 
 
-def check_appearance(path: Path) -> tuple[int, int]:
-    """A square PNG (RGB, RGBA or grey, 8 or 16 bit) that OpenCV decodes."""
+def check_appearance(path: Path, shot: tuple[int, int] | None = None) -> tuple[int, int]:
+    """A PNG (RGB, RGBA or grey, 8 or 16 bit) that OpenCV decodes: square, or with ``shot`` (width,
+    height) the whole shot-camera view (its aspect within 1 %)."""
     data = path.read_bytes()
     width, height = png_size(data, "appearance")
-    if width != height:
+    if shot is not None:
+        if abs(width * shot[1] - height * shot[0]) > 0.01 * height * shot[0]:
+            raise ServiceError(f"appearance: {width}x{height} px; with params.appearance_frame it is the whole "
+                               f"shot-camera view, {shot[0]}x{shot[1]} (or that aspect)", field="appearance")
+    elif width != height:
         raise ServiceError(f"appearance: expected a square image (the networks are square), got {width}x{height}",
                            field="appearance")
     try:

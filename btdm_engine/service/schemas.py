@@ -48,8 +48,16 @@ class JobParams(BaseModel):
                                  description="SR3 denoising steps (default: steps)")
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="same seed, same frames")
     finetune_steps: int = Field(default=0, ge=0, le=limits.MAX_FINETUNE_STEPS,
-                                description="single-image fine-tuning iterations (needs appearance + appearance_iuv)")
+                                description="single-image fine-tuning iterations (needs appearance + appearance_iuv or "
+                                "appearance_frame)")
     finetune_lr: float = Field(default=1e-5, gt=0.0, le=1.0)
+    appearance_frame: int | None = Field(
+        default=None, ge=0, le=limits.MAX_FRAMES,
+        description="the appearance image shows the body as it is at this frame of the job (zero-based from "
+        "frame_start): for a job with plates, the whole shot-camera view at that frame (the camera's aspect, any "
+        "size: a render of the scene, or a photo the armature was posed to match), which the engine cuts with "
+        "that frame's window; otherwise an image framed like the pose maps. Fine-tuning then uses that frame's "
+        "pose map as the image's IUV map g(c), so no appearance_iuv is needed")
     sampler: Literal["bidirectional", "unidirectional"] = "bidirectional"
     eta: float = Field(default=0.0, ge=0.0, le=1.0, description="0 = DDIM, 1 = ancestral sampling")
     noise: Literal["shared", "independent"] = Field(

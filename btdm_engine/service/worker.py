@@ -369,6 +369,16 @@ class _JobRun:
             appearance = np.round(read_rgb(app_path) * 255.0).astype(np.uint8)
         if app_iuv_path is not None:
             appearance_iuv = read_iuv_png(app_iuv_path, order=app_order)
+        shown = p.get("appearance_frame")
+        if shown is not None and appearance is not None:
+            # c shows the body as frame `shown` does: a picture of the whole shot is cut with that
+            # frame's window (plates), and that frame's pose map is its IUV map g(c).
+            if not 0 <= shown < num:
+                raise InvalidParams(f"params.appearance_frame {shown} is not one of the job's {num} frames",
+                                    field="params.appearance_frame")
+            if plan is not None:
+                appearance = plan.crop(shown, appearance, out_res)
+            appearance_iuv = read_iuv_png(iuv_files[shown])
 
         # 3. the low-resolution sequence, once: fine-tuning + algorithm 1 (or the baseline).
         low_path = self.dir / "low.npy"
