@@ -435,6 +435,7 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
         (iuv,) = renderer.render_clip(wide, progress=False, frames=[2])
     picture = np.where(iuv[..., :1] > 0, colorize_iuv(iuv), 255).astype(np.uint8)
     ok, png = cv2.imencode(".png", picture[..., ::-1])
+    assert ok
     client = server.client()
     params = {**FAST, "frame_end": 4, "video": False, "finetune_steps": 2, "appearance_frame": 2}
     final = client.wait(client.submit(motion=path, appearance=png.tobytes(), params=params)["id"])
