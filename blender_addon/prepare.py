@@ -137,8 +137,28 @@ def square(pixels: np.ndarray, centre: tuple[float, float] | None = None, side: 
     return out
 
 
-def render_appearance(context, armature, camera) -> bytes:
-    """The scene rendered at ``render_frame`` through the shot camera, cropped square around the armature."""
+def fit_to_camera(pixels: np.ndarray, scene) -> np.ndarray:
+    """A photo inside the shot camera's frame, as the camera view shows a background image with
+    ``frame_method="FIT"``: centred, its aspect kept, the rest white (what the armature was posed to)."""
+    h, w = pixels.shape[:2]
+    aspect = scene.render.resolution_x / scene.render.resolution_y
+    if w / h > aspect:  # wider than the frame: bands above and below
+        side = int(round(w / aspect)) - h
+        pad = ((side // 2, side - side // 2), (0, 0), (0, 0))
+    else:
+        side = int(round(h * aspect)) - w
+        pad = ((0, 0), (side // 2, side - side // 2), (0, 0))
+    return np.pad(pixels, pad, constant_values=255)
+
+
+def shown_frame(scene, frame: int) -> int | None:
+    """``frame`` (a scene frame number) as the job's zero-based frame, None outside the frame range."""
+    return frame - scene.frame_start if scene.frame_start <= frame <= scene.frame_end else None
+
+
+def render_appearance(context, armature, camera, whole: bool = False) -> bytes:
+    """The scene rendered at ``render_frame`` through the shot camera: cropped square around the
+    armature, or with ``whole`` the camera's whole view (the engine then cuts it with that frame's window)."""
     scene = context.scene
     frame = scene.btdm.render_frame
     old_frame, old_path, old_camera = scene.frame_current, scene.render.filepath, scene.camera
@@ -163,23 +183,31 @@ def render_appearance(context, armature, camera) -> bytes:
         scene.render.filepath, scene.camera = old_path, old_camera
         scene.frame_set(old_frame)
         os.unlink(path)
+    if whole:
+        return encode_png(rgb)
     lo, hi = uv.min(axis=1), uv.max(axis=1)
     side = int(max(hi - lo) * 1.25) + 8
     side = max(32, min(side, max(rgb.shape[:2])))
     return encode_png(square(rgb, ((lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0), side))
 
 
-def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | None, bool]:
-    """(appearance PNG, its IUV PNG, use the model's own appearance) for the chosen mode."""
-    s = context.scene.btdm
+def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | None, bool, int | None]:
+    """(appearance PNG, its IUV PNG, use the model's own appearance, the job frame it shows) for the chosen mode.
+
+    A photo with its reference pose, or a scene render, at a frame of the shot is sent whole (the
+    camera's view) with that frame (``params.appearance_frame``): the engine cuts it with that
+    frame's window and fine-tunes with that frame's pose map as its IUV map.
+    """
+    scene = context.scene
+    s = scene.btdm
     mode = s.appearance
     finetune = s.finetune_steps > 0
     if mode == "MODEL":
-        return None, None, True
+        return None, None, True, None
     if mode == "NONE":
         if finetune:
             raise UserError("fine-tuning needs an appearance image: choose one, or set fine-tuning steps to 0")
-        return None, None, False
+        return None, None, False, None
     if mode == "IMAGE_IUV":
         image = load_rgb(s.appearance_image, "appearance image")
         if image.shape[0] != image.shape[1]:
@@ -198,13 +226,25 @@ def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | N
             if size != (image.shape[1], image.shape[0]):
                 raise UserError(f"appearance IUV: {size[0]}x{size[1]} px, but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
-        return encode_png(image), iuv, False
-    if finetune:
-        raise UserError("fine-tuning with a photo or a scene render needs that image's IUV map, which this engine "
-                        "does not serve yet: use Image + IUV, or set fine-tuning steps to 0")
+        return encode_png(image), iuv, False, None
+    span = f"the frame range {scene.frame_start}..{scene.frame_end}"
     if mode == "PHOTO":
-        return encode_png(square(load_rgb(s.appearance_image, "photo"))), None, False
-    return render_appearance(context, armature, camera), None, False
+        photo = load_rgb(s.appearance_image, "photo")
+        frame = shown_frame(scene, s.reference_frame)
+        if frame is not None:
+            return encode_png(fit_to_camera(photo, scene)), None, False, frame
+        if finetune:
+            where = f" (frame {s.reference_frame} lies outside {span})" if s.reference_frame >= 0 else ""
+            raise UserError("fine-tuning on a photo needs its reference pose: pose the armature to match the photo "
+                            f"at a frame of the shot and press Use as Reference Pose{where}")
+        return encode_png(square(photo)), None, False, None
+    frame = shown_frame(scene, s.render_frame)
+    if frame is not None:
+        return render_appearance(context, armature, camera, whole=True), None, False, frame
+    if finetune:
+        raise UserError(f"fine-tuning on the scene render needs a render frame inside {span} "
+                        f"(it is {s.render_frame})")
+    return render_appearance(context, armature, camera), None, False, None
 
 
 # ---------------------------------------------------------------------------- the request
@@ -239,7 +279,9 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         appearance = appearance_iuv = None
         use_default = True
     else:
-        appearance, appearance_iuv, use_default = appearance_files(context, armature, camera)
+        appearance, appearance_iuv, use_default, shown = appearance_files(context, armature, camera)
+        if shown is not None:
+            params["appearance_frame"] = shown
         if s.finetune_steps > 0:
             params["finetune_steps"] = s.finetune_steps
         if appearance_iuv is not None:

@@ -80,10 +80,12 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
         ("densepose", "DensePose", "Written by detectron2 (blue = part index)"),
         ("btdm", "BTDM", "Written by btdm (red = part index)")))
     reference_frame: IntProperty(name="Reference frame", default=-1,
-                                 description="Frame where the armature was posed to match the photo (-1: not set; "
-                                 "noted for the animator, not used by generation yet)")
+                                 description="Frame where the armature was posed to match the photo (-1: not set); "
+                                 "inside the frame range, the photo shows the body at this frame, which fine-tuning "
+                                 "needs")
     render_frame: IntProperty(name="Render frame", default=1,
-                              description="Frame rendered as the appearance image (Scene render)")
+                              description="Frame rendered as the appearance image (Scene render); inside the frame "
+                              "range, fine-tuning uses this frame's pose")
     # generation
     model: StringProperty(name="Model", default="default", description="A model name the engine offers")
     steps: IntProperty(name="Steps", default=50, min=1, max=1000, description="BTU-Net denoising steps")

@@ -380,23 +380,45 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
         scene.btdm.steps, scene.btdm.sr_steps = 2, 2
         scene.btdm.iuv_order = "btdm"  # the shipped appearance's IUV map was written by btdm
         seen = {{}}
+        # fine-tuning in every mode with an image: the IUV file, the photo's reference pose (frame 3),
+        # the render's frame (2): the engine cuts the camera's view with that frame's window
+        scene.btdm.render_frame = 2
         for mode, image, iuv, finetune in (("IMAGE_IUV", {str(image)!r}, {str(iuv)!r}, 2),
-                                           ("PHOTO", {str(tmp_path / 'photo.png')!r}, "", 0),
-                                           ("RENDER", "", "", 0), ("NONE", "", "", 0)):
+                                           ("PHOTO", {str(tmp_path / 'photo.png')!r}, "", 2),
+                                           ("RENDER", "", "", 2), ("NONE", "", "", 0)):
             scene.btdm.appearance, scene.btdm.appearance_image, scene.btdm.appearance_iuv = mode, image, iuv
             scene.btdm.finetune_steps = finetune
+            if mode == "PHOTO":
+                scene.frame_set(3)
+                bpy.ops.btdm.use_reference_pose()
+                method = scene.camera.data.background_images[0].frame_method
             bpy.ops.btdm.generate_previs()
             [strip] = list(scene.sequence_editor.strips_all)
             seen[mode] = {{"job": strip["btdm_job_id"], "n": len(strip.elements)}}
+        # a photo without its reference pose in the shot cannot be fine-tuned on: said before any work
+        scene.btdm.appearance, scene.btdm.appearance_image = "PHOTO", {str(tmp_path / 'photo.png')!r}
+        scene.btdm.reference_frame, scene.btdm.finetune_steps = 50, 2
+        try:
+            bpy.ops.btdm.generate_previs()
+            refused = ""
+        except RuntimeError as exc:
+            refused = str(exc)
         blender_addon.unregister()
-        print("RESULT " + json.dumps(seen))
+        print("RESULT " + json.dumps({{"modes": seen, "refused": refused, "method": method}}))
     """, tmp_path, env={"BTDM_ENGINE_URL": engine.url})
-    assert set(result) == {"IMAGE_IUV", "PHOTO", "RENDER", "NONE"}
-    assert all(r["n"] == 8 for r in result.values()) and len({r["job"] for r in result.values()}) == 4
+    modes = result["modes"]
+    assert set(modes) == {"IMAGE_IUV", "PHOTO", "RENDER", "NONE"}
+    assert all(r["n"] == 8 for r in modes.values()) and len({r["job"] for r in modes.values()}) == 4
     client = EngineClient(engine.url)
-    params = {mode: client.job(r["job"])["params"] for mode, r in result.items()}
+    params = {mode: client.job(r["job"])["params"] for mode, r in modes.items()}
     assert params["IMAGE_IUV"]["finetune_steps"] == 2 and params["IMAGE_IUV"]["iuv_order"] == "btdm"
+    assert params["IMAGE_IUV"]["appearance_frame"] is None
     assert params["PHOTO"]["iuv_order"] == "btdm"  # the server's default: no IUV file was sent
+    # scene frames 3 and 2 of the range 1..8 are the job's frames 2 and 1
+    assert (params["PHOTO"]["appearance_frame"], params["PHOTO"]["finetune_steps"]) == (2, 2)
+    assert (params["RENDER"]["appearance_frame"], params["RENDER"]["finetune_steps"]) == (1, 2)
+    assert result["method"] == "FIT"
+    assert "reference pose" in result["refused"] and "frame 50 lies outside the frame range 1..8" in result["refused"]
     plate = cv2.imread(str(tmp_path / "previs" / "Scene_ShotCam" / "000001.png"), cv2.IMREAD_UNCHANGED)
     assert plate.shape[2] == 4 and (plate[..., 3] > 0).any()
 

@@ -10,9 +10,10 @@ from ..prepare import UserError, resolve_camera
 
 
 class BTDM_OT_use_reference_pose(bpy.types.Operator):
-    """Show the photo behind the shot camera to pose the armature to match it, and note this frame on the panel.
+    """Show the photo behind the shot camera to pose the armature to match it at this frame.
 
-    Generation does not use the frame yet: a photo is sent as the appearance image alone.
+    Generation then sends the photo as the camera's view at this frame, fitted into the camera frame
+    as shown here: the engine cuts it with this frame's window and fine-tunes with this frame's pose.
     """
 
     bl_idname = "btdm.use_reference_pose"
@@ -37,6 +38,7 @@ class BTDM_OT_use_reference_pose(bpy.types.Operator):
         backgrounds = [b for b in data.background_images if b.image == image]
         background = backgrounds[0] if backgrounds else data.background_images.new()
         background.image = image
+        background.frame_method = "FIT"  # as prepare.fit_to_camera sends it: centred, its aspect kept
         background.alpha = 0.6
         data.show_background_images = True
         self.report({"INFO"}, f"BTDM: frame {scene.frame_current} is the reference pose for {os.path.basename(path)}")
