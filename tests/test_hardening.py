@@ -187,6 +187,10 @@ def test_out_of_range_values_get_named_errors(tmp_path: Path) -> None:
                                                              "height", "world_to_cam")}, "fps": fps})  # fmt: skip
     r = btdm("animate", "--clip", "x.npz", "--out", str(tmp_path / "o"), "--device", "tpu")
     assert r.returncode == 2 and "cpu, cuda or cuda:N" in r.stderr and "Traceback" not in r.stderr
+    for extra in (["--appearance-frame", "2"], ["--appearance-frame", "2", "--appearance", "a.png", "--appearance-iuv",
+                                                "b.png"]):
+        r = btdm("animate", "--clip", "x.npz", "--out", str(tmp_path / "o"), *extra)
+        assert r.returncode == 2 and "--appearance-frame K says which frame" in r.stderr, r.stderr
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), np.zeros((1, 1, 3), np.uint8))
     with pytest.raises(BtdmError, match="too small"):

@@ -436,12 +436,21 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
     picture = np.where(iuv[..., :1] > 0, colorize_iuv(iuv), 255).astype(np.uint8)
     ok, png = cv2.imencode(".png", picture[..., ::-1])
     assert ok
+    (tmp_path / "shot.png").write_bytes(png.tobytes())
     client = server.client()
-    params = {**FAST, "frame_end": 4, "video": False, "finetune_steps": 2, "appearance_frame": 2}
+    params = {**FAST, "video": False, "finetune_steps": 2, "appearance_frame": 2}
     final = client.wait(client.submit(motion=path, appearance=png.tobytes(), params=params)["id"])
     assert final["state"] == "succeeded", final["error"]
-    assert final["frames_done"] == 4 and final["has_plates"]
-    assert decode(client.frame(final["id"], 2)).shape == (128, 128, 3)
+    assert final["frames_done"] == 6 and final["has_plates"]
+    # btdm animate --appearance-frame cuts and fine-tunes the same way: the same frames
+    subprocess.run([*BTDM, "animate", "--clip", str(path), "--plate", "--appearance", str(tmp_path / "shot.png"),
+                    "--appearance-frame", "2", "--finetune-steps", "2", "--out", str(tmp_path / "local"), "--steps",
+                    "2", "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
+                   capture_output=True)
+    for n in range(6):
+        np.testing.assert_array_equal(decode(client.frame(final["id"], n)),
+                                      cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
+    params["frame_end"] = 4
 
     def refused(**submit: object) -> EngineError:
         with pytest.raises(EngineError) as info:

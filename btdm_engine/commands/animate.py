@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="appearance image c (square RGB/RGBA PNG); omit for person-specific / unconditional models")
     p.add_argument("--appearance-iuv", metavar="IUV.png",
                    help="IUV map g(c) of the appearance image, for --finetune-steps")
+    p.add_argument("--appearance-frame", type=int, default=None, metavar="K",
+                   help="the appearance image shows the body as frame K (zero-based) does: with --plate the "
+                   "camera's whole view at K (cut with K's window), else framed like the pose maps; fine-tuning "
+                   "then uses frame K's pose map as g(c) (no --appearance-iuv)")
     p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
                    help="channel layout of the IUV PNGs read (default btdm; densepose for detectron2 files)")
     p.add_argument("--model", default=None, metavar="DIR",
@@ -162,6 +166,21 @@ def _read_appearance(path: Path) -> Any:
     return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
 
 
+def _shown_frame(k: int, appearance: Any, pose_maps: Any, plan: Any) -> tuple[Any, Any]:
+    """(c, g(c)) for an appearance that shows frame k: cut with k's window (plates), and k's pose map."""
+    from btdm_engine.cli import CliError
+    from btdm_engine.imageio import resize_labels
+
+    if not 0 <= k < len(pose_maps):
+        raise CliError(f"--appearance-frame {k} is not one of the {len(pose_maps)} frames (0..{len(pose_maps) - 1})")
+    if plan is not None:
+        try:
+            return plan.crop(k, appearance, pose_maps.shape[1]), pose_maps[k]
+        except ValueError as exc:
+            raise CliError(f"--appearance with --appearance-frame and --plate: {exc}") from None
+    return appearance, resize_labels(pose_maps[k], appearance.shape[:2])
+
+
 def _check_limits(args: argparse.Namespace) -> None:
     """Sizes asked for on the command line against btdm_engine.limits (a --limit raises one)."""
     from btdm_engine import limits
@@ -197,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         from btdm_engine.weights import default_appearance, default_model_dir
 
         model_dir = default_model_dir()
-        if args.appearance is None:
+        if args.appearance is None and args.appearance_frame is None:
             args.appearance, shipped_iuv = default_appearance()
             if args.finetune_steps > 0 and args.appearance_iuv is None:
                 args.appearance_iuv = shipped_iuv
@@ -208,8 +227,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--plate needs --clip (the shot camera comes with the motion clip)")
     if args.appearance_iuv is not None and args.appearance is None:
         raise CliError("--appearance-iuv needs --appearance (it is the appearance image's IUV map)")
-    if args.finetune_steps > 0 and args.appearance_iuv is None:
-        raise CliError("--finetune-steps needs --appearance and --appearance-iuv (paper sec. 3.3: Y = {c}, S = {g(c)})")
+    if args.appearance_frame is not None and (args.appearance is None or args.appearance_iuv is not None):
+        raise CliError("--appearance-frame K says which frame --appearance shows (its pose map is then g(c)): give "
+                       "--appearance, and no --appearance-iuv")
+    if args.finetune_steps > 0 and args.appearance_iuv is None and args.appearance_frame is None:
+        raise CliError("--finetune-steps needs --appearance and --appearance-iuv or --appearance-frame (paper sec. 3.3: "
+                       "Y = {c}, S = {g(c)})")
     if args.fps is not None and not args.fps > 0:
         raise CliError(f"--fps must be positive, got {args.fps}")
     if args.steps < 1:
@@ -246,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order, args.frames), 30.0
     fps = args.fps if args.fps is not None else fps
+    if args.appearance_frame is not None:
+        appearance, appearance_iuv = _shown_frame(args.appearance_frame, appearance, pose_maps, plan)
 
     # Written to OUT/incomplete/ and published over an earlier run only when complete.
     from btdm_engine.fileio import StagedRun

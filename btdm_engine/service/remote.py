@@ -26,7 +26,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "iuv_order": args.iuv_order,
         "video": bool(args.mp4),
     }
-    optional = {"model": args.model, "sr_steps": args.sr_steps, "max_batch": args.max_batch, "fps": args.fps}
+    optional = {"model": args.model, "sr_steps": args.sr_steps, "max_batch": args.max_batch, "fps": args.fps,
+                "appearance_frame": args.appearance_frame}
     params.update({key: value for key, value in optional.items() if value is not None})
     if args.clip is not None:
         params["plate"] = bool(args.plate)
