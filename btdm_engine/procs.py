@@ -53,9 +53,10 @@ def keep_freed_memory() -> bool:
     kernel (``munmap``, heap trimming, and each thread's own arena trims its heaps), so the next
     network call page-faults the same megabytes in again: ``make demo``'s generation took between
     0.25 and 4 million page faults and up to 6 s of kernel time for 11-16 s of wall time, and 0.03
-    million with this (bench/bench_cpu.py reports both side by side). After this call every thread allocates from the one main heap (a short lock per
-    allocation, nothing beside a convolution), blocks under 32 MiB come from that heap, and the
-    heap is never trimmed: it stays at its high-water mark until :func:`release_freed_memory`.
+    million with this (bench/bench_cpu.py reports both side by side). After this call every
+    thread allocates from the one main heap (a short lock per allocation, nothing beside a
+    convolution), blocks under 32 MiB come from that heap, and the heap is never trimmed: it stays
+    at its high-water mark until :func:`release_freed_memory`.
     Call it early, before the threads that will allocate exist. Linux with glibc only; returns
     whether it took effect.
     """
