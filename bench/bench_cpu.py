@@ -11,10 +11,10 @@ configuration once each (interleaved, so a slow spell of a shared machine hits a
   threads: the old path.
 - ``auto-1w``: bf16 autocast where the CPU has native bf16 (with bf16 attention matmuls),
   channels-last weights, passive OpenMP waiting, 16 frames per BTU-Net call, SR3's memory budget
-  (8 frames per call), the sampler's prepared BTU-Net (``BTUNet.prepare_sampling``: E_p/E_a once
+  (16 frames per call), the sampler's prepared BTU-Net (``BTUNet.prepare_sampling``: E_p/E_a once
   per run, branch b dropped after its last attention), one call at a time on two intra-op threads.
 - ``auto-2w``: ``auto-1w`` with a step's calls running side by side on one worker thread per
-  core, one intra-op thread each (``sampling_workers``; SR3 4 frames per call, so the same 8
+  core, one intra-op thread each (``sampling_workers``; SR3 8 frames per call, so the same 16
   frames are in flight).
 - ``auto``: what ``btdm animate`` now does: ``auto-2w`` with glibc's malloc keeping freed memory
   (``procs.keep_freed_memory``) instead of page-faulting every activation in afresh.

@@ -57,9 +57,10 @@ from btdm_engine.posemaps.encoding import iuv_to_tensor, validate_iuv
 # pair's two branches times the float32 feature maps of a U-Net of these sizes. Used only to
 # pick a default ``max_batch`` from a memory budget; pass ``max_batch`` to override.
 _BYTES_PER_PIXEL = 2 * 4 * 2048
-# 2 GiB on the CPU: SR3's 128 px tiny model then runs 8 frames per call, 1.8x faster per frame than 4
-# (bench/bench_cpu.py), and the BTU-Net takes up to 128 frames per call.
-_CPU_BUDGET_BYTES = 2 << 30
+# 4 GiB on the CPU (the estimate is about 10x what the process really holds: `make demo`'s job
+# peaked at 634 MB RSS): SR3's 128 px tiny model then runs 8 frames per call on each of two
+# workers, about 10 % faster than 4 and 20 % faster than 2, measured side by side.
+_CPU_BUDGET_BYTES = 4 << 30
 # Frames per BTU-Net pair call on the CPU: a call's activations then stay in the caches (16 frames
 # ran 1.1-1.4x faster per step than 64 in bench/bench_cpu.py).
 _CPU_PAIR_FRAMES = 16
@@ -84,7 +85,7 @@ def default_device() -> torch.device:
 
 
 def max_batch_for(resolution: int, device: torch.device, workers: int = 1) -> int:
-    """Frames per network call that fit a memory budget (half the free GPU memory, 2 GiB on CPU),
+    """Frames per network call that fit a memory budget (half the free GPU memory, 4 GiB on CPU),
     shared by ``workers`` calls running side by side."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
