@@ -321,10 +321,10 @@ def test_posemaps_zip_job(server: Server, clip: Path, tmp_path: Path) -> None:
 
 
 def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) -> None:
-    # 12 frames: after the first SR3 chunk (4 frames at 128 px on the CPU) two more chunks remain, so
-    # the kill lands mid-job even when the event reaches the test late (CI ran the 2-frame tail to
-    # the end before the kill arrived with a 6-frame clip).
-    clip = make_clip(tmp_path / "walk12.npz", seconds=0.4)
+    # 36 frames: after the first SR3 chunk (16 frames at 128 px on one CPU thread) two more chunks
+    # remain, so the kill lands mid-job even when the event reaches the test late (CI once ran a
+    # short tail to the end before the kill arrived).
+    clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
     params = {"steps": 2, "sr_steps": 12, "seed": 5}
     srv = Server(tmp_path / "data").start()
     try:
@@ -333,15 +333,15 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) ->
         queued = client.submit(motion=clip, params=FAST)
         folder = srv.data / "jobs" / job["id"]
         for event in client.events(job["id"]):
-            if event["frames_done"] >= 4:  # the first SR3 chunk (4 frames at 128 px on the CPU) is on disk
+            if event["frames_done"] >= 16:  # the first SR3 chunk is on disk
                 break
         srv.kill()
     finally:
         srv.kill()
-    assert not (folder / "frames" / "000011.png").exists(), "the job ended before the kill: the test proves nothing"
-    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((folder / "frames").glob("*.png"))[:4]}
+    assert not (folder / "frames" / "000035.png").exists(), "the job ended before the kill: the test proves nothing"
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((folder / "frames").glob("*.png"))[:16]}
     low = (folder / "low.npy").stat()
-    assert len(kept) == 4 and not list((folder / "frames").glob(".*"))  # no half-written frame under its name
+    assert len(kept) == 16 and not list((folder / "frames").glob(".*"))  # no half-written frame under its name
     restarted = Server(tmp_path / "data").start()
     try:
         client = restarted.client()
@@ -352,7 +352,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) ->
         for name, (ino, mtime) in kept.items():
             st = (folder / "frames" / name).stat()
             assert (st.st_ino, st.st_mtime_ns) == (ino, mtime), f"{name} was rewritten"
-        frames = [decode(client.frame(job["id"], n)) for n in range(12)]
+        frames = [decode(client.frame(job["id"], n)) for n in range(36)]
     finally:
         restarted.stop()
     # The resumed frames equal an uninterrupted run's (the SR3 noise of skipped chunks is replayed).
