@@ -40,6 +40,12 @@ class ShotError(BtdmError, ValueError):
     """The body cannot be framed through the shot camera (never in front of it, or a bad size)."""
 
 
+def same_aspect(width: int, height: int, shot_width: int, shot_height: int) -> bool:
+    """Whether a ``width`` x ``height`` picture has the shot's aspect (within 1 %): a picture of the
+    whole shot at another resolution, which :meth:`ShotPlan.crop` can cut."""
+    return abs(width * shot_height - height * shot_width) <= 0.01 * height * shot_width
+
+
 @dataclass(frozen=True, eq=False)
 class ShotPlan:
     """Square windows (left, top, side) per frame in shot pixels, and the clip filmed through them."""
@@ -73,7 +79,7 @@ class ShotPlan:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ShotError(f"expected an RGB uint8 picture of the shot (H, W, 3), got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
-        if abs(width * self.height - height * self.width) > 0.01 * height * self.width:
+        if not same_aspect(width, height, self.width, self.height):
             raise ShotError(f"a {width}x{height} picture does not have the shot's aspect ({self.width}x{self.height})")
         # Shrink first where the window holds many picture pixels per output pixel (warpAffine only
         # interpolates), then warp picture pixels -> shot pixels -> window pixels.

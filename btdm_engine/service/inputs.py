@@ -143,7 +143,9 @@ def check_appearance(path: Path, shot: tuple[int, int] | None = None) -> tuple[i
     data = path.read_bytes()
     width, height = png_size(data, "appearance")
     if shot is not None:
-        if abs(width * shot[1] - height * shot[0]) > 0.01 * height * shot[0]:
+        from btdm_engine.motion.shot import same_aspect
+
+        if not same_aspect(width, height, *shot):
             raise ServiceError(f"appearance: {width}x{height} px; with params.appearance_frame it is the whole "
                                f"shot-camera view, {shot[0]}x{shot[1]} (or that aspect)", field="appearance")
     elif width != height:
