@@ -1,13 +1,15 @@
-"""Two generator models side by side on a dataset's held-out characters (the default-model check).
+"""Two generator models and the texture-transfer baseline side by side on a dataset's held-out characters.
 
-The same held-out sequences (the manifest's ``test`` split: characters neither model trained on
-when the dataset is ``wide`` and the old model is the ``mini`` one), the same appearance image
-(each sequence's frame 0), the same seed and steps go through both models' full inference path
-(``Animator``: bidirectional recursive sampling, then SR3), with and without single-image
-fine-tuning. The frames are scored against the ground truth at the output resolution, foreground
-only (``btdm_engine.metrics.evaluate``: SSIM, PSNR, tOF, warping error), and a picture is made:
-for a few held-out characters, the appearance image, the pose maps, the truth, the old frames and
-the new frames.
+The same held-out sequences (the manifest's ``test`` split: characters neither model trained on),
+the same appearance image (each sequence's frame 0, with its pose map as g(c)), the same seed and
+steps go through both models' full inference path (``Animator``: bidirectional recursive sampling,
+then SR3), with and without single-image fine-tuning, and through the learning-free texture
+transfer (:mod:`btdm_engine.posemaps.texture`: c's pixels moved onto every pose map through the
+UV atlas), the strongest simple baseline. Frames 1.. are scored (frame 0 is c itself) against the
+ground truth at the output resolution, foreground only (``btdm_engine.metrics.evaluate``: SSIM,
+PSNR, tOF, warping error), overall and per held-out person, next to the truth's own warping
+error; a picture shows, for a few held-out characters, the appearance image, the pose maps, the
+truth, the texture transfer and each model's frames.
 
     python -m bench.bench_default_model --data data/wide --old OLD_MODEL --new NEW_MODEL \\
         [--frames 24 --steps 25 --sr-steps 10 --finetune-steps 300 --finetune-lr 1e-4]
@@ -15,7 +17,7 @@ the new frames.
 ``python -m bench default_model`` (no arguments) compares the shipped model with itself on a toy
 dataset, a smoke run of this script. Everything goes to ``--out`` (default
 ``out/bench_default_model``): ``pred/<model>[_ft]/<sequence>/``, ``gt/``, ``iuv/``,
-``metrics_<model>[_ft].json``, ``table.md`` and ``comparison.png``.
+``metrics_<model>[_ft].json``, ``table.md`` (with the per-person table) and ``comparison.png``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--motion", default=None, help="only the held-out sequences of this motion (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--picture-characters", type=int, default=3, help="held-out characters in comparison.png")
+    p.add_argument("--first", type=int, default=1, help="first scored frame (default 1: frame 0 is c itself)")
     return p.parse_args(argv)
 
 
@@ -53,10 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, truth_frame, write_frames
     from btdm_engine.imageio import resize_labels
-    from btdm_engine.metrics.evaluate import format_table, write_report
+    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.encoding import read_iuv_png
     from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
+    from btdm_engine.posemaps.texture import build_texture, transfer
     from btdm_engine.weights import default_model_dir
     from training.dataset_format import DatasetManifest
 
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         data = smoke_dataset(args.out)
         args.frames, args.steps, args.sr_steps = 4, 2, 2
         args.finetune_steps = min(args.finetune_steps, 2)
+        args.first = min(args.first, 1)
     else:
         data = args.data
     tests = DatasetManifest.load(data).sequence_frames("test")
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     frames_of: dict[tuple[str, str], np.ndarray] = {}
     for name, folder in models.items():
         animator = Animator.from_pretrained(folder, device="cpu")
+        if res is not None and animator.resolution != res:
+            raise SystemExit(f"{folder}: makes {animator.resolution} px frames, the other model {res} px")
         res = animator.resolution
         for suffix, ft_steps in passes:
             key = name + suffix
@@ -88,16 +95,32 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             for seq in chosen:
                 poses, c = sequence_inputs(seq, args.frames)
-                frames = animator.animate(poses, c, poses[0] if ft_steps else None, steps=args.steps,
+                g = poses[0] if ft_steps or animator.uses_warp else None
+                frames = animator.animate(poses, c, g, steps=args.steps,
                                           sr_steps=args.sr_steps, seed=args.seed, finetune_steps=ft_steps,
                                           finetune_lr=args.finetune_lr)
                 frames_of[(key, seq.id)] = frames
-                write_frames(args.out, key, seq, frames, poses, res)
+                write_frames(args.out, key, seq, frames, poses, res, args.first)
             timings[key] = time.perf_counter() - t0
             reports[key] = score(args.out, key)
             reports[key]["timing"] = {"animate_s": timings[key], "sequences": len(chosen)}
             write_report(reports[key], args.out / f"metrics_{key}.json")
             print(f"{key}: {len(chosen)} sequences in {timings[key]:.0f} s", file=sys.stderr, flush=True)
+
+    # The learning-free baseline: c's pixels through g(c) into the UV atlas, looked up per pose map.
+    assert res is not None
+    t0 = time.perf_counter()
+    for seq in tests:
+        poses, c = sequence_inputs(seq, args.frames)
+        texture = build_texture([(c, poses[0])])
+        frames = np.stack([transfer(texture, resize_labels(p, (res, res))) for p in poses])
+        frames_of[("texture", seq.id)] = frames
+        write_frames(args.out, "texture", seq, frames, poses, res, args.first)
+    timings["texture"] = time.perf_counter() - t0
+    reports["texture"] = score(args.out, "texture")
+    reports["truth"] = evaluate(args.out / "gt", args.out / "gt", args.out / "iuv")  # its own warping error
+    for key in ("texture", "truth"):
+        write_report(reports[key], args.out / f"metrics_{key}.json")
 
     # The picture: per character (its first held-out sequence), 8 frames of each row.
     rows: list[tuple[str, np.ndarray]] = []
@@ -112,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         poses = colorize_iuv(np.stack([resize_labels(read_iuv_png(seq.iuv[t]), (res, res)) for t in pick]))
         truth = np.stack([truth_frame(seq.rgb[t], res) for t in pick])
         rows += [(f"{seq.id} c", np.stack([c] + [np.full_like(c, 255)] * (len(pick) - 1))),
-                 ("pose", poses), ("truth", truth)]
+                 ("pose", poses), ("truth", truth), ("texture", frames_of[("texture", seq.id)][pick])]
         for suffix, _ in passes:
             for name in models:
                 if (name + suffix, seq.id) in frames_of:
@@ -122,21 +145,40 @@ def main(argv: list[str] | None = None) -> None:
     labels = [label if t == 0 else "" for label, _ in rows for t in range(cols)]
     write_rgb_png(args.out / "comparison.png", contact_sheet(images, cols=cols, labels=labels))
 
-    order = [name + suffix for suffix, _ in passes for name in models]
-    table = format_table([(key, reports[key]) for key in order], extra=True)
+    order = ["texture"] + [name + suffix for suffix, _ in passes for name in models]
+    table = format_table([(key, reports[key]) for key in order + ["truth"]], extra=True)
+    people = _per_person(reports, order)
     lines = [
         f"data: {data} (test split: {len(tests)} sequences of {len({s.character for s in tests})} held-out characters)",
         f"models: old = {models['old']}, new = {models['new']}",
         f"sampling: first {args.frames} frames, c = frame 0 of each sequence, {args.steps} BTU-Net + {args.sr_steps} SR3 "
         f"steps, seed {args.seed}, {res} px, foreground only; fine-tuning pass: {args.finetune_steps} steps at lr "
-        f"{args.finetune_lr}" + (f" on the first {args.finetune_sequences} sequences" if args.finetune_sequences else ""),
-        "", table, "",
+        f"{args.finetune_lr}" + (f" on the first {args.finetune_sequences} sequences" if args.finetune_sequences else "")
+        + f"; frames {args.first}..{args.frames - 1} scored",
+        "", table, "", "per held-out person (mean over their sequences), SSIM / PSNR:", "", people, "",
         "animate wall time: " + ", ".join(f"{k} {timings[k]:.0f} s" for k in order),
     ]
     text = "\n".join(lines)
     (args.out / "table.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     print(json.dumps({k: {m: v for m, v in reports[k]["metrics"].items() if isinstance(v, float)} for k in order}))
+
+
+def _per_person(reports: dict[str, dict], order: list[str]) -> str:
+    """A markdown table: per held-out character, each method's mean SSIM / PSNR over its sequences."""
+    by_person: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for key in order:
+        for name, seq in reports[key]["per_sequence"].items():
+            person = name.split("-")[0]
+            by_person.setdefault(person, {}).setdefault(key, []).append((seq["ssim"], seq["psnr"]))
+    rows = ["| person | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
+    for person in sorted(by_person):
+        cells = []
+        for key in order:
+            values = np.array(by_person[person].get(key, [(np.nan, np.nan)]))
+            cells.append(f"{values[:, 0].mean():.3f} / {values[:, 1].mean():.2f}")
+        rows.append(f"| {person} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

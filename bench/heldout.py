@@ -53,9 +53,12 @@ def sequence_inputs(seq: Any, frames: int) -> tuple[np.ndarray, np.ndarray]:
     return poses, to_uint8(read_rgb(seq.rgb[0]))
 
 
-def write_frames(out: Path, key: str, seq: Any, frames: np.ndarray, poses: np.ndarray, res: int) -> None:
-    """``frames`` into ``OUT/pred/<key>/<sequence>/``; the truth and the pose maps, at ``res``, once per sequence."""
+def write_frames(out: Path, key: str, seq: Any, frames: np.ndarray, poses: np.ndarray, res: int, first: int = 0) -> None:
+    """``frames[first:]`` into ``OUT/pred/<key>/<sequence>/``; the truth and the pose maps, at ``res``, once per
+    sequence (``first=1`` leaves out frame 0 where it is the appearance image itself)."""
     for t, frame in enumerate(frames):
+        if t < first:
+            continue
         write_rgb_png(out / "pred" / key / seq.id / f"{t:06d}.png", frame)
         gt = out / "gt" / seq.id / f"{t:06d}.png"
         if not gt.exists():

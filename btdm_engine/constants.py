@@ -29,7 +29,7 @@ IUV_ORDERS: tuple[str, ...] = ("btdm", "densepose")
 
 # The two networks (checkpoint "kind") and their presets (BTUNetConfig / SR3Config.PRESET_FIELDS).
 MODEL_KINDS: tuple[str, ...] = ("btunet", "sr3")
-MODEL_PRESETS: tuple[str, ...] = ("tiny", "base", "paper")
+MODEL_PRESETS: tuple[str, ...] = ("tiny", "tiny-warp", "base", "paper")
 
 # Samplers' noise across frames: one draw every frame shares, or one per frame (diffusion.samplers).
 NOISE_MODES: tuple[str, ...] = ("shared", "independent")

@@ -27,6 +27,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ from btdm_engine.diffusion.samplers import (
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
 from btdm_engine.imageio import resize_labels, resize_rgb
-from btdm_engine.posemaps.encoding import iuv_to_tensor, validate_iuv
+from btdm_engine.posemaps.encoding import iuv_to_tensor, tensor_to_iuv, validate_iuv
+from btdm_engine.posemaps.texture import UVTexture, texture_from_image, warp_maps
 
 # Conservative activation estimate for one frame of a network call, per output pixel: the
 # pair's two branches times the float32 feature maps of a U-Net of these sizes. Used only to
@@ -427,6 +429,11 @@ class Animator:
         """
         return np.stack(list(self.animate_iter(pose_maps, appearance, appearance_iuv, **options)))
 
+    @property
+    def uses_warp(self) -> bool:
+        """Whether the networks take the texture-transfer prior (``warp_channels`` in their configs)."""
+        return bool(getattr(self.btunet.config, "warp_channels", 0))
+
     def animate_iter(
         self,
         pose_maps: np.ndarray | Tensor,
@@ -454,13 +461,18 @@ class Animator:
     ) -> Iterator[np.ndarray]:
         """Generate frames one at a time (uint8 RGB (R, R, 3)), streaming the SR3 stage.
 
+        The job in its stages: :meth:`prepare`, :meth:`finetune`, :meth:`sample_low`,
+        :meth:`super_resolve` (the service's worker drives the same stages, adding resuming).
+
         Args:
             pose_maps: uint8 IUV maps (T, H, W, 3), square, any size (resized NEAREST to the
                 BTU-Net's resolution), or a float tensor in the IUV tensor form (T, 3, H, W).
+                A warp-conditioned model looks its prior up at this size (give the output size).
             appearance: the appearance image c, RGB uint8 (H, W, 3), square; None for
                 person-specific / unconditional models (the null token).
-            appearance_iuv: g(c), the IUV map of ``appearance`` (H, W, 3) uint8; needed by and
-                only used by fine-tuning.
+            appearance_iuv: g(c), the IUV map of ``appearance`` (H, W, 3) uint8: used by
+                fine-tuning and by a warp-conditioned model's texture-transfer prior (without it,
+                such a model gets the blank prior and draws from c alone).
             steps: BTU-Net denoising steps (paper: 50).
             sr_steps: SR3 denoising steps (None: ``steps``).
             seed: the seed of every random draw.
@@ -498,60 +510,152 @@ class Animator:
         check_int(finetune_steps, "finetune_steps", AnimatorError, lo=0)
         if finetune_steps > 0 and (appearance is None or appearance_iuv is None):
             raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
-        if finetune_steps == 0 and appearance_iuv is not None:
-            raise AnimatorError("appearance_iuv is only used by fine-tuning; set finetune_steps > 0 or drop it")
+        if finetune_steps == 0 and appearance_iuv is not None and not self.uses_warp:
+            raise AnimatorError("appearance_iuv is only used by fine-tuning with this model (it takes no "
+                                "texture-transfer prior); set finetune_steps > 0 or drop it")
         for name, value in (("noise", noise), ("sr_noise", sr_noise)):
             if value not in NOISE_MODES:
                 raise AnimatorError(f"{name} {value!r} is unknown; allowed: {', '.join(NOISE_MODES)}")
         if self.sr3 is None and (sr_steps is not None or sr_batch is not None or sr_low_res_logsnr is not None):
             raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
-        res = self.low_resolution
-        dev = self.device
-        workers, intra = sampling_workers(dev, workers)
 
-        # 1. inputs at the BTU-Net resolution: poses NEAREST, c and g(c) likewise.
-        poses = prepare_pose_maps(pose_maps, res).to(dev)
-        c = None if appearance is None else image_to_tensor(appearance, res).to(dev)
-        btunet: nn.Module = self.btunet
-
-        # 2. single-image fine-tuning on a copy (sec. 3.3: Y = {c}, S = {g(c)}).
-        if finetune_steps > 0 and c is not None and appearance is not None and appearance_iuv is not None:
-            if not isinstance(appearance_iuv, np.ndarray) or appearance_iuv.shape != appearance.shape:
-                raise AnimatorError(
-                    f"appearance_iuv: expected one uint8 (H, W, 3) map the size of appearance "
-                    f"{appearance.shape}, got {getattr(appearance_iuv, 'shape', type(appearance_iuv).__name__)}"
-                )
-            g = iuv_to_network(appearance_iuv, res, where="appearance_iuv").to(dev)
-            btunet = finetune_btunet(
-                btunet, c, g, self.schedule, steps=finetune_steps, lr=finetune_lr,
-                generator=_generator(seed, 0), batch=finetune_batch, callback=callback, cancel=cancel,
-            ).to(memory_format=torch.channels_last if dev.type == "cpu" else torch.contiguous_format)
-
-        # 3. the low-resolution sequence (algorithm 1, or the autoregressive baseline).
-        net = _autocast_for(btunet, dev, precision)
-        common = dict(steps=steps, schedule=self.schedule, generator=_generator(seed, 1), eta=eta,
-                      callback=callback, cancel=cancel, noise=noise)
-        if sampler == "bidirectional":
-            batch = max_batch if max_batch is not None else pair_batch_for(res, dev, workers)
-            with intra_op_threads(intra):
-                low = sample_bidirectional(net, poses, c, max_batch=batch, workers=workers, **common)
-        else:  # one frame after the other: nothing to run side by side
-            low = sample_unidirectional(net, poses, c, **common)
-        del btunet, net
-
-        # 4. SR3, streamed: only one chunk of high-resolution frames exists at a time.
+        job = self.prepare(pose_maps, appearance, appearance_iuv)
+        btunet = self.btunet
+        if finetune_steps > 0:
+            btunet = self.finetune(job, steps=finetune_steps, lr=finetune_lr, seed=seed, batch=finetune_batch,
+                                   callback=callback, cancel=cancel)
+        low = self.sample_low(job, btunet, steps=steps, seed=seed, sampler=sampler, eta=eta, noise=noise,
+                              max_batch=max_batch, precision=precision, workers=workers, callback=callback,
+                              cancel=cancel)
+        del btunet
         if self.sr3 is None:
             yield from tensor_to_images(low)
             return
-        sr_net = _autocast_for(self.sr3, dev, precision)
-        chunks = sample_sr3(
-            sr_net, low, steps=steps if sr_steps is None else sr_steps, schedule=self.sr3_schedule,
-            generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
-            batch=sr_batch if sr_batch is not None else max_batch_for(self.resolution, dev, workers),
-            low_res_logsnr=sr_low_res_logsnr, noise=sr_noise, callback=callback, cancel=cancel, workers=workers,
-        )
-        for chunk in stream_with_threads(chunks, intra):
+        for chunk in self.super_resolve(job, low, steps=steps if sr_steps is None else sr_steps, seed=seed, eta=eta,
+                                        batch=sr_batch, low_res_logsnr=sr_low_res_logsnr, noise=sr_noise,
+                                        precision=precision, workers=workers, callback=callback, cancel=cancel):
             yield from tensor_to_images(chunk)
+
+    # -- the job's stages, in order (each with its own seed: ``_stage_seed(seed, 0 | 1 | 2)``)
+
+    def prepare(
+        self, pose_maps: np.ndarray | Tensor, appearance: np.ndarray | None = None,
+        appearance_iuv: np.ndarray | None = None,
+    ) -> GenerationInputs:
+        """Stage 0: the networks' inputs: pose maps at the BTU-Net's size (NEAREST), c, g(c), and for
+        a warp-conditioned model the texture-transfer prior of every frame (appended to the pose maps)."""
+        res = self.low_resolution
+        dev = self.device
+        poses = prepare_pose_maps(pose_maps, res)
+        c = None if appearance is None else image_to_tensor(appearance, res)
+        g = None
+        if appearance_iuv is not None:
+            if appearance is None or not isinstance(appearance_iuv, np.ndarray) or appearance_iuv.shape != appearance.shape:
+                raise AnimatorError(
+                    f"appearance_iuv: expected one uint8 (H, W, 3) map the size of appearance "
+                    f"{getattr(appearance, 'shape', None)}, got "
+                    f"{getattr(appearance_iuv, 'shape', type(appearance_iuv).__name__)}"
+                )
+            g = iuv_to_network(appearance_iuv, res, where="appearance_iuv")
+        texture = iuv = None
+        if self.uses_warp:
+            iuv = _as_iuv_array(pose_maps)
+            texture = (UVTexture.blank() if appearance is None
+                       else texture_from_image(appearance, appearance_iuv))
+            poses = torch.cat([poses, warp_maps(texture, iuv, res)], dim=1)
+            if g is not None:
+                assert appearance_iuv is not None
+                g = torch.cat([g, warp_maps(texture, appearance_iuv[None], res)[0]])
+        return GenerationInputs(
+            poses=poses.to(dev), appearance=None if c is None else c.to(dev),
+            appearance_pose=None if g is None else g.to(dev),
+            texture=texture, pose_maps=iuv,
+        )
+
+    def finetune(
+        self, job: GenerationInputs, *, steps: int, lr: float = 1e-5, seed: int = 0, batch: int = 4,
+        callback: Callback | None = None, cancel: object = None,
+    ) -> nn.Module:
+        """Stage 1: single-image fine-tuning (sec. 3.3: Y = {c}, S = {g(c)}) on a copy of the BTU-Net,
+        in the layout sampling uses on this device."""
+        if job.appearance is None or job.appearance_pose is None:
+            raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
+        tuned = finetune_btunet(
+            self.btunet, job.appearance, job.appearance_pose, self.schedule, steps=steps, lr=lr,
+            generator=_generator(seed, 0), batch=batch, callback=callback, cancel=cancel,
+        )
+        return tuned.to(memory_format=torch.channels_last if self.device.type == "cpu" else torch.contiguous_format)
+
+    def sample_low(
+        self, job: GenerationInputs, btunet: nn.Module | None = None, *, steps: int = 50, seed: int = 0,
+        sampler: str = "bidirectional", eta: float = 0.0, noise: str = "shared", max_batch: int | None = None,
+        precision: str = "auto", workers: int | None = None, callback: Callback | None = None, cancel: object = None,
+    ) -> Tensor:
+        """Stage 2: the low-resolution sequence (T, 3, r, r) in [-1, 1], by algorithm 1 (or the
+        autoregressive baseline) with ``btunet`` (None: the Animator's own)."""
+        dev = self.device
+        workers, intra = sampling_workers(dev, workers)
+        net = _autocast_for(self.btunet if btunet is None else btunet, dev, precision)
+        common = dict(steps=steps, schedule=self.schedule, generator=_generator(seed, 1), eta=eta,
+                      callback=callback, cancel=cancel, noise=noise)
+        if sampler == "bidirectional":
+            batch = max_batch if max_batch is not None else pair_batch_for(self.low_resolution, dev, workers)
+            with intra_op_threads(intra):
+                return sample_bidirectional(net, job.poses, job.appearance, max_batch=batch, workers=workers, **common)
+        if sampler == "unidirectional":  # one frame after the other: nothing to run side by side
+            return sample_unidirectional(net, job.poses, job.appearance, **common)
+        raise AnimatorError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+
+    def super_resolve(
+        self, job: GenerationInputs, low: Tensor, *, start: int = 0, steps: int = 50, seed: int = 0, eta: float = 0.0,
+        batch: int | None = None, low_res_logsnr: float | None = None, noise: str = "shared", precision: str = "auto",
+        workers: int | None = None, callback: Callback | None = None, cancel: object = None,
+    ) -> Iterator[Tensor]:
+        """Stage 3: SR3 over frames ``start..`` of ``low``, streamed in chunks (n, 3, R, R) in [-1, 1];
+        a warp-conditioned SR3 reads each chunk's prior at the output size as it goes."""
+        if self.sr3 is None:
+            raise AnimatorError("this Animator has no SR3 model")
+        dev = self.device
+        workers, intra = sampling_workers(dev, workers)
+        warp = None
+        if job.texture is not None and getattr(self.sr3.config, "warp_channels", 0):
+            texture, iuv, size = job.texture, job.pose_maps, self.resolution
+            assert iuv is not None
+            warp = lambda a, b: warp_maps(texture, iuv[start + a : start + b], size)  # noqa: E731
+        chunks = sample_sr3(
+            _autocast_for(self.sr3, dev, precision), low[start:].to(dev), steps=steps, schedule=self.sr3_schedule,
+            generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
+            batch=batch if batch is not None else max_batch_for(self.resolution, dev, workers),
+            low_res_logsnr=low_res_logsnr, noise=noise, callback=callback, cancel=cancel, workers=workers, warp=warp,
+        )
+        yield from stream_with_threads(chunks, intra)
+
+
+@dataclass
+class GenerationInputs:
+    """What :meth:`Animator.prepare` makes of a job's inputs, for the stages after it.
+
+    poses: (T, C, r, r) conditioning maps at the BTU-Net's size on the device: the pose maps in
+        tensor form, then for a warp-conditioned model the prior (w_t, confidence).
+    appearance: c (3, r, r) or None; appearance_pose: g(c)'s conditioning map (C, r, r) or None.
+    texture: the appearance's UV texture (warp-conditioned models; blank without g(c)).
+    pose_maps: the uint8 IUV maps as given (T, H, W, 3), for the prior at the output size.
+    """
+
+    poses: Tensor
+    appearance: Tensor | None
+    appearance_pose: Tensor | None
+    texture: UVTexture | None
+    pose_maps: np.ndarray | None
+
+
+def _as_iuv_array(pose_maps: np.ndarray | Tensor) -> np.ndarray:
+    """Pose maps as uint8 IUV (T, H, W, 3), from either form :func:`prepare_pose_maps` accepts."""
+    if isinstance(pose_maps, Tensor):
+        if pose_maps.dtype == torch.uint8:
+            return pose_maps.cpu().numpy()
+        return tensor_to_iuv(pose_maps.detach().float().cpu())
+    return pose_maps
 
 
 __all__ = [
@@ -559,6 +663,7 @@ __all__ = [
     "SAMPLERS",
     "Animator",
     "AnimatorError",
+    "GenerationInputs",
     "cpu_has_bf16",
     "default_device",
     "finetune_btunet",

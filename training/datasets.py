@@ -9,6 +9,12 @@ DensePose video set) and produce network tensors:
 * Pose maps: read in their file's channel order, fitted the same way (padding is background,
   I = 0), resized with NEAREST only (labels never blend), converted with
   :func:`btdm_engine.posemaps.encoding.iuv_to_tensor`.
+* Texture-transfer prior (``warp``, for networks with ``warp_channels``): the appearance frame c
+  and its pose map g(c) make a UV texture (:func:`btdm_engine.posemaps.texture.build_texture`) at
+  ``warp_resolution``, every target pose map looks it up at that resolution, and the result (w_t
+  and its confidence, area-resized to the network's size) is appended to the item's pose
+  channels. A share ``warp_drop`` of items gets the blank texture instead, as a photo without an
+  IUV map gives at inference, so the network also works from c alone.
 * Horizontal flip (probability ``hflip_prob``) flips every image of an item together and flips
   the pose maps truthfully, so a flipped pose map is the render of the mirrored body: this
   project's atlas with :func:`btdm_engine.posemaps.parts.flip_iuv` (it swaps left/right part labels
@@ -39,6 +45,7 @@ from btdm_engine.errors import BtdmError
 from btdm_engine.imageio import WHITE, read_rgb, resize_labels, resize_rgb
 from btdm_engine.posemaps.encoding import iuv_to_tensor, read_iuv_png
 from btdm_engine.posemaps.parts import flip_iuv
+from btdm_engine.posemaps.texture import UVTexture, build_texture, warp_maps
 from training.dataset_format import IUV_ORDER, SequenceFrames
 
 
@@ -47,6 +54,9 @@ class DatasetError(BtdmError, ValueError):
 
 
 APPEARANCE_MODES = ("other_frame", "none")
+# The size the texture-transfer prior reads frames at for a network smaller than it (a 32 px BTU-Net
+# sees the area average of a 128 px lookup, as the Animator gives it from its output-size pose maps).
+WARP_RESOLUTION = 128
 # The flip probability where a truthful flip exists and none was asked for.
 DEFAULT_HFLIP_PROB = 0.5
 
@@ -66,6 +76,9 @@ class PairDatasetConfig:
     cache: keep resized frames in memory (per DataLoader worker; the trainer's workers live for the
         whole run) after their first read.
     seed: base of the per-item random draws.
+    warp: append the texture-transfer prior's 4 channels to the pose maps (module docstring).
+    warp_resolution: the size c, g(c) and the target pose maps are read at for the prior.
+    warp_drop: share of items whose prior is the blank texture (no g(c)).
     """
 
     resolution: int
@@ -75,9 +88,15 @@ class PairDatasetConfig:
     fit: str = "pad"
     cache: bool = False
     seed: int = 0
+    warp: bool = False
+    warp_resolution: int = WARP_RESOLUTION
+    warp_drop: float = 0.1
 
     def __post_init__(self) -> None:
         check_int(self.resolution, "dataset resolution", DatasetError, lo=8)
+        check_bool(self.warp, "warp", DatasetError)
+        check_int(self.warp_resolution, "warp_resolution", DatasetError, lo=self.resolution)
+        check_number(self.warp_drop, "warp_drop", DatasetError, lo=0.0, hi=1.0)
         check_choice(self.appearance, "appearance mode", APPEARANCE_MODES, DatasetError)
         check_choice(self.fit, "fit", FIT_MODES, DatasetError)
         if self.hflip_prob is not None:
@@ -180,6 +199,28 @@ def _flip_rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, ::-1])
 
 
+def item_warp(
+    reader: FrameReader, seq: SequenceFrames, flip_pose: Callable[[np.ndarray], np.ndarray] | None,
+    appearance: int | None, targets: Sequence[int], size: int, warp_resolution: int, flip: bool,
+) -> torch.Tensor:
+    """The texture-transfer prior of ``targets`` (n, 4, size, size) from frame ``appearance`` of ``seq``
+    (None: the blank texture), every image read at ``warp_resolution`` and flipped with the item."""
+    poses = [reader.iuv(seq, t, warp_resolution) for t in targets]
+    if flip:
+        assert flip_pose is not None
+        poses = [flip_pose(p) for p in poses]
+    if appearance is None:
+        texture = UVTexture.blank(reader.background)
+    else:
+        c = reader.rgb(seq, appearance, warp_resolution)
+        g = reader.iuv(seq, appearance, warp_resolution)
+        if flip:
+            assert flip_pose is not None
+            c, g = _flip_rgb(c), flip_pose(g)
+        texture = build_texture([(c, g)]) if (g[..., 0] > 0).any() else UVTexture.blank(reader.background)
+    return warp_maps(texture, np.stack(poses), size)
+
+
 class FramePairDataset(Dataset):
     """Consecutive pairs (t-1, t) of every sequence, with pose maps and an appearance image.
 
@@ -226,18 +267,26 @@ class FramePairDataset(Dataset):
         images = [self.reader.rgb(seq, t, r), self.reader.rgb(seq, t - 1, r)]
         poses = [self.reader.iuv(seq, t, r), self.reader.iuv(seq, t - 1, r)]
         has_c = cfg.appearance == "other_frame"
+        shown = None
         if has_c:
             others = [i for i in range(seq.num_frames) if i not in (t - 1, t)] or list(range(seq.num_frames))
-            images.append(self.reader.rgb(seq, int(others[rng.integers(len(others))]), r))
+            shown = int(others[rng.integers(len(others))])
+            images.append(self.reader.rgb(seq, shown, r))
         if flip:
             images = [_flip_rgb(im) for im in images]
             poses = [self._flips[s](p) for p in poses]
         appearance = rgb_to_tensor(images[2]) if has_c else torch.zeros(3, r, r)
+        pose, pose_prev = iuv_to_tensor(poses[0]), iuv_to_tensor(poses[1])
+        if cfg.warp:
+            blank = shown is None or bool(rng.random() < cfg.warp_drop)
+            warp = item_warp(self.reader, seq, self._flips[s], None if blank else shown, (t, t - 1), r,
+                             cfg.warp_resolution, flip)
+            pose, pose_prev = torch.cat([pose, warp[0]]), torch.cat([pose_prev, warp[1]])
         return {
             "y": rgb_to_tensor(images[0]),
             "y_prev": rgb_to_tensor(images[1]),
-            "pose": iuv_to_tensor(poses[0]),
-            "pose_prev": iuv_to_tensor(poses[1]),
+            "pose": pose,
+            "pose_prev": pose_prev,
             "appearance": appearance,
             "has_appearance": torch.tensor(has_c),
             "index": torch.tensor(index),
@@ -249,7 +298,9 @@ class SR3FrameDataset(Dataset):
     """Single frames for SR3: ``hr`` (3, H, H) and ``lr`` (3, h, h), both in [-1, 1].
 
     ``lr`` is made from the same source frame with the same area resize that makes the BTU-Net's
-    training frames, so SR3 learns to lift exactly what the BTU-Net learns to produce.
+    training frames, so SR3 learns to lift exactly what the BTU-Net learns to produce. With
+    ``warp`` an item also holds ``warp`` (4, H, H): the texture-transfer prior of the frame from
+    another frame of its sequence (the blank texture for a share ``warp_drop``), at H.
     """
 
     def __init__(
@@ -262,14 +313,22 @@ class SR3FrameDataset(Dataset):
         fit: str = "pad",
         cache: bool = False,
         seed: int = 0,
+        warp: bool = False,
+        warp_drop: float = 0.1,
     ) -> None:
-        PairDatasetConfig(resolution, "none", hflip_prob, background, fit, cache, seed)  # validates
+        PairDatasetConfig(resolution, "none", hflip_prob, background, fit, cache, seed, warp, resolution,
+                          warp_drop)  # validates
+        asked_hflip = hflip_prob
         hflip_prob = DEFAULT_HFLIP_PROB if hflip_prob is None else hflip_prob  # RGB alone always flips truthfully
         if not 8 <= low_resolution < resolution:
             raise DatasetError(f"low_resolution must be in [8, resolution), got {low_resolution} for resolution {resolution}")
         self.sequences = list(sequences)
         self.resolution, self.low_resolution = resolution, low_resolution
         self.hflip_prob, self.seed = hflip_prob, seed
+        self.warp, self.warp_drop = warp, warp_drop
+        if warp:  # the prior flips with the frame, so the pose maps must flip truthfully
+            self.hflip_prob = resolve_hflip_prob(self.sequences, asked_hflip)
+        self._flips = [pose_flip(seq) for seq in self.sequences]
         self.reader = FrameReader(background, fit, cache)
         self._frames = [(s, t) for s, seq in enumerate(self.sequences) for t in range(seq.num_frames)]
         if not self._frames:
@@ -293,9 +352,17 @@ class SR3FrameDataset(Dataset):
         seq = self.sequences[s]
         hr = self.reader.rgb(seq, t, self.resolution)
         lr = self.reader.rgb(seq, t, self.low_resolution)
-        if rng.random() < self.hflip_prob:
+        flip = bool(rng.random() < self.hflip_prob)
+        if flip:
             hr, lr = _flip_rgb(hr), _flip_rgb(lr)
-        return {"hr": rgb_to_tensor(hr), "lr": rgb_to_tensor(lr), "index": torch.tensor(index)}
+        item = {"hr": rgb_to_tensor(hr), "lr": rgb_to_tensor(lr), "index": torch.tensor(index)}
+        if self.warp:
+            others = [i for i in range(seq.num_frames) if i != t] or [t]
+            shown = int(others[rng.integers(len(others))])
+            blank = bool(rng.random() < self.warp_drop)
+            item["warp"] = item_warp(self.reader, seq, self._flips[s], None if blank else shown, (t,),
+                                     self.resolution, self.resolution, flip)[0]
+        return item
 
 
 def load_sequence(
@@ -316,6 +383,18 @@ def load_sequence(
     return rgb_to_tensor(frames), iuv_to_tensor(poses)
 
 
+def sequence_warp(
+    seq: SequenceFrames, appearance: int | None, length: int, resolution: int,
+    background: tuple[float, float, float] = WHITE, fit: str = "pad",
+) -> torch.Tensor:
+    """The texture-transfer prior of frames 0..length-1 from frame ``appearance`` (None: blank), at
+    ``resolution`` (T, 4, R, R), looked up at :data:`WARP_RESOLUTION` or ``resolution`` if larger
+    (what the networks' training items hold)."""
+    reader = FrameReader(background, fit, cache=False)
+    source = max(resolution, WARP_RESOLUTION)
+    return item_warp(reader, seq, None, appearance, range(length), resolution, source, flip=False)
+
+
 def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3) RGB."""
     x = rearrange(images.detach().float().cpu().clamp(-1, 1), "... c h w -> ... h w c")
@@ -330,9 +409,11 @@ __all__ = [
     "FrameReader",
     "PairDatasetConfig",
     "SR3FrameDataset",
+    "item_warp",
     "load_sequence",
     "pose_flip",
     "resolve_hflip_prob",
     "rgb_to_tensor",
+    "sequence_warp",
     "tensor_to_uint8",
 ]

@@ -71,7 +71,7 @@ from btdm_engine.models.btunet import BTUNetConfig
 from btdm_engine.models.sr3 import SR3Config
 from training.config import TrainConfig, TrainConfigError
 from training.dataset_format import DatasetFormatError, DatasetManifest, SequenceFrames
-from training.datasets import FramePairDataset, PairDatasetConfig, SR3FrameDataset
+from training.datasets import WARP_RESOLUTION, FramePairDataset, PairDatasetConfig, SR3FrameDataset
 
 STATE_VERSION = 1
 CONFIG_FILE = "train_config.json"
@@ -145,12 +145,13 @@ def build_dataset(config: TrainConfig, sequences: list[SequenceFrames], net_conf
                 resolution=net_config.resolution,
                 appearance="other_frame" if config.uses_appearance else "none",
                 hflip_prob=config.hflip_prob, background=config.background, fit=config.fit,
-                cache=config.cache_frames, seed=config.seed,
+                cache=config.cache_frames, seed=config.seed, warp=net_config.warp_channels > 0,
+                warp_resolution=max(net_config.resolution, WARP_RESOLUTION),
             ),
         )  # fmt: skip
     return SR3FrameDataset(
         sequences, net_config.resolution, net_config.low_resolution, config.hflip_prob,
-        config.background, config.fit, config.cache_frames, config.seed,
+        config.background, config.fit, config.cache_frames, config.seed, warp=net_config.warp_channels > 0,
     )  # fmt: skip
 
 
@@ -206,7 +207,8 @@ def batch_loss(
 ) -> torch.Tensor:
     """The training loss of one batch for the config's kind and mode (eq. 4 and its variants)."""
     if config.kind == "sr3":
-        return sr3_loss(model, batch["hr"].to(device), batch["lr"].to(device), schedule, generator)
+        warp = batch["warp"].to(device) if "warp" in batch else None
+        return sr3_loss(model, batch["hr"].to(device), batch["lr"].to(device), schedule, generator, warp=warp)
     y, y_prev = batch["y"].to(device), batch["y_prev"].to(device)
     pose, pose_prev = batch["pose"].to(device), batch["pose_prev"].to(device)
     c = batch["appearance"].to(device) if config.uses_appearance else None
@@ -461,7 +463,7 @@ def write_preview(
     from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sample_unidirectional
     from btdm_engine.posemaps.encoding import tensor_to_iuv
     from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png
-    from training.datasets import load_sequence, tensor_to_uint8
+    from training.datasets import load_sequence, sequence_warp, tensor_to_uint8
 
     ema.eval()
     n = min(config.sample_frames, sequence.num_frames)
@@ -470,14 +472,21 @@ def write_preview(
     if config.kind == "btunet":
         frames, poses = load_sequence(sequence, cfg.resolution, 0, n, config.background, config.fit)
         c = frames[0].to(device) if config.uses_appearance else None
+        top = colorize_iuv(tensor_to_iuv(poses))
+        if cfg.warp_channels:
+            poses = torch.cat([poses, sequence_warp(sequence, 0 if c is not None else None, n, cfg.resolution,
+                                                    config.background, config.fit)], dim=1)
         sampler = sample_unidirectional if config.mode == "unidirectional" else sample_bidirectional
         out = sampler(ema, poses.to(device), c, steps=config.sample_steps, schedule=schedule, generator=generator)
-        top = colorize_iuv(tensor_to_iuv(poses))
     else:
         frames, _ = load_sequence(sequence, cfg.resolution, 0, n, config.background, config.fit)
         low, _ = load_sequence(sequence, cfg.low_resolution, 0, n, config.background, config.fit)
+        warp = None
+        if cfg.warp_channels:
+            whole = sequence_warp(sequence, 0, n, cfg.resolution, config.background, config.fit)
+            warp = lambda start, stop: whole[start:stop]  # noqa: E731
         out = torch.cat(list(sample_sr3(ema, low.to(device), steps=config.sample_steps, schedule=schedule,
-                                        generator=generator, resolution=cfg.resolution)))  # fmt: skip
+                                        generator=generator, resolution=cfg.resolution, warp=warp)))  # fmt: skip
         factor = cfg.resolution // cfg.low_resolution
         top = tensor_to_uint8(low).repeat(factor, axis=1).repeat(factor, axis=2)
     truth, sample = tensor_to_uint8(frames), tensor_to_uint8(out.cpu())

@@ -33,13 +33,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--appearance", metavar="IMG.png",
                    help="appearance image c (square RGB/RGBA PNG); omit for person-specific / unconditional models")
     p.add_argument("--appearance-iuv", metavar="IUV.png",
-                   help="IUV map g(c) of the appearance image, for --finetune-steps")
+                   help="IUV map g(c) of the appearance image: the texture-transfer prior of a warp-conditioned "
+                   "model (the embedded one) and --method texture read it, and --finetune-steps")
     p.add_argument("--appearance-frame", type=int, default=None, metavar="K",
                    help="the appearance image shows the body as frame K (zero-based) does: with --plate the "
                    "camera's whole view at K (cut with K's window), else framed like the pose maps; fine-tuning "
                    "then uses frame K's pose map as g(c) (no --appearance-iuv)")
     p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
                    help="channel layout of the IUV PNGs read (default btdm; densepose for detectron2 files)")
+    p.add_argument("--method", choices=("diffusion", "texture"), default="diffusion",
+                   help="diffusion (default): BTU-Net + SR3; texture: the appearance's pixels moved onto every pose "
+                   "map through the UV atlas (DensePose texture transfer, no network: seconds, an instant preview; "
+                   "needs g(c): --appearance-iuv or --appearance-frame)")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="with --method texture: the frame size (default 256); diffusion makes the model's size")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model folder holding btunet/ and optionally sr3/ (default: the embedded tiny model, "
                    "which also brings its appearance image when --appearance is not given)")
@@ -190,6 +197,8 @@ def _check_limits(args: argparse.Namespace) -> None:
     if args.sr_steps is not None:
         limits.check("steps", args.sr_steps, "--sr-steps")
     limits.check("finetune_steps", args.finetune_steps, "--finetune-steps")
+    if args.size is not None:
+        limits.check("pixels", args.size * args.size, "--size")
     if args.max_batch is not None:
         limits.check("batch", args.max_batch, "--max-batch")
     if args.fps is not None:
@@ -204,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
     if args.engine is not None:
         from btdm_engine.service.remote import animate_remote
 
+        if args.method == "texture" or args.size is not None:
+            raise CliError("--method texture and --size run here, without an engine: drop --engine")
         return animate_remote(args)
     if args.token is not None or args.token_file is not None:
         raise CliError("--token / --token-file need --engine URL")
@@ -212,17 +223,27 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.posemaps.encoding import read_iuv_png
     from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png
 
+    texture_method = args.method == "texture"
     if args.model is None:
         from btdm_engine.weights import default_appearance, default_model_dir
 
         model_dir = default_model_dir()
         if args.appearance is None and args.appearance_frame is None:
             args.appearance, shipped_iuv = default_appearance()
-            if args.finetune_steps > 0 and args.appearance_iuv is None:
+            if args.appearance_iuv is None:
                 args.appearance_iuv = shipped_iuv
-            print(f"using the embedded model {model_dir} and its appearance image {args.appearance}", file=sys.stderr)
+            what = "" if texture_method else f"the embedded model {model_dir} and "
+            print(f"using {what}its appearance image {args.appearance}", file=sys.stderr)
     else:
         model_dir = args.model
+    if texture_method:
+        if args.appearance is None or (args.appearance_iuv is None and args.appearance_frame is None):
+            raise CliError("--method texture moves the appearance's pixels through its IUV map: give --appearance "
+                           "with --appearance-iuv or --appearance-frame K")
+        if args.finetune_steps or args.engine:
+            raise CliError("--method texture has no network: --finetune-steps and --engine do not apply")
+    elif args.size is not None:
+        raise CliError("--size applies to --method texture; diffusion makes the model's own size")
     if args.plate and args.clip is None:
         raise CliError("--plate needs --clip (the shot camera comes with the motion clip)")
     if args.appearance_iuv is not None and args.appearance is None:
@@ -257,20 +278,27 @@ def run(args: argparse.Namespace) -> int:
     appearance_iuv = None
     if args.appearance_iuv is not None:
         appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
-    animator = Animator.from_pretrained(model_dir, device=args.device)
-    task = animator.meta.get("btunet", {}).get("extra", {}).get("task")
+    animator = None if texture_method else Animator.from_pretrained(model_dir, device=args.device)
+    size = (args.size or 256) if animator is None else animator.resolution
+    reads_iuv = animator is None or animator.uses_warp or args.finetune_steps > 0
+    if appearance_iuv is not None and not reads_iuv:
+        print(f"note: {model_dir} takes no texture-transfer prior; --appearance-iuv is used by --finetune-steps only",
+              file=sys.stderr)
+        appearance_iuv = None
+    task = None if animator is None else animator.meta.get("btunet", {}).get("extra", {}).get("task")
     if appearance is None and task == "single_image":
         print(f"warning: {model_dir} was trained with an appearance image c (task single_image) and none was given "
               "(--appearance); its learnt null token stands in for c, so expect a generic figure", file=sys.stderr)
     progress = not args.no_progress
     plan = None
     if args.clip is not None:
-        pose_maps, fps, plan = _render_clip(Path(args.clip), animator.resolution, progress, plate=args.plate)
+        pose_maps, fps, plan = _render_clip(Path(args.clip), size, progress, plate=args.plate)
     else:
         pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order, args.frames), 30.0
     fps = args.fps if args.fps is not None else fps
     if args.appearance_frame is not None:
         appearance, appearance_iuv = _shown_frame(args.appearance_frame, appearance, pose_maps, plan)
+        appearance_iuv = appearance_iuv if reads_iuv else None
 
     # Written to OUT/incomplete/ and published over an earlier run only when complete.
     from btdm_engine.fileio import StagedRun
@@ -287,15 +315,23 @@ def run(args: argparse.Namespace) -> int:
     bars = Progress(progress)
     count = 0
 
-    def written() -> Any:
-        nonlocal count
-        for frame in animator.animate_iter(
+    if animator is None:
+        from btdm_engine.posemaps.texture import build_texture, transfer
+
+        texture = build_texture([(appearance, appearance_iuv)])
+        frames: Any = (transfer(texture, m) for m in pose_maps)
+    else:
+        frames = animator.animate_iter(
             pose_maps, appearance, appearance_iuv, steps=args.steps,
             sr_steps=args.sr_steps, seed=args.seed,
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, sampler=args.sampler,
             precision=args.precision,
             eta=args.eta, noise=args.noise, sr_noise=args.noise, max_batch=args.max_batch, callback=bars,
-        ):
+        )
+
+    def written() -> Any:
+        nonlocal count
+        for frame in frames:
             write_rgb_png(frames_dir / f"{count:06d}.png", frame)
             if plan is not None:
                 write_rgba_png(plates_dir / f"{count:06d}.png", plan.composite(count, frame, pose_maps[count]))
@@ -311,11 +347,11 @@ def run(args: argparse.Namespace) -> int:
                 pass
     finally:
         bars.close()
-    run.publish(count, {"seed": args.seed, "steps": args.steps})
+    run.publish(count, {"method": args.method} if animator is None else {"seed": args.seed, "steps": args.steps})
     frames_dir, plates_dir = out / "frames", out / "plates"
     video = None if video is None else out / "animation.mp4"
-    size = animator.resolution
-    print(f"frames: {count} in {frames_dir} ({size}x{size})")
+    print(f"frames: {count} in {frames_dir} ({pose_maps.shape[2]}x{pose_maps.shape[1]})" if animator is None
+          else f"frames: {count} in {frames_dir} ({size}x{size})")
     if plan is not None:
         print(f"plates: {count} in {plates_dir} ({plan.width}x{plan.height} RGBA)")
     if video is not None:

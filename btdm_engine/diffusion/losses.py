@@ -43,9 +43,15 @@ def _weighted_mse(pred: Tensor, target: Tensor, logsnr: Tensor, weighting: str) 
 def _check_pair(y_t: Tensor, y_prev: Tensor, s_t: Tensor, s_prev: Tensor, c: Tensor | None) -> None:
     if y_t.ndim != 4 or y_t.shape[1] != 3:
         raise LossError(f"y_t must be (B, 3, H, W), got {tuple(y_t.shape)}")
-    for name, value in (("y_prev", y_prev), ("s_t", s_t), ("s_prev", s_prev), ("c", c)):
+    for name, value in (("y_prev", y_prev), ("c", c)):
         if value is not None and value.shape != y_t.shape:
             raise LossError(f"{name} shape {tuple(value.shape)} differs from y_t shape {tuple(y_t.shape)}")
+    # conditioning maps: the pose map (3 channels), then any warp channels
+    for name, value in (("s_t", s_t), ("s_prev", s_prev)):
+        if value.ndim != 4 or value.shape[1] < 3 or value.shape[0] != y_t.shape[0] or value.shape[2:] != y_t.shape[2:]:
+            raise LossError(f"{name} shape {tuple(value.shape)} does not match y_t shape {tuple(y_t.shape)}")
+    if s_t.shape != s_prev.shape:
+        raise LossError(f"s_prev shape {tuple(s_prev.shape)} differs from s_t shape {tuple(s_t.shape)}")
 
 
 def _noise_pair(
@@ -144,6 +150,7 @@ def sr3_loss(
     aug_min_logsnr: float = 3.0,
     aug_max_logsnr: float = 20.0,
     weighting: str = "x0",
+    warp: Tensor | None = None,
 ) -> Tensor:
     """SR3 x0 loss with noise-conditioning augmentation of the low-res frame.
 
@@ -162,6 +169,8 @@ def sr3_loss(
         generator: draws k, the hr noise, lambda_aug and the low-res noise (in that order).
         aug_min_logsnr, aug_max_logsnr: the augmentation range (aug_min = aug_max fixes it).
         weighting: ``"x0"`` (plain MSE, as SR3 here predicts x0) or ``"truncated_snr"``.
+        warp: for a warp-conditioned SR3, the texture-transfer prior (B, C, H, W) at hr's size;
+            passed to the model as its fifth argument.
 
     Returns:
         The scalar loss (float32).
@@ -180,5 +189,5 @@ def sr3_loss(
     u = torch.rand(b, generator=generator, device=generator.device, dtype=torch.float32).to(device)
     aug_logsnr = aug_max_logsnr - u * (aug_max_logsnr - aug_min_logsnr)
     low_res = q_sample(lr.float(), aug_logsnr, draw_noise(tuple(lr.shape), generator, device))
-    x0 = model(x, logsnr, low_res, aug_logsnr)
+    x0 = model(x, logsnr, low_res, aug_logsnr) if warp is None else model(x, logsnr, low_res, aug_logsnr, warp)
     return _weighted_mse(x0, hr, logsnr, weighting)

@@ -228,17 +228,23 @@ class PairDenoiser:
 
 
 def _check_inputs(poses: Tensor, appearance: Tensor | None) -> None:
-    if not isinstance(poses, Tensor) or poses.ndim != 4 or poses.shape[1] != 3 or poses.shape[0] < 1:
+    # poses: the pose maps in tensor form, then any warp channels (a warp-conditioned BTU-Net)
+    if not isinstance(poses, Tensor) or poses.ndim != 4 or poses.shape[1] < 3 or poses.shape[0] < 1:
         shape = tuple(poses.shape) if isinstance(poses, Tensor) else type(poses).__name__
-        raise SamplerError(f"poses must be a (T, 3, H, W) tensor with T >= 1, got {shape}")
+        raise SamplerError(f"poses must be a (T, C >= 3, H, W) tensor with T >= 1, got {shape}")
     if appearance is not None:
-        if not isinstance(appearance, Tensor) or appearance.shape != poses.shape[1:]:
+        if not isinstance(appearance, Tensor) or appearance.shape != (3, *poses.shape[2:]):
             shape = tuple(appearance.shape) if isinstance(appearance, Tensor) else type(appearance).__name__
             raise SamplerError(
-                f"appearance must be a (3, H, W) tensor matching poses {tuple(poses.shape[1:])}, got {shape}"
+                f"appearance must be a (3, H, W) tensor matching poses {tuple(poses.shape[2:])}, got {shape}"
             )
         if appearance.device != poses.device:
             raise SamplerError(f"appearance is on {appearance.device} but poses on {poses.device}")
+
+
+def _frame_shape(poses: Tensor) -> tuple[int, int, int, int]:
+    """(T, 3, H, W): the frames that conditioning maps (T, C, H, W) ask for."""
+    return (poses.shape[0], 3, poses.shape[2], poses.shape[3])
 
 
 def _prepare(
@@ -354,7 +360,7 @@ def sample_bidirectional(
     chunks = frame_chunks(num_frames, max_batch, workers)
 
     # 1. Y^K: pure noise for every frame (lambda_min makes alpha ~ 0).
-    x = _frame_noise(tuple(poses.shape), generator, device, noise)
+    x = _frame_noise(_frame_shape(poses), generator, device, noise)
     with worker_pool(workers) as run:
         for i in range(steps):
             forward = _is_forward(i, start_direction)
@@ -407,7 +413,7 @@ def sample_bidirectional_loop(
     num_frames = poses.shape[0]
     device = poses.device
 
-    y = _frame_noise(tuple(poses.shape), generator, device, noise)  # Y^K
+    y = _frame_noise(_frame_shape(poses), generator, device, noise)  # Y^K
     for i in range(steps):  # "for k = K-1 to 0"
         noise_needed = eta > 0 and i < steps - 1
         y_next = torch.empty_like(y)
@@ -478,13 +484,13 @@ def sample_unidirectional(
     total = num_frames * steps
 
     shared_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noise == "shared" else None
-    init = draw_noise(tuple(poses.shape), generator, device) if shared_seed is None else None
-    frames = torch.empty(tuple(poses.shape), device=device)
+    init = draw_noise(_frame_shape(poses), generator, device) if shared_seed is None else None
+    frames = torch.empty(_frame_shape(poses), device=device)
     done = 0
     for t in range(num_frames):
         if shared_seed is not None:  # every frame starts from (and steps with) the same draws
             generator = torch.Generator(generator.device).manual_seed(shared_seed)
-            x = draw_noise((1, *poses.shape[1:]), generator, device)
+            x = draw_noise((1, *_frame_shape(poses)[1:]), generator, device)
         else:
             x = init[t : t + 1]
         idx_a = torch.tensor([t], device=device)
@@ -555,6 +561,7 @@ def sample_sr3(
     clip_x0: bool = True,
     noise: str = "shared",
     workers: int = 1,
+    warp: Callable[[int, int], Tensor] | None = None,
 ) -> Iterator[Tensor]:
     """Super-resolve frames with SR3 (Saharia et al. 2022b), streaming ``batch`` frames at a time.
 
@@ -578,6 +585,10 @@ def sample_sr3(
         workers: ``workers`` chunks are denoised side by side, each on its own thread
             (:func:`worker_pool`); the frames do not depend on it, and at most ``workers * batch``
             high-resolution frames exist at a time.
+        warp: for a warp-conditioned SR3, ``warp(start, stop)`` gives frames ``start..stop-1``'s
+            texture-transfer prior at the output resolution ((n, C, R, R), frame 0 = the first of
+            ``low_res``), made per chunk so a long sequence never holds it whole; the model is then
+            called ``model(x, logsnr, low_res, low_res_logsnr, warp)``.
 
     Yields:
         (n, 3, resolution, resolution) float32 chunks in input order, n <= batch.
@@ -608,16 +619,27 @@ def sample_sr3(
     shared_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if noise == "shared" else None
     done = 0
     batches = _iter_batches(low_res, batch)
+    start = 0
+
+    def new_chunk(lr: Tensor) -> _SR3Chunk:
+        nonlocal start
+        chunk = _SR3Chunk(lr, resolution, generator, shared_seed, low_res_logsnr)
+        if warp is not None:
+            chunk.warp = warp(start, start + lr.shape[0]).to(device=lr.device, dtype=torch.float32)
+        start += lr.shape[0]
+        return chunk
+
     with worker_pool(workers) as run:
-        while wave := [_SR3Chunk(lr, resolution, generator, shared_seed, low_res_logsnr)
-                       for lr in itertools.islice(batches, workers)]:
+        while wave := [new_chunk(lr) for lr in itertools.islice(batches, workers)]:
             for i in range(steps):
                 _check_cancel(is_cancelled, "sr3")
 
                 def sr3_call(chunk: _SR3Chunk, i: int = i) -> Tensor:
                     _check_cancel(is_cancelled, "sr3")
                     levels = torch.full((chunk.x.shape[0],), float(logsnrs[i]), device=chunk.x.device)
-                    return model(chunk.x, levels, chunk.low_res, chunk.aug).float()
+                    if chunk.warp is None:
+                        return model(chunk.x, levels, chunk.low_res, chunk.aug).float()
+                    return model(chunk.x, levels, chunk.low_res, chunk.aug, chunk.warp).float()
 
                 for chunk, x0 in zip(wave, run(sr3_call, wave), strict=True):
                     x0 = x0.clamp(-1.0, 1.0) if clip_x0 else x0
@@ -646,6 +668,7 @@ class _SR3Chunk:
         self.noise = functools.partial(_broadcast_noise, draw=draw, generator=own, device=device)
         self.x = self.noise((n, 3, resolution, resolution))
         self.low_res = low_res.float()
+        self.warp: Tensor | None = None
         self.aug = None
         if low_res_logsnr is not None:
             # Conditioning augmentation (Ho et al. 2022, CDM): the level the model saw in training.

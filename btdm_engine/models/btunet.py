@@ -37,6 +37,7 @@ from btdm_engine.models.config import (
     check_int,
     check_int_tuple,
     check_unet_levels,
+    check_warp_channels,
 )
 from btdm_engine.models.layers import (
     Cond,
@@ -65,6 +66,11 @@ class BTUNetConfig(ModelConfig):
     attention_resolutions: feature sizes that get a bidirectional attention block.
     pose_encoder_channels / appearance_encoder_channels: E_p / E_a base widths (x channel_mult).
     null_tokens: size of the learnt token set that replaces E_a's tokens when c is absent.
+    warp_channels: 0 (the paper's network) or 4: every frame's conditioning then also holds the
+        texture-transfer prior (w_t, its confidence) (:mod:`btdm_engine.posemaps.texture`), which
+        goes into E_p with the pose map and is concatenated to the noisy frame at the U-Net's
+        input, as Dense Pose Transfer (Neverova et al. 2018) feeds its warped texture to the
+        generator. Beyond the paper: the ``paper`` and ``base`` presets keep 0.
     """
 
     resolution: int
@@ -82,6 +88,7 @@ class BTUNetConfig(ModelConfig):
     appearance_encoder_channels: int = 32
     null_tokens: int = 8
     position_code: bool = True
+    warp_channels: int = 0
 
     PRESET_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {
         # 32 px: tests, CPU training smoke runs and the shipped default model.
@@ -89,6 +96,12 @@ class BTUNetConfig(ModelConfig):
             resolution=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
             attention_resolutions=(16, 8), num_heads=2, norm_groups=8,
             pose_encoder_channels=16, appearance_encoder_channels=16, null_tokens=4,
+        ),
+        # "tiny" with the texture-transfer prior as input: the shipped default model.
+        "tiny-warp": dict(
+            resolution=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+            attention_resolutions=(16, 8), num_heads=2, norm_groups=8,
+            pose_encoder_channels=16, appearance_encoder_channels=16, null_tokens=4, warp_channels=4,
         ),
         # 64 px, moderate: a model one can train on a single consumer GPU.
         "base": dict(
@@ -117,6 +130,7 @@ class BTUNetConfig(ModelConfig):
         check_int_tuple(owner, "attention_resolutions", self.attention_resolutions)
         check_float(owner, "dropout", self.dropout, 0.0, 1.0)
         check_bool(owner, "position_code", self.position_code)
+        check_warp_channels(owner, self.warp_channels)
         check_unet_levels(owner, self.resolution, self.channel_mult, self.attention_resolutions,
                           self.model_channels, self.norm_groups, self.num_heads)
         for mult in self.channel_mult:
@@ -126,6 +140,11 @@ class BTUNetConfig(ModelConfig):
                 check_divisible(owner, enc, getattr(self, enc) * mult, self.norm_groups, "norm_groups")
         if self.model_channels % 2:
             raise ModelConfigError(f"{owner}.model_channels: must be even, got {self.model_channels}")
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of one frame's conditioning map: the pose map, then the warp channels, if any."""
+        return self.pose_channels + self.warp_channels
 
     @property
     def level_resolutions(self) -> list[int]:
@@ -220,12 +239,13 @@ class PairSampling:
     def __call__(
         self, x_a: Tensor, x_b: Tensor, logsnr: Tensor, idx_a: Tensor, idx_b: Tensor, direction_a: Tensor
     ) -> Tensor:
+        idx = torch.cat([idx_a, idx_b])
         if self.pose_cache is None:
-            feats = self.net.pose_encoder(torch.cat([self.poses[idx_a], self.poses[idx_b]]))
+            feats = self.net.pose_encoder(self.poses[idx])
         else:
-            idx = torch.cat([idx_a, idx_b])
             feats = [f[idx] for f in self.pose_cache]
-        return self.net.pair_trunk(x_a, x_b, logsnr, direction_a, feats, self.context, branch_a_only=True)
+        warp = self.net.warp_of(self.poses[idx])
+        return self.net.pair_trunk(x_a, x_b, logsnr, direction_a, feats, self.context, branch_a_only=True, warp=warp)
 
 
 class BTUNet(nn.Module):
@@ -249,7 +269,7 @@ class BTUNet(nn.Module):
         # already differ before training.
         self.direction = nn.Embedding(2, emb_dim)
         # E_p: weight-shared over the pair, one feature map per U-Net level.
-        self.pose_encoder = ConvEncoder(cfg.pose_channels, pose_channels, cfg.norm_groups)
+        self.pose_encoder = ConvEncoder(cfg.condition_channels, pose_channels, cfg.norm_groups)
         # E_a: only as deep as the lowest attention resolution needs.
         self._appearance_levels = [i for i, r in enumerate(levels) if r in cfg.attention_resolutions]
         appearance_channels = [
@@ -268,7 +288,7 @@ class BTUNet(nn.Module):
             )
 
         self.unet = UNetTrunk(
-            in_channels=cfg.image_channels,
+            in_channels=cfg.image_channels + cfg.warp_channels,
             out_channels=cfg.image_channels,
             model_channels=cfg.model_channels,
             channel_mult=cfg.channel_mult,
@@ -296,7 +316,9 @@ class BTUNet(nn.Module):
         """One weight-shared pair pass (paper fig. 4); returns the x0 predictions (x0_a, x0_b).
 
         x_a, x_b: noisy frames (B,3,H,W) at the same log-SNR ``logsnr`` (B,), finite.
-        pose_a, pose_b: their IUV pose maps (B,3,H,W) in [-1, 1] (nearest-resized).
+        pose_a, pose_b: their conditioning maps (B, condition_channels, H, W): the IUV pose map in
+            tensor form (nearest-resized), then with ``warp_channels`` the warped appearance w_t
+            and its confidence, all in [-1, 1].
         appearance: c (B,3,H,W) in [-1, 1], or None: the learnt null tokens for every sample.
         direction_a: long (B,), 0 = d_f, 1 = d_b; branch b gets 1 - direction_a. Default 0
             (a = y_t predicted forward from b = y_{t-1}).
@@ -309,7 +331,8 @@ class BTUNet(nn.Module):
             direction_a = torch.zeros(batch, dtype=torch.long, device=x_a.device)
 
         # E_p(s) for both branches at every U-Net resolution
-        pose_feats = self.pose_encoder(torch.cat([pose_a, pose_b]))
+        conditions = torch.cat([pose_a, pose_b])
+        pose_feats = self.pose_encoder(conditions)
 
         # E_a(c) tokens at the attention resolutions, shared by both branches
         if appearance is None:
@@ -325,7 +348,7 @@ class BTUNet(nn.Module):
                 r: (repeat(tokens, "b l c -> (two b) l c", two=2), torch.cat([use, use]))
                 for r, (tokens, _) in self._context_tokens(feats).items()
             }
-        out = self.pair_trunk(x_a, x_b, logsnr, direction_a, pose_feats, context)
+        out = self.pair_trunk(x_a, x_b, logsnr, direction_a, pose_feats, context, warp=self.warp_of(conditions))
         x0_a, x0_b = out.chunk(2, dim=0)
         return x0_a, x0_b
 
@@ -335,6 +358,10 @@ class BTUNet(nn.Module):
     def _context_tokens(self, feats: list[Tensor]) -> dict[int, tuple[Tensor, None]]:
         levels = self.config.level_resolutions
         return {levels[i]: (rearrange(feats[i], "b c h w -> b (h w) c"), None) for i in self._appearance_levels}
+
+    def warp_of(self, conditions: Tensor) -> Tensor | None:
+        """The warp channels (w_t, confidence) of conditioning maps, or None for the paper's network."""
+        return conditions[:, self.config.pose_channels :] if self.config.warp_channels else None
 
     def appearance_context(self, appearance: Tensor | None) -> dict[int, tuple[Tensor | None, Tensor | None]]:
         """E_a(c) tokens per attention resolution for ONE appearance c (1, 3, H, W), shared by
@@ -352,8 +379,10 @@ class BTUNet(nn.Module):
         pose_feats: list[Tensor],
         context: dict[int, tuple[Tensor | None, Tensor | None]],
         branch_a_only: bool = False,
+        warp: Tensor | None = None,
     ) -> Tensor:
-        """The U-Net pair on stacked branches; ``pose_feats`` are E_p's maps for (pose_a; pose_b).
+        """The U-Net pair on stacked branches; ``pose_feats`` are E_p's maps for (pose_a; pose_b),
+        ``warp`` their warp channels (2B, warp_channels, H, W) for a warp-conditioned network.
 
         Returns (2B, 3, H, W) x0 predictions, or branch a's (B, ...) alone with
         ``branch_a_only`` (branch b is then dropped after the last attention block, where the
@@ -361,6 +390,8 @@ class BTUNet(nn.Module):
         """
         # 1. stack the pair along the batch: index = branch * B + sample
         x = torch.cat([x_a, x_b])
+        if warp is not None:
+            x = torch.cat([x, warp.to(x.dtype)], dim=1)
         direction = torch.cat([direction_a, 1 - direction_a])
         logsnr2 = torch.cat([logsnr, logsnr])
         # 2. FiLM vector: embedding of lambda (eq. 2) plus the direction vector d_f / d_b (eq. 4)
@@ -373,7 +404,7 @@ class BTUNet(nn.Module):
     def prepare_sampling(self, poses: Tensor, appearance: Tensor | None, cache_bytes: int) -> PairSampling:
         """Encode a sequence's fixed conditioning once for a sampler (see :class:`PairSampling`).
 
-        poses: (T, 3, H, W) pose maps; appearance: c (3, H, W) or None. E_p's maps of every
+        poses: (T, condition_channels, H, W) conditioning maps; appearance: c (3, H, W) or None. E_p's maps of every
         frame are kept when they fit ``cache_bytes``, else encoded per call.
         """
         context = self.appearance_context(None if appearance is None else appearance.unsqueeze(0))
@@ -397,8 +428,8 @@ class BTUNet(nn.Module):
         expected = {
             "x_a": (x_a, cfg.image_channels),
             "x_b": (x_b, cfg.image_channels),
-            "pose_a": (pose_a, cfg.pose_channels),
-            "pose_b": (pose_b, cfg.pose_channels),
+            "pose_a": (pose_a, cfg.condition_channels),
+            "pose_b": (pose_b, cfg.condition_channels),
         }
         if appearance is not None:
             expected["appearance"] = (appearance, cfg.appearance_channels)

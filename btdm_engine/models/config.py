@@ -84,6 +84,12 @@ def check_int_tuple(owner: str, field: str, value: Any, *, allow_empty: bool = F
         )
 
 
+def check_warp_channels(owner: str, value: Any) -> None:
+    """``warp_channels``: 0 (no texture-transfer prior) or 4 (w_t and its confidence)."""
+    if value not in (0, 4) or isinstance(value, bool):
+        raise ModelConfigError(f"{owner}.warp_channels: expected 0 (none) or 4 (w_t RGB + confidence), got {value!r}")
+
+
 def check_divisible(owner: str, field: str, value: int, divisor: int, divisor_name: str) -> None:
     if value % divisor:
         raise ModelConfigError(

@@ -23,6 +23,7 @@ from btdm_engine.models.config import (
     check_int,
     check_int_tuple,
     check_unet_levels,
+    check_warp_channels,
 )
 from btdm_engine.models.layers import Cond, SelfAttentionBlock, UNetTrunk, logsnr_embedding
 
@@ -36,7 +37,13 @@ class SR3InputError(BtdmError, ValueError):
 
 @dataclass(frozen=True)
 class SR3Config(ModelConfig):
-    """SR3 architecture. ``resolution`` is the output size, ``low_resolution`` the input's."""
+    """SR3 architecture. ``resolution`` is the output size, ``low_resolution`` the input's.
+
+    warp_channels: 0 (SR3 as published) or 4: the texture-transfer prior (w_t and its confidence,
+        :mod:`btdm_engine.posemaps.texture`) at the OUTPUT resolution is concatenated to the input
+        too, so detail that the appearance image shows survives where the low-resolution frame
+        cannot hold it. Beyond the paper: the ``paper`` and ``base`` presets keep 0.
+    """
 
     resolution: int
     low_resolution: int
@@ -48,11 +55,16 @@ class SR3Config(ModelConfig):
     num_heads: int = 4
     dropout: float = 0.0
     norm_groups: int = 32
+    warp_channels: int = 0
 
     PRESET_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(
             resolution=128, low_resolution=32, model_channels=16, channel_mult=(1, 2, 4, 4),
             num_res_blocks=1, attention_resolutions=(), num_heads=2, norm_groups=8,
+        ),
+        "tiny-warp": dict(
+            resolution=128, low_resolution=32, model_channels=16, channel_mult=(1, 2, 4, 4),
+            num_res_blocks=1, attention_resolutions=(), num_heads=2, norm_groups=8, warp_channels=4,
         ),
         "base": dict(
             resolution=256, low_resolution=64, model_channels=32, channel_mult=(1, 2, 4, 8, 8),
@@ -76,6 +88,7 @@ class SR3Config(ModelConfig):
         check_int_tuple(owner, "channel_mult", self.channel_mult)
         check_int_tuple(owner, "attention_resolutions", self.attention_resolutions, allow_empty=True)
         check_float(owner, "dropout", self.dropout, 0.0, 1.0)
+        check_warp_channels(owner, self.warp_channels)
         if self.low_resolution > self.resolution:
             raise ModelConfigError(
                 f"{owner}.low_resolution: {self.low_resolution} exceeds resolution {self.resolution}"
@@ -90,7 +103,7 @@ PRESETS: dict[str, SR3Config] = {name: SR3Config.preset(name) for name in SR3Con
 
 
 class SR3(nn.Module):
-    """Conditional U-Net: concat(x, bicubic_up(low_res)) -> x0 of the high-res frame."""
+    """Conditional U-Net: concat(x, bicubic_up(low_res)[, warp]) -> x0 of the high-res frame."""
 
     def __init__(self, config: SR3Config) -> None:
         super().__init__()
@@ -104,7 +117,7 @@ class SR3(nn.Module):
             nn.Linear(2 * cfg.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.unet = UNetTrunk(
-            in_channels=2 * cfg.image_channels,
+            in_channels=2 * cfg.image_channels + cfg.warp_channels,
             out_channels=cfg.image_channels,
             model_channels=cfg.model_channels,
             channel_mult=cfg.channel_mult,
@@ -118,7 +131,8 @@ class SR3(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, logsnr: Tensor, low_res: Tensor, low_res_logsnr: Tensor | None = None
+        self, x: Tensor, logsnr: Tensor, low_res: Tensor, low_res_logsnr: Tensor | None = None,
+        warp: Tensor | None = None,
     ) -> Tensor:
         """x0 prediction (B,3,H,W) of the high-res frame.
 
@@ -126,6 +140,8 @@ class SR3(nn.Module):
         low_res: the (noise-augmented) low-res frame (B,3,h,w) in [-1, 1].
         low_res_logsnr: (B,) log-SNR of the augmentation noise on ``low_res``; None = clean
             (``CLEAN_LOGSNR``).
+        warp: (B, warp_channels, H, W) texture-transfer prior at the output resolution, in
+            [-1, 1]; required exactly when the config has ``warp_channels``.
         """
         cfg = self.config
         batch = x.shape[0] if x.ndim == 4 else -1
@@ -138,6 +154,16 @@ class SR3(nn.Module):
                     f"SR3.forward: {name} has shape {tuple(t.shape)}, expected "
                     f"(B, {cfg.image_channels}, {size}, {size})"
                 )
+        if (warp is None) != (cfg.warp_channels == 0):
+            raise SR3InputError(
+                f"SR3.forward: this model takes {cfg.warp_channels} warp channels and warp is "
+                f"{'missing' if warp is None else 'given'}"
+            )
+        if warp is not None and (warp.ndim != 4 or tuple(warp.shape) != (batch, cfg.warp_channels, *x.shape[-2:])):
+            raise SR3InputError(
+                f"SR3.forward: warp has shape {tuple(warp.shape)}, expected "
+                f"({batch}, {cfg.warp_channels}, {cfg.resolution}, {cfg.resolution})"
+            )
         for name, t in (("logsnr", logsnr), ("low_res_logsnr", low_res_logsnr)):
             if t is not None and tuple(t.shape) != (batch,):
                 raise SR3InputError(
@@ -148,7 +174,7 @@ class SR3(nn.Module):
 
         # 1. SR3: condition by concatenating the bicubically upsampled low-res frame
         up = F.interpolate(low_res, size=x.shape[-2:], mode="bicubic", align_corners=False)
-        h = torch.cat([x, up.to(x.dtype)], dim=1)
+        h = torch.cat([x, up.to(x.dtype)] + ([] if warp is None else [warp.to(x.dtype)]), dim=1)
         # 2. FiLM vector from lambda (eq. 2) and the conditioning-augmentation level
         emb = self.logsnr_mlp(
             torch.cat(

@@ -15,8 +15,9 @@ resolution. :func:`plan_shot` picks, per frame, a square window of the shot imag
 
 :meth:`ShotPlan.composite` maps a generated square frame back through the inverse of ``A`` into a
 full-resolution RGBA plate, opaque on the person (the pose map's foreground, plus what stands out from
-the generated background just around it, so hair and loose cloth survive), feathered, and transparent
-elsewhere, so it lies exactly over the shot.
+the generated background just around it, so hair and loose cloth survive), with its edge unmixed from
+the generated background (no halo of it over the shot), feathered, and transparent elsewhere, so it
+lies exactly over the shot.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.motion.clip import MotionClip
 
-__all__ = ["ShotError", "ShotPlan", "plan_shot"]
+__all__ = ["ShotError", "ShotPlan", "plan_shot", "unmix_edges"]
 
 MAX_PLATE_PIXELS = 16384 * 16384
 
@@ -97,10 +98,24 @@ class ShotPlan:
                   feather: float = 0.006) -> np.ndarray:
         """The RGBA plate (H, W, 4) uint8 of frame n from its square frame (R, R, 3) and pose map (P, P, 3).
 
-        Alpha is 1 on the pose map's foreground (I > 0); in a band ``grow`` wide around it (a
-        fraction of the window's side) it keeps what differs from the generated background, so hair
-        and loose cloth stay and the background does not; then it is feathered by ``feather``.
-        Colour outside the alpha is zero.
+        A generated frame is the person over a plain generated background B (the median colour
+        outside a band ``grow`` wide around the pose map's foreground, a fraction of the window's
+        side), and its edge pixels are mixtures I = a F + (1 - a) B. Keeping them as they are draws
+        a B-coloured fringe round the figure over any other plate (a white halo over a dark shot).
+        So the edge is unmixed (colour decontamination, as matting does it: Levin et al. 2008,
+        sec. 7; Smith & Blinn 1996 for the known-background case):
+
+        1. F near the edge: the colours well inside the body extended outward (inpainting), so the
+           figure's own colour, not B, is what the edge and the resampling to shot pixels see.
+        2. a: 1 well inside the body, 0 outside the band; in between the fraction of the way from B
+           to F that I has come, a = (I - B).(F - B) / |F - B|^2, where F and B differ enough to
+           tell; where they do not, 1 on the body and what stands out from B (hair, loose cloth)
+           around it.
+        3. The colour where 0 < a < 1 is B + (I - B) / a (the unmixed foreground), towards F where a
+           is small and that inverse is noise. Then alpha is feathered by ``feather``.
+
+        ``grow=0`` keeps exactly the pose map's foreground (no unmixing band). Colour outside the
+        alpha is zero.
         """
         if not 0 <= n < self.num_frames:
             raise ShotError(f"frame {n} is outside the shot's {self.num_frames} frames")
@@ -115,31 +130,56 @@ class ShotPlan:
         def to_shot(res: int) -> np.ndarray:
             return np.linalg.inv(self.window_matrix(n, res))[:2]
 
-        rgb = cv2.warpAffine(frame, to_shot(frame.shape[0]), size, flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         res = frame.shape[0]
         body = cv2.resize((iuv[..., 0] > 0).astype(np.uint8), (res, res), interpolation=cv2.INTER_NEAREST)
-        matte = body.astype(np.float32)
-        grow_px = int(round(grow * res))
-        if grow_px > 0:
-            # Around the body, keep what differs from the generated background (hair, loose cloth):
-            # the background colour is the median outside the grown band.
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_px + 1, 2 * grow_px + 1))
-            band = cv2.dilate(body, kernel).astype(bool)
-            outside = frame[~band]
-            background = np.median(outside, axis=0) if len(outside) else np.array([255.0, 255.0, 255.0])
-            distance = np.linalg.norm(frame.astype(np.float32) - background.astype(np.float32), axis=-1)
-            key = np.clip((distance - 16.0) / 48.0, 0.0, 1.0)
-            matte = np.maximum(matte, np.where(band, key, 0.0).astype(np.float32))
+        colour, matte = unmix_edges(frame, body, int(round(grow * res)))
         sigma = feather * res
         if sigma > 0.3:
             matte = np.maximum(cv2.GaussianBlur(matte, (0, 0), sigma), 0.0)
+        rgb = cv2.warpAffine(colour, to_shot(res), size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.warpAffine(np.round(matte * 255.0).astype(np.uint8), to_shot(res), size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         out = np.zeros((self.height, self.width, 4), np.uint8)
         out[..., :3] = np.where(alpha[..., None] > 0, rgb, 0)
         out[..., 3] = alpha
         return out
+
+
+def unmix_edges(frame: np.ndarray, body: np.ndarray, grow_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """(colour uint8 (R, R, 3), alpha float32 (R, R)) of a generated frame over its plain background:
+    the steps of :meth:`ShotPlan.composite`'s docstring, at the frame's resolution. ``body`` is the
+    pose map's foreground (uint8 0/1); ``grow_px`` the band's width (0: alpha = body, colour as is)."""
+    if grow_px <= 0:
+        return frame, body.astype(np.float32)
+    image = frame.astype(np.float32)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_px + 1, 2 * grow_px + 1))
+    band = cv2.dilate(body, kernel).astype(bool)
+    outside = image[~band]
+    background = np.median(outside, axis=0) if len(outside) else np.full(3, 255.0, np.float32)
+    # 1. F: the body's colours well inside (a few pixels in from its edge, which the pose map may
+    # draw a little outside the generated figure) extended over the band
+    depth = max(2, int(round(frame.shape[0] / 64)))
+    inner = cv2.erode(body, np.ones((2 * depth + 1, 2 * depth + 1), np.uint8)).astype(bool)
+    if not inner.any():
+        inner = body.astype(bool)
+    if inner.any():
+        fore = cv2.inpaint(frame, (~inner).astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32)
+    else:
+        fore = image.copy()
+    # 2. alpha: projection of I - B on F - B where F stands out from B; else the key of I against B
+    df = fore - background
+    di = image - background
+    contrast = np.einsum("hwc,hwc->hw", df, df)
+    projected = np.einsum("hwc,hwc->hw", di, df) / np.maximum(contrast, 1.0)
+    keyed = np.clip((np.linalg.norm(di, axis=-1) - 16.0) / 48.0, 0.0, 1.0)
+    # (on the body where F is too close to B to tell, as a white shirt on white: opaque)
+    alpha = np.where(contrast > 40.0**2, np.clip(projected, 0.0, 1.0), np.where(body > 0, 1.0, keyed))
+    alpha = np.where(inner, 1.0, np.where(band, alpha, 0.0)).astype(np.float32)
+    # 3. the unmixed colour, towards F where alpha is too small for the inverse to be trusted
+    unmixed = background + di / np.maximum(alpha, 1e-3)[..., None]
+    trust = np.clip((alpha - 0.25) / 0.5, 0.0, 1.0)[..., None]
+    colour = np.where(inner[..., None], image, trust * unmixed + (1 - trust) * fore)
+    return np.clip(np.round(colour), 0, 255).astype(np.uint8), alpha
 
 
 def _window_matrices(windows: np.ndarray, resolution: int) -> np.ndarray:

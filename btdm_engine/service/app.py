@@ -163,7 +163,8 @@ UPLOAD_DOC = {
     "skeleton": "a skeleton animation .npz (btdm_engine.motion.skeleton_animation), retargeted by the engine",
     "posemaps": "a zip of IUV PNGs named [folders/]<digits>.png, square, one size",
     "appearance": "the appearance image c: a square PNG",
-    "appearance_iuv": "the appearance image's IUV map g(c), a PNG of the same size (for finetune_steps)",
+    "appearance_iuv": "the appearance image's IUV map g(c), a PNG of the same size (for finetune_steps and models "
+                      "with the texture-transfer prior, GET /v1/models texture_prior)",
 }
 
 
@@ -194,8 +195,9 @@ def submit(
     if appearance_iuv is not None and appearance is None:
         raise ServiceError("appearance_iuv needs appearance (it is the appearance image's IUV map)",
                            field="appearance_iuv")
-    if appearance_iuv is not None and p["finetune_steps"] == 0:
-        raise InvalidParams("appearance_iuv is only used by fine-tuning; set params.finetune_steps > 0 or drop it",
+    if appearance_iuv is not None and p["finetune_steps"] == 0 and not info["texture_prior"]:
+        raise InvalidParams(f"appearance_iuv is only used by fine-tuning with model {entry.name} (it takes no "
+                            "texture-transfer prior); set params.finetune_steps > 0 or drop it",
                             field="appearance_iuv")
     if p["appearance_frame"] is not None and appearance is None:
         raise InvalidParams("params.appearance_frame says which frame the appearance image shows; send that image "

@@ -137,13 +137,15 @@ class JobList(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    preset: str | None = Field(description="model preset of the BTU-Net (tiny, base, paper) when recorded")
+    preset: str | None = Field(description="model preset of the BTU-Net (tiny, tiny-warp, base, paper) when recorded")
     resolution: int = Field(description="output frame size (SR3's when present)")
     low_resolution: int = Field(description="the BTU-Net's frame size")
     has_sr3: bool
     takes_appearance: bool = Field(description="trained with an appearance image c (single-image task)")
     has_default_appearance: bool = Field(description="ships an appearance image used when none is uploaded")
     task: str | None = None
+    texture_prior: bool = Field(False, description="the networks take the texture-transfer prior (w_t from the "
+                                "appearance and its IUV map: appearance_iuv, or params.appearance_frame)")
     loaded: bool = Field(description="kept in memory by the worker")
 
 

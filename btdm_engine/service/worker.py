@@ -119,6 +119,8 @@ class ModelRegistry:
             "takes_appearance": extra.get("task") == "single_image",
             "has_default_appearance": entry.default_appearance is not None,
             "task": extra.get("task"),
+            # the networks take the texture-transfer prior, which reads g(c) (appearance_iuv)
+            "texture_prior": bool(btunet["model"].get("warp_channels", 0)),
         }
 
     def names(self) -> list[str]:
@@ -319,22 +321,8 @@ class _JobRun:
     def run(self) -> None:
         import torch
 
-        from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sample_unidirectional
         from btdm_engine.imageio import read_rgb
-        from btdm_engine.pipeline import (
-            _autocast_for,
-            _generator,
-            finetune_btunet,
-            image_to_tensor,
-            intra_op_threads,
-            iuv_to_network,
-            max_batch_for,
-            pair_batch_for,
-            prepare_pose_maps,
-            sampling_workers,
-            stream_with_threads,
-            tensor_to_images,
-        )
+        from btdm_engine.pipeline import max_batch_for, pair_batch_for, sampling_workers, tensor_to_images
         from btdm_engine.posemaps.encoding import read_iuv_png
 
         p = self.params
@@ -347,7 +335,7 @@ class _JobRun:
 
         # 0. batch sizes fixed once per job (a resumed run must chunk exactly like the first); on the
         # CPU a step's calls run side by side (`btdm serve --threads` workers, as in the Animator).
-        workers, intra = sampling_workers(dev)
+        workers, _ = sampling_workers(dev)
         run_path = self.dir / "run.json"
         if run_path.is_file():
             run_info = read_json(run_path, ServiceError)
@@ -362,7 +350,8 @@ class _JobRun:
         num = len(iuv_files)
         self.check_cancel()
 
-        # 2. appearance c (and g(c) for fine-tuning), read like `btdm animate` reads them.
+        # 2. appearance c (and g(c) for fine-tuning and the texture-transfer prior), read like
+        # `btdm animate` reads them.
         appearance = appearance_iuv = None
         app_path, app_iuv_path, app_order = self.appearance_paths(entry)
         if app_path is not None:
@@ -379,39 +368,30 @@ class _JobRun:
             if plan is not None:
                 appearance = plan.crop(shown, appearance, out_res)
             appearance_iuv = read_iuv_png(iuv_files[shown])
+        if p["finetune_steps"] == 0 and not animator.uses_warp:
+            appearance_iuv = None  # only fine-tuning and the texture-transfer prior read g(c)
 
-        # 3. the low-resolution sequence, once: fine-tuning + algorithm 1 (or the baseline).
+        # 3. the low-resolution sequence, once: the Animator's stages (fine-tuning, then algorithm 1
+        # or the baseline), so the frames are `btdm animate`'s.
         low_path = self.dir / "low.npy"
+        pose_maps = np.stack([read_iuv_png(f) for f in iuv_files])
+        job = animator.prepare(pose_maps, appearance, appearance_iuv)
         if low_path.is_file():
             low = torch.from_numpy(np.load(low_path, allow_pickle=False))
             logger.info("job %s: reusing the low-resolution result %s", self.id, low_path)
         else:
-            pose_maps = np.stack([read_iuv_png(f) for f in iuv_files])
-            poses = prepare_pose_maps(pose_maps, res).to(dev)
-            c = None if appearance is None else image_to_tensor(appearance, res).to(dev)
-            btunet = animator.btunet
+            btunet = None
             if p["finetune_steps"] > 0:
-                assert appearance is not None and appearance_iuv is not None
                 self.progress.set_stage("finetune", 0, p["finetune_steps"])
-                g = iuv_to_network(appearance_iuv, res, where="appearance_iuv").to(dev)
-                btunet = finetune_btunet(btunet, c, g, animator.schedule, steps=p["finetune_steps"],
-                                         lr=p["finetune_lr"], generator=_generator(p["seed"], 0),
-                                         callback=self.progress, cancel=self.is_cancelled)
-                # the same layout the Animator samples a fine-tuned copy in, so frames match `btdm animate`
-                btunet = btunet.to(memory_format=torch.channels_last if dev.type == "cpu" else torch.contiguous_format)
+                btunet = animator.finetune(job, steps=p["finetune_steps"], lr=p["finetune_lr"], seed=p["seed"],
+                                           callback=self.progress, cancel=self.is_cancelled)
             self.progress.sr3_total = (math.ceil(num / run_info["sr_batch"]) * (p["sr_steps"] or p["steps"])
                                        if animator.sr3 is not None else None)
             self.progress.set_stage("btunet", 0, p["steps"] * (num if p["sampler"] == "unidirectional" else 1))
-            net = _autocast_for(btunet, dev)
-            common = {"steps": p["steps"], "schedule": animator.schedule, "generator": _generator(p["seed"], 1),
-                      "eta": p["eta"], "callback": self.progress, "cancel": self.is_cancelled, "noise": p["noise"]}
-            if p["sampler"] == "bidirectional":
-                with intra_op_threads(intra):
-                    low = sample_bidirectional(net, poses, c, max_batch=run_info["max_batch"], workers=workers,
-                                               **common)
-            else:
-                low = sample_unidirectional(net, poses, c, **common)
-            del btunet, net
+            low = animator.sample_low(job, btunet, steps=p["steps"], seed=p["seed"], sampler=p["sampler"],
+                                      eta=p["eta"], noise=p["noise"], max_batch=run_info["max_batch"],
+                                      workers=workers, callback=self.progress, cancel=self.is_cancelled)
+            del btunet
             low = low.detach().float().cpu()
             with atomic_path(low_path, suffix=".npy.tmp") as tmp, open(tmp, "wb") as fh:
                 np.save(fh, low.numpy(), allow_pickle=False)
@@ -433,15 +413,13 @@ class _JobRun:
             batch = run_info["sr_batch"]
             first_chunk = done // batch
             sr_steps = p["sr_steps"] or p["steps"]
-            generator = _generator(p["seed"], 2)
             start = first_chunk * batch
             self.progress.set_stage("sr3", 0, math.ceil((num - start) / batch) * sr_steps)
-            chunks = sample_sr3(_autocast_for(animator.sr3, dev), low[start:].to(dev), steps=sr_steps,
-                                schedule=animator.sr3_schedule, generator=generator, resolution=out_res,
-                                eta=p["eta"], batch=batch, noise=p["noise"], callback=self.progress,
-                                cancel=self.is_cancelled, workers=workers)
+            chunks = animator.super_resolve(job, low, start=start, steps=sr_steps, seed=p["seed"], eta=p["eta"],
+                                            batch=batch, noise=p["noise"], workers=workers, callback=self.progress,
+                                            cancel=self.is_cancelled)
             n = start
-            for chunk in stream_with_threads(chunks, intra):
+            for chunk in chunks:
                 for frame in tensor_to_images(chunk):
                     self.write_frame(n, frame, plan, iuv_files)
                     n += 1
@@ -487,7 +465,7 @@ class _JobRun:
             return app, (app_iuv if self.inputs.get("appearance_iuv") else None), p["iuv_order"]
         if p["use_default_appearance"] and entry.default_appearance is not None:
             image, iuv = entry.default_appearance
-            return image, (iuv if p["finetune_steps"] > 0 else None), "btdm"
+            return image, iuv, "btdm"
         return None, None, "btdm"
 
     def load_clip(self) -> Any:
