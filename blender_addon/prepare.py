@@ -214,7 +214,8 @@ def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | N
             raise UserError(f"appearance image: {image.shape[1]}x{image.shape[0]} px; with an IUV file it must be "
                             "square (the networks are square)")
         iuv = None
-        if finetune:
+        # the IUV file serves fine-tuning, the texture-transfer method and models that read the prior
+        if finetune or s.appearance_iuv or s.method == "TEXTURE":
             path = bpy.path.abspath(s.appearance_iuv)
             if not os.path.isfile(path):
                 raise UserError(f"appearance IUV: no such file {path!r}")
@@ -245,6 +246,12 @@ def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | N
         raise UserError(f"fine-tuning on the scene render needs a render frame inside {span} "
                         f"(it is {s.render_frame})")
     return render_appearance(context, armature, camera), None, False, None
+
+
+def model_reads_iuv(name: str) -> bool:
+    """Whether the engine says model ``name`` takes the texture-transfer prior (which reads the
+    appearance's IUV map without fine-tuning); False while the engine's model list is unknown."""
+    return any(m.get("name") == name and m.get("texture_prior") for m in MANAGER.status.models)
 
 
 # ---------------------------------------------------------------------------- the request
@@ -286,6 +293,15 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
             params["finetune_steps"] = s.finetune_steps
         if appearance_iuv is not None:
             params["iuv_order"] = s.iuv_order  # the IUV file's channel order, as the panel says
+            if s.finetune_steps == 0 and s.method != "TEXTURE" and not model_reads_iuv(s.model or "default"):
+                appearance_iuv = None  # this model reads g(c) only to fine-tune
+        if s.method == "TEXTURE":
+            if appearance_iuv is None and shown is None and not use_default:
+                raise UserError("Texture transfer needs the appearance's pose: choose Model's own, Image + IUV, a "
+                                "photo with its reference pose, or a scene render at a frame of the shot")
+            if s.finetune_steps > 0:
+                raise UserError("Texture transfer has no network to fine-tune: set Fine-tuning steps to 0")
+            params["method"] = "texture"
     params["use_default_appearance"] = use_default
     try:
         arrays = sample_armature(scene, armature, start, end, camera=camera)

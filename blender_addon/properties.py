@@ -87,6 +87,11 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
                               description="Frame rendered as the appearance image (Scene render); inside the frame "
                               "range, fine-tuning uses this frame's pose")
     # generation
+    method: EnumProperty(name="Method", default="DIFFUSION", items=(
+        ("DIFFUSION", "Diffusion", "The model's networks (BTU-Net + SR3): the plate"),
+        ("TEXTURE", "Texture transfer", "The appearance's pixels moved onto every pose through the body's UV atlas: "
+         "seconds, no network, an instant preview (needs the appearance's pose: Model's own, Image + IUV, a photo "
+         "with its reference pose, or a scene render inside the frame range)")))
     model: StringProperty(name="Model", default="default", description="A model name the engine offers")
     steps: IntProperty(name="Steps", default=50, min=1, max=1000, description="BTU-Net denoising steps")
     sr_steps: IntProperty(name="SR steps", default=0, min=0, max=1000,

@@ -222,7 +222,7 @@ def test_config_errors_name_the_problem() -> None:
         BTUNetConfig.from_dict({**d, "bogus": 1})
     with pytest.raises(ModelConfigError, match=r"missing key\(s\) \['resolution'\]"):
         BTUNetConfig.from_dict({k: v for k, v in d.items() if k != "resolution"})
-    with pytest.raises(ModelConfigError, match=r"unknown preset 'huge'; allowed: \['base', 'paper', 'tiny'\]"):
+    with pytest.raises(ModelConfigError, match=r"unknown preset 'huge'; allowed: \['base', 'paper', 'tiny', 'tiny-warp'\]"):
         BTUNetConfig.preset("huge")
     with pytest.raises(ModelConfigError, match="unknown preset"):
         SR3Config.preset("huge")

@@ -292,7 +292,7 @@ def test_bad_arguments_are_named() -> None:
         sample_bidirectional(Spy(2), poses, None, steps=1, schedule=SCHEDULE, generator=gen, start_direction="up")
     with pytest.raises(SamplerError, match="eta must lie"):
         sample_bidirectional(Spy(2), poses, None, steps=1, schedule=SCHEDULE, generator=gen, eta=1.5)
-    with pytest.raises(SamplerError, match=r"poses must be a \(T, 3, H, W\)"):
+    with pytest.raises(SamplerError, match=r"poses must be a \(T, C >= 3, H, W\)"):
         sample_bidirectional(Spy(2), poses[0], None, steps=1, schedule=SCHEDULE, generator=gen)
     with pytest.raises(SamplerError, match="appearance must be"):
         sample_bidirectional(Spy(2), poses, torch.zeros(3, 4, 4), steps=1, schedule=SCHEDULE, generator=gen)

@@ -166,6 +166,23 @@ def test_job_events_frames_equal_btdm_animate(server: Server, clip: Path, tmp_pa
     assert info.value.status == 404 and info.value.field == "job_id"
 
 
+def test_texture_method_job_equals_btdm_animate_method_texture(server: Server, clip: Path, tmp_path: Path) -> None:
+    client = server.client()
+    final = client.wait(client.submit(motion=clip, params={"method": "texture", "seed": 3})["id"])
+    assert final["state"] == "succeeded", final["error"]
+    subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--method", "texture",
+                    "--size", "128", "--no-progress"], cwd=REPO, env=child_env(), check=True, capture_output=True)
+    for n in range(6):
+        local = cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(decode(client.frame(final["id"], n)), local, err_msg=f"frame {n}")
+    # without the appearance's IUV map there is nothing to transfer: refused, naming the field
+    code, body = _post(server, motion=clip.read_bytes(), appearance=_png((8, 8, 3)),
+                       params='{"method": "texture"}')
+    assert (code, body["error"]["field"]) == (422, "params.method"), body
+    code, body = _post(server, motion=clip.read_bytes(), params='{"method": "texture", "finetune_steps": 2}')
+    assert (code, body["error"]["field"]) == (422, "params.finetune_steps"), body
+
+
 def test_cancel_mid_run(server: Server, clip: Path) -> None:
     client = server.client()
     job = client.submit(motion=clip, params={"steps": 400, "sr_steps": 2})

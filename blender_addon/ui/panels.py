@@ -127,6 +127,10 @@ def draw_appearance(layout, context) -> None:
 
 def draw_quality(layout, context) -> None:
     s = context.scene.btdm
+    layout.prop(s, "method")
+    if s.method == "TEXTURE":
+        layout.label(text="Texture transfer: no network, seconds", icon="INFO")
+        return
     layout.prop(s, "model")
     col = layout.column(align=True)
     col.prop(s, "steps")

@@ -300,6 +300,11 @@ def run(args: argparse.Namespace) -> int:
         appearance, appearance_iuv = _shown_frame(args.appearance_frame, appearance, pose_maps, plan)
         appearance_iuv = appearance_iuv if reads_iuv else None
 
+    if animator is not None and animator.uses_warp and appearance is not None and appearance_iuv is None:
+        print("note: no IUV map for the appearance image (--appearance-iuv, or --appearance-frame K for a picture "
+              "of the shot at frame K), so the texture-transfer prior is blank: the model draws the person from "
+              "the image alone, with its colours but not its prints or layout on the body", file=sys.stderr)
+
     # Written to OUT/incomplete/ and published over an earlier run only when complete.
     from btdm_engine.fileio import StagedRun
 

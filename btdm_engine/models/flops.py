@@ -58,14 +58,15 @@ def example_inputs(
     if isinstance(model, BTUNet):
         cfg = model.config
         r = cfg.resolution
-        args = (frames(r), frames(r), logsnr(), frames(r, cfg.pose_channels), frames(r, cfg.pose_channels))
+        args = (frames(r), frames(r), logsnr(), frames(r, cfg.condition_channels), frames(r, cfg.condition_channels))
         kwargs: dict[str, Tensor] = {}
         if conditional:
             kwargs["appearance"] = frames(r, cfg.appearance_channels)
         return args, kwargs
     if isinstance(model, SR3):
         cfg_sr = model.config
-        return (frames(cfg_sr.resolution), logsnr(), frames(cfg_sr.low_resolution), logsnr()), {}
+        warp = {"warp": frames(cfg_sr.resolution, cfg_sr.warp_channels)} if cfg_sr.warp_channels else {}
+        return (frames(cfg_sr.resolution), logsnr(), frames(cfg_sr.low_resolution), logsnr()), warp
     raise TypeError(f"example_inputs: expected a BTUNet or SR3, got {type(model).__name__}")
 
 

@@ -195,7 +195,7 @@ def submit(
     if appearance_iuv is not None and appearance is None:
         raise ServiceError("appearance_iuv needs appearance (it is the appearance image's IUV map)",
                            field="appearance_iuv")
-    if appearance_iuv is not None and p["finetune_steps"] == 0 and not info["texture_prior"]:
+    if appearance_iuv is not None and p["finetune_steps"] == 0 and not info["texture_prior"] and p["method"] != "texture":
         raise InvalidParams(f"appearance_iuv is only used by fine-tuning with model {entry.name} (it takes no "
                             "texture-transfer prior); set params.finetune_steps > 0 or drop it",
                             field="appearance_iuv")
@@ -209,6 +209,13 @@ def submit(
     if p["finetune_steps"] > 0 and appearance_iuv is None and p["appearance_frame"] is None and not default_app:
         raise InvalidParams("params.finetune_steps > 0 needs appearance and its IUV map: appearance_iuv, or "
                             "params.appearance_frame (paper sec. 3.3)", field="params.finetune_steps")
+    if p["method"] == "texture":
+        if appearance_iuv is None and p["appearance_frame"] is None and not default_app:
+            raise InvalidParams("params.method texture moves the appearance's pixels through its IUV map: send "
+                                "appearance with appearance_iuv, or params.appearance_frame", field="params.method")
+        if p["finetune_steps"] > 0:
+            raise InvalidParams("params.method texture has no network to fine-tune; drop params.finetune_steps",
+                                field="params.finetune_steps")
     if p["sr_steps"] is not None and not info["has_sr3"]:
         raise InvalidParams(f"params.sr_steps given but model {entry.name} has no SR3 stage", field="params.sr_steps")
     _check_queue(request)  # before the uploads are copied and validated: a full queue answers at once

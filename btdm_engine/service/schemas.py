@@ -58,6 +58,11 @@ class JobParams(BaseModel):
         "size: a render of the scene, or a photo the armature was posed to match), which the engine cuts with "
         "that frame's window; otherwise an image framed like the pose maps. Fine-tuning then uses that frame's "
         "pose map as the image's IUV map g(c), so no appearance_iuv is needed")
+    method: Literal["diffusion", "texture"] = Field(
+        default="diffusion", description="diffusion: the model's BTU-Net + SR3; texture: the appearance's pixels "
+        "moved onto every pose map through the UV atlas (DensePose texture transfer, no network: seconds, an instant "
+        "preview at the model's output size); needs the appearance's IUV map (appearance_iuv, appearance_frame, or "
+        "the model's own appearance)")
     sampler: Literal["bidirectional", "unidirectional"] = "bidirectional"
     eta: float = Field(default=0.0, ge=0.0, le=1.0, description="0 = DDIM, 1 = ancestral sampling")
     noise: Literal["shared", "independent"] = Field(

@@ -368,13 +368,19 @@ class _JobRun:
             if plan is not None:
                 appearance = plan.crop(shown, appearance, out_res)
             appearance_iuv = read_iuv_png(iuv_files[shown])
-        if p["finetune_steps"] == 0 and not animator.uses_warp:
+        texture_method = p.get("method") == "texture"
+        if p["finetune_steps"] == 0 and not animator.uses_warp and not texture_method:
             appearance_iuv = None  # only fine-tuning and the texture-transfer prior read g(c)
+        pose_maps = np.stack([read_iuv_png(f) for f in iuv_files])
+        if texture_method:  # no network: the appearance's pixels through the UV atlas, frame by frame
+            self.write_transfer(appearance, appearance_iuv, pose_maps, plan, iuv_files)
+            if p["video"]:
+                self.write_video(num, fps)
+            return
 
         # 3. the low-resolution sequence, once: the Animator's stages (fine-tuning, then algorithm 1
         # or the baseline), so the frames are `btdm animate`'s.
         low_path = self.dir / "low.npy"
-        pose_maps = np.stack([read_iuv_png(f) for f in iuv_files])
         job = animator.prepare(pose_maps, appearance, appearance_iuv)
         if low_path.is_file():
             low = torch.from_numpy(np.load(low_path, allow_pickle=False))
@@ -430,6 +436,23 @@ class _JobRun:
             self.write_video(num, fps)
 
     # -- pieces
+    def write_transfer(self, appearance: Any, appearance_iuv: Any, pose_maps: np.ndarray, plan: Any,
+                       iuv_files: list[Path]) -> None:
+        """``params.method`` texture: every missing frame by texture transfer (no network)."""
+        from btdm_engine.posemaps.texture import build_texture, transfer
+
+        num = len(pose_maps)
+        done = 0
+        while done < num and (self.dir / "frames" / f"{done:06d}.png").is_file():
+            done += 1
+        (self.dir / "frames").mkdir(exist_ok=True)
+        texture = build_texture([(appearance, appearance_iuv)])
+        self.progress.set_stage("writing", done, num)
+        for n in range(done, num):
+            self.check_cancel()
+            self.write_frame(n, transfer(texture, pose_maps[n]), plan, iuv_files)
+            self.progress("writing", n + 1, num)
+
     def write_frame(self, n: int, frame: np.ndarray, plan: Any, iuv_files: list[Path]) -> None:
         """Plate n (shot-camera jobs) first, then frame n: a frame on disk means its plate is there too."""
         from btdm_engine.posemaps.encoding import read_iuv_png
