@@ -395,6 +395,12 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
             bpy.ops.btdm.generate_previs()
             [strip] = list(scene.sequence_editor.strips_all)
             seen[mode] = {{"job": strip["btdm_job_id"], "n": len(strip.elements)}}
+        # the texture-transfer method: the model's own appearance through its IUV map, no network
+        scene.btdm.appearance, scene.btdm.finetune_steps, scene.btdm.method = "MODEL", 0, "TEXTURE"
+        bpy.ops.btdm.generate_previs()
+        [strip] = list(scene.sequence_editor.strips_all)
+        seen["TEXTURE"] = {{"job": strip["btdm_job_id"], "n": len(strip.elements)}}
+        scene.btdm.method = "DIFFUSION"
         # a photo without its reference pose in the shot cannot be fine-tuned on: said before any work
         scene.btdm.appearance, scene.btdm.appearance_image = "PHOTO", {str(tmp_path / 'photo.png')!r}
         scene.btdm.reference_frame, scene.btdm.finetune_steps = 50, 2
@@ -407,12 +413,13 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
         print("RESULT " + json.dumps({{"modes": seen, "refused": refused, "method": method}}))
     """, tmp_path, env={"BTDM_ENGINE_URL": engine.url})
     modes = result["modes"]
-    assert set(modes) == {"IMAGE_IUV", "PHOTO", "RENDER", "NONE"}
-    assert all(r["n"] == 8 for r in modes.values()) and len({r["job"] for r in modes.values()}) == 4
+    assert set(modes) == {"IMAGE_IUV", "PHOTO", "RENDER", "NONE", "TEXTURE"}
+    assert all(r["n"] == 8 for r in modes.values()) and len({r["job"] for r in modes.values()}) == 5
     client = EngineClient(engine.url)
     params = {mode: client.job(r["job"])["params"] for mode, r in modes.items()}
     assert params["IMAGE_IUV"]["finetune_steps"] == 2 and params["IMAGE_IUV"]["iuv_order"] == "btdm"
     assert params["IMAGE_IUV"]["appearance_frame"] is None
+    assert params["TEXTURE"]["method"] == "texture" and params["IMAGE_IUV"]["method"] == "diffusion"
     assert params["PHOTO"]["iuv_order"] == "btdm"  # the server's default: no IUV file was sent
     # scene frames 3 and 2 of the range 1..8 are the job's frames 2 and 1
     assert (params["PHOTO"]["appearance_frame"], params["PHOTO"]["finetune_steps"]) == (2, 2)

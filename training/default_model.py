@@ -39,12 +39,14 @@ from btdm_engine.errors import UsageError
 from btdm_engine.fileio import atomic_dir
 
 # The shipped model's settings. ``checkpoint_every`` etc. may differ on resume; the rest may not.
+# SR3's items (its prior at 128 px) load in a worker process, which takes the second core once the
+# BTU-Net, trained beside it, is done.
 BTUNET_SETTINGS: dict[str, Any] = dict(
     preset="tiny-warp", mode="bidirectional", steps=2000, batch_size=8, lr=3e-4, seed=0, cache_frames=True, hflip_prob=0.5,
     checkpoint_every=250, sample_every=500, log_every=10,
 )  # fmt: skip
 SR3_SETTINGS: dict[str, Any] = dict(
-    preset="tiny-warp", steps=2500, batch_size=8, lr=3e-4, seed=0, cache_frames=True,
+    preset="tiny-warp", steps=2500, batch_size=8, lr=3e-4, seed=0, cache_frames=True, num_workers=1,
     checkpoint_every=250, sample_every=500, log_every=10, sample_frames=4,
 )  # fmt: skip
 
