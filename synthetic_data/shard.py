@@ -53,6 +53,17 @@ def make_clip(motion: MotionSpec, character: CharacterSpec, preset: Preset, body
     the root translation follows each body's own ground contact; the static camera frames every
     frame of the posed body from the motion's facing direction turned by the character's yaw.
     """
+    from btdm_engine.pipeline import intra_op_threads
+
+    # The clip's bytes must not depend on the process that makes them (a local worker, a Ray task,
+    # any thread count): torch's float32 matmuls in the body's skinning split their sums by thread
+    # count, and the last bits of a vertex move the camera fitted to them. One intra-op thread
+    # makes every process sum alike (docs/architecture.md, "What is byte-identical").
+    with intra_op_threads(1):
+        return _make_clip(motion, character, preset, body)
+
+
+def _make_clip(motion: MotionSpec, character: CharacterSpec, preset: Preset, body: Any) -> Any:
     from btdm_engine.motion import default_camera, load_bvh, make_motion
     from btdm_engine.motion.rotations import axis_angle_to_matrix, rotation_y
 

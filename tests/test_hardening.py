@@ -312,39 +312,46 @@ def test_children_die_with_their_parent_and_stale_temps_are_cleaned(tmp_path: Pa
     assert live.exists()
 
 
-_FAULTS = """
-import resource, sys, threading, torch
+_HEAP = """
+import ctypes, sys
 from btdm_engine import procs
-from btdm_engine.models import SR3, SR3Config
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "keep":
     assert procs.keep_freed_memory()
-torch.set_num_threads(1)
-net = SR3(SR3Config.preset("tiny")).eval()
-def work():  # what a sampler worker does: SR3 calls on a thread of its own
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.randn(4, 3, 128, 128), torch.ones(4), torch.rand(4, 3, 32, 32))
-work()  # the heap grows to the job's peak once
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-threads = [threading.Thread(target=work) for _ in range(2)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+size = 16 << 20  # an activation of a network call
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+mapped = libc.mallinfo2().hblkhd - before  # bytes in blocks of their own (mmap), handed back when freed
+libc.free(block)
+print(mapped, libc.mallinfo2().fordblks)  # then: free bytes the heap keeps for the next call
 procs.release_freed_memory()
+print(libc.mallinfo2().fordblks)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_memory_is_kept_for_the_next_network_call() -> None:
-    # glibc hands freed activations back to the kernel, and every later call page-faults them in
-    # again; after keep_freed_memory (the CLI calls it first) the heap keeps them
-    def faults(mode: str) -> int:
-        r = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    # glibc hands a large freed block back to the kernel (its own mmap), so the next network call
+    # page-faults it in again; after keep_freed_memory (the CLI calls it first) the block comes from
+    # the heap and stays there when freed, until release_freed_memory. The mechanism is checked here
+    # (the allocator's own counters); how many page faults it saves on a machine is bench_cpu's.
+    def heap(mode: str) -> list[int]:
+        r = subprocess.run([sys.executable, "-c", _HEAP, mode], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.returncode == 0, r.stderr
-        return int(r.stdout.split()[-1])
+        return [int(v) for v in r.stdout.split()]
 
-    default, kept = faults("default"), faults("keep")
-    assert kept * 5 < default, (kept, default)
+    mapped, kept, _ = heap("default")
+    assert mapped >= 16 << 20 and kept < 16 << 20  # its own mapping, returned on free
+    mapped, kept, released = heap("keep")
+    assert mapped == 0 and kept >= 16 << 20  # from the heap, kept on free
+    assert released < 16 << 20  # and handed back after a job
 
 
 # ------------------------------------------------------------------ 4. one error type, one exit path

@@ -376,6 +376,34 @@ def test_ray_build_matches_local_build(tiny_dataset: Path, tmp_path: Path) -> No
         assert differ == ["meta.json"]
 
 
+_CLIP_BYTES = """
+import hashlib
+from btdm_engine.body import load_body_model
+from synthetic_data.presets import get_preset, plan
+from synthetic_data.shard import make_clip
+preset = get_preset("wide")
+digest = hashlib.sha256()
+for shard in plan(preset)[:3]:
+    clip = make_clip(shard.motion, shard.character, preset, load_body_model("mannequin"))
+    for field in (clip.poses, clip.trans, clip.K, clip.world_to_cam):
+        digest.update(field.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_a_clip_is_byte_identical_whatever_the_thread_count() -> None:
+    """A dataset's clip.npz must not depend on the process that made it (a local worker, a Ray task):
+    the skinning that the camera is fitted to runs with one intra-op thread in every process."""
+    digests = set()
+    for threads in ("1", "2", "3"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        r = subprocess.run([sys.executable, "-c", _CLIP_BYTES], capture_output=True, text=True, timeout=300, env=env,
+                           cwd=Path(__file__).resolve().parents[1])
+        assert r.returncode == 0, r.stderr
+        digests.add(r.stdout.split()[-1])
+    assert len(digests) == 1
+
+
 def test_bvh_motion_drives_the_same_pipeline(tmp_path: Path) -> None:
     """A BVH import is a motion like any other: cut to the preset's frames, the character's body
     and camera; the joint rotations are the file's."""

@@ -142,7 +142,10 @@ def default_camera(
     forward = np.cos(el) * forward - np.sin(el) * _WORLD_UP
     rot = _rotation_from_forward(forward)
 
-    P = points.reshape(-1, 3) @ rot.T  # points in camera axes, before translating
+    # points in camera axes, before translating; element-wise in a fixed order rather than a BLAS
+    # matmul, whose kernel (and so the last bits) may differ with the thread count
+    flat = points.reshape(-1, 3)
+    P = np.stack([flat[:, 0] * r[0] + flat[:, 1] * r[1] + flat[:, 2] * r[2] for r in rot], axis=-1)
     # Allowed half extent of the image in pixels around the principal point.
     half_w = (width - 1) / 2.0 - margin * width
     half_h = (height - 1) / 2.0 - margin * height
