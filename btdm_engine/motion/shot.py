@@ -158,7 +158,7 @@ def unmix_edges(frame: np.ndarray, body: np.ndarray, grow_px: int) -> tuple[np.n
     background = np.median(outside, axis=0) if len(outside) else np.full(3, 255.0, np.float32)
     # 1. F: the body's colours well inside (a few pixels in from its edge, which the pose map may
     # draw a little outside the generated figure) extended over the band
-    depth = max(2, int(round(frame.shape[0] / 64)))
+    depth = max(1, int(round(frame.shape[0] / 128)))
     inner = cv2.erode(body, np.ones((2 * depth + 1, 2 * depth + 1), np.uint8)).astype(bool)
     if not inner.any():
         inner = body.astype(bool)
