@@ -65,6 +65,7 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
     from btdm_engine.imageio import read_rgb
     from btdm_engine.motion import make_motion
     from btdm_engine.pipeline import Animator
+    from btdm_engine.posemaps.encoding import read_iuv_png
     from btdm_engine.posemaps.renderer import IUVRenderer
     from btdm_engine.weights import default_appearance, default_model_dir
 
@@ -78,14 +79,15 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
     res = animator.resolution
     with IUVRenderer(load_body_model(clip.body_model), res, res) as renderer:
         maps = np.stack(list(renderer.render_clip(clip, size=res, progress=False)))
-    image, _ = default_appearance()
+    image, image_iuv = default_appearance()
     c = np.round(read_rgb(image) * 255.0).astype(np.uint8)
+    g = read_iuv_png(image_iuv) if animator.uses_warp else None
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     sizes = {} if batches is None else {"max_batch": batches[0], "sr_batch": batches[1]}
-    frames_out = animator.animate(maps, c, steps=steps, sr_steps=sr_steps, seed=0, precision=precision,
+    frames_out = animator.animate(maps, c, g, steps=steps, sr_steps=sr_steps, seed=0, precision=precision,
                                   workers=workers, **sizes)
     seconds = time.perf_counter() - t0
     if out:

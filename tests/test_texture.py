@@ -203,8 +203,8 @@ def test_a_model_without_the_prior_refuses_an_unused_iuv_map():
 
 
 def test_training_items_carry_the_prior(tmp_path):
-    from training.datasets import FramePairDataset, PairDatasetConfig, SR3FrameDataset
     from training.dataset_format import DatasetManifest
+    from training.datasets import FramePairDataset, PairDatasetConfig, SR3FrameDataset
     from training.toy_data import write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "toy", num_characters=2, sequences_per_character=1, num_frames=4, size=64,

@@ -131,13 +131,15 @@ def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> Non
     from btdm_engine.imageio import read_rgb
     from btdm_engine.motion import make_motion
     from btdm_engine.pipeline import Animator
+    from btdm_engine.posemaps.encoding import read_iuv_png
     from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png
     from btdm_engine.posemaps.renderer import IUVRenderer
     from btdm_engine.weights import default_appearance, default_model_dir
 
     animator = Animator.from_pretrained(default_model_dir())
-    image_path, _ = default_appearance()
+    image_path, iuv_path = default_appearance()
     appearance = np.round(read_rgb(image_path) * 255).astype(np.uint8)
+    appearance_iuv = read_iuv_png(iuv_path) if animator.uses_warp else None  # g(c), the prior's map
     size = animator.resolution
     clip = make_motion(args.generate, seconds=args.generate_seconds, fps=args.fps, seed=args.seed, width=size, height=size)
     clip.save(out / "clip.npz")
@@ -154,8 +156,9 @@ def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> Non
 
     def stream():
         nonlocal count
-        for t, frame in enumerate(animator.animate_iter(poses, appearance, steps=args.steps, sr_steps=args.sr_steps,
-                                                        seed=args.seed, callback=bars, precision=args.precision)):
+        frames = animator.animate_iter(poses, appearance, appearance_iuv, steps=args.steps, sr_steps=args.sr_steps,
+                                       seed=args.seed, callback=bars, precision=args.precision)
+        for t, frame in enumerate(frames):
             write_rgb_png(frames_dir / f"{t:06d}.png", frame)
             if t in picks:
                 kept[t] = frame
