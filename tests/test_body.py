@@ -173,6 +173,26 @@ def test_joints_follow_the_kinematic_tree(model):
         assert torch.equal(moved, expect), JOINT_NAMES[k]
 
 
+def test_exact_points_agree_with_forward_and_rest_joints(model):
+    """body.exact is the same model as forward, in float64 with a fixed order of operations."""
+    from btdm_engine.body import exact
+
+    poses, betas, trans = (x.numpy() for x in random_inputs(3, seed=4))
+    verts, _ = model.forward(poses, betas[0], trans)
+    frames = np.repeat(np.arange(3), model.num_vertices)
+    vertices = np.tile(np.arange(model.num_vertices), 3)
+    pts = exact.posed_points(model, poses, betas[0], trans, frames, vertices, chunk=5000)
+    assert pts.dtype == np.float64
+    np.testing.assert_allclose(pts.reshape(verts.shape), verts, atol=2e-6)
+    # Any subset, in any order, gives the same bits for the same (frame, vertex).
+    pick = np.random.default_rng(0).permutation(len(frames))[:300]
+    assert exact.posed_points(model, poses, betas[0], trans, frames[pick], vertices[pick]).tobytes() == pts[pick].tobytes()
+    rest = model.rest_joints(betas[0])
+    assert rest.dtype == np.float32
+    np.testing.assert_array_equal(rest, exact.rest_joints(model, betas[0]).astype(np.float32))
+    np.testing.assert_allclose(rest, model.J_regressor.astype(np.float64) @ exact.rest_vertices(model, betas[0]), atol=1e-6)
+
+
 def test_forward_torch_in_torch_out_batched_and_differentiable(model):
     poses, betas, trans = random_inputs(4, seed=2)
     poses.requires_grad_(True)

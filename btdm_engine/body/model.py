@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine.body import exact
 from btdm_engine.body.skeleton import NUM_BETAS, NUM_JOINTS, NUM_POSE_BASIS, PARENTS
 from btdm_engine.errors import BtdmError
 
@@ -175,11 +176,15 @@ class BodyModel:
         return self._torch_cache[key]
 
     def rest_joints(self, betas: np.ndarray | None = None) -> np.ndarray:
-        """Rest-pose joint positions (24,3) float32 for shape ``betas`` (zeros by default)."""
+        """Rest-pose joint positions (24,3) float32 for shape ``betas`` (zeros by default).
+
+        Computed in float64 in a fixed order and rounded once (:mod:`btdm_engine.body.exact`): a
+        float32 ``J_regressor @ vertices`` sums over every vertex in BLAS, whose threads changed the
+        last bits, and with them the root translation a synthetic clip stores.
+        """
         b = np.zeros(NUM_BETAS, np.float32) if betas is None else np.asarray(betas, np.float32)
         b = self._check_betas(b, 1)[0]
-        shaped = self.v_template + np.einsum("vck,k->vc", self.shapedirs[:, :, : len(b)], b)
-        return (self.J_regressor @ shaped).astype(np.float32)
+        return exact.rest_joints(self, b).astype(np.float32)
 
     def _check_betas(self, betas, frames: int):
         if betas.ndim == 1:
