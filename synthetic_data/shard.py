@@ -53,18 +53,9 @@ def make_clip(motion: MotionSpec, character: CharacterSpec, preset: Preset, body
     the root translation follows each body's own ground contact; the static camera frames every
     frame of the posed body from the motion's facing direction turned by the character's yaw.
     """
-    from btdm_engine.pipeline import intra_op_threads
-
-    # The clip's bytes must not depend on the process that makes them (a local worker, a Ray task,
-    # any thread count): torch's float32 matmuls in the body's skinning split their sums by thread
-    # count, and the last bits of a vertex move the camera fitted to them. One intra-op thread
-    # makes every process sum alike (docs/architecture.md, "What is byte-identical").
-    with intra_op_threads(1):
-        return _make_clip(motion, character, preset, body)
-
-
-def _make_clip(motion: MotionSpec, character: CharacterSpec, preset: Preset, body: Any) -> Any:
-    from btdm_engine.motion import default_camera, load_bvh, make_motion
+    from btdm_engine import fixed_order as fx
+    from btdm_engine.motion import load_bvh, make_motion
+    from btdm_engine.motion.camera import framing_camera
     from btdm_engine.motion.rotations import axis_angle_to_matrix, rotation_y
 
     res = preset.render.resolution
@@ -77,14 +68,17 @@ def _make_clip(motion: MotionSpec, character: CharacterSpec, preset: Preset, bod
     if clip.num_frames < preset.frames:
         raise UsageError(f"motion {motion.name!r}: {clip.num_frames} frames, the preset needs {preset.frames}")
     clip = clip.slice(0, preset.frames)
-    verts, _ = body.forward(clip.poses, betas.astype(np.float32), clip.trans)
-    facing = axis_angle_to_matrix(np.asarray(clip.poses[0, 0], dtype=np.float64)) @ np.array([0.0, 0.0, 1.0])
+    # The camera is stored data, so it must have the same bits wherever the shard runs (a Ray task
+    # has one thread, a local worker all cores): its direction is float64 in a fixed order (no
+    # BLAS), and framing_camera frames exact vertex positions, not torch's float32 ones, whose last
+    # bits depend on the CPU and the thread count. clip.npz rounds it to float32 once.
+    facing = axis_angle_to_matrix(np.asarray(clip.poses[0, 0], dtype=np.float64))[:, 2]  # +Z, turned
     facing[1] = 0.0
-    facing /= max(np.linalg.norm(facing), 1e-9)
+    facing /= max(float(fx.norm(facing)), 1e-9)
     cam = character.camera
-    direction = rotation_y(np.radians(cam.yaw)) @ (-facing)
-    K, w2c = default_camera(np.asarray(verts), res, res, fov_deg=cam.fov, margin=cam.margin + 0.03,
-                            direction=direction, elevation_deg=cam.elevation)
+    direction = fx.matvec(rotation_y(np.radians(cam.yaw)), -facing)
+    K, w2c = framing_camera(body, clip.poses, betas, clip.trans, res, res, fov_deg=cam.fov,
+                            margin=cam.margin + 0.03, direction=direction, elevation_deg=cam.elevation)
     return clip.with_camera(K, res, res, w2c)
 
 

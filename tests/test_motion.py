@@ -381,6 +381,40 @@ def test_look_at_and_orbit():
     assert centres[2, 0] > 2.0  # a quarter turn later the camera is on the +X side
 
 
+def test_fixed_order_products_match_numpy():
+    from btdm_engine import fixed_order as fx
+
+    rng = np.random.default_rng(3)
+    a, b, v = rng.normal(size=(5, 4, 3, 4)), rng.normal(size=(4, 4, 2)), rng.normal(size=(5, 4, 4))
+    np.testing.assert_allclose(fx.matmul(a, b), a @ b, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(fx.matvec(a, v), np.einsum("...ij,...j->...i", a, v), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(fx.norm(v), np.linalg.norm(v, axis=-1), rtol=1e-15)
+    x = rng.normal(size=(3, 5))
+    for ours, theirs in ((fx.sin, np.sin), (fx.cos, np.cos), (fx.exp, np.exp)):
+        assert ours(x).shape == x.shape
+        np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-15)
+
+
+def test_framing_camera_is_the_camera_of_every_exact_vertex(body, monkeypatch):
+    """framing_camera poses only the vertices near an extreme exactly; with no slack at all it
+    poses every vertex exactly. Both must give the same bits (and the float32 vertices' camera
+    to float32 precision)."""
+    from btdm_engine.motion import camera
+
+    clip = make_motion("jumping_jacks", seconds=0.4, fps=FPS, seed=2, betas=np.linspace(-1, 1, 10))
+    args = (body, clip.poses, clip.betas, clip.trans, 96, 64)
+    kwargs = {"fov_deg": 35.0, "margin": 0.08, "direction": (0.4, 0.0, -1.0), "elevation_deg": 10.0}
+    K, w2c = camera.framing_camera(*args, **kwargs, chunk=5)  # several chunks
+    assert K.shape == (clip.num_frames, 3, 3) and w2c.shape == (clip.num_frames, 4, 4)
+    monkeypatch.setattr(camera, "_SLACK_M", 1e-12)  # no candidate is trusted: every vertex, exactly
+    K_all, w2c_all = camera.framing_camera(*args, **kwargs)
+    assert K.tobytes() == K_all.tobytes() and w2c.tobytes() == w2c_all.tobytes()
+    verts, _ = body.forward(clip.poses, clip.betas, clip.trans)
+    K32, w2c32 = default_camera(np.asarray(verts), 96, 64, **kwargs)
+    np.testing.assert_allclose(w2c, w2c32, atol=1e-5)
+    np.testing.assert_array_equal(K, K32)
+
+
 # ------------------------------------------------------------------------------ CLI
 def test_cli_make_list_info(tmp_path, capsys):
     out = tmp_path / "wave.npz"

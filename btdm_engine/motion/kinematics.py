@@ -4,12 +4,17 @@ SMPL's joint frames are all aligned with the world in the rest pose, so a joint'
 rotation is expressed in its parent's frame and its world rotation is the product down the
 kinematic tree. Posed joints are the rest joints carried by those rotations (the same joints
 SMPL's LBS returns), which lets the motion library and BVH import work on joints alone.
+
+Products go through :mod:`btdm_engine.fixed_order`, not ``@`` (BLAS, whose kernel depends on the
+CPU): the motion library's poses and root translation are stored data and must have the same bits
+wherever they are computed.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from btdm_engine import fixed_order as fx
 from btdm_engine.body.skeleton import NUM_JOINTS, PARENTS
 from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -22,7 +27,7 @@ def world_rotations(poses: np.ndarray) -> np.ndarray:
     world = np.empty_like(local)
     for j in range(NUM_JOINTS):
         p = PARENTS[j]
-        world[:, j] = local[:, j] if p < 0 else world[:, p] @ local[:, j]
+        world[:, j] = local[:, j] if p < 0 else fx.matmul(world[:, p], local[:, j])
     return world
 
 
@@ -31,7 +36,7 @@ def local_rotations(world: np.ndarray) -> np.ndarray:
     local = np.empty_like(world)
     for j in range(NUM_JOINTS):
         p = PARENTS[j]
-        local[:, j] = world[:, j] if p < 0 else np.swapaxes(world[:, p], -1, -2) @ world[:, j]
+        local[:, j] = world[:, j] if p < 0 else fx.matmul(np.swapaxes(world[:, p], -1, -2), world[:, j])
     return matrix_to_axis_angle(local)
 
 
@@ -49,7 +54,7 @@ def forward_kinematics(
     joints[:, 0] = rest[0]
     for j in range(1, NUM_JOINTS):
         p = PARENTS[j]
-        joints[:, j] = joints[:, p] + world[:, p] @ (rest[j] - rest[p])
+        joints[:, j] = joints[:, p] + fx.matvec(world[:, p], rest[j] - rest[p])
     if trans is not None:
         joints += np.asarray(trans, dtype=np.float64)[:, None, :]
     return joints

@@ -22,10 +22,12 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
+from btdm_engine import fixed_order as fx
 from btdm_engine import limits
+from btdm_engine.body.exact import rest_vertices
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS
 from btdm_engine.errors import UsageError
-from btdm_engine.motion.camera import default_camera, posed_hull_points
+from btdm_engine.motion.camera import framing_camera
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.kinematics import forward_kinematics, world_rotations
 from btdm_engine.motion.rotations import matrix_to_axis_angle, rotation_x, rotation_y, rotation_z
@@ -360,8 +362,9 @@ def describe(name: str) -> str:
 # ---------------------------------------------------------------------------------- assembly
 def _local_matrices(curves: _Curves) -> np.ndarray:
     a = curves.angles
-    mats = rotation_x(a[..., 0]) @ rotation_y(a[..., 1]) @ rotation_z(a[..., 2])
-    mats[:, 0] = rotation_y(curves.yaw) @ mats[:, 0]
+    # fixed_order, not `@`: the poses are stored data (a synthetic clip's), the same bits everywhere
+    mats = fx.matmul(fx.matmul(rotation_x(a[..., 0]), rotation_y(a[..., 1])), rotation_z(a[..., 2]))
+    mats[:, 0] = fx.matmul(rotation_y(curves.yaw), mats[:, 0])
     return mats
 
 
@@ -407,10 +410,10 @@ def _ground_and_plant(
     joints = forward_kinematics(poses, rest)  # without translation
     ids = list(_CONTACT_JOINTS)
     offset = np.stack([[0.0, sole_y - rest[j, 1], 0.0] for j in ids])  # joint -> sole, at rest
-    pts = joints[:, ids] + np.einsum("tkij,kj->tki", world[:, ids], offset)
+    pts = joints[:, ids] + fx.matvec(world[:, ids], offset)
     height = pts[..., 1]
     tau = 0.01  # metres: how soft the choice of the lowest point is
-    w = np.exp(-(height - height.min(axis=1, keepdims=True)) / tau)
+    w = fx.exp(-(height - height.min(axis=1, keepdims=True)) / tau)
     w /= w.sum(axis=1, keepdims=True)
     ground = (w * height).sum(axis=1)
     trans = np.zeros((len(poses), 3))
@@ -432,7 +435,7 @@ def _ground_and_plant(
             w = np.empty_like(w)
             for foot in (slice(0, 2), slice(2, 4)):
                 h = height[:, foot]
-                e = np.exp(-(h - h.min(axis=1, keepdims=True)) / tau)
+                e = fx.exp(-(h - h.min(axis=1, keepdims=True)) / tau)
                 w[:, foot] = e / e.sum(axis=1, keepdims=True)
             w *= np.repeat(support / support.sum(axis=1, keepdims=True), 2, axis=1)
         v = -(w[..., None] * vel).sum(axis=1)
@@ -485,18 +488,15 @@ def make_motion(
     if betas.shape != (NUM_BETAS,):
         raise UsageError(f"betas must have shape ({NUM_BETAS},), got {betas.shape}")
     body = cached_body_model(body_model)
+    # Rest joints and the sole's height in float64, in a fixed order (body.exact): the float32 torch
+    # and BLAS sums they came from differed in their last bits with the thread count, and so did
+    # the root translation a synthetic clip stores.
     rest = body.rest_joints(betas).astype(np.float64)
-    rest_verts, _ = body.forward(
-        np.zeros((1, NUM_JOINTS, 3), np.float32), betas.astype(np.float32), np.zeros((1, 3), np.float32)
-    )
-    sole_y = float(np.asarray(rest_verts)[0, :, 1].min())
+    sole_y = float(rest_vertices(body, betas)[:, 1].min())
     trans = _ground_and_plant(poses, rest, sole_y, hop, plant, fps, support)
-    # Posed in chunks, keeping only each chunk's hull: memory stays flat in the number of frames.
-    points = posed_hull_points(body, poses, betas, trans)
-    facing = rotation_y(yaw[0]) @ np.array([0.0, 0.0, 1.0])
-    K, w2c = default_camera(points[None], width, height, fov_deg=fov_deg, margin=margin,
+    facing = rotation_y(yaw[0])[:, 2]  # the body's front, +Z turned by the yaw
+    K, w2c = framing_camera(body, poses, betas, trans, width, height, fov_deg=fov_deg, margin=margin,
                             direction=-facing)
-    K, w2c = np.repeat(K, len(poses), axis=0), np.repeat(w2c, len(poses), axis=0)
     return MotionClip(
         fps=float(fps), poses=poses, trans=trans, betas=betas, body_model=body_model,
         K=K, width=width, height=height, world_to_cam=w2c,

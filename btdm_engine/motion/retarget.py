@@ -41,7 +41,7 @@ from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS, PARENT
 from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import BtdmError
 from btdm_engine.motion.bonemaps import choose_map, map_from_dict
-from btdm_engine.motion.camera import default_camera, posed_hull_points
+from btdm_engine.motion.camera import framing_camera
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.kinematics import local_rotations, world_rotations
 from btdm_engine.motion.rotations import align_vectors, axis_angle_to_matrix, rotation_y
@@ -418,13 +418,11 @@ def to_motion_clip(
         K, cam_w, cam_h = anim.cam_K, anim.cam_width, anim.cam_height
         report["camera"] = "shot"
     else:
-        # The posed mesh's hull, a chunk of frames at a time: memory stays flat in the clip's length.
-        hull = posed_hull_points(body, poses, betas, trans)
         facing = world_rotations(poses[:1])[0, 0][:, 2] * np.array([1.0, 0.0, 1.0])
         if np.linalg.norm(facing) < 1e-6:  # lying along the vertical: fall back to the world front
             facing = np.array([0.0, 0.0, 1.0])
-        K, w2c = default_camera(hull[None], width, height, direction=-facing)
-        K, w2c = np.repeat(K[:1], len(poses), 0), np.repeat(w2c[:1], len(poses), 0)
+        # A chunk of frames at a time (memory flat in the clip's length), from exact vertex positions.
+        K, w2c = framing_camera(body, poses, betas, trans, width, height, direction=-facing)
         cam_w, cam_h = width, height
         report["camera"] = "default"
     clip = MotionClip(fps=out_fps, poses=poses, trans=trans, betas=betas, body_model=body_model,
