@@ -604,7 +604,7 @@ def test_stop_never_waits_behind_a_starting_engine(tmp_path: Path) -> None:
     # at once, the start gives up with a clear reason and the child is gone.
     import threading
 
-    from blender_addon.engine import EngineManager, EngineSettings, EngineUnavailable
+    from blender_addon.engine import START_TIMEOUT_S, EngineManager, EngineSettings, EngineUnavailable
 
     silent = tmp_path / "btdm"
     silent.write_text("#!/bin/sh\nexec sleep 600\n")  # starts, never answers
@@ -628,7 +628,9 @@ def test_stop_never_waits_behind_a_starting_engine(tmp_path: Path) -> None:
     assert pid is not None and manager.status.checking
     t0 = time.monotonic()
     manager.stop(wait=False)
-    assert time.monotonic() - t0 < 1.0
+    # "At once": not behind connect(), which would give up only after START_TIMEOUT_S (180 s). The
+    # bound is that, not a fraction of a second, so a busy machine does not fail it.
+    assert time.monotonic() - t0 < START_TIMEOUT_S / 6
     worker.join(15)
     assert not worker.is_alive()
     assert isinstance(outcome[0], EngineUnavailable) and "stopped while it was starting" in str(outcome[0])

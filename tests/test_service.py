@@ -189,11 +189,11 @@ def test_cancel_mid_run(server: Server, clip: Path) -> None:
     for event in client.events(job["id"]):
         if event["stage"] == "btunet" and event["step"] >= 2:
             break
-    t0 = time.monotonic()
     assert client.cancel(job["id"])["cancel_requested"] is True
     final = client.wait(job["id"])
-    assert final["state"] == "cancelled" and final["step"] < 400
-    assert time.monotonic() - t0 < 10.0
+    # Stopped in the BTU-Net stage, long before its 400 steps (no wall-clock bound: how many
+    # steps a busy machine runs in a given time varies, that the sampler stops within one does not)
+    assert final["state"] == "cancelled" and final["stage"] == "btunet" and final["step"] < 400, final
     with pytest.raises(EngineError) as info:
         client.frame(job["id"], 0)
     assert info.value.status == 404
