@@ -131,10 +131,15 @@ def test_train_export_assemble_round_trip_with_device_imports_only(pack: Path, t
             "--calibration-steps", "3", "--preset", "tiny", "--model-config", '{"model_channels": 16}',
             "--batch-size", "2", "--device", "cpu", "--dtype", "float32", "--shard-mib", "0.5", "--max-files", "8",
             "--warmup-steps", "0"]  # fmt: skip
+    # The recipe's clock is a fake that moves 0.5 s each time it is read (a step, a phase), so the
+    # budget's arithmetic (rate, second phase, deadline) gives the same run on any machine at any
+    # load; with the wall clock a busy machine spent the budget on the calibration alone.
     proc = device_only_python(f"""
-        import sys
-        from training.gpu_recipe import main
-        sys.exit(main({argv!r}))
+        import sys, time, types
+        import training.gpu_recipe as recipe
+        ticks = iter(range(10**9))
+        recipe.time = types.SimpleNamespace(**{{**vars(time), "monotonic": lambda: 0.5 * next(ticks)}})
+        sys.exit(recipe.main({argv!r}))
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained to step" in proc.stdout
