@@ -120,7 +120,7 @@ def test_health_and_models(server: Server) -> None:
     assert set(health["queue"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
     assert health["auth"] is False and health["max_frames"] == 2000
     (model,) = client.models()
-    assert model["name"] == "default" and model["preset"] == "tiny"
+    assert model["name"] == "default" and model["preset"] == "tiny-warp" and model["texture_prior"]
     assert (model["resolution"], model["low_resolution"], model["takes_appearance"]) == (128, 32, True)
     spec = json.loads(urllib.request.urlopen(server.url + "/openapi.json", timeout=10).read())
     for path in ("/v1/health", "/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events",

@@ -46,7 +46,7 @@ BTUNET_SETTINGS: dict[str, Any] = dict(
     checkpoint_every=250, sample_every=500, log_every=10,
 )  # fmt: skip
 SR3_SETTINGS: dict[str, Any] = dict(
-    preset="tiny-warp", steps=2500, batch_size=8, lr=3e-4, seed=0, cache_frames=True, num_workers=1,
+    preset="tiny-warp", steps=1500, batch_size=8, lr=3e-4, seed=0, cache_frames=True, num_workers=1,
     checkpoint_every=250, sample_every=500, log_every=10, sample_frames=4,
 )  # fmt: skip
 
