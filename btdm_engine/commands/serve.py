@@ -160,8 +160,13 @@ def run(args: argparse.Namespace) -> int:
     logger = logging.getLogger("btdm_engine.service")
     logger.info("btdm serve: data %s, device %s (%s), models %s, auth %s", data, device, device_name,
                 ", ".join(registry.names()) or "none", "token" if token else "none (loopback only)")
+    from btdm_engine.service import limits
+
+    # Idle keep-alive connections close; past MAX_CONNECTIONS open at once, uvicorn answers 503 (the
+    # app's guard cuts slow bodies and caps uploads: btdm_engine.service.guard).
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on", timeout_keep_alive=limits.KEEP_ALIVE_S,
+                            limit_concurrency=limits.MAX_CONNECTIONS)
     server = uvicorn.Server(config)
     try:
         server.run()

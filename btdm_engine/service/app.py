@@ -6,7 +6,8 @@
 (:func:`bearer_auth`, constant-time comparison); errors are one handler per exception family,
 all answering ``{"error": {"code", "message", "field"}}``: a
 :class:`~btdm_engine.errors.BtdmError` is the client's fault (4xx), anything else is a 500 and a
-bug. One log line per request (method, path, status, milliseconds).
+bug. One log line per request (method, path, status, milliseconds). What is refused from the headers or
+while the body streams (Host / Origin, the token, sizes, slow uploads) is :mod:`.guard`'s.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from btdm_engine.service.errors import (
     Conflict,
     InvalidParams,
     NotFound,
-    PayloadTooLarge,
     QueueFull,
     ServiceError,
     Unauthorized,
 )
+from btdm_engine.service.guard import RequestGuard
 from btdm_engine.service.schemas import (
     FINAL_STATES,
     JOB_ID_PATTERN,
@@ -67,6 +68,7 @@ _ERRORS = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {**_ERRORS, "description": "bad input (the field or file is named)"},
     401: {**_ERRORS, "description": "missing or wrong bearer token"},
+    403: {**_ERRORS, "description": "a server without a token: a Host other than localhost, or a web page's Origin"},
     404: {**_ERRORS, "description": "no such job or file (yet)"},
     422: {**_ERRORS, "description": "a malformed request or an invalid value"},
 }
@@ -147,10 +149,16 @@ def _parse_params(text: str | None) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InvalidParams(f"params: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                             field="params") from None
+    except RecursionError:
+        raise InvalidParams("params: nested too deeply", field="params") from None
+    except ValueError as exc:  # an integer over Python's digit limit, ...
+        raise InvalidParams(f"params: invalid JSON: {str(exc)[:200]}", field="params") from None
     if not isinstance(raw, dict):
         raise InvalidParams(f"params: expected a JSON object, got {type(raw).__name__}", field="params")
     try:
         return JobParams.model_validate(raw).model_dump()
+    except RecursionError:
+        raise InvalidParams("params: nested too deeply", field="params") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -170,8 +178,10 @@ UPLOAD_DOC = {
 
 @jobs_router.post(
     "/jobs", response_model=Job, status_code=202, summary="submit a job (multipart/form-data)",
-    responses={413: {**_ERRORS, "description": "an upload over its size limit"},
-               429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"}},
+    responses={408: {**_ERRORS, "description": "the upload arrived too slowly"},
+               413: {**_ERRORS, "description": "an upload over its size limit (refused as it streams in)"},
+               429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"},
+               503: {**_ERRORS, "description": "too many uploads at once; retry after Retry-After seconds"}},
 )
 def submit(
     request: Request,
@@ -463,41 +473,6 @@ class _RequestLog:
             logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - t0) * 1e3)
 
 
-class _BodyLimit:
-    """ASGI middleware: no request body over ``MAX_REQUEST_BYTES``, answered as a JSON 413.
-
-    A declared ``Content-Length`` over the limit is refused before anything is read; a streamed
-    body is counted as it arrives, and the read that crosses the limit raises :class:`PayloadTooLarge`
-    (FastAPI's form parser re-raises it with this error as the cause, which :func:`_http_error`
-    answers).
-    """
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"the request is larger than the {self.max_bytes // limits.MiB} MiB limit"
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(413, "too_large", message)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> dict[str, Any]:
-            nonlocal seen
-            event = await receive()
-            if event["type"] == "http.request":
-                seen += len(event.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(message)
-            return event
-
-        await self.app(scope, counted, send)
-
-
 def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, token: str | None = None,
                max_queued: int = 100, device: str = "cpu", device_name: str = "CPU",
                retry_after_s: int = 10, start_worker: bool = True, preload: tuple[str, ...] = ()) -> FastAPI:
@@ -534,7 +509,7 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _bug)
-    app.add_middleware(_BodyLimit, max_bytes=limits.MAX_REQUEST_BYTES)
+    app.add_middleware(RequestGuard, token=token, retry_after_s=retry_after_s)
     app.add_middleware(_RequestLog)
     return app
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,7 +23,7 @@ import numpy as np
 
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_dir, atomic_path
-from btdm_engine.imageio import MIN_APPEARANCE_SIDE, ImageReadError, decode_image, decode_rgb, image_size
+from btdm_engine.imageio import MIN_APPEARANCE_SIDE, ImageReadError, decode_image, decode_rgb
 from btdm_engine.service import limits
 from btdm_engine.service.errors import InvalidParams, PayloadTooLarge, ServiceError
 
@@ -54,10 +56,68 @@ def _named(field: str, exc: Exception) -> ServiceError:
     return ServiceError(f"{field}: {exc}", field=field)
 
 
+def _mib(n: int) -> str:
+    return f"{n / limits.MiB:,.1f} MiB" if n < 1 << 40 else f"{n / (1 << 40):,.0f} TiB"
+
+
+def check_npz(path: Path, field: str) -> int:
+    """Refuse an ``.npz`` upload whose arrays declare more than ``MAX_NPZ_DECODED_BYTES[field]``.
+
+    Every member's ``.npy`` header (magic, then the header dict, bounded by numpy's
+    ``max_header_size``) is read, and nothing else: shape x itemsize counts every dimension and every
+    dtype (structured, void and sub-array types by their itemsize, itself at most ``MAX_NPY_ITEMSIZE``),
+    so a small zip that declares gigabytes is a 413 naming the field and the array before any array
+    is read. Object arrays are
+    refused outright (they would need pickle). Returns the declared bytes.
+    """
+    budget = limits.MAX_NPZ_DECODED_BYTES[field]
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise ServiceError(f"{field}: not a .npz file (not a zip archive)", field=field) from None
+    total = 0
+    with archive:
+        members = archive.infolist()
+        if len(members) > limits.MAX_NPZ_MEMBERS:
+            raise PayloadTooLarge(f"{field}: {len(members)} arrays; at most {limits.MAX_NPZ_MEMBERS}", field=field)
+        for info in members:
+            name = info.filename[:100]
+            if not info.filename.endswith(".npy"):
+                raise ServiceError(f"{field}: member {name!r} is not an .npy array", field=field)
+            array = name[: -len(".npy")]
+            try:
+                with archive.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+                    TypeError, SyntaxError) as exc:
+                raise ServiceError(f"{field}: array {array!r}: bad .npy header ({str(exc)[:200]})",
+                                   field=field) from None
+            if dtype.hasobject:
+                raise ServiceError(f"{field}: array {array!r} holds Python objects ({dtype.str}); only plain "
+                                   "arrays are read (never unpickled)", field=field)
+            if dtype.itemsize > limits.MAX_NPY_ITEMSIZE:
+                raise PayloadTooLarge(f"{field}: array {array!r} declares elements of {dtype.itemsize:,} bytes "
+                                      f"({dtype.str[:40]}); at most {limits.MAX_NPY_ITEMSIZE:,}", field=field)
+            size = math.prod(int(n) for n in shape) * int(dtype.itemsize)
+            total += size
+            if size > budget or total > budget:
+                what = f"declares shape {tuple(shape)} of {dtype.str[:40]}: {_mib(size)}"
+                raise PayloadTooLarge(f"{field}: array {array!r} {what}; the arrays of one {field} upload may "
+                                      f"declare at most {_mib(budget)} in all", field=field)
+    return total
+
+
 def check_motion(path: Path) -> dict[str, int | float]:
     """Validate a MotionClip upload (``MotionClip.load``: allow_pickle=False, every field checked)."""
     from btdm_engine.motion.clip import MotionClip
 
+    check_npz(path, "motion")
     try:
         clip = MotionClip.load(path)
     except BtdmError as exc:
@@ -87,6 +147,7 @@ def retarget_skeleton(path: Path, clip_path: Path, params: dict[str, Any], size:
     if params["skeleton"] not in SKELETONS:
         raise InvalidParams(f"params.skeleton: unknown bone-map preset {params['skeleton']!r}; allowed: "
                             f"{', '.join(SKELETONS)}", field="params.skeleton")
+    check_npz(path, "skeleton")
     try:
         anim = SkeletonAnimation.load(path)
     except BtdmError as exc:
@@ -106,16 +167,33 @@ def retarget_skeleton(path: Path, clip_path: Path, params: dict[str, Any], size:
     return described, report
 
 
-def png_size(data: bytes, field: str) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR, refusing non-PNGs and sides over ``MAX_IMAGE_SIDE`` before decoding."""
-    try:
-        fmt, width, height = image_size(data, field)
-    except ImageReadError:
-        fmt = None
-    if fmt != "png":
-        raise ServiceError(f"{field}: not a PNG file", field=field)
-    if not (0 < width <= limits.MAX_IMAGE_SIDE and 0 < height <= limits.MAX_IMAGE_SIDE):
-        raise ServiceError(f"{field}: {width}x{height} px; each side must be 1..{limits.MAX_IMAGE_SIDE}", field=field)
+# PNG colour type -> channels OpenCV decodes it to (palette and grey+alpha come out as BGR(A)).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
+
+
+def png_info(data: bytes, field: str, max_side: int = limits.MAX_IMAGE_SIDE, where: str | None = None
+             ) -> tuple[int, int, int]:
+    """(width, height, decoded bytes) from a PNG's IHDR, before decoding: refuses non-PNGs and sides
+    over ``max_side``. Decoded bytes are width x height x channels x bytes per sample, as OpenCV
+    will allocate them. Errors name ``where`` (default: the field)."""
+    where = where or field
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ServiceError(f"{where}: not a PNG file", field=field)
+    width, height = struct.unpack(">II", data[16:24])
+    if not (0 < width <= max_side and 0 < height <= max_side):
+        raise ServiceError(f"{where}: {width}x{height} px; each side must be 1..{max_side}", field=field)
+    depth, colour = (data[24], data[25]) if len(data) >= 26 else (0, 0)
+    if colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
+        raise ServiceError(f"{where}: not a valid PNG (bit depth {depth}, colour type {colour})", field=field)
+    return width, height, width * height * _PNG_CHANNELS[colour] * (2 if depth == 16 else 1)
+
+
+def png_size(data: bytes, field: str, max_bytes: int = limits.MAX_IMAGE_DECODED_BYTES) -> tuple[int, int]:
+    """(width, height) of a PNG whose decoded pixels fit ``max_bytes`` (:func:`png_info`), else a 413."""
+    width, height, decoded = png_info(data, field)
+    if decoded > max_bytes:
+        raise PayloadTooLarge(f"{field}: {width}x{height} px decode to {_mib(decoded)}; at most "
+                              f"{_mib(max_bytes)} (save it as 8-bit, or smaller)", field=field)
     return width, height
 
 
@@ -205,6 +283,21 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
                 raise ServiceError(f"{field}: frame {index} appears twice ({numbered[index].filename[:100]!r}, "
                                    f"{info.filename[:100]!r})", field=field)
             numbered[index] = info
+        # Every map's PNG header first (33 bytes each): the decoded size of the whole zip is budgeted
+        # before any map is decoded.
+        decoded = 0
+        for info in numbered.values():
+            where = f"{field}: {info.filename[:100]}"
+            try:
+                with archive.open(info) as fh:
+                    head = fh.read(33)
+            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+                raise ServiceError(f"{where}: unreadable ({exc})", field=field) from None
+            decoded += png_info(head, field, limits.MAX_POSEMAP_SIDE, where)[2]
+            if decoded > limits.MAX_POSEMAPS_DECODED_BYTES:
+                raise PayloadTooLarge(f"{field}: the maps decode to more than "
+                                      f"{_mib(limits.MAX_POSEMAPS_DECODED_BYTES)} (from their PNG headers)",
+                                      field=field)
         size: tuple[int, int] | None = None
         # A job's own folder, so a previous extraction into it is replaced whole.
         with atomic_dir(dest, replace=True) as tmp:
@@ -218,7 +311,7 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
                     raise ServiceError(f"{where}: unreadable ({exc})", field=field) from None
                 if len(data) > info.file_size:
                     raise ServiceError(f"{where}: larger than the zip declares", field=field)
-                width, height = png_size(data, field)
+                width, height, _ = png_info(data, field, limits.MAX_POSEMAP_SIDE, where)
                 if width != height:
                     raise ServiceError(f"{where}: {width}x{height}; pose maps must be square", field=field)
                 if size is not None and (width, height) != size:

@@ -1,7 +1,10 @@
 """Every size a request to the engine service may declare, in one place (documented in the README).
 
-Uploads larger than these are refused with 413 before they are parsed; values outside them with
-a 4xx naming the field. Nothing a request sends is used as a file-system path.
+Uploads larger than these are refused with 413 while they stream in, before they are parsed;
+what a file declares inside (``.npy`` headers, PNG headers) is checked against the decoded-size
+budgets before anything is decompressed; values outside them get a 4xx naming the field. Nothing
+a request sends is used as a file-system path. The engine's own limits (frames, pixels, ... for
+every command) are :mod:`btdm_engine.limits`; these are the service's, per request.
 """
 
 from __future__ import annotations
@@ -19,6 +22,31 @@ MAX_UPLOAD_BYTES = {
     "appearance_iuv": 16 * MiB,
 }
 """Per uploaded file, by form field."""
+
+MAX_NPZ_DECODED_BYTES = {
+    "motion": 256 * MiB,
+    "skeleton": 512 * MiB,
+}
+"""What the arrays of one ``.npz`` upload may declare, all together: shape x itemsize of every array,
+read from the ``.npy`` headers before any array is read (a small zip can declare gigabytes)."""
+
+MAX_NPY_ITEMSIZE = 64 * 1024
+"""Bytes of one element of an ``.npz`` array (a string of 16k characters; a void or structured type
+declaring hundreds of megabytes per element is refused even as a scalar)."""
+
+MAX_NPZ_MEMBERS = 64
+"""Arrays in one ``.npz`` upload."""
+
+MAX_IMAGE_DECODED_BYTES = 64 * MiB
+"""An appearance PNG (or its IUV map) decoded: width x height x channels x bytes per sample, from its
+header (a 4096 px 8-bit RGBA image fits; a 16-bit 4096 px one does not)."""
+
+MAX_POSEMAP_SIDE = 1024
+"""Width or height of a pose map in a pose-map zip (the networks work at 256 px or less; larger maps
+are only resized down)."""
+
+MAX_POSEMAPS_DECODED_BYTES = 1024 * MiB
+"""All the pose maps of one zip decoded, from their PNG headers, before any is decoded."""
 
 MAX_PARAMS_BYTES = 64 * 1024
 """The ``params`` JSON text."""
@@ -46,3 +74,20 @@ MAX_BONE_MAP_ENTRIES = 256
 
 MAX_NAME_CHARS = 256
 """A bone name or preset name in ``params``."""
+
+MAX_CONCURRENT_UPLOADS = 8
+"""``POST /v1/jobs`` bodies read at the same time; more are answered 503 with Retry-After at once."""
+
+BODY_IDLE_S = 30.0
+"""A request body that sends nothing for this long is cut off (408)."""
+
+BODY_DEADLINE_S = 60.0
+BODY_MIN_BYTES_PER_S = 64 * 1024
+"""A request body must have arrived within ``BODY_DEADLINE_S`` + its size / ``BODY_MIN_BYTES_PER_S``
+seconds (a 256 MiB upload gets 70 minutes; a byte a second is cut off after a minute): 408."""
+
+MAX_CONNECTIONS = 64
+"""Open connections and requests at once (uvicorn ``limit_concurrency``): more are answered 503."""
+
+KEEP_ALIVE_S = 5
+"""An idle keep-alive connection is closed after this long (uvicorn ``timeout_keep_alive``)."""

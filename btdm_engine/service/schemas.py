@@ -96,7 +96,12 @@ class JobParams(BaseModel):
     @classmethod
     def _numbers_may_be_ints(cls, value: Any) -> Any:
         # strict mode refuses 1 for a float field; JSON has one number type.
-        return float(value) if is_int(value) else value
+        if not is_int(value):
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError("a number this large is out of range") from None
 
     @field_validator("bone_map")
     @classmethod
