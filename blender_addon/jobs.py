@@ -55,6 +55,9 @@ class RunRequest:
     appearance_iuv: bytes | None = None
     skeleton_without_camera: bytes | None = None  # fallback for an engine without shot-camera plates
     posemaps_dir: str | None = None  # also keep the pose-map previews here (plates runs)
+    shot: dict | None = None  # whose frames these are: {"blend": file name, "scene": ..., "camera": ...}
+    adopt: tuple[str, ...] = ()  # folders whose unattributed frames this scene's strips show (see check_output_folder)
+    notes: tuple[str, ...] = ()  # said with the result (a unit the armature was taken in, ...)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class PrevisRun:
     def __init__(self, request: RunRequest) -> None:
         self.request = request
         self._lock = threading.Lock()
-        self._snap = RunSnapshot(frames_total=request.num_frames, model=request.params.get("model", ""))
+        self._snap = RunSnapshot(frames_total=request.num_frames, model=request.params.get("model", ""),
+                                 notes=tuple(request.notes))
         self._cancel = threading.Event()
         self._client = None  # the engine client, once connected
         self._thread: threading.Thread | None = None
@@ -243,7 +247,7 @@ class PrevisRun:
         r = self.request
         for folder in (r.out_dir, r.posemaps_dir):
             if folder:
-                check_output_folder(folder)
+                check_output_folder(folder, r.shot, adopt=folder in r.adopt)
         self._update(phase="connecting")
         client = self._client = MANAGER.connect(r.settings)
         self._check_cancel()
@@ -295,65 +299,110 @@ class PrevisRun:
         self._update(phase="committing")
         count = maps_got if r.kind == "posemaps" else frames_got
         if stage_frames:
-            _commit(stage_frames, frames_dir)
+            _commit(stage_frames, frames_dir, r.shot, adopt=frames_dir in r.adopt)
         if stage_maps:
-            _commit(stage_maps, maps_dir)
+            _commit(stage_maps, maps_dir, r.shot, adopt=maps_dir in r.adopt)
         what = "pose maps" if r.kind == "posemaps" else ("plates" if self.snapshot().has_plates else "frames")
         self._update(phase="succeeded", eta_s=None, frames_done=count,
                      message=f"{count} {what} in {r.out_dir}")
 
 
 WRITTEN_FILE = ".btdm-frames.json"
-"""In an output folder: the frame files the add-on wrote there (only these are ever replaced or removed)."""
+"""In an output folder: the shot that owns it and the frame files the add-on wrote there for that shot
+(only these are ever replaced or removed): ``{"shot": {"blend", "scene", "camera"}, "frames": [...]}``."""
+
+SHOT_FIELDS = ("blend", "scene", "camera")
+
+
+def _read_record(dest: str) -> dict:
+    path = os.path.join(dest, WRITTEN_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+        if not isinstance(record, dict) or not isinstance(record.get("frames", []), list):
+            raise ValueError("not a pre-vis record")
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise RunFailed(f"{path} is unreadable ({exc}); remove it and the frames it listed, or choose another "
+                        "Output folder") from None
+    return record
 
 
 def _written(dest: str) -> set[str]:
-    try:
-        with open(os.path.join(dest, WRITTEN_FILE), encoding="utf-8") as fh:
-            names = json.load(fh).get("frames", [])
-    except FileNotFoundError:
-        return set()
-    except (OSError, ValueError, AttributeError) as exc:
-        raise RunFailed(f"{os.path.join(dest, WRITTEN_FILE)} is unreadable ({exc}); remove it and the frames "
-                        "it listed, or choose another Output folder") from None
+    names = _read_record(dest).get("frames", [])
     return {n for n in names if isinstance(n, str) and _FRAME_FILE.match(n)}
 
 
-def _record(dest: str, names: set[str]) -> None:
-    data = json.dumps({"frames": sorted(names)}, indent=0) + "\n"
-    atomic_write_bytes(os.path.join(dest, WRITTEN_FILE), data.encode("utf-8"))
+def _owner(record: dict) -> dict | None:
+    shot = record.get("shot")
+    if not isinstance(shot, dict):
+        return None
+    return {k: str(shot.get(k, "")) for k in SHOT_FIELDS}
 
 
-def check_output_folder(dest: str) -> None:
-    """Refuse a folder holding frame files (``NNNNNN.png``) that the add-on did not write there.
+def describe_shot(shot: dict) -> str:
+    """``shot010.blend, scene 'Scene', camera 'Camera'`` (an unsaved file: ``an unsaved .blend``)."""
+    blend = shot.get("blend") or "an unsaved .blend"
+    return f"{blend}, scene {shot.get('scene', '')!r}, camera {shot.get('camera', '')!r}"
+
+
+def _record(dest: str, names: set[str], shot: dict | None) -> None:
+    record: dict = {"frames": sorted(names)}
+    if shot is not None:
+        record = {"shot": {k: str(shot.get(k, "")) for k in SHOT_FIELDS}, **record}
+    atomic_write_bytes(os.path.join(dest, WRITTEN_FILE), (json.dumps(record, indent=0) + "\n").encode("utf-8"))
+
+
+def check_output_folder(dest: str, shot: dict | None = None, *, adopt: bool = False) -> None:
+    """Refuse a folder holding frame files (``NNNNNN.png``) that the add-on did not write there for ``shot``.
 
     A run replaces the frames of the run before it in its folder and removes the ones the new run
-    did not make; it never touches a file it did not write (someone's render, another camera's
-    plates), so such a folder is refused before anything is generated.
+    did not make; it never touches a file it did not write (someone's render) nor the frames it wrote
+    for another shot (another .blend, scene or camera sharing the folder), so such a folder is
+    refused before anything is generated. Frames recorded before the add-on recorded their shot are
+    taken as this shot's only with ``adopt`` (the scene's own strip shows them); ``shot`` None
+    checks for foreign files only.
     """
     if not os.path.isdir(dest):
         return
-    foreign = sorted(f for f in os.listdir(dest) if _FRAME_FILE.match(f) and f not in _written(dest))
+    record = _read_record(dest)
+    written = _written(dest)
+    present = set(os.listdir(dest))
+    foreign = sorted(f for f in present if _FRAME_FILE.match(f) and f not in written)
     if foreign:
         raise RunFailed(f"{dest} holds {len(foreign)} frame file(s) that pre-vis did not write ({foreign[0]}"
                         f"{', ...' if len(foreign) > 1 else ''}); choose an empty Output folder or move them")
+    theirs = sorted(written & present)
+    if shot is None or not theirs:
+        return
+    owner = _owner(record)
+    mine = {k: str(shot.get(k, "")) for k in SHOT_FIELDS}
+    if owner is None and not adopt:
+        raise RunFailed(f"{dest} holds {len(theirs)} frame(s) that pre-vis wrote for a shot it did not record, and "
+                        "no strip of this scene shows them; choose another Output folder (or delete those frames "
+                        "to reuse this one)")
+    if owner is not None and owner != mine:
+        raise RunFailed(f"{dest} holds the {len(theirs)} frame(s) of another shot ({describe_shot(owner)}); "
+                        "choose another Output folder for this one (or delete those frames to reuse it)")
 
 
-def _commit(staging: str, dest: str) -> None:
+def _commit(staging: str, dest: str, shot: dict | None = None, *, adopt: bool = False) -> None:
     """Move the staged frames into ``dest`` and drop the frames of an earlier run that this one did not write.
 
     The record of what the add-on wrote covers old and new frames while files move, so a crash in
-    between never leaves a frame of ours looking foreign.
+    between never leaves a frame of ours looking foreign; it names ``shot`` as the folder's owner
+    from before the first frame moves.
     """
-    check_output_folder(dest)
+    check_output_folder(dest, shot, adopt=adopt)
     new = {f for f in os.listdir(staging) if _FRAME_FILE.match(f)}
     old = _written(dest)
-    _record(dest, old | new)
+    _record(dest, old | new, shot)
     for f in sorted(new):
         os.replace(os.path.join(staging, f), os.path.join(dest, f))
     for f in sorted(old - new):
         path = os.path.join(dest, f)
         if os.path.exists(path):
             os.unlink(path)
-    _record(dest, new)
+    _record(dest, new, shot)
     shutil.rmtree(staging, ignore_errors=True)

@@ -65,11 +65,46 @@ def strip_key(scene, camera) -> str:
     return f"{scene.name}_{camera.name}"
 
 
+def shot_identity(scene, camera) -> dict:
+    """Whose plates a folder holds: the .blend's file name, the scene and the camera (see ``jobs.check_output_folder``)."""
+    return {"blend": os.path.basename(bpy.data.filepath), "scene": scene.name, "camera": camera.name}
+
+
+def default_output(scene, camera) -> str:
+    """``//previs/<blend>_<scene>_<camera>/``: two .blend files in one folder never share one by default."""
+    blend = os.path.splitext(os.path.basename(bpy.data.filepath))[0]
+    return f"//previs/{bpy.path.clean_name(f'{blend}_{strip_key(scene, camera)}')}/"
+
+
 def output_dir(scene, camera, override: str = "") -> str:
-    raw = override or scene.btdm.output_dir or f"//previs/{bpy.path.clean_name(strip_key(scene, camera))}/"
+    raw = override or scene.btdm.output_dir or default_output(scene, camera)
     if raw.startswith("//") and not bpy.data.filepath:
         raise UserError("save the .blend first: plates go next to it (//previs/...), or set an output folder")
     return os.path.normpath(bpy.path.abspath(raw))
+
+
+def shown_folders(scene) -> tuple[str, ...]:
+    """The folders this scene's pre-vis strips show (their frames are this shot's even when a folder's record,
+    written by an older add-on, does not say whose they are)."""
+    from .sequencer import all_strips
+
+    editor = scene.sequence_editor
+    if editor is None:
+        return ()
+    return tuple(sorted({os.path.normpath(bpy.path.abspath(s.directory)) for s in all_strips(editor)
+                         if s.get("btdm_kind") and getattr(s, "directory", "")}))
+
+
+def check_folders(folders, shot: dict, adopt: tuple[str, ...]) -> None:
+    """Refuse, before any work, an output folder holding frames that are not this shot's (``UserError``)."""
+    from .jobs import RunFailed, check_output_folder
+
+    for folder in folders:
+        if folder:
+            try:
+                check_output_folder(folder, shot, adopt=folder in adopt)
+            except RunFailed as exc:
+                raise UserError(str(exc)) from None
 
 
 def custom_bone_map(settings, armature) -> dict:
@@ -283,6 +318,10 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
     out = output_dir(scene, camera, out_override)
     if kind == "posemaps":
         out = os.path.join(out, "posemaps")
+    keep_maps = os.path.normpath(posemaps_dir) if posemaps_dir else None
+    shot, adopt = shot_identity(scene, camera), shown_folders(scene)
+    check_folders((out, keep_maps), shot, adopt)
+    if kind == "posemaps":
         appearance = appearance_iuv = None
         use_default = True
     else:
@@ -317,4 +356,4 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         kind=kind, skeleton=_npz_bytes(arrays), params=params, out_dir=out, first_frame=start,
         num_frames=end - start + 1, settings=preferences.engine_settings(context), appearance=appearance,
         appearance_iuv=appearance_iuv, skeleton_without_camera=_npz_bytes(without_camera),
-        posemaps_dir=os.path.normpath(posemaps_dir) if posemaps_dir else None)
+        posemaps_dir=keep_maps, shot=shot, adopt=adopt)

@@ -101,7 +101,8 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
                                 description="Single-image fine-tuning on the appearance image (paper sec. 3.3); "
                                             "better likeness, slower")
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="",
-                               description="Folder for the plates (empty: //previs/<scene>_<camera>/)")
+                               description="Folder for the plates (empty: //previs/<blend file>_<scene>_<camera>/ "
+                               "next to the .blend); a folder holding another shot's plates is refused")
     last_bone_map: StringProperty(default="", description="The map the engine used last (JSON)",
                                   options={"HIDDEN"})
 

@@ -142,7 +142,16 @@ def draw_quality(layout, context) -> None:
 
 
 def draw_output(layout, context) -> None:
-    layout.prop(context.scene.btdm, "output_dir")
+    scene = context.scene
+    layout.prop(scene.btdm, "output_dir")
+    if not scene.btdm.output_dir:
+        camera = scene.btdm.camera or scene.camera
+        if camera is not None and bpy.data.filepath:
+            from ..prepare import default_output
+
+            layout.label(text=f"Empty: {default_output(scene, camera)}")
+        elif not bpy.data.filepath:
+            layout.label(text="Empty: //previs/... once the .blend is saved")
 
 
 SECTIONS = (
