@@ -123,8 +123,10 @@ def test_mixamo_a_pose_cm_z_up_imports_to_the_same_joints(tmp_path, body, clip):
         return float(np.degrees(np.arctan2(-arm[1], arm[0])))
 
     assert droop(at_rest) - droop(rest) == pytest.approx(45.0, abs=0.1)
-    # ... and reading it as Y-up gives a different (wrong) motion, so the axis flag matters.
-    assert np.abs(_joints(body, load_bvh(path, up_axis="Y", scale=0.01)) - _joints(body, clip)).max() > 0.1
+    # ... and reading it as Y-up, which would lay the body down, is refused, naming the flag and the fix.
+    with pytest.raises(RetargetError, match=r"mixamo\.bvh: --up Y contradicts the rest skeleton, which stands "
+                       r"along \+Z .* pass --up Z, or leave --up out"):
+        load_bvh(path, up_axis="Y", scale=0.01)
 
 
 def test_channel_order_is_respected(tmp_path):

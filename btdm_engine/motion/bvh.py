@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from btdm_engine import limits
 from btdm_engine.body.skeleton import JOINT_NAMES, PARENTS
 from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import BtdmError
@@ -29,9 +30,11 @@ from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_euler
 from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
 __all__ = [
+    "MAX_ANGLE",
     "MAX_DEPTH",
     "MAX_FRAMES",
     "MAX_JOINTS",
+    "MAX_POSITION",
     "SKELETONS",
     "Bvh",
     "BvhError",
@@ -47,6 +50,10 @@ __all__ = [
 MAX_DEPTH = 256
 MAX_JOINTS = 1024
 MAX_FRAMES = 100_000
+# Channel values no motion holds (a corrupt or hostile file): positions in file units (100 km in mm),
+# angles in degrees. Beyond them float precision is gone and the body leaves any camera.
+MAX_POSITION = 1e8
+MAX_ANGLE = 1e6
 _POS = ("Xposition", "Yposition", "Zposition")
 _ROT = ("Xrotation", "Yrotation", "Zrotation")
 
@@ -269,6 +276,12 @@ def read_bvh(path: str | os.PathLike[str]) -> Bvh:
     if len(rows) != num_frames:
         where = rows[-1][0] if rows else tl
         raise BvhError(f"{src}:{where}: 'Frames: {num_frames}' but {len(rows)} frame line(s) follow")
+    fps = 1.0 / frame_time
+    lo, hi = limits.FPS_RANGE
+    if not lo <= fps <= hi:
+        raise BvhError(f"{src}:{tl}: 'Frame Time: {m.group(1) if m else time_line}' is {fps:g} fps, outside the "
+                       f"{lo:g}..{hi:g} fps that btdm accepts")
+    columns = [(j.name, ch) for j in joints for ch in j.channels]
     motion = np.empty((num_frames, n_channels))
     for k, (number, row) in enumerate(rows):
         parts = row.split()
@@ -279,9 +292,28 @@ def read_bvh(path: str | os.PathLike[str]) -> Bvh:
         except ValueError:
             bad = next(p for p in parts if not _is_float(p))
             raise BvhError(f"{src}:{number}: {bad!r} is not a number") from None
-        if not np.isfinite(motion[k]).all():
-            raise BvhError(f"{src}:{number}: frame contains NaN or inf")
+    _check_motion(motion, columns, src, [number for number, _ in rows])
     return Bvh(joints=joints, frame_time=frame_time, motion=motion)
+
+
+def _check_motion(motion: np.ndarray, columns: list[tuple[str, str]], src: str, lines: list[int]) -> None:
+    """Refuse a value that is NaN, inf, or a position or angle no motion holds; names line, frame and channel."""
+    is_pos = np.array([ch in _POS for _, ch in columns], dtype=bool)
+    bound = np.where(is_pos, MAX_POSITION, MAX_ANGLE)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(motion) <= bound)  # NaN compares False: caught too
+    if bad.any():
+        frame, c = (int(i) for i in np.argwhere(bad)[0])
+        value = float(motion[frame, c])
+        joint, channel = columns[c]
+        where = f"{src}:{lines[frame]}: frame {frame}, channel {channel} of {joint!r}"
+        if not np.isfinite(value):
+            raise BvhError(f"{where} is {value} (not a finite number)")
+        if channel in _POS:
+            raise BvhError(f"{where} is {value:g}: a position over {MAX_POSITION:g} file units from the origin "
+                           "(100 km in millimetres) is not a motion; the file is corrupt")
+        raise BvhError(f"{where} is {value:g} degrees: angles over {MAX_ANGLE:g} degrees "
+                       f"({MAX_ANGLE / 360:.0f} turns) are not a motion; the file is corrupt")
 
 
 def _is_float(text: str) -> bool:

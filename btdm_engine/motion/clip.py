@@ -21,9 +21,13 @@ from btdm_engine.body.skeleton import NUM_BETAS, NUM_JOINTS
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, npz_headers
 
-__all__ = ["FORMAT_VERSION", "MotionClip", "MotionClipError"]
+__all__ = ["FORMAT_VERSION", "MAX_ANGLE", "MAX_DISTANCE", "MotionClip", "MotionClipError"]
 
 FORMAT_VERSION = 1
+# Values no motion holds: a root further than this from the origin (metres; float32 keeps about a
+# centimetre there) or an axis-angle longer than this (radians, some 1600 turns).
+MAX_DISTANCE = 1e5
+MAX_ANGLE = 1e4
 
 _FIELDS: tuple[str, ...] = (
     "format_version", "fps", "poses", "trans", "betas", "body_model",
@@ -293,6 +297,12 @@ def _validate(fields: dict[str, Any], source: str) -> dict[str, Any]:
     if len(set(frames.values())) > 1:
         counts = ", ".join(f"{name} {count}" for name, count in frames.items())
         raise MotionClipError(f"{source}: frame counts differ between fields ({counts})")
+    for name, bound, unit in (("trans", MAX_DISTANCE, "m"), ("poses", MAX_ANGLE, "rad")):
+        over = np.abs(out[name]) > bound
+        if over.any():
+            first = tuple(int(i) for i in np.argwhere(over)[0])
+            raise MotionClipError(f"{source}: field {name!r} holds {float(out[name][first]):g} {unit} at index {first} "
+                                  f"(frame {first[0]}): over {bound:g} {unit}, not a motion")
 
     K = out["K"]
     if not (np.allclose(K[:, 2], [0.0, 0.0, 1.0], atol=1e-6) and np.all(K[:, 1, 0] == 0)

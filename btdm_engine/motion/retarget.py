@@ -42,7 +42,7 @@ from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import BtdmError
 from btdm_engine.motion.bonemaps import choose_map, map_from_dict
 from btdm_engine.motion.camera import framing_camera
-from btdm_engine.motion.clip import MotionClip
+from btdm_engine.motion.clip import MAX_DISTANCE, MotionClip
 from btdm_engine.motion.kinematics import local_rotations, world_rotations
 from btdm_engine.motion.rotations import align_vectors, axis_angle_to_matrix, rotation_y
 from btdm_engine.motion.skeleton_animation import SkeletonAnimation
@@ -108,15 +108,87 @@ def detect_units(anim: SkeletonAnimation, up_axis: str, source: str) -> tuple[fl
     return UNITS[best], best, notes
 
 
-def _up_from_rig(anim: SkeletonAnimation, mapping: dict[int, int]) -> str | None:
-    """The axis the rest skeleton stands along (ankles to head), or None when it is not Y or Z."""
+def _rise(anim: SkeletonAnimation, mapping: dict[int, int]) -> np.ndarray:
+    """The rest skeleton's ankles-to-head vector (3,), in the file's axes and units."""
     heads = anim.rest_heads()
     feet = heads[[mapping[J["left_ankle"]], mapping[J["right_ankle"]]]].mean(0)
-    rise = heads[mapping[J["head"]]] - feet
+    return heads[mapping[J["head"]]] - feet
+
+
+def _up_from_rig(anim: SkeletonAnimation, mapping: dict[int, int]) -> str | None:
+    """The axis the rest skeleton stands along (ankles to head), or None when it is not Y or Z."""
+    rise = _rise(anim, mapping)
     axis = int(np.argmax(np.abs(rise)))
     if rise[axis] <= 0 or axis == 0:
         return None
     return "Y" if axis == 1 else "Z"
+
+
+# A stated up axis is refused when the rest skeleton's ankles-to-head line leans more than this from it.
+_MAX_LEAN_DEG = 60.0
+
+
+def _check_stated_up(anim: SkeletonAnimation, mapping: dict[int, int], up: str, source: str) -> None:
+    """Refuse an up axis given by the caller (``--up``) that the rest skeleton contradicts.
+
+    A Y-up file read as Z up (or the reverse) would give a body lying on the floor, with a warning
+    about its units at best; a person's rest pose stands, so the two cannot both be right.
+    """
+    rise = _rise(anim, mapping)
+    length = float(np.linalg.norm(rise))
+    extent = float(np.ptp(_rest_points(anim), axis=0).max())
+    if not length > 1e-6 * max(extent, 1e-300):
+        return  # no ankles-to-head line (a degenerate rig): the facing and unit checks name that
+    along = rise[1 if up == "Y" else 2] / length
+    if along >= np.cos(np.radians(_MAX_LEAN_DEG)):
+        return
+    seen = _up_from_rig(anim, mapping)
+    lean = float(np.degrees(np.arccos(np.clip(along, -1.0, 1.0))))
+    stands = _signed_axis(rise)
+    fix = (f"pass --up {seen}, or leave --up out (the up axis is then detected)" if seen is not None
+           else "check the bone map (--bone-map) or the file's rest pose")
+    raise RetargetError(
+        f"{source}: --up {up} contradicts the rest skeleton, which stands along {stands} (ankles to head "
+        f"{_fmt_vec(rise)} in file units, {lean:.0f} degrees from +{up}): read with --up {up} the body would lie "
+        f"down; {fix}")
+
+
+def _check_distances(P: np.ndarray, names: tuple[str, ...], source: str) -> None:
+    """Refuse bone positions (F, NB, 3), in metres, that are not finite or lie beyond :data:`MAX_DISTANCE`."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(P) <= MAX_DISTANCE).all(-1)
+    if bad.any():
+        frame, bone = (int(i) for i in np.argwhere(bad)[0])
+        where = _fmt_vec(P[frame, bone])
+        raise RetargetError(
+            f"{source}: bone {names[bone]!r} at frame {frame} is at {where} m: not a motion (positions must be finite "
+            f"and within {MAX_DISTANCE:g} m of the origin); the file is corrupt, or its scale (--scale) is wrong")
+
+
+_MAX_SPEED = 100.0  # metres per second: a root faster than this between two frames is a glitch, not a person
+
+
+def _root_jumps(P: np.ndarray, fps: float, names: tuple[str, ...], mapping: dict[int, int]) -> list[str]:
+    """A warning when the hips jump further between two frames than a person moves (a glitch in the file)."""
+    if len(P) < 2:
+        return []
+    hips = P[:, [mapping[J["left_hip"]], mapping[J["right_hip"]]]].mean(1)
+    speed = np.linalg.norm(np.diff(hips, axis=0), axis=-1) * fps
+    k = int(np.argmax(speed))
+    if speed[k] <= _MAX_SPEED:
+        return []
+    fast = int((speed > _MAX_SPEED).sum())
+    return [f"the hips jump {speed[k] / fps:.3g} m between frames {k} and {k + 1} ({speed[k]:.3g} m/s; {fast} such "
+            "jump(s) in all): a glitch in the file? The camera frames the whole path, so the body may look small"]
+
+
+def _signed_axis(v: np.ndarray) -> str:
+    axis = int(np.argmax(np.abs(v)))
+    return ("+" if v[axis] > 0 else "-") + "XYZ"[axis]
+
+
+def _fmt_vec(v: np.ndarray) -> str:
+    return "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
 
 
 # ---------------------------------------------------------------------------------- shape
@@ -363,6 +435,8 @@ def to_motion_clip(
             notes.append(f"the file says {up} is up but the rest skeleton stands along {seen}: assumed {seen} "
                          "up; pass --up to override")
             up = seen
+    else:
+        _check_stated_up(anim, mapping, up, source)
     if scale is not None:
         unit = "given"
     elif anim.scale > 0:
@@ -377,6 +451,8 @@ def to_motion_clip(
     tails = scale * anim.tails @ axes.T
     R = axes @ anim.rotations()
     P = scale * anim.heads() @ axes.T
+    _check_distances(P, anim.names, source)
+    notes += _root_jumps(P, anim.fps, anim.names, mapping)
 
     body = cached_body_model(body_model)
     bones = {JOINT_NAMES[j]: anim.names[b] for j, b in sorted(mapping.items())}
