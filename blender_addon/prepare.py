@@ -19,6 +19,7 @@ from .engine import MANAGER
 from .jobs import RunRequest
 from .pngio import encode_png, png_size
 from .properties import JOINT_NAMES
+from .units import UnitsError, armature_scale, rest_height
 
 DEFAULT_MAX_FRAMES = 2000
 """Frames per job when the engine has not said yet (``btdm serve``'s limit, /v1/health max_frames)."""
@@ -346,6 +347,14 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         arrays = sample_armature(scene, armature, start, end, camera=camera)
     except ArmatureError as exc:
         raise UserError(str(exc)) from None
+    # A live armature states the scene's unit scale; a rig that is no person's height at that scale (a
+    # centimetre BVH imported at Blender's default scale) gets the unit a motion file would get, or is refused.
+    try:
+        scale, note = armature_scale(rest_height(arrays["rest"], arrays["tails"]), float(arrays["scale"]),
+                                     armature.name)
+    except UnitsError as exc:
+        raise UserError(str(exc)) from None
+    arrays["scale"] = np.float64(scale)
     if skeleton_path:
         from .armature import save_skeleton_npz
 
@@ -356,4 +365,4 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         kind=kind, skeleton=_npz_bytes(arrays), params=params, out_dir=out, first_frame=start,
         num_frames=end - start + 1, settings=preferences.engine_settings(context), appearance=appearance,
         appearance_iuv=appearance_iuv, skeleton_without_camera=_npz_bytes(without_camera),
-        posemaps_dir=keep_maps, shot=shot, adopt=adopt)
+        posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else ())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,105 @@ def test_two_blend_files_in_one_folder_keep_their_plates(engine: Engine, tmp_pat
         assert not [p.name for p in folder.iterdir() if p.name.startswith(".btdm-") and p.name != ".btdm-frames.json"]
     print(json.dumps(result, indent=1))
 
+
+# ---------------------------------------------------------------------------- rigs in other units
+def test_the_add_on_and_motion_files_share_one_units_rule() -> None:
+    import numpy as np
+
+    from blender_addon import units
+    from btdm_engine.motion import retarget
+    from btdm_engine.motion.skeleton_animation import SkeletonAnimation
+
+    assert units.UNITS == retarget.UNITS
+    for height in np.geomspace(0.05, 20000, 400):
+        rest = np.tile(np.eye(4), (2, 1, 1))
+        rest[1, 2, 3] = height / 2
+        anim = SkeletonAnimation(names=("a", "b"), parents=np.array([-1, 0]), rest=rest,
+                                 tails=np.array([[0, 0, height / 2], [0, 0, height]]), frames=rest[None], fps=30.0,
+                                 up="Z")
+        assert units.rest_height(rest, anim.tails) == pytest.approx(height)
+        try:
+            scale, name, _notes = retarget.detect_units(anim, "Z", "rig")
+        except retarget.RetargetError:
+            with pytest.raises(units.UnitsError, match=r"armature 'Rig' is .* units tall, which is no person's"):
+                units.armature_scale(height, 1.0, "Rig")
+            continue
+        got, note = units.armature_scale(height, 1.0, "Rig")
+        if units.PLAUSIBLE[0] <= height <= units.PLAUSIBLE[1]:  # a person in metres: the scene's scale stands
+            assert (got, note) == (1.0, None)
+        else:
+            assert got == scale and units.nearest_unit(height) == name and note is not None
+    # The scene's unit scale counts: a 176-unit rig in a centimetre scene is a person as it is.
+    assert units.armature_scale(176.0, 0.01, "Rig") == (0.01, None)
+    scale, note = units.armature_scale(176.0, 1.0, "Rig")
+    assert scale == 0.01 and note == ("armature 'Rig' is 176 units tall: taken as centimetres (1.76 m); set the "
+                                      "scene's Unit Scale if that is wrong")
+
+
+def _person_pixels(folder: Path) -> list[int]:
+    import cv2
+
+    return [int((cv2.imread(str(p), cv2.IMREAD_UNCHANGED)[..., 3] > 0).sum()) for p in sorted(folder.glob("0*.png"))]
+
+
+def test_a_centimetre_bvh_in_a_metre_scene_makes_whole_plates(engine: Engine, tmp_path: Path) -> None:
+    # A BVH in centimetres imported by Blender's own importer at its default scale: 1.7 m of person is 170
+    # units, 170 m in a metre scene. Its plates must show the person as the same file in metres does.
+    from btdm_engine.motion.bvh import save_bvh
+    from btdm_engine.motion.library import make_motion
+
+    clip = make_motion("walk", seconds=0.2, fps=20.0)
+    for units in ("cm", "m"):
+        save_bvh(clip, tmp_path / f"walk_{units}.bvh", units=units)
+    result = run_bpy(f"""
+        import math, os
+        import blender_addon
+        out = {{}}
+        for units in ("cm", "m", "tiny"):
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+            scene = bpy.context.scene
+            scene.render.resolution_x, scene.render.resolution_y = 192, 108
+            path = os.path.join({str(tmp_path)!r}, f"walk_{{'cm' if units == 'tiny' else units}}.bvh")
+            bpy.ops.import_anim.bvh(filepath=path, global_scale=1.0, update_scene_duration=True)
+            arm = bpy.context.active_object
+            if units == "tiny":
+                arm.scale = (0.0005, 0.0005, 0.0005)  # 8.5 cm tall: no unit makes a person of it
+            bpy.context.view_layer.update()
+            scene.frame_start, scene.frame_end = 1, 4
+            tops = [(arm.matrix_world @ b.tail_local).z for b in arm.data.bones]
+            height = max(tops) - min((arm.matrix_world @ b.head_local).z for b in arm.data.bones)
+            cam = bpy.data.objects.new("ShotCam", bpy.data.cameras.new("ShotCam"))
+            scene.collection.objects.link(cam)
+            cam.location = (0.0, -3.0 * height, 0.5 * height)
+            cam.rotation_euler = (math.radians(90), 0, 0)
+            scene.camera = cam
+            blender_addon.register()
+            scene.btdm.method = "TEXTURE"  # no network: seconds
+            try:
+                bpy.ops.btdm.generate_previs(output_dir=os.path.join(os.getcwd(), units))
+                message = "ok"
+            except RuntimeError as exc:
+                message = str(exc)
+            from blender_addon import runs
+            entry = runs.latest(scene)
+            out[units] = {{"height": height, "message": message, "name": arm.name,
+                          "result": entry.result if entry else ""}}
+            blender_addon.unregister()
+        print("RESULT " + json.dumps(out))
+    """, tmp_path, env={"BTDM_ENGINE_URL": engine.url})
+    cm, m, tiny = result["cm"], result["m"], result["tiny"]
+    assert 150 < cm["height"] < 200 and 1.5 < m["height"] < 2.0
+    assert cm["message"] == m["message"] == "ok", result
+    assert m["result"] == f"4 plates in {tmp_path / 'm'}"
+    assert re.fullmatch(re.escape(f"4 plates in {tmp_path / 'cm'} (armature {cm['name']!r} is ") + r"1\d\d units tall: "
+                        r"taken as centimetres \(1\.\d\d m\); set the scene's Unit Scale if that is wrong\)",
+                        cm["result"]), cm["result"]
+    in_metres, in_cm = _person_pixels(tmp_path / "m"), _person_pixels(tmp_path / "cm")
+    assert len(in_metres) == len(in_cm) == 4 and min(in_metres) > 500
+    for a, b in zip(in_metres, in_cm, strict=True):
+        assert abs(a - b) <= 0.02 * a, (in_metres, in_cm)  # the same person, not a few pixels
+    assert tiny["message"].startswith(f"Error: BTDM: armature {tiny['name']!r} is 0.0") and (
+        "units tall, which is no person's height in metres, centimetres, millimetres or inches; scale the armature "
+        "object to the character's real size" in tiny["message"]), tiny
+    assert not (tmp_path / "tiny").exists() or not list((tmp_path / "tiny").iterdir())
+    print(json.dumps(result, indent=1), in_metres, in_cm)

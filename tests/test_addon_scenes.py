@@ -24,8 +24,12 @@ for _side, _x in (("Left", 1), ("Right", -1)):
     ]
 
 
-def make_scene(kind: str, frames: int = 8, camera: bool = True, armature: bool = True):
-    """A fresh scene: frames 1..frames, 192x108 px, the rig (``rigify`` or ``mixamo``) and a camera."""
+def make_scene(kind: str, frames: int = 8, camera: bool = True, armature: bool = True, size: float = 1.0):
+    """A fresh scene: frames 1..frames, 192x108 px, the rig (``rigify`` or ``mixamo``) and a camera.
+
+    ``size`` scales the Mixamo rig's bones and the camera's place (100: a centimetre rig in Blender
+    units, as Blender's BVH importer at its default scale makes of a Mixamo file).
+    """
     import bpy
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -48,7 +52,7 @@ def make_scene(kind: str, frames: int = 8, camera: bool = True, armature: bool =
         bpy.ops.object.mode_set(mode="EDIT")
         for name, parent, head, tail in MIXAMO_BONES:
             bone = data.edit_bones.new("mixamorig:" + name)
-            bone.head, bone.tail = head, tail
+            bone.head, bone.tail = [size * c for c in head], [size * c for c in tail]
             if parent:
                 bone.parent = data.edit_bones["mixamorig:" + parent]
         bpy.ops.object.mode_set(mode="OBJECT")
@@ -65,7 +69,7 @@ def make_scene(kind: str, frames: int = 8, camera: bool = True, armature: bool =
     if camera:
         cam = bpy.data.objects.new("ShotCam", bpy.data.cameras.new("ShotCam"))
         scene.collection.objects.link(cam)
-        cam.location = (0.6, -5.0, 1.1)
+        cam.location = (0.6 * size, -5.0 * size, 1.1 * size)
         cam.rotation_euler = (math.radians(90), 0, math.radians(6))
         scene.camera = cam
     return scene, arm
