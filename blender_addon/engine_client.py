@@ -30,6 +30,10 @@ __all__ = ["DEFAULT_URL", "FINAL_STATES", "EngineClient", "EngineError"]
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+RETRY_S = 120.0
+"""How long :meth:`EngineClient.wait` keeps retrying an engine that does not answer (a restart)."""
+RETRY_STATUSES = (None, 502, 503, 504)
+"""Failures :meth:`EngineClient.wait` retries: unreachable, and a busy or restarting server or proxy."""
 _FILE_FIELDS = ("motion", "skeleton", "posemaps", "appearance", "appearance_iuv")
 _FILENAMES = {"motion": "motion.npz", "skeleton": "skeleton.npz", "posemaps": "posemaps.zip",
               "appearance": "appearance.png", "appearance_iuv": "appearance_iuv.png"}
@@ -198,29 +202,39 @@ class EngineClient:
                     raise EngineError(404, "not_found", f"job {job_id} was deleted", "job_id")
                 event, data = "message", []
 
-    def wait(self, job_id: str, callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Follow the job's events until it ends (reconnecting after a dropped stream); the final job."""
-        failures = 0
+    def wait(self, job_id: str, callback: Callable[[dict[str, Any]], None] | None = None,
+             retry_s: float = RETRY_S) -> dict[str, Any]:
+        """Follow the job's events until it ends; the final job.
+
+        A dropped stream is reconnected, and an engine that stops answering (a restart, a network
+        hiccup: ``unreachable``, or 503 while it is busy) is retried with backoff, the stream and
+        the state polls alike, for up to ``retry_s`` seconds without an answer.
+        """
+        failing_since: float | None = None
+        delay = 0.5
         while True:
             try:
                 for job in self.events(job_id):
-                    failures = 0
+                    failing_since, delay = None, 0.5
                     if callback is not None:
                         callback(job)
                     if job.get("state") in FINAL_STATES:
                         return job
+                job = self.job(job_id)  # the stream ended: the state decides whether to reconnect
+                failing_since, delay = None, 0.5
+                if job.get("state") in FINAL_STATES:
+                    if callback is not None:
+                        callback(job)
+                    return job
             except EngineError as exc:
-                if exc.status is not None:
+                if exc.status not in RETRY_STATUSES:
                     raise
-                failures += 1
-                if failures > 5:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= retry_s:
                     raise
-                time.sleep(min(2.0 * failures, 10.0))
-            job = self.job(job_id)  # the stream ended: the state decides whether to reconnect
-            if job.get("state") in FINAL_STATES:
-                if callback is not None:
-                    callback(job)
-                return job
+                time.sleep(delay)
+                delay = min(2.0 * delay, 5.0)
 
     def frame(self, job_id: str, n: int) -> bytes:
         """PNG bytes of generated frame ``n`` (zero-based)."""

@@ -184,3 +184,44 @@ def test_btdm_animate_engine_equals_local(server: Server, clip: Path, tmp_path: 
                           "--token", TOKEN, "--model", "nope"], cwd=REPO, env=child_env(), capture_output=True,
                          text=True, check=False)
     assert bad.returncode == 2 and "model 'nope' is unknown" in bad.stderr and "params.model" in bad.stderr
+
+
+def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path) -> None:
+    """The server stops mid-job and is back ~7 s later (same port, same data): `btdm animate --engine`
+    keeps polling through the outage and finishes with the job's frames."""
+    import time
+
+    clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
+    srv = Server(tmp_path / "data").start()
+    animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "2", "--sr-steps", "12", "--seed",
+                                "5", "--no-progress", "--out", str(tmp_path / "out"), "--engine", srv.url],
+                               cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    back = None
+    try:
+        client = srv.client()
+        job = None
+        for _ in range(600):  # the job the command submitted, once it runs
+            jobs = client.jobs()
+            if jobs and jobs[0]["state"] == "running":
+                job = jobs[0]
+                break
+            time.sleep(0.1)
+        assert job is not None, "the command's job never ran"
+        srv.stop()  # SIGTERM: the running job goes back to the queue
+        time.sleep(7.0)  # the outage; the command must neither exit nor give up meanwhile
+        assert animate.poll() is None, animate.communicate()
+        back = Server(tmp_path / "data")
+        back.port, back.url = srv.port, srv.url
+        back.start()
+        out, err = animate.communicate(timeout=600)
+        assert animate.returncode == 0, err
+        assert "frames: 36" in out
+        final = back.client().job(job["id"])
+        assert final["state"] == "succeeded" and final["attempts"] >= 1
+    finally:
+        if animate.poll() is None:
+            animate.kill()
+            animate.wait(30)
+        srv.kill()
+        if back is not None:
+            back.stop()
