@@ -2,7 +2,8 @@
 
 No bpy here: :class:`EngineManager` runs in worker threads (and in tests). The add-on keeps one
 manager, :data:`MANAGER`; it starts a child at most once per session, on a free loopback port,
-and stops it at unregister and when Blender's Python exits (``atexit``).
+and stops it at unregister and when Blender's Python exits (``atexit``); a Blender that is killed
+takes it along too (``btdm serve --parent-pid``).
 
 Environment overrides (for pipelines and ``btdm previs``): ``BTDM_ENGINE_URL`` (use that engine,
 never start one), ``BTDM_ENGINE_TOKEN``, ``BTDM_EXECUTABLE`` (the ``btdm`` command),
@@ -206,7 +207,9 @@ class EngineManager:
                              "preferences, or start `btdm serve` yourself")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        # --parent-pid: the engine ends with this Blender however Blender ends (SIGKILL and crashes run no
+        # atexit), cancelling its jobs and removing the running job's partial files, on every OS.
+        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--parent-pid", str(os.getpid())]
         if settings.device:
             cmd += ["--device", settings.device]
         if settings.data_dir:

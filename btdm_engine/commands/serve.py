@@ -3,7 +3,8 @@
 Loopback without a token is the default; any other address needs a token (``--token`` or
 ``--token-file``), and the server refuses to start without one. Job state lives in SQLite under
 ``--data`` (default ``$BTDM_CACHE_DIR/serve``, i.e. ``~/.cache/btdm/serve``); a restart resumes
-interrupted jobs. Heavy imports happen in :func:`run`.
+interrupted jobs. With ``--parent-pid`` the server ends with that process (:mod:`btdm_engine.service.lifeline`).
+Heavy imports happen in :func:`run`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"commands: frames, pixels, ...). A job's own limits are fixed: at most {job.MAX_FRAMES} "
                         f"frames, {job.MAX_STEPS} steps, {job.MAX_FINETUNE_STEPS} fine-tuning steps, "
                         f"{job.MAX_REQUEST_BYTES >> 20} MiB per request (btdm_engine/service/limits.py)")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="end with process PID (the Blender add-on passes its own): when it is gone, killed or "
+                        "not, cancel the jobs, remove the running job's partial files and exit")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
@@ -116,6 +120,18 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--keep-days must be >= 0, got {args.keep_days}")
     if args.threads is not None and args.threads < 1:
         raise CliError(f"--threads must be >= 1, got {args.threads}")
+    watch = None
+    if args.parent_pid is not None:
+        from btdm_engine.service.lifeline import ParentWatch
+
+        def parent_gone() -> None:
+            worker.abandon()
+            server.should_exit = True
+
+        try:
+            watch = ParentWatch(args.parent_pid, parent_gone)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     extra = {}
     for spec in args.model:
         name, sep, folder = spec.partition("=")
@@ -168,9 +184,13 @@ def run(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=5, lifespan="on", timeout_keep_alive=limits.KEEP_ALIVE_S,
                             limit_concurrency=limits.MAX_CONNECTIONS)
     server = uvicorn.Server(config)
+    if watch is not None:
+        watch.start()
     try:
         server.run()
     finally:
+        if watch is not None:
+            watch.stop()
         worker.stop()  # already stopped by the app's lifespan unless startup failed (port in use, ...)
         store.close()
     if not server.started:

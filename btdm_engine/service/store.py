@@ -169,6 +169,11 @@ class JobStore:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [job for job in map(self._row, rows) if job is not None]
 
+    def ids(self, state: str) -> list[str]:
+        """The ids of the jobs in ``state``, oldest first."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY seq", (state,))]
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()

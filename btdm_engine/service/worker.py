@@ -248,6 +248,26 @@ class Worker:
         self._next_expiry = time.monotonic() + EXPIRY_EVERY_S
         self.store.expire(self.keep_s)
 
+    def abandon(self, timeout: float = 60.0) -> list[str]:
+        """The process this server works for is gone (``btdm serve --parent-pid``): cancel the running job
+        and every queued one, stop, and remove the running job's partial files (its own job folder).
+
+        Returns the ids of the jobs that were running. Nobody is left to fetch their results, and a
+        cancelled job never resumes; queued jobs keep their uploads until ``--keep-days``.
+        """
+        with self._lock:
+            running = list(self._cancel)
+        for job_id in running:
+            self.store.update(job_id, cancel_requested=True)
+            self.cancel(job_id)
+        self.stop(timeout)  # the sampler stops within one network step; the job ends cancelled
+        for job_id in self.store.ids("queued"):
+            self.store.cancel_queued(job_id)
+        for job_id in running:
+            remove_job_files(self.store, job_id)
+            logger.info("job %s: cancelled, its partial files removed", job_id)
+        return running
+
     # -- cancel
     def cancel(self, job_id: str) -> None:
         """Signal a running job to stop (the sampler raises within one network step)."""
