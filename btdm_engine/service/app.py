@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -35,12 +36,16 @@ from btdm_engine import __version__
 from btdm_engine.errors import BtdmError
 from btdm_engine.service import API_VERSION, inputs, limits
 from btdm_engine.service.errors import (
+    NO_SPACE,
     Conflict,
     InvalidParams,
+    NoSpace,
     NotFound,
     QueueFull,
     ServiceError,
     Unauthorized,
+    disk_full,
+    public,
 )
 from btdm_engine.service.guard import RequestGuard
 from btdm_engine.service.schemas import (
@@ -118,9 +123,17 @@ def _state(request: Request) -> tuple[JobStore, Worker, ModelRegistry]:
 
 @health_router.get("/health", response_model=Health, summary="server status (no token needed)")
 def health(request: Request) -> dict[str, Any]:
-    store, _worker, registry = _state(request)
+    store, worker, registry = _state(request)
+    try:
+        free: int | None = shutil.disk_usage(store.data).free
+    except OSError:
+        free = None
+    worker_health = worker.health()
+    store_health = {"ok": worker.store_error is None, "free_bytes": free, "error": worker.store_error}
+    ok = store_health["ok"] and (worker_health["alive"] or not request.app.state.worker_started)
     return {
-        "status": "ok", "version": __version__, "api_version": API_VERSION, "device": request.app.state.device,
+        "status": "ok" if ok else "degraded", "store": store_health, "worker": worker_health,
+        "version": __version__, "api_version": API_VERSION, "device": request.app.state.device,
         "device_name": request.app.state.device_name, "models": registry.names(), "queue": store.counts(),
         "max_queued": request.app.state.max_queued, "max_frames": limits.MAX_FRAMES,
         "auth": request.app.state.token is not None,
@@ -181,6 +194,7 @@ UPLOAD_DOC = {
     responses={408: {**_ERRORS, "description": "the upload arrived too slowly"},
                413: {**_ERRORS, "description": "an upload over its size limit (refused as it streams in)"},
                429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"},
+               507: {**_ERRORS, "description": "the server's disk is full"},
                503: {**_ERRORS, "description": "too many uploads at once; retry after Retry-After seconds"}},
 )
 def submit(
@@ -237,8 +251,10 @@ def submit(
         with request.app.state.submit_lock:  # the count and the insert together
             _check_queue(request)
             job = store.create(job_id, params=p, source=source, inputs=described, retarget=report)
-    except BaseException:
+    except BaseException as exc:
         remove_job_files(store, job_id)
+        if disk_full(exc):
+            raise NoSpace(f"{NO_SPACE}: the server's disk is full; nothing was kept") from None
         raise
     return job_view(job)
 
@@ -415,8 +431,8 @@ def delete(request: Request, job_id: JobId) -> Response:
 async def _btdm_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BtdmError)
     if isinstance(exc, ServiceError):
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
-    return error_response(400, "invalid_input", str(exc))
+        return error_response(exc.status, exc.code, public(exc.message), exc.field, exc.headers)
+    return error_response(400, "invalid_input", public(str(exc)))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -503,6 +519,7 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
     app.state.token, app.state.max_queued = token, max_queued
     app.state.device, app.state.device_name, app.state.retry_after_s = device, device_name, retry_after_s
     app.state.submit_lock = threading.Lock()
+    app.state.worker_started = start_worker
     for router in (health_router, models_router, jobs_router):
         app.include_router(router)
     app.add_exception_handler(BtdmError, _btdm_error)

@@ -8,7 +8,28 @@ MotionClip, skeleton, IUV or Animator input error) as 400 ``invalid_input``. Any
 
 from __future__ import annotations
 
+import errno
+import re
+import sqlite3
+
 from btdm_engine.errors import BtdmError
+
+NO_SPACE = "no space left on device"
+_PATH = re.compile(r"""(?:(?<=^)|(?<=[\s'"(=]))(?:/|[A-Za-z]:[\\/]|\\\\)[^\s'"]*?([^\s'"/\\]*)(?=$|[\s'"),;])""")
+
+
+def public(message: str) -> str:
+    """A message for clients: every absolute path (POSIX, Windows) cut to its last part."""
+    return _PATH.sub(lambda m: m.group(1) or "<path>", message)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """An OSError ENOSPC / EDQUOT, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
 
 
 class ServiceError(BtdmError):
@@ -69,6 +90,13 @@ class Unauthorized(ServiceError):
 
     status = 401
     code = "unauthorized"
+
+
+class NoSpace(ServiceError):
+    """The server's disk is full: nothing of the request was kept."""
+
+    status = 507
+    code = "no_space"
 
 
 class NotSupported(ServiceError):

@@ -171,8 +171,21 @@ class QueueCounts(BaseModel):
     cancelled: int
 
 
+class StoreHealth(BaseModel):
+    ok: bool = Field(description="false while the job store's last write failed (a full disk, ...)")
+    free_bytes: int | None = Field(default=None, description="free space where the job files live")
+    error: str | None = Field(default=None, description="the last write error, while it lasts")
+
+
+class WorkerHealth(BaseModel):
+    alive: bool = Field(description="whether the worker thread runs")
+    state: Literal["idle", "running", "store_error", "stopped"]
+    job: str | None = Field(default=None, description="the running job")
+    last_error: str | None = Field(default=None, description="why the last job failed, if it did")
+
+
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(description="degraded: the store cannot write or the worker stopped")
     version: str
     api_version: int
     device: str = Field(description="cpu, cuda:0, ...")
@@ -182,3 +195,5 @@ class Health(BaseModel):
     max_queued: int
     max_frames: int = Field(description="the most frames one job may generate (frame_end - frame_start)")
     auth: bool = Field(description="whether the other endpoints need a bearer token")
+    store: StoreHealth | None = None
+    worker: WorkerHealth | None = None

@@ -42,7 +42,7 @@ from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_text, read_json
 from btdm_engine.procs import release_freed_memory
 from btdm_engine.service import limits
-from btdm_engine.service.errors import InvalidParams, ServiceError
+from btdm_engine.service.errors import NO_SPACE, InvalidParams, ServiceError, disk_full, public
 from btdm_engine.service.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -210,6 +210,8 @@ class Worker:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.sr3_seconds_per_step: dict[str, float] = {}
+        self.store_error: str | None = None  # the job store's last write error, until a write succeeds
+        self.last_error: str | None = None  # why the last job failed
 
     # -- lifetime
     def start(self, preload: tuple[str, ...] = ()) -> None:
@@ -232,14 +234,26 @@ class Worker:
         while not self._stop.is_set():
             try:
                 job = self.store.claim_next()
+                self.store_error = None
                 if job is None:
                     self._expire_if_due()
                     self.store.wait_for_queued(self.poll_s)
                     continue
                 self.run_claimed(job)
-            except Exception:  # the store itself failed (disk full, ...): keep the worker alive, retry
-                logger.exception("worker: job store error; retrying in %.0f s", self.poll_s * 5)
+            except Exception as exc:  # the store itself failed (disk full, ...): keep the worker alive, retry
+                self.store_error = NO_SPACE if disk_full(exc) else public(f"{type(exc).__name__}: {exc}")
+                logger.error("worker: job store error (%s); retrying in %.0f s", exc, self.poll_s * 5,
+                             exc_info=not disk_full(exc))
                 self._stop.wait(self.poll_s * 5)
+
+    def health(self) -> dict[str, Any]:
+        """The worker's part of ``GET /v1/health``."""
+        with self._lock:
+            running = next(iter(self._cancel), None)
+        alive = self._thread is not None and self._thread.is_alive()
+        state = ("stopped" if not alive else "store_error" if self.store_error else
+                 "running" if running else "idle")
+        return {"alive": alive, "state": state, "job": running, "last_error": self.last_error}
 
     def _expire_if_due(self) -> None:
         """While idle, at most every EXPIRY_EVERY_S: drop the jobs that ended more than keep_s ago."""
@@ -295,21 +309,48 @@ class Worker:
                                          total=None, eta_s=None)
         except BtdmError as exc:
             message = exc.message if isinstance(exc, ServiceError) else str(exc)
-            return self.store.transition(job_id, "failed", error=message, finished=time.time(), eta_s=None)
+            return self._failed(job_id, public(message))
         except Exception as exc:
             import torch
 
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
+            if disk_full(exc):
+                # What the job wrote so far goes (a failed job never resumes), so the store can record the
+                # failure and the next job finds the space it had; the uploads stay with the row.
+                logger.error("job %s: %s (%s)", job_id, NO_SPACE, exc)
+                self._remove_outputs(job_id)
+                error = f"{NO_SPACE}: the server's disk is full; free space where it keeps its jobs and submit again"
+            elif isinstance(exc, torch.cuda.OutOfMemoryError):
                 error = f"out of memory on {self.registry.device}: lower params.max_batch or use fewer frames"
             else:
                 logger.exception("job %s: unexpected error", job_id)
-                error = f"internal error ({type(exc).__name__}: {exc})"
-            return self.store.transition(job_id, "failed", error=error, finished=time.time(), eta_s=None)
+                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                error = public(f"internal error ({type(exc).__name__}: {detail})")
+            return self._failed(job_id, error)
         finally:
             with self._lock:
                 self._cancel.pop(job_id, None)
             release_freed_memory()  # the heap kept its peak for the job's network calls (btdm_engine.procs)
         return self.store.transition(job_id, "succeeded", stage=None, finished=time.time(), eta_s=0.0)
+
+    def _failed(self, job_id: str, error: str) -> dict[str, Any]:
+        self.last_error = error
+        try:
+            return self.store.transition(job_id, "failed", error=error, finished=time.time(), eta_s=None)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            self._remove_outputs(job_id)  # the space the job took, so its failure can be recorded
+            return self.store.transition(job_id, "failed", error=error, finished=time.time(), eta_s=None)
+
+    def _remove_outputs(self, job_id: str) -> None:
+        """Everything the worker wrote for the job (all but ``input/``)."""
+        folder = self.store.job_dir(job_id)
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.name != "input":
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     def _run(self, job: dict[str, Any], is_cancelled: Callable[[], bool]) -> None:
         from btdm_engine.diffusion.samplers import Cancelled
