@@ -14,7 +14,8 @@ Loading is also bounded and loud: the network ``config.json`` describes is first
 ``meta`` device (no memory), its parameter count checked against the ``parameters`` limit
 (:mod:`btdm_engine.limits`) and its tensor shapes against the safetensors header, before anything
 is allocated; and a checkpoint with a NaN or inf anywhere is refused on load and on save
-(:class:`NonFiniteWeightsError`), since it can only sample black frames.
+(:class:`NonFiniteWeightsError`), since it can only sample black frames, as is one whose finite
+weights are absurdly large (over :data:`MAX_WEIGHT_MAGNITUDE`, :class:`AbsurdWeightsError`) on load.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from btdm_engine.constants import MODEL_KINDS as KINDS
 from btdm_engine.dataconfig import check_keys
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError, NonFiniteError
-from btdm_engine.fileio import atomic_path, atomic_write_bytes, read_json
+from btdm_engine.fileio import atomic_path, atomic_write_bytes, make_folder, read_json
 from btdm_engine.models import build_model
 
 FORMAT_VERSION = 1
@@ -66,6 +67,36 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     bad = non_finite_tensors(tensors)
     if bad:
         raise NonFiniteWeightsError(f"{where}: non-finite weights (NaN or inf) in {_names(bad)}")
+
+
+# Largest |value| a trained network's tensor holds, with a wide margin: the embedded models stay
+# under 4, and weights that have diverged or were scaled by mistake (x1e30) only give black frames.
+MAX_WEIGHT_MAGNITUDE = 1e4
+
+
+class AbsurdWeightsError(CheckpointError):
+    """Finite weights too large for a trained network (diverged, corrupt or wrongly scaled); names the tensors."""
+
+
+def absurd_tensors(tensors: dict[str, torch.Tensor], bound: float = MAX_WEIGHT_MAGNITUDE) -> list[str]:
+    """Names of the floating-point tensors with a value over ``bound`` in magnitude (with their largest)."""
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel():
+            biggest = float(t.detach().abs().max())
+            if biggest > bound:
+                bad.append(f"{name} (|value| up to {biggest:.3g})")
+    return bad
+
+
+def check_magnitude(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`AbsurdWeightsError` naming ``where`` and the tensors when a value exceeds :data:`MAX_WEIGHT_MAGNITUDE`."""
+    bad = absurd_tensors(tensors)
+    if bad:
+        raise AbsurdWeightsError(
+            f"{where}: weights too large for a trained network in {_names(bad, 3)} (a trained network's stay far below "
+            f"{MAX_WEIGHT_MAGNITUDE:g}); the checkpoint is corrupt, diverged or wrongly scaled and can only give "
+            "saturated (black) frames")
 
 
 def _check_kind(kind: str, where: str) -> None:
@@ -125,7 +156,7 @@ def save_checkpoint(
     check_finite(tensors, f"save_checkpoint({directory})")  # nothing is written: the old checkpoint stays
 
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, f"cannot save the checkpoint {folder}")
     config_path = folder / CONFIG_NAME
     config_path.unlink(missing_ok=True)  # the folder is incomplete until config.json is back
     _atomic_save_safetensors(folder / WEIGHTS_NAME, tensors, {"format": "pt", "kind": kind})
@@ -214,6 +245,7 @@ def load_checkpoint(
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
     check_finite(state, str(weights_path))
+    check_magnitude(state, str(weights_path))
     # Names, shapes and dtypes were checked against the header in step 2; a strict load is the backstop.
     model.load_state_dict(state, strict=True)
     model.to(device)

@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             _set_threads(getattr(args, "threads", None))
             return int(args.func(args) or 0)
     except (BtdmError, OSError) as exc:  # the project's own errors and the file system's; a bug shows its traceback
-        print(f"{_command_name(args)}: error: {exc}", file=sys.stderr)
+        from btdm_engine.fileio import describe_os_error
+
+        message = describe_os_error(exc) if isinstance(exc, OSError) and not isinstance(exc, BtdmError) else exc
+        print(f"{_command_name(args)}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{_command_name(args)}: interrupted", file=sys.stderr)

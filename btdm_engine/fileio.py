@@ -15,6 +15,7 @@ Temporary names are hidden and carry the writer's pid (``.NAME.<pid>.XXXX.tmp``)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,6 +30,57 @@ from btdm_engine.errors import BtdmError
 
 class NpzFormatError(BtdmError, ValueError):
     """An ``.npz`` member that is not a readable ``.npy`` array; names the member."""
+
+
+class OutputPathError(BtdmError, OSError):
+    """A folder to write into that cannot be made (a file in its way, no permission); names the path and the fix."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A file-system error as one line naming the path and what to do, never a bare ``[Errno 17] File exists``."""
+    if exc.filename is None:
+        return exc.strerror if exc.errno is not None and exc.strerror else str(exc)
+    path = Path(os.fsdecode(exc.filename))
+    other = "" if exc.filename2 is None else f" -> {os.fsdecode(exc.filename2)}"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        blocker = _blocking_file(path)
+        if blocker == path:
+            return f"{path}: is a file, not a folder; move it away or choose another path"
+        if blocker is not None:
+            return f"{blocker}: is a file, not a folder, so {path} cannot be made under it; move the file away or " \
+                   "choose another path"
+        if isinstance(exc, FileExistsError):
+            return f"{path}{other}: already exists; move it away or choose another path"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path}: is a folder, where a file was expected"
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}{other}: no such file or folder"
+    if isinstance(exc, PermissionError):
+        return f"{path}{other}: permission denied; check its permissions or choose another path"
+    if exc.errno == errno.ENOSPC:
+        return f"{path}: no space left on the device; free some space or write elsewhere"
+    return f"{path}{other}: {exc.strerror or exc}"
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The nearest of ``path`` and its ancestors that exists; None unless it is something other than a folder."""
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def make_folder(path: str | os.PathLike[str], purpose: str | None = None) -> Path:
+    """Create the folder ``path`` (and its parents) if missing; a file in the way is an :class:`OutputPathError`.
+
+    ``purpose`` starts the message (e.g. "cannot write OUT/x.png"); the default names the folder.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        raise OutputPathError(f"{purpose or f'cannot make the folder {path}'}: {describe_os_error(exc)}") from None
+    return path
 
 
 def _umask() -> int:
@@ -46,7 +98,7 @@ DIR_MODE = 0o777 & ~_UMASK  # what mkdir gives
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp", fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (its folder is created); on success publish it as ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, f"cannot write {path}")
     # The writer's pid is in the name, so btdm_engine.procs.clean_stale_temps can tell a killed writer's leftovers.
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -96,7 +148,7 @@ def atomic_dir(path: str | os.PathLike[str], replace: bool = False, fsync: bool 
     and folder in the new tree to disk before the rename, and the parent folder after it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, f"cannot write the folder {path}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -117,7 +169,7 @@ def _rename_into_place(tmp: Path, path: Path, replace: bool) -> Path | None:
     """Rename the folder ``tmp`` to ``path``; returns where a replaced old folder now is (to delete)."""
     if path.is_symlink() or (path.exists() and not (replace and path.is_dir())):
         what = "a folder" if path.is_dir() and not path.is_symlink() else "not a folder"
-        raise FileExistsError(f"{path}: already exists ({what}); not replaced")
+        raise FileExistsError(f"{path}: already exists ({what}); not replaced: move it away or choose another path")
     if not path.exists():
         os.rename(tmp, path)
         return None
@@ -217,6 +269,8 @@ class StagedRun:
 
         from btdm_engine.procs import clean_stale_temps
 
+        self._created = _missing_folders(self.out)  # what abandon() may remove again, deepest first
+        make_folder(self.out, "cannot write the output")
         removed = False
         if self.staging.exists():
             if not (self.staging / self.MARKER).is_file():
@@ -262,6 +316,33 @@ class StagedRun:
         atomic_write_text(record_path, json.dumps(published, indent=2) + "\n")
         shutil.rmtree(self.staging)
 
+    def abandon(self) -> None:
+        """After a failed run: remove its staging folder and the folders :meth:`begin` created, if empty.
+
+        Only what this run made goes: the staging folder (it carries the marker), then ``OUT`` and
+        its parents that did not exist before :meth:`begin`, each only while empty. An earlier
+        complete run in ``OUT`` is untouched.
+        """
+        import shutil
+
+        if (self.staging / self.MARKER).is_file():
+            shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in getattr(self, "_created", ()):
+            try:
+                folder.rmdir()  # only an empty folder: never anything else
+            except OSError:
+                break
+
 
 class StagingError(BtdmError, ValueError):
     """A staging folder or run record that btdm cannot use; names the path."""
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    return missing

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS, THREADS_HELP
+from btdm_engine.errors import BtdmError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -221,7 +222,6 @@ def run(args: argparse.Namespace) -> int:
 
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png
 
     texture_method = args.method == "texture"
     if args.model is None:
@@ -254,8 +254,6 @@ def run(args: argparse.Namespace) -> int:
     if args.finetune_steps > 0 and args.appearance_iuv is None and args.appearance_frame is None:
         raise CliError("--finetune-steps needs --appearance and --appearance-iuv or --appearance-frame (paper sec. 3.3: "
                        "Y = {c}, S = {g(c)})")
-    if args.fps is not None and not args.fps > 0:
-        raise CliError(f"--fps must be positive, got {args.fps}")
     if args.steps < 1:
         raise CliError(f"--steps must be >= 1, got {args.steps}")
     if args.sr_steps is not None and args.sr_steps < 1:
@@ -312,6 +310,52 @@ def run(args: argparse.Namespace) -> int:
     staging, removed = run.begin()
     if removed:
         print(f"note: removed {staging} left by an interrupted earlier run", file=sys.stderr)
+    try:
+        count, video = _generate(args, staging, animator, model_dir, pose_maps, appearance, appearance_iuv,
+                                 plan, fps, progress)
+    except BaseException:
+        run.abandon()  # what this run made goes (OUT/incomplete/, and OUT if it made it); an earlier run stays
+        raise
+    run.publish(count, {"method": args.method} if animator is None else {"seed": args.seed, "steps": args.steps})
+    frames_dir, plates_dir = out / "frames", out / "plates"
+    video = None if video is None else out / "animation.mp4"
+    print(f"frames: {count} in {frames_dir} ({pose_maps.shape[2]}x{pose_maps.shape[1]})" if animator is None
+          else f"frames: {count} in {frames_dir} ({size}x{size})")
+    if plan is not None:
+        print(f"plates: {count} in {plates_dir} ({plan.width}x{plan.height} RGBA)")
+    if video is not None:
+        print(f"video:  {video}")
+    return 0
+
+
+class SaturatedOutputError(BtdmError, ValueError):
+    """A network's frame came out saturated (pure black / white) where its pose map shows a person."""
+
+
+def check_frame(frame: Any, pose_map: Any, k: int, model_dir: Any) -> None:
+    """Refuse a generated frame that holds only pure 0 and 255 values though pose map ``k`` shows a person.
+
+    A real frame always has some in-between tone where the person is; a frame of nothing but
+    saturated values (all black, typically) means the model's output is not an image: weights
+    diverged, corrupt or scaled wrong (NaN becomes black, too).
+    """
+    import numpy as np
+
+    if int(np.count_nonzero(pose_map[..., 0])) < 4:
+        return  # no person in this frame: a plain background may be exactly uniform
+    if not np.all((frame == 0) | (frame == 255)):
+        return
+    what = "all black" if not frame.any() else "all white" if (frame == 255).all() else "only pure 0/255 values"
+    raise SaturatedOutputError(
+        f"{model_dir}: frame {k} came out saturated ({what}) though its pose map shows a person: the model's output "
+        "is not an image (diverged, corrupt or wrongly scaled weights?); the run was stopped and nothing published")
+
+
+def _generate(args: argparse.Namespace, staging: Path, animator: Any, model_dir: Any, pose_maps: Any,
+              appearance: Any, appearance_iuv: Any, plan: Any, fps: float, progress: bool) -> tuple[int, Any]:
+    """Generate the frames into ``staging`` (published by the caller); returns (frame count, video or None)."""
+    from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png
+
     frames_dir = staging / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     plates_dir = staging / "plates"
@@ -337,6 +381,8 @@ def run(args: argparse.Namespace) -> int:
     def written() -> Any:
         nonlocal count
         for frame in frames:
+            if animator is not None:
+                check_frame(frame, pose_maps[count], count, model_dir)
             write_rgb_png(frames_dir / f"{count:06d}.png", frame)
             if plan is not None:
                 write_rgba_png(plates_dir / f"{count:06d}.png", plan.composite(count, frame, pose_maps[count]))
@@ -352,13 +398,4 @@ def run(args: argparse.Namespace) -> int:
                 pass
     finally:
         bars.close()
-    run.publish(count, {"method": args.method} if animator is None else {"seed": args.seed, "steps": args.steps})
-    frames_dir, plates_dir = out / "frames", out / "plates"
-    video = None if video is None else out / "animation.mp4"
-    print(f"frames: {count} in {frames_dir} ({pose_maps.shape[2]}x{pose_maps.shape[1]})" if animator is None
-          else f"frames: {count} in {frames_dir} ({size}x{size})")
-    if plan is not None:
-        print(f"plates: {count} in {plates_dir} ({plan.width}x{plan.height} RGBA)")
-    if video is not None:
-        print(f"video:  {video}")
-    return 0
+    return count, video

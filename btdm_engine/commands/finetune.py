@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine import limits
     from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint
     from btdm_engine.errors import NonFiniteError
-    from btdm_engine.fileio import atomic_dir
+    from btdm_engine.fileio import atomic_dir, make_folder
     from btdm_engine.imageio import MIN_APPEARANCE_SIDE, parse_colour, read_rgb
     from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network
     from btdm_engine.posemaps.encoding import read_iuv_png
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
     limits.check("finetune_steps", args.steps, "--steps")
     limits.check("batch", args.batch, "--batch")
+    if os.path.lexists(args.out) and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a file, not a folder; choose a new --out")
     if args.out.exists() and any(args.out.iterdir()):
         raise UsageError(f"{args.out}: exists and is not empty; choose a new --out")
     if not (args.model / "btunet").is_dir():
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         "source": str(args.model), "appearance": str(args.appearance), "appearance_iuv": str(args.appearance_iuv),
         "steps": args.steps, "lr": args.lr, "batch": args.batch, "seed": args.seed,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_folder(args.out, f"--out {args.out}: cannot write the model")
     save_checkpoint(args.out / "btunet", tuned.to("cpu"), "btunet", schedule, extra=extra)
     if (args.model / "sr3").is_dir():
         with atomic_dir(args.out / "sr3") as tmp:

@@ -358,7 +358,6 @@ def write_bvh(bvh: Bvh, path: str | os.PathLike[str]) -> Path:
     ).astype(np.int64)
     out += ["MOTION", f"Frames: {bvh.num_frames}", f"Frame Time: {bvh.frame_time:.8f}"]
     out += [_fmt(row) for row in bvh.motion[:, columns]]
-    path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, "\n".join(out) + "\n")
 
 

@@ -129,9 +129,11 @@ def _check_size(size: int) -> None:
 
 
 def _make(args: argparse.Namespace) -> int:
+    from btdm_engine import limits
     from btdm_engine.motion.library import make_motion
 
     _check_size(args.size)
+    limits.check_fps(args.fps, "--fps")
     clip = make_motion(args.name, seconds=args.seconds, fps=args.fps, speed=args.speed, seed=args.seed,
                        width=args.size, height=args.size, body_model=args.body)
     path = clip.save(args.out)
@@ -140,7 +142,11 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from btdm_engine import limits
+
     _check_size(args.size)
+    if args.fps is not None:
+        limits.check_fps(args.fps, "--fps")
     done = _retarget(args, fit_shape=args.fit_shape, fps=args.fps, width=args.size, height=args.size,
                      body_model=args.body)
     _warn(args, done.warnings)

@@ -149,7 +149,6 @@ class MotionClip:
         path = Path(path)
         if path.suffix != ".npz":
             raise MotionClipError(f"{path}: a motion clip file must end in '.npz'")
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {
             "format_version": np.int64(self.format_version),
             "fps": np.float64(self.fps),

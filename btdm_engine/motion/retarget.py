@@ -37,6 +37,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation, Slerp
 
+from btdm_engine import limits
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS, PARENTS
 from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import BtdmError
@@ -420,8 +421,8 @@ def to_motion_clip(
         raise RetargetError(f"unknown up axis {up!r}; allowed: {', '.join(UP_AXES)}")
     if scale is not None and not (np.isfinite(scale) and 1e-6 <= scale <= 1e3):
         raise RetargetError(f"scale must be metres per unit between 1e-6 and 1000, got {scale}")
-    if fps is not None and not (np.isfinite(fps) and 1e-3 <= fps <= 1000):
-        raise RetargetError(f"fps must be between 0.001 and 1000, got {fps}")
+    if fps is not None:
+        limits.check_fps(fps, "fps (the rate to resample to)")  # the one fps limit of every command
     custom = map_from_dict(bone_map, anim.names, "bone map") if bone_map is not None else None
     mapping, scheme = choose_map(anim.names, tuple(anim.parents.tolist()), skeleton, custom, source)
 

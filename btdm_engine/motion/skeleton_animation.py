@@ -50,6 +50,7 @@ from btdm_engine.constants import UP_AXES
 from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, npz_headers
+from btdm_engine.limits import FPS_RANGE
 
 __all__ = ["FORMAT_VERSION", "LIMITS", "UP_AXES", "SkeletonAnimation", "SkeletonAnimationError"]
 
@@ -307,8 +308,9 @@ def _validate(anim: SkeletonAnimation) -> None:
             raise SkeletonAnimationError(
                 f"{src}: field {field!r} has a singular (zero-scale) bone matrix at index {first}")
     fps = float(anim.fps)
-    if not (np.isfinite(fps) and 1e-3 <= fps <= 1000):
-        raise SkeletonAnimationError(f"{src}: field 'fps' must be between 0.001 and 1000, got {anim.fps}")
+    lo, hi = FPS_RANGE  # the one fps limit of every command (btdm_engine.limits)
+    if not (np.isfinite(fps) and lo <= fps <= hi):
+        raise SkeletonAnimationError(f"{src}: field 'fps' must be between {lo:g} and {hi:g}, got {anim.fps}")
     set_(anim, "fps", fps)
     scale = float(anim.scale)
     if not (np.isfinite(scale) and (scale == 0 or 1e-6 <= scale <= 1e3)):
