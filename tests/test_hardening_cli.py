@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from btdm_engine.motion import load_bvh, make_motion, save_bvh
@@ -111,3 +112,181 @@ def test_clip_with_absurd_translation_is_refused(tmp_path):
         MotionClip.load(path)
     clip.trans[2, 0] = 0.0
     assert MotionClip.load(clip.save(tmp_path / "ok.npz")).num_frames == 6
+
+
+# ------------------------------------------------------------------ 3. absurd weights, saturated frames
+MICRO_BTUNET = {
+    "resolution": 16, "model_channels": 16, "channel_mult": [1, 2], "attention_resolutions": [8],
+    "norm_groups": 8, "pose_encoder_channels": 8, "appearance_encoder_channels": 8,
+}  # fmt: skip
+
+
+def _model(folder: Path, factor: float) -> Path:
+    """A micro BTU-Net model folder whose weights are a fresh network's times ``factor``."""
+    import torch
+
+    from btdm_engine.checkpoints import save_checkpoint
+    from btdm_engine.diffusion.schedule import ScheduleConfig
+    from btdm_engine.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("btunet", MICRO_BTUNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(factor)
+    save_checkpoint(folder / "btunet", model, "btunet", ScheduleConfig())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_motion("walk", seconds=0.1, fps=30.0, width=64, height=64).save(tmp_path_factory.mktemp("c") / "c.npz")
+
+
+def _animate(model: Path, clip: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return btdm("animate", "--clip", str(clip), "--model", str(model), "--out", str(out), "--steps", "2",
+                "--no-progress", "--device", "cpu", *extra)
+
+
+def test_absurd_weights_are_refused_at_load_naming_the_checkpoint(tmp_path, short_clip):
+    from btdm_engine.checkpoints import AbsurdWeightsError, load_checkpoint
+
+    model = _model(tmp_path / "huge", 1e30)
+    with pytest.raises(AbsurdWeightsError, match=r"huge/btunet/model\.safetensors: weights too large .*\(\d+ in all\)"):
+        load_checkpoint(model / "btunet")
+    out = tmp_path / "out"
+    r = _animate(model, short_clip, out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "huge/btunet/model.safetensors: weights too large for a trained network" in r.stderr
+    assert not out.exists()
+
+
+def test_saturated_frames_are_refused_and_the_failed_run_leaves_nothing(tmp_path, short_clip):
+    good, bad = _model(tmp_path / "good", 1.0), _model(tmp_path / "big", 1e3)  # x1000 loads, gives black
+    out = tmp_path / "a" / "b" / "out"
+    r = _animate(bad, short_clip, out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{bad}: frame 0 came out saturated (all black) though its pose map shows a person" in r.stderr
+    assert not (tmp_path / "a").exists()  # OUT and the parents this run made are gone again
+    # An earlier complete run stays as it was, and no empty incomplete/ is left beside it.
+    r = _animate(good, short_clip, out)
+    assert r.returncode == 0, r.stderr
+    before = {p.name: p.read_bytes() for p in (out / "frames").iterdir()}
+    keep = out / "mine.txt"
+    keep.write_text("the user's")
+    r = _animate(bad, short_clip, out, "--overwrite")
+    assert r.returncode == 2 and "saturated" in r.stderr
+    assert {p.name: p.read_bytes() for p in (out / "frames").iterdir()} == before
+    assert keep.read_text() == "the user's" and not (out / "incomplete").exists()
+
+
+def test_frame_check_passes_real_frames_and_empty_pose_maps():
+    from btdm_engine.commands.animate import SaturatedOutputError, check_frame
+
+    person = np.zeros((16, 16, 3), np.uint8)
+    person[4:12, 6:10, 0] = 3
+    black = np.zeros((32, 32, 3), np.uint8)
+    check_frame(black, np.zeros((16, 16, 3), np.uint8), 0, "m")  # nobody there: a plain frame may be uniform
+    check_frame(np.full((32, 32, 3), 128, np.uint8), person, 0, "m")
+    for frame, what in ((black, "all black"), (np.full((32, 32, 3), 255, np.uint8), "all white")):
+        with pytest.raises(SaturatedOutputError, match=f"m: frame 7 came out saturated \\({what}\\)"):
+            check_frame(frame, person, 7, "m")
+
+
+# ------------------------------------------------------------------ 6. no raw errno messages, one fps limit
+def test_a_file_in_the_way_of_an_output_is_named_with_what_to_do(tmp_path, short_clip):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    cases = [
+        ("motion", "make", "walk", "--seconds", "0.1", "--out", str(blocker / "c.npz")),
+        ("posemaps", str(short_clip), "--out", str(blocker / "maps")),
+        ("animate", "--clip", str(short_clip), "--method", "texture", "--out", str(blocker)),
+        ("animate", "--clip", str(short_clip), "--method", "texture", "--out", str(blocker / "x")),
+    ]
+    for args in cases:
+        r = btdm(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Errno" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert f"{blocker}: is a file, not a folder" in r.stderr and "choose another path" in r.stderr, r.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_describe_os_error_names_the_path_and_the_fix(tmp_path):
+    import errno
+    import os
+
+    from btdm_engine.fileio import OutputPathError, describe_os_error, make_folder
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputPathError, match=r"cannot make the folder .*f/g/h: .*f: is a file, not a folder, so"):
+        make_folder(tmp_path / "f" / "g" / "h")
+    assert describe_os_error(FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(tmp_path))) == (
+        f"{tmp_path}: already exists; move it away or choose another path")
+    assert describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/y")).startswith(
+        "/x/y: no space left on the device")
+    assert "Errno" not in describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/root/x"))
+
+
+def test_one_fps_limit_for_every_command(tmp_path, walk_bvh, short_clip):
+    from btdm_engine.limits import FPS_RANGE
+
+    lo, hi = FPS_RANGE
+    for fps in ("0", "0.01", "5000"):
+        for args in (("motion", "make", "walk", "--fps", fps, "--out", str(tmp_path / "m.npz")),
+                     ("motion", "import", str(walk_bvh), "--fps", fps, "--out", str(tmp_path / "i.npz")),
+                     ("animate", "--clip", str(short_clip), "--method", "texture", "--fps", fps,
+                      "--out", str(tmp_path / "a"))):
+            r = btdm(*args)
+            assert r.returncode == 2, r.stderr
+            assert f"--fps: fps {fps} is outside {lo:g}..{hi:g}" in r.stderr, r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ 5. eval: empty foreground, incomplete sets
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.toy_data import write_toy_dataset
+
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), num_characters=3, num_frames=4, size=32)
+
+
+def test_eval_with_an_empty_foreground_is_refused_naming_the_sequence(tmp_path, toy):
+    import shutil
+
+    import cv2
+
+    seq = sorted((toy / "sequences").iterdir())[0].name
+    iuv = tmp_path / "iuv"
+    shutil.copytree(toy / "sequences", iuv)
+    for png in (iuv / seq / "iuv").glob("*.png"):
+        cv2.imwrite(str(png), np.zeros((32, 32, 3), np.uint8))  # nobody in any pose map
+    report = tmp_path / "report.json"
+    r = btdm("eval", "--pred", str(toy), "--gt", str(toy), "--iuv", str(iuv), "--out", str(report))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{iuv / seq / 'iuv'}: no foreground (I > 0) in any of the 4 pose maps of sequence {seq!r}" in r.stderr
+    assert "nan" not in r.stdout and not report.exists()
+    # The true pose maps score, with numbers.
+    r = btdm("eval", "--pred", str(toy), "--gt", str(toy), "--iuv", str(toy), "--out", str(report))
+    assert r.returncode == 0, r.stderr
+    assert report.is_file()
+
+
+def test_eval_of_an_incomplete_set_is_refused_unless_allowed(tmp_path, toy):
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(toy, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["info"] = {"complete": False, "pending": ["s9"]}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    report = tmp_path / "report.json"
+    seq = sorted((data / "sequences").iterdir())[0]
+    for gt in (data, seq, seq / "rgb"):  # the dataset root, one sequence, one sequence's frames
+        r = btdm("eval", "--pred", str(gt), "--gt", str(gt), "--out", str(report))
+        assert r.returncode == 2, r.stderr
+        assert f"--pred {gt}: its dataset {data / 'manifest.json'} is marked incomplete (1 sequence(s) pending)" in r.stderr
+        assert "--allow-incomplete" in r.stderr and not report.exists()
+    r = btdm("eval", "--pred", str(data), "--gt", str(data), "--out", str(report), "--allow-incomplete")
+    assert r.returncode == 0, r.stderr
+    assert "warning: --pred" in r.stderr and "marked incomplete" in r.stderr and report.is_file()

@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flow-source", choices=FLOW_SOURCES, default="gt", help="whose flow the warping error warps with")
     p.add_argument("--name", default="prediction", help="row label in the printed table")
     p.add_argument("--out", type=Path, required=True, help="JSON report to write")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="score a dataset whose manifest says it is still being built (as btdm train's flag)")
     p.set_defaults(func=run)
 
 
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         iuv_order=args.iuv_order,
         flow_source=args.flow_source,
         progress=lambda line: print(line, file=sys.stderr),
+        allow_incomplete=args.allow_incomplete,
     )
     write_report(report, args.out)
     print(format_table([(args.name, report)]))

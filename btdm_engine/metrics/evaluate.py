@@ -26,6 +26,7 @@ reported as ``null`` with the reason, never estimated.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
 from btdm_engine.metrics.image import fill_background, psnr, ssim
 from btdm_engine.metrics.lpips import LPIPS, lpips_pairs, tlpips_per_pair
+
+logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 TABLE_COLUMNS = (
@@ -163,6 +166,7 @@ def evaluate(
     iuv_order: str = "btdm",
     flow_source: str = "gt",
     progress: Callable[[str], None] | None = None,
+    allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Compute every metric for the sequences under ``pred`` against ``gt`` (module docstring).
 
@@ -176,21 +180,63 @@ def evaluate(
         iuv_order: channel order of the IUV PNGs, ``"btdm"`` (red = I) or ``"densepose"`` (blue = I).
         flow_source: ``"gt"`` or ``"pred"``: whose flow the warping error uses.
         progress: called with a line per sequence.
+        allow_incomplete: score a dataset whose manifest marks it incomplete (still being built, or its
+            build interrupted), with a warning; without it such a set is refused, as ``btdm train`` does.
 
     Returns:
         The report dict written by :func:`write_report` (floats may be inf/NaN here).
     """
     sequences = _check(pred, gt, iuv, size, iuv_order)
+    _check_complete({"--pred": pred, "--gt": gt, "--iuv": iuv}, allow_incomplete)
     lpips_model = LPIPS.from_file(lpips_weights) if lpips_weights is not None else None
     inception = FIDInceptionV3.from_file(inception_weights) if inception_weights is not None else None
     acc = _Accumulator()
     for name, folders in sequences.items():
         pred_paths, gt_paths = _pair_frames(folders)
         y, g, mask = _prepare(pred_paths, gt_paths, folders, acc, size, background, iuv_order)
+        if mask is not None and not bool(mask.any()):
+            label = f"sequence {name!r}" if name else "the sequence"
+            raise EvaluationError(
+                f"{folders.iuv}: no foreground (I > 0) in any of the {len(pred_paths)} pose maps of {label}: every "
+                f"foreground-only metric would be NaN; check --iuv (the pose maps that drove {folders.pred}) and "
+                f"--iuv-order ({iuv_order})")
         seq = _run(acc, name, y, g, mask, flow_source, lpips_model, inception)
         if progress is not None:
             progress(f"{name or Path(pred).name}: {seq['frames']} frames, SSIM {seq['ssim']:.4f}, tOF {seq['tof']:.3f}")
     return _report(acc, pred, gt, iuv, background, flow_source, lpips_model, inception)
+
+
+def _dataset_manifest(folder: Path) -> Path | None:
+    """The ``manifest.json`` of the dataset ``folder`` lies in (its root, ``sequences/``, a sequence or its rgb/iuv)."""
+    for root in (folder, *list(folder.parents)[:3]):
+        if (root / "manifest.json").is_file() and (root / "sequences").is_dir():
+            return root / "manifest.json"
+    return None
+
+
+def _check_complete(folders: dict[str, str | Path | None], allow: bool) -> None:
+    """Refuse (or, with ``allow``, warn about) a folder inside a dataset whose manifest marks it incomplete."""
+    import json
+
+    for flag, folder in folders.items():
+        if folder is None:
+            continue
+        path = _dataset_manifest(Path(folder).resolve())
+        if path is None:
+            continue
+        try:
+            info = json.loads(path.read_text(encoding="utf-8")).get("info", {})
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            continue  # not a manifest this check can read; the frames are what gets scored
+        if not isinstance(info, dict) or info.get("complete", True) is not False:
+            continue
+        pending = info.get("pending", [])
+        count = f"{len(pending)} sequence(s) pending" if isinstance(pending, list) else "build not finished"
+        what = f"{flag} {folder}: its dataset {path} is marked incomplete ({count})"
+        if not allow:
+            raise EvaluationError(f"{what}; its scores would not be the set's: finish the build (btdm synth build "
+                                  "resumes) or pass --allow-incomplete")
+        logger.warning("warning: %s; scoring it anyway (--allow-incomplete)", what)
 
 
 def _check(
