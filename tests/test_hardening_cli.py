@@ -290,3 +290,74 @@ def test_eval_of_an_incomplete_set_is_refused_unless_allowed(tmp_path, toy):
     r = btdm("eval", "--pred", str(data), "--gt", str(data), "--out", str(report), "--allow-incomplete")
     assert r.returncode == 0, r.stderr
     assert "warning: --pred" in r.stderr and "marked incomplete" in r.stderr and report.is_file()
+
+
+# ------------------------------------------------------------------ 4. train: changed files, blank sequences
+def _rewrite(data: Path, seq: str, rel: str, image: np.ndarray, keep_time: bool = False, fix_manifest: bool = False):
+    """Write ``image`` over one file of a dataset copy; optionally keep its old time or update the manifest."""
+    import json
+    import os
+
+    import cv2
+
+    from training.dataset_format import sha256_file
+
+    path = data / "sequences" / seq / rel
+    old = path.stat()
+    assert cv2.imwrite(str(path), image)
+    if keep_time:
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    if fix_manifest:
+        manifest = json.loads((data / "manifest.json").read_text())
+        manifest["sequences"][seq]["checksums"][rel] = sha256_file(path)
+        (data / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _train(data: Path, out: Path) -> subprocess.CompletedProcess:
+    return btdm("train", "btunet", "--data", str(data), "--out", str(out), "--steps", "1", "--no-progress")
+
+
+@pytest.fixture()
+def data(tmp_path, toy) -> Path:
+    import shutil
+
+    shutil.copytree(toy, tmp_path / "data")  # copy2: the files keep their times
+    return tmp_path / "data"
+
+
+def test_train_refuses_a_file_changed_since_the_manifest(tmp_path, data):
+    seq = sorted((data / "sequences").iterdir())[0].name
+    other = np.full((32, 32, 3), 90, np.uint8)
+    other[8:20, 10:14] = 200
+    _rewrite(data, seq, "rgb/000001.png", other)  # changed after the set was built, not the middle frame
+    r = _train(data, tmp_path / "run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    frame = data / "sequences" / seq / "rgb" / "000001.png"
+    assert f"{frame}: changed since the manifest was written: checksum mismatch" in r.stderr
+    assert f"(sequence {seq!r})" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_sampled_file_changed_even_with_its_old_time(tmp_path, data):
+    seq = sorted((data / "sequences").iterdir())[1].name
+    _rewrite(data, seq, "iuv/000002.png", np.zeros((32, 32, 3), np.uint8), keep_time=True)  # the middle frame
+    r = _train(data, tmp_path / "run")
+    assert r.returncode == 2, r.stderr
+    assert f"{data / 'sequences' / seq / 'iuv' / '000002.png'}: checksum mismatch" in r.stderr
+
+
+def test_train_refuses_an_all_black_sequence_and_warns_of_a_blank_frame(tmp_path, data):
+    from training.dataset_format import DatasetManifest
+
+    seqs = sorted(p.name for p in (data / "sequences").iterdir())
+    _rewrite(data, seqs[0], "rgb/000003.png", np.zeros((32, 32, 3), np.uint8), fix_manifest=True)
+    _rewrite(data, seqs[0], "rgb/000002.png", np.zeros((32, 32, 3), np.uint8), fix_manifest=True)
+    notes = DatasetManifest.load(data).spot_check()
+    assert notes == [f"{data / 'sequences' / seqs[0] / 'rgb'}: 2 of 4 frames are one uniform colour (a failed render?), "
+                     f"e.g. 000002.png (sequence {seqs[0]!r})"]
+    for i in range(4):  # a render that failed throughout; its checksums were taken from the failed files
+        _rewrite(data, seqs[1], f"rgb/{i:06d}.png", np.zeros((32, 32, 3), np.uint8), fix_manifest=True)
+    r = _train(data, tmp_path / "run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert (f"{data / 'sequences' / seqs[1] / 'rgb'}: every one of the 4 frames is one uniform colour (a failed "
+            f"render?) (sequence {seqs[1]!r})") in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -83,6 +83,9 @@ REQUIRED_SPLITS = ("train", "test")
 FRAME_DIGITS = 6
 IUV_ORDER = "btdm"
 
+# Files hashed and sequences decoded by DatasetManifest.spot_check when not every checksum is verified.
+SPOT_CHECK_BUDGET = 2000
+
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _MANIFEST_KEYS = {"format_version", "resolution", "fps", "splits", "sequences", "info"}
@@ -389,6 +392,88 @@ class DatasetManifest:
                     if digest != rec.checksums[rel]:
                         raise DatasetFormatError(f"{folder / rel}: checksum mismatch: file is {digest[:12]}..., "
                                                  f"manifest says {rec.checksums[rel][:12]}... ({where})")
+
+
+    def spot_check(self, hash_sample: bool = True, budget: int = SPOT_CHECK_BUDGET) -> list[str]:
+        """Cheap checks of the files' contents, for every run that does not verify all checksums.
+
+        * Files changed since the manifest was written (modified later than ``manifest.json``, which
+          writers write last) have their SHA-256 compared with the manifest's, up to ``budget`` of
+          them; so have ``meta.json``, ``clip.npz`` and the middle rgb and iuv frame of up to
+          ``budget`` sequences, when ``hash_sample``. A mismatch is an error.
+        * Each sampled sequence's middle rgb frame is decoded: when it is one uniform colour (a failed
+          render: all black, or fully transparent), every frame of the sequence is read, and a
+          sequence whose frames are all uniform is an error; the same for pose maps that show nobody.
+
+        Returns warning lines (what was only sampled, frames found blank); raises
+        :class:`DatasetFormatError` naming the file and sequence.
+        """
+        notes: list[str] = []
+        records = list(self.sequences.values())
+        sampled = records if len(records) <= budget else [records[i * len(records) // budget] for i in range(budget)]
+        if len(sampled) < len(records):
+            notes.append(f"{self.root}: spot-checked {len(sampled)} of {len(records)} sequences' contents "
+                         "(--checksums verifies every file)")
+        if hash_sample:
+            since = (self.root / MANIFEST_NAME).stat().st_mtime_ns
+            newer = [(rec, rel) for rec in records for rel in expected_files(rec.num_frames)
+                     if (self.sequence_dir(rec.id) / rel).stat().st_mtime_ns > since]
+            if len(newer) > budget:
+                notes.append(f"{self.root}: {len(newer)} files are newer than {MANIFEST_NAME} (copied without their "
+                             f"times, or changed since the set was built); verified {budget} of them, pass --checksums "
+                             "to verify every file")
+                newer = [newer[i * len(newer) // budget] for i in range(budget)]
+            for rec, rel in newer:
+                self._verify(rec, rel, "changed since the manifest was written: ")
+            for rec in sampled:
+                middle = frame_name(rec.num_frames // 2)
+                for rel in ("meta.json", "clip.npz", f"rgb/{middle}", f"iuv/{middle}"):
+                    self._verify(rec, rel, "")
+        for rec in sampled:
+            notes += self._blank_frames(rec)
+        return notes
+
+    def _verify(self, rec: SequenceRecord, rel: str, why: str) -> None:
+        path = self.sequence_dir(rec.id) / rel
+        digest = sha256_file(path)
+        if digest != rec.checksums[rel]:
+            raise DatasetFormatError(
+                f"{path}: {why}checksum mismatch: file is {digest[:12]}..., manifest says {rec.checksums[rel][:12]}... "
+                f"(sequence {rec.id!r}); restore the file or rebuild the set")
+
+    def _blank_frames(self, rec: SequenceRecord) -> list[str]:
+        """Warnings for a sequence whose sampled frames are blank; an error when all its frames are."""
+        from btdm_engine.imageio import read_image
+
+        folder = self.sequence_dir(rec.id)
+        notes = []
+        for sub, blank, what in (("rgb", _uniform, "one uniform colour (a failed render?)"),
+                                 ("iuv", _nobody, "empty pose maps (no person)")):
+            if not blank(read_image(folder / sub / frame_name(rec.num_frames // 2))):
+                continue
+            bad = [i for i in range(rec.num_frames) if blank(read_image(folder / sub / frame_name(i)))]
+            if len(bad) == rec.num_frames:
+                raise DatasetFormatError(
+                    f"{folder / sub}: every one of the {rec.num_frames} frames is {what} (sequence {rec.id!r}); "
+                    "re-render the sequence or drop it from the set, since it would teach the model nothing")
+            notes.append(f"{folder / sub}: {len(bad)} of {rec.num_frames} frames are {what}, e.g. {frame_name(bad[0])} "
+                         f"(sequence {rec.id!r})")
+        return notes
+
+
+def _uniform(image: Any) -> bool:
+    """One colour everywhere (an RGBA frame that is fully transparent counts, whatever its colour channels)."""
+    if image.ndim == 3 and image.shape[-1] == 4:
+        if not image[..., 3].any():
+            return True
+        image = image[..., :3]
+    flat = image.reshape(-1, image.shape[-1]) if image.ndim == 3 else image.reshape(-1, 1)
+    return bool((flat == flat[0]).all())
+
+
+def _nobody(iuv: Any) -> bool:
+    """An IUV frame with no part label (red = I in this layout, channel 2 as OpenCV reads it)."""
+    return not (iuv[..., 2] if iuv.ndim == 3 else iuv).any()
 
 
 def validate_dataset(root: str | Path, verify_checksums: bool = False, check_clips: bool = True) -> DatasetManifest:

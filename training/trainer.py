@@ -603,7 +603,8 @@ def check_model_size(config: TrainConfig) -> None:
 
 def check_training_data(config: TrainConfig, verify_checksums: bool = False, allow_incomplete: bool = False) -> None:
     """Cheap checks of the data before a run starts: manifest, presence, frame counts and sizes, clips,
-    completeness (checksums with ``verify_checksums``); every error names the sequence and file."""
+    completeness, a spot check of contents (:meth:`DatasetManifest.spot_check`: changed files, blank
+    sequences) and every checksum with ``verify_checksums``; every error names the sequence and file."""
     root = Path(config.data)
     if (root / "manifest.json").is_file():
         manifest = DatasetManifest.load(root)
@@ -614,6 +615,10 @@ def check_training_data(config: TrainConfig, verify_checksums: bool = False, all
                 "finish it (btdm synth build resumes) or pass --allow-incomplete"
             )
         manifest.validate_files(verify_checksums=verify_checksums, check_clips=True)
+        # Always, cheaply: files changed since the manifest and a sample are hashed (all of them were with
+        # --checksums), and each sequence's middle frames decoded, so a blank or altered set is not trained on.
+        for line in manifest.spot_check(hash_sample=not verify_checksums):
+            logger.warning("warning: %s", line)
     train, _ = training_sequences(config)
     if not train:
         raise DatasetFormatError(f"{root}: split {config.split!r} has no sequences to train on")
@@ -720,12 +725,39 @@ def _prepare(config: TrainConfig, run_dir: Path, ctx: DistContext) -> _Run:
     schedule = ScheduleConfig.from_dict(config.schedule)
     torch.manual_seed(config.seed)
     model = build_model(config.kind, net_config.to_dict()).to(ctx.device)
+    if config.init_from:
+        warm_start(model, config)
     ema = build_model(config.kind, net_config.to_dict()).to(ctx.device)
     ema.load_state_dict(model.state_dict())
     ema.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
     return _Run(config, run_dir, ctx, schedule, dataset, previews, per_epoch, model, ema, optimizer)
+
+
+def warm_start(model: nn.Module, config: TrainConfig) -> None:
+    """Start ``model`` from ``config.init_from``'s weights (safetensors, never a pickle) where a
+    parameter's name and shape match and its name does not start with one of ``config.init_reset``;
+    the rest keep their fresh initialisation. Names what was kept fresh."""
+    root = Path(config.init_from)
+    candidates = [root / config.kind / "model.safetensors", root / "checkpoint" / "model.safetensors",
+                  root / "model.safetensors"]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise TrainingError(f"init_from {config.init_from}: no {config.kind} weights there (looked for "
+                            f"{', '.join(str(c) for c in candidates)})")
+    loaded = load_file(str(path))
+    state = model.state_dict()
+    taken = {k: v for k, v in loaded.items() if k in state and tuple(v.shape) == tuple(state[k].shape)
+             and not k.startswith(config.init_reset)}
+    if not taken:
+        raise TrainingError(f"init_from {path}: no parameter matches this {config.kind}'s names and shapes")
+    fresh = sorted(set(state) - set(taken))
+    with torch.no_grad():
+        for k, v in taken.items():
+            state[k].copy_(v.to(state[k].dtype))
+    logger.info("warm start from %s: %d of %d tensors; fresh: %s", path, len(taken), len(state),
+                ", ".join(fresh) if fresh else "none")
 
 
 def _resume(run: _Run, resume: bool) -> tuple[_Position, int | None]:
