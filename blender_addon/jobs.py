@@ -115,6 +115,7 @@ class PrevisRun:
         self._snap = RunSnapshot(frames_total=request.num_frames, model=request.params.get("model", ""),
                                  notes=tuple(request.notes))
         self._cancel = threading.Event()
+        self._hurry = threading.Event()  # cancelling: do not wait for the engine to confirm
         self._client = None  # the engine client, once connected
         self._thread: threading.Thread | None = None
         self.finalized = False  # set by the main thread once the strip is placed (or the failure reported)
@@ -124,7 +125,11 @@ class PrevisRun:
         self._thread = threading.Thread(target=self.run, name="btdm-previs", daemon=True)
         self._thread.start()
 
-    def cancel(self) -> None:
+    def cancel(self, wait: bool = True) -> None:
+        """Stop the run: the job is cancelled on the engine, nothing is committed. ``wait=False`` (also after an
+        earlier cancel) does not wait for the engine to confirm that the job stopped."""
+        if not wait:
+            self._hurry.set()
         self._cancel.set()
 
     def snapshot(self) -> RunSnapshot:
@@ -220,13 +225,13 @@ class PrevisRun:
                 logger.warning("cancelling job %s: %s", job_id, exc)
                 return
         deadline = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < deadline:  # the sampler stops within one step
+        while time.monotonic() < deadline and not self._hurry.is_set():  # the sampler stops within one step
             try:
                 if client.job(job_id)["state"] in FINAL_STATES:
                     return
             except EngineError:
                 return
-            time.sleep(POLL_S)
+            self._hurry.wait(POLL_S)
 
     def _submit(self, client):
         r = self.request

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from test_addon import Engine, run_bpy
+from test_addon import REPO, Engine, run_bpy
+
+from blender_addon.engine_client import EngineClient
 
 pytestmark = [pytest.mark.blender, pytest.mark.skipif(importlib.util.find_spec("bpy") is None,
                                                      reason="needs the bpy module (pip install -e .[blender])")]
@@ -249,3 +256,84 @@ def test_a_centimetre_bvh_in_a_metre_scene_makes_whole_plates(engine: Engine, tm
         "object to the character's real size" in tiny["message"]), tiny
     assert not (tmp_path / "tiny").exists() or not list((tmp_path / "tiny").iterdir())
     print(json.dumps(result, indent=1), in_metres, in_cm)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C in a headless run
+INTERRUPTED_SCRIPT = """
+import json, sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+import bpy
+import blender_addon
+from test_addon_scenes import make_scene
+scene, arm = make_scene("mixamo", frames={frames})
+bpy.ops.wm.save_as_mainfile(filepath={blend!r})
+blender_addon.register()
+scene.btdm.steps, scene.btdm.sr_steps = 2, {sr_steps}
+bpy.ops.btdm.generate_previs(posemaps_dir={posemaps!r})
+print("RESULT " + json.dumps({{"returned": True}}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("when, presses", [("computing", 1), ("downloading", 2)])
+def test_ctrl_c_cancels_a_headless_run_and_leaves_nothing_half_written(engine: Engine, tmp_path: Path, when: str,
+                                                                       presses: int) -> None:
+    # `blender -b shot.blend --python-expr "bpy.ops.btdm.generate_previs()"`, then Ctrl-C while the engine
+    # makes the frames (pose maps already downloading) or while the frames download: the job is cancelled
+    # on the engine, no frame and no staging folder is left, and the program ends as an interrupted one
+    # does (exit 130). A second Ctrl-C stops waiting for the engine to confirm, and leaves nothing either.
+    frames = 16 if when == "computing" else 48
+    script = tmp_path / "shot.py"
+    posemaps = tmp_path / "maps"
+    script.write_text(INTERRUPTED_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), frames=frames,
+                                                sr_steps=30 if when == "computing" else 2, posemaps=str(posemaps),
+                                                blend=str(tmp_path / "shot.blend")), encoding="utf-8")
+    out = tmp_path / "previs" / "shot_Scene_ShotCam"
+    client = EngineClient(engine.url)
+    env = {**os.environ, "BTDM_ENGINE_URL": engine.url, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600  # a guard against a hang, not a bound on speed
+        job_id = None
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never got there"
+            staged = [f for f in posemaps.glob(".btdm-*") if any(f.glob("0*.png"))] if posemaps.is_dir() else []
+            if staged:
+                job_id = staged[0].name.removeprefix(".btdm-")
+                if when == "computing" and client.job(job_id)["stage"] == "sr3":
+                    break
+                if when == "downloading" and any(out.glob(".btdm-*/0*.png")):
+                    break
+            time.sleep(0.05)
+        for n in range(presses):
+            proc.send_signal(signal.SIGINT)
+            if n + 1 < presses:
+                time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-3000:]
+    assert "RESULT" not in stdout  # the script does not go on as if the plate had been made
+    assert "Traceback" not in stderr, stderr
+    assert "BTDM: Ctrl-C: cancelling the job on the engine; no frame or strip will be left" in stderr, stderr
+    if presses == 2:
+        assert "BTDM: Ctrl-C again: not waiting for the engine" in stderr, stderr
+    left = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "previs").rglob("*"))
+    left += sorted(str(p.relative_to(tmp_path)) for p in posemaps.rglob("*"))
+    names = [f"{n:06d}.png" for n in range(1, frames + 1)]
+    print(stderr[-600:])
+    if "interrupted (Ctrl-C): cancelled: no plate was placed" in stderr:
+        assert left == ["previs/shot_Scene_ShotCam"], left  # the empty folder: no frame, no staging, no temporary
+        if when == "computing":
+            deadline = time.monotonic() + 120
+            while (job := client.job(job_id))["state"] not in ("cancelled", "failed", "succeeded"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert job["state"] == "cancelled", job
+    else:  # the last frame came in before the Ctrl-C was seen: the whole plate, committed, and nothing else
+        assert when == "downloading" and f"interrupted (Ctrl-C): {frames} plates in {out}" in stderr, stderr
+        assert sorted(p.name for p in out.iterdir()) == [".btdm-frames.json", *names]
+        assert sorted(p.name for p in posemaps.iterdir()) == [".btdm-frames.json", *names]

@@ -3,11 +3,14 @@
 Interactive: ``invoke`` samples the armature (main thread), starts the run's worker thread and
 stays modal so Esc cancels; ``bpy.app.timers`` places the strip when the run ends. Background mode
 (``blender -b``, the bpy module): ``execute`` blocks until the run ends and reports failures as
-errors, which ``bpy.ops`` raises as ``RuntimeError``.
+errors, which ``bpy.ops`` raises as ``RuntimeError``; Ctrl-C there cancels the run, leaves no file of
+it, and ends the program with exit status 130 (:class:`Interrupts`).
 """
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 
 import bpy
@@ -18,6 +21,50 @@ from ..jobs import PrevisRun
 from ..prepare import UserError, build_request, resolve_camera, strip_key
 
 PROGRESS_EVERY_S = 2.0
+INTERRUPTED_EXIT = 128 + signal.SIGINT
+"""The exit status of a headless run stopped by Ctrl-C (as a shell reports a program killed by SIGINT)."""
+
+
+class Interrupts:
+    """Ctrl-C (SIGINT) during a blocking background run: cancel the run instead of dying half-way.
+
+    Blender's own handler only flags a break that nothing here reads, and Python's would raise
+    KeyboardInterrupt in this thread while the worker goes on writing and the engine goes on
+    computing. Inside ``with``: the first Ctrl-C cancels the run (the worker cancels the job on the
+    engine, waits for it to stop and deletes the staging folder); another stops waiting for the
+    engine's word. The handler that was there before is put back on exit; one set by C code (Blender's,
+    which Python cannot put back) becomes the default, so a later Ctrl-C ends the program.
+    """
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.count = 0
+        self._previous = None
+        self._installed = False
+
+    def interrupt(self, *_args) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.run.cancel()
+            print("BTDM: Ctrl-C: cancelling the job on the engine; no frame or strip will be left (Ctrl-C again: "
+                  "do not wait for the engine to stop)", file=sys.stderr, flush=True)
+        else:
+            self.run.cancel(wait=False)
+            print("BTDM: Ctrl-C again: not waiting for the engine; removing what was downloaded", file=sys.stderr,
+                  flush=True)
+
+    def __enter__(self) -> Interrupts:
+        try:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self.interrupt)
+            self._installed = True
+        except ValueError:  # not the main thread: KeyboardInterrupt is caught by the caller instead
+            pass
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
 class _RunOperator:
@@ -75,15 +122,24 @@ class _RunOperator:
             return {"FINISHED"}  # from a script in the UI: runs on, the timer places the strip
         # Background: block, printing progress now and then (there is no panel to look at).
         run = entry.run
-        run.start()
-        last = 0.0
-        while not run.snapshot().finished:
-            time.sleep(0.1)
-            if time.monotonic() - last > PROGRESS_EVERY_S:
-                last = time.monotonic()
-                print(f"BTDM {self.kind}: {run.snapshot().line()}", flush=True)
-        run.join()
-        runs.finalize(entry)
+        with Interrupts(run) as interrupts:
+            run.start()
+            last = 0.0
+            while not run.snapshot().finished:
+                try:
+                    time.sleep(0.1)
+                except KeyboardInterrupt:  # no handler of ours (signal.signal refused): the same, once
+                    interrupts.interrupt()
+                if time.monotonic() - last > PROGRESS_EVERY_S:
+                    last = time.monotonic()
+                    print(f"BTDM {self.kind}: {run.snapshot().line()}", flush=True)
+            run.join()
+            runs.finalize(entry)
+        if interrupts.count:
+            # Ctrl-C stops a headless Blender: the job is cancelled on the engine and its files are gone
+            # (or, when it ended first, its plate is whole and placed); exit as an interrupted program does.
+            print(f"BTDM {self.kind}: interrupted (Ctrl-C): {entry.result}", file=sys.stderr, flush=True)
+            raise SystemExit(INTERRUPTED_EXIT)
         return self._report_end(entry)
 
     def invoke(self, context, event):
