@@ -126,7 +126,11 @@ def test_a_saved_run_config_of_the_previous_format_still_reads() -> None:
     }  # fmt: skip
     config = TrainConfig.from_dict(saved)
     assert config.betas == (0.9, 0.999) and config.characters == () and config.hflip_prob == 0.5
-    assert json.dumps(config.to_dict()) == json.dumps(saved)
+    # written back with the fields added since (warm start) at their defaults, the rest as saved
+    later = {"init_from": "", "init_reset": []}
+    expected = {k: v for k, v in saved.items() if k not in ("num_workers", "device")} | later
+    expected |= {"num_workers": 0, "device": "auto"}
+    assert json.dumps(config.to_dict()) == json.dumps(expected)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
@@ -214,7 +218,8 @@ def test_train_flags_build_the_config(tmp_path: Path) -> None:
         "--weight-decay", "0.1", "--warmup-steps", "3", "--grad-clip", "0", "--ema-decay", "0.9", "--split", "test",
         "--character", "a", "--character", "b", "--hflip", "0", "--background", "black", "--fit", "crop", "--cache-frames",
         "--checkpoint-every", "4", "--sample-every", "0", "--log-every", "2", "--keep-snapshots", "3", "--sample-steps", "5",
-        "--sample-frames", "6", "--seed", "9", "--num-workers", "1", "--device", "cpu",
+        "--sample-frames", "6", "--seed", "9", "--init-from", "runs/old", "--init-reset", "unet.out.",
+        "--init-reset", "pose_encoder.", "--num-workers", "1", "--device", "cpu",
     ])  # fmt: skip
     config = train_cmd.config_from_args(args)
     assert dataconfig.to_dict(config) == {
@@ -223,7 +228,8 @@ def test_train_flags_build_the_config(tmp_path: Path) -> None:
         "warmup_steps": 3, "grad_clip": 0.0, "ema_decay": 0.9, "appearance_dropout": 0.0, "split": "test",
         "characters": ["a", "b"], "hflip_prob": 0.0, "background": [0.0, 0.0, 0.0], "fit": "crop", "cache_frames": True,
         "schedule": {}, "checkpoint_every": 4, "sample_every": 0, "log_every": 2, "keep_snapshots": 3,
-        "sample_steps": 5, "sample_frames": 6, "seed": 9, "num_workers": 1, "device": "cpu",
+        "sample_steps": 5, "sample_frames": 6, "seed": 9, "init_from": "runs/old",
+        "init_reset": ["unet.out.", "pose_encoder."], "num_workers": 1, "device": "cpu",
     }  # fmt: skip
     bare = train_cmd.config_from_args(parser.parse_args(["train", "sr3", "--data", "d", "--out", "o"]))
     from training.config import TrainConfig

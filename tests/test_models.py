@@ -376,3 +376,40 @@ def test_cpu_bf16_attention_matches_float32_sdpa(masked: bool) -> None:
                 assert torch.allclose(attn(q, kv, poisoned, mask).float(), fast.float())
     assert fast.dtype == torch.bfloat16
     assert (fast.float() - ref).abs().max() < 0.03 * ref.abs().max()
+
+
+def test_residual_sr3_starts_at_the_prior_on_the_body_and_the_low_res_frame_around_it() -> None:
+    """``residual``: x0 = base + U-Net; the head starts at zero, so an untrained network returns the
+    base: the texture transfer's w_t on every body pixel (confidence >= FILLED, whether seen,
+    mirrored or guessed), the upsampled low-res frame around the body and for a blank prior."""
+    import numpy as np
+
+    from btdm_engine.models.sr3 import residual_base
+    from btdm_engine.posemaps.texture import UVTexture, build_texture, warp_maps
+
+    torch.manual_seed(0)
+    model = SR3(SR3Config.preset("tiny-warp").replace(residual=True)).eval()
+    image = np.full((128, 128, 3), 255, np.uint8)
+    iuv = np.zeros((128, 128, 3), np.uint8)
+    iuv[30:100, 50:80] = (2, 60, 90)  # one part seen in c, in red
+    image[30:100, 50:80] = (200, 20, 20)
+    target = np.zeros((1, 128, 128, 3), np.uint8)
+    target[0, 20:110, 40:90] = (2, 60, 90)  # the same part, bigger
+    target[0, 20:40, 40:60] = (15, 30, 30)  # a part c never showed: guessed, still body
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 128, 128, generator=g)
+    low = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    up = torch.nn.functional.interpolate(low, size=128, mode="bicubic", align_corners=False)
+    for texture in (build_texture([(image, iuv)]), UVTexture.blank()):
+        warp = warp_maps(texture, target, 128)
+        with torch.no_grad():
+            out = model(x, torch.tensor([0.0]), low, warp=warp)
+        torch.testing.assert_close(out, residual_base(up, warp))
+        body = torch.from_numpy(target[0, ..., 0] > 0)
+        if texture.empty:  # nothing known: the low-res frame everywhere
+            torch.testing.assert_close(out, up)
+        else:
+            torch.testing.assert_close(out[0][:, body], warp[0, :3][:, body])
+            torch.testing.assert_close(out[0][:, ~body], up[0][:, ~body])
+    with pytest.raises(ModelConfigError, match="residual"):
+        SR3Config.preset("tiny-warp").replace(residual="yes")

@@ -394,3 +394,27 @@ def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Pa
     assemble(toy, runs, out)  # replacing an existing folder leaves no staging debris
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
+
+
+def test_warm_start_takes_matching_weights_and_leaves_reset_ones_fresh(toy: Path, tmp_path: Path) -> None:
+    """init_from: a run's checkpoint seeds a new run (here a residual SR3 from a plain one) where names
+    and shapes match; init_reset prefixes keep their fresh initialisation (the residual head: zero)."""
+    from training.trainer import warm_start
+
+    train(_config(toy, "sr3", steps=2), tmp_path / "plain", progress=False)
+    source, _, _ = load_checkpoint(tmp_path / "plain" / "checkpoint", kind="sr3")
+    config = _config(toy, "sr3", model_overrides={**MICRO_SR3, "residual": True},
+                     init_from=str(tmp_path / "plain"), init_reset=("unet.out.2.",))
+    model = build_model("sr3", model_config(config).to_dict())
+    warm_start(model, config)
+    for name, value in model.state_dict().items():
+        if name.startswith("unet.out.2."):
+            assert not value.any(), name  # the residual head starts at zero
+        else:
+            torch.testing.assert_close(value, source.state_dict()[name])
+    result = train(config, tmp_path / "warm", progress=False)  # and the run trains from there
+    assert result.step == config.steps and np.isfinite(result.last_loss)
+    with pytest.raises(TrainingError, match="no sr3 weights there"):
+        warm_start(model, _config(toy, "sr3", init_from=str(tmp_path)))
+    with pytest.raises(TrainConfigError, match="init_reset applies to a warm start"):
+        _config(toy, "sr3", init_reset=("unet.",))

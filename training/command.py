@@ -36,6 +36,8 @@ _FLAG_FORMS: dict[str, tuple[str, dict[str, Any]]] = {
                                            "help": 'override single model config fields, e.g. \'{"model_channels": 16}\''}),
     "characters": ("--character", {"action": "append", "metavar": "NAME"}),
     "hflip_prob": ("--hflip", {"metavar": "P"}),
+    "init_from": ("--init-from", {"metavar": "FOLDER"}),
+    "init_reset": ("--init-reset", {"action": "append", "metavar": "PREFIX"}),
     "background": ("--background", {"metavar": "COLOUR",
                                     "help": "colour RGBA frames are composited on: white, black, grey or R,G,B"}),
 }  # fmt: skip
@@ -56,7 +58,8 @@ def _colour(text: str) -> tuple[float, float, float]:
     return parse_colour(text)
 
 
-_CONVERT: dict[str, Callable[[Any], Any]] = {"model_overrides": _json_object, "characters": tuple, "background": _colour}
+_CONVERT: dict[str, Callable[[Any], Any]] = {"model_overrides": _json_object, "characters": tuple, "init_reset": tuple,
+                                                 "background": _colour}
 
 
 def config_flags() -> list[tuple[str, str, dict[str, Any]]]:

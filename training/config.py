@@ -82,6 +82,13 @@ class TrainConfig:
     sample_steps: int = option(20, help="denoising steps of the preview videos")
     sample_frames: int = option(8, help="frames in the preview videos")
     seed: int = option(0, help="seed of the initialisation, data order, noise and dropout")
+    init_from: str = option(
+        "", help="warm start: a model folder (its <kind>/ weights), a run folder (its checkpoint/) or a folder "
+        "holding model.safetensors; parameters whose names and shapes match start from it, the rest from the "
+        "seed (empty: all from the seed)")
+    init_reset: tuple[str, ...] = option(
+        (), help="with init_from: parameter-name prefixes left at their fresh initialisation (repeatable), "
+        "e.g. unet.out. for a new output head")
     num_workers: int = option(0, help="DataLoader worker processes per process")
     device: str = option("auto", help="auto = CUDA when present", choices=DEVICES)
 
@@ -107,6 +114,12 @@ class TrainConfig:
         if self.hflip_prob is not None:
             check_number(self.hflip_prob, "hflip_prob", TrainConfigError, lo=0.0, hi=1.0)
         dataconfig.check_bool(self.cache_frames, "cache_frames", TrainConfigError)
+        if not isinstance(self.init_from, str):
+            raise TrainConfigError(f"init_from must be a folder path or empty, got {self.init_from!r}")
+        if not isinstance(self.init_reset, tuple) or not all(isinstance(c, str) and c for c in self.init_reset):
+            raise TrainConfigError(f"init_reset must be a tuple of parameter-name prefixes, got {self.init_reset!r}")
+        if self.init_reset and not self.init_from:
+            raise TrainConfigError("init_reset applies to a warm start: give init_from as well")
         if not isinstance(self.characters, tuple) or not all(isinstance(c, str) for c in self.characters):
             raise TrainConfigError(f"characters must be a tuple of names, got {self.characters!r}")
         if self.appearance_dropout > 0 and self.mode in ("person", "unconditional"):

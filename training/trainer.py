@@ -725,12 +725,39 @@ def _prepare(config: TrainConfig, run_dir: Path, ctx: DistContext) -> _Run:
     schedule = ScheduleConfig.from_dict(config.schedule)
     torch.manual_seed(config.seed)
     model = build_model(config.kind, net_config.to_dict()).to(ctx.device)
+    if config.init_from:
+        warm_start(model, config)
     ema = build_model(config.kind, net_config.to_dict()).to(ctx.device)
     ema.load_state_dict(model.state_dict())
     ema.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
     return _Run(config, run_dir, ctx, schedule, dataset, previews, per_epoch, model, ema, optimizer)
+
+
+def warm_start(model: nn.Module, config: TrainConfig) -> None:
+    """Start ``model`` from ``config.init_from``'s weights (safetensors, never a pickle) where a
+    parameter's name and shape match and its name does not start with one of ``config.init_reset``;
+    the rest keep their fresh initialisation. Names what was kept fresh."""
+    root = Path(config.init_from)
+    candidates = [root / config.kind / "model.safetensors", root / "checkpoint" / "model.safetensors",
+                  root / "model.safetensors"]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise TrainingError(f"init_from {config.init_from}: no {config.kind} weights there (looked for "
+                            f"{', '.join(str(c) for c in candidates)})")
+    loaded = load_file(str(path))
+    state = model.state_dict()
+    taken = {k: v for k, v in loaded.items() if k in state and tuple(v.shape) == tuple(state[k].shape)
+             and not k.startswith(config.init_reset)}
+    if not taken:
+        raise TrainingError(f"init_from {path}: no parameter matches this {config.kind}'s names and shapes")
+    fresh = sorted(set(state) - set(taken))
+    with torch.no_grad():
+        for k, v in taken.items():
+            state[k].copy_(v.to(state[k].dtype))
+    logger.info("warm start from %s: %d of %d tensors; fresh: %s", path, len(taken), len(state),
+                ", ".join(fresh) if fresh else "none")
 
 
 def _resume(run: _Run, resume: bool) -> tuple[_Position, int | None]:

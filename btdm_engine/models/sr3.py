@@ -26,6 +26,7 @@ from btdm_engine.models.config import (
     check_warp_channels,
 )
 from btdm_engine.models.layers import Cond, SelfAttentionBlock, UNetTrunk, logsnr_embedding
+from btdm_engine.posemaps.texture import FILLED
 
 # "Clean" low-res input: the log-SNR given to the augmentation embedding when no noise was added.
 CLEAN_LOGSNR = 20.0
@@ -43,6 +44,15 @@ class SR3Config(ModelConfig):
         :mod:`btdm_engine.posemaps.texture`) at the OUTPUT resolution is concatenated to the input
         too, so detail that the appearance image shows survives where the low-resolution frame
         cannot hold it. Beyond the paper: the ``paper`` and ``base`` presets keep 0.
+    residual: False (SR3 as published: the U-Net's output is x0) or True: x0 = base + the U-Net's
+        output, the base being the prior on the body and the upsampled low-res frame around it,
+        ``base = a * w_t + (1 - a) * up(low_res)`` with ``a`` the body's coverage read from the
+        prior's confidence channel (``up(low_res)`` alone without a prior, or with a blank one).
+        The network then learns only what the prior gets wrong (shading, seams, what c never
+        showed, hair and cloth beyond the body's surface): the predict-and-refine split of Whang et
+        al., "Deblurring via Stochastic Refinement" (CVPR 2022), and of Neverova et al.'s warping +
+        blending modules ("Dense Pose Transfer", ECCV 2018). Its output head starts at zero, so an
+        untrained network returns the base: the texture transfer itself on the body.
     """
 
     resolution: int
@@ -56,6 +66,7 @@ class SR3Config(ModelConfig):
     dropout: float = 0.0
     norm_groups: int = 32
     warp_channels: int = 0
+    residual: bool = False
 
     PRESET_FIELDS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(
@@ -89,6 +100,8 @@ class SR3Config(ModelConfig):
         check_int_tuple(owner, "attention_resolutions", self.attention_resolutions, allow_empty=True)
         check_float(owner, "dropout", self.dropout, 0.0, 1.0)
         check_warp_channels(owner, self.warp_channels)
+        if not isinstance(self.residual, bool):
+            raise ModelConfigError(f"{owner}.residual: expected true or false, got {self.residual!r}")
         if self.low_resolution > self.resolution:
             raise ModelConfigError(
                 f"{owner}.low_resolution: {self.low_resolution} exceeds resolution {self.resolution}"
@@ -103,7 +116,8 @@ PRESETS: dict[str, SR3Config] = {name: SR3Config.preset(name) for name in SR3Con
 
 
 class SR3(nn.Module):
-    """Conditional U-Net: concat(x, bicubic_up(low_res)[, warp]) -> x0 of the high-res frame."""
+    """Conditional U-Net: concat(x, bicubic_up(low_res)[, warp]) -> x0 of the high-res frame
+    (``residual``: -> x0 minus :func:`residual_base`)."""
 
     def __init__(self, config: SR3Config) -> None:
         super().__init__()
@@ -129,6 +143,10 @@ class SR3(nn.Module):
             dropout=cfg.dropout,
             attention=lambda channels, _res: SelfAttentionBlock(channels, cfg.num_heads),
         )
+        if cfg.residual:  # an untrained residual network returns the base
+            head = self.unet.out[-1]
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def forward(
         self, x: Tensor, logsnr: Tensor, low_res: Tensor, low_res_logsnr: Tensor | None = None,
@@ -185,4 +203,21 @@ class SR3(nn.Module):
                 dim=-1,
             )
         )
-        return self.unet(h, Cond(emb=emb))
+        out = self.unet(h, Cond(emb=emb))
+        if not cfg.residual:
+            return out
+        return out + residual_base(up, warp).to(out.dtype)
+
+
+def residual_base(up: Tensor, warp: Tensor | None) -> Tensor:
+    """A residual SR3's base: ``a * w_t + (1 - a) * up``, or ``up`` without a prior.
+
+    ``a`` is the body's coverage of the pixel: the prior's confidence (its fourth channel, in
+    [-1, 1]) is at least :data:`~btdm_engine.posemaps.texture.FILLED` on every body pixel of a
+    texture that saw anything and 0 around the body (and everywhere for a blank texture).
+    """
+    if warp is None:
+        return up
+    w, conf = warp[:, :3].float(), (warp[:, 3:4].float() + 1) * 0.5
+    a = (conf / FILLED).clamp(max=1.0)
+    return a * w + (1 - a) * up.float()

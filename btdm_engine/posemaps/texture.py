@@ -17,8 +17,8 @@ Three things make it usable here:
    then within each part by push-pull interpolation (Gortler et al. 1996, as coordinate-based
    texture inpainting (Grigorev et al., CVPR 2019) fills its input texture before learning
    the rest), and a part c never shows takes its front/back partner's mean colour.
-3. **A confidence map**: 1 where the texel was seen, 0.5 where the mirror filled it, 0 where it
-   was interpolated or guessed and outside the body. The networks that take w_t as input
+3. **A confidence map**: 1 where the texel was seen, 0.5 where the mirror filled it, 0.02 where
+   it was interpolated or guessed, and 0 outside the body. The networks that take w_t as input
    (``warp_channels`` in their configs) read it as a fourth channel, so they learn where to trust
    the prior and where to draw from their own knowledge (Neverova et al.'s "blending module"
    and Grigorev et al.'s inpainting network make the same split).
@@ -49,7 +49,8 @@ from btdm_engine.posemaps.parts import MIRROR_PART, NUM_PARTS, SELF_SYMMETRIC_PA
 # The channels a warp-conditioned network reads per frame: w_t (RGB) and its confidence.
 WARP_CHANNELS = 4
 # Confidence of a texel: seen in c, filled from the mirror part, interpolated or guessed.
-SEEN, MIRRORED, FILLED = 1.0, 0.5, 0.0
+# FILLED is above 0, so that w_t's confidence channel also tells the body (> 0) from its surroundings (0).
+SEEN, MIRRORED, FILLED = 1.0, 0.5, 0.02
 # Weight of a pixel on the silhouette's edge (a mixture with the background) against one inside.
 EDGE_WEIGHT = 0.02
 MIN_TEXTURE, MAX_TEXTURE = 16, 256
