@@ -9,7 +9,9 @@ Files: frames are downloaded as the engine finishes them into a staging folder
 ``<out>/.btdm-<job id>/`` (each written to a temporary name, then renamed), and moved into
 ``<out>/`` only when the job has succeeded, named by scene frame (``NNNNNN.png``); stale frames
 of an earlier, longer plate are removed. A cancelled or failed run deletes its staging folder, so
-the folder never holds a half-written frame nor a mix of two runs.
+the folder never holds a half-written frame nor a mix of two runs; one that a killed Blender left
+is removed by the next run in that folder once the engine says its job ended
+(:func:`sweep_stale_staging`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ RETRY_S = 120.0
 """How long a running job's polls and downloads retry an engine that stopped answering (a network
 hiccup, a proxy restart) before the run fails; the job goes on on the engine meanwhile."""
 _FRAME_FILE = re.compile(r"^\d{6}\.png$")
+_STAGING_DIR = re.compile(r"^\.btdm-([0-9a-f]{32})$")
+_TEMP_FILE = re.compile(r"^\.btdm\..+\.tmp$")
 
 
 @dataclass
@@ -255,6 +259,8 @@ class PrevisRun:
                 check_output_folder(folder, r.shot, adopt=folder in r.adopt)
         self._update(phase="connecting")
         client = self._client = MANAGER.connect(r.settings)
+        for folder in {r.out_dir, r.posemaps_dir} - {None, ""}:
+            sweep_stale_staging(folder, client)
         self._check_cancel()
         self._update(phase="submitting")
         job = self._submit(client)
@@ -310,6 +316,47 @@ class PrevisRun:
         what = "pose maps" if r.kind == "posemaps" else ("plates" if self.snapshot().has_plates else "frames")
         self._update(phase="succeeded", eta_s=None, frames_done=count,
                      message=f"{count} {what} in {r.out_dir}")
+
+
+def sweep_stale_staging(folder: str, client) -> list[str]:
+    """Remove the staging folders ``.btdm-<job id>/`` that a killed Blender left in ``folder``.
+
+    Only folders the add-on made (the name) holding only files it writes there (``NNNNNN.png`` and
+    its temporary names), whose job the engine reports ended or does not know, go; a folder of a
+    job still queued or running (another Blender on this shot), or with anything else in it, stays.
+    Returns the removed paths.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _STAGING_DIR.match(name)
+        path = os.path.join(folder, name)
+        if not match or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        try:
+            files = os.listdir(path)
+        except OSError:
+            continue
+        if not all((_FRAME_FILE.match(f) or _TEMP_FILE.match(f)) and os.path.isfile(os.path.join(path, f))
+                   and not os.path.islink(os.path.join(path, f)) for f in files):
+            continue
+        try:
+            state = client.job(match.group(1)).get("state")
+        except EngineError as exc:
+            if exc.status != 404:
+                continue  # the engine cannot say: leave it
+            state = None
+        if state is not None and state not in FINAL_STATES:
+            continue
+        for f in files:
+            os.unlink(os.path.join(path, f))
+        os.rmdir(path)
+        logger.info("removed %s, left by an interrupted run", path)
+        removed.append(path)
+    return removed
 
 
 WRITTEN_FILE = ".btdm-frames.json"

@@ -225,3 +225,39 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path) -> None:
         srv.kill()
         if back is not None:
             back.stop()
+
+
+def test_stale_staging_folders_of_a_killed_blender_are_swept(server: Server, clip: Path, tmp_path: Path) -> None:
+    """A Blender killed mid-run leaves ``.btdm-<job>/`` in the output folder; the next run removes it
+    once the engine says the job ended or does not know it, and nothing that is not the add-on's."""
+    import uuid
+
+    from blender_addon.jobs import sweep_stale_staging
+
+    client = server.client()
+    running = client.submit(motion=clip, params={"steps": 400})
+    ended = client.submit(motion=clip, params={"steps": 400})
+    client.cancel(ended["id"])
+    assert client.wait(ended["id"])["state"] == "cancelled"
+    out = tmp_path / "plates"
+
+    def staging(job_id: str, *files: str) -> Path:
+        folder = out / f".btdm-{job_id}"
+        folder.mkdir(parents=True)
+        for f in files:
+            (folder / f).write_bytes(b"png")
+        return folder
+
+    unknown = staging(uuid.uuid4().hex, "000001.png", ".btdm.x1.tmp")
+    gone = staging(ended["id"], "000001.png")
+    live = staging(running["id"], "000001.png")
+    foreign = staging(uuid.uuid4().hex, "000001.png", "notes.txt")
+    odd = out / ".btdm-not-a-job"
+    odd.mkdir()
+    (out / "000001.png").write_bytes(b"plate")
+    removed = sweep_stale_staging(str(out), client)
+    assert sorted(removed) == sorted([str(unknown), str(gone)])
+    assert not unknown.exists() and not gone.exists()
+    assert live.is_dir() and foreign.is_dir() and odd.is_dir() and (out / "000001.png").read_bytes() == b"plate"
+    client.cancel(running["id"])
+    client.wait(running["id"])
