@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from btdm_engine.dataconfig import is_int
+from btdm_engine.limits import FPS_RANGE
 from btdm_engine.service import limits
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -73,7 +74,7 @@ class JobParams(BaseModel):
                              description="first source frame to generate (zero-based)")
     frame_end: int | None = Field(default=None, ge=1, le=limits.MAX_FRAMES * 100,
                                   description="one past the last source frame (default: the end)")
-    fps: float | None = Field(default=None, gt=0.0, le=1000.0,
+    fps: float | None = Field(default=None, ge=FPS_RANGE[0], le=FPS_RANGE[1],
                               description="video frame rate (default: the clip's, 30 for pose maps)")
     iuv_order: Literal["btdm", "densepose"] = Field(
         default="btdm", description="channel layout of uploaded IUV PNGs (posemaps zip, appearance_iuv)")
