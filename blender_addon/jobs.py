@@ -62,6 +62,7 @@ class RunRequest:
     shot: dict | None = None  # whose frames these are: {"blend": file name, "scene": ..., "camera": ...}
     adopt: tuple[str, ...] = ()  # folders whose unattributed frames this scene's strips show (see check_output_folder)
     notes: tuple[str, ...] = ()  # said with the result (a unit the armature was taken in, ...)
+    take: bool = False  # out_dir is a new take_NNN folder of the shot's output folder (see takes.py)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,19 @@ def check_folders(folders, shot: dict, adopt: tuple[str, ...]) -> None:
                 raise UserError(str(exc)) from None
 
 
+def next_take(out: str, shot: dict) -> str:
+    """The folder of this Generate's take in the shot's output folder (see :mod:`.takes`); ``UserError`` when
+    the folder holds another shot's takes or frames pre-vis did not write."""
+    from .jobs import RunFailed
+    from .takes import check_takes, new_take_dir
+
+    try:
+        check_takes(out, shot)
+    except RunFailed as exc:
+        raise UserError(str(exc)) from None
+    return new_take_dir(out)
+
+
 def custom_bone_map(settings, armature) -> dict:
     bones = armature.data.bones
     mapping, used = {}, {}
@@ -322,6 +335,9 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
     keep_maps = os.path.normpath(posemaps_dir) if posemaps_dir else None
     shot, adopt = shot_identity(scene, camera), shown_folders(scene)
     check_folders((out, keep_maps), shot, adopt)
+    take = kind == "plates" and not out_override  # a folder named by a script gets the plates themselves
+    if take:
+        out = next_take(out, shot)
     if kind == "posemaps":
         appearance = appearance_iuv = None
         use_default = True
@@ -365,4 +381,4 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         kind=kind, skeleton=_npz_bytes(arrays), params=params, out_dir=out, first_frame=start,
         num_frames=end - start + 1, settings=preferences.engine_settings(context), appearance=appearance,
         appearance_iuv=appearance_iuv, skeleton_without_camera=_npz_bytes(without_camera),
-        posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else ())
+        posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else (), take=take)

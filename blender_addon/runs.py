@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import bpy
 from bpy.app.handlers import persistent
 
-from . import sequencer
+from . import sequencer, takes
 from .jobs import PrevisRun
 
 logger = logging.getLogger(__name__)
@@ -87,11 +87,16 @@ def finalize(entry: Entry) -> None:
         if snap.phase == "succeeded" and scene is not None:
             if req.kind == "plates":
                 seed, model = req.params.get("seed", 0), req.params.get("model", "default")
-                sequencer.place_image_strip(
-                    scene, req.out_dir, req.first_frame, req.num_frames,
-                    name=f"BTDM {entry.camera} s{seed} {snap.job_id[:8]}", key=entry.key, kind="plates",
-                    props={"seed": seed, "model": model, "job_id": snap.job_id, "steps": req.params.get("steps", 0),
-                           "folder": req.out_dir})
+                props = {"seed": seed, "model": model, "job_id": snap.job_id, "steps": req.params.get("steps", 0),
+                         "folder": req.out_dir}
+                name = f"BTDM {entry.camera} s{seed} {snap.job_id[:8]}"
+                if req.take:
+                    record = takes.write_take(req.out_dir, req.num_frames, req.first_frame, req.params, snap.job_id,
+                                              req.shot, snap.notes)
+                    props["take"] = record["take"]
+                    name = f"BTDM {entry.camera} take {record['take']} s{seed}"
+                sequencer.place_image_strip(scene, req.out_dir, req.first_frame, req.num_frames, name=name,
+                                            key=entry.key, kind="plates", props=props)
             else:
                 sequencer.place_image_strip(
                     scene, req.out_dir, req.first_frame, req.num_frames, name=f"BTDM pose maps {entry.camera}",
@@ -103,6 +108,10 @@ def finalize(entry: Entry) -> None:
                 entry.result += " (" + "; ".join(snap.notes) + ")"
         else:
             entry.ok, entry.result = False, snap.message or snap.phase
+            if req.take:
+                takes.remove_if_empty(req.out_dir)  # nothing was kept: no empty take folder either
+    except OSError as exc:
+        entry.ok, entry.result = False, f"could not record the take: {exc}"
     except RuntimeError as exc:
         entry.ok, entry.result = False, f"could not place the strip: {exc}"
     finally:

@@ -33,6 +33,21 @@ def find_strips(scene, key: str, kind: str) -> list:
     return [s for s in all_strips(editor) if s.get("btdm_key") == key and s.get("btdm_kind") == kind]
 
 
+def blend_relative(path: str) -> str:
+    """``//...`` for a path under the .blend's folder (the project can move with its plates), else ``path``."""
+    import bpy
+
+    blend = bpy.data.filepath
+    if not blend:
+        return path
+    base = os.path.dirname(os.path.abspath(blend))
+    try:
+        inside = os.path.commonpath([base, os.path.abspath(path)]) == base
+    except ValueError:  # another drive
+        return path
+    return bpy.path.relpath(path) if inside else path
+
+
 def _channel_free(editor, channel: int, start: int, end: int) -> bool:
     return not any(s.channel == channel and s.frame_final_start < end and start < s.frame_final_end for s in all_strips(editor))
 
@@ -65,8 +80,8 @@ def place_image_strip(scene, folder: str, frame_start: int, count: int, *, name:
     missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise RuntimeError(f"{folder}: {len(missing)} of {count} frames are missing (first: {missing[0]})")
-    strip = strips(editor).new_image(name=name, filepath=os.path.join(folder, files[0]), channel=channel,
-                                     frame_start=frame_start)
+    strip = strips(editor).new_image(name=name, filepath=blend_relative(os.path.join(folder, files[0])),
+                                     channel=channel, frame_start=frame_start)
     for f in files[1:]:
         strip.elements.append(f)
     if above:

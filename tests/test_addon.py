@@ -354,10 +354,10 @@ def test_rigify_metarig_generates_plates_over_the_shot(engine: Engine, tmp_path:
     assert (strip["start"], strip["end"], strip["n"]) == (1, 9, 8)
     assert strip["props"]["btdm_seed"] == 3 and strip["props"]["btdm_model"] == "default"
     assert len(strip["props"]["btdm_job_id"]) == 32 and strip["props"]["btdm_job_id"][:8] in strip["name"]
-    folder = tmp_path / "previs" / "shot_Scene_ShotCam"
+    folder = tmp_path / "previs" / "shot_Scene_ShotCam" / "take_002"  # each Generate keeps its take
     assert Path(strip["dir"]).resolve() == folder.resolve()
     files = sorted(p.name for p in folder.iterdir())
-    assert files == [".btdm-frames.json"] + [f"{n:06d}.png" for n in range(1, 9)], files  # nothing staged left
+    assert files == [".btdm-frames.json"] + [f"{n:06d}.png" for n in range(1, 9)] + ["take.json"], files  # nothing staged left
     plate = cv2.imread(str(folder / "000001.png"), cv2.IMREAD_UNCHANGED)
     assert plate.shape == (108, 192, 4) and 0 < (plate[..., 3] > 0).mean() < 0.5
     hands_feet_head = ["hand.L", "hand.R", "foot.L", "foot.R", "spine.006", "forearm.L", "shin.R"]
@@ -426,7 +426,7 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
     assert (params["RENDER"]["appearance_frame"], params["RENDER"]["finetune_steps"]) == (1, 2)
     assert result["method"] == "FIT"
     assert "reference pose" in result["refused"] and "frame 50 lies outside the frame range 1..8" in result["refused"]
-    plate = cv2.imread(str(tmp_path / "previs" / "shot_Scene_ShotCam" / "000001.png"), cv2.IMREAD_UNCHANGED)
+    plate = cv2.imread(str(tmp_path / "previs" / "shot_Scene_ShotCam" / "take_005" / "000001.png"), cv2.IMREAD_UNCHANGED)
     assert plate.shape[2] == 4 and (plate[..., 3] > 0).any()
 
 

@@ -103,7 +103,7 @@ def test_two_blend_files_in_one_folder_keep_their_plates(engine: Engine, tmp_pat
         out["first"] = generate()
         import hashlib
         def digest(folder):
-            folder = os.path.join({str(tmp_path)!r}, "previs", folder)
+            folder = os.path.join({str(tmp_path)!r}, "previs", folder, "take_001")
             return {{f: hashlib.sha1(open(os.path.join(folder, f), "rb").read()).hexdigest()
                     for f in sorted(os.listdir(folder)) if f.endswith(".png")}}
         out["first_files"] = digest("shot010_Scene_ShotCam")
@@ -132,7 +132,9 @@ def test_two_blend_files_in_one_folder_keep_their_plates(engine: Engine, tmp_pat
         blender_addon.unregister()
         print("RESULT " + json.dumps(out))
     """, tmp_path, env={"BTDM_ENGINE_URL": engine.url})
-    first, second = tmp_path / "previs" / "shot010_Scene_ShotCam", tmp_path / "previs" / "shot020_Scene_ShotCam"
+    # each shot's Generate keeps its take in take_001/ of its own folder
+    first = tmp_path / "previs" / "shot010_Scene_ShotCam" / "take_001"
+    second = tmp_path / "previs" / "shot020_Scene_ShotCam" / "take_001"
     assert result["first"] == "ok" and result["second"] == "ok", result
     assert result["second_strips"] == [str(second) + "/"]
     names = [f"{n:06d}.png" for n in range(1, 5)]
@@ -149,8 +151,8 @@ def test_two_blend_files_in_one_folder_keep_their_plates(engine: Engine, tmp_pat
     assert result["shared_strips"] == result["second_strips"]  # nothing placed, nothing replaced
     assert "of another shot (shot020.blend, scene 'Scene', camera 'ShotCam')" in result["other_camera"]
     assert result["posemaps"] == "ok"
-    assert sorted(p.name for p in (second / "posemaps").glob("*.png")) == names
-    for folder in (first, second, second / "posemaps"):
+    assert sorted(p.name for p in (second.parent / "posemaps").glob("*.png")) == names
+    for folder in (first, second, second.parent / "posemaps"):
         assert not [p.name for p in folder.iterdir() if p.name.startswith(".btdm-") and p.name != ".btdm-frames.json"]
     print(json.dumps(result, indent=1))
 
@@ -303,7 +305,7 @@ def test_ctrl_c_cancels_a_headless_run_and_leaves_nothing_half_written(engine: E
                 job_id = staged[0].name.removeprefix(".btdm-")
                 if when == "computing" and client.job(job_id)["stage"] == "sr3":
                     break
-                if when == "downloading" and any(out.glob(".btdm-*/0*.png")):
+                if when == "downloading" and any(out.glob("take_*/.btdm-*/0*.png")):
                     break
             time.sleep(0.05)
         for n in range(presses):
@@ -326,7 +328,7 @@ def test_ctrl_c_cancels_a_headless_run_and_leaves_nothing_half_written(engine: E
     names = [f"{n:06d}.png" for n in range(1, frames + 1)]
     print(stderr[-600:])
     if "interrupted (Ctrl-C): cancelled: no plate was placed" in stderr:
-        assert left == ["previs/shot_Scene_ShotCam"], left  # the empty folder: no frame, no staging, no temporary
+        assert left == ["previs/shot_Scene_ShotCam"], left  # the empty folder: no frame, no staging, no take
         if when == "computing":
             deadline = time.monotonic() + 120
             while (job := client.job(job_id))["state"] not in ("cancelled", "failed", "succeeded"):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import appearance, bone_map, engine_ops, generate
+from . import appearance, bone_map, engine_ops, generate, takes
 
-CLASSES = (*generate.CLASSES, *engine_ops.CLASSES, *bone_map.CLASSES, *appearance.CLASSES)
+CLASSES = (*generate.CLASSES, *engine_ops.CLASSES, *bone_map.CLASSES, *appearance.CLASSES, *takes.CLASSES)
 
 
 def unregister() -> None:

@@ -152,6 +152,31 @@ def draw_output(layout, context) -> None:
             layout.label(text=f"Empty: {default_output(scene, camera)}")
         elif not bpy.data.filepath:
             layout.label(text="Empty: //previs/... once the .blend is saved")
+    draw_takes(layout, context)
+
+
+def draw_takes(layout, context) -> None:
+    """The shot's takes, newest first: which one the strip shows, Show and Delete for each."""
+    from ..operators.takes import shot_takes, shown_take
+    from ..prepare import UserError
+
+    try:
+        camera, _out, _shot, takes = shot_takes(context)
+    except UserError:
+        return
+    box = layout.box()
+    if not takes:
+        box.label(text="Takes: none yet (each Generate keeps one)")
+        return
+    box.label(text=f"Takes ({len(takes)})")
+    shown = shown_take(context.scene, camera)
+    for take in reversed(takes):
+        row = box.row(align=True)
+        row.label(text=take.label, icon="HIDE_OFF" if take.number == shown else "BLANK1")
+        op = row.operator("btdm.take_show", text="", icon="SEQUENCE")
+        op.take = take.number
+        op = row.operator("btdm.take_delete", text="", icon="TRASH")
+        op.take = take.number
 
 
 SECTIONS = (

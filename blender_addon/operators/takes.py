@@ -1,0 +1,117 @@
+"""Takes: put an earlier take on the plate strip, delete a take (see :mod:`..takes`)."""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+from bpy.props import IntProperty
+
+from .. import runs, sequencer
+from ..jobs import RunFailed
+from ..prepare import UserError, output_dir, resolve_camera, shot_identity, strip_key
+from ..takes import delete_take, list_takes
+
+
+def shot_takes(context):
+    """(the scene's camera, its output folder, its shot, its takes); raises UserError."""
+    scene = context.scene
+    camera = resolve_camera(context)
+    out = output_dir(scene, camera)
+    shot = shot_identity(scene, camera)
+    return camera, out, shot, list_takes(out, shot)
+
+
+def shown_take(scene, camera) -> int | None:
+    """The take number the shot's plate strip shows, if it shows one."""
+    for strip in sequencer.find_strips(scene, strip_key(scene, camera), "plates"):
+        take = strip.get("btdm_take")
+        if take is not None:
+            return int(take)
+    return None
+
+
+def _find(context, number: int):
+    camera, _out, shot, takes = shot_takes(context)
+    for take in takes:
+        if take.number == number:
+            return camera, shot, take
+    raise UserError(f"this shot has no take {number}")
+
+
+class _TakeOperator:
+    take: IntProperty(name="Take", min=1, description="The take's number (its folder take_NNN)")
+
+    @classmethod
+    def poll(cls, context):
+        scene = getattr(context, "scene", None)
+        if scene is None or not hasattr(scene, "btdm"):
+            return False
+        if runs.active(scene) is not None:
+            cls.poll_message_set("a pre-vis job is running for this scene; wait for it or cancel it")
+            return False
+        return True
+
+
+class BTDM_OT_take_show(_TakeOperator, bpy.types.Operator):
+    """Put this take's plates on the shot's plate strip (same channel and frames)"""
+
+    bl_idname = "btdm.take_show"
+    bl_label = "Show Take"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        try:
+            camera, _shot, take = _find(context, self.take)
+        except UserError as exc:
+            self.report({"ERROR"}, f"BTDM: {exc}")
+            return {"CANCELLED"}
+        r = take.record
+        scene = context.scene
+        try:
+            sequencer.place_image_strip(
+                scene, take.folder, int(r.get("first_frame", scene.frame_start)), int(r.get("frames", 0)),
+                name=f"BTDM {camera.name} take {take.number} s{r.get('seed', 0)}", key=strip_key(scene, camera),
+                kind="plates", props={"seed": r.get("seed", 0), "model": r.get("model", ""),
+                                      "job_id": r.get("job_id", ""), "steps": r.get("steps", 0),
+                                      "folder": take.folder, "take": take.number})
+        except (RuntimeError, ValueError) as exc:
+            self.report({"ERROR"}, f"BTDM: take {take.number}: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"BTDM: showing {take.label}")
+        return {"FINISHED"}
+
+
+class BTDM_OT_take_delete(_TakeOperator, bpy.types.Operator):
+    """Delete this take's plates and records (only the files pre-vis wrote; never the take on the strip)"""
+
+    bl_idname = "btdm.take_delete"
+    bl_label = "Delete Take"
+    bl_options = {"REGISTER"}
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        try:
+            camera, shot, take = _find(context, self.take)
+        except UserError as exc:
+            self.report({"ERROR"}, f"BTDM: {exc}")
+            return {"CANCELLED"}
+        if shown_take(context.scene, camera) == take.number:
+            self.report({"ERROR"}, f"BTDM: take {take.number} is on the plate strip; show another take first")
+            return {"CANCELLED"}
+        try:
+            left = delete_take(take, shot)
+        except (RunFailed, OSError) as exc:
+            self.report({"ERROR"}, f"BTDM: could not delete take {take.number}: {exc}")
+            return {"CANCELLED"}
+        if left:
+            self.report({"WARNING"}, f"BTDM: deleted take {take.number}'s plates; {len(left)} other file(s) kept in "
+                        f"{os.path.basename(take.folder)} ({left[0]}{', ...' if len(left) > 1 else ''})")
+        else:
+            self.report({"INFO"}, f"BTDM: deleted take {take.number}")
+        return {"FINISHED"}
+
+
+CLASSES = (BTDM_OT_take_show, BTDM_OT_take_delete)
