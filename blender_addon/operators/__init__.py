@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from . import appearance, bone_map, engine_ops, generate, takes
+from . import appearance, bone_map, engine_ops, generate, smpl_import, takes
 
-CLASSES = (*generate.CLASSES, *engine_ops.CLASSES, *bone_map.CLASSES, *appearance.CLASSES, *takes.CLASSES)
+CLASSES = (*generate.CLASSES, *engine_ops.CLASSES, *bone_map.CLASSES, *appearance.CLASSES, *takes.CLASSES,
+           *smpl_import.CLASSES)
 
 
 def unregister() -> None:

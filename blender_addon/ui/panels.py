@@ -102,6 +102,7 @@ def draw_motion(layout, context) -> None:
             layout.operator("btdm.bone_map_reset", text="Make the 24 rows")
         else:
             layout.template_list("BTDM_UL_bone_map", "", s, "bone_map", s, "bone_map_index", rows=6)
+    layout.operator("btdm.import_smpl", icon="IMPORT")
     row = layout.row(align=True)
     row.operator("btdm.bone_map_from_engine", text="Copy Engine's Map")
     row.operator("btdm.bone_map_import", text="", icon="IMPORT")

@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Import a motion onto the SMPL skeleton: BVH (mocap from any source), FBX (Mixamo and "
             "others, through Blender's own importer: needs the bpy module) or a skeleton-animation "
-            ".npz (what the Blender add-on sends). Rigs: " + ", ".join(SKELETONS[1:]) + " by name, "
+            ".npz (what the Blender add-on sends) or an AMASS-style SMPL, SMPL-H or SMPL-X .npz (poses, trans, betas, "
+            "mocap_framerate; its body rotations and shape are kept exactly). Rigs: " + ", ".join(SKELETONS[1:]) + " by name, "
             "or any rig with --bone-map. The file's rest pose (T- or A-pose, any facing), units and "
             "up axis are accounted for; each assumption that could be wrong is printed as a warning."
         ),
@@ -97,7 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _source_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", type=Path, metavar="FILE", help="motion file: .bvh, .fbx or skeleton-animation .npz")
+    p.add_argument("file", type=Path, metavar="FILE",
+                   help="motion file: .bvh, .fbx, skeleton-animation .npz or AMASS-style SMPL .npz")
     p.add_argument("--skeleton", default="auto", choices=SKELETONS,
                    help="bone-map preset (default auto: the preset that maps the most joints; it says which)")
     p.add_argument("--bone-map", type=Path, default=None, metavar="MAP.json",
@@ -154,8 +156,9 @@ def _import(args: argparse.Namespace) -> int:
     path = clip.save(args.out)
     r = done.report
     fit = f", shape fit {r['fit_rms_mm']:.1f} mm RMS ({r['fit_max_mm']:.1f} max)" if "fit_rms_mm" in r else ""
+    gender = f", {r['gender']}" if "gender" in r else ""
     print(f"wrote {path}: {clip.num_frames} frames at {clip.fps:g} fps ({clip.duration:.2f} s), "
-          f"{r['skeleton']} skeleton, {r['units']} units ({r['scale']:g} m/unit), {r['up']} up{fit}")
+          f"{r['skeleton']} skeleton{gender}, {r['units']} units ({r['scale']:g} m/unit), {r['up']} up{fit}")
     return 0
 
 

@@ -1,7 +1,9 @@
-"""Motion files in: BVH, FBX (through Blender's importer) and skeleton-animation ``.npz``.
+"""Motion files in: BVH, FBX (through Blender's importer), skeleton-animation ``.npz`` and AMASS-style SMPL ``.npz``.
 
 :func:`read_skeleton_animation` reads any of them into the skeleton-animation contract;
-:func:`import_motion` retargets it with the one core (:func:`btdm_engine.motion.retarget.to_motion_clip`).
+:func:`import_motion` retargets it with the one core (:func:`btdm_engine.motion.retarget.to_motion_clip`),
+except an AMASS-style SMPL motion (:mod:`btdm_engine.motion.amass`), which is SMPL already and is
+copied into the clip with its body joints' rotations and shape kept exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def read_skeleton_animation(path: str | os.PathLike[str], armature: str | None =
 
         return read_fbx(path, armature=armature)
     if suffix == ".npz":
+        from btdm_engine.motion.amass import amass_skeleton_animation, is_amass, read_amass
+
+        if is_amass(path):
+            return amass_skeleton_animation(read_amass(path))
         return SkeletonAnimation.load(path)
     raise MotionSourceError(f"{path.name}: unknown motion file type {path.suffix!r}; allowed: {', '.join(FORMATS)}")
 
@@ -47,8 +53,32 @@ def import_motion(
     armature: str | None = None, **options: Any,
 ) -> Any:
     """Read and retarget a motion file; ``options`` go to ``to_motion_clip``. Returns its ``Retargeted``."""
+    from btdm_engine.motion.amass import amass_to_clip, is_amass, read_amass
     from btdm_engine.motion.retarget import to_motion_clip
 
+    path = Path(path)
+    if path.suffix.lower() == ".npz" and path.is_file() and is_amass(path):
+        return _import_amass(path, bone_map_file, options, amass_to_clip, read_amass)
     anim = read_skeleton_animation(path, armature=armature)
     bone_map = read_bone_map(bone_map_file) if bone_map_file is not None else None
     return to_motion_clip(anim, bone_map=bone_map, **options)
+
+
+def _import_amass(path: Path, bone_map_file, options: dict[str, Any], amass_to_clip, read_amass) -> Any:
+    """An AMASS-style SMPL motion: no bone map, units or rig options apply; a shape fit would replace its betas."""
+    wrong = []
+    if bone_map_file is not None:
+        wrong.append("--bone-map")
+    if options.get("skeleton") not in (None, "auto", "smpl"):
+        wrong.append(f"--skeleton {options['skeleton']}")
+    if options.get("scale") is not None:
+        wrong.append("--scale")
+    if wrong:
+        raise MotionSourceError(f"{path.name}: an AMASS-style SMPL motion (poses, trans, betas) is SMPL already, in "
+                                f"metres: {', '.join(wrong)} cannot apply to it")
+    done = amass_to_clip(read_amass(path), body_model=options.get("body_model", "mannequin"),
+                         width=options.get("width", 256), height=options.get("height", 256), fps=options.get("fps"),
+                         up=options.get("up"))
+    if options.get("fit_shape"):
+        done.report["warnings"].append("--fit-shape ignored: the file's own betas are kept")
+    return done
