@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from blender_addon.engine_client import EngineClient, EngineError
+from btdm_bridge.engine_client import EngineClient, EngineError
 
 BTDM = [str(Path(sys.executable).with_name("btdm"))]
 

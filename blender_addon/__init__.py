@@ -14,18 +14,34 @@ Headless::
 
 from __future__ import annotations
 
-import bpy
+from typing import Any
 
-from . import operators, preferences, properties, runs
-from .engine import MANAGER
-from .ui import panels
+# bpy and the modules that use it are imported by register() (Blender calls it), not here: so the
+# package's bpy-free modules (units, engine, jobs, pngio, engine_client) import without Blender,
+# as the engine's tests and a plain Python do.
 
-# Every class, once, in registration order (property groups before what points at them).
-CLASSES = (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES)
+
+def _classes() -> tuple[type, ...]:
+    """Every class, once, in registration order (property groups before what points at them)."""
+    from . import operators, preferences, properties
+    from .ui import panels
+
+    return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CLASSES":
+        return _classes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register() -> None:
-    for cls in CLASSES:
+    import bpy
+
+    from . import properties, runs
+    from .ui import panels
+
+    for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register()
     panels.register()
@@ -33,10 +49,16 @@ def register() -> None:
 
 
 def unregister() -> None:
+    import bpy
+
+    from . import operators, properties, runs
+    from .engine import MANAGER
+    from .ui import panels
+
     runs.unregister()
     operators.unregister()
     MANAGER.stop()
     panels.unregister()
     properties.unregister()
-    for cls in reversed(CLASSES):
+    for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

@@ -6,14 +6,17 @@ byte-exact. Reading images the add-on does through Blender (``bpy.data.images.lo
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
 
 import numpy as np
 
+from ._bridge import load
+
 __all__ = ["atomic_write_bytes", "encode_png", "png_size"]
+
+# The one atomic write, shared with the engine through the bridge (btdm_bridge/files.py).
+atomic_write_bytes = load("files").atomic_write_bytes
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -38,21 +41,3 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     if len(data) < 24 or not data.startswith(_SIGNATURE) or data[12:16] != b"IHDR":
         return None
     return struct.unpack(">II", data[16:24])
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file in ``path``'s folder, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".btdm.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

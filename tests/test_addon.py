@@ -138,6 +138,8 @@ def test_addon_build_and_install_into_an_extensions_folder(tmp_path: Path) -> No
     with zipfile.ZipFile(zips[0]) as zf:
         names = zf.namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names and "operators/generate.py" in names
+    # the code shared with the engine is vendored, so the installed add-on imports nothing outside itself
+    assert {"_vendor/__init__.py", "_vendor/btdm_bridge/engine_client.py", "_vendor/btdm_bridge/armature.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/." in n or n.startswith(".")]
 
     fake_btdm = tmp_path / "bin" / "btdm"
@@ -158,10 +160,13 @@ def test_addon_build_and_install_into_an_extensions_folder(tmp_path: Path) -> No
         from btdm_previs.engine import EngineSettings
         exe = EngineSettings().find_executable()
         ok = hasattr(bpy.context.scene, "btdm") and btdm_previs.preferences.BTDM_AddonPreferences.bl_idname
+        from btdm_previs import armature, engine_client
+        homes = [engine_client.EngineClient.__module__, armature.sample_armature.__module__]
         btdm_previs.unregister()
-        print("RESULT " + json.dumps({{"exe": exe, "idname": ok}}))
+        print("RESULT " + json.dumps({{"exe": exe, "idname": ok, "homes": homes}}))
     """, tmp_path, env={"XDG_CONFIG_HOME": str(tmp_path / "config")})
-    assert result == {"exe": str(fake_btdm.resolve()), "idname": "btdm_previs"}
+    assert result == {"exe": str(fake_btdm.resolve()), "idname": "btdm_previs",
+                      "homes": ["btdm_previs._vendor.btdm_bridge.engine_client", "btdm_previs._vendor.btdm_bridge.armature"]}
 
 
 def test_panel_draws_every_mode(tmp_path: Path) -> None:

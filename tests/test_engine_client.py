@@ -1,4 +1,4 @@
-"""The stdlib engine client (`blender_addon/engine_client.py`) and `btdm animate --engine`, against a real server."""
+"""The stdlib engine client (`btdm_bridge/engine_client.py`) and `btdm animate --engine`, against a real server."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from test_service import BTDM, FAST, REPO, TOKEN, Server, child_env, decode, free_port, make_clip
 
-from blender_addon.engine_client import EngineClient, EngineError
+from btdm_bridge.engine_client import EngineClient, EngineError
 
-CLIENT = REPO / "blender_addon" / "engine_client.py"
+CLIENT = REPO / "btdm_bridge" / "engine_client.py"
 
 
 def test_client_imports_the_standard_library_only() -> None:

@@ -142,7 +142,7 @@ def test_one_write_json_atomic_with_path_first(tmp_path: Path) -> None:
 
 def test_the_addons_writers_are_atomic_with_ordinary_permissions(tmp_path: Path) -> None:
     # The add-on cannot import btdm_engine (no torch inside Blender): its one safe-write path is
-    # blender_addon.pngio.atomic_write_bytes, which the skeleton writer goes through too.
+    # btdm_bridge.files.atomic_write_bytes (blender_addon.pngio's), which the skeleton writer goes through too.
     from blender_addon.armature import save_skeleton_npz
     from blender_addon.pngio import atomic_write_bytes as addon_write
 

@@ -1,7 +1,10 @@
 """Layering: the engine (``btdm_engine``) never imports the application packages ``training`` and
 ``synthetic_data``; only the ``btdm`` command registers their commands, by name
 (``btdm_engine.cli.APPLICATION_COMMAND_MODULES``). Inside the engine, the diffusion losses do not
-depend on the samplers."""
+depend on the samplers. Nothing but the add-on imports ``blender_addon``: what the engine and the
+add-on share lives in ``btdm_bridge`` (standard library and numpy, imported relatively inside
+itself, so the add-on zip can vendor it). No two modules of the source tree import each other, at
+any depth (function-local imports count)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 APPLICATION_PACKAGES = ("training", "synthetic_data")
+SOURCE_PACKAGES = ("btdm_engine", "btdm_bridge", "training", "synthetic_data", "blender_addon", "bench")
 
 
 def test_importing_every_engine_module_loads_no_application_package() -> None:
@@ -26,7 +30,7 @@ for info in pkgutil.walk_packages(btdm_engine.__path__, "btdm_engine."):
         importlib.import_module(info.name)
     except Exception as exc:
         failed[info.name] = repr(exc)
-loaded = sorted(m for m in sys.modules if m.partition(".")[0] in {APPLICATION_PACKAGES!r})
+loaded = sorted(m for m in sys.modules if m.partition(".")[0] in {(*APPLICATION_PACKAGES, "blender_addon")!r})
 print(json.dumps({{"names": names, "failed": failed, "loaded": loaded}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
@@ -67,3 +71,79 @@ def test_application_commands_are_registered_by_name() -> None:
 def test_diffusion_losses_do_not_import_the_samplers() -> None:
     imported = _imported_modules(REPO / "btdm_engine" / "diffusion" / "losses.py")
     assert not any(m.startswith("btdm_engine.diffusion.samplers") for m in imported), sorted(imported)
+
+
+def _source_modules() -> dict[str, tuple[Path, bool]]:
+    """Module name -> (file, is a package) for every ``.py`` file of the source packages."""
+    found: dict[str, tuple[Path, bool]] = {}
+    for package in SOURCE_PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the source modules it imports anywhere in its file (relative imports resolved;
+    ``from package import name`` counts as importing ``package.name`` when that is a module)."""
+    modules = _source_modules()
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                named = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(parent + ([node.module] if node.module else []))
+                named = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            else:
+                continue
+            for target in named:
+                while target not in modules and "." in target:  # a name inside a module: the module
+                    target = target.rpartition(".")[0]
+                if target in modules and target != name:
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def test_the_import_graph_sees_lazy_and_relative_imports() -> None:
+    graph = _import_graph()
+    assert "btdm_engine.commands.remote" in graph["btdm_engine.commands.animate"]  # function-local
+    assert "blender_addon.jobs" in graph["blender_addon.prepare"]  # relative
+    assert "btdm_bridge.files" in graph["btdm_bridge.armature"]  # relative, function-local
+
+
+def test_no_two_modules_import_each_other() -> None:
+    graph = _import_graph()
+    pairs = sorted({tuple(sorted((a, b))) for a, targets in graph.items() for b in targets if a in graph[b]})
+    assert pairs == []
+
+
+def test_nothing_but_the_addon_imports_the_addon() -> None:
+    graph = _import_graph()
+    offenders = {name: sorted(t for t in targets if t.partition(".")[0] == "blender_addon")
+                 for name, targets in graph.items() if not name.startswith("blender_addon")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    # the engine reaches the add-on only as a program (btdm previs) or a folder (btdm addon build)
+    for path in (REPO / "btdm_engine").rglob("*.py"):
+        assert not any(m.partition(".")[0] == "blender_addon" for m in _imported_modules(path)), path
+
+
+def test_the_bridge_imports_only_the_standard_library_numpy_and_itself_relatively() -> None:
+    for path in sorted((REPO / "btdm_bridge").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        absolute = {n.module.partition(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+        absolute |= {a.name.partition(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert absolute - {"__future__", "numpy"} <= set(sys.stdlib_module_names), (path, absolute)
+
+
+def test_the_addons_bpy_free_modules_import_without_bpy() -> None:
+    code = "import sys, blender_addon.units, blender_addon.engine_client, blender_addon.armature; print('bpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.split() == ["False"]

@@ -16,8 +16,8 @@ import scipy.io
 
 from btdm_engine.body import load_body_model
 from btdm_engine.motion.camera import intrinsics, look_at
-from btdm_engine.posemaps.atlas import Atlas, AtlasError, build_atlas, load_atlas
-from btdm_engine.posemaps.densepose_uv import read_uv_processed
+from btdm_engine.posemaps.atlas import Atlas, AtlasError, build_atlas
+from btdm_engine.posemaps.densepose_uv import load_atlas, read_uv_processed
 from btdm_engine.posemaps.encoding import read_iuv_png
 from btdm_engine.posemaps.parts import MIRROR_PART, PART_NAMES, flip_iuv, part_index
 from btdm_engine.posemaps.preview import PART_PALETTE, colorize_iuv, contact_sheet, write_mp4

@@ -11,7 +11,7 @@ bpy = pytest.importorskip("bpy", reason="needs the bpy module (pip install '.[bl
 from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
 from mathutils import Matrix, Vector  # noqa: E402
 
-from blender_addon.armature import ArmatureError, camera_matrices, sample_armature  # noqa: E402
+from btdm_bridge.armature import ArmatureError, camera_matrices, sample_armature  # noqa: E402
 from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, PARENTS  # noqa: E402
 from btdm_engine.motion import make_motion  # noqa: E402
 from btdm_engine.motion.fbx import read_fbx  # noqa: E402

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blender_addon.engine_client import EngineClient, EngineError
+from btdm_bridge.engine_client import EngineClient, EngineError
 from btdm_engine.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,7 +230,7 @@ def test_full_queue_gives_429(server: Server, clip: Path) -> None:
 
 
 def _form(**files: bytes | str) -> tuple[bytes, str]:
-    from blender_addon.engine_client import _multipart
+    from btdm_bridge.engine_client import _multipart
 
     fields = {k: v for k, v in files.items() if isinstance(v, str)}
     blobs = {k: (f"{k}.bin", v, "application/octet-stream") for k, v in files.items() if isinstance(v, bytes)}
@@ -440,7 +440,7 @@ def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Serv
 def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Server, clip: Path, tmp_path: Path) -> None:
     # A render (or matched photo) of the whole shot-camera view at one frame: the engine cuts it with
     # that frame's window and fine-tunes with that frame's pose map as g(c); no IUV file is needed.
-    from blender_addon.engine_client import EngineError
+    from btdm_bridge.engine_client import EngineError
     from btdm_engine.body.model import load_body_model
     from btdm_engine.motion.clip import MotionClip
     from btdm_engine.posemaps.preview import colorize_iuv

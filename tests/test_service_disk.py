@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_service import BTDM, FAST, REPO, child_env, free_port, make_clip
 
-from blender_addon.engine_client import EngineClient, EngineError
+from btdm_bridge.engine_client import EngineClient, EngineError
 
 
 def _can_unshare() -> bool:

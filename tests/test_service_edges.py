@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from test_service import FAST, TOKEN, Server, make_clip
 
-from blender_addon.engine_client import EngineClient, _multipart
+from btdm_bridge.engine_client import EngineClient, _multipart
 from btdm_engine.service import limits
 from btdm_engine.service.errors import PayloadTooLarge, ServiceError
 from btdm_engine.service.inputs import check_npz, extract_posemaps

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from test_service import BTDM, REPO, child_env, make_clip
 
-from blender_addon.engine_client import EngineClient
+from btdm_bridge.engine_client import EngineClient
 from btdm_engine.service.lifeline import _zombie
 
 PARENT = """

@@ -64,16 +64,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from btdm_engine import limits
 from btdm_engine.dataconfig import check_int, check_keys, check_number, is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text, read_json
 from btdm_engine.imageio import ImageReadError, image_size
-
-if TYPE_CHECKING:
-    from training.video import DensePoseSymmetry
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -195,6 +192,13 @@ class SequenceRecord:
         return out
 
 
+class FlipTable(Protocol):
+    """A table that mirrors IUV maps of another chart layout left-right (``training.video.DensePoseSymmetry``
+    for detectron2's); the layout only needs its ``flip``, so it does not import the video reader."""
+
+    def flip(self, iuv: Any) -> Any: ...
+
+
 @dataclass(frozen=True)
 class SequenceFrames:
     """What a training dataset needs of one sequence: its frame files and how to read them.
@@ -210,7 +214,7 @@ class SequenceFrames:
     rgb: tuple[Path, ...]
     iuv: tuple[Path, ...]
     iuv_order: str = IUV_ORDER
-    flip_table: DensePoseSymmetry | None = field(default=None, repr=False, compare=False)
+    flip_table: FlipTable | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.rgb) != len(self.iuv) or not self.rgb:

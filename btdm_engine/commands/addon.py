@@ -1,7 +1,8 @@
 """``btdm addon``: build the Blender extension zip and install it into a user's Blender.
 
 ``btdm addon build --out DIR`` writes ``DIR/<id>-<version>.zip`` with ``blender_manifest.toml`` at
-the zip's root (the layout Blender's extension installer wants), and validates it with Blender's
+the zip's root (the layout Blender's extension installer wants) and the ``btdm_bridge`` package it
+shares with the engine vendored as ``_vendor/btdm_bridge``, and validates it with Blender's
 own extension tool when the bpy module ships it. ``btdm addon install --blender PATH`` installs
 that zip with ``PATH --background --command extension install-file -r user_default -e ZIP``
 (``--extensions-dir DIR`` unpacks it into a user extensions repository folder instead), then points the
@@ -24,10 +25,14 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-__all__ = ["addon_source_dir", "build_zip", "config_path", "register"]
+__all__ = ["addon_source_dir", "bridge_source_dir", "build_zip", "config_path", "register"]
 
 CONFIG_NAME = "blender_addon.json"
-_SKIP_DIRS = {"__pycache__"}
+_SKIP_DIRS = {"__pycache__", "_vendor"}
+# The package the add-on shares with the engine (HTTP client, armature sampler), vendored into the zip
+# where blender_addon/_bridge.py finds it: an installed extension imports nothing outside itself.
+BRIDGE_PACKAGE = "btdm_bridge"
+VENDOR_DIR = "_vendor"
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp")
 REQUIRED_MANIFEST_KEYS = ("schema_version", "id", "version", "name", "tagline", "maintainer", "type",
                           "blender_version_min", "license")
@@ -58,14 +63,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_install)
 
 
-def addon_source_dir() -> Path:
-    """The ``blender_addon`` package folder (found without importing it: it imports bpy)."""
-    spec = importlib.util.find_spec("blender_addon")
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         from btdm_engine.cli import CliError
 
-        raise CliError("the blender_addon package is not installed with this btdm")
+        raise CliError(f"the {name} package is not installed with this btdm")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def addon_source_dir() -> Path:
+    """The ``blender_addon`` package folder (found without importing it: the engine never imports the add-on)."""
+    return _package_dir("blender_addon")
+
+
+def bridge_source_dir() -> Path:
+    """The ``btdm_bridge`` package folder, which the zip vendors as ``_vendor/btdm_bridge``."""
+    return _package_dir(BRIDGE_PACKAGE)
 
 
 def read_manifest(source: Path) -> dict:
@@ -127,6 +141,10 @@ def build_zip(out_dir: Path) -> Path:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for path in _files(source):
                 zf.write(path, path.relative_to(source).as_posix())
+            bridge = bridge_source_dir()
+            zf.writestr(f"{VENDOR_DIR}/__init__.py", '"""Packages vendored by `btdm addon build`."""\n')
+            for path in _files(bridge):
+                zf.write(path, f"{VENDOR_DIR}/{BRIDGE_PACKAGE}/{path.relative_to(bridge).as_posix()}")
         problem = validate(Path(tmp))
         if problem:
             raise CliError(f"Blender's extension tool refuses the package: {problem}")

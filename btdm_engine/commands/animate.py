@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.commands.common import Progress, parse_frames
 from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS, THREADS_HELP
 from btdm_engine.errors import BtdmError
 
@@ -95,43 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class Progress:
-    """One tqdm bar per stage, fed by the samplers' ``callback(stage, step, total)``."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.stage: str | None = None
-        self.bar: Any = None
-
-    def __call__(self, stage: str, step: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if stage != self.stage:
-            self.close()
-            self.stage = stage
-            self.bar = tqdm(total=total, desc=stage, unit="step")
-        self.bar.update(step - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def parse_frames(frames: str | None) -> tuple[int, int] | None:
-    """``--frames START:STOP`` as (start, stop); None when not given."""
-    from btdm_engine.cli import CliError
-
-    if frames is None:
-        return None
-    start, sep, stop = frames.partition(":")
-    if not (sep and start.isdigit() and stop.isdigit()):
-        raise CliError(f"--frames {frames!r}: expected START:STOP, e.g. 0:48")
-    return int(start), int(stop)
-
-
 def _read_posemaps(folder: Path, order: str, frames: str | None) -> Any:
     from btdm_engine.posemaps.export import read_posemap_folder
 
@@ -212,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.cli import CliError
 
     if args.engine is not None:
-        from btdm_engine.service.remote import animate_remote
+        from btdm_engine.commands.remote import animate_remote  # the --engine path: the stdlib client
 
         if args.method == "texture" or args.size is not None:
             raise CliError("--method texture and --size run here, without an engine: drop --engine")

@@ -127,7 +127,7 @@ def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> Non
     """Animate ``args.generate`` with the embedded model and its shipped appearance image."""
     import numpy as np
 
-    from btdm_engine.commands.animate import Progress
+    from btdm_engine.commands.common import Progress
     from btdm_engine.imageio import read_rgb
     from btdm_engine.motion import make_motion
     from btdm_engine.pipeline import Animator

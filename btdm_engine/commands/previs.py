@@ -1,8 +1,8 @@
 """``btdm previs``: run the Blender add-on headless on one or many shots.
 
-Each shot runs in its own process with the bpy module (bpy holds one scene per process): the
-process opens the .blend, registers the add-on, and calls ``bpy.ops.btdm.generate_previs``
-exactly as an animator's Generate button does. One engine serves every shot: ``--engine URL``
+Each shot runs in its own process with the bpy module (bpy holds one scene per process):
+``python -m blender_addon.headless SPEC_JSON`` opens the .blend, registers the add-on, and calls
+``bpy.ops.btdm.generate_previs`` exactly as an animator's Generate button does. One engine serves every shot: ``--engine URL``
 (and ``--token``), or a local ``btdm serve`` this command starts on a free loopback port and
 stops at the end. With ``--ray ADDRESS`` shots are Ray tasks (one GPU each when the cluster has
 GPUs), each task with its own local engine unless ``--engine`` is given.
@@ -34,6 +34,8 @@ from btdm_engine.procs import die_with_parent, stop_process
 __all__ = ["register", "run_shot"]
 
 SHOT_TIMEOUT_S = 6 * 3600
+# The per-shot program: the add-on's own (bpy), run by name, so the engine never imports the add-on.
+SHOT_MODULE = "blender_addon.headless"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +102,7 @@ class _LocalEngine:
                                      preexec_fn=die_with_parent)  # no engine outlives a killed batch
 
     def wait(self, timeout: float = 180.0) -> None:
-        from blender_addon.engine_client import EngineClient, EngineError
+        from btdm_bridge.engine_client import EngineClient, EngineError
         from btdm_engine.cli import CliError
 
         client = EngineClient(self.url, timeout=2.0)
@@ -173,7 +175,7 @@ def run_shot(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     child_env = {**os.environ, **{k: v for k, v in env.items() if v}}
     result = {"blend": spec["blend"], "out": str(out), "ok": False, "error": "", "frames": 0}
     try:
-        proc = subprocess.run([sys.executable, "-m", "btdm_engine.commands.previs", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, "-m", SHOT_MODULE, json.dumps(spec)],
                               env=child_env, capture_output=True, text=True, timeout=SHOT_TIMEOUT_S,
                               preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired:
@@ -238,59 +240,3 @@ def _run_ray(specs: list[dict[str, Any]], env: dict[str, str], address: str) -> 
     finally:
         if started_here:
             ray.shutdown()
-
-
-# ---------------------------------------------------------------------------- the per-shot process
-def _shot_main(spec: dict[str, Any]) -> dict[str, Any]:
-    """Inside the bpy subprocess: open the shot, register the add-on, generate, optionally save."""
-    import bpy
-
-    bpy.ops.wm.open_mainfile(filepath=spec["blend"])
-    import blender_addon
-    from blender_addon import runs
-
-    blender_addon.register()
-    try:
-        scene = bpy.context.scene
-        s = scene.btdm
-        for key, kind in (("armature", "ARMATURE"), ("camera", "CAMERA")):
-            name = spec.get(key)
-            if name is None:
-                continue
-            obj = scene.objects.get(name)
-            if obj is None or obj.type != kind:
-                found = sorted(o.name for o in scene.objects if o.type == kind)
-                return {"ok": False, "error": f"--{key} {name}: scene {scene.name!r} has no {kind.lower()} of that "
-                        f"name (it has: {', '.join(found) or 'none'})"}
-            setattr(s, key, obj)
-        for key in ("steps", "sr_steps", "seed"):
-            if spec.get(key) is not None:
-                setattr(s, key, spec[key])
-        out = Path(spec["out"])
-        try:
-            bpy.ops.btdm.generate_previs(output_dir=str(out / "frames"), posemaps_dir=str(out / "posemaps"),
-                                         skeleton_path=str(out / "skeleton.npz"))
-        except RuntimeError as exc:
-            return {"ok": False, "error": str(exc).removeprefix("Error: ").strip()}
-        entry = runs.latest(scene)
-        snap = entry.run.snapshot()
-        report = {"job_id": snap.job_id, "params": entry.run.request.params, "retarget": snap.retarget,
-                  "has_plates": snap.has_plates, "notes": list(snap.notes)}
-        (out / "job.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-        if spec.get("save"):
-            bpy.ops.wm.save_mainfile()
-        return {"ok": True, "frames": snap.frames_done, "params": entry.run.request.params}
-    finally:
-        blender_addon.unregister()
-
-
-if __name__ == "__main__":
-    try:
-        outcome = _shot_main(json.loads(sys.argv[1]))
-    except Exception as exc:  # report it as the shot's one line; the traceback goes to blender.log
-        import traceback
-
-        traceback.print_exc()
-        outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    print("BTDM-RESULT " + json.dumps(outcome), flush=True)
-    sys.exit(0 if outcome.get("ok") else 1)

@@ -1,6 +1,6 @@
 """FBX motion through Blender's own FBX importer (the bpy module, headless).
 
-The importer builds an armature in an empty scene; :func:`blender_addon.armature.sample_armature`,
+The importer builds an armature in an empty scene; :func:`btdm_bridge.armature.sample_armature`,
 the same sampler the add-on uses on live armatures, turns it into a skeleton animation. Needs the
 ``blender`` extra (``bpy``).
 """
@@ -11,7 +11,8 @@ import logging
 import os
 from pathlib import Path
 
-from btdm_engine.motion.skeleton_animation import SkeletonAnimation, from_arrays
+from btdm_bridge.armature import ArmatureError, sample_armature
+from btdm_engine.motion.skeleton_animation import MotionSourceError, SkeletonAnimation, from_arrays
 
 __all__ = ["read_fbx"]
 
@@ -24,8 +25,6 @@ def read_fbx(path: str | os.PathLike[str], armature: str | None = None) -> Skele
 
     ``armature`` names the armature object when the file holds several; with one it is optional.
     """
-    from btdm_engine.motion.sources import MotionSourceError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such FBX file")
@@ -36,7 +35,6 @@ def read_fbx(path: str | os.PathLike[str], armature: str | None = None) -> Skele
     except ImportError as exc:
         raise MotionSourceError(
             f"{path.name}: FBX import needs Blender as a Python module (pip install -e '.[blender]')") from exc
-    from blender_addon.armature import ArmatureError, sample_armature
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     try:

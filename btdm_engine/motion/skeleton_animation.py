@@ -52,7 +52,7 @@ from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, npz_headers
 from btdm_engine.limits import FPS_RANGE
 
-__all__ = ["FORMAT_VERSION", "LIMITS", "UP_AXES", "SkeletonAnimation", "SkeletonAnimationError"]
+__all__ = ["FORMAT_VERSION", "LIMITS", "UP_AXES", "MotionSourceError", "SkeletonAnimation", "SkeletonAnimationError"]
 
 FORMAT_VERSION = 1
 # Sizes a file may declare (checked from the headers, before reading any array).
@@ -64,6 +64,11 @@ _CAMERA = ("cam_K", "cam_world_to_cam", "cam_width", "cam_height")
 
 class SkeletonAnimationError(BtdmError, ValueError):
     """A skeleton animation (file or arrays) breaks the contract; the message names the field."""
+
+
+class MotionSourceError(BtdmError, ValueError):
+    """A motion file of an unknown kind, or one that holds no usable armature (raised by every reader
+    of a motion file into this contract: :mod:`.sources`, :mod:`.fbx`)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,17 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.errors import BtdmError
 from btdm_engine.motion.bonemaps import read_bone_map
-from btdm_engine.motion.skeleton_animation import SkeletonAnimation
+from btdm_engine.motion.skeleton_animation import MotionSourceError, SkeletonAnimation
 
 __all__ = ["FORMATS", "MotionSourceError", "import_motion", "read_skeleton_animation"]
 
 FORMATS = (".bvh", ".fbx", ".npz")
-
-
-class MotionSourceError(BtdmError, ValueError):
-    """A motion file of an unknown kind, or one that holds no usable armature."""
 
 
 def read_skeleton_animation(path: str | os.PathLike[str], armature: str | None = None) -> SkeletonAnimation:

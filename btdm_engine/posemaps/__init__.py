@@ -3,7 +3,7 @@
 Public API (imported lazily, so ``btdm --help`` does not load torch or OpenGL):
 
 * parts: ``PART_NAMES``, ``MIRROR_PART``, ``flip_iuv``
-* atlas: ``Atlas``, ``build_atlas``, ``load_atlas``, ``read_uv_processed``
+* atlas: ``Atlas``, ``build_atlas``; densepose_uv: ``read_uv_processed``, ``load_atlas``
 * renderer: ``IUVRenderer``
 * encoding: ``write_iuv_png``, ``read_iuv_png``, ``iuv_to_tensor``, ``tensor_to_iuv``,
   ``iuv_to_parts_onehot``, ``validate_iuv``, ``IUVFormatError``
@@ -24,7 +24,7 @@ _EXPORTS: dict[str, str] = {
     "Atlas": "atlas",
     "AtlasError": "atlas",
     "build_atlas": "atlas",
-    "load_atlas": "atlas",
+    "load_atlas": "densepose_uv",
     "read_uv_processed": "densepose_uv",
     "IUVRenderer": "renderer",
     "IUVFormatError": "encoding",

@@ -394,19 +394,3 @@ def _charts(points: np.ndarray, part: np.ndarray, joints: np.ndarray) -> np.ndar
                 traw = _raw_chart(name, points[tsel] * _REFLECT, joints)
                 uv[tsel] = (traw - lo) / span
     return np.clip(uv, 0.0, 1.0).astype(np.float32)
-
-
-def load_atlas(body: BodyModel, uv_processed_path: str | None = None) -> Atlas:
-    """The atlas to render ``body`` with.
-
-    Args:
-        body: the body model.
-        uv_processed_path: DensePose's ``UV_Processed.mat`` (for licensed SMPL bodies); when
-            given it is read instead of building the procedural atlas.
-    """
-    if uv_processed_path is not None:
-        from btdm_engine.posemaps.densepose_uv import read_uv_processed
-
-        n = int(np.asarray(body.v_template).shape[0])
-        return read_uv_processed(uv_processed_path, num_body_vertices=n)
-    return build_atlas(body)

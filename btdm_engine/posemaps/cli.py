@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from btdm_engine.body.model import load_body_model
     from btdm_engine.motion.clip import MotionClip
-    from btdm_engine.posemaps.atlas import load_atlas
+    from btdm_engine.posemaps.densepose_uv import load_atlas
     from btdm_engine.posemaps.export import export_posemaps
 
     clip = MotionClip.load(args.clip)

@@ -9,21 +9,25 @@ seam-split copy of SMPL's 6890-vertex mesh:
 * ``All_vertices (V', 1)``: 1-based index of each split vertex into SMPL's vertices.
 
 It is read into the same :class:`~btdm_engine.posemaps.atlas.Atlas` as the procedural atlas, so
-the renderer does not care where its atlas came from. Nothing is downloaded: users point to
-their own copy.
+the renderer does not care where its atlas came from; :func:`load_atlas` picks one of the two.
+Nothing is downloaded: users point to their own copy.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
-from btdm_engine.posemaps.atlas import Atlas, AtlasError
+from btdm_engine.posemaps.atlas import Atlas, AtlasError, build_atlas
 from btdm_engine.posemaps.parts import NUM_PARTS
+
+if TYPE_CHECKING:
+    from btdm_engine.body.model import BodyModel
 
 UV_PROCESSED_KEYS: tuple[str, ...] = (
     "All_FaceIndices",
@@ -122,3 +126,18 @@ def read_uv_processed(
         source=str(path),
     )
     return atlas.validate(num_body_vertices)
+
+
+def load_atlas(body: BodyModel, uv_processed_path: str | os.PathLike[str] | None = None) -> Atlas:
+    """The atlas to render ``body`` with.
+
+    Args:
+        body: the body model.
+        uv_processed_path: DensePose's ``UV_Processed.mat`` (for licensed SMPL bodies); when
+            given it is read instead of building the procedural atlas
+            (:func:`~btdm_engine.posemaps.atlas.build_atlas`).
+    """
+    if uv_processed_path is not None:
+        n = int(np.asarray(body.v_template).shape[0])
+        return read_uv_processed(uv_processed_path, num_body_vertices=n)
+    return build_atlas(body)

@@ -1,4 +1,5 @@
-"""``btdm animate --engine URL``: the same job sent to a running ``btdm serve`` through the stdlib client.
+"""``btdm animate --engine URL``: the same job sent to a running ``btdm serve`` through the stdlib client
+(:mod:`btdm_bridge.engine_client`, the add-on's too); :mod:`.animate` hands its arguments here.
 
 The command line means what it means locally (same seed, same frames): pose maps are rendered
 by the server from the clip (or the ``--posemaps`` PNGs are zipped and sent), the appearance image
@@ -16,7 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from blender_addon.engine_client import EngineClient, EngineError
+from btdm_bridge.engine_client import EngineClient, EngineError
+from btdm_engine.commands.common import Progress, parse_frames
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,7 +63,6 @@ def _zip_posemaps(folder: Path, span: tuple[int, int] | None = None) -> bytes:
 def animate_remote(args: argparse.Namespace) -> int:
     """Run ``btdm animate`` on the engine at ``args.engine``; returns the exit status."""
     from btdm_engine.cli import CliError
-    from btdm_engine.commands.animate import Progress, parse_frames
     from btdm_engine.commands.serve import read_token
     from btdm_engine.fileio import StagedRun, atomic_write_bytes
 

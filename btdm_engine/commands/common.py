@@ -1,0 +1,45 @@
+"""What ``btdm animate``, its ``--engine`` path (:mod:`.remote`) and ``btdm demo`` share: the
+progress bars and the ``--frames`` option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Progress", "parse_frames"]
+
+
+class Progress:
+    """One tqdm bar per stage, fed by the samplers' ``callback(stage, step, total)``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, step: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=stage, unit="step")
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def parse_frames(frames: str | None) -> tuple[int, int] | None:
+    """``--frames START:STOP`` as (start, stop); None when not given."""
+    from btdm_engine.cli import CliError
+
+    if frames is None:
+        return None
+    start, sep, stop = frames.partition(":")
+    if not (sep and start.isdigit() and stop.isdigit()):
+        raise CliError(f"--frames {frames!r}: expected START:STOP, e.g. 0:48")
+    return int(start), int(stop)
