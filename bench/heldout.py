@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from btdm_engine.imageio import read_rgb, resize_labels, resize_rgb
+from btdm_engine.imageio import read_image, read_rgb, resize_labels, resize_rgb
 from btdm_engine.metrics.evaluate import evaluate
 from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
 from btdm_engine.posemaps.preview import write_rgb_png
@@ -55,17 +55,24 @@ def sequence_inputs(seq: Any, frames: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_frames(out: Path, key: str, seq: Any, frames: np.ndarray, poses: np.ndarray, res: int, first: int = 0) -> None:
     """``frames[first:]`` into ``OUT/pred/<key>/<sequence>/``; the truth and the pose maps, at ``res``, once per
-    sequence (``first=1`` leaves out frame 0 where it is the appearance image itself)."""
+    sequence (``first=1`` leaves out frame 0 where it is the appearance image itself). A truth frame that
+    is RGBA at ``res`` (the synthetic sets) is copied with its alpha, for the ``person`` foreground."""
     for t, frame in enumerate(frames):
         if t < first:
             continue
         write_rgb_png(out / "pred" / key / seq.id / f"{t:06d}.png", frame)
         gt = out / "gt" / seq.id / f"{t:06d}.png"
         if not gt.exists():
-            write_rgb_png(gt, truth_frame(seq.rgb[t], res))
+            raw = read_image(seq.rgb[t])
+            if raw.ndim == 3 and raw.shape[2] == 4 and raw.shape[:2] == (res, res):
+                gt.parent.mkdir(parents=True, exist_ok=True)  # RGBA at the output size: kept, alpha and all
+                shutil.copyfile(seq.rgb[t], gt)
+            else:
+                write_rgb_png(gt, truth_frame(seq.rgb[t], res))
             write_iuv_png(out / "iuv" / seq.id / f"{t:06d}.png", resize_labels(poses[t], (res, res)))
 
 
-def score(out: Path, key: str, **weights: Any) -> dict[str, Any]:
-    """``evaluate`` of ``OUT/pred/<key>`` against ``OUT/gt``, foreground only (``OUT/iuv``)."""
-    return evaluate(out / "pred" / key, out / "gt", out / "iuv", **weights)
+def score(out: Path, key: str, foreground: str = "pose", **weights: Any) -> dict[str, Any]:
+    """``evaluate`` of ``OUT/pred/<key>`` against ``OUT/gt``, foreground only (``OUT/iuv``): the pose maps' body
+    (``pose``) or the whole person with hair and clothes (``person``: the truth's alpha too)."""
+    return evaluate(out / "pred" / key, out / "gt", out / "iuv", foreground=foreground, **weights)

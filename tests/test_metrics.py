@@ -356,3 +356,31 @@ def test_evaluate_names_missing_ground_truth(tmp_path: Path) -> None:
     (pred / "seq_a" / "000001.png").unlink()
     with pytest.raises(EvaluationError, match="consecutive"):
         evaluate(pred, gt)
+
+
+def test_person_foreground_adds_the_truths_alpha_to_the_pose_maps_body(tmp_path: Path) -> None:
+    """``foreground="person"``: hair or a skirt beyond the body's surface (alpha > 0, I = 0) is scored;
+    with the paper's ``"pose"`` it is not. Ground truth without alpha is refused for ``person``."""
+    rng = np.random.default_rng(3)
+    iuv = np.zeros((64, 64, 3), np.uint8)
+    iuv[16:48, 24:40] = (2, 128, 64)  # the body
+    for t in range(3):
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[..., :3] = 255
+        rgba[16:48, 24:40] = (*rng.integers(0, 255, 3), 255)
+        rgba[40:56, 16:48] = (30, 90, 200, 255)  # a skirt, wider than the body and below it
+        (tmp_path / "gt").mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "gt" / f"{t:06d}.png"), rgba[..., [2, 1, 0, 3]])  # RGBA, as OpenCV's BGRA
+        pred = rgba[..., :3].copy()
+        pred[40:56, 16:24] = 255  # drawn as two legs: the skirt's sides missing
+        pred[40:56, 40:48] = 255
+        _write_png(tmp_path / "pred" / f"{t:06d}.png", pred.astype(np.float32) / 255)
+        write_iuv_png(tmp_path / "iuv" / f"{t:06d}.png", iuv)
+    pose = evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "iuv")
+    person = evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "iuv", foreground="person")
+    assert pose["foreground"] == "pose" and person["foreground"] == "person"
+    assert pose["metrics"]["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert person["metrics"]["ssim"] < 0.95 and math.isfinite(person["metrics"]["psnr"])
+    _write_png(tmp_path / "gt" / "000001.png", np.ones((64, 64, 3), np.float32))  # an RGB frame
+    with pytest.raises(EvaluationError, match=r"000001\.png: no alpha channel; foreground 'person' needs RGBA"):
+        evaluate(tmp_path / "pred", tmp_path / "gt", tmp_path / "iuv", foreground="person")

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None, help="evaluate at SIZE x SIZE (default: frames must already match)")
     p.add_argument("--background", default="white",
                    help="background colour for RGBA frames and masking: white, black, grey or R,G,B")
+    p.add_argument("--foreground", choices=("pose", "person"), default="pose",
+                   help="with --iuv: the pose maps' body (pose, the paper's), or the whole person: the body and the "
+                   "ground truth's alpha > 0, so hair and loose clothes count (person; RGBA ground truth)")
     p.add_argument("--flow-source", choices=FLOW_SOURCES, default="gt", help="whose flow the warping error warps with")
     p.add_argument("--name", default="prediction", help="row label in the printed table")
     p.add_argument("--out", type=Path, required=True, help="JSON report to write")
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         flow_source=args.flow_source,
         progress=lambda line: print(line, file=sys.stderr),
         allow_incomplete=args.allow_incomplete,
+        foreground=args.foreground,
     )
     write_report(report, args.out)
     print(format_table([(args.name, report)]))

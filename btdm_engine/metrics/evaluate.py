@@ -13,6 +13,9 @@ or frames directly; one sequence may also be a folder with an ``iuv/`` sub-folde
 **Foreground-only** (paper sec. 4.2): with masks, the background of both prediction and ground
 truth is painted with the background colour before every metric, and SSIM, PSNR, tOF and the
 warping error are averaged over foreground pixels only (see :mod:`.image`, :mod:`.flow`).
+The foreground is the pose maps' body (``foreground="pose"``, the paper's), or the whole person
+(``"person"``): the body and the ground truth's own alpha > 0, so hair, loose sleeves and skirts
+beyond the body's surface count too (RGBA ground truth, as the synthetic sets render it).
 LPIPS, tLPIPS and FID see the background-painted images.
 
 **Aggregation.** SSIM, PSNR and LPIPS: mean over all evaluated frames (frames with an empty
@@ -40,7 +43,7 @@ from einops import rearrange
 from btdm_engine.constants import IUV_ORDERS
 from btdm_engine.errors import BtdmError, UsageError
 from btdm_engine.fileio import write_json_atomic
-from btdm_engine.imageio import WHITE, frame_index, list_frames, read_rgb, resize_labels, resize_rgb
+from btdm_engine.imageio import WHITE, frame_index, list_frames, read_image, read_rgb, resize_labels, resize_rgb
 from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_features
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
 from btdm_engine.metrics.image import fill_background, psnr, ssim
@@ -54,6 +57,8 @@ TABLE_COLUMNS = (
 )
 EXTRA_COLUMNS = (("psnr", "PSNR↑", 2), ("warp_error", "Ewarp↓", 5))
 METRIC_NAMES = ("ssim", "psnr", "lpips", "tlpips", "tof", "warp_error", "fid")
+# What counts as foreground with pose maps: their body (the paper's), or the whole person.
+FOREGROUNDS = ("pose", "person")
 
 DEFINITIONS = {
     "ssim": "mean SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5, RGB channels averaged, values in [0,1])",
@@ -135,6 +140,17 @@ def _read_masks(paths: Sequence[Path], order: str, size: tuple[int, int]) -> tor
     return torch.from_numpy(np.stack(masks))
 
 
+def _read_alpha_masks(paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor:
+    """alpha > 0 of RGBA ground-truth frames at ``size`` (nearest), or an error naming a frame without alpha."""
+    masks = []
+    for p in paths:
+        raw = read_image(p)
+        if raw.ndim != 3 or raw.shape[2] != 4:
+            raise EvaluationError(f"{p}: no alpha channel; foreground 'person' needs RGBA ground truth (use 'pose')")
+        masks.append(resize_labels(np.ascontiguousarray(raw[..., 3] > 0).astype(np.uint8), size) > 0)
+    return torch.from_numpy(np.stack(masks))
+
+
 def _read_sequence(paths: Sequence[Path], background: tuple[float, float, float], size: tuple[int, int] | None) -> torch.Tensor:
     frames = []
     for p in paths:
@@ -167,6 +183,7 @@ def evaluate(
     flow_source: str = "gt",
     progress: Callable[[str], None] | None = None,
     allow_incomplete: bool = False,
+    foreground: str = "pose",
 ) -> dict[str, Any]:
     """Compute every metric for the sequences under ``pred`` against ``gt`` (module docstring).
 
@@ -182,18 +199,24 @@ def evaluate(
         progress: called with a line per sequence.
         allow_incomplete: score a dataset whose manifest marks it incomplete (still being built, or its
             build interrupted), with a warning; without it such a set is refused, as ``btdm train`` does.
+        foreground: with ``iuv``, ``"pose"`` (the pose maps' I > 0) or ``"person"`` (that and the
+            ground truth's alpha > 0; needs RGBA ground truth).
 
     Returns:
         The report dict written by :func:`write_report` (floats may be inf/NaN here).
     """
     sequences = _check(pred, gt, iuv, size, iuv_order)
+    if foreground not in FOREGROUNDS:
+        raise UsageError(f"unknown foreground {foreground!r}; allowed: {', '.join(FOREGROUNDS)}")
+    if foreground != "pose" and iuv is None:
+        raise UsageError(f"foreground {foreground!r} needs the pose maps (--iuv)")
     _check_complete({"--pred": pred, "--gt": gt, "--iuv": iuv}, allow_incomplete)
     lpips_model = LPIPS.from_file(lpips_weights) if lpips_weights is not None else None
     inception = FIDInceptionV3.from_file(inception_weights) if inception_weights is not None else None
     acc = _Accumulator()
     for name, folders in sequences.items():
         pred_paths, gt_paths = _pair_frames(folders)
-        y, g, mask = _prepare(pred_paths, gt_paths, folders, acc, size, background, iuv_order)
+        y, g, mask = _prepare(pred_paths, gt_paths, folders, acc, size, background, iuv_order, foreground)
         if mask is not None and not bool(mask.any()):
             label = f"sequence {name!r}" if name else "the sequence"
             raise EvaluationError(
@@ -203,7 +226,9 @@ def evaluate(
         seq = _run(acc, name, y, g, mask, flow_source, lpips_model, inception)
         if progress is not None:
             progress(f"{name or Path(pred).name}: {seq['frames']} frames, SSIM {seq['ssim']:.4f}, tOF {seq['tof']:.3f}")
-    return _report(acc, pred, gt, iuv, background, flow_source, lpips_model, inception)
+    report = _report(acc, pred, gt, iuv, background, flow_source, lpips_model, inception)
+    report["foreground"] = foreground if iuv is not None else None
+    return report
 
 
 def _dataset_manifest(folder: Path) -> Path | None:
@@ -294,7 +319,7 @@ def _pair_frames(folders: _Folders) -> tuple[list[Path], list[Path]]:
 
 def _prepare(
     pred_paths: list[Path], gt_paths: list[Path], folders: _Folders, acc: _Accumulator, size: int | None,
-    background: tuple[float, float, float], iuv_order: str,
+    background: tuple[float, float, float], iuv_order: str, foreground: str = "pose",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Prediction and ground truth as (T, 3, H, W) at the report's one resolution, plus the foreground mask.
 
@@ -319,6 +344,8 @@ def _prepare(
     if absent:
         raise EvaluationError(f"{folders.iuv}: missing pose map(s) {', '.join(absent[:5])}")
     mask = _read_masks(iuv_paths, iuv_order, hw)
+    if foreground == "person":
+        mask = mask | _read_alpha_masks(gt_paths, hw)
     return fill_background(y, mask, background), fill_background(g, mask, background), mask
 
 
