@@ -103,6 +103,8 @@ class EngineStatus:
     reason: str = "not connected yet (press Connect, or Generate)"
     local_child: bool = False
     max_frames: int = 0  # the most frames one job may have on this engine (0: not known yet)
+    # GET /v1/limits: {param: {"min", "max"}} a job may ask for on this engine ({}: not known, an older engine)
+    job_limits: dict = field(default_factory=dict)
     checking: bool = False
     checked: float = 0.0
 
@@ -152,12 +154,18 @@ class EngineManager:
         client = EngineClient(url, token=token, timeout=timeout)
         health = client.health()
         models = client.models()  # needs the token, so a wrong one shows here
+        try:
+            job_limits = client.limits()["limits"]
+        except EngineError as exc:
+            if exc.status != 404:  # an engine before /v1/limits: its request model still refuses what is out of range
+                raise
+            job_limits = {}
         with self._lock:
             child = self._proc is not None and self._proc_url == url
         self._set(connected=True, url=url, device=str(health.get("device", "")),
                   device_name=str(health.get("device_name", "")), version=str(health.get("version", "")),
                   models=models, reason="", checking=False, local_child=child,
-                  max_frames=int(health.get("max_frames") or 0))
+                  max_frames=int(health.get("max_frames") or 0), job_limits=job_limits)
         return client
 
     # -- connecting

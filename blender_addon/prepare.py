@@ -304,6 +304,23 @@ def model_reads_iuv(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- the request
+_PANEL_NAMES = {"steps": "Steps", "sr_steps": "SR steps", "seed": "Seed", "finetune_steps": "Fine-tuning steps",
+                "fps": "the scene's frame rate", "appearance_frame": "the appearance frame"}
+
+
+def check_params(params: dict, job_limits: dict) -> None:
+    """Refuse before sending what the engine would refuse: ``job_limits`` is its ``GET /v1/limits``
+    (``{param: {"min", "max"}}``, the numbers its CLI and request model check with); empty when not known."""
+    for key, value in params.items():
+        bounds = job_limits.get(key)
+        if bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        lo, hi = bounds["min"], bounds["max"]
+        low = value <= lo if key == "finetune_lr" else value < lo
+        if low or value > hi:
+            raise UserError(f"{_PANEL_NAMES.get(key, key)} is {value:g}; the engine takes {lo:g} to {hi:g}")
+
+
 def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: str = "",
                   skeleton_path: str = "") -> RunRequest:
     """Everything a run needs, read from the scene on the main thread; raises :class:`UserError`."""
@@ -359,6 +376,7 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
                 raise UserError("Texture transfer has no network to fine-tune: set Fine-tuning steps to 0")
             params["method"] = "texture"
     params["use_default_appearance"] = use_default
+    check_params(params, MANAGER.status.job_limits)
     try:
         arrays = sample_armature(scene, armature, start, end, camera=camera)
     except ArmatureError as exc:

@@ -97,7 +97,9 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
     sr_steps: IntProperty(name="SR steps", default=0, min=0, max=1000,
                           description="SR3 denoising steps (0: as many as Steps)")
     seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same plate")
-    finetune_steps: IntProperty(name="Fine-tuning steps", default=0, min=0, max=10000,
+    # max: the engine's (btdm_engine/limits.py JOB_LIMITS; a test keeps them equal); Generate checks every
+    # value against the connected engine's GET /v1/limits before it sends the job
+    finetune_steps: IntProperty(name="Fine-tuning steps", default=0, min=0, max=5000,
                                 description="Single-image fine-tuning on the appearance image (paper sec. 3.3); "
                                             "better likeness, slower")
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="",

@@ -146,6 +146,10 @@ class EngineClient:
         """``GET /v1/health`` (no token needed)."""
         return self._json("GET", "/v1/health")
 
+    def limits(self) -> dict[str, Any]:
+        """``GET /v1/limits``: each job parameter's default, ``{"min", "max"}`` and choices."""
+        return self._json("GET", "/v1/limits")
+
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: name, preset, resolution, ... of each model."""
         return self._json("GET", "/v1/models")["models"]

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from btdm_engine.errors import LimitError, UsageError
 
-__all__ = ["DEFAULTS", "check", "check_fps", "get", "override", "parse_override"]
+__all__ = ["DEFAULTS", "JOB_LIMITS", "check", "check_fps", "get", "job_limits", "override", "parse_override"]
 
 DEFAULTS: dict[str, int] = {
     "frames": 100_000,  # frames in one clip, pose-map folder or dataset sequence (55 min at 30 fps)
@@ -76,3 +76,30 @@ def check_fps(fps: float, what: str) -> float:
     if not math.isfinite(fps) or not lo <= fps <= hi:
         raise LimitError(f"{what}: fps {fps:g} is outside {lo:g}..{hi:g}", limit="fps")
     return fps
+
+
+# A generation job's parameters: the (lowest, highest) value each may take. The one table that the
+# CLI (`btdm animate`), the service's request model (`GET /v1/limits` serves it, the Blender add-on
+# reads it from there) and the Animator check with, through `btdm_engine.jobspec.JobSpec.check`.
+# `finetune_lr`'s lower bound is open (> 0). A `--limit steps=N`, `finetune_steps=N` or `batch=N`
+# raises the matching job limit for that command (`job_limits`).
+JOB_LIMITS: dict[str, tuple[float, float]] = {
+    "steps": (1, 1000),
+    "sr_steps": (1, 1000),
+    "seed": (0, 2**63 - 1),
+    "finetune_steps": (0, 5000),
+    "finetune_lr": (0.0, 1.0),
+    "eta": (0.0, 1.0),
+    "max_batch": (1, 4096),
+    "fps": FPS_RANGE,
+}
+_JOB_OVERRIDES = {"steps": "steps", "sr_steps": "steps", "finetune_steps": "finetune_steps", "max_batch": "batch"}
+
+
+def job_limits() -> dict[str, tuple[float, float]]:
+    """:data:`JOB_LIMITS` with this process's ``--limit`` overrides of steps, fine-tuning steps and batch applied."""
+    table = dict(JOB_LIMITS)
+    for field, name in _JOB_OVERRIDES.items():
+        if name in _overrides:
+            table[field] = (table[field][0], _overrides[name])
+    return table

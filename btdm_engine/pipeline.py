@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from btdm_engine.checkpoints import load_checkpoint
 from btdm_engine.constants import NOISE_MODES, PRECISIONS, SAMPLERS
-from btdm_engine.dataconfig import check_int
+from btdm_engine.dataconfig import check_choice, check_int
 from btdm_engine.diffusion.losses import bidirectional_loss
 from btdm_engine.diffusion.samplers import (
     Callback,
@@ -52,6 +52,7 @@ from btdm_engine.diffusion.samplers import (
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
 from btdm_engine.imageio import resize_labels, resize_rgb
+from btdm_engine.jobspec import JobSpec
 from btdm_engine.posemaps.encoding import iuv_to_tensor, tensor_to_iuv, validate_iuv
 from btdm_engine.posemaps.texture import UVTexture, texture_from_image, warp_maps
 
@@ -66,6 +67,8 @@ _CPU_BUDGET_BYTES = 4 << 30
 # Frames per BTU-Net pair call on the CPU: a call's activations then stay in the caches (16 frames
 # ran 1.1-1.4x faster per step than 64 in bench/bench_cpu.py).
 _CPU_PAIR_FRAMES = 16
+# A job's defaults, written once (btdm_engine/jobspec.py): the CLI's, the service's and these agree.
+_JOB = JobSpec()
 
 
 class AnimatorError(BtdmError, ValueError):
@@ -440,19 +443,19 @@ class Animator:
         appearance: np.ndarray | None = None,
         appearance_iuv: np.ndarray | None = None,
         *,
-        steps: int = 50,
-        sr_steps: int | None = None,
-        seed: int = 0,
-        finetune_steps: int = 0,
-        finetune_lr: float = 1e-5,
+        steps: int = _JOB.steps,
+        sr_steps: int | None = _JOB.sr_steps,
+        seed: int = _JOB.seed,
+        finetune_steps: int = _JOB.finetune_steps,
+        finetune_lr: float = _JOB.finetune_lr,
         finetune_batch: int = 4,
-        sampler: str = "bidirectional",
-        eta: float = 0.0,
-        max_batch: int | None = None,
+        sampler: str = _JOB.sampler,
+        eta: float = _JOB.eta,
+        max_batch: int | None = _JOB.max_batch,
         sr_batch: int | None = None,
         sr_low_res_logsnr: float | None = None,
-        sr_noise: str = "shared",
-        noise: str = "shared",
+        sr_noise: str = _JOB.noise,
+        noise: str = _JOB.noise,
         callback: Callback | None = None,
         cancel: object = None,
         device: str | torch.device | None = None,
@@ -504,18 +507,15 @@ class Animator:
         if device is not None:
             self.to(device)
         resolve_precision(precision, self.device)  # an unknown name fails before any work
-        if sampler not in SAMPLERS:
-            raise AnimatorError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
-        check_int(seed, "seed", AnimatorError, lo=0)
-        check_int(finetune_steps, "finetune_steps", AnimatorError, lo=0)
+        # the one job validator, with the CLI's and the service's limits (btdm_engine/jobspec.py)
+        JobSpec(steps=steps, sr_steps=sr_steps, seed=seed, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
+                sampler=sampler, eta=eta, noise=noise, max_batch=max_batch).check(AnimatorError)
         if finetune_steps > 0 and (appearance is None or appearance_iuv is None):
             raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
         if finetune_steps == 0 and appearance_iuv is not None and not self.uses_warp:
             raise AnimatorError("appearance_iuv is only used by fine-tuning with this model (it takes no "
                                 "texture-transfer prior); set finetune_steps > 0 or drop it")
-        for name, value in (("noise", noise), ("sr_noise", sr_noise)):
-            if value not in NOISE_MODES:
-                raise AnimatorError(f"{name} {value!r} is unknown; allowed: {', '.join(NOISE_MODES)}")
+        check_choice(sr_noise, "sr_noise", NOISE_MODES, AnimatorError)
         if self.sr3 is None and (sr_steps is not None or sr_batch is not None or sr_low_res_logsnr is not None):
             raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +263,36 @@ def test_stale_staging_folders_of_a_killed_blender_are_swept(server: Server, cli
     assert live.is_dir() and foreign.is_dir() and odd.is_dir() and (out / "000001.png").read_bytes() == b"plate"
     client.cancel(running["id"])
     client.wait(running["id"])
+
+
+def test_the_engine_serves_its_job_limits_and_the_cli_service_and_panel_agree(server: Server) -> None:
+    """One job specification: GET /v1/limits is btdm_engine.jobspec's; the CLI's flag defaults, the
+    request model's defaults and bounds, and the panel's property bounds are the same numbers."""
+    from btdm_engine.cli import build_parser
+    from btdm_engine.jobspec import JobSpec, limits_document
+    from btdm_engine.limits import JOB_LIMITS
+    from btdm_engine.service import limits as service_limits
+    from btdm_engine.service.schemas import JobParams
+
+    served = EngineClient(server.url, token=TOKEN).limits()
+    assert served == json.loads(json.dumps({**limits_document(), "max_frames": service_limits.MAX_FRAMES}))
+    assert served["limits"]["finetune_steps"] == {"min": 0, "max": JOB_LIMITS["finetune_steps"][1]}
+
+    spec = dataclasses.asdict(JobSpec())
+    assert served["defaults"] == spec
+    args = build_parser().parse_args(["animate", "--clip", "c.npz", "--out", "o"])
+    assert {name: getattr(args, name) for name in spec} == spec
+    assert {name: JobParams.model_fields[name].default for name in spec} == spec
+    schema = JobParams.model_json_schema()["properties"]
+    for name in ("steps", "seed", "finetune_steps", "eta"):
+        assert (schema[name]["minimum"], schema[name]["maximum"]) == JOB_LIMITS[name], name
+
+    # the panel's properties never accept more than the engine (read from the source: it needs bpy to import)
+    tree = ast.parse((REPO / "blender_addon" / "properties.py").read_text(encoding="utf-8"))
+    panel = {node.target.id: {k.arg: k.value.value for k in node.annotation.keywords if k.arg in ("min", "max", "default")}
+             for node in ast.walk(tree) if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+             and isinstance(node.annotation, ast.Call) and node.target.id in ("steps", "finetune_steps", "seed")}
+    assert set(panel) == {"steps", "finetune_steps", "seed"}
+    for name, bounds in panel.items():
+        assert bounds["default"] == spec[name], name
+        assert bounds["min"] >= JOB_LIMITS[name][0] and bounds.get("max", JOB_LIMITS[name][1]) <= JOB_LIMITS[name][1]

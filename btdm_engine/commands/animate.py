@@ -7,6 +7,7 @@ with ``--mp4``, ``OUT/animation.mp4``. Heavy imports happen in :func:`run`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 from btdm_engine.commands.common import Progress, parse_frames
 from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS, THREADS_HELP
 from btdm_engine.errors import BtdmError
+from btdm_engine.jobspec import METHODS, JobSpec
+
+_DEFAULT = JobSpec()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,9 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the appearance image shows the body as frame K (zero-based) does: with --plate the "
                    "camera's whole view at K (cut with K's window), else framed like the pose maps; fine-tuning "
                    "then uses frame K's pose map as g(c) (no --appearance-iuv)")
-    p.add_argument("--iuv-order", choices=IUV_ORDERS, default="btdm",
+    p.add_argument("--iuv-order", choices=IUV_ORDERS, default=_DEFAULT.iuv_order,
                    help="channel layout of the IUV PNGs read (default btdm; densepose for detectron2 files)")
-    p.add_argument("--method", choices=("diffusion", "texture"), default="diffusion",
+    p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
                    help="diffusion (default): BTU-Net + SR3; texture: the appearance's pixels moved onto every pose "
                    "map through the UV atlas (DensePose texture transfer, no network: seconds, an instant preview; "
                    "needs g(c): --appearance-iuv or --appearance-frame)")
@@ -65,16 +69,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "transparent outside the person, to lay over the shot")
     p.add_argument("--fps", type=float, default=None,
                    help="video frame rate (default: the clip's, or 30 for --posemaps)")
-    p.add_argument("--steps", type=int, default=50, help="BTU-Net denoising steps (default 50, as the paper)")
+    p.add_argument("--steps", type=int, default=_DEFAULT.steps,
+                   help=f"BTU-Net denoising steps (default {_DEFAULT.steps}, as the paper)")
     p.add_argument("--sr-steps", type=int, default=None, metavar="N", help="SR3 denoising steps (default: --steps)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same frames)")
-    p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=int, default=_DEFAULT.seed, help="random seed (same seed, same frames)")
+    p.add_argument("--finetune-steps", type=int, default=_DEFAULT.finetune_steps, metavar="N",
                    help="single-image fine-tuning iterations before sampling (paper: 300; default 0)")
-    p.add_argument("--finetune-lr", type=float, default=1e-5, help="fine-tuning learning rate (default 1e-5)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="bidirectional",
+    p.add_argument("--finetune-lr", type=float, default=_DEFAULT.finetune_lr,
+                   help=f"fine-tuning learning rate (default {_DEFAULT.finetune_lr:g})")
+    p.add_argument("--sampler", choices=SAMPLERS, default=_DEFAULT.sampler,
                    help="bidirectional recursive sampling (algorithm 1) or the unidirectional baseline")
-    p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = ancestral sampling")
-    p.add_argument("--noise", choices=NOISE_MODES, default="shared",
+    p.add_argument("--eta", type=float, default=_DEFAULT.eta, help="0 = deterministic DDIM, 1 = ancestral sampling")
+    p.add_argument("--noise", choices=NOISE_MODES, default=_DEFAULT.noise,
                    help="noise across frames in both stages: one draw every frame shares (default: far less "
                    "flicker) or one per frame (algorithm 1 read literally)")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
@@ -153,21 +159,22 @@ def _shown_frame(k: int, appearance: Any, pose_maps: Any, plan: Any) -> tuple[An
     return appearance, resize_labels(pose_maps[k], appearance.shape[:2])
 
 
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
+
+
+def job_spec(args: argparse.Namespace) -> JobSpec:
+    """The job the flags ask for (the flags' defaults are :class:`JobSpec`'s)."""
+    return JobSpec(**{name: getattr(args, name) for name in _SPEC_FIELDS})
+
+
 def _check_limits(args: argparse.Namespace) -> None:
     """Sizes asked for on the command line against btdm_engine.limits (a --limit raises one)."""
     from btdm_engine import limits
-    from btdm_engine.cli import check_device
+    from btdm_engine.cli import CliError, check_device
 
-    limits.check("steps", args.steps, "--steps")
-    if args.sr_steps is not None:
-        limits.check("steps", args.sr_steps, "--sr-steps")
-    limits.check("finetune_steps", args.finetune_steps, "--finetune-steps")
+    job_spec(args).check(CliError, {f: "--" + f.replace("_", "-") for f in _SPEC_FIELDS})
     if args.size is not None:
         limits.check("pixels", args.size * args.size, "--size")
-    if args.max_batch is not None:
-        limits.check("batch", args.max_batch, "--max-batch")
-    if args.fps is not None:
-        limits.check_fps(args.fps, "--fps")
     args.device = check_device(args.device)
 
 

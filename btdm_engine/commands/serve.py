@@ -27,6 +27,7 @@ MIN_TOKEN_CHARS = 16
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` subcommand to the ``btdm`` dispatcher."""
     from btdm_engine.constants import THREADS_HELP
+    from btdm_engine.limits import JOB_LIMITS
     from btdm_engine.service import limits as job  # torch-free
 
     p = subparsers.add_parser(
@@ -62,8 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                    help="raise an engine limit on what uploads are read with (repeatable; names as for the other "
                         f"commands: frames, pixels, ...). A job's own limits are fixed: at most {job.MAX_FRAMES} "
-                        f"frames, {job.MAX_STEPS} steps, {job.MAX_FINETUNE_STEPS} fine-tuning steps, "
-                        f"{job.MAX_REQUEST_BYTES >> 20} MiB per request (btdm_engine/service/limits.py)")
+                        f"frames, {JOB_LIMITS['steps'][1]:g} steps, {JOB_LIMITS['finetune_steps'][1]:g} fine-tuning "
+                        f"steps (btdm_engine/limits.py, GET /v1/limits), {job.MAX_REQUEST_BYTES >> 20} MiB per request "
+                        "(btdm_engine/service/limits.py)")
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
                    help="end with process PID (the Blender add-on passes its own): when it is gone, killed or "
                         "not, cancel the jobs, remove the running job's partial files and exit")

@@ -8,6 +8,7 @@ rename):
 
 =========================================  ==================================================
 ``GET /v1/health``                         status, version, device, models, queue counts
+``GET /v1/limits``                         a job's params: defaults, bounds, choices (btdm_engine.jobspec)
 ``GET /v1/models``                         the models this server can run
 ``POST /v1/jobs``                          multipart upload -> 202 ``{id, state: "queued", ...}``
 ``GET /v1/jobs``, ``GET /v1/jobs/{id}``    job state, stage, progress, timestamps, params

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from btdm_engine import __version__
 from btdm_engine.errors import BtdmError
+from btdm_engine.jobspec import limits_document
 from btdm_engine.service import API_VERSION, inputs, limits
 from btdm_engine.service.errors import (
     NO_SPACE,
@@ -56,6 +57,7 @@ from btdm_engine.service.schemas import (
     Job,
     JobList,
     JobParams,
+    Limits,
     ModelInfo,
     ModelList,
     QueueCounts,
@@ -138,6 +140,11 @@ def health(request: Request) -> dict[str, Any]:
         "max_queued": request.app.state.max_queued, "max_frames": limits.MAX_FRAMES,
         "auth": request.app.state.token is not None,
     }
+
+
+@models_router.get("/limits", response_model=Limits, summary="what a job's params may ask for: defaults, bounds, choices")
+def job_limits() -> dict[str, Any]:
+    return {**limits_document(), "max_frames": limits.MAX_FRAMES}
 
 
 @models_router.get("/models", response_model=ModelList, summary="the models this server runs")

@@ -4,7 +4,8 @@ Uploads larger than these are refused with 413 while they stream in, before they
 what a file declares inside (``.npy`` headers, PNG headers) is checked against the decoded-size
 budgets before anything is decompressed; values outside them get a 4xx naming the field. Nothing
 a request sends is used as a file-system path. The engine's own limits (frames, pixels, ... for
-every command) are :mod:`btdm_engine.limits`; these are the service's, per request.
+every command, and a job's parameters: ``JOB_LIMITS``, served at ``GET /v1/limits``) are
+:mod:`btdm_engine.limits`; these are the service's transport limits, per request.
 """
 
 from __future__ import annotations
@@ -62,12 +63,6 @@ MAX_UNZIPPED_BYTES = 512 * MiB
 
 MAX_IMAGE_SIDE = 4096
 """Width or height of an uploaded PNG (appearance, IUV maps)."""
-
-MAX_STEPS = 1000
-"""``steps`` and ``sr_steps``."""
-
-MAX_FINETUNE_STEPS = 5000
-"""``finetune_steps``."""
 
 MAX_BONE_MAP_ENTRIES = 256
 """Entries in a skeleton job's ``bone_map``."""

@@ -11,8 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from btdm_engine.dataconfig import is_int
-from btdm_engine.limits import FPS_RANGE
+from btdm_engine.jobspec import JobSpec
+from btdm_engine.limits import JOB_LIMITS
 from btdm_engine.service import limits
+
+_DEFAULT = JobSpec()  # every generation key's default and bounds: btdm_engine.jobspec / limits.JOB_LIMITS
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
@@ -44,14 +47,18 @@ class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(default="default", pattern=MODEL_NAME_PATTERN, description="a name from GET /v1/models")
-    steps: int = Field(default=50, ge=1, le=limits.MAX_STEPS, description="BTU-Net denoising steps")
-    sr_steps: int | None = Field(default=None, ge=1, le=limits.MAX_STEPS,
+    steps: int = Field(default=_DEFAULT.steps, ge=JOB_LIMITS["steps"][0], le=JOB_LIMITS["steps"][1],
+                       description="BTU-Net denoising steps")
+    sr_steps: int | None = Field(default=_DEFAULT.sr_steps, ge=JOB_LIMITS["sr_steps"][0], le=JOB_LIMITS["sr_steps"][1],
                                  description="SR3 denoising steps (default: steps)")
-    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="same seed, same frames")
-    finetune_steps: int = Field(default=0, ge=0, le=limits.MAX_FINETUNE_STEPS,
+    seed: int = Field(default=_DEFAULT.seed, ge=JOB_LIMITS["seed"][0], le=JOB_LIMITS["seed"][1],
+                      description="same seed, same frames")
+    finetune_steps: int = Field(default=_DEFAULT.finetune_steps, ge=JOB_LIMITS["finetune_steps"][0],
+                                le=JOB_LIMITS["finetune_steps"][1],
                                 description="single-image fine-tuning iterations (needs appearance + appearance_iuv or "
                                 "appearance_frame)")
-    finetune_lr: float = Field(default=1e-5, gt=0.0, le=1.0)
+    finetune_lr: float = Field(default=_DEFAULT.finetune_lr, gt=JOB_LIMITS["finetune_lr"][0],
+                               le=JOB_LIMITS["finetune_lr"][1])
     appearance_frame: int | None = Field(
         default=None, ge=0, le=limits.MAX_FRAMES,
         description="the appearance image shows the body as it is at this frame of the job (zero-based from "
@@ -60,24 +67,26 @@ class JobParams(BaseModel):
         "that frame's window; otherwise an image framed like the pose maps. Fine-tuning then uses that frame's "
         "pose map as the image's IUV map g(c), so no appearance_iuv is needed")
     method: Literal["diffusion", "texture"] = Field(
-        default="diffusion", description="diffusion: the model's BTU-Net + SR3; texture: the appearance's pixels "
+        default=_DEFAULT.method, description="diffusion: the model's BTU-Net + SR3; texture: the appearance's pixels "
         "moved onto every pose map through the UV atlas (DensePose texture transfer, no network: seconds, an instant "
         "preview at the model's output size); needs the appearance's IUV map (appearance_iuv, appearance_frame, or "
         "the model's own appearance)")
-    sampler: Literal["bidirectional", "unidirectional"] = "bidirectional"
-    eta: float = Field(default=0.0, ge=0.0, le=1.0, description="0 = DDIM, 1 = ancestral sampling")
+    sampler: Literal["bidirectional", "unidirectional"] = _DEFAULT.sampler
+    eta: float = Field(default=_DEFAULT.eta, ge=JOB_LIMITS["eta"][0], le=JOB_LIMITS["eta"][1],
+                       description="0 = DDIM, 1 = ancestral sampling")
     noise: Literal["shared", "independent"] = Field(
-        default="shared", description="noise across frames, both stages: one draw every frame shares (far less "
+        default=_DEFAULT.noise, description="noise across frames, both stages: one draw every frame shares (far less "
         "flicker) or one per frame (algorithm 1 read literally)")
-    max_batch: int | None = Field(default=None, ge=1, le=4096, description="frames per network call")
+    max_batch: int | None = Field(default=_DEFAULT.max_batch, ge=JOB_LIMITS["max_batch"][0],
+                                  le=JOB_LIMITS["max_batch"][1], description="frames per network call")
     frame_start: int = Field(default=0, ge=0, le=limits.MAX_FRAMES * 100,
                              description="first source frame to generate (zero-based)")
     frame_end: int | None = Field(default=None, ge=1, le=limits.MAX_FRAMES * 100,
                                   description="one past the last source frame (default: the end)")
-    fps: float | None = Field(default=None, ge=FPS_RANGE[0], le=FPS_RANGE[1],
+    fps: float | None = Field(default=_DEFAULT.fps, ge=JOB_LIMITS["fps"][0], le=JOB_LIMITS["fps"][1],
                               description="video frame rate (default: the clip's, 30 for pose maps)")
     iuv_order: Literal["btdm", "densepose"] = Field(
-        default="btdm", description="channel layout of uploaded IUV PNGs (posemaps zip, appearance_iuv)")
+        default=_DEFAULT.iuv_order, description="channel layout of uploaded IUV PNGs (posemaps zip, appearance_iuv)")
     use_default_appearance: bool = Field(
         default=True, description="with the embedded model and no appearance upload, use its own appearance image")
     video: bool = Field(default=True, description="write video.mp4 when the frames are done")
@@ -198,3 +207,19 @@ class Health(BaseModel):
     auth: bool = Field(description="whether the other endpoints need a bearer token")
     store: StoreHealth | None = None
     worker: WorkerHealth | None = None
+
+
+class Bounds(BaseModel):
+    min: int | float
+    max: int | float
+
+
+class Limits(BaseModel):
+    """``GET /v1/limits``: what a job's ``params`` may ask for, as the CLI and the Animator check it too
+    (``btdm_engine.jobspec.JobSpec``, ``btdm_engine.limits.JOB_LIMITS``): clients validate with these
+    numbers instead of keeping their own."""
+
+    defaults: dict[str, Any] = Field(description="each generation key's default when params leaves it out")
+    limits: dict[str, Bounds] = Field(description="each numeric key's lowest and highest value (finetune_lr: > min)")
+    choices: dict[str, list[str]] = Field(description="the allowed values of each choice key")
+    max_frames: int = Field(description="frames one job may generate")
