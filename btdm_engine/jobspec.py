@@ -15,7 +15,7 @@ from typing import Any
 
 from btdm_engine import limits
 from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, SAMPLERS
-from btdm_engine.dataconfig import ErrorClass, check_choice, check_int, check_number, to_dict
+from btdm_engine.dataconfig import ErrorClass, check_choice, check_int, check_number, is_int, to_dict
 
 __all__ = ["METHODS", "JobSpec", "limits_document"]
 
@@ -48,6 +48,11 @@ class JobSpec:
         """
         table = limits.job_limits() if table is None else table
         name = {f.name: f.name for f in dataclasses.fields(self)} | dict(names or {})
+        for field, limit in limits.JOB_OVERRIDES.items():  # a --limit NAME=N raises these: say so
+            value, hi = getattr(self, field), table[field][1]
+            if is_int(value) and value > hi:
+                raise error(f"{name[field]}: {value:g} is over the {limit} limit of {hi:g} "
+                            f"(raise it with --limit {limit}=N if you mean it)")
         for field in ("steps", "seed", "finetune_steps"):
             lo, hi = table[field]
             check_int(getattr(self, field), name[field], error, lo=int(lo), hi=int(hi))

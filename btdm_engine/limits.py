@@ -93,13 +93,13 @@ JOB_LIMITS: dict[str, tuple[float, float]] = {
     "max_batch": (1, 4096),
     "fps": FPS_RANGE,
 }
-_JOB_OVERRIDES = {"steps": "steps", "sr_steps": "steps", "finetune_steps": "finetune_steps", "max_batch": "batch"}
+JOB_OVERRIDES = {"steps": "steps", "sr_steps": "steps", "finetune_steps": "finetune_steps", "max_batch": "batch"}
 
 
 def job_limits() -> dict[str, tuple[float, float]]:
     """:data:`JOB_LIMITS` with this process's ``--limit`` overrides of steps, fine-tuning steps and batch applied."""
     table = dict(JOB_LIMITS)
-    for field, name in _JOB_OVERRIDES.items():
+    for field, name in JOB_OVERRIDES.items():
         if name in _overrides:
             table[field] = (table[field][0], _overrides[name])
     return table
