@@ -53,6 +53,7 @@ from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
 from btdm_engine.imageio import resize_labels, resize_rgb
 from btdm_engine.jobspec import JobSpec
+from btdm_engine.limits import JOB_LIMITS
 from btdm_engine.posemaps.encoding import iuv_to_tensor, tensor_to_iuv, validate_iuv
 from btdm_engine.posemaps.texture import UVTexture, texture_from_image, warp_maps
 
@@ -417,6 +418,20 @@ class Animator:
         """The output frame size: SR3's when present, else the BTU-Net's."""
         return int(self.sr3.config.resolution) if self.sr3 is not None else self.low_resolution
 
+    def sr_steps_for(self, steps: int, sr_steps: int | None = None) -> int:
+        """A job's SR3 steps: ``sr_steps`` when given; else the SR3 checkpoint's own choice
+        (``extra.sampling.sr_steps`` in its config.json: the shipped residual SR3 says 1, its x0
+        prediction from pure noise, the conditional mean, which scored best on held-out people,
+        docs/results/default_model_residual.md); else ``steps``."""
+        if sr_steps is not None:
+            return sr_steps
+        extra = self.meta.get("sr3", {}).get("extra") or {}
+        own = (extra.get("sampling") or {}).get("sr_steps") if isinstance(extra, dict) else None
+        if own is None:
+            return steps
+        check_int(own, "sr3/config.json extra.sampling.sr_steps", AnimatorError, lo=1, hi=int(JOB_LIMITS["sr_steps"][1]))
+        return int(own)
+
     def animate(
         self,
         pose_maps: np.ndarray | Tensor,
@@ -477,7 +492,8 @@ class Animator:
                 fine-tuning and by a warp-conditioned model's texture-transfer prior (without it,
                 such a model gets the blank prior and draws from c alone).
             steps: BTU-Net denoising steps (paper: 50).
-            sr_steps: SR3 denoising steps (None: ``steps``).
+            sr_steps: SR3 denoising steps (None: the SR3 checkpoint's own choice, else ``steps``;
+                :meth:`sr_steps_for`).
             seed: the seed of every random draw.
             finetune_steps: single-image fine-tuning iterations before sampling (paper: 300),
                 on a copy of the BTU-Net; 0 = none.
@@ -531,7 +547,7 @@ class Animator:
         if self.sr3 is None:
             yield from tensor_to_images(low)
             return
-        for chunk in self.super_resolve(job, low, steps=steps if sr_steps is None else sr_steps, seed=seed, eta=eta,
+        for chunk in self.super_resolve(job, low, steps=self.sr_steps_for(steps, sr_steps), seed=seed, eta=eta,
                                         batch=sr_batch, low_res_logsnr=sr_low_res_logsnr, noise=sr_noise,
                                         precision=precision, workers=workers, callback=callback, cancel=cancel):
             yield from tensor_to_images(chunk)

@@ -307,3 +307,19 @@ def test_embedded_default_model_animates_without_model_or_appearance(tmp_path: P
     assert "using the embedded model" in capsys.readouterr().err
     frames = sorted((out / "frames").iterdir())
     assert len(frames) == 2 and cv2.imread(str(frames[0])).shape == (128, 128, 3)
+
+
+def test_sr3_steps_default_to_the_checkpoints_own_choice() -> None:
+    """sr_steps None: the SR3 checkpoint's ``extra.sampling.sr_steps`` (the shipped residual SR3 asks
+    for 1), else the BTU-Net's steps; a value given always wins; a bad value names the field."""
+    from btdm_engine.weights import default_model_dir
+
+    animator = Animator.from_pretrained(default_model_dir(), device="cpu")
+    extra = animator.meta["sr3"].setdefault("extra", {})
+    extra["sampling"] = {"sr_steps": 1}
+    assert animator.sr_steps_for(25) == 1 and animator.sr_steps_for(25, 4) == 4
+    extra.pop("sampling")
+    assert animator.sr_steps_for(25) == 25
+    extra["sampling"] = {"sr_steps": 0}
+    with pytest.raises(AnimatorError, match=r"extra\.sampling\.sr_steps"):
+        animator.sr_steps_for(25)

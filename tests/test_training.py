@@ -393,6 +393,8 @@ def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Pa
     assert (out / "MODEL_CARD.md").read_text().rstrip().endswith("held-out figures here")
     assemble(toy, runs, out)  # replacing an existing folder leaves no staging debris
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assemble(toy, runs, out, sampling={"sr_steps": 1})  # how a job samples the SR3 when it does not say
+    assert Animator.from_pretrained(out, device="cpu").sr_steps_for(25) == 1
 
 
 

@@ -12,9 +12,12 @@ preset's 256: ~35 min to build on 2 cores. The whole set works as well: drop ``-
 
 It trains the ``tiny-warp`` BTU-Net (eq. 4, bidirectional) and the ``tiny-warp`` SR3 (32 -> 128),
 both taking the texture-transfer prior (``warp_channels``, :mod:`btdm_engine.posemaps.texture`) as
-input, with the settings below, each in its own resumable run folder under ``--work`` (rerunning continues a
+input, then the residual SR3 (``residual``: x0 = the prior on the body and the upsampled low-res
+frame around it, plus the network's correction) warm-started from that SR3 with a zero head, with
+the settings below, each in its own resumable run folder under ``--work`` (rerunning continues a
 killed run; a finished run is reused), then writes the model folder atomically: ``btunet/``,
-``sr3/`` (the runs' EMA checkpoints), ``appearance.png`` + ``appearance_iuv.png`` (frame 0 of the
+``sr3/`` (the BTU-Net's and the residual SR3's EMA checkpoints, the SR3 asking for
+:data:`SR3_SAMPLING` in its config's ``extra``), ``appearance.png`` + ``appearance_iuv.png`` (frame 0 of the
 first held-out test sequence: a person the model never saw in training) and ``MODEL_CARD.md``
 (generated from the dataset and the runs, followed by ``--notes``, the measured figures).
 
@@ -49,6 +52,16 @@ SR3_SETTINGS: dict[str, Any] = dict(
     preset="tiny-warp", steps=1500, batch_size=8, lr=3e-4, seed=0, cache_frames=True, num_workers=1,
     checkpoint_every=250, sample_every=500, log_every=10, sample_frames=4,
 )  # fmt: skip
+# The residual SR3: the plain one's weights (``init_from`` = its run, filled in by main) but a zero output
+# head, trained on. ~20 min on 2 cores.
+RESIDUAL_SETTINGS: dict[str, Any] = dict(
+    preset="tiny-warp", model_overrides={"residual": True}, init_reset=("unet.out.2.",), steps=600, batch_size=8,
+    lr=3e-4, seed=0, cache_frames=True, num_workers=1, checkpoint_every=100, sample_every=0, log_every=10,
+)  # fmt: skip
+# How the shipped SR3 is sampled when a job does not say (Animator.sr_steps_for): one step, its x0
+# prediction from pure noise (the conditional mean), scored best on held-out people
+# (docs/results/default_model_residual.md).
+SR3_SAMPLING: dict[str, Any] = {"sr_steps": 1}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -60,8 +73,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("btdm_engine/weights/default"), help="model folder to write (replaced)")
     p.add_argument("--btunet-steps", type=int, default=BTUNET_SETTINGS["steps"])
     p.add_argument("--sr3-steps", type=int, default=SR3_SETTINGS["steps"])
-    p.add_argument("--stage", choices=("all", "btunet", "sr3", "assemble"), default="all",
-                   help="train one network, or only assemble finished runs (default: all three in turn)")
+    p.add_argument("--residual-steps", type=int, default=RESIDUAL_SETTINGS["steps"])
+    p.add_argument("--stage", choices=("all", "btunet", "sr3", "sr3-residual", "assemble"), default="all",
+                   help="train one network, or only assemble finished runs (default: all in turn)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--notes", type=Path, default=None,
                    help="markdown appended to the generated MODEL_CARD.md (what was measured and seen)")
@@ -103,10 +117,12 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
     lines = [
         "# The embedded default model",
         "",
-        "A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and a `tiny-warp` SR3 (32 -> 128 px, 1.06 M",
+        "A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and a residual `tiny-warp` SR3 (32 -> 128 px, 1.06 M",
         "parameters), both reading the texture-transfer prior (the appearance's pixels moved onto every pose",
-        "map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside their usual inputs, trained from",
-        "scratch on this machine's CPU by `python -m training.default_model`, on the synthetic",
+        "map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside their usual inputs; the SR3",
+        "predicts a correction over the prior on the body and the upsampled BTU-Net frame around it, and is",
+        "sampled in one step unless a job asks for more (`extra.sampling` in `sr3/config.json`). Trained",
+        "on this machine's CPU by `python -m training.default_model`, on the synthetic",
         f"soft-cloth set `{data}` (`btdm synth build --preset {preset}`: {len(manifest.sequences)} sequences",
         f"({', '.join(f'{k} {len(v)}' for k, v in manifest.splits.items())}) of {people} characters; manifest sha256",
         f"`{sha256_file(data / 'manifest.json')[:16]}...`).",
@@ -129,6 +145,8 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
         keys = ("preset", "mode", "steps", "batch_size", "lr", "ema_decay", "hflip_prob", "seed") if kind == "btunet" else (
             "preset", "steps", "batch_size", "lr", "ema_decay", "seed")
         row = _last_log_row(run)
+        if cfg.get("init_from"):
+            keys += ("model_overrides", "init_from", "init_reset")
         settings = ", ".join(f"{k}={cfg[k]}" for k in keys)
         lines.append(f"| {kind} | {settings} | {row.get('step', '?')} | {float(row.get('loss', 'nan')):.4f} |")
     lines += ["", "Both use the paper's schedule (log-SNR cosine, K = 1000) and x0 prediction; weights are the EMA.", ""]
@@ -137,8 +155,13 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
     return "\n".join(lines)
 
 
-def assemble(data: Path, runs: dict[str, Path], out: Path, notes: str = "") -> Path:
-    """Write the model folder ``out`` from finished runs (atomically: staged, then renamed)."""
+def assemble(data: Path, runs: dict[str, Path], out: Path, notes: str = "", sampling: dict[str, Any] | None = None,
+             card_runs: dict[str, Path] | None = None) -> Path:
+    """Write the model folder ``out`` from finished runs (atomically: staged, then renamed).
+
+    ``sampling`` goes into the SR3 checkpoint's ``extra.sampling`` (how a job samples it by default);
+    ``card_runs`` are further runs the model card lists (the plain SR3 the residual one started from).
+    """
     from btdm_engine.imageio import read_rgb
     from btdm_engine.posemaps.preview import write_rgb_png
     from training.dataset_format import DatasetManifest
@@ -157,9 +180,15 @@ def assemble(data: Path, runs: dict[str, Path], out: Path, notes: str = "") -> P
     with atomic_dir(out, replace=True) as stage:
         for kind, run in runs.items():
             shutil.copytree(run / "checkpoint", stage / kind)
+        if sampling and "sr3" in runs:
+            config = json.loads((stage / "sr3" / "config.json").read_text(encoding="utf-8"))
+            config.setdefault("extra", {})["sampling"] = dict(sampling)
+            (stage / "sr3" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                                      encoding="utf-8")
         write_rgb_png(stage / "appearance.png", np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8))
         shutil.copyfile(seq.iuv[0], stage / "appearance_iuv.png")
-        (stage / "MODEL_CARD.md").write_text(_model_card(data, runs, seq.id, notes), encoding="utf-8")
+        (stage / "MODEL_CARD.md").write_text(_model_card(data, {**runs, **(card_runs or {})}, seq.id, notes),
+                                             encoding="utf-8")
     return out
 
 
@@ -176,15 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    runs = {"btunet": args.work / "btunet", "sr3": args.work / "sr3"}
+    runs = {"btunet": args.work / "btunet", "sr3": args.work / "sr3-residual"}
+    plain = args.work / "sr3"
     if args.stage in ("all", "btunet"):
         _train("btunet", args.data, runs["btunet"], {**BTUNET_SETTINGS, "steps": args.btunet_steps}, not args.no_progress,
                args.allow_incomplete)
     if args.stage in ("all", "sr3"):
-        _train("sr3", args.data, runs["sr3"], {**SR3_SETTINGS, "steps": args.sr3_steps}, not args.no_progress,
+        _train("sr3", args.data, plain, {**SR3_SETTINGS, "steps": args.sr3_steps}, not args.no_progress,
                args.allow_incomplete)
+    if args.stage in ("all", "sr3-residual"):
+        _train("sr3", args.data, runs["sr3"], {**RESIDUAL_SETTINGS, "init_from": str(plain),
+                                              "steps": args.residual_steps}, not args.no_progress, args.allow_incomplete)
     if args.stage in ("all", "assemble"):
-        out = assemble(args.data, runs, args.out, notes)
+        out = assemble(args.data, runs, args.out, notes, sampling=SR3_SAMPLING, card_runs={"sr3 (plain)": plain})
         print(f"default model written to {out}")
     return 0
 

@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--generate-seconds", type=float, default=2.0, metavar="S",
                    help="length of the generated animation (default 2)")
     p.add_argument("--steps", type=int, default=25, help="BTU-Net denoising steps (default 25; the paper: 50)")
-    p.add_argument("--sr-steps", type=int, default=10, help="SR3 denoising steps (default 10)")
+    p.add_argument("--sr-steps", type=int, default=None,
+                   help="SR3 denoising steps (default: the model's own choice, else 10)")
     p.add_argument("--no-generate", action="store_true", help="pose maps only; skip the generated frames")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic when sampling (default auto: bf16 autocast where the CPU or GPU has it)")
@@ -76,14 +77,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown motion(s) {', '.join(unknown)}; allowed: {', '.join(MOTIONS)}")
     if not args.no_generate and args.generate not in MOTIONS:
         raise UsageError(f"--generate: unknown motion {args.generate!r}; allowed: {', '.join(MOTIONS)}")
-    if args.steps < 1 or args.sr_steps < 1:
+    if args.steps < 1 or (args.sr_steps is not None and args.sr_steps < 1):
         raise UsageError(f"--steps and --sr-steps must be >= 1, got {args.steps} and {args.sr_steps}")
     if args.size < 16:
         raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
     from btdm_engine import limits
 
     limits.check("steps", args.steps, "--steps")
-    limits.check("steps", args.sr_steps, "--sr-steps")
+    if args.sr_steps is not None:
+        limits.check("steps", args.sr_steps, "--sr-steps")
     limits.check("size", args.size, "--size")
     limits.check_fps(args.fps, "--fps")
     for label, seconds in (("--seconds", args.seconds), ("--generate-seconds", args.generate_seconds)):
@@ -154,9 +156,11 @@ def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> Non
     kept: dict[int, np.ndarray] = {}  # only the strip's frames stay in memory
     count = 0
 
+    sr_steps = animator.sr_steps_for(10, args.sr_steps) if animator.sr3 is not None else None
+
     def stream():
         nonlocal count
-        frames = animator.animate_iter(poses, appearance, appearance_iuv, steps=args.steps, sr_steps=args.sr_steps,
+        frames = animator.animate_iter(poses, appearance, appearance_iuv, steps=args.steps, sr_steps=sr_steps,
                                        seed=args.seed, callback=bars, precision=args.precision)
         for t, frame in enumerate(frames):
             write_rgb_png(frames_dir / f"{t:06d}.png", frame)
@@ -173,4 +177,4 @@ def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> Non
     labels = [f"pose {t}" for t in picks] + [f"frame {t}" for t in picks]
     strip = write_rgb_png(out / "strip.png", contact_sheet([np.asarray(x) for x in tiles], cols=SHEET_FRAMES, labels=labels))
     print(f"generated: {count} frames of {args.generate} at {size}x{size} in {frames_dir} "
-          f"(appearance {image_path.name}, {args.steps} + {args.sr_steps} steps); video {video}; strip {strip}")
+          f"(appearance {image_path.name}, {args.steps} + {sr_steps} steps); video {video}; strip {strip}")

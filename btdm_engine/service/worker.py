@@ -452,8 +452,9 @@ class _JobRun:
                 self.progress.set_stage("finetune", 0, p["finetune_steps"])
                 btunet = animator.finetune(job, steps=p["finetune_steps"], lr=p["finetune_lr"], seed=p["seed"],
                                            callback=self.progress, cancel=self.is_cancelled)
-            self.progress.sr3_total = (math.ceil(num / run_info["sr_batch"]) * (p["sr_steps"] or p["steps"])
-                                       if animator.sr3 is not None else None)
+            self.progress.sr3_total = (
+                math.ceil(num / run_info["sr_batch"]) * animator.sr_steps_for(p["steps"], p["sr_steps"])
+                if animator.sr3 is not None else None)
             self.progress.set_stage("btunet", 0, p["steps"] * (num if p["sampler"] == "unidirectional" else 1))
             low = animator.sample_low(job, btunet, steps=p["steps"], seed=p["seed"], sampler=p["sampler"],
                                       eta=p["eta"], noise=p["noise"], max_batch=run_info["max_batch"],
@@ -479,7 +480,7 @@ class _JobRun:
         elif done < num:
             batch = run_info["sr_batch"]
             first_chunk = done // batch
-            sr_steps = p["sr_steps"] or p["steps"]
+            sr_steps = animator.sr_steps_for(p["steps"], p["sr_steps"])
             start = first_chunk * batch
             self.progress.set_stage("sr3", 0, math.ceil((num - start) / batch) * sr_steps)
             chunks = animator.super_resolve(job, low, start=start, steps=sr_steps, seed=p["seed"], eta=p["eta"],
