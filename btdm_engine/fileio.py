@@ -221,8 +221,6 @@ def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...]
     """
     import zipfile
 
-    import numpy as np
-
     out: dict[str, tuple[tuple[int, ...], Any]] = {}
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
@@ -230,17 +228,25 @@ def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...]
                 raise NpzFormatError(f"member {info.filename!r} is not an .npy array")
             with archive.open(info) as fh:
                 try:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    elif version == (2, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                    else:
-                        raise ValueError(f"unsupported .npy version {version}")
+                    out[info.filename[: -len(".npy")]] = read_npy_header(fh)
                 except (ValueError, EOFError) as exc:
                     raise NpzFormatError(f"member {info.filename!r}: bad .npy header ({exc})") from exc
-            out[info.filename[: -len(".npy")]] = (tuple(int(s) for s in shape), dtype)
     return out
+
+
+def read_npy_header(fh: Any) -> tuple[tuple[int, ...], Any]:
+    """``(shape, dtype)`` from the header of an open ``.npy`` stream (format 1.0 or 2.0), reading
+    nothing past it; ``ValueError`` for a bad or unknown header."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    return tuple(int(n) for n in shape), dtype
 
 
 class StagedRun:

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from btdm_engine.errors import BtdmError
-from btdm_engine.fileio import atomic_dir, atomic_path
+from btdm_engine.fileio import atomic_dir, atomic_path, read_npy_header
 from btdm_engine.imageio import MIN_APPEARANCE_SIDE, ImageReadError, decode_image, decode_rgb
 from btdm_engine.service import limits
 from btdm_engine.service.errors import InvalidParams, PayloadTooLarge, ServiceError
@@ -87,13 +87,7 @@ def check_npz(path: Path, field: str) -> int:
             array = name[: -len(".npy")]
             try:
                 with archive.open(info) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    elif version == (2, 0):
-                        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                    else:
-                        raise ValueError(f"unsupported .npy version {version}")
+                    shape, dtype = read_npy_header(fh)
             except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
                     TypeError, SyntaxError) as exc:
                 raise ServiceError(f"{field}: array {array!r}: bad .npy header ({str(exc)[:200]})",
