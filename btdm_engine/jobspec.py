@@ -64,9 +64,11 @@ class JobSpec:
         check_number(self.finetune_lr, name["finetune_lr"], error, lo=lo, hi=hi, lo_open=True)
         lo, hi = table["eta"]
         check_number(self.eta, name["eta"], error, lo=lo, hi=hi)
-        if self.fps is not None:
+        if self.fps is not None:  # the words of limits.check_fps, which every other command's --fps uses
             lo, hi = table["fps"]
-            check_number(self.fps, name["fps"], error, lo=lo, hi=hi)
+            fps = check_number(self.fps, name["fps"], error)
+            if not lo <= fps <= hi:
+                raise error(f"{name['fps']}: fps {fps:g} is outside {lo:g}..{hi:g}")
         check_choice(self.sampler, name["sampler"], SAMPLERS, error)
         check_choice(self.noise, name["noise"], NOISE_MODES, error)
         check_choice(self.method, name["method"], METHODS, error)
