@@ -41,6 +41,18 @@ def active(scene) -> Entry | None:
     return entry if entry is not None and not entry.run.finalized else None
 
 
+def poll_idle(cls, context, busy: str) -> bool:
+    """An operator's ``poll``: a scene with the add-on's settings and no pre-vis job running for it
+    (then ``busy`` is the reason Blender shows)."""
+    scene = getattr(context, "scene", None)
+    if scene is None or not hasattr(scene, "btdm"):
+        return False
+    if active(scene) is not None:
+        cls.poll_message_set(busy)
+        return False
+    return True
+
+
 def latest(scene) -> Entry | None:
     return RUNS.get(scene.name)
 

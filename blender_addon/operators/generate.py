@@ -80,13 +80,7 @@ class _RunOperator:
 
     @classmethod
     def poll(cls, context):
-        scene = getattr(context, "scene", None)
-        if scene is None or not hasattr(scene, "btdm"):
-            return False
-        if runs.active(scene) is not None:
-            cls.poll_message_set("a pre-vis job is running for this scene; cancel it first")
-            return False
-        return True
+        return runs.poll_idle(cls, context, "a pre-vis job is running for this scene; cancel it first")
 
     def _start(self, context) -> runs.Entry | None:
         try:

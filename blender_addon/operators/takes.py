@@ -44,13 +44,7 @@ class _TakeOperator:
 
     @classmethod
     def poll(cls, context):
-        scene = getattr(context, "scene", None)
-        if scene is None or not hasattr(scene, "btdm"):
-            return False
-        if runs.active(scene) is not None:
-            cls.poll_message_set("a pre-vis job is running for this scene; wait for it or cancel it")
-            return False
-        return True
+        return runs.poll_idle(cls, context, "a pre-vis job is running for this scene; wait for it or cancel it")
 
 
 class BTDM_OT_take_show(_TakeOperator, bpy.types.Operator):
