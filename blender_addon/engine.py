@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -24,11 +25,13 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 from .engine_client import EngineClient, EngineError
 
-__all__ = ["DEFAULT_LOCAL_URL", "MANAGER", "EngineManager", "EngineSettings", "EngineStatus", "EngineUnavailable"]
+__all__ = ["DEFAULT_LOCAL_URL", "MANAGER", "EngineManager", "EngineSettings", "EngineStatus", "EngineUnavailable",
+           "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class EngineSettings:
     device: str = ""
     data_dir: str = ""
     timeout: float = 10.0
+    # Blender's "Allow Online Access" (bpy.app.online_access): an engine off this machine needs it.
+    online_access: bool = True
 
     @classmethod
     def from_environment(cls, **values) -> EngineSettings:
@@ -149,6 +154,13 @@ class EngineManager:
         self._set(connected=False, reason=reason, url=url, checking=False)
         return EngineUnavailable(reason)
 
+    def _offline_refusal(self, url: str, settings: EngineSettings) -> None:
+        """Blender's online access is off and ``url`` is not on this machine: refuse before any request."""
+        if not settings.online_access and not is_loopback(url):
+            raise self._fail(f"Blender's online access is off and the engine at {url} is not on this machine: "
+                             "turn on Allow Online Access (Preferences > System > Network) or use a local engine",
+                             url)
+
     def _check(self, url: str, token: str | None, timeout: float) -> EngineClient:
         """Health and model list of the engine at ``url``; raises EngineError."""
         client = EngineClient(url, token=token, timeout=timeout)
@@ -185,11 +197,13 @@ class EngineManager:
             url = settings.remote_url.strip()
             if not url:
                 raise self._fail("no remote engine URL: set one in the add-on preferences")
+            self._offline_refusal(url, settings)
             try:
                 return self._check(url, settings.token, settings.timeout)
             except EngineError as exc:
                 reason = readable(exc) if exc.status is None else f"remote engine {url}: {readable(exc)}"
                 raise self._fail(reason, url) from None
+        self._offline_refusal(settings.local_url, settings)
         with self._lock:
             proc, proc_url = self._proc, self._proc_url
         if proc is not None and proc.poll() is None:
@@ -302,3 +316,14 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 MANAGER = EngineManager()
 atexit.register(MANAGER.stop)
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = (urllib.parse.urlsplit(url.strip()).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -57,10 +57,11 @@ def addon_preferences(context=None):
 def engine_settings(context=None) -> engine.EngineSettings:
     """The preferences as plain data (safe to hand to a worker thread), environment overrides applied."""
     prefs = addon_preferences(context)
+    online = bool(getattr(bpy.app, "online_access", True))  # Blender 4.2+: Allow Online Access
     if prefs is None:
-        return engine.EngineSettings.from_environment()
+        return engine.EngineSettings.from_environment(online_access=online)
     return engine.EngineSettings.from_environment(
         mode=prefs.engine_mode, local_url=prefs.local_url, remote_url=prefs.remote_url,
         token=prefs.remote_token or None, executable=bpy.path.abspath(prefs.btdm_path) if prefs.btdm_path else "",
         device=prefs.device, data_dir=bpy.path.abspath(prefs.data_dir) if prefs.data_dir else "",
-        timeout=prefs.timeout)
+        timeout=prefs.timeout, online_access=online)

@@ -339,3 +339,17 @@ def test_ctrl_c_cancels_a_headless_run_and_leaves_nothing_half_written(engine: E
         assert when == "downloading" and f"interrupted (Ctrl-C): {frames} plates in {out}" in stderr, stderr
         assert sorted(p.name for p in out.iterdir()) == [".btdm-frames.json", *names]
         assert sorted(p.name for p in posemaps.iterdir()) == [".btdm-frames.json", *names]
+
+
+def test_the_engine_settings_carry_blenders_online_access(tmp_path: Path) -> None:
+    result = run_bpy("""
+        import blender_addon
+        from blender_addon import preferences
+        blender_addon.register()
+        seen = [bpy.app.online_access, preferences.engine_settings().online_access]
+        bpy.context.preferences.system.use_online_access = True
+        seen += [bpy.app.online_access, preferences.engine_settings().online_access]
+        blender_addon.unregister()
+        print("RESULT " + json.dumps({"seen": seen}))
+    """, tmp_path)
+    assert result["seen"] == [False, False, True, True]

@@ -296,3 +296,20 @@ def test_the_engine_serves_its_job_limits_and_the_cli_service_and_panel_agree(se
     for name, bounds in panel.items():
         assert bounds["default"] == spec[name], name
         assert bounds["min"] >= JOB_LIMITS[name][0] and bounds.get("max", JOB_LIMITS[name][1]) <= JOB_LIMITS[name][1]
+
+
+def test_an_engine_off_this_machine_needs_blenders_online_access(server: Server) -> None:
+    """bpy.app.online_access off: an engine that is not on loopback is refused before any request (in the
+    panel's words); loopback engines work either way."""
+    from blender_addon.engine import EngineManager, EngineSettings, EngineUnavailable, is_loopback
+
+    assert all(map(is_loopback, ("http://127.0.0.1:8765", "http://localhost:1/", "http://[::1]:80", "http://127.8.0.1")))
+    assert not any(map(is_loopback, ("http://192.0.2.1:8765", "https://render.example.com", "http://[2001:db8::1]/")))
+    offline = EngineSettings(mode="REMOTE", remote_url="http://192.0.2.1:9", online_access=False, timeout=30.0)
+    with pytest.raises(EngineUnavailable, match=r"online access is off .* turn on Allow Online Access \(Preferences"):
+        EngineManager().connect(offline)
+    loopback = dataclasses.replace(offline, remote_url=server.url, token=TOKEN)
+    assert EngineManager().connect(loopback).health()["status"] in ("ok", "degraded")
+    local = EngineSettings(mode="LOCAL", local_url="http://192.0.2.1:9", online_access=False)
+    with pytest.raises(EngineUnavailable, match="online access is off"):
+        EngineManager().connect(local, start=False)
