@@ -28,3 +28,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """A real `btdm serve` on a loopback port for one add-on test file (``test_addon.Engine``); stopped after it."""
+    from test_addon import Engine
+
+    server = Engine(tmp_path_factory.mktemp(f"{request.module.__name__}-engine") / "data")
+    yield server
+    server.stop()

@@ -295,13 +295,6 @@ class Engine:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):
-    server = Engine(tmp_path_factory.mktemp("addon-engine") / "data")
-    yield server
-    server.stop()
-
-
 def _heads_inside(frames_dir: Path, skeleton: Path, bones: list[str], first: int) -> float:
     """Fraction of the named bones' heads (projected by the sampled camera) that land on the plate's person."""
     data = np.load(skeleton)

@@ -28,13 +28,6 @@ pytestmark = [pytest.mark.blender, pytest.mark.skipif(importlib.util.find_spec("
 SHOT = {"blend": "shot010.blend", "scene": "Scene", "camera": "Camera"}
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):
-    server = Engine(tmp_path_factory.mktemp("edges-engine") / "data")
-    yield server
-    server.stop()
-
-
 def _frames(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 

@@ -21,13 +21,6 @@ pytestmark = [pytest.mark.blender, pytest.mark.skipif(importlib.util.find_spec("
                                                      reason="needs the bpy module (pip install -e .[blender])")]
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):
-    server = Engine(tmp_path_factory.mktemp("smpl-engine") / "data")
-    yield server
-    server.stop()
-
-
 def test_the_addons_copy_agrees_with_the_engine(tmp_path: Path) -> None:
     from btdm_engine.body import load_body_model
     from btdm_engine.body.skeleton import JOINT_NAMES, PARENTS

@@ -18,13 +18,6 @@ pytestmark = [pytest.mark.blender, pytest.mark.skipif(importlib.util.find_spec("
                                                      reason="needs the bpy module (pip install -e .[blender])")]
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):
-    server = Engine(tmp_path_factory.mktemp("takes-engine") / "data")
-    yield server
-    server.stop()
-
-
 RECORDER = """
 class Recorder:
     def __init__(self, lines): self.lines = lines
