@@ -2,8 +2,11 @@
 
 :func:`create_app` wires a :class:`~btdm_engine.service.store.JobStore`, a
 :class:`~btdm_engine.service.worker.Worker` and its
-:class:`~btdm_engine.service.worker.ModelRegistry` into API v1. Authentication is one dependency
-(:func:`bearer_auth`, constant-time comparison); errors are one handler per exception family,
+:class:`~btdm_engine.service.worker.ModelRegistry` into API v1. The endpoints get them, the
+server's settings and the queue's admission through ``Depends`` (:mod:`.deps`: a test overrides
+any of them with ``app.dependency_overrides``); a job's params, checked field by field and against
+each other, are :class:`~btdm_engine.service.schemas.JobParams`' validators. Authentication is one
+dependency (:func:`~.deps.bearer_auth`, constant-time comparison); errors are one handler per exception family,
 all answering ``{"error": {"code", "message", "field"}}``: a
 :class:`~btdm_engine.errors.BtdmError` is the client's fault (4xx), anything else is a 500 and a
 bug. One log line per request (method, path, status, milliseconds). What is refused from the headers or
@@ -16,9 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import shutil
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,26 +29,23 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Upl
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from btdm_engine import __version__
 from btdm_engine.errors import BtdmError
 from btdm_engine.jobspec import limits_document
 from btdm_engine.service import API_VERSION, inputs, limits
-from btdm_engine.service.errors import (
-    NO_SPACE,
-    Conflict,
-    InvalidParams,
-    NoSpace,
-    NotFound,
-    QueueFull,
-    ServiceError,
-    Unauthorized,
-    disk_full,
-    public,
+from btdm_engine.service.deps import (
+    Admission,
+    AdmissionDep,
+    RegistryDep,
+    ServiceSettings,
+    SettingsDep,
+    StoreDep,
+    WorkerDep,
+    bearer_auth,
 )
+from btdm_engine.service.errors import NO_SPACE, Conflict, InvalidParams, NoSpace, NotFound, ServiceError, disk_full, public
 from btdm_engine.service.guard import RequestGuard
 from btdm_engine.service.schemas import (
     FINAL_STATES,
@@ -61,6 +59,8 @@ from btdm_engine.service.schemas import (
     ModelInfo,
     ModelList,
     QueueCounts,
+    SubmitContext,
+    parse_params,
 )
 from btdm_engine.service.store import JobStore, new_job_id
 from btdm_engine.service.worker import ModelRegistry, Worker, remove_job_files, wants_plates
@@ -92,22 +92,6 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-# ---------------------------------------------------------------------------- auth
-_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>` when the server has a token")
-
-
-def bearer_auth(request: Request,
-                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Every endpoint but ``/v1/health`` depends on this: a server started with a token needs it."""
-    token: str | None = request.app.state.token
-    if token is None:
-        return
-    given = b"" if credentials is None else credentials.credentials.encode("utf-8", "surrogateescape")
-    if not secrets.compare_digest(given, token.encode("utf-8")):
-        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-
 # ---------------------------------------------------------------------------- routers
 health_router = APIRouter(prefix="/v1", tags=["health"], responses=ERROR_RESPONSES)
 models_router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES,
@@ -118,27 +102,20 @@ JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 lowerca
 FrameIndex = Annotated[int, PathParam(ge=0, lt=limits.MAX_FRAMES, description="zero-based frame index")]
 
 
-def _state(request: Request) -> tuple[JobStore, Worker, ModelRegistry]:
-    s = request.app.state
-    return s.store, s.worker, s.registry
-
-
 @health_router.get("/health", response_model=Health, summary="server status (no token needed)")
-def health(request: Request) -> dict[str, Any]:
-    store, worker, registry = _state(request)
+def health(store: StoreDep, worker: WorkerDep, registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
     try:
         free: int | None = shutil.disk_usage(store.data).free
     except OSError:
         free = None
     worker_health = worker.health()
     store_health = {"ok": worker.store_error is None, "free_bytes": free, "error": worker.store_error}
-    ok = store_health["ok"] and (worker_health["alive"] or not request.app.state.worker_started)
+    ok = store_health["ok"] and (worker_health["alive"] or not settings.worker_started)
     return {
         "status": "ok" if ok else "degraded", "store": store_health, "worker": worker_health,
-        "version": __version__, "api_version": API_VERSION, "device": request.app.state.device,
-        "device_name": request.app.state.device_name, "models": registry.names(), "queue": store.counts(),
-        "max_queued": request.app.state.max_queued, "max_frames": limits.MAX_FRAMES,
-        "auth": request.app.state.token is not None,
+        "version": __version__, "api_version": API_VERSION, "device": settings.device,
+        "device_name": settings.device_name, "models": registry.names(), "queue": store.counts(),
+        "max_queued": settings.max_queued, "max_frames": limits.MAX_FRAMES, "auth": settings.token is not None,
     }
 
 
@@ -148,8 +125,8 @@ def job_limits() -> dict[str, Any]:
 
 
 @models_router.get("/models", response_model=ModelList, summary="the models this server runs")
-def models(request: Request) -> dict[str, Any]:
-    return {"models": _state(request)[2].infos()}
+def models(registry: RegistryDep) -> dict[str, Any]:
+    return {"models": registry.infos()}
 
 
 def _get_job(store: JobStore, job_id: str) -> dict[str, Any]:
@@ -157,33 +134,6 @@ def _get_job(store: JobStore, job_id: str) -> dict[str, Any]:
     if job is None:
         raise NotFound(f"job {job_id} does not exist", field="job_id")
     return job
-
-
-def _parse_params(text: str | None) -> dict[str, Any]:
-    if text is None or not text.strip():
-        return JobParams().model_dump()
-    if len(text.encode("utf-8", "surrogateescape")) > limits.MAX_PARAMS_BYTES:
-        raise InvalidParams(f"params: larger than {limits.MAX_PARAMS_BYTES} bytes", field="params")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidParams(f"params: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                            field="params") from None
-    except RecursionError:
-        raise InvalidParams("params: nested too deeply", field="params") from None
-    except ValueError as exc:  # an integer over Python's digit limit, ...
-        raise InvalidParams(f"params: invalid JSON: {str(exc)[:200]}", field="params") from None
-    if not isinstance(raw, dict):
-        raise InvalidParams(f"params: expected a JSON object, got {type(raw).__name__}", field="params")
-    try:
-        return JobParams.model_validate(raw).model_dump()
-    except RecursionError:
-        raise InvalidParams("params: nested too deeply", field="params") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        allowed = f"; allowed keys: {', '.join(JobParams.model_fields)}" if first["type"] == "extra_forbidden" else ""
-        raise InvalidParams(f"params.{where}: {first['msg']}{allowed}", field=f"params.{where}") from None
 
 
 UPLOAD_DOC = {
@@ -205,7 +155,9 @@ UPLOAD_DOC = {
                503: {**_ERRORS, "description": "too many uploads at once; retry after Retry-After seconds"}},
 )
 def submit(
-    request: Request,
+    store: StoreDep,
+    registry: RegistryDep,
+    admission: AdmissionDep,
     motion: Annotated[UploadFile | None, File(description=UPLOAD_DOC["motion"])] = None,
     skeleton: Annotated[UploadFile | None, File(description=UPLOAD_DOC["skeleton"])] = None,
     posemaps: Annotated[UploadFile | None, File(description=UPLOAD_DOC["posemaps"])] = None,
@@ -213,50 +165,24 @@ def submit(
     appearance_iuv: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance_iuv"])] = None,
     params: Annotated[str | None, Form(description="a JSON object (JobParams in the schemas)")] = None,
 ) -> dict[str, Any]:
-    store, _worker, registry = _state(request)
     sources = {"motion": motion, "skeleton": skeleton, "posemaps": posemaps}
     given = [name for name, upload in sources.items() if upload is not None]
     if len(given) != 1:
         raise ServiceError(f"send exactly one motion source (motion, skeleton or posemaps); got "
                            f"{', '.join(given) or 'none'}", field="motion")
     source = given[0]
-    p = _parse_params(params)
-    entry = registry.entry(p["model"])
-    info = entry.info
-    if appearance_iuv is not None and appearance is None:
-        raise ServiceError("appearance_iuv needs appearance (it is the appearance image's IUV map)",
-                           field="appearance_iuv")
-    if appearance_iuv is not None and p["finetune_steps"] == 0 and not info["texture_prior"] and p["method"] != "texture":
-        raise InvalidParams(f"appearance_iuv is only used by fine-tuning with model {entry.name} (it takes no "
-                            "texture-transfer prior); set params.finetune_steps > 0 or drop it",
-                            field="appearance_iuv")
-    if p["appearance_frame"] is not None and appearance is None:
-        raise InvalidParams("params.appearance_frame says which frame the appearance image shows; send that image "
-                            "(appearance)", field="params.appearance_frame")
-    if p["appearance_frame"] is not None and appearance_iuv is not None:
-        raise InvalidParams("send appearance_iuv or params.appearance_frame (whose pose map then is the IUV map), "
-                            "not both", field="appearance_iuv")
-    default_app = appearance is None and p["use_default_appearance"] and entry.default_appearance is not None
-    if p["finetune_steps"] > 0 and appearance_iuv is None and p["appearance_frame"] is None and not default_app:
-        raise InvalidParams("params.finetune_steps > 0 needs appearance and its IUV map: appearance_iuv, or "
-                            "params.appearance_frame (paper sec. 3.3)", field="params.finetune_steps")
-    if p["method"] == "texture":
-        if appearance_iuv is None and p["appearance_frame"] is None and not default_app:
-            raise InvalidParams("params.method texture moves the appearance's pixels through its IUV map: send "
-                                "appearance with appearance_iuv, or params.appearance_frame", field="params.method")
-        if p["finetune_steps"] > 0:
-            raise InvalidParams("params.method texture has no network to fine-tune; drop params.finetune_steps",
-                                field="params.finetune_steps")
-    if p["sr_steps"] is not None and not info["has_sr3"]:
-        raise InvalidParams(f"params.sr_steps given but model {entry.name} has no SR3 stage", field="params.sr_steps")
-    _check_queue(request)  # before the uploads are copied and validated: a full queue answers at once
+    files = {**sources, "appearance": appearance, "appearance_iuv": appearance_iuv}
+    context = SubmitContext(frozenset(name for name, upload in files.items() if upload is not None),
+                            lambda name: registry.entry(name).info)
+    job_params = parse_params(params, context)  # every key, and the keys against each other, the files, the model
+    p = job_params.model_dump()
+    admission.check(store)  # before the uploads are copied and validated: a full queue answers at once
     job_id = new_job_id()
     try:
         described = _save_inputs(store.job_dir(job_id) / "input", source, sources[source], appearance,
-                                 appearance_iuv, p, info["resolution"])
+                                 appearance_iuv, job_params, registry.entry(job_params.model).info["resolution"])
         report = described.pop("retarget", None)
-        with request.app.state.submit_lock:  # the count and the insert together
-            _check_queue(request)
+        with admission.slot(store):  # the count and the insert together
             job = store.create(job_id, params=p, source=source, inputs=described, retarget=report)
     except BaseException as exc:
         remove_job_files(store, job_id)
@@ -266,16 +192,10 @@ def submit(
     return job_view(job)
 
 
-def _check_queue(request: Request) -> None:
-    state = request.app.state
-    if state.store.counts()["queued"] >= state.max_queued:
-        raise QueueFull(f"{state.max_queued} jobs are already queued; retry later",
-                        headers={"Retry-After": str(state.retry_after_s)})
-
-
 def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: UploadFile | None,
-                 appearance_iuv: UploadFile | None, p: dict[str, Any], resolution: int) -> dict[str, Any]:
+                 appearance_iuv: UploadFile | None, params: JobParams, resolution: int) -> dict[str, Any]:
     """Copy and validate the uploads; returns what the worker needs to know about them."""
+    p = params.model_dump()
     described: dict[str, Any] = {"source": source}
     if source == "posemaps" and p["plate"]:
         raise InvalidParams("params.plate: plates need a camera; pose-map uploads have none", field="params.plate")
@@ -293,22 +213,7 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
         inputs.save_upload(upload.file, path, "skeleton")
         found, report = inputs.retarget_skeleton(path, folder.parent / "clip.npz", p, resolution)
         described.update(found, retarget=report)
-    frames = int(described["frames"])
-    start, end = p["frame_start"], p["frame_end"]
-    stop = frames if end is None else end
-    if start >= frames:
-        raise InvalidParams(f"params.frame_start {start} is past the source's last frame ({frames - 1})",
-                            field="params.frame_start")
-    if not start < stop <= frames:
-        raise InvalidParams(f"params.frame_end {end} must lie in {start + 1}..{frames}", field="params.frame_end")
-    if stop - start > limits.MAX_FRAMES:
-        raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} (send a "
-                            "shorter range: params frame_start / frame_end, or a shorter scene frame range in "
-                            "Blender)", field="params.frame_end")
-    if p["appearance_frame"] is not None and p["appearance_frame"] >= stop - start:
-        raise InvalidParams(f"params.appearance_frame {p['appearance_frame']} is not one of the job's {stop - start} "
-                            f"frames (0..{stop - start - 1}, counted from frame_start)",
-                            field="params.appearance_frame")
+    params.window(int(described["frames"]))
     size = None
     if appearance is not None:
         inputs.save_upload(appearance.file, folder / "appearance.png", "appearance")
@@ -325,13 +230,13 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
 
 
 @jobs_router.get("/jobs", response_model=JobList, summary="jobs, newest first")
-def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    return {"jobs": [job_view(j) for j in _state(request)[0].list(limit)]}
+def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+    return {"jobs": [job_view(j) for j in store.list(limit)]}
 
 
 @jobs_router.get("/jobs/{job_id}", response_model=Job, summary="one job's state and progress")
-def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
-    return job_view(_get_job(_state(request)[0], job_id))
+def get_job(store: StoreDep, job_id: JobId) -> dict[str, Any]:
+    return job_view(_get_job(store, job_id))
 
 
 @jobs_router.get(
@@ -340,8 +245,7 @@ def get_job(request: Request, job_id: JobId) -> dict[str, Any]:
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                      "description": "`event: job` with `data: <Job JSON>`; ends after a final state"}},
 )
-async def job_events(request: Request, job_id: JobId) -> StreamingResponse:
-    store = _state(request)[0]
+async def job_events(request: Request, store: StoreDep, job_id: JobId) -> StreamingResponse:
     _get_job(store, job_id)
 
     async def stream() -> AsyncIterator[str]:
@@ -367,8 +271,7 @@ async def job_events(request: Request, job_id: JobId) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _file(request: Request, job_id: str, relative: str, what: str, media_type: str) -> FileResponse:
-    store = _state(request)[0]
+def _file(store: JobStore, job_id: str, relative: str, what: str, media_type: str) -> FileResponse:
     job = _get_job(store, job_id)
     path = store.job_dir(job_id) / relative
     if not path.is_file():
@@ -382,33 +285,32 @@ _PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
 
 @jobs_router.get("/jobs/{job_id}/frames/{n}.png", response_class=FileResponse, responses=_PNG,
                  summary="generated frame n (RGB), as soon as it is written")
-def frame(request: Request, job_id: JobId, n: FrameIndex) -> FileResponse:
-    return _file(request, job_id, f"frames/{n:06d}.png", f"frame {n}", "image/png")
+def frame(store: StoreDep, job_id: JobId, n: FrameIndex) -> FileResponse:
+    return _file(store, job_id, f"frames/{n:06d}.png", f"frame {n}", "image/png")
 
 
 @jobs_router.get("/jobs/{job_id}/posemaps/{n}.png", response_class=FileResponse, responses=_PNG,
                  summary="colour preview of pose map n, as soon as it is rendered")
-def posemap(request: Request, job_id: JobId, n: FrameIndex) -> FileResponse:
-    return _file(request, job_id, f"posemaps/preview/{n:06d}.png", f"posemap {n}", "image/png")
+def posemap(store: StoreDep, job_id: JobId, n: FrameIndex) -> FileResponse:
+    return _file(store, job_id, f"posemaps/preview/{n:06d}.png", f"posemap {n}", "image/png")
 
 
 @jobs_router.get("/jobs/{job_id}/plates/{n}.png", response_class=FileResponse, responses=_PNG,
                  summary="RGBA plate n at the shot camera's resolution (jobs with has_plates)")
-def plate(request: Request, job_id: JobId, n: FrameIndex) -> FileResponse:
-    return _file(request, job_id, f"plates/{n:06d}.png", f"plate {n}", "image/png")
+def plate(store: StoreDep, job_id: JobId, n: FrameIndex) -> FileResponse:
+    return _file(store, job_id, f"plates/{n:06d}.png", f"plate {n}", "image/png")
 
 
 @jobs_router.get("/jobs/{job_id}/video.mp4", response_class=FileResponse,
                  responses={200: {"content": {"video/mp4": {}}, "description": "H.264 MP4"}},
                  summary="the frames as an MP4, once the job succeeded")
-def video(request: Request, job_id: JobId) -> FileResponse:
-    return _file(request, job_id, "video.mp4", "video", "video/mp4")
+def video(store: StoreDep, job_id: JobId) -> FileResponse:
+    return _file(store, job_id, "video.mp4", "video", "video/mp4")
 
 
 @jobs_router.post("/jobs/{job_id}/cancel", response_model=Job, responses={409: {**_ERRORS}},
                   summary="cancel a queued or running job (a running sampler stops within one step)")
-def cancel(request: Request, job_id: JobId) -> dict[str, Any]:
-    store, worker, _registry = _state(request)
+def cancel(store: StoreDep, worker: WorkerDep, job_id: JobId) -> dict[str, Any]:
     job = _get_job(store, job_id)
     if job["state"] in ("succeeded", "failed"):
         raise Conflict(f"job {job_id} already {job['state']}", field="job_id")
@@ -423,8 +325,7 @@ def cancel(request: Request, job_id: JobId) -> dict[str, Any]:
 
 @jobs_router.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={409: {**_ERRORS}},
                     summary="remove a finished job and its files")
-def delete(request: Request, job_id: JobId) -> Response:
-    store = _state(request)[0]
+def delete(store: StoreDep, job_id: JobId) -> Response:
     job = _get_job(store, job_id)
     if job["state"] not in FINAL_STATES:
         raise Conflict(f"job {job_id} is {job['state']}; cancel it first", field="job_id")
@@ -522,11 +423,11 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
         description="API v1 of `btdm serve`: submit motions, follow jobs, fetch pose maps, frames, plates and "
                     "videos. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`.",
     )
+    # what the dependencies of .deps hand the endpoints (app.dependency_overrides replaces any of them)
     app.state.store, app.state.worker, app.state.registry = store, worker, registry
-    app.state.token, app.state.max_queued = token, max_queued
-    app.state.device, app.state.device_name, app.state.retry_after_s = device, device_name, retry_after_s
-    app.state.submit_lock = threading.Lock()
-    app.state.worker_started = start_worker
+    app.state.settings = ServiceSettings(token=token, max_queued=max_queued, device=device, device_name=device_name,
+                                         retry_after_s=retry_after_s, worker_started=start_worker)
+    app.state.admission = Admission(max_queued, retry_after_s)
     for router in (health_router, models_router, jobs_router):
         app.include_router(router)
     app.add_exception_handler(BtdmError, _btdm_error)

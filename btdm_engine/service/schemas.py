@@ -6,14 +6,19 @@ extend, never rename.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from btdm_engine.dataconfig import is_int
 from btdm_engine.jobspec import JobSpec
 from btdm_engine.limits import JOB_LIMITS
 from btdm_engine.service import limits
+from btdm_engine.service.errors import InvalidParams, ServiceError
 
 _DEFAULT = JobSpec()  # every generation key's default and bounds: btdm_engine.jobspec / limits.JOB_LIMITS
 
@@ -36,12 +41,40 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+REFUSED = "job_request"
+"""The pydantic error type of :class:`JobParams`' cross-field checks; its ``ctx`` carries the
+service error's ``message``, ``field``, ``status`` and ``code`` (:func:`parse_params` raises it)."""
+
+
+def _refused(message: str, field: str, error: type[ServiceError] = InvalidParams) -> PydanticCustomError:
+    return PydanticCustomError(REFUSED, "{message}", {"message": message, "field": field, "status": error.status,
+                                                      "code": error.code})
+
+
+@dataclass(frozen=True)
+class SubmitContext:
+    """What :class:`JobParams`' cross-field checks read besides the params (the validation context
+    of ``POST /v1/jobs``): the form's files and the facts of the model the params name.
+
+    ``model_info(name)`` answers a :class:`ModelInfo`-shaped mapping (``name``, ``has_sr3``,
+    ``texture_prior``, ``has_default_appearance``) or raises a :class:`ServiceError` for an
+    unknown model (``ModelRegistry.entry``).
+    """
+
+    files: frozenset[str]
+    model_info: Callable[[str], Mapping[str, Any]]
+
+
 class JobParams(BaseModel):
     """The ``params`` form field of ``POST /v1/jobs``: a JSON object, every key optional.
 
     The generation keys mirror ``btdm animate``; ``skeleton``, ``bone_map``, ``scale``, ``up`` and
     ``fit_shape`` apply to ``skeleton`` uploads only and are passed to
     ``btdm_engine.motion.retarget.to_motion_clip``. Unknown keys are refused.
+
+    Validated with a :class:`SubmitContext`, the keys are checked against each other, the files
+    sent and the model (:meth:`_fits_the_request`); :meth:`window` checks the frame keys once the
+    source's length is known.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -120,6 +153,101 @@ class JobParams(BaseModel):
             if not (0 < len(key) <= limits.MAX_NAME_CHARS and (bone is None or 0 < len(bone) <= limits.MAX_NAME_CHARS)):
                 raise ValueError(f"bone_map entries must be 1..{limits.MAX_NAME_CHARS} characters")
         return value
+
+    @model_validator(mode="after")
+    def _fits_the_request(self, info: ValidationInfo) -> Self:
+        """The cross-field rules of a job, in the order a client meets them: the model exists; the
+        appearance's IUV map comes from exactly one place and something uses it; fine-tuning and
+        ``method: texture`` have an IUV map to read; ``sr_steps`` has an SR3 stage to drive."""
+        ctx = info.context
+        if not isinstance(ctx, SubmitContext):
+            return self
+        try:
+            model = ctx.model_info(self.model)
+        except ServiceError as exc:
+            raise _refused(exc.message, exc.field or "params.model", type(exc)) from None
+        appearance, appearance_iuv = "appearance" in ctx.files, "appearance_iuv" in ctx.files
+        if appearance_iuv and not appearance:
+            raise _refused("appearance_iuv needs appearance (it is the appearance image's IUV map)",
+                           "appearance_iuv", ServiceError)
+        if appearance_iuv and self.finetune_steps == 0 and not model["texture_prior"] and self.method != "texture":
+            raise _refused(f"appearance_iuv is only used by fine-tuning with model {model['name']} (it takes no "
+                           "texture-transfer prior); set params.finetune_steps > 0 or drop it", "appearance_iuv")
+        if self.appearance_frame is not None and not appearance:
+            raise _refused("params.appearance_frame says which frame the appearance image shows; send that image "
+                           "(appearance)", "params.appearance_frame")
+        if self.appearance_frame is not None and appearance_iuv:
+            raise _refused("send appearance_iuv or params.appearance_frame (whose pose map then is the IUV map), "
+                           "not both", "appearance_iuv")
+        default_app = not appearance and self.use_default_appearance and model["has_default_appearance"]
+        has_iuv = appearance_iuv or self.appearance_frame is not None or default_app
+        if self.finetune_steps > 0 and not has_iuv:
+            raise _refused("params.finetune_steps > 0 needs appearance and its IUV map: appearance_iuv, or "
+                           "params.appearance_frame (paper sec. 3.3)", "params.finetune_steps")
+        if self.method == "texture" and not has_iuv:
+            raise _refused("params.method texture moves the appearance's pixels through its IUV map: send "
+                           "appearance with appearance_iuv, or params.appearance_frame", "params.method")
+        if self.method == "texture" and self.finetune_steps > 0:
+            raise _refused("params.method texture has no network to fine-tune; drop params.finetune_steps",
+                           "params.finetune_steps")
+        if self.sr_steps is not None and not model["has_sr3"]:
+            raise _refused(f"params.sr_steps given but model {model['name']} has no SR3 stage", "params.sr_steps")
+        return self
+
+    def window(self, frames: int) -> tuple[int, int]:
+        """The source frames ``[start, stop)`` the job generates, from ``frame_start`` / ``frame_end``
+        against the source's ``frames``; :class:`InvalidParams` naming the key when they do not fit,
+        when the window is over ``MAX_FRAMES`` or ``appearance_frame`` falls outside it."""
+        start, end = self.frame_start, self.frame_end
+        stop = frames if end is None else end
+        if start >= frames:
+            raise InvalidParams(f"params.frame_start {start} is past the source's last frame ({frames - 1})",
+                                field="params.frame_start")
+        if not start < stop <= frames:
+            raise InvalidParams(f"params.frame_end {end} must lie in {start + 1}..{frames}", field="params.frame_end")
+        if stop - start > limits.MAX_FRAMES:
+            raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} (send a "
+                                "shorter range: params frame_start / frame_end, or a shorter scene frame range in "
+                                "Blender)", field="params.frame_end")
+        if self.appearance_frame is not None and self.appearance_frame >= stop - start:
+            raise InvalidParams(f"params.appearance_frame {self.appearance_frame} is not one of the job's "
+                                f"{stop - start} frames (0..{stop - start - 1}, counted from frame_start)",
+                                field="params.appearance_frame")
+        return start, stop
+
+
+def parse_params(text: str | None, context: SubmitContext | None = None) -> JobParams:
+    """The ``params`` form field -> :class:`JobParams` (empty: every default), checked against
+    ``context`` when given; :class:`InvalidParams` (or the :class:`ServiceError` a cross-field
+    rule names) for the first fault, naming ``params`` or ``params.<key>``."""
+    if text is None or not text.strip():
+        raw: Any = {}
+    else:
+        if len(text.encode("utf-8", "surrogateescape")) > limits.MAX_PARAMS_BYTES:
+            raise InvalidParams(f"params: larger than {limits.MAX_PARAMS_BYTES} bytes", field="params")
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidParams(f"params: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                                field="params") from None
+        except RecursionError:
+            raise InvalidParams("params: nested too deeply", field="params") from None
+        except ValueError as exc:  # an integer over Python's digit limit, ...
+            raise InvalidParams(f"params: invalid JSON: {str(exc)[:200]}", field="params") from None
+        if not isinstance(raw, dict):
+            raise InvalidParams(f"params: expected a JSON object, got {type(raw).__name__}", field="params")
+    try:
+        return JobParams.model_validate(raw, context=context)
+    except RecursionError:
+        raise InvalidParams("params: nested too deeply", field="params") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == REFUSED:
+            ctx = first["ctx"]
+            raise ServiceError(ctx["message"], field=ctx["field"], status=ctx["status"], code=ctx["code"]) from None
+        where = ".".join(str(p) for p in first["loc"])
+        allowed = f"; allowed keys: {', '.join(JobParams.model_fields)}" if first["type"] == "extra_forbidden" else ""
+        raise InvalidParams(f"params.{where}: {first['msg']}{allowed}", field=f"params.{where}") from None
 
 
 class Job(BaseModel):

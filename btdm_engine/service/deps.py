@@ -1,0 +1,112 @@
+"""What the endpoints of :mod:`.app` get through ``Depends``: the store, the worker, the model
+registry, the server's settings, the queue's admission and the bearer-token check.
+
+:func:`~btdm_engine.service.app.create_app` keeps each on ``app.state``; the ``get_*`` functions
+read them from there, so a test swaps one with ``app.dependency_overrides[get_store] = ...``
+without building the others. The ``Annotated`` aliases (:data:`StoreDep`, ...) are what the
+endpoints declare.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from btdm_engine.service.errors import QueueFull, Unauthorized
+from btdm_engine.service.store import JobStore
+from btdm_engine.service.worker import ModelRegistry, Worker
+
+__all__ = [
+    "Admission", "AdmissionDep", "RegistryDep", "ServiceSettings", "SettingsDep", "StoreDep", "WorkerDep",
+    "bearer_auth", "get_admission", "get_registry", "get_settings", "get_store", "get_worker",
+]
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What ``btdm serve`` was started with, as the endpoints read it (``GET /v1/health``, the token)."""
+
+    token: str | None = None
+    max_queued: int = 100
+    device: str = "cpu"
+    device_name: str = "CPU"
+    retry_after_s: int = 10
+    worker_started: bool = True
+
+
+@dataclass
+class Admission:
+    """The queue's door: at most ``max_queued`` jobs wait; more are 429 with ``Retry-After``.
+
+    :meth:`check` answers at once (before the uploads are copied); :meth:`slot` checks again and
+    holds the lock while the job row is inserted, so two uploads finishing together cannot both
+    take the last place.
+    """
+
+    max_queued: int
+    retry_after_s: int
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def check(self, store: JobStore) -> None:
+        if store.counts()["queued"] >= self.max_queued:
+            raise QueueFull(f"{self.max_queued} jobs are already queued; retry later",
+                            headers={"Retry-After": str(self.retry_after_s)})
+
+    @contextlib.contextmanager
+    def slot(self, store: JobStore) -> Iterator[None]:
+        with self._lock:
+            self.check(store)
+            yield
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_worker(request: Request) -> Worker:
+    return request.app.state.worker
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def get_admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+WorkerDep = Annotated[Worker, Depends(get_worker)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>` when the server has a token")
+
+
+def bearer_auth(settings: SettingsDep,
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Every endpoint but ``/v1/health`` depends on this: a server started with a token needs it.
+
+    :class:`~btdm_engine.service.guard.RequestGuard` refuses the same requests before their body
+    is read; this is the check ``/openapi.json`` shows, and the one a test's overridden
+    :func:`get_settings` reaches.
+    """
+    token = settings.token
+    if token is None:
+        return
+    given = b"" if credentials is None else credentials.credentials.encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(given, token.encode("utf-8")):
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)",
+                           headers={"WWW-Authenticate": "Bearer"})
