@@ -6,6 +6,7 @@ import bpy
 from bpy.props import EnumProperty, FloatProperty, StringProperty
 
 from . import engine
+from .ui.status import draw_engine_status
 
 
 class BTDM_AddonPreferences(bpy.types.AddonPreferences):
@@ -39,8 +40,6 @@ class BTDM_AddonPreferences(bpy.types.AddonPreferences):
             layout.prop(self, "remote_url")
             layout.prop(self, "remote_token")
         layout.prop(self, "timeout")
-        from .ui.panels import draw_engine_status
-
         draw_engine_status(layout.box())
 
 

@@ -4,7 +4,7 @@
 depend on the samplers. Nothing but the add-on imports ``blender_addon``: what the engine and the
 add-on share lives in ``btdm_bridge`` (standard library and numpy, imported relatively inside
 itself, so the add-on zip can vendor it). No two modules of the source tree import each other, at
-any depth (function-local imports count)."""
+any depth (function-local imports count), and no longer loop of imports closes either."""
 
 from __future__ import annotations
 
@@ -123,6 +123,67 @@ def test_no_two_modules_import_each_other() -> None:
     graph = _import_graph()
     pairs = sorted({tuple(sorted((a, b))) for a, targets in graph.items() for b in targets if a in graph[b]})
     assert pairs == []
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``, at any length: its strongly connected components of more than one
+    module (Tarjan's algorithm, without recursion), each sorted; sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, targets = work[-1]
+            target = next(targets, None)
+            if target is not None:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(graph.get(target, ())))))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return sorted(cycles)
+
+
+def test_the_cycle_finder_finds_loops_of_any_length() -> None:
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": {"a", "c"}, "c": set(), "x": {"y"}, "y": {"z"}, "z": {"x"}}) == [
+        ["a", "b"], ["x", "y", "z"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycle_at_any_length() -> None:
+    """Not two modules importing each other, nor a longer loop (the add-on's preferences -> ui.panels ->
+    prepare -> preferences was one): every import arrow of the source tree points one way."""
+    graph = _import_graph()
+    addon = {name: {t for t in targets if t.startswith("blender_addon")}
+             for name, targets in graph.items() if name.startswith("blender_addon")}
+    assert "blender_addon.ui.status" in addon["blender_addon.preferences"]  # the graph does see the add-on
+    assert import_cycles(addon) == []
+    assert import_cycles(graph) == []
 
 
 def test_nothing_but_the_addon_imports_the_addon() -> None:

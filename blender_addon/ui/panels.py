@@ -9,38 +9,8 @@ from __future__ import annotations
 import bpy
 
 from .. import runs
-from ..engine import MANAGER
-
-
-def draw_engine_status(layout) -> None:
-    s = MANAGER.status
-    col = layout.column(align=True)
-    if s.checking:
-        col.label(text=s.reason or "connecting...", icon="SORTTIME")
-    elif s.connected:
-        col.label(text=f"Connected: {s.url}", icon="CHECKMARK")
-        col.label(text=f"Device: {s.device_name or s.device}" + (" (started here)" if s.local_child else ""))
-        for m in s.models:
-            preset = f", {m.get('preset')}" if m.get("preset") else ""
-            col.label(text=f"Model {m.get('name')}{preset}, {m.get('resolution')} px"
-                      + (", SR3" if m.get("has_sr3") else ""))
-    else:
-        col.label(text="Not connected", icon="ERROR")
-        for line in _wrap(s.reason, 48):
-            col.label(text=line)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = (text or "").split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    if line:
-        lines.append(line)
-    return lines
+from .status import draw_engine_status
+from .status import wrap as _wrap
 
 
 class BTDM_UL_bone_map(bpy.types.UIList):
