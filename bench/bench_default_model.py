@@ -49,13 +49,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--picture-characters", type=int, default=3, help="held-out characters in comparison.png")
     p.add_argument("--first", type=int, default=1, help="first scored frame (default 1: frame 0 is c itself)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="score everything at this size: a model making smaller frames is enlarged bicubically, as "
+                        "its plates are (default: the models' own output size, which must then agree)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, truth_frame, write_frames
-    from btdm_engine.imageio import resize_labels
+    from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, to_uint8, truth_frame, write_frames
+    from btdm_engine.imageio import resize_labels, resize_rgb
     from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
     from btdm_engine.pipeline import Animator
     from btdm_engine.posemaps.encoding import read_iuv_png
@@ -88,9 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     frames_of: dict[tuple[str, str], np.ndarray] = {}
     for name, folder in models.items():
         animator = Animator.from_pretrained(folder, device="cpu")
-        if res is not None and animator.resolution != res:
-            raise SystemExit(f"{folder}: makes {animator.resolution} px frames, the other model {res} px")
-        res = animator.resolution
+        if args.resolution is None and res is not None and animator.resolution != res:
+            raise SystemExit(f"{folder}: makes {animator.resolution} px frames, the other model {res} px "
+                             f"(give --resolution to score both at one size)")
+        res = args.resolution or animator.resolution
         for suffix, ft_steps in passes:
             key = name + suffix
             chosen = tests if not ft_steps or args.finetune_sequences is None else tests[: args.finetune_sequences]
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                 frames = animator.animate(poses, c, g, steps=args.steps,
                                           sr_steps=args.sr_steps, seed=args.seed, finetune_steps=ft_steps,
                                           finetune_lr=args.finetune_lr)
+                if frames.shape[1] != res:  # a smaller model's frames, enlarged as its plates are
+                    frames = np.stack([to_uint8(resize_rgb(f / 255.0, (res, res))) for f in frames])
                 frames_of[(key, seq.id)] = frames
                 write_frames(args.out, key, seq, frames, poses, res, args.first)
             timings[key] = time.perf_counter() - t0

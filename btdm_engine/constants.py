@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CYCLES_DEVICES",
+    "DEFAULT_NOISE",
     "DEVICES",
     "FIT_MODES",
     "FLOW_SOURCES",
@@ -33,6 +34,9 @@ MODEL_PRESETS: tuple[str, ...] = ("tiny", "tiny-warp", "base", "paper")
 
 # Samplers' noise across frames: one draw every frame shares, or one per frame (diffusion.samplers).
 NOISE_MODES: tuple[str, ...] = ("shared", "independent")
+# The one default, for jobs (jobspec.JobSpec) and the samplers alike: shared noise keeps the frames
+# steady (docs/results/ablation_wide.md, docs/results/sr3_noise_wide.md).
+DEFAULT_NOISE: str = NOISE_MODES[0]
 
 # Animator samplers: algorithm 1 and the autoregressive baseline of table 3.
 SAMPLERS: tuple[str, ...] = ("bidirectional", "unidirectional")

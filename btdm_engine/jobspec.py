@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from btdm_engine import limits
-from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, SAMPLERS
+from btdm_engine.constants import DEFAULT_NOISE, IUV_ORDERS, NOISE_MODES, SAMPLERS
 from btdm_engine.dataconfig import ErrorClass, check_choice, check_int, check_number, is_int, to_dict
 
 __all__ = ["METHODS", "JobSpec", "limits_document"]
@@ -33,7 +33,7 @@ class JobSpec:
     finetune_lr: float = 1e-5
     sampler: str = "bidirectional"
     eta: float = 0.0  # 0 = DDIM, 1 = ancestral sampling
-    noise: str = "shared"  # noise across frames, both stages: one draw every frame shares, or one per frame
+    noise: str = DEFAULT_NOISE  # noise across frames, both stages: one draw every frame shares, or one per frame
     max_batch: int | None = None  # frames per network call (None: all)
     method: str = "diffusion"
     iuv_order: str = "btdm"

@@ -33,7 +33,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from btdm_engine.constants import NOISE_MODES
+from btdm_engine.constants import DEFAULT_NOISE, NOISE_MODES
 from btdm_engine.dataconfig import check_int
 from btdm_engine.diffusion.common import D_BACKWARD, D_FORWARD, DIRECTIONS, PairNetwork, draw_noise
 from btdm_engine.diffusion.schedule import ScheduleConfig, alpha_sigma, q_sample
@@ -312,7 +312,7 @@ def sample_bidirectional(
     cancel: object = None,
     start_direction: str = "forward",
     clip_x0: bool = True,
-    noise: str = "independent",
+    noise: str = DEFAULT_NOISE,
     workers: int = 1,
 ) -> Tensor:
     """Generate T frames with bidirectional recursive sampling, one batched call per step.
@@ -333,12 +333,12 @@ def sample_bidirectional(
             :class:`Cancelled`.
         start_direction: ``"forward"`` (algorithm 1) or ``"backward"``.
         clip_x0: clip x0 predictions to [-1, 1].
-        noise: ``"independent"`` (default): Y^K and every ancestral step draw one noise per
-            frame. ``"shared"``: one draw, the same for every frame (algorithm 1 only says
-            "initial noisy inputs Y^K"). With DDIM the frames then differ only where their poses
-            and neighbours make them differ, not by their starting noise: on the wide set's
-            held-out people the warping error fell 80 % and tOF 62 % for 2 % of SSIM
-            (docs/results/ablation_wide.md). The Animator samples with ``"shared"``.
+        noise: ``"shared"`` (default, :data:`~btdm_engine.constants.DEFAULT_NOISE`): one draw of
+            Y^K and of every ancestral step's noise, the same for every frame (algorithm 1 only
+            says "initial noisy inputs Y^K"). With DDIM the frames then differ only where their
+            poses and neighbours make them differ, not by their starting noise: on the wide set's
+            held-out people the warping error fell 80 % and tOF 62 % for 2 % of SSIM against
+            ``"independent"``, a draw per frame (docs/results/ablation_wide.md).
         workers: threads that run a step's network calls side by side (:func:`worker_pool`);
             the model must be safe to call from several threads (inference-only modules are).
             The frames do not depend on it.
@@ -399,7 +399,7 @@ def sample_bidirectional_loop(
     cancel: object = None,
     start_direction: str = "forward",
     clip_x0: bool = True,
-    noise: str = "independent",
+    noise: str = DEFAULT_NOISE,
 ) -> Tensor:
     """Algorithm 1 literally: one network call per frame and step (reference implementation).
 
@@ -462,7 +462,7 @@ def sample_unidirectional(
     callback: Callback | None = None,
     cancel: object = None,
     clip_x0: bool = True,
-    noise: str = "independent",
+    noise: str = DEFAULT_NOISE,
 ) -> Tensor:
     """The autoregressive baseline: p(Y) = prod_t p(y_t | y_{t-1}, s_t) (paper sec. 3, table 3).
 
@@ -559,7 +559,7 @@ def sample_sr3(
     callback: Callback | None = None,
     cancel: object = None,
     clip_x0: bool = True,
-    noise: str = "shared",
+    noise: str = DEFAULT_NOISE,
     workers: int = 1,
     warp: Callable[[int, int], Tensor] | None = None,
 ) -> Iterator[Tensor]:
