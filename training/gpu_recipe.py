@@ -1,13 +1,16 @@
-"""A GPU training recipe sized to the device machine: pack data here, train there, assemble here.
+"""A GPU training recipe for a remote GPU box reached by size-limited copies: pack here, train there, assemble here.
 
-The device machine (``/work/.library/device/README.md``) takes at most 64 MiB of working tree
-with it (code and carried data together), runs a command for at most 10 minutes, and brings back
-at most 8 files of at most 16 MiB each (64 MiB together). This module fits a 64 px BTU-Net
-(``base``: 27.6 M parameters, 19x the shipped ``tiny``) to those limits in three steps::
+A rented or lent GPU box is often reached through a copy with limits: so much working tree and
+data may travel with the command, a command may run so long, and so many files of such a size
+come back. The recipe takes those limits as parameters (:class:`TransferLimits`: ``pack
+--carry-mib``, ``train --shard-mib/--max-files``); the defaults are the ones of the device
+machine this project was tried on (64 MiB carried with the working tree, 10 minutes a command, 8
+files of at most 16 MiB and 64 MiB together coming back; ``docs/gpu.md``). It fits a 64 px
+BTU-Net (``base``: 27.6 M parameters, 19x the shipped ``tiny``) to them in three steps::
 
     # 1. here (CPU): the train characters of a synthetic set at 64 px, one held-out sequence
     python -m training.gpu_recipe pack --data data/wide --out data/gpu_pack
-    # 2. there (device run, carry data/gpu_pack): eq.-4 training for a wall-clock budget,
+    # 2. there (the GPU box, carrying data/gpu_pack): eq.-4 training for a wall-clock budget,
     #    then the EMA weights as safetensors shards (bf16 when float32 would not fit) in $OUT
     python3 -m training.gpu_recipe train --data data/gpu_pack --run /tmp/gpu_run --export $OUT --minutes 5
     # 3. here: a model folder (btunet/ in the project's checkpoint format) from the shards
@@ -56,18 +59,26 @@ logger = logging.getLogger(__name__)
 MIB = 1 << 20
 RECIPE = "training.gpu_recipe"
 RECIPE_VERSION = 1
-# The device machine's limits (/work/.library/device/README.md).
-DEVICE_CARRY_BYTES = 64 * MIB  # working tree + carried paths
-DEVICE_FILE_BYTES = 16 * MIB  # each file brought back
-DEVICE_FILES = 8  # files brought back
-DEVICE_RETURN_BYTES = 64 * MIB  # all files brought back
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """What the copy to and from the GPU box allows; the defaults are the lent device machine's (``docs/gpu.md``)."""
+
+    carry_bytes: int = 64 * MIB  # working tree + carried paths, sent with the command
+    file_bytes: int = 16 * MIB  # each file brought back
+    files: int = 8  # files brought back
+    return_bytes: int = 64 * MIB  # all files brought back
+
+
+LIMITS = TransferLimits()
 # Defaults that leave room: the code travels too, and 4 files come back beside the shards
 # (train.json, preview.png, the benchmark's JSON and the run's log), together well under 2 MiB.
 PACK_LIMIT_BYTES = 44 * MIB
 CARRY_MARGIN_BYTES = 2 * MIB
-SHARD_BYTES = DEVICE_FILE_BYTES - 64 * 1024
+SHARD_BYTES = LIMITS.file_bytes - 64 * 1024
 SHARD_FILES = 4
-SHARDS_TOTAL_BYTES = DEVICE_RETURN_BYTES - 2 * MIB
+SHARDS_TOTAL_BYTES = LIMITS.return_bytes - 2 * MIB
 SHARD_SUFFIX = ".safetensors"
 
 # The recipe's model and optimisation (a TrainConfig each); the budget sets the step count.
@@ -225,12 +236,13 @@ def pack_dataset(
     replace: bool = False,
     allow_incomplete: bool = False,
     check_tree: bool = True,
+    carry_bytes: int = LIMITS.carry_bytes,
 ) -> PackReport:
     """Write the train split of ``data`` (and ``test_sequences`` held-out sequences, for the trainer's
     previews) at ``size`` px into ``out``, in the dataset layout, refusing to grow past the limit.
 
     The limit is ``limit_bytes``, lowered (``check_tree``) so that the git checkout's travelling
-    files plus the pack stay under the device's 64 MiB. The split stays by character, so the
+    files plus the pack stay under ``carry_bytes`` (:class:`TransferLimits`). The split stays by character, so the
     held-out people are never trained on (the trainer reads the ``train`` split). ``out`` is
     written whole (``atomic_dir``) or not at all; an old pack there is replaced with ``replace``.
     """
@@ -267,11 +279,11 @@ def pack_dataset(
     tree = travelling_tree_bytes(Path.cwd()) if check_tree else None
     limit = limit_bytes
     if tree is not None:
-        limit = min(limit, DEVICE_CARRY_BYTES - CARRY_MARGIN_BYTES - tree)
+        limit = min(limit, carry_bytes - CARRY_MARGIN_BYTES - tree)
         logger.info("the checkout sends %.1f MiB besides carried paths: the pack may take %.1f MiB", tree / MIB, limit / MIB)
     if limit <= 0:
         raise GpuRecipeError(f"{where}: no room left for data: the checkout alone sends {tree / MIB:.1f} MiB of the "
-                             f"device's {DEVICE_CARRY_BYTES / MIB:.0f} MiB")  # fmt: skip
+                             f"{carry_bytes / MIB:.0f} MiB that may travel (--carry-mib)")  # fmt: skip
     _check_replaceable(out, replace)
     counts = {"rgb": 0, "iuv": 0, "other": 0}
     done = [0]
@@ -283,7 +295,7 @@ def pack_dataset(
             raise GpuRecipeError(
                 f"{where}: {out} would be over its limit of {limit / MIB:.1f} MiB ({total / MIB:.1f} MiB after "
                 f"{done[0]} of {len(train) + len(test)} sequences); lower --max-frames, choose --motions or a smaller "
-                f"--size (the device carries at most {DEVICE_CARRY_BYTES / MIB:.0f} MiB with the working tree)"
+                f"--size (at most {carry_bytes / MIB:.0f} MiB travel with the working tree: --carry-mib)"
             )
 
     records = []
@@ -788,10 +800,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     k.add_argument("--out", type=Path, required=True, help="pack folder, e.g. data/gpu_pack (ignored by git: carry it)")
     k.add_argument("--size", type=int, default=64, help="frame size in px (default 64, the base BTU-Net's)")
     k.add_argument("--max-mib", type=_mib, default=PACK_LIMIT_BYTES, help="size limit (default 44 MiB; lowered so "
-                   "the checkout plus the pack stay under the device's 64 MiB)")
+                   "the checkout plus the pack stay under --carry-mib)")
     k.add_argument("--test-sequences", type=int, default=1, help="held-out sequences kept for previews (default 1)")
     k.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence (default all)")
     k.add_argument("--motions", nargs="+", default=None, help="only these motions")
+    k.add_argument("--carry-mib", type=_mib, default=LIMITS.carry_bytes,
+                   help="what may travel to the GPU box with the command, working tree included (default 64)")
     k.add_argument("--replace", action="store_true", help="replace an earlier pack in --out")
     k.add_argument("--allow-incomplete", action="store_true", help="pack a dataset whose build has not finished")
     t = sub.add_parser("train", help="train for a wall-clock budget (the GPU machine), export EMA shards")
@@ -834,10 +848,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pack":
             report = pack_dataset(args.data, args.out, size=args.size, limit_bytes=args.max_mib,
                                   test_sequences=args.test_sequences, max_frames=args.max_frames, motions=args.motions,
-                                  replace=args.replace, allow_incomplete=args.allow_incomplete)  # fmt: skip
+                                  replace=args.replace, allow_incomplete=args.allow_incomplete,
+                                  carry_bytes=args.carry_mib)  # fmt: skip
             tree = "" if report.tree_bytes is None else (
                 f"; with the checkout's {report.tree_bytes / MIB:.1f} MiB, {(report.tree_bytes + report.bytes) / MIB:.2f} "
-                f"MiB travel of the device's {DEVICE_CARRY_BYTES / MIB:.0f}")  # fmt: skip
+                f"MiB travel of the {args.carry_mib / MIB:.0f} allowed")  # fmt: skip
             print(f"packed {report.train_sequences} train sequences ({report.train_characters} characters) and "
                   f"{report.test_sequences} held-out ({report.test_characters} characters), {report.frames} frames at "
                   f"{report.resolution} px into {report.out}: {report.bytes / MIB:.2f} MiB (rgb {report.rgb_bytes / MIB:.2f}, "
