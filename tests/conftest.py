@@ -18,6 +18,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["BTDM_CACHE_DIR"] = str(tmp_path_factory.mktemp("btdm-cache"))
 
 
+@pytest.fixture(scope="session")
+def body():
+    """The mannequin body model (built once per session into the isolated cache; shared: read-only)."""
+    from btdm_engine.body import load_body_model
+
+    return load_body_model("mannequin")
+
+
 @pytest.fixture()
 def one_thread():
     """Run a test with one torch intra-op thread: two threads on a busy two-core machine run

@@ -11,17 +11,11 @@ from btdm_engine.motion import MotionClip, load_bvh, make_motion, read_bvh, save
 from btdm_engine.motion.bonemaps import BoneMapError
 from btdm_engine.motion.bvh import Bvh, BvhError, BvhJoint
 from btdm_engine.motion.kinematics import world_rotations
-from btdm_engine.motion.library import cached_body_model
 from btdm_engine.motion.retarget import RetargetError
 from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_euler, rotation_x, rotation_z
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # Y-up -> Z-up: (x, y, z) -> (x, -z, y)
-
-
-@pytest.fixture(scope="module")
-def body():
-    return cached_body_model("mannequin")
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,9 @@ from btdm_engine.motion import (
 )
 from btdm_engine.motion import rotations as R
 from btdm_engine.motion.kinematics import forward_kinematics, local_rotations, world_rotations
-from btdm_engine.motion.library import cached_body_model
 
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 SECONDS, FPS = 2.0, 30.0
-
-
-@pytest.fixture(scope="module")
-def body():
-    return cached_body_model("mannequin")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import scipy.io
 
-from btdm_engine.body import load_body_model
 from btdm_engine.motion.camera import intrinsics, look_at
 from btdm_engine.posemaps.atlas import Atlas, AtlasError, build_atlas
 from btdm_engine.posemaps.densepose_uv import load_atlas, read_uv_processed
@@ -24,11 +23,6 @@ from btdm_engine.posemaps.preview import PART_PALETTE, colorize_iuv, contact_she
 from btdm_engine.posemaps.renderer import IUVRenderer
 
 SIZE = 192
-
-
-@pytest.fixture(scope="module")
-def body():
-    return load_body_model("mannequin")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from btdm_engine.motion import MotionClip, load_bvh, make_motion, save_bvh, writ
 from btdm_engine.motion.bonemaps import BoneMapError
 from btdm_engine.motion.bvh import BvhError, read_bvh, skeleton_from_bvh
 from btdm_engine.motion.kinematics import world_rotations
-from btdm_engine.motion.library import cached_body_model
 from btdm_engine.motion.retarget import RetargetError, to_motion_clip
 from btdm_engine.motion.rotations import rotation_angle, rotation_y
 from btdm_engine.motion.skeleton_animation import SkeletonAnimation, SkeletonAnimationError
@@ -28,11 +27,6 @@ SMPL_NAMES = {n: n for n in JOINT_NAMES}
 # Joints whose rig position equals SMPL's in every test rig below.
 TRACKED = [J[n] for n in ("pelvis", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_elbow",
                           "right_elbow", "left_wrist", "right_wrist", "left_shoulder", "right_shoulder")]
-
-
-@pytest.fixture(scope="module")
-def body():
-    return cached_body_model("mannequin")
 
 
 @pytest.fixture(scope="module")

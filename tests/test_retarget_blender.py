@@ -16,7 +16,6 @@ from btdm_engine.body.skeleton import JOINT_NAMES, MIXAMO_NAMES, PARENTS  # noqa
 from btdm_engine.motion import make_motion  # noqa: E402
 from btdm_engine.motion.fbx import read_fbx  # noqa: E402
 from btdm_engine.motion.kinematics import world_rotations  # noqa: E402
-from btdm_engine.motion.library import cached_body_model  # noqa: E402
 from btdm_engine.motion.retarget import to_motion_clip  # noqa: E402
 from btdm_engine.motion.skeleton_animation import from_arrays  # noqa: E402
 from btdm_engine.motion.sources import MotionSourceError  # noqa: E402
@@ -26,11 +25,6 @@ pytestmark = pytest.mark.blender
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 # SMPL world (Y up) -> Blender world (Z up, forward -Y): (x, y, z) -> (x, -z, y).
 Y_TO_Z = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
-
-
-@pytest.fixture(scope="module")
-def body():
-    return cached_body_model("mannequin")
 
 
 @pytest.fixture(scope="module")

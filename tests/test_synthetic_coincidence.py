@@ -13,18 +13,12 @@ import pytest
 
 bpy = pytest.importorskip("bpy", reason="needs the bpy module (pip install '.[blender]')")
 
-from btdm_engine.body import load_body_model  # noqa: E402
 from btdm_engine.motion import make_motion  # noqa: E402
 from synthetic_data import blender_scene as bs  # noqa: E402
 from synthetic_data.coords import blender_camera, project_blender, smpl_to_blender  # noqa: E402
 from synthetic_data.garments import BodyRest  # noqa: E402
 
 pytestmark = pytest.mark.blender
-
-
-@pytest.fixture(scope="module")
-def body():
-    return load_body_model("mannequin")
 
 
 def _poses(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
