@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: demo test bench env clean
+.PHONY: demo test test-fast bench env clean
 
 env: $(STAMP)
 
@@ -19,9 +19,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/btdm demo --out out/demo
 
+# The whole suite, then its 15 slowest tests (where the time goes).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
+
+# The inner loop: everything but the tests marked slow (more than ~30 s on a 2-core machine).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --durations=10 tests
 
 bench: $(STAMP)
 	$(PY) -m bench
