@@ -2,10 +2,11 @@
 
 A thin client of the engine service (``btdm serve``, local or remote): it samples the armature
 and the shot camera on the main thread (:mod:`.armature`), sends them as a skeleton animation
-(:mod:`.engine_client`), follows the job in a worker thread (:mod:`.jobs`), and places the plates
-as an image strip on the Video Sequencer (:mod:`.sequencer`) from ``bpy.app.timers``
-(:mod:`.runs`). It needs bpy, numpy and the standard library only; nothing heavy and nothing on
-the network happens at register time.
+(:mod:`.engine_client`), follows the job in a worker thread (:mod:`.jobs`), and from
+``bpy.app.timers`` (:mod:`.runs`) shows the plates over the set in the shot camera's view and in a
+pre-vis scene, keeping them as a muted strip in the shot's sequencer (:mod:`.display`). It needs
+bpy, numpy and the standard library only; nothing heavy and nothing on the network happens at
+register time.
 
 Headless::
 

@@ -326,6 +326,9 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
     """Everything a run needs, read from the scene on the main thread; raises :class:`UserError`."""
     scene = context.scene
     s = scene.btdm
+    if scene.get("btdm_previs_key") is not None:
+        raise UserError(f"scene {scene.name!r} is the pre-vis of scene {scene.get('btdm_shot_scene', '')!r} (the set "
+                        "with the plates): generate from that scene")
     armature = resolve_armature(context)
     camera = resolve_camera(context)
     start, end = scene.frame_start, scene.frame_end
@@ -358,6 +361,9 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
     if kind == "posemaps":
         appearance = appearance_iuv = None
         use_default = True
+        # the whole camera view scaled into the square, not the window that follows the body: the camera's
+        # background and the strips crop the square's middle band, which is the camera frame (display.py)
+        params["plate"] = False
     else:
         appearance, appearance_iuv, use_default, shown = appearance_files(context, armature, camera)
         if shown is not None:

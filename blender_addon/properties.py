@@ -11,6 +11,7 @@ from bpy.props import (
     BoolProperty,
     CollectionProperty,
     EnumProperty,
+    FloatProperty,
     IntProperty,
     PointerProperty,
     StringProperty,
@@ -40,6 +41,12 @@ APPEARANCE_ITEMS = (
     ("RENDER", "Scene render", "A render of the scene's own character through the shot camera"),
     ("NONE", "None", "No appearance image (person-specific or unconditional model; the seed picks the person)"),
 )
+
+
+def _view_changed(self, _context) -> None:
+    from . import display
+
+    display.sync(self.id_data)
 
 
 def _is_armature(_self, obj) -> bool:
@@ -105,6 +112,16 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
     output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="",
                                description="Folder for the plates (empty: //previs/<blend file>_<scene>_<camera>/ "
                                "next to the .blend); a folder holding another shot's plates is refused")
+    # where the results are seen (display.py): the shot camera's background and the pre-vis scene
+    show_plates: BoolProperty(name="Plates in Camera", default=True, update=_view_changed,
+                              description="Show the plates over the set in camera view (the shot camera's "
+                              "background) and in the pre-vis scene; the shot's own render never shows them")
+    show_posemaps: BoolProperty(name="Pose Maps in Camera", default=False, update=_view_changed,
+                                description="Show the pose-map previews on the camera frame in camera view and in "
+                                "the pre-vis scene")
+    plate_opacity: FloatProperty(name="Opacity", default=0.8, min=0.0, max=1.0, subtype="FACTOR",
+                                 update=_view_changed,
+                                 description="How opaque the plates and pose maps are over the set in camera view")
     last_bone_map: StringProperty(default="", description="The map the engine used last (JSON)",
                                   options={"HIDDEN"})
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import bpy
 from bpy.app.handlers import persistent
 
-from . import sequencer, takes
+from . import display, takes
 from .jobs import PrevisRun
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def register() -> None:
 
 
 def finalize(entry: Entry) -> None:
-    """Main thread: place the strip of a succeeded run, remember its result; once per run."""
+    """Main thread: show a succeeded run's result (:func:`.display.place`: the shot camera's background, the
+    pre-vis scene, the shot's muted strip), remember its result; once per run."""
     run = entry.run
     if run.finalized:
         return
@@ -97,6 +98,7 @@ def finalize(entry: Entry) -> None:
     req = run.request
     try:
         if snap.phase == "succeeded" and scene is not None:
+            camera = bpy.data.objects.get(entry.camera)
             if req.kind == "plates":
                 seed, model = req.params.get("seed", 0), req.params.get("model", "default")
                 props = {"seed": seed, "model": model, "job_id": snap.job_id, "steps": req.params.get("steps", 0),
@@ -107,12 +109,12 @@ def finalize(entry: Entry) -> None:
                                               req.shot, snap.notes)
                     props["take"] = record["take"]
                     name = f"BTDM {entry.camera} take {record['take']} s{seed}"
-                sequencer.place_image_strip(scene, req.out_dir, req.first_frame, req.num_frames, name=name,
-                                            key=entry.key, kind="plates", props=props)
+                display.place(scene, camera, req.out_dir, req.first_frame, req.num_frames, name=name,
+                              key=entry.key, kind="plates", props=props)
             else:
-                sequencer.place_image_strip(
-                    scene, req.out_dir, req.first_frame, req.num_frames, name=f"BTDM pose maps {entry.camera}",
-                    key=entry.key, kind="posemaps", props={"job_id": snap.job_id}, above=False)
+                display.place(scene, camera, req.out_dir, req.first_frame, req.num_frames,
+                              name=f"BTDM pose maps {entry.camera}", key=entry.key, kind="posemaps",
+                              props={"job_id": snap.job_id})
             if snap.retarget and snap.retarget.get("map"):
                 scene.btdm.last_bone_map = json.dumps(snap.retarget["map"])
             entry.ok, entry.result = True, snap.message

@@ -63,11 +63,14 @@ def free_channel(editor, start: int, end: int, prefer: int | None = None) -> int
 
 
 def place_image_strip(scene, folder: str, frame_start: int, count: int, *, name: str, key: str, kind: str,
-                      props: dict, above: bool = True):
+                      props: dict, above: bool = True, fit: str = "FIT", mute: bool = False):
     """An image strip of ``folder/NNNNNN.png`` (scene frames ``frame_start .. frame_start+count-1``).
 
     An earlier strip with the same ``key`` and ``kind`` is removed first and its channel reused
-    when free. Plates blend over the channels below (alpha over). Returns the strip.
+    when free. Plates blend over the channels below (alpha over). ``fit`` is how the pictures fill
+    the frame (``FIT``: plates, which have the frame's aspect; ``FILL``: pose maps, square pictures of
+    the whole camera view whose middle band is the frame). A ``mute`` strip is kept but not shown
+    nor rendered. Returns the strip.
     """
     editor = scene.sequence_editor or scene.sequence_editor_create()
     old = find_strips(scene, key, kind)
@@ -81,11 +84,12 @@ def place_image_strip(scene, folder: str, frame_start: int, count: int, *, name:
     if missing:
         raise RuntimeError(f"{folder}: {len(missing)} of {count} frames are missing (first: {missing[0]})")
     strip = strips(editor).new_image(name=name, filepath=blend_relative(os.path.join(folder, files[0])),
-                                     channel=channel, frame_start=frame_start)
+                                     channel=channel, frame_start=frame_start, fit_method=fit)
     for f in files[1:]:
         strip.elements.append(f)
     if above:
         strip.blend_type = "ALPHA_OVER"
+    strip.mute = mute
     strip["btdm_key"] = key
     strip["btdm_kind"] = kind
     for k, v in props.items():

@@ -7,7 +7,7 @@ import os
 import bpy
 from bpy.props import IntProperty
 
-from .. import runs, sequencer
+from .. import display, runs, sequencer
 from ..jobs import RunFailed
 from ..prepare import UserError, output_dir, resolve_camera, shot_identity, strip_key
 from ..takes import delete_take, list_takes
@@ -48,7 +48,7 @@ class _TakeOperator:
 
 
 class BTDM_OT_take_show(_TakeOperator, bpy.types.Operator):
-    """Put this take's plates on the shot's plate strip (same channel and frames)"""
+    """Show this take: on the shot's plate strip (same channel and frames), the camera's background and the pre-vis scene"""
 
     bl_idname = "btdm.take_show"
     bl_label = "Show Take"
@@ -63,8 +63,8 @@ class BTDM_OT_take_show(_TakeOperator, bpy.types.Operator):
         r = take.record
         scene = context.scene
         try:
-            sequencer.place_image_strip(
-                scene, take.folder, int(r.get("first_frame", scene.frame_start)), int(r.get("frames", 0)),
+            display.place(
+                scene, camera, take.folder, int(r.get("first_frame", scene.frame_start)), int(r.get("frames", 0)),
                 name=f"BTDM {camera.name} take {take.number} s{r.get('seed', 0)}", key=strip_key(scene, camera),
                 kind="plates", props={"seed": r.get("seed", 0), "model": r.get("model", ""),
                                       "job_id": r.get("job_id", ""), "steps": r.get("steps", 0),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bpy
 
-from .. import runs
+from .. import display, runs
 from .status import draw_engine_status
 from .status import wrap as _wrap
 
@@ -54,6 +54,23 @@ def draw_main(layout, context) -> None:
     col.prop(s, "armature")
     col.prop(s, "camera")
     col.label(text=f"Frames {scene.frame_start}..{scene.frame_end}")
+
+
+def draw_view(layout, context) -> None:
+    """Where the results are seen (:mod:`..display`): the shot camera's background and the pre-vis scene."""
+    scene = context.scene
+    s = scene.btdm
+    shot = display.shot_of(scene)
+    if shot is not None:
+        layout.label(text=f"The pre-vis of scene {shot}: the set with the plates", icon="INFO")
+        layout.operator("btdm.open_previs_scene", text="Back to the Shot", icon="SCENE_DATA")
+        return
+    col = layout.column(align=True)
+    col.prop(s, "show_plates")
+    col.prop(s, "show_posemaps")
+    col.prop(s, "plate_opacity", slider=True)
+    layout.label(text="Over the set in camera view (Numpad 0)")
+    layout.operator("btdm.open_previs_scene", icon="SEQUENCE")
 
 
 def draw_engine(layout, context) -> None:
@@ -152,6 +169,7 @@ def draw_takes(layout, context) -> None:
 
 SECTIONS = (
     ("main", "BTDM Pre-vis", draw_main, None),
+    ("view", "View", draw_view, None),
     ("engine", "Engine", draw_engine, "DEFAULT_CLOSED"),
     ("motion", "Motion", draw_motion, None),
     ("appearance", "Appearance", draw_appearance, "DEFAULT_CLOSED"),
