@@ -87,8 +87,8 @@ class EngineClient:
 
     # ------------------------------------------------------------------ transport
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-                 timeout: float | None = None) -> Any:
-        headers = {"Accept": "application/json"}
+                 timeout: float | None = None, headers: dict[str, str] | None = None) -> Any:
+        headers = {"Accept": "application/json", **(headers or {})}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:
@@ -155,8 +155,13 @@ class EngineClient:
         return self._json("GET", "/v1/models")["models"]
 
     def submit(self, *, motion: Any = None, skeleton: Any = None, posemaps: Any = None, appearance: Any = None,
-               appearance_iuv: Any = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``POST /v1/jobs``. Each file is a path or bytes; exactly one of motion / skeleton / posemaps (a zip)."""
+               appearance_iuv: Any = None, params: dict[str, Any] | None = None,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        """``POST /v1/jobs``. Each file is a path or bytes; exactly one of motion / skeleton / posemaps (a zip).
+
+        With ``idempotency_key`` (``Idempotency-Key``), sending the same request again (a retry after a
+        timeout) answers the job the first one made instead of making a second.
+        """
         given = {"motion": motion, "skeleton": skeleton, "posemaps": posemaps, "appearance": appearance,
                  "appearance_iuv": appearance_iuv}
         sources = [name for name in ("motion", "skeleton", "posemaps") if given[name] is not None]
@@ -166,7 +171,9 @@ class EngineClient:
                  for name, value in given.items() if value is not None}
         fields = {"params": json.dumps(params or {})}
         body, content_type = _multipart(fields, files)
-        return self._json("POST", "/v1/jobs", body=body, content_type=content_type, timeout=max(self.timeout, 120.0))
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return self._json("POST", "/v1/jobs", body=body, content_type=content_type, timeout=max(self.timeout, 120.0),
+                          headers=headers)
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", self._job_path(job_id))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -38,6 +39,7 @@ from btdm_engine.service import API_VERSION, inputs, limits
 from btdm_engine.service.deps import (
     Admission,
     AdmissionDep,
+    PrincipalDep,
     RegistryDep,
     ServiceSettings,
     SettingsDep,
@@ -49,6 +51,7 @@ from btdm_engine.service.errors import NO_SPACE, Conflict, InvalidParams, NoSpac
 from btdm_engine.service.guard import RequestGuard
 from btdm_engine.service.schemas import (
     FINAL_STATES,
+    IDEMPOTENCY_KEY_PATTERN,
     JOB_ID_PATTERN,
     ErrorResponse,
     Health,
@@ -164,6 +167,14 @@ def submit(
     appearance: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance"])] = None,
     appearance_iuv: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance_iuv"])] = None,
     params: Annotated[str | None, Form(description="a JSON object (JobParams in the schemas)")] = None,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="submit at most once: a repeated request with the same key (from the same token) answers the "
+        "job the first one made, whatever its state, instead of making another; the key with a different request "
+        "is 422. A key is free again once its job is deleted or expired")] = None,
+    *,
+    principal: PrincipalDep,
+    response: Response,
 ) -> dict[str, Any]:
     sources = {"motion": motion, "skeleton": skeleton, "posemaps": posemaps}
     given = [name for name, upload in sources.items() if upload is not None]
@@ -176,6 +187,12 @@ def submit(
                             lambda name: registry.entry(name).info)
     job_params = parse_params(params, context)  # every key, and the keys against each other, the files, the model
     p = job_params.model_dump()
+    digest = None
+    if idempotency_key is not None:
+        digest = request_digest(source, files, p)
+        earlier = store.find_idempotent(principal.name, idempotency_key)
+        if earlier is not None:  # before the queue's door: a repeat is answered even when the queue is full
+            return _replayed(earlier, digest, response)
     admission.check(store)  # before the uploads are copied and validated: a full queue answers at once
     job_id = new_job_id()
     try:
@@ -183,12 +200,43 @@ def submit(
                                  appearance_iuv, job_params, registry.entry(job_params.model).info["resolution"])
         report = described.pop("retarget", None)
         with admission.slot(store):  # the count and the insert together
-            job = store.create(job_id, params=p, source=source, inputs=described, retarget=report)
+            job = store.create(job_id, params=p, source=source, inputs=described, retarget=report,
+                               client=principal.name, idempotency_key=idempotency_key, request_hash=digest)
     except BaseException as exc:
         remove_job_files(store, job_id)
         if disk_full(exc):
             raise NoSpace(f"{NO_SPACE}: the server's disk is full; nothing was kept") from None
         raise
+    if job["id"] != job_id:  # the same key won a race while the uploads were copied: that job, not this one
+        remove_job_files(store, job_id)
+        return _replayed(job, digest, response)
+    return job_view(job)
+
+
+def request_digest(source: str, files: dict[str, UploadFile | None], params: dict[str, Any],
+                   **fields: Any) -> str:
+    """SHA-256 over what makes a submit the request it is: the motion source, the params with defaults filled
+    in, the other form fields, and every uploaded file's bytes (read, then rewound for the copy)."""
+    h = hashlib.sha256(json.dumps({"source": source, "params": params, **fields}, sort_keys=True).encode())
+    for name in sorted(files):
+        upload = files[name]
+        if upload is None:
+            continue
+        h.update(f"\0{name}\0".encode())
+        upload.file.seek(0)
+        while chunk := upload.file.read(1 << 20):
+            h.update(chunk)
+        upload.file.seek(0)
+    return h.hexdigest()
+
+
+def _replayed(job: dict[str, Any], digest: str | None, response: Response) -> dict[str, Any]:
+    """The answer to a submit whose Idempotency-Key made ``job``: that job, or 422 for a different request."""
+    if job.get("request_hash") != digest:
+        raise ServiceError(f"Idempotency-Key: this key was used for another request (job {job['id']}); send a new "
+                           "key for a new job", field="Idempotency-Key", status=422, code="idempotency_key_reused")
+    response.headers["Idempotent-Replayed"] = "true"
+    logger.info("job %s: a repeated submit (Idempotency-Key) answered with the existing job", job["id"])
     return job_view(job)
 
 

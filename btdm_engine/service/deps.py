@@ -24,7 +24,8 @@ from btdm_engine.service.store import JobStore
 from btdm_engine.service.worker import ModelRegistry, Worker
 
 __all__ = [
-    "Admission", "AdmissionDep", "RegistryDep", "ServiceSettings", "SettingsDep", "StoreDep", "WorkerDep",
+    "Admission", "AdmissionDep", "Principal", "PrincipalDep", "RegistryDep", "ServiceSettings", "SettingsDep",
+    "StoreDep", "WorkerDep",
     "bearer_auth", "get_admission", "get_registry", "get_settings", "get_store", "get_worker",
 ]
 
@@ -95,8 +96,16 @@ AdmissionDep = Annotated[Admission, Depends(get_admission)]
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>` when the server has a token")
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request: the token's ``name`` (None on a server without tokens) and its ``role``."""
+
+    name: str | None
+    role: str = "admin"
+
+
 def bearer_auth(settings: SettingsDep,
-                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     """Every endpoint but ``/v1/health`` depends on this: a server started with a token needs it.
 
     :class:`~btdm_engine.service.guard.RequestGuard` refuses the same requests before their body
@@ -105,8 +114,12 @@ def bearer_auth(settings: SettingsDep,
     """
     token = settings.token
     if token is None:
-        return
+        return Principal(None)
     given = b"" if credentials is None else credentials.credentials.encode("utf-8", "surrogateescape")
     if not secrets.compare_digest(given, token.encode("utf-8")):
         raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)",
                            headers={"WWW-Authenticate": "Bearer"})
+    return Principal("admin")
+
+
+PrincipalDep = Annotated[Principal, Depends(bearer_auth)]

@@ -27,6 +27,8 @@ FINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 Stage = Literal["posemaps", "finetune", "btunet", "sr3", "writing"]
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+"""An ``Idempotency-Key`` header: 1..255 visible ASCII characters (a UUID, a shot name and a take, ...)."""
 
 
 class ErrorBody(BaseModel):
@@ -277,6 +279,12 @@ class Job(BaseModel):
     width: int | None = Field(default=None, description="frame size in pixels (square frames)")
     height: int | None = None
     retarget: dict[str, Any] | None = Field(default=None, description="skeleton jobs: the retargeting report")
+    priority: int = Field(default=0, description="higher runs first; first come, first served within a priority")
+    tag: str | None = Field(default=None, description="the tag the job was submitted with (GET /v1/jobs?tag=)")
+    client: str | None = Field(default=None, description="the name of the token that submitted the job (never the "
+                               "token); null on a server without tokens")
+    idempotency_key: str | None = Field(default=None, description="the Idempotency-Key header the job was "
+                                        "submitted with")
 
 
 class JobList(BaseModel):

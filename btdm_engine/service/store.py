@@ -31,7 +31,9 @@ from btdm_engine.service.schemas import FINAL_STATES
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first store; 2 adds ``client``, ``idempotency_key``, ``request_hash``, ``priority``, ``tag``
+(a version-1 database is migrated in place at open)."""
 MAX_ATTEMPTS = 3
 """Runs a job gets across server crashes before it is failed (a job that kills the server every
 time must not keep the queue from moving)."""
@@ -40,6 +42,7 @@ _COLUMNS = (
     "id", "seq", "state", "stage", "step", "total", "frames_done", "frames_total", "posemaps_done", "eta_s",
     "error", "created", "started", "finished", "params", "source", "inputs", "attempts", "cancel_requested",
     "has_video", "has_plates", "plate_width", "plate_height", "width", "height", "retarget",
+    "client", "idempotency_key", "request_hash", "priority", "tag",
 )
 _JSON = ("params", "inputs", "retarget")
 _BOOL = ("cancel_requested", "has_video", "has_plates")
@@ -72,9 +75,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     plate_height INTEGER,
     width INTEGER,
     height INTEGER,
-    retarget TEXT
+    retarget TEXT,
+    client TEXT,
+    idempotency_key TEXT,
+    request_hash TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    tag TEXT
 );
+"""
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE jobs ADD COLUMN client TEXT",
+    "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
+    "ALTER TABLE jobs ADD COLUMN request_hash TEXT",
+    "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN tag TEXT",
+)
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (COALESCE(client, ''), idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 """
 
 
@@ -110,8 +130,25 @@ class JobStore:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                self._migrate_from_1()
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: job store schema {row[0]}, this server reads {SCHEMA_VERSION}")
+            self._db.executescript(_INDEXES)
+
+    def _migrate_from_1(self) -> None:
+        """A version-1 database gets the version-2 columns (its jobs: no client, no key, priority 0), in one
+        transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATE_1_TO_2:
+                self._db.execute(statement)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        logger.info("%s: job store migrated from schema 1 to %d", self.path, SCHEMA_VERSION)
 
     def close(self) -> None:
         with self._lock:
@@ -143,21 +180,41 @@ class JobStore:
         return self._versions.get(job_id, 0)
 
     def create(self, job_id: str, *, params: dict[str, Any], source: str, inputs: dict[str, Any],
-               retarget: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Insert a queued job."""
+               retarget: dict[str, Any] | None = None, client: str | None = None,
+               idempotency_key: str | None = None, request_hash: str | None = None, priority: int = 0,
+               tag: str | None = None) -> dict[str, Any]:
+        """Insert a queued job; returns its row.
+
+        With an ``idempotency_key`` that ``client`` already used (:meth:`find_idempotent`), nothing is
+        inserted and the existing job's row is returned instead (its ``id`` is not ``job_id``): the
+        look-up and the insert happen under one lock, so two submits racing with one key make one job.
+        """
         with self._lock:
+            if idempotency_key is not None:
+                existing = self.find_idempotent(client, idempotency_key)
+                if existing is not None:
+                    return existing
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
-                "INSERT INTO jobs (id, seq, state, created, params, source, inputs, retarget) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, seq, state, created, params, source, inputs, retarget, client, "
+                "idempotency_key, request_hash, priority, tag) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, seq, time.time(), json.dumps(params), source, json.dumps(inputs),
-                 None if retarget is None else json.dumps(retarget)),
+                 None if retarget is None else json.dumps(retarget), client, idempotency_key, request_hash,
+                 int(priority), tag),
             )
             self._bump(job_id)
             job = self.get(job_id)
         assert job is not None
-        logger.info("job %s: queued (%s)", job_id, source)
+        logger.info("job %s: queued (%s%s)", job_id, source, f", priority {priority}" if priority else "")
         return job
+
+    def find_idempotent(self, client: str | None, key: str) -> dict[str, Any] | None:
+        """The job ``client`` (None: a server without tokens) submitted with ``Idempotency-Key: key``, if it
+        still exists (a deleted or expired job frees its key)."""
+        with self._lock:
+            return self._row(self._db.execute(
+                "SELECT * FROM jobs WHERE COALESCE(client, '') = ? AND idempotency_key = ?",
+                (client or "", key)).fetchone())
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
