@@ -178,8 +178,31 @@ class EngineClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", self._job_path(job_id))
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/jobs")["jobs"]
+    def jobs(self, *, state: str | list[str] | None = None, tag: str | None = None, client: str | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/jobs``: the newest jobs (one page: ``limit``, the server's default 100), filtered by
+        ``state`` (one or several), ``tag`` and ``client`` (a token's name) when given."""
+        return self.jobs_page(state=state, tag=tag, client=client, limit=limit)["jobs"]
+
+    def jobs_page(self, *, state: str | list[str] | None = None, tag: str | None = None, client: str | None = None,
+                  limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """One page of ``GET /v1/jobs``: ``{"jobs": [...], "next_cursor": str | None}``."""
+        query: list[tuple[str, str]] = [("state", s) for s in ([state] if isinstance(state, str) else state or [])]
+        for name, value in (("tag", tag), ("client", client), ("limit", limit), ("cursor", cursor)):
+            if value is not None:
+                query.append((name, str(value)))
+        suffix = "?" + urllib.parse.urlencode(query) if query else ""
+        return self._json("GET", "/v1/jobs" + suffix)
+
+    def iter_jobs(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every job matching ``filters`` (as :meth:`jobs_page` takes them), newest first, page after page."""
+        cursor = None
+        while True:
+            page = self.jobs_page(**filters, cursor=cursor)
+            yield from page["jobs"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def events(self, job_id: str) -> Iterator[dict[str, Any]]:
         """The job's server-sent events, parsed; ends after the event with a final state."""

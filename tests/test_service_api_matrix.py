@@ -137,7 +137,7 @@ def test_every_operation_but_health_needs_the_token(tmp_path: Path, plain_model:
                 refused(response, 401, None, "unauthorized")
                 assert response.headers["WWW-Authenticate"] == "Bearer"
         assert svc.client.get("/v1/models", headers=svc.headers()).status_code == 200
-        assert svc.client.get("/v1/jobs", headers=svc.headers()).json() == {"jobs": []}
+        assert svc.client.get("/v1/jobs", headers=svc.headers()).json() == {"jobs": [], "next_cursor": None}
     finally:
         svc.close()
 

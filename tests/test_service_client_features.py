@@ -75,3 +75,19 @@ def test_client_idempotency_key(live: LiveApp, tmp_path: Path, clip: bytes) -> N
     assert (info.value.status, info.value.code, info.value.field) == (422, "idempotency_key_reused", "Idempotency-Key")
     assert client.submit(motion=clip, params={"steps": 2})["id"] != job["id"]  # old calls unchanged
     assert len(client.jobs()) == 2
+
+
+def test_client_lists_filters_and_pages(live: LiveApp, clip: bytes) -> None:  # noqa: F811
+    client = live.client()
+    ids = [client.submit(motion=clip, params={"steps": 2})["id"] for _ in range(5)]
+    live.store.transition(ids[0], "failed", error="x")
+    assert [j["id"] for j in client.jobs()] == ids[::-1]
+    assert [j["id"] for j in client.jobs(state="failed")] == [ids[0]]
+    assert [j["id"] for j in client.jobs(state=["failed", "queued"], limit=2)] == ids[:2:-1]
+    page = client.jobs_page(limit=2)
+    assert len(page["jobs"]) == 2 and page["next_cursor"]
+    assert [j["id"] for j in client.iter_jobs(limit=2)] == ids[::-1]
+    assert [j["id"] for j in client.iter_jobs(state="queued", limit=1)] == ids[:0:-1]
+    with pytest.raises(EngineError) as info:
+        client._json("GET", "/v1/jobs?status=queued")
+    assert (info.value.status, info.value.code, info.value.field) == (422, "unknown_parameter", "status")

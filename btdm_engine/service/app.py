@@ -16,6 +16,8 @@ while the body streams (Host / Origin, the token, sizes, slow uploads) is :mod:`
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -46,18 +48,22 @@ from btdm_engine.service.deps import (
     StoreDep,
     WorkerDep,
     bearer_auth,
+    known_query,
 )
 from btdm_engine.service.errors import NO_SPACE, Conflict, InvalidParams, NoSpace, NotFound, ServiceError, disk_full, public
 from btdm_engine.service.guard import RequestGuard
 from btdm_engine.service.schemas import (
+    CLIENT_NAME_PATTERN,
     FINAL_STATES,
     IDEMPOTENCY_KEY_PATTERN,
     JOB_ID_PATTERN,
+    TAG_PATTERN,
     ErrorResponse,
     Health,
     Job,
     JobList,
     JobParams,
+    JobState,
     Limits,
     ModelInfo,
     ModelList,
@@ -80,7 +86,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {**_ERRORS, "description": "missing or wrong bearer token"},
     403: {**_ERRORS, "description": "a server without a token: a Host other than localhost, or a web page's Origin"},
     404: {**_ERRORS, "description": "no such job or file (yet)"},
-    422: {**_ERRORS, "description": "a malformed request or an invalid value"},
+    422: {**_ERRORS, "description": "a malformed request, an invalid value or an unknown query parameter"},
 }
 
 
@@ -96,10 +102,11 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 # ---------------------------------------------------------------------------- routers
-health_router = APIRouter(prefix="/v1", tags=["health"], responses=ERROR_RESPONSES)
+health_router = APIRouter(prefix="/v1", tags=["health"], responses=ERROR_RESPONSES, dependencies=[Depends(known_query)])
 models_router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES,
-                          dependencies=[Depends(bearer_auth)])
-jobs_router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES, dependencies=[Depends(bearer_auth)])
+                          dependencies=[Depends(bearer_auth), Depends(known_query)])
+jobs_router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES,
+                        dependencies=[Depends(bearer_auth), Depends(known_query)])
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 lowercase hex digits")]
 FrameIndex = Annotated[int, PathParam(ge=0, lt=limits.MAX_FRAMES, description="zero-based frame index")]
@@ -167,6 +174,8 @@ def submit(
     appearance: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance"])] = None,
     appearance_iuv: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance_iuv"])] = None,
     params: Annotated[str | None, Form(description="a JSON object (JobParams in the schemas)")] = None,
+    tag: Annotated[str | None, Form(pattern=TAG_PATTERN, description="a label to find the job by (a show, a shot, "
+                                    "a batch): GET /v1/jobs?tag=")] = None,
     idempotency_key: Annotated[str | None, Header(
         alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
         description="submit at most once: a repeated request with the same key (from the same token) answers the "
@@ -189,7 +198,7 @@ def submit(
     p = job_params.model_dump()
     digest = None
     if idempotency_key is not None:
-        digest = request_digest(source, files, p)
+        digest = request_digest(source, files, p, tag=tag)
         earlier = store.find_idempotent(principal.name, idempotency_key)
         if earlier is not None:  # before the queue's door: a repeat is answered even when the queue is full
             return _replayed(earlier, digest, response)
@@ -201,7 +210,8 @@ def submit(
         report = described.pop("retarget", None)
         with admission.slot(store):  # the count and the insert together
             job = store.create(job_id, params=p, source=source, inputs=described, retarget=report,
-                               client=principal.name, idempotency_key=idempotency_key, request_hash=digest)
+                               client=principal.name, idempotency_key=idempotency_key, request_hash=digest,
+                               tag=tag)
     except BaseException as exc:
         remove_job_files(store, job_id)
         if disk_full(exc):
@@ -277,9 +287,49 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
     return described
 
 
-@jobs_router.get("/jobs", response_model=JobList, summary="jobs, newest first")
-def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    return {"jobs": [job_view(j) for j in store.list(limit)]}
+@jobs_router.get("/jobs", response_model=JobList, summary="jobs, newest first: filtered, a page at a time")
+def list_jobs(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="jobs per page")] = 100,
+    state: Annotated[list[JobState] | None, Query(description="only jobs in these states (repeat the parameter "
+                                                  "for several: ?state=queued&state=running)")] = None,
+    tag: Annotated[str | None, Query(pattern=TAG_PATTERN, description="only jobs submitted with this tag")] = None,
+    client: Annotated[str | None, Query(pattern=CLIENT_NAME_PATTERN,
+                                        description="only jobs submitted with this token (its name)")] = None,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the page before")] = None,
+) -> dict[str, Any]:
+    states = None if state is None else sorted(set(state))
+    scope = _filter_scope(states, tag, client)
+    before = None if cursor is None else _read_cursor(cursor, scope)
+    jobs = store.list(limit + 1, states=states, tag=tag, client=client, before_seq=before)
+    page = jobs[:limit]
+    more = len(jobs) > limit
+    return {"jobs": [job_view(j) for j in page], "next_cursor": _make_cursor(page[-1]["seq"], scope) if more else None}
+
+
+def _filter_scope(states: list[str] | None, tag: str | None, client: str | None) -> str:
+    """What a cursor is bound to: the filters of the listing that made it (8 hex digits of their hash)."""
+    return hashlib.sha256(json.dumps([states, tag, client]).encode()).hexdigest()[:8]
+
+
+def _make_cursor(seq: int, scope: str) -> str:
+    """An opaque cursor: where the page ended and for which filters (base64url, no padding)."""
+    return base64.urlsafe_b64encode(f"1.{seq}.{scope}".encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str, scope: str) -> int:
+    try:
+        version, seq, made_for = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split(".")
+        value = int(seq)
+        if version != "1" or not seq.isdigit() or value < 1:
+            raise ValueError
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ServiceError("cursor: not a cursor this server made (pass next_cursor as it came)", field="cursor",
+                           status=422, code="invalid_cursor") from None
+    if made_for != scope:
+        raise ServiceError("cursor: it belongs to a listing with other filters (state, tag, client); send the same "
+                           "filters as the page before", field="cursor", status=422, code="invalid_cursor")
+    return value
 
 
 @jobs_router.get("/jobs/{job_id}", response_model=Job, summary="one job's state and progress")

@@ -14,19 +14,32 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from btdm_engine.service.errors import QueueFull, Unauthorized
+from btdm_engine.service.errors import QueueFull, ServiceError, Unauthorized
 from btdm_engine.service.store import JobStore
 from btdm_engine.service.worker import ModelRegistry, Worker
 
 __all__ = [
-    "Admission", "AdmissionDep", "Principal", "PrincipalDep", "RegistryDep", "ServiceSettings", "SettingsDep",
-    "StoreDep", "WorkerDep",
-    "bearer_auth", "get_admission", "get_registry", "get_settings", "get_store", "get_worker",
+    "Admission",
+    "AdmissionDep",
+    "Principal",
+    "PrincipalDep",
+    "RegistryDep",
+    "ServiceSettings",
+    "SettingsDep",
+    "StoreDep",
+    "WorkerDep",
+    "bearer_auth",
+    "get_admission",
+    "get_registry",
+    "get_settings",
+    "get_store",
+    "get_worker",
+    "known_query",
 ]
 
 
@@ -123,3 +136,33 @@ def bearer_auth(settings: SettingsDep,
 
 
 PrincipalDep = Annotated[Principal, Depends(bearer_auth)]
+
+
+_QUERY_NAMES: dict[int, tuple[Any, frozenset[str]]] = {}
+
+
+def _query_names(route: Any) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included (kept per route: routes are not hashable)."""
+    known = _QUERY_NAMES.get(id(route))
+    if known is not None and known[0] is route:
+        return known[1]
+    names: set[str] = set()
+    todo = [getattr(route, "dependant", None)]
+    while todo:
+        dependant = todo.pop()
+        if dependant is not None:
+            names.update(param.alias for param in dependant.query_params)
+            todo.extend(dependant.dependencies)
+    _QUERY_NAMES[id(route)] = (route, frozenset(names))
+    return frozenset(names)
+
+
+def known_query(request: Request) -> None:
+    """Every ``/v1`` endpoint depends on this: a query parameter the operation does not declare is a 422
+    naming it (``?state=queued`` on a server that ignored it would have listed every job)."""
+    allowed = _query_names(request.scope.get("route"))
+    for name in request.query_params:
+        if name not in allowed:
+            takes = f"it takes {', '.join(sorted(allowed))}" if allowed else "it takes none"
+            raise ServiceError(f"{name[:64]}: unknown query parameter for {request.method} {request.url.path} "
+                               f"({takes})", field=name[:64], status=422, code="unknown_parameter")

@@ -29,6 +29,10 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 """An ``Idempotency-Key`` header: 1..255 visible ASCII characters (a UUID, a shot name and a take, ...)."""
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$"
+"""A job's ``tag`` (a show, a shot, a batch): 1..128 of A-Z a-z 0-9 _ . : / @ + -, starting alphanumeric."""
+CLIENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+"""A token's name (``btdm serve --token-file``), which a job records as its ``client``."""
 
 
 class ErrorBody(BaseModel):
@@ -288,7 +292,9 @@ class Job(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[Job]
+    jobs: list[Job] = Field(description="newest first")
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= (with the same filters) for the next "
+                                    "page; null on the last page")
 
 
 class ModelInfo(BaseModel):

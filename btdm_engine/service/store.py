@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,7 @@ _MIGRATE_1_TO_2 = (
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_tag ON jobs (tag, seq) WHERE tag IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (COALESCE(client, ''), idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 """
@@ -220,10 +222,24 @@ class JobStore:
         with self._lock:
             return self._row(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def list(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Newest first."""
+    def list(self, limit: int = 1000, *, states: Sequence[str] | None = None, tag: str | None = None,
+             client: str | None = None, before_seq: int | None = None) -> list[dict[str, Any]]:
+        """Newest first: at most ``limit`` jobs in one of ``states`` (None: any), with ``tag`` and ``client``
+        when given, submitted before the job numbered ``before_seq`` (a page's cursor)."""
+        where, args = [], []
+        if states is not None:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args += list(states)
+        for column, value in (("tag", tag), ("client", client)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
+        sql = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq DESC LIMIT ?"
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [job for job in map(self._row, rows) if job is not None]
 
     def ids(self, state: str) -> list[str]:
