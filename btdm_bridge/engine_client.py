@@ -156,11 +156,13 @@ class EngineClient:
 
     def submit(self, *, motion: Any = None, skeleton: Any = None, posemaps: Any = None, appearance: Any = None,
                appearance_iuv: Any = None, params: dict[str, Any] | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
+               idempotency_key: str | None = None, tag: str | None = None,
+               priority: int | None = None) -> dict[str, Any]:
         """``POST /v1/jobs``. Each file is a path or bytes; exactly one of motion / skeleton / posemaps (a zip).
 
         With ``idempotency_key`` (``Idempotency-Key``), sending the same request again (a retry after a
-        timeout) answers the job the first one made instead of making a second.
+        timeout) answers the job the first one made instead of making a second. ``tag`` labels the job
+        (``jobs(tag=)``); ``priority`` (-100..100, default 0): higher runs first.
         """
         given = {"motion": motion, "skeleton": skeleton, "posemaps": posemaps, "appearance": appearance,
                  "appearance_iuv": appearance_iuv}
@@ -170,6 +172,10 @@ class EngineClient:
         files = {name: (_FILENAMES[name], _read_input(name, value), "application/octet-stream")
                  for name, value in given.items() if value is not None}
         fields = {"params": json.dumps(params or {})}
+        if tag is not None:
+            fields["tag"] = tag
+        if priority is not None:
+            fields["priority"] = str(int(priority))
         body, content_type = _multipart(fields, files)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         return self._json("POST", "/v1/jobs", body=body, content_type=content_type, timeout=max(self.timeout, 120.0),
@@ -288,6 +294,11 @@ class EngineClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", self._job_path(job_id) + "/cancel", body=b"")
+
+    def retry(self, job_id: str, priority: int | None = None) -> dict[str, Any]:
+        """``POST /v1/jobs/{id}/retry``: a failed or cancelled job back in the queue (same id)."""
+        suffix = "" if priority is None else f"?priority={int(priority)}"
+        return self._json("POST", self._job_path(job_id) + "/retry" + suffix, body=b"")
 
     def delete(self, job_id: str) -> None:
         with self._request("DELETE", self._job_path(job_id)):

@@ -126,7 +126,7 @@ def test_every_operation_but_health_needs_the_token(tmp_path: Path, plain_model:
     svc = Service(tmp_path, plain_model, token=TOKEN)
     try:
         ops = operations(svc.app)
-        assert len(ops) == 13 and ("GET", "/v1/health") in ops
+        assert len(ops) == 14 and ("GET", "/v1/health") in ops
         for method, path in ops:
             for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"Basic {TOKEN}"},
                             {"Authorization": f"Bearer {TOKEN}x"}):
@@ -167,7 +167,7 @@ def test_without_a_token_other_hosts_and_web_pages_are_refused(service: Service)
 # ---------------------------------------------------------------------------- paths
 def test_unknown_job_is_404_on_every_job_operation(service: Service) -> None:
     ops = [(m, p) for m, p in operations(service.app) if NO_JOB in p]
-    assert len(ops) == 8
+    assert len(ops) == 9
     for method, path in ops:
         message = refused(service.client.request(method, path), 404, "job_id", "not_found")
         assert f"job {NO_JOB} does not exist" == message, (method, path)

@@ -91,3 +91,18 @@ def test_client_lists_filters_and_pages(live: LiveApp, clip: bytes) -> None:  # 
     with pytest.raises(EngineError) as info:
         client._json("GET", "/v1/jobs?status=queued")
     assert (info.value.status, info.value.code, info.value.field) == (422, "unknown_parameter", "status")
+
+
+def test_client_tag_priority_and_retry(live: LiveApp, clip: bytes) -> None:  # noqa: F811
+    client = live.client()
+    low = client.submit(motion=clip, params={"steps": 2}, tag="show/sh010")
+    high = client.submit(motion=clip, params={"steps": 2}, priority=7)
+    assert (low["tag"], low["priority"], high["priority"]) == ("show/sh010", 0, 7)
+    assert [j["id"] for j in client.jobs(tag="show/sh010")] == [low["id"]]
+    assert live.store.claim_next()["id"] == high["id"]
+    live.store.transition(high["id"], "failed", error="x")
+    retried = client.retry(high["id"], priority=-3)
+    assert (retried["state"], retried["priority"], retried["retries"]) == ("queued", -3, 1)
+    with pytest.raises(EngineError) as info:
+        client.retry(low["id"])
+    assert (info.value.status, info.value.code) == (409, "conflict")

@@ -176,6 +176,8 @@ def submit(
     params: Annotated[str | None, Form(description="a JSON object (JobParams in the schemas)")] = None,
     tag: Annotated[str | None, Form(pattern=TAG_PATTERN, description="a label to find the job by (a show, a shot, "
                                     "a batch): GET /v1/jobs?tag=")] = None,
+    priority: Annotated[int, Form(ge=limits.MIN_PRIORITY, le=limits.MAX_PRIORITY,
+                                  description="higher runs first; first come, first served within a priority")] = 0,
     idempotency_key: Annotated[str | None, Header(
         alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
         description="submit at most once: a repeated request with the same key (from the same token) answers the "
@@ -198,7 +200,7 @@ def submit(
     p = job_params.model_dump()
     digest = None
     if idempotency_key is not None:
-        digest = request_digest(source, files, p, tag=tag)
+        digest = request_digest(source, files, p, tag=tag, priority=priority)
         earlier = store.find_idempotent(principal.name, idempotency_key)
         if earlier is not None:  # before the queue's door: a repeat is answered even when the queue is full
             return _replayed(earlier, digest, response)
@@ -211,7 +213,7 @@ def submit(
         with admission.slot(store):  # the count and the insert together
             job = store.create(job_id, params=p, source=source, inputs=described, retarget=report,
                                client=principal.name, idempotency_key=idempotency_key, request_hash=digest,
-                               tag=tag)
+                               tag=tag, priority=priority)
     except BaseException as exc:
         remove_job_files(store, job_id)
         if disk_full(exc):
@@ -419,6 +421,48 @@ def cancel(store: StoreDep, worker: WorkerDep, job_id: JobId) -> dict[str, Any]:
         worker.cancel(job_id)
         logger.info("job %s: cancel requested", job_id)
     return job_view(job)
+
+
+@jobs_router.post(
+    "/jobs/{job_id}/retry", response_model=Job, status_code=202,
+    responses={409: {**_ERRORS, "description": "the job did not fail and was not cancelled, or its inputs are gone"},
+               429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"}},
+    summary="put a failed or cancelled job back in the queue (same id, same inputs and params)",
+)
+def retry(store: StoreDep, admission: AdmissionDep, job_id: JobId,
+          priority: Annotated[int | None, Query(ge=limits.MIN_PRIORITY, le=limits.MAX_PRIORITY,
+                                                description="a new priority (default: the job's own)")] = None,
+          ) -> dict[str, Any]:
+    job = _get_job(store, job_id)
+    if job["state"] not in ("failed", "cancelled"):
+        raise Conflict(f"job {job_id} is {job['state']}; only a failed or cancelled job can be retried", field="job_id")
+    missing = _missing_inputs(store, job)
+    if missing:
+        raise Conflict(f"job {job_id} cannot be retried: its {missing} is gone (the job was abandoned or its disk "
+                       "cleaned); submit it again", field="job_id")
+    with admission.slot(store):
+        if job["state"] == "failed":  # a failed run's files are not trusted; a cancelled one resumes from its own
+            Worker.remove_outputs(store, job_id)
+        requeued = store.requeue(job_id, priority)
+    if requeued is None:  # it changed state meanwhile (deleted, retried by another client)
+        job = _get_job(store, job_id)
+        raise Conflict(f"job {job_id} is {job['state']}; only a failed or cancelled job can be retried", field="job_id")
+    logger.info("job %s: retried (%d)", job_id, requeued["retries"])
+    return job_view(requeued)
+
+
+def _missing_inputs(store: JobStore, job: dict[str, Any]) -> str | None:
+    """What of a job's inputs is no longer on disk (the worker needs them to run it again), or None."""
+    folder = store.job_dir(job["id"])
+    needed = {"motion": folder / "input" / "motion.npz", "skeleton": folder / "clip.npz",
+              "posemaps": folder / "input" / "posemaps"}[job["source"]]
+    if not needed.exists():
+        return {"motion": "motion upload", "skeleton": "retargeted clip", "posemaps": "pose maps"}[job["source"]]
+    if job["inputs"].get("appearance") and not (folder / "input" / "appearance.png").is_file():
+        return "appearance image"
+    if job["inputs"].get("appearance_iuv") and not (folder / "input" / "appearance_iuv.png").is_file():
+        return "appearance IUV map"
+    return None
 
 
 @jobs_router.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={409: {**_ERRORS}},

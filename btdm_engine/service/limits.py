@@ -70,6 +70,9 @@ MAX_BONE_MAP_ENTRIES = 256
 MAX_NAME_CHARS = 256
 """A bone name or preset name in ``params``."""
 
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+"""A job's ``priority`` (the ``POST /v1/jobs`` form field): higher runs first, 0 by default."""
+
 MAX_CONCURRENT_UPLOADS = 8
 """``POST /v1/jobs`` bodies read at the same time; more are answered 503 with Retry-After at once."""
 

@@ -289,6 +289,8 @@ class Job(BaseModel):
                                "token); null on a server without tokens")
     idempotency_key: str | None = Field(default=None, description="the Idempotency-Key header the job was "
                                         "submitted with")
+    retries: int = Field(default=0, description="times the job was put back in the queue by POST "
+                         "/v1/jobs/{id}/retry")
 
 
 class JobList(BaseModel):

@@ -33,7 +33,7 @@ from btdm_engine.service.schemas import FINAL_STATES
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-"""1: the first store; 2 adds ``client``, ``idempotency_key``, ``request_hash``, ``priority``, ``tag``
+"""1: the first store; 2 adds ``client``, ``idempotency_key``, ``request_hash``, ``priority``, ``tag``, ``retries``
 (a version-1 database is migrated in place at open)."""
 MAX_ATTEMPTS = 3
 """Runs a job gets across server crashes before it is failed (a job that kills the server every
@@ -43,7 +43,7 @@ _COLUMNS = (
     "id", "seq", "state", "stage", "step", "total", "frames_done", "frames_total", "posemaps_done", "eta_s",
     "error", "created", "started", "finished", "params", "source", "inputs", "attempts", "cancel_requested",
     "has_video", "has_plates", "plate_width", "plate_height", "width", "height", "retarget",
-    "client", "idempotency_key", "request_hash", "priority", "tag",
+    "client", "idempotency_key", "request_hash", "priority", "tag", "retries",
 )
 _JSON = ("params", "inputs", "retarget")
 _BOOL = ("cancel_requested", "has_video", "has_plates")
@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT,
     request_hash TEXT,
     priority INTEGER NOT NULL DEFAULT 0,
-    tag TEXT
+    tag TEXT,
+    retries INTEGER NOT NULL DEFAULT 0
 );
 """
 _MIGRATE_1_TO_2 = (
@@ -90,6 +91,7 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE jobs ADD COLUMN request_hash TEXT",
     "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE jobs ADD COLUMN tag TEXT",
+    "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
 )
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
@@ -278,9 +280,13 @@ class JobStore:
         return job
 
     def claim_next(self) -> dict[str, Any] | None:
-        """The oldest queued job, marked running (attempts + 1, progress reset); None when the queue is empty."""
+        """The next queued job, marked running (attempts + 1, progress reset); None when the queue is empty.
+
+        The highest ``priority`` first; within a priority, the oldest (first come, first served).
+        """
         with self._lock:
-            row = self._db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            row = self._db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, seq LIMIT 1").fetchone()
             if row is None:
                 return None
             job = self.get(row[0])
@@ -295,6 +301,21 @@ class JobStore:
             if job is None or job["state"] != "queued":
                 return None
             return self.transition(job_id, "cancelled", cancel_requested=True, finished=time.time())
+
+    def requeue(self, job_id: str, priority: int | None = None) -> dict[str, Any] | None:
+        """A failed or cancelled job back in the queue, as if just submitted (a new place at the back of its
+        priority, the run's state and progress reset, ``retries`` + 1); None if it is in another state."""
+        with self._lock:
+            job = self.get(job_id)
+            if job is None or job["state"] not in ("failed", "cancelled"):
+                return None
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            self._db.execute("UPDATE jobs SET seq = ? WHERE id = ?", (seq, job_id))
+            return self.transition(
+                job_id, "queued", stage=None, step=0, total=None, frames_done=0, frames_total=None, posemaps_done=0,
+                eta_s=None, error=None, started=None, finished=None, attempts=0, cancel_requested=False,
+                has_video=False, retries=job["retries"] + 1,
+                priority=job["priority"] if priority is None else int(priority))
 
     def delete(self, job_id: str) -> None:
         with self._lock:

@@ -343,10 +343,15 @@ class Worker:
             return self.store.transition(job_id, "failed", error=error, finished=time.time(), eta_s=None)
 
     def _remove_outputs(self, job_id: str) -> None:
-        """Everything the worker wrote for the job (all but ``input/``)."""
-        folder = self.store.job_dir(job_id)
+        self.remove_outputs(self.store, job_id)
+
+    @staticmethod
+    def remove_outputs(store: JobStore, job_id: str) -> None:
+        """Everything the worker wrote for the job (all but ``input/`` and a skeleton job's ``clip.npz``, which
+        the submit wrote)."""
+        folder = store.job_dir(job_id)
         for path in folder.iterdir() if folder.is_dir() else ():
-            if path.name != "input":
+            if path.name not in ("input", "clip.npz"):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
