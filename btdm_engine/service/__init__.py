@@ -11,20 +11,26 @@ rename):
 ``GET /v1/limits``                         a job's params: defaults, bounds, choices (btdm_engine.jobspec)
 ``GET /v1/models``                         the models this server can run
 ``POST /v1/jobs``                          multipart upload -> 202 ``{id, state: "queued", ...}``
-``GET /v1/jobs``, ``GET /v1/jobs/{id}``    job state, stage, progress, timestamps, params
+``GET /v1/jobs``, ``GET /v1/jobs/{id}``    job state, stage, progress, timestamps, params (the list
+                                           filtered by state / tag / client, paged by cursor)
 ``GET /v1/jobs/{id}/events``               server-sent events with the same fields
 ``GET /v1/jobs/{id}/frames/{n}.png``       generated frame n (zero-based) once written
 ``GET /v1/jobs/{id}/posemaps/{n}.png``     colour preview of pose map n once rendered
 ``GET /v1/jobs/{id}/plates/{n}.png``       full-resolution RGBA plate n (shot-camera jobs)
 ``GET /v1/jobs/{id}/video.mp4``            the frames as an MP4, once the job succeeded
 ``POST /v1/jobs/{id}/cancel``              stop a queued or running job
+``POST /v1/jobs/{id}/retry``               put a failed or cancelled job back in the queue
 ``DELETE /v1/jobs/{id}``                   remove a finished job and its files
+``GET /metrics``                           Prometheus text: jobs by state, queue, frames, workers
 =========================================  ==================================================
+
+``docs/service.md``: Idempotency-Key, listing, priorities and retries, metrics, tokens, TLS, workers.
 
 Modules: :mod:`.limits` (every size a request may declare), :mod:`.schemas` (pydantic request
 and response models: ``/openapi.json`` is the real contract), :mod:`.store` (SQLite job store),
 :mod:`.inputs` (upload validation), :mod:`.worker` (plain Python around the Animator, testable
-without HTTP), :mod:`.app` (FastAPI routers, auth dependency, error handlers).
+without HTTP), :mod:`.metrics` (``GET /metrics``), :mod:`.app` (FastAPI routers, auth dependency, error
+handlers).
 """
 
 from __future__ import annotations

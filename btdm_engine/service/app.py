@@ -52,6 +52,8 @@ from btdm_engine.service.deps import (
 )
 from btdm_engine.service.errors import NO_SPACE, Conflict, InvalidParams, NoSpace, NotFound, ServiceError, disk_full, public
 from btdm_engine.service.guard import RequestGuard
+from btdm_engine.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from btdm_engine.service.metrics import ServiceMetrics
 from btdm_engine.service.schemas import (
     CLIENT_NAME_PATTERN,
     FINAL_STATES,
@@ -105,6 +107,8 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 health_router = APIRouter(prefix="/v1", tags=["health"], responses=ERROR_RESPONSES, dependencies=[Depends(known_query)])
 models_router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES,
                           dependencies=[Depends(bearer_auth), Depends(known_query)])
+metrics_router = APIRouter(tags=["metrics"], responses={401: ERROR_RESPONSES[401], 403: ERROR_RESPONSES[403]},
+                           dependencies=[Depends(bearer_auth), Depends(known_query)])
 jobs_router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES,
                         dependencies=[Depends(bearer_auth), Depends(known_query)])
 
@@ -119,14 +123,30 @@ def health(store: StoreDep, worker: WorkerDep, registry: RegistryDep, settings: 
     except OSError:
         free = None
     worker_health = worker.health()
-    store_health = {"ok": worker.store_error is None, "free_bytes": free, "error": worker.store_error}
+    store_error = worker.store_error
+    try:
+        counts = store.counts()
+    except Exception as exc:  # a store that cannot even be read is what health must say, not a 500
+        store_error = store_error or public(f"the job store cannot be read ({type(exc).__name__}: {exc})")
+        counts = dict.fromkeys(QueueCounts.model_fields, 0)
+    store_health = {"ok": store_error is None, "free_bytes": free, "error": store_error}
     ok = store_health["ok"] and (worker_health["alive"] or not settings.worker_started)
     return {
         "status": "ok" if ok else "degraded", "store": store_health, "worker": worker_health,
         "version": __version__, "api_version": API_VERSION, "device": settings.device,
-        "device_name": settings.device_name, "models": registry.names(), "queue": store.counts(),
+        "device_name": settings.device_name, "models": registry.names(), "queue": counts,
         "max_queued": settings.max_queued, "max_frames": limits.MAX_FRAMES, "auth": settings.token is not None,
     }
+
+
+@metrics_router.get(
+    "/metrics", response_class=Response, summary="Prometheus metrics (text format): jobs by state, queue depth, "
+    "frames generated, seconds per frame, workers busy",
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                     "description": "the Prometheus text exposition format"}},
+)
+def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 @models_router.get("/limits", response_model=Limits, summary="what a job's params may ask for: defaults, bounds, choices")
@@ -570,7 +590,10 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
     app.state.settings = ServiceSettings(token=token, max_queued=max_queued, device=device, device_name=device_name,
                                          retry_after_s=retry_after_s, worker_started=start_worker)
     app.state.admission = Admission(max_queued, retry_after_s)
-    for router in (health_router, models_router, jobs_router):
+    app.state.metrics = ServiceMetrics(store, lambda: [w.health() for w in worker.workers()], lambda: worker.store_error)
+    for member in worker.workers():
+        member.metrics = app.state.metrics
+    for router in (health_router, models_router, jobs_router, metrics_router):
         app.include_router(router)
     app.add_exception_handler(BtdmError, _btdm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -8,7 +8,7 @@ line and headers alone (nothing of the body is read):
    reach it; an ``Origin`` other than the server's own, or a browser's ``Sec-Fetch-Site`` other
    than ``same-origin`` / ``none``, is a cross-origin web page: 403. Non-browser clients (the
    add-on, ``btdm animate --engine``, curl) send neither.
-2. **The token**, with one: every ``/v1/`` path but ``/v1/health`` needs ``Authorization: Bearer``
+2. **The token**, with one: every ``/v1/`` path but ``/v1/health``, and ``/metrics``, needs ``Authorization: Bearer``
    (compared in constant time): 401 before any upload is read. (The routers' ``bearer_auth``
    dependency says the same in ``/openapi.json``.)
 3. **Uploads at once**: at most ``MAX_CONCURRENT_UPLOADS`` ``POST /v1/jobs`` bodies in flight; more
@@ -43,6 +43,8 @@ from btdm_engine.service.errors import PayloadTooLarge, ServiceError
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 UPLOAD_PATH = "/v1/jobs"
 OPEN_PATHS = ("/v1/health",)
+TOKEN_PATHS = ("/metrics",)
+"""Paths outside ``/v1/`` that need the token too."""
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -142,7 +144,7 @@ class RequestGuard:
         return None
 
     def _token_error(self, path: str, headers: Headers) -> ServiceError | None:
-        if self.token is None or not path.startswith("/v1/") or path in OPEN_PATHS:
+        if self.token is None or not (path.startswith("/v1/") or path in TOKEN_PATHS) or path in OPEN_PATHS:
             return None
         scheme, _, given = headers.get("authorization", "").partition(" ")
         ok = scheme.lower() == "bearer" and secrets.compare_digest(

@@ -212,6 +212,8 @@ class Worker:
         self.sr3_seconds_per_step: dict[str, float] = {}
         self.store_error: str | None = None  # the job store's last write error, until a write succeeds
         self.last_error: str | None = None  # why the last job failed
+        self.metrics: Any = None  # metrics.ServiceMetrics (the app's), told of each frame and each run's end
+        self._frames_this_run = 0
 
     # -- lifetime
     def start(self, preload: tuple[str, ...] = ()) -> None:
@@ -255,6 +257,10 @@ class Worker:
                  "running" if running else "idle")
         return {"alive": alive, "state": state, "job": running, "last_error": self.last_error}
 
+    def workers(self) -> list[Worker]:
+        """The workers behind this one (itself: a pool answers its members)."""
+        return [self]
+
     def _expire_if_due(self) -> None:
         """While idle, at most every EXPIRY_EVERY_S: drop the jobs that ended more than keep_s ago."""
         if self.keep_s is None or time.monotonic() < self._next_expiry:
@@ -293,6 +299,22 @@ class Worker:
     # -- one job
     def run_claimed(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run a job already marked running; returns its final row. Never raises for the job's own failures."""
+        t0 = time.perf_counter()
+        self._frames_this_run = 0
+        final = self._run_claimed(job)
+        if self.metrics is not None:
+            params = job["params"]
+            self.metrics.run_ended(final["state"], params.get("model", "default"), params.get("method", "diffusion"),
+                                   time.perf_counter() - t0, self._frames_this_run)
+        return final
+
+    def frame_written(self, params: dict[str, Any]) -> None:
+        """A frame of the running job is on disk (for the metrics)."""
+        self._frames_this_run += 1
+        if self.metrics is not None:
+            self.metrics.frame_written(params.get("model", "default"), params.get("method", "diffusion"))
+
+    def _run_claimed(self, job: dict[str, Any]) -> dict[str, Any]:
         job_id = job["id"]
         event = threading.Event()
         with self._lock:
@@ -529,6 +551,7 @@ class _JobRun:
             write_rgba_png(self.dir / "plates" / f"{n:06d}.png", plan.composite(n, frame, read_iuv_png(iuv_files[n])))
         write_rgb_png(self.dir / "frames" / f"{n:06d}.png", frame)
         self.store.update(self.id, frames_done=n + 1)
+        self.worker.frame_written(self.params)
 
     def write_video(self, num: int, fps: float) -> None:
         import cv2
