@@ -8,9 +8,10 @@ pre-vis scene, keeping them as a muted strip in the shot's sequencer (:mod:`.dis
 bpy, numpy and the standard library only; nothing heavy and nothing on the network happens at
 register time.
 
-Headless::
+Headless (``--addons``: a background Blender enables only the add-ons its saved preferences name)::
 
-    blender -b shot.blend --python-expr "import bpy; bpy.ops.btdm.generate_previs()"
+    blender -b shot.blend --addons bl_ext.user_default.btdm_previs \
+            --python-expr "import bpy; bpy.ops.btdm.generate_previs()"
 """
 
 from __future__ import annotations

@@ -5,10 +5,14 @@ manager, :data:`MANAGER`; it starts a child at most once per session, on a free 
 and stops it at unregister and when Blender's Python exits (``atexit``); a Blender that is killed
 takes it along too (``btdm serve --parent-pid``).
 
+The add-on's own files live in its user folder (``EngineSettings.user_dir``, see
+``btdm_bridge/addon_home.py``): the ``btdm`` executable that ``btdm addon install`` recorded, the remote
+token (mode 0600; never in the preferences), and the local engine's jobs and logs.
+
 Environment overrides (for pipelines and ``btdm previs``): ``BTDM_ENGINE_URL`` (use that engine,
-never start one), ``BTDM_ENGINE_TOKEN``, ``BTDM_EXECUTABLE`` (the ``btdm`` command),
-``BTDM_ENGINE_DEVICE``. Without a preference or ``BTDM_EXECUTABLE``, the ``btdm`` that
-``btdm addon install`` recorded (:func:`config_path`) is started, else the one on ``PATH``.
+never start one), ``BTDM_ENGINE_TOKEN`` (or ``BTDM_TOKEN``), ``BTDM_EXECUTABLE`` (the ``btdm``
+command), ``BTDM_ENGINE_DEVICE``. Without a preference or ``BTDM_EXECUTABLE``, the ``btdm`` that
+``btdm addon install`` recorded in the user folder is started, else the one on ``PATH``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -28,10 +31,16 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
+from ._bridge import load
 from .engine_client import EngineClient, EngineError
+from .words import panel_words
 
-__all__ = ["DEFAULT_LOCAL_URL", "MANAGER", "EngineManager", "EngineSettings", "EngineStatus", "EngineUnavailable",
-           "is_loopback"]
+__all__ = ["DEFAULT_LOCAL_URL", "MANAGER", "TOKEN_VARIABLES", "EngineManager", "EngineSettings", "EngineStatus",
+           "EngineUnavailable", "first_run_hint", "is_loopback"]
+
+home = load("addon_home")
+TOKEN_VARIABLES = ("BTDM_ENGINE_TOKEN", "BTDM_TOKEN")
+"""Environment variables that give the remote token (the first one set wins over the stored token)."""
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +59,29 @@ class EngineSettings:
     mode: str = "LOCAL"  # LOCAL: use or start one here; REMOTE: the URL only
     local_url: str = DEFAULT_LOCAL_URL
     remote_url: str = ""
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # never in a log line
     executable: str = ""
     device: str = ""
     data_dir: str = ""
     timeout: float = 10.0
     # Blender's "Allow Online Access" (bpy.app.online_access): an engine off this machine needs it.
     online_access: bool = True
+    # the add-on's user folder (config, token, the local engine's jobs and logs); "" when there is none
+    user_dir: str = ""
 
     @classmethod
     def from_environment(cls, **values) -> EngineSettings:
+        """The settings with the environment's overrides applied; the token: an environment variable
+        (:data:`TOKEN_VARIABLES`), else the one given, else the one stored in the user folder."""
         settings = cls(**values)
         env = os.environ
         if env.get("BTDM_ENGINE_URL"):
             settings = dataclasses.replace(settings, mode="REMOTE", remote_url=env["BTDM_ENGINE_URL"])
-        if env.get("BTDM_ENGINE_TOKEN"):
-            settings = dataclasses.replace(settings, token=env["BTDM_ENGINE_TOKEN"])
+        token = next((env[name] for name in TOKEN_VARIABLES if env.get(name)), None)
+        if token is None and settings.token is None:
+            token = home.read_token(settings.user_dir)
+        if token is not None:
+            settings = dataclasses.replace(settings, token=token)
         if env.get("BTDM_EXECUTABLE"):
             settings = dataclasses.replace(settings, executable=env["BTDM_EXECUTABLE"])
         if env.get("BTDM_ENGINE_DEVICE"):
@@ -74,25 +90,39 @@ class EngineSettings:
 
     def find_executable(self) -> str | None:
         """The ``btdm`` to start: the preference, else ``btdm addon install``'s record, else the PATH's."""
-        exe = self.executable or configured_executable()
+        exe = self.executable or home.configured_executable(self.user_dir)
         if exe:
             return exe if os.path.isfile(exe) and os.access(exe, os.X_OK) else None
         return shutil.which("btdm")
 
+    def executable_source(self) -> str:
+        """Where :meth:`find_executable` takes the ``btdm`` command from, in words."""
+        if self.executable:
+            return "the btdm executable preference" if not os.environ.get("BTDM_EXECUTABLE") else "BTDM_EXECUTABLE"
+        if home.configured_executable(self.user_dir):
+            return "recorded by btdm addon install"
+        return "found on PATH" if shutil.which("btdm") else ""
 
-def config_path() -> str:
-    """Where ``btdm addon install`` records this machine's engine (``$XDG_CONFIG_HOME/btdm/blender_addon.json``)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "btdm", "blender_addon.json")
+    def jobs_dir(self) -> str:
+        """The local engine's job folder: the preference, else the user folder's ``engine/`` ("": the engine's own)."""
+        if self.data_dir:
+            return self.data_dir
+        return os.path.join(self.user_dir, home.JOBS_DIR) if self.user_dir else ""
 
 
-def configured_executable() -> str:
-    try:
-        with open(config_path(), encoding="utf-8") as fh:
-            value = json.load(fh).get("btdm_executable", "")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    return value if isinstance(value, str) else ""
+FIRST_RUN = ("the add-on does not know where the engine's `btdm` command is: set the btdm executable in the add-on's "
+             "preferences (Edit > Preferences > Add-ons > BTDM Pre-vis; it is in the bin folder of the environment the "
+             "engine is installed in), or start `btdm serve` on this machine (it is used at the Local URL), or set "
+             "Engine to Remote")
+
+
+def first_run_hint(settings: EngineSettings) -> str | None:
+    """What to do when the add-on cannot start an engine (a local engine and no ``btdm`` known), else None."""
+    if settings.mode != "LOCAL" or settings.find_executable() is not None:
+        return None
+    if settings.executable:
+        return f"{settings.executable} is not an executable file: set the btdm executable in the add-on's preferences"
+    return FIRST_RUN[:1].upper() + FIRST_RUN[1:]
 
 
 @dataclass
@@ -121,10 +151,11 @@ def free_port() -> int:
 
 
 def readable(exc: EngineError) -> str:
-    """An engine error as one sentence for the UI."""
+    """An engine error as one sentence for the UI, in the panel's words (:func:`.words.panel_words`)."""
     if exc.code == "unauthorized":
-        return "the engine refused the token: set the remote token in the add-on preferences"
-    return exc.message
+        return ("the engine refused the token: set the remote token in the add-on preferences (Set Token), "
+                "or in BTDM_ENGINE_TOKEN")
+    return panel_words(exc.message)
 
 
 class EngineManager:
@@ -223,10 +254,11 @@ class EngineManager:
     def _start(self, settings: EngineSettings) -> EngineClient:
         exe = settings.find_executable()
         if exe is None:
-            where = f" ({settings.executable} is not an executable file)" if settings.executable else ""
-            raise self._fail(f"no engine answers at {settings.local_url} and the `btdm` command was not found{where}: "
-                             "run `btdm addon install --blender ...`, or set the btdm executable in the add-on "
-                             "preferences, or start `btdm serve` yourself")
+            if settings.executable:
+                raise self._fail(f"no engine answers at {settings.local_url} and the `btdm` command was not found "
+                                 f"({settings.executable} is not an executable file): set the btdm executable in the "
+                                 "add-on's preferences, or start `btdm serve` yourself")
+            raise self._fail(f"no engine answers at {settings.local_url} and {FIRST_RUN}")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         # --parent-pid: the engine ends with this Blender however Blender ends (SIGKILL and crashes run no
@@ -234,9 +266,10 @@ class EngineManager:
         cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--parent-pid", str(os.getpid())]
         if settings.device:
             cmd += ["--device", settings.device]
-        if settings.data_dir:
-            cmd += ["--data", settings.data_dir]
-        fd, self._log_path = tempfile.mkstemp(prefix="btdm-serve-", suffix=".log")
+        jobs = settings.jobs_dir()
+        if jobs:
+            cmd += ["--data", jobs]
+        fd, self._log_path = self._log_file(settings)
         logger.info("starting the local engine: %s (log %s)", " ".join(cmd), self._log_path)
         self._set(reason=f"starting the local engine on port {port}...", url=url)
         with os.fdopen(fd, "wb") as log:
@@ -265,6 +298,18 @@ class EngineManager:
                 self._abort.wait(0.25)
         self._stop_child(wait=True)
         raise self._fail(f"the local engine did not answer within {START_TIMEOUT_S:.0f} s (log: {self._log_path})")
+
+    @staticmethod
+    def _log_file(settings: EngineSettings) -> tuple[int, str]:
+        """An open file for the child's output: in the user folder's ``logs/`` (the newest few kept), else a temp file."""
+        if settings.user_dir:
+            try:
+                path = home.new_log_path(settings.user_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), path
+            except OSError as exc:
+                logger.warning("cannot write the engine's log in %s (%s); using a temporary file", settings.user_dir,
+                               exc)
+        return tempfile.mkstemp(prefix="btdm-serve-", suffix=".log")
 
     def _log_tail(self) -> str:
         try:

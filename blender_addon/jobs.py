@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from .engine import MANAGER, EngineSettings, EngineUnavailable, readable
 from .engine_client import FINAL_STATES, EngineError
 from .pngio import atomic_write_bytes
+from .words import panel_words
 
 __all__ = ["PrevisRun", "RunRequest", "RunSnapshot"]
 
@@ -63,6 +64,7 @@ class RunRequest:
     adopt: tuple[str, ...] = ()  # folders whose unattributed frames this scene's strips show (see check_output_folder)
     notes: tuple[str, ...] = ()  # said with the result (a unit the armature was taken in, ...)
     take: bool = False  # out_dir is a new take_NNN folder of the shot's output folder (see takes.py)
+    armature: str = ""  # the armature whose motion this is (its object name)
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ class PrevisRun:
         except EngineError as exc:
             if exc.code != "not_supported" or r.skeleton_without_camera is None:
                 raise
-            note = (f"this engine cannot make full-resolution shot plates yet ({exc.message}); "
+            note = (f"this engine cannot make full-resolution shot plates yet ({panel_words(exc.message)}); "
                     "sent without the shot camera: the frames are square and do not lie over the shot")
             logger.warning("%s", note)
             self._update(notes=self.snapshot().notes + (note,))
@@ -302,7 +304,7 @@ class PrevisRun:
             if state == "succeeded" and frames_got >= total:
                 break
             if state == "failed":
-                raise RunFailed(f"the engine failed the job: {job.get('error') or 'no reason given'}")
+                raise RunFailed(f"the engine failed the job: {panel_words(job.get('error')) or 'no reason given'}")
             if state == "cancelled":
                 raise RunCancelled()
             if state != "succeeded":

@@ -405,4 +405,5 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         kind=kind, skeleton=_npz_bytes(arrays), params=params, out_dir=out, first_frame=start,
         num_frames=end - start + 1, settings=preferences.engine_settings(context), appearance=appearance,
         appearance_iuv=appearance_iuv, skeleton_without_camera=_npz_bytes(without_camera),
-        posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else (), take=take)
+        posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else (), take=take,
+        armature=armature.name)

@@ -4,6 +4,13 @@ A run's worker thread never touches bpy. One timer polls every run: it redraws t
 status bar, and when a run has finished it puts the strip on the sequencer (:func:`finalize`) on
 the main thread. In background mode there is no event loop: the operators call :func:`finalize`
 themselves after a blocking run.
+
+Undo: a run holds names (scene, camera, armature), never Blender data. Placing a result is one undo
+step of its own (``BTDM: <strip name>``), pushed right after it, so Ctrl-Z after a plate arrived takes
+exactly that plate away (the take's files stay; Show Take puts them back) and never the edit before it.
+An Undo or Redo while a job runs that takes away the run's scene, camera or armature cancels the run
+(:func:`_on_undo`): nothing is placed for data that is gone. While another modal operator runs (a move,
+a rotate), a finished run waits, so its placement never lands inside someone else's step.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class Entry:
     camera: str
     result: str = ""  # the final message, once finalized
     ok: bool = False
+    armatures: tuple[str, ...] = ()  # the armatures whose motion the run sends
+    why: str = ""  # set when Undo took away what the run was for (the run is then cancelled)
 
 
 RUNS: dict[str, Entry] = {}  # scene name -> the latest run (finished ones stay until the next)
@@ -57,8 +66,8 @@ def latest(scene) -> Entry | None:
     return RUNS.get(scene.name)
 
 
-def start(scene, camera, key: str, run: PrevisRun) -> Entry:
-    entry = Entry(run=run, scene=scene.name, key=key, camera=camera.name)
+def start(scene, camera, key: str, run: PrevisRun, armatures: tuple[str, ...] = ()) -> Entry:
+    entry = Entry(run=run, scene=scene.name, key=key, camera=camera.name, armatures=armatures)
     RUNS[scene.name] = entry
     run.start()
     if not bpy.app.timers.is_registered(_tick):
@@ -82,22 +91,68 @@ def _on_load_pre(*_args) -> None:
     RUNS.clear()
 
 
+def missing(entry: Entry) -> str:
+    """What the run was for that the file no longer holds ("" when all is there): its scene, camera, armatures."""
+    scene = bpy.data.scenes.get(entry.scene)
+    if scene is None:
+        return f"scene {entry.scene!r}"
+    for kind, name in (("camera", entry.camera), *(("armature", a) for a in entry.armatures)):
+        obj = bpy.data.objects.get(name)
+        if obj is None or scene.objects.get(name) is None:
+            return f"{kind} {name!r}"
+    return ""
+
+
+@persistent
+def _on_undo(*_args) -> None:
+    """Undo or Redo restored the file as it was: a running job whose scene, camera or armature it took away is
+    cancelled (its plates would be for data that is gone); the rest go on, their names still hold."""
+    for entry in list(RUNS.values()):
+        if entry.run.finalized or entry.why:
+            continue
+        gone = missing(entry)
+        if gone:
+            entry.why = f"{gone} was taken away by Undo"
+            logger.info("cancelling the pre-vis run of scene %s: %s", entry.scene, entry.why)
+            entry.run.cancel()
+
+
+UNDO_HANDLERS = ("undo_post", "redo_post")
+
+
 def register() -> None:
     if _on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(_on_load_pre)
+    for name in UNDO_HANDLERS:
+        handlers = getattr(bpy.app.handlers, name)
+        if _on_undo not in handlers:
+            handlers.append(_on_undo)
+
+
+def undo_push(message: str) -> bool:
+    """Make what was just done one undo step (Ctrl-Z takes it away, and nothing before it); whether it was."""
+    try:
+        if not bpy.ops.ed.undo_push.poll():
+            return False
+        bpy.ops.ed.undo_push(message=message)
+    except (RuntimeError, AttributeError) as exc:  # no undo stack here
+        logger.info("no undo step for %s: %s", message, exc)
+        return False
+    return True
 
 
 def finalize(entry: Entry) -> None:
     """Main thread: show a succeeded run's result (:func:`.display.place`: the shot camera's background, the
-    pre-vis scene, the shot's muted strip), remember its result; once per run."""
+    pre-vis scene, the shot's muted strip) as one undo step, remember its result; once per run."""
     run = entry.run
     if run.finalized:
         return
     snap = run.snapshot()
-    scene = bpy.data.scenes.get(entry.scene)
     req = run.request
+    gone = entry.why or (missing(entry) if snap.phase == "succeeded" else "")
+    scene = bpy.data.scenes.get(entry.scene)
     try:
-        if snap.phase == "succeeded" and scene is not None:
+        if snap.phase == "succeeded" and not gone:
             camera = bpy.data.objects.get(entry.camera)
             if req.kind == "plates":
                 seed, model = req.params.get("seed", 0), req.params.get("model", "default")
@@ -112,16 +167,25 @@ def finalize(entry: Entry) -> None:
                 display.place(scene, camera, req.out_dir, req.first_frame, req.num_frames, name=name,
                               key=entry.key, kind="plates", props=props)
             else:
-                display.place(scene, camera, req.out_dir, req.first_frame, req.num_frames,
-                              name=f"BTDM pose maps {entry.camera}", key=entry.key, kind="posemaps",
-                              props={"job_id": snap.job_id})
+                name = f"BTDM pose maps {entry.camera}"
+                display.place(scene, camera, req.out_dir, req.first_frame, req.num_frames, name=name, key=entry.key,
+                              kind="posemaps", props={"job_id": snap.job_id})
             if snap.retarget and snap.retarget.get("map"):
                 scene.btdm.last_bone_map = json.dumps(snap.retarget["map"])
             entry.ok, entry.result = True, snap.message
             if snap.notes:
                 entry.result += " (" + "; ".join(snap.notes) + ")"
+            undo_push(name)
+        elif snap.phase == "succeeded":  # done, but Undo took away what it was for: keep the take, place nothing
+            entry.ok, entry.result = False, f"not placed: {gone}"
+            if req.kind == "plates" and req.take:
+                record = takes.write_take(req.out_dir, req.num_frames, req.first_frame, req.params, snap.job_id,
+                                          req.shot, snap.notes)
+                entry.result += f"; its plates are kept as take {record['take']} (Show Take places them)"
         else:
             entry.ok, entry.result = False, snap.message or snap.phase
+            if gone and snap.phase == "cancelled":
+                entry.result = f"cancelled: {gone}; no plate was placed"
             if req.take:
                 takes.remove_if_empty(req.out_dir)  # nothing was kept: no empty take folder either
     except OSError as exc:
@@ -143,12 +207,27 @@ def _redraw() -> None:
                 area.tag_redraw()
 
 
+def others_modal() -> bool:
+    """Whether a modal operator other than this add-on's (a move, a rotate, a file browser) is running."""
+    wm = bpy.context.window_manager
+    for window in getattr(wm, "windows", ()):
+        for op in getattr(window, "modal_operators", ()):
+            if not op.bl_idname.startswith(("BTDM_OT_", "btdm.")):
+                return True
+    return False
+
+
 def _tick():
     pending = False
+    busy = None
     for entry in list(RUNS.values()):
         if entry.run.finalized:
             continue
         if entry.run.snapshot().finished:
+            busy = others_modal() if busy is None else busy
+            if busy:  # placing now would land inside that operator's undo step: the next tick
+                pending = True
+                continue
             finalize(entry)
         else:
             pending = True
@@ -164,6 +243,10 @@ def cancel_all() -> None:
 def unregister() -> None:
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
+    for name in UNDO_HANDLERS:
+        handlers = getattr(bpy.app.handlers, name)
+        if _on_undo in handlers:
+            handlers.remove(_on_undo)
     cancel_all()
     for entry in RUNS.values():
         entry.run.join(timeout=5.0)

@@ -42,14 +42,19 @@ def free_port() -> int:
 
 
 def run_bpy(code: str, tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 300) -> dict:
-    """Run ``code`` in a fresh Python with bpy, the repo and tests/ importable; returns its last ``RESULT`` JSON."""
+    """Run ``code`` in a fresh Python with bpy, the repo and tests/ importable; returns its last ``RESULT`` JSON.
+
+    Blender's user folders (``BLENDER_USER_RESOURCES``: preferences, extensions, the add-on's user folder) and
+    ``XDG_CONFIG_HOME`` (where an earlier ``btdm addon install`` wrote) are the test's own unless ``env`` names them.
+    """
     script = tmp_path / f"script_{time.monotonic_ns()}.py"
     script.write_text(textwrap.dedent(f"""
         import json, sys
         sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
         import bpy
     """) + textwrap.dedent(code), encoding="utf-8")
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "BLENDER_USER_RESOURCES": str(tmp_path / "blender-user"),
+                 "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"), **(env or {})}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout,
                           env=child_env, cwd=tmp_path)
     for line in reversed(proc.stdout.splitlines()):
@@ -146,27 +151,33 @@ def test_addon_build_and_install_into_an_extensions_folder(tmp_path: Path) -> No
     fake_btdm.parent.mkdir()
     fake_btdm.write_text("#!/bin/sh\nexit 0\n")
     fake_btdm.chmod(0o755)
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    # Blender's user folders are the test's (BLENDER_USER_RESOURCES): extensions in tmp_path/extensions
+    blender_env = {"BLENDER_USER_RESOURCES": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env = {**os.environ, **blender_env}
     repo_dir = tmp_path / "extensions" / "user_default"
     out = subprocess.run([*BTDM, "addon", "install", "--extensions-dir", str(repo_dir), "--btdm", str(fake_btdm)],
                          capture_output=True, text=True, env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert (repo_dir / "btdm_previs" / "blender_manifest.toml").is_file()
-    # The installed copy registers under its own package name (relative imports) and finds the recorded btdm.
-    result = run_bpy(f"""
-        sys.path.insert(0, {str(repo_dir)!r})
-        import btdm_previs
-        btdm_previs.register()
-        from btdm_previs.engine import EngineSettings
-        exe = EngineSettings().find_executable()
-        ok = hasattr(bpy.context.scene, "btdm") and btdm_previs.preferences.BTDM_AddonPreferences.bl_idname
-        from btdm_previs import armature, engine_client
-        homes = [engine_client.EngineClient.__module__, armature.sample_armature.__module__]
-        btdm_previs.unregister()
-        print("RESULT " + json.dumps({{"exe": exe, "idname": ok, "homes": homes}}))
-    """, tmp_path, env={"XDG_CONFIG_HOME": str(tmp_path / "config")})
-    assert result == {"exe": str(fake_btdm.resolve()), "idname": "btdm_previs",
-                      "homes": ["btdm_previs._vendor.btdm_bridge.engine_client", "btdm_previs._vendor.btdm_bridge.armature"]}
+    # the engine is recorded in the extension's user folder, not in ~/.config
+    user_dir = tmp_path / "extensions" / ".user" / "user_default" / "btdm_previs"
+    assert json.loads((user_dir / "config.json").read_text()) == {"btdm_executable": str(fake_btdm.resolve())}
+    assert not (tmp_path / "config" / "btdm").exists()
+    # Enabled as Blender's --addons does (an extension, bl_ext.user_default.btdm_previs): it registers under that
+    # package name (relative imports), imports its vendored bridge and finds the recorded btdm in its user folder.
+    result = run_bpy("""
+        from _bpy_internal.addons.cli import set_from_cli
+        set_from_cli("bl_ext.user_default.btdm_previs")
+        mod = sys.modules["bl_ext.user_default.btdm_previs"]
+        settings = mod.preferences.engine_settings()
+        ok = hasattr(bpy.context.scene, "btdm") and mod.preferences.BTDM_AddonPreferences.bl_idname
+        homes = [mod.engine_client.EngineClient.__module__, mod.armature.sample_armature.__module__]
+        print("RESULT " + json.dumps({"exe": settings.find_executable(), "idname": ok, "homes": homes,
+                                     "user_dir": settings.user_dir}))
+    """, tmp_path, env=blender_env)
+    ext = "bl_ext.user_default.btdm_previs"
+    assert result == {"exe": str(fake_btdm.resolve()), "idname": ext, "user_dir": str(user_dir),
+                      "homes": [f"{ext}._vendor.btdm_bridge.engine_client", f"{ext}._vendor.btdm_bridge.armature"]}
 
 
 def test_panel_draws_every_mode(tmp_path: Path) -> None:
@@ -320,12 +331,15 @@ def test_one_clear_message_per_problem(engine: Engine, tmp_path: Path) -> None:
     assert "custom map is empty" in m["custom_map"]
     assert "'Pelvis', which armature 'MixamoRig' does not have" in m["missing_bone"]
     assert "the engine refused the job" in m["wrong_preset"] and "mixamo" in m["wrong_preset"].lower()
+    # the engine's message in the panel's words, not its command line's (--skeleton, --bone-map)
+    assert "pick another bone map or load a custom map" in m["wrong_preset"].lower()
     assert "cannot connect to the engine" in m["unreachable"] and "127.0.0.1" in m["unreachable"]
     assert "2501 frames; the engine generates at most 2000 per job" in m["too_long"]
     assert "1 frame file(s) that pre-vis did not write (000001.png)" in m["foreign_frames"] and m["foreign_kept"]
     for key in ("no_armature", "no_camera", "custom_map", "missing_bone", "wrong_preset", "unreachable", "too_long",
                 "foreign_frames"):
         assert m[key].startswith("Error: BTDM: ") and m[key].count("\n") <= 1, m[key]
+        assert "--" not in m[key], m[key]
         assert m[f"{key}/strips"] == 0
     print(json.dumps(m, indent=1))
 

@@ -1,4 +1,4 @@
-"""Connect to (or start) the engine, and stop the local one."""
+"""Connect to (or start) the engine, stop the local one, and set or forget the remote token."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import contextlib
 import threading
 
 import bpy
+from bpy.props import StringProperty
 
 from .. import preferences
-from ..engine import MANAGER, EngineUnavailable
+from ..engine import MANAGER, EngineUnavailable, home
 
 
 class BTDM_OT_connect_engine(bpy.types.Operator):
@@ -65,7 +66,57 @@ class BTDM_OT_stop_engine(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (BTDM_OT_connect_engine, BTDM_OT_stop_engine)
+class BTDM_OT_set_token(bpy.types.Operator):
+    """Store the remote engine's token in the add-on's user folder, readable by you only (not in the preferences)"""
+
+    bl_idname = "btdm.set_token"
+    bl_label = "Set Token"
+    # No REGISTER: an operator that is registered is listed with its properties in the Info editor.
+    bl_options = {"INTERNAL"}
+
+    token: StringProperty(name="Token", subtype="PASSWORD", default="", options={"SKIP_SAVE", "HIDDEN"},
+                          description="The bearer token the engine's operator gave you (btdm serve's token)")
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self, width=420)
+
+    def draw(self, context):
+        self.layout.prop(self, "token")
+        self.layout.label(text="Kept in a file only you can read, in the add-on's user folder")
+
+    def execute(self, context):
+        folder = preferences.user_folder()
+        token, self.token = self.token, ""
+        if not folder:
+            self.report({"ERROR"}, "BTDM: Blender gives the add-on no user folder; set BTDM_ENGINE_TOKEN instead")
+            return {"CANCELLED"}
+        try:
+            home.write_token(folder, token)
+        except (OSError, ValueError) as exc:
+            self.report({"ERROR"}, f"BTDM: the token was not stored: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, "BTDM: token stored")
+        return {"FINISHED"}
+
+
+class BTDM_OT_forget_token(bpy.types.Operator):
+    """Remove the stored remote token from the add-on's user folder"""
+
+    bl_idname = "btdm.forget_token"
+    bl_label = "Forget Token"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        return home.read_token(preferences.user_folder(create=False)) is not None
+
+    def execute(self, context):
+        home.forget_token(preferences.user_folder())
+        self.report({"INFO"}, "BTDM: token forgotten")
+        return {"FINISHED"}
+
+
+CLASSES = (BTDM_OT_connect_engine, BTDM_OT_stop_engine, BTDM_OT_set_token, BTDM_OT_forget_token)
 
 
 def unregister() -> None:

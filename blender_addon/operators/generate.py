@@ -92,11 +92,13 @@ class _RunOperator:
             return None
         scene = context.scene
         run = PrevisRun(request)
+        armatures = (request.armature,)
         if bpy.app.background:
-            entry = runs.Entry(run=run, scene=scene.name, key=strip_key(scene, camera), camera=camera.name)
+            entry = runs.Entry(run=run, scene=scene.name, key=strip_key(scene, camera), camera=camera.name,
+                               armatures=armatures)
             runs.RUNS[scene.name] = entry
             return entry
-        return runs.start(scene, camera, strip_key(scene, camera), run)
+        return runs.start(scene, camera, strip_key(scene, camera), run, armatures)
 
     def _report_end(self, entry: runs.Entry) -> set[str]:
         if entry.ok:
@@ -149,14 +151,25 @@ class _RunOperator:
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
+        """Esc is this operator's while its job runs: it cancels the job and is consumed (``RUNNING_MODAL``), so it
+        does not reach what is under it as well; a second Esc stops waiting for the engine. During playback Esc
+        stops the playback, as everywhere in Blender. Every other event passes through (the scene stays editable
+        while the job runs, and timers, playback's included, keep running)."""
         entry = self._entry
-        if event.type == "ESC" and event.value == "PRESS" and not entry.run.snapshot().finished:
-            entry.run.cancel()
-            self.report({"INFO"}, "BTDM: cancelling...")
         if entry.run.finalized:
             context.window_manager.event_timer_remove(self._timer)
             context.workspace.status_text_set(None)
             return self._report_end(entry)
+        if event.type == "ESC" and event.value == "PRESS":
+            screen = getattr(context, "screen", None)
+            if screen is not None and screen.is_animation_playing:
+                return {"PASS_THROUGH"}
+            if not entry.run.snapshot().finished:
+                cancelling = getattr(self, "_cancelling", False)
+                entry.run.cancel(wait=not cancelling)
+                self._cancelling = True
+                self.report({"INFO"}, "BTDM: not waiting for the engine" if cancelling else "BTDM: cancelling...")
+            return {"RUNNING_MODAL"}
         if event.type == "TIMER":
             context.workspace.status_text_set(f"BTDM {self.kind}: {entry.run.snapshot().line()}  (Esc cancels)")
         return {"PASS_THROUGH"}

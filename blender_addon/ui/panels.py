@@ -74,7 +74,9 @@ def draw_view(layout, context) -> None:
 
 
 def draw_engine(layout, context) -> None:
-    draw_engine_status(layout)
+    from .. import engine, preferences
+
+    draw_engine_status(layout, engine.first_run_hint(preferences.engine_settings(context, migrate=False)))
     row = layout.row(align=True)
     row.operator("btdm.connect_engine", icon="LINKED")
     row.operator("btdm.stop_engine", icon="X", text="Stop")

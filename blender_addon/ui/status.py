@@ -11,7 +11,8 @@ from ..engine import MANAGER
 __all__ = ["draw_engine_status", "wrap"]
 
 
-def draw_engine_status(layout) -> None:
+def draw_engine_status(layout, hint: str | None = None) -> None:
+    """Connected (where, device, models) or why not; ``hint`` (what to do on a first run) while not connected."""
     s = MANAGER.status
     col = layout.column(align=True)
     if s.checking:
@@ -27,6 +28,9 @@ def draw_engine_status(layout) -> None:
         col.label(text="Not connected", icon="ERROR")
         for line in wrap(s.reason, 48):
             col.label(text=line)
+        if hint and hint.lower() not in s.reason.lower():
+            for n, line in enumerate(wrap(hint, 48)):
+                col.label(text=line, icon="INFO" if n == 0 else "NONE")
 
 
 def wrap(text: str, width: int) -> list[str]:

@@ -6,16 +6,17 @@ shares with the engine vendored as ``_vendor/btdm_bridge``, and validates it wit
 own extension tool when the bpy module ships it. ``btdm addon install --blender PATH`` installs
 that zip with ``PATH --background --command extension install-file -r user_default -e ZIP``
 (``--extensions-dir DIR`` unpacks it into a user extensions repository folder instead), then points the
-add-on at this machine's engine by writing ``btdm_executable`` to the add-on's config file
-(:data:`CONFIG_NAME` in ``$XDG_CONFIG_HOME/btdm/``), which the add-on reads when its
-preferences leave the executable empty.
+add-on at this machine's engine by writing ``btdm_executable`` to ``config.json`` in the extension's user
+folder (``btdm_bridge/addon_home.py``: ``<extensions>/.user/user_default/btdm_previs/``, the folder
+``bpy.utils.extension_path_user`` gives the add-on; that Blender is asked where it is), which the add-on
+reads when its preferences leave the executable empty. Nothing is written to ``~/.config/btdm`` any more
+(the add-on still reads a file an earlier ``btdm addon install`` left there, once).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -25,9 +26,11 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-__all__ = ["addon_source_dir", "bridge_source_dir", "build_zip", "config_path", "register"]
+__all__ = ["USER_DIR_MARK", "addon_source_dir", "blender_user_dir", "bridge_source_dir", "build_zip", "register"]
 
-CONFIG_NAME = "blender_addon.json"
+REPOSITORY = "user_default"
+USER_DIR_MARK = "BTDM-USER-DIR="
+"""The line the Blender that ``--blender`` names prints with the extension's user folder."""
 _SKIP_DIRS = {"__pycache__", "_vendor"}
 # The package the add-on shares with the engine (HTTP client, armature sampler), vendored into the zip
 # where blender_addon/_bridge.py finds it: an installed extension imports nothing outside itself.
@@ -52,12 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_build)
     i = sub.add_parser("install", help="install the add-on into a Blender and point it at this engine",
                        description="Install the extension into Blender 4.2+ (its user_default repository) and record "
-                       "this machine's btdm executable for the add-on's local engine.")
+                       "this machine's btdm executable for the add-on's local engine, in the extension's user folder "
+                       "(<extensions>/.user/user_default/btdm_previs/config.json).")
     where = i.add_mutually_exclusive_group(required=True)
     where.add_argument("--blender", metavar="PATH", help="the Blender executable (4.2 or later)")
     where.add_argument("--extensions-dir", metavar="DIR",
                        help="unpack into this user extensions repository folder instead (e.g. "
-                       "~/.config/blender/4.2/extensions/user_default)")
+                       "~/.config/blender/4.2/extensions/user_default; the record goes to its ../.user/<repository>/"
+                       "btdm_previs/)")
     i.add_argument("--btdm", default=None, metavar="PATH",
                    help="the btdm executable the add-on starts (default: the one running this command)")
     i.set_defaults(func=_install)
@@ -151,9 +156,20 @@ def build_zip(out_dir: Path) -> Path:
     return target
 
 
-def config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "btdm" / CONFIG_NAME
+def blender_user_dir(blender: Path, extension_id: str, repository: str = REPOSITORY) -> Path:
+    """The user folder that ``blender`` gives extension ``extension_id`` of ``repository``
+    (``bpy.utils.extension_path_user``, made if missing); asked of that Blender, which knows its own folders."""
+    from btdm_engine.cli import CliError
+
+    expr = ("import bpy; print(" + repr(USER_DIR_MARK) + " + bpy.utils.extension_path_user("
+            + repr(f"bl_ext.{repository}.{extension_id}") + ", create=True))")
+    proc = subprocess.run([str(blender), "--background", "--factory-startup", "--python-expr", expr],
+                          capture_output=True, text=True)
+    found = [line[len(USER_DIR_MARK):].strip() for line in proc.stdout.splitlines() if line.startswith(USER_DIR_MARK)]
+    if proc.returncode != 0 or not found or not found[-1]:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise CliError(f"{blender} did not say where the add-on's user folder is: " + " / ".join(tail))
+    return Path(found[-1])
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -164,8 +180,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
+    from btdm_bridge import addon_home
     from btdm_engine.cli import CliError
-    from btdm_engine.fileio import atomic_dir, atomic_write_text
+    from btdm_engine.fileio import atomic_dir
 
     btdm = Path(args.btdm) if args.btdm else Path(sys.executable).with_name("btdm")
     if not btdm.is_file():
@@ -181,23 +198,26 @@ def _install(args: argparse.Namespace) -> int:
             if not blender.is_file():
                 raise CliError(f"--blender {blender}: no such file")
             # `--command` implies background mode; `--enable` enables it and saves the preferences.
-            cmd = [str(blender), "--command", "extension", "install-file", "--repo", "user_default", "--enable",
+            cmd = [str(blender), "--command", "extension", "install-file", "--repo", REPOSITORY, "--enable",
                    str(zip_path)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
                 raise CliError(f"{blender} could not install the extension (Blender 4.2 or later is needed): "
                                + " / ".join(tail))
-            where = f"{blender} (repository user_default)"
+            where = f"{blender} (repository {REPOSITORY})"
+            user_dir = blender_user_dir(blender, manifest["id"])
         else:
             dest = Path(args.extensions_dir) / manifest["id"]
             # The folder named by the add-on's own id: an earlier install of it is replaced whole.
             with atomic_dir(dest, replace=True) as staging, zipfile.ZipFile(zip_path) as zf:
                 zf.extractall(staging)
             where = str(dest)
-    config = config_path()
-    config.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config, json.dumps({"btdm_executable": str(btdm.resolve())}, indent=1) + "\n")
+            user_dir = Path(addon_home.user_dir_of_repository(args.extensions_dir, manifest["id"]))
+    try:
+        config = addon_home.write_config(str(user_dir), {"btdm_executable": str(btdm.resolve())})
+    except OSError as exc:
+        raise CliError(f"installed into {where}, but could not record the engine in {user_dir}: {exc}") from None
     print(f"installed {manifest['name']} {manifest['version']} into {where}; the add-on starts {btdm} "
           f"(recorded in {config}). In Blender: Preferences > Add-ons > {manifest['name']}.")
     return 0
