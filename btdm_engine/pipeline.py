@@ -288,7 +288,7 @@ def finetune_btunet(
     schedule: ScheduleConfig,
     *,
     steps: int,
-    lr: float = 1e-5,
+    lr: float = _JOB.finetune_lr,
     generator: torch.Generator,
     batch: int = 4,
     callback: Callback | None = None,
@@ -523,17 +523,15 @@ class Animator:
         if device is not None:
             self.to(device)
         resolve_precision(precision, self.device)  # an unknown name fails before any work
-        # the one job validator, with the CLI's and the service's limits (btdm_engine/jobspec.py)
-        JobSpec(steps=steps, sr_steps=sr_steps, seed=seed, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
-                sampler=sampler, eta=eta, noise=noise, max_batch=max_batch).check(AnimatorError)
-        if finetune_steps > 0 and (appearance is None or appearance_iuv is None):
-            raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
-        if finetune_steps == 0 and appearance_iuv is not None and not self.uses_warp:
-            raise AnimatorError("appearance_iuv is only used by fine-tuning with this model (it takes no "
-                                "texture-transfer prior); set finetune_steps > 0 or drop it")
+        # the one job validator and the job's cross-field rules, the CLI's and the service's (btdm_engine/jobspec.py)
+        spec = JobSpec(steps=steps, sr_steps=sr_steps, seed=seed, finetune_steps=finetune_steps,
+                       finetune_lr=finetune_lr, sampler=sampler, eta=eta, noise=noise, max_batch=max_batch)
+        spec.check(AnimatorError).check_inputs(
+            AnimatorError, appearance=appearance is not None, appearance_iuv=appearance_iuv is not None,
+            has_sr3=self.sr3 is not None, texture_prior=self.uses_warp)
         check_choice(sr_noise, "sr_noise", NOISE_MODES, AnimatorError)
-        if self.sr3 is None and (sr_steps is not None or sr_batch is not None or sr_low_res_logsnr is not None):
-            raise AnimatorError("sr_steps / sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
+        if self.sr3 is None and (sr_batch is not None or sr_low_res_logsnr is not None):
+            raise AnimatorError("sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
 
         job = self.prepare(pose_maps, appearance, appearance_iuv)
         btunet = self.btunet
@@ -589,13 +587,13 @@ class Animator:
         )
 
     def finetune(
-        self, job: GenerationInputs, *, steps: int, lr: float = 1e-5, seed: int = 0, batch: int = 4,
+        self, job: GenerationInputs, *, steps: int, lr: float = _JOB.finetune_lr, seed: int = _JOB.seed, batch: int = 4,
         callback: Callback | None = None, cancel: object = None,
     ) -> nn.Module:
         """Stage 1: single-image fine-tuning (sec. 3.3: Y = {c}, S = {g(c)}) on a copy of the BTU-Net,
         in the layout sampling uses on this device."""
-        if job.appearance is None or job.appearance_pose is None:
-            raise AnimatorError("fine-tuning (finetune_steps > 0) needs both appearance and appearance_iuv")
+        JobSpec(finetune_steps=steps).check_inputs(AnimatorError, appearance=job.appearance is not None,
+                                                   appearance_iuv=job.appearance_pose is not None)
         tuned = finetune_btunet(
             self.btunet, job.appearance, job.appearance_pose, self.schedule, steps=steps, lr=lr,
             generator=_generator(seed, 0), batch=batch, callback=callback, cancel=cancel,
@@ -603,8 +601,8 @@ class Animator:
         return tuned.to(memory_format=torch.channels_last if self.device.type == "cpu" else torch.contiguous_format)
 
     def sample_low(
-        self, job: GenerationInputs, btunet: nn.Module | None = None, *, steps: int = 50, seed: int = 0,
-        sampler: str = "bidirectional", eta: float = 0.0, noise: str = "shared", max_batch: int | None = None,
+        self, job: GenerationInputs, btunet: nn.Module | None = None, *, steps: int = _JOB.steps, seed: int = _JOB.seed,
+        sampler: str = _JOB.sampler, eta: float = _JOB.eta, noise: str = _JOB.noise, max_batch: int | None = _JOB.max_batch,
         precision: str = "auto", workers: int | None = None, callback: Callback | None = None, cancel: object = None,
     ) -> Tensor:
         """Stage 2: the low-resolution sequence (T, 3, r, r) in [-1, 1], by algorithm 1 (or the
@@ -623,9 +621,9 @@ class Animator:
         raise AnimatorError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
 
     def super_resolve(
-        self, job: GenerationInputs, low: Tensor, *, start: int = 0, steps: int = 50, seed: int = 0, eta: float = 0.0,
-        batch: int | None = None, low_res_logsnr: float | None = None, noise: str = "shared", precision: str = "auto",
-        workers: int | None = None, callback: Callback | None = None, cancel: object = None,
+        self, job: GenerationInputs, low: Tensor, *, start: int = 0, steps: int = _JOB.steps, seed: int = _JOB.seed,
+        eta: float = _JOB.eta, batch: int | None = None, low_res_logsnr: float | None = None, noise: str = _JOB.noise,
+        precision: str = "auto", workers: int | None = None, callback: Callback | None = None, cancel: object = None,
     ) -> Iterator[Tensor]:
         """Stage 3: SR3 over frames ``start..`` of ``low``, streamed in chunks (n, 3, R, R) in [-1, 1];
         a warp-conditioned SR3 reads each chunk's prior at the output size as it goes."""

@@ -1,7 +1,9 @@
 """``btdm animate``: pose maps (from a motion clip or PNG files) + appearance -> generated frames.
 
 Writes ``OUT/frames/NNNNNN.png`` (RGB, atomically, streamed as SR3 finishes each chunk) and,
-with ``--mp4``, ``OUT/animation.mp4``. Heavy imports happen in :func:`run`.
+with ``--mp4``, ``OUT/animation.mp4``. The job's rules are :mod:`btdm_engine.jobspec`'s, in the
+flags' words. Heavy imports (torch, cv2, pyrender; the HTTP client of ``--engine``) happen where
+they are used, so that ``btdm --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -12,12 +14,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from btdm_engine import limits
+from btdm_engine.cli import CliError, check_device
 from btdm_engine.commands.common import Progress, parse_frames
 from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS, THREADS_HELP
 from btdm_engine.errors import BtdmError
+from btdm_engine.fileio import StagedRun
 from btdm_engine.jobspec import METHODS, JobSpec
+from btdm_engine.motion.clip import MotionClip
+from btdm_engine.posemaps.export import read_posemap_folder
+from btdm_engine.weights import default_appearance, default_model_dir
 
 _DEFAULT = JobSpec()
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
+# What the job's rules call each field and input here: its flag.
+_FLAGS = {name: "--" + name.replace("_", "-") for name in (*_SPEC_FIELDS, "appearance", "appearance_iuv",
+                                                           "appearance_frame")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,23 +117,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_posemaps(folder: Path, order: str, frames: str | None) -> Any:
-    from btdm_engine.posemaps.export import read_posemap_folder
-
     return read_posemap_folder(folder, order, parse_frames(frames))
 
 
 def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> tuple[Any, float, Any]:
     """Pose maps (T, size, size, 3) of a clip, its fps, and with ``plate`` the shot plan they were drawn through."""
-    import numpy as np
-
-    from btdm_engine.body.model import load_body_model
-    from btdm_engine.motion.clip import MotionClip
-    from btdm_engine.posemaps.renderer import IUVRenderer
+    from btdm_engine.body.model import load_body_model  # torch
+    from btdm_engine.posemaps.renderer import IUVRenderer  # pyrender, OpenGL
 
     clip = MotionClip.load(path)
     plan = None
     if plate:
-        from btdm_engine.motion.shot import plan_shot
+        from btdm_engine.motion.shot import plan_shot  # cv2
 
         plan = plan_shot(clip, size)
         clip = plan.square_clip
@@ -134,9 +143,7 @@ def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> 
 
 
 def _read_appearance(path: Path) -> Any:
-    import numpy as np
-
-    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb  # cv2
 
     if not path.is_file():
         raise FileNotFoundError(f"--appearance {path}: no such file")
@@ -144,13 +151,13 @@ def _read_appearance(path: Path) -> Any:
     return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
 
 
-def _shown_frame(k: int, appearance: Any, pose_maps: Any, plan: Any) -> tuple[Any, Any]:
-    """(c, g(c)) for an appearance that shows frame k: cut with k's window (plates), and k's pose map."""
-    from btdm_engine.cli import CliError
-    from btdm_engine.imageio import resize_labels
+def _shown_frame(spec: JobSpec, args: argparse.Namespace, appearance: Any, pose_maps: Any,
+                 plan: Any) -> tuple[Any, Any]:
+    """(c, g(c)) for an appearance that shows frame K: cut with K's window (plates), and K's pose map."""
+    from btdm_engine.imageio import resize_labels  # cv2
 
-    if not 0 <= k < len(pose_maps):
-        raise CliError(f"--appearance-frame {k} is not one of the {len(pose_maps)} frames (0..{len(pose_maps) - 1})")
+    k = args.appearance_frame
+    spec.check_inputs(CliError, _flags(args), appearance_frame=k, frames=len(pose_maps))
     if plan is not None:
         try:
             return plan.crop(k, appearance, pose_maps.shape[1]), pose_maps[k]
@@ -159,31 +166,30 @@ def _shown_frame(k: int, appearance: Any, pose_maps: Any, plan: Any) -> tuple[An
     return appearance, resize_labels(pose_maps[k], appearance.shape[:2])
 
 
-_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
-
-
 def job_spec(args: argparse.Namespace) -> JobSpec:
     """The job the flags ask for (the flags' defaults are :class:`JobSpec`'s)."""
     return JobSpec(**{name: getattr(args, name) for name in _SPEC_FIELDS})
 
 
-def _check_limits(args: argparse.Namespace) -> None:
-    """Sizes asked for on the command line against btdm_engine.limits (a --limit raises one)."""
-    from btdm_engine import limits
-    from btdm_engine.cli import CliError, check_device
+def _flags(args: argparse.Namespace) -> dict[str, str]:
+    """The job rules' names for the fields: the flags (job frames count from ``--frames START`` when given)."""
+    return _FLAGS if args.frames is None else {**_FLAGS, "frame_start": "--frames START"}
 
-    job_spec(args).check(CliError, {f: "--" + f.replace("_", "-") for f in _SPEC_FIELDS})
+
+def _check_limits(args: argparse.Namespace) -> JobSpec:
+    """The job's values against btdm_engine.limits (a --limit raises one), and --size, --device; the job."""
+    spec = job_spec(args).check(CliError, _FLAGS)
     if args.size is not None:
         limits.check("pixels", args.size * args.size, "--size")
     args.device = check_device(args.device)
+    return spec
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``btdm animate``; returns the exit status."""
-    from btdm_engine.cli import CliError
-
     if args.engine is not None:
-        from btdm_engine.commands.remote import animate_remote  # the --engine path: the stdlib client
+        # the --engine path: the stdlib HTTP client (http, ssl: a tenth of a second at every `btdm --help`)
+        from btdm_engine.commands.remote import animate_remote
 
         if args.method == "texture" or args.size is not None:
             raise CliError("--method texture and --size run here, without an engine: drop --engine")
@@ -191,13 +197,11 @@ def run(args: argparse.Namespace) -> int:
     if args.token is not None or args.token_file is not None:
         raise CliError("--token / --token-file need --engine URL")
 
-    from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png
+    from btdm_engine.pipeline import Animator, AnimatorError  # torch
+    from btdm_engine.posemaps.encoding import read_iuv_png  # torch (the tensor form), cv2
 
     texture_method = args.method == "texture"
     if args.model is None:
-        from btdm_engine.weights import default_appearance, default_model_dir
-
         model_dir = default_model_dir()
         if args.appearance is None and args.appearance_frame is None:
             args.appearance, shipped_iuv = default_appearance()
@@ -207,33 +211,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"using {what}its appearance image {args.appearance}", file=sys.stderr)
     else:
         model_dir = args.model
-    if texture_method:
-        if args.appearance is None or (args.appearance_iuv is None and args.appearance_frame is None):
-            raise CliError("--method texture moves the appearance's pixels through its IUV map: give --appearance "
-                           "with --appearance-iuv or --appearance-frame K")
-        if args.finetune_steps or args.engine:
-            raise CliError("--method texture has no network: --finetune-steps and --engine do not apply")
-    elif args.size is not None:
+    if args.size is not None and not texture_method:
         raise CliError("--size applies to --method texture; diffusion makes the model's own size")
     if args.plate and args.clip is None:
         raise CliError("--plate needs --clip (the shot camera comes with the motion clip)")
-    if args.appearance_iuv is not None and args.appearance is None:
-        raise CliError("--appearance-iuv needs --appearance (it is the appearance image's IUV map)")
-    if args.appearance_frame is not None and (args.appearance is None or args.appearance_iuv is not None):
-        raise CliError("--appearance-frame K says which frame --appearance shows (its pose map is then g(c)): give "
-                       "--appearance, and no --appearance-iuv")
-    if args.finetune_steps > 0 and args.appearance_iuv is None and args.appearance_frame is None:
-        raise CliError("--finetune-steps needs --appearance and --appearance-iuv or --appearance-frame (paper sec. 3.3: "
-                       "Y = {c}, S = {g(c)})")
-    if args.steps < 1:
-        raise CliError(f"--steps must be >= 1, got {args.steps}")
-    if args.sr_steps is not None and args.sr_steps < 1:
-        raise CliError(f"--sr-steps must be >= 1, got {args.sr_steps}")
-    if args.finetune_steps < 0:
-        raise CliError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
-    if args.max_batch is not None and args.max_batch < 1:
-        raise CliError(f"--max-batch must be >= 1, got {args.max_batch}")
-    _check_limits(args)
+    spec = _check_limits(args)
+    # the job's cross-field rules (btdm_engine/jobspec.py), again once the model's facts are known
+    given = {"appearance": args.appearance is not None, "appearance_iuv": args.appearance_iuv is not None,
+             "appearance_frame": args.appearance_frame}
+    spec.check_inputs(CliError, _flags(args), **given)
     if args.frames is not None and args.posemaps is None:
         raise CliError("--frames needs --posemaps (a clip is cut with btdm posemaps --start/--end)")
     out = Path(args.out)
@@ -250,10 +236,14 @@ def run(args: argparse.Namespace) -> int:
     animator = None if texture_method else Animator.from_pretrained(model_dir, device=args.device)
     size = (args.size or 256) if animator is None else animator.resolution
     reads_iuv = animator is None or animator.uses_warp or args.finetune_steps > 0
-    if appearance_iuv is not None and not reads_iuv:
+    if appearance_iuv is not None and not reads_iuv:  # the service refuses it (rule iuv_unused); here a note
         print(f"note: {model_dir} takes no texture-transfer prior; --appearance-iuv is used by --finetune-steps only",
               file=sys.stderr)
         appearance_iuv = None
+    if animator is not None:  # what the model lacks (an SR3 stage for --sr-steps): the Animator's error, as before
+        spec.check_inputs(AnimatorError, _flags(args), **{**given, "appearance_iuv": appearance_iuv is not None},
+                          model=f"model {model_dir}", has_sr3=animator.sr3 is not None,
+                          texture_prior=animator.uses_warp)
     task = None if animator is None else animator.meta.get("btunet", {}).get("extra", {}).get("task")
     if appearance is None and task == "single_image":
         print(f"warning: {model_dir} was trained with an appearance image c (task single_image) and none was given "
@@ -266,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order, args.frames), 30.0
     fps = args.fps if args.fps is not None else fps
     if args.appearance_frame is not None:
-        appearance, appearance_iuv = _shown_frame(args.appearance_frame, appearance, pose_maps, plan)
+        appearance, appearance_iuv = _shown_frame(spec, args, appearance, pose_maps, plan)
         appearance_iuv = appearance_iuv if reads_iuv else None
 
     if animator is not None and animator.uses_warp and appearance is not None and appearance_iuv is None:
@@ -275,8 +265,6 @@ def run(args: argparse.Namespace) -> int:
               "the image alone, with its colours but not its prints or layout on the body", file=sys.stderr)
 
     # Written to OUT/incomplete/ and published over an earlier run only when complete.
-    from btdm_engine.fileio import StagedRun
-
     run = StagedRun(out, subdirs=("frames", "plates"), files=("animation.mp4",))
     staging, removed = run.begin()
     if removed:
@@ -310,8 +298,6 @@ def check_frame(frame: Any, pose_map: Any, k: int, model_dir: Any) -> None:
     saturated values (all black, typically) means the model's output is not an image: weights
     diverged, corrupt or scaled wrong (NaN becomes black, too).
     """
-    import numpy as np
-
     if int(np.count_nonzero(pose_map[..., 0])) < 4:
         return  # no person in this frame: a plain background may be exactly uniform
     if not np.all((frame == 0) | (frame == 255)):
@@ -325,7 +311,7 @@ def check_frame(frame: Any, pose_map: Any, k: int, model_dir: Any) -> None:
 def _generate(args: argparse.Namespace, staging: Path, animator: Any, model_dir: Any, pose_maps: Any,
               appearance: Any, appearance_iuv: Any, plan: Any, fps: float, progress: bool) -> tuple[int, Any]:
     """Generate the frames into ``staging`` (published by the caller); returns (frame count, video or None)."""
-    from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png
+    from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png  # torch, cv2
 
     frames_dir = staging / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
@@ -336,7 +322,7 @@ def _generate(args: argparse.Namespace, staging: Path, animator: Any, model_dir:
     count = 0
 
     if animator is None:
-        from btdm_engine.posemaps.texture import build_texture, transfer
+        from btdm_engine.posemaps.texture import build_texture, transfer  # torch
 
         texture = build_texture([(appearance, appearance_iuv)])
         frames: Any = (transfer(texture, m) for m in pose_maps)
