@@ -27,10 +27,16 @@ rename):
 ``docs/service.md``: Idempotency-Key, listing, priorities and retries, metrics, tokens, TLS, workers.
 
 Modules: :mod:`.limits` (every size a request may declare), :mod:`.schemas` (pydantic request
-and response models: ``/openapi.json`` is the real contract), :mod:`.store` (SQLite job store),
+and response models: ``/openapi.json`` is the real contract; ``JobParams`` checks each key with
+its field, and the keys against each other, the files and the model in a ``model_validator``:
+the job's rules, :mod:`btdm_engine.jobspec`'s), :mod:`.store` (SQLite job store),
 :mod:`.inputs` (upload validation), :mod:`.worker` (plain Python around the Animator, testable
-without HTTP), :mod:`.metrics` (``GET /metrics``), :mod:`.app` (FastAPI routers, auth dependency, error
-handlers).
+without HTTP), :mod:`.metrics` (``GET /metrics``), :mod:`.deps` (what the endpoints get through
+``Depends``: the store, the worker, the model registry, the settings, the queue's admission, the
+bearer-token check; a test overrides any of them with ``app.dependency_overrides``), :mod:`.app`
+(FastAPI routers, error handlers, ``create_app``), :mod:`.guard` (the network edge: Host / Origin,
+the token and sizes, before the body is read), :mod:`.errors` (the service's errors and their
+status codes), :mod:`.lifeline` (``--parent-pid``: exit with the parent).
 """
 
 from __future__ import annotations
