@@ -20,7 +20,12 @@ take's plates, or the pose-map previews) goes to three places, by :func:`place`:
    (Post Processing > Sequencer), and the plate alone is not the shot: the shot's render stays the
    set's, whatever the sequencer holds.
 
-The camera's images carry ``btdm_kind``, ``btdm_key`` and ``btdm_scene``; the pre-vis scene carries
+Several characters (one PNG sequence each) are stacked by :func:`place_layers`: per stretch of frames in which
+their order of distance from the camera stays the same (:mod:`.layers`), one strip per character on
+consecutive channels, the nearer higher, and one camera background image per character, farthest first, so
+the nearer person covers the farther in every frame.
+
+The camera's images carry ``btdm_kind``, ``btdm_key``, ``btdm_character`` and ``btdm_scene``; the pre-vis scene carries
 ``btdm_previs_key`` and ``btdm_shot_scene``, its Scene strip ``btdm_kind`` ``"shot"``. All are plain
 data: removing the add-on leaves the .blend as it is.
 """
@@ -34,7 +39,7 @@ import bpy
 
 from . import sequencer
 
-__all__ = ["KINDS", "camera_background", "place", "previs_scene", "shot_of", "sync"]
+__all__ = ["KINDS", "camera_layers", "place", "place_layers", "previs_scene", "shot_of", "sync"]
 
 KINDS = ("plates", "posemaps")
 CAMERA_FIT = {"plates": "FIT", "posemaps": "CROP"}  # camera background frame_method
@@ -48,48 +53,77 @@ def place(scene, camera, folder: str, first: int, count: int, *, kind: str, name
     """Show ``folder/NNNNNN.png`` (scene frames ``first .. first+count-1``) everywhere (see the module
     docstring); the camera and the pre-vis scene then show this kind, the other kind is hidden.
     Returns the shot's (muted) strip."""
-    strip = sequencer.place_image_strip(scene, folder, first, count, name=name, key=key, kind=kind, props=props,
-                                        above=kind == "plates", fit=STRIP_FIT[kind], mute=True)
+    return place_layers(scene, camera, [(folder, name, props)], [(first, first + count, (0,))], kind=kind,
+                        key=key)[0]
+
+
+def place_layers(scene, camera, layers, segments, *, kind: str, key: str) -> list:
+    """Several characters' results at once: ``layers`` ``[(folder, name, props)]`` (one PNG sequence each, named by
+    scene frame), stacked by ``segments`` ``[(start, end, order)]`` (scene frames ``start .. end-1``, ``order``
+    indexing ``layers`` farthest first, :func:`.layers.depth_segments`) so the nearer person covers the farther:
+    on higher sequencer channels (the shot's muted strips, the pre-vis scene's) and later in the camera's
+    background images, which Blender draws in list order. One layer and one segment is the single-character case.
+    Returns the shot's (muted) strips."""
+    made = sequencer.place_layered_strips(scene, layers, segments, key=key, kind=kind, above=kind == "plates",
+                                          fit=STRIP_FIT[kind], mute=True)
     if camera is not None and camera.type == "CAMERA":
-        camera_background(scene, camera, folder, first, count, kind=kind, key=key)
+        camera_layers(scene, camera, layers, segments, kind=kind, key=key)
         previs = previs_scene(scene, camera, key)
-        sequencer.place_image_strip(previs, folder, first, count, name=name, key=key, kind=kind, props=props,
-                                    above=True, fit=STRIP_FIT[kind])
+        sequencer.place_layered_strips(previs, layers, segments, key=key, kind=kind, above=True, fit=STRIP_FIT[kind])
     s = scene.btdm
     s.show_plates, s.show_posemaps = kind == "plates", kind == "posemaps"
     sync(scene)
-    return strip
+    return made
 
 
 def _our_image(image, key: str, kind: str) -> bool:
     return image is not None and image.get("btdm_key") == key and image.get("btdm_kind") == kind
 
 
-def camera_background(scene, camera, folder: str, first: int, count: int, *, kind: str, key: str):
-    """The camera's background image showing this result (made, or pointed at this folder); returns it."""
-    data = camera.data
+def _layer_image(scene, folder: str, first: int, *, kind: str, key: str, character: str):
+    """The image (a PNG sequence) of one character's result, reused from an earlier placement when there is one."""
     path = sequencer.blend_relative(os.path.join(folder, f"{first:06d}.png"))
-    found = [bg for bg in data.background_images if _our_image(bg.image, key, kind)]
-    background = found[0] if found else data.background_images.new()
-    image = background.image if found else None
-    if image is None:
+    found = [im for im in bpy.data.images if _our_image(im, key, kind) and im.get("btdm_character", "") == character]
+    if found:
+        image = found[0]
+    else:
         image = bpy.data.images.load(bpy.path.abspath(path), check_existing=False)
-        image.name = f"BTDM {kind} {key}"
-        image["btdm_kind"], image["btdm_key"] = kind, key
+        image.name = f"BTDM {kind} {key}" + (f" {character}" if character else "")
+        image["btdm_kind"], image["btdm_key"], image["btdm_character"] = kind, key, character
     image["btdm_scene"] = scene.name
     image.source = "SEQUENCE"
     if image.filepath != path:
         image.filepath = path
     image.reload()
-    background.image = image
-    user = background.image_user
-    # Blender shows file number (F - frame_start + 1) + frame_offset at scene frame F: file F.
-    user.frame_start, user.frame_duration, user.frame_offset = first, count, first - 1
-    user.use_auto_refresh, user.use_cyclic = True, False
-    background.frame_method = CAMERA_FIT[kind]
-    background.display_depth = "FRONT"  # over the set: the plates are transparent outside the person
+    return image
+
+
+def camera_layers(scene, camera, layers, segments, *, kind: str, key: str) -> list:
+    """The camera's background images showing this result: per segment one per character, farthest first (Blender
+    draws a camera's background images in list order, so the nearer covers the farther). The earlier images of
+    this key and kind are replaced. Returns the new backgrounds."""
+    data = camera.data
+    for background in [b for b in data.background_images if _our_image(b.image, key, kind)]:
+        data.background_images.remove(background)
+    first = min(seg[0] for seg in segments)
+    images = [_layer_image(scene, folder, first, kind=kind, key=key, character=str(props.get("character", "")))
+              for folder, _name, props in layers]
+    made = []
+    # Later segments first: Blender also shows a sequence at the frame just before its range, so at a segment's
+    # last frame the next segment's images are drawn too; listed before, they lie under the segment's own.
+    for start, stop, order in sorted(segments, reverse=True):
+        for index in order:
+            background = data.background_images.new()
+            background.image = images[index]
+            user = background.image_user
+            # Blender shows file number (F - frame_start + 1) + frame_offset at scene frame F: file F.
+            user.frame_start, user.frame_duration, user.frame_offset = start, stop - start, start - 1
+            user.use_auto_refresh, user.use_cyclic = True, False
+            background.frame_method = CAMERA_FIT[kind]
+            background.display_depth = "FRONT"  # over the set: the plates are transparent outside the person
+            made.append(background)
     data.show_background_images = True
-    return background
+    return made
 
 
 def previs_scene(shot, camera, key: str):

@@ -31,7 +31,7 @@ from .engine_client import FINAL_STATES, EngineError
 from .pngio import atomic_write_bytes
 from .words import panel_words
 
-__all__ = ["PrevisRun", "RunRequest", "RunSnapshot"]
+__all__ = ["PrevisRun", "RunGroup", "RunRequest", "RunSnapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class RunRequest:
     notes: tuple[str, ...] = ()  # said with the result (a unit the armature was taken in, ...)
     take: bool = False  # out_dir is a new take_NNN folder of the shot's output folder (see takes.py)
     armature: str = ""  # the armature whose motion this is (its object name)
+    character: str = ""  # one of several characters of a shot (RunGroup): its name ("" for a shot's only one)
+    depths: tuple[float, ...] = ()  # per frame, the character's distance from the camera (layers.body_depths)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class RunSnapshot:
     notes: tuple[str, ...] = ()
     retarget: dict | None = None
     model: str = ""
+    label: str = ""  # which character of several the line is about ("" for one)
 
     @property
     def finished(self) -> bool:
@@ -96,7 +99,8 @@ class RunSnapshot:
             return self.message or self.phase
         eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None else ""
         stage = f"{self.stage} {self.step}/{self.total}" if self.stage else "queued"
-        return f"{stage}, frames {self.frames_done}/{self.frames_total}{eta}"
+        label = f"{self.label}: " if self.label else ""
+        return f"{label}{stage}, frames {self.frames_done}/{self.frames_total}{eta}"
 
     @property
     def fraction(self) -> float:
@@ -319,6 +323,80 @@ class PrevisRun:
         what = "pose maps" if r.kind == "posemaps" else ("plates" if self.snapshot().has_plates else "frames")
         self._update(phase="succeeded", eta_s=None, frames_done=count,
                      message=f"{count} {what} in {r.out_dir}")
+
+
+class RunGroup:
+    """Several characters of one shot: one :class:`PrevisRun` (one engine job) each, all submitted at once, so
+    the engine queues them; it quacks like a run (``start``, ``cancel``, ``snapshot``, ``join``, ``run``,
+    ``finalized``). All or nothing: the first member that fails or is cancelled cancels the others, and
+    ``runs.finalize`` then removes what the ones that finished wrote; the group's snapshot says which character."""
+
+    def __init__(self, requests: list[RunRequest], take: bool = True) -> None:
+        self.members = [PrevisRun(r) for r in requests]
+        self.take = take  # the members' folders are characters' folders of a new take (takes.py)
+        self.request = requests[0]  # kind, take folder's parent, shot: the same for every member
+        self.finalized = False
+        self._lock = threading.Lock()
+        self._first_failure: PrevisRun | None = None
+
+    @property
+    def requests(self) -> list[RunRequest]:
+        return [m.request for m in self.members]
+
+    def start(self) -> None:
+        for member in self.members:
+            member._thread = threading.Thread(target=self._run_member, args=(member,), name="btdm-previs",
+                                              daemon=True)
+            member._thread.start()
+
+    def _run_member(self, member: PrevisRun) -> None:
+        snap = member.run()
+        if snap.phase != "succeeded":
+            with self._lock:
+                if self._first_failure is None:
+                    self._first_failure = member
+            for other in self.members:
+                if other is not member:
+                    other.cancel()
+
+    def run(self) -> RunSnapshot:
+        """Every member, blocking; never raises."""
+        self.start()
+        self.join()
+        return self.snapshot()
+
+    def cancel(self, wait: bool = True) -> None:
+        for member in self.members:
+            member.cancel(wait)
+
+    def join(self, timeout: float | None = None) -> None:
+        for member in self.members:
+            member.join(timeout)
+
+    def snapshot(self) -> RunSnapshot:
+        snaps = [m.snapshot() for m in self.members]
+        names = [m.request.character for m in self.members]
+        frames = {"frames_done": sum(x.frames_done for x in snaps), "frames_total": sum(x.frames_total for x in snaps),
+                  "has_plates": all(x.has_plates for x in snaps), "job_id": snaps[0].job_id,
+                  "model": snaps[0].model, "notes": tuple(n for x in snaps for n in x.notes)}
+        if all(x.finished for x in snaps):
+            if all(x.phase == "succeeded" for x in snaps):
+                what = "plates" if frames["has_plates"] else "frames"
+                return RunSnapshot(phase="succeeded", message=f"{len(snaps)} characters ({', '.join(names)}): "
+                                   f"{frames['frames_done']} {what} in {os.path.dirname(self.request.out_dir)}",
+                                   **frames)
+            with self._lock:
+                failed = self._first_failure
+            index = self.members.index(failed) if failed is not None else next(
+                i for i, x in enumerate(snaps) if x.phase != "succeeded")
+            snap = snaps[index]
+            if snap.phase == "failed":
+                return RunSnapshot(phase="failed", message=f"{names[index]}: {snap.message}; the other characters "
+                                   "were cancelled: no plate was placed", **frames)
+            return RunSnapshot(phase="cancelled", message="cancelled: no plate was placed", **frames)
+        index = next(i for i, x in enumerate(snaps) if not x.finished)
+        snap = snaps[index]
+        return dataclasses.replace(snap, label=f"{names[index]} ({index + 1} of {len(snaps)})", **frames)
 
 
 def sweep_stale_staging(folder: str, client) -> list[str]:

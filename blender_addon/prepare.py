@@ -24,7 +24,8 @@ from .units import UnitsError, armature_scale, rest_height
 DEFAULT_MAX_FRAMES = 2000
 """Frames per job when the engine has not said yet (``btdm serve``'s limit, /v1/health max_frames)."""
 
-__all__ = ["UserError", "build_request", "resolve_armature", "resolve_camera", "strip_key"]
+__all__ = ["UserError", "build_group", "build_request", "resolve_armature", "resolve_camera", "selected_armatures",
+           "strip_key"]
 
 
 class UserError(Exception):
@@ -205,11 +206,11 @@ def shown_frame(scene, frame: int) -> int | None:
     return frame - scene.frame_start if scene.frame_start <= frame <= scene.frame_end else None
 
 
-def render_appearance(context, armature, camera, whole: bool = False) -> bytes:
-    """The scene rendered at ``render_frame`` through the shot camera: cropped square around the
-    armature, or with ``whole`` the camera's whole view (the engine then cuts it with that frame's window)."""
+def render_appearance(context, armature, camera, whole: bool = False, frame: int | None = None) -> bytes:
+    """The scene rendered at ``frame`` (default: the panel's Render frame) through the shot camera: cropped square
+    around the armature, or with ``whole`` the camera's whole view (the engine then cuts it with that frame's window)."""
     scene = context.scene
-    frame = scene.btdm.render_frame
+    frame = scene.btdm.render_frame if frame is None else frame
     old_frame, old_path, old_camera = scene.frame_current, scene.render.filepath, scene.camera
     fd, path = tempfile.mkstemp(prefix="btdm-appearance-", suffix=".png")
     os.close(fd)
@@ -240,8 +241,11 @@ def render_appearance(context, armature, camera, whole: bool = False) -> bytes:
     return encode_png(square(rgb, ((lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0), side))
 
 
-def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | None, bool, int | None]:
+def appearance_files(context, armature, camera, a=None) -> tuple[bytes | None, bytes | None, bool, int | None]:
     """(appearance PNG, its IUV PNG, use the model's own appearance, the job frame it shows) for the chosen mode.
+
+    ``a`` holds the appearance settings (mode, image, IUV file, reference and render frames): the shot's
+    (``scene.btdm``, the default) or a character's own (``armature.btdm_character``, several characters).
 
     A photo with its reference pose, or a scene render, at a frame of the shot is sent whole (the
     camera's view) with that frame (``params.appearance_frame``): the engine cuts it with that
@@ -249,7 +253,8 @@ def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | N
     """
     scene = context.scene
     s = scene.btdm
-    mode = s.appearance
+    a = s if a is None else a
+    mode = a.appearance
     finetune = s.finetune_steps > 0
     if mode == "MODEL":
         return None, None, True, None
@@ -258,14 +263,14 @@ def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | N
             raise UserError("fine-tuning needs an appearance image: choose one, or set fine-tuning steps to 0")
         return None, None, False, None
     if mode == "IMAGE_IUV":
-        image = load_rgb(s.appearance_image, "appearance image")
+        image = load_rgb(a.appearance_image, "appearance image")
         if image.shape[0] != image.shape[1]:
             raise UserError(f"appearance image: {image.shape[1]}x{image.shape[0]} px; with an IUV file it must be "
                             "square (the networks are square)")
         iuv = None
         # the IUV file serves fine-tuning, the texture-transfer method and models that read the prior
-        if finetune or s.appearance_iuv or s.method == "TEXTURE":
-            path = bpy.path.abspath(s.appearance_iuv)
+        if finetune or a.appearance_iuv or s.method == "TEXTURE":
+            path = bpy.path.abspath(a.appearance_iuv)
             if not os.path.isfile(path):
                 raise UserError(f"appearance IUV: no such file {path!r}")
             with open(path, "rb") as fh:
@@ -279,22 +284,22 @@ def appearance_files(context, armature, camera) -> tuple[bytes | None, bytes | N
         return encode_png(image), iuv, False, None
     span = f"the frame range {scene.frame_start}..{scene.frame_end}"
     if mode == "PHOTO":
-        photo = load_rgb(s.appearance_image, "photo")
-        frame = shown_frame(scene, s.reference_frame)
+        photo = load_rgb(a.appearance_image, "photo")
+        frame = shown_frame(scene, a.reference_frame)
         if frame is not None:
             return encode_png(fit_to_camera(photo, scene)), None, False, frame
         if finetune:
-            where = f" (frame {s.reference_frame} lies outside {span})" if s.reference_frame >= 0 else ""
+            where = f" (frame {a.reference_frame} lies outside {span})" if a.reference_frame >= 0 else ""
             raise UserError("fine-tuning on a photo needs its reference pose: pose the armature to match the photo "
                             f"at a frame of the shot and press Use as Reference Pose{where}")
         return encode_png(square(photo)), None, False, None
-    frame = shown_frame(scene, s.render_frame)
+    frame = shown_frame(scene, a.render_frame)
     if frame is not None:
-        return render_appearance(context, armature, camera, whole=True), None, False, frame
+        return render_appearance(context, armature, camera, whole=True, frame=a.render_frame), None, False, frame
     if finetune:
         raise UserError(f"fine-tuning on the scene render needs a render frame inside {span} "
-                        f"(it is {s.render_frame})")
-    return render_appearance(context, armature, camera), None, False, None
+                        f"(it is {a.render_frame})")
+    return render_appearance(context, armature, camera, frame=a.render_frame), None, False, None
 
 
 def model_reads_iuv(name: str) -> bool:
@@ -321,15 +326,13 @@ def check_params(params: dict, job_limits: dict) -> None:
             raise UserError(f"{_PANEL_NAMES.get(key, key)} is {value:g}; the engine takes {lo:g} to {hi:g}")
 
 
-def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: str = "",
-                  skeleton_path: str = "") -> RunRequest:
-    """Everything a run needs, read from the scene on the main thread; raises :class:`UserError`."""
+def _shot(context):
+    """(scene, its settings, the camera, first frame, last frame), checked before anything is sampled."""
     scene = context.scene
     s = scene.btdm
     if scene.get("btdm_previs_key") is not None:
         raise UserError(f"scene {scene.name!r} is the pre-vis of scene {scene.get('btdm_shot_scene', '')!r} (the set "
                         "with the plates): generate from that scene")
-    armature = resolve_armature(context)
     camera = resolve_camera(context)
     start, end = scene.frame_start, scene.frame_end
     if end < start:
@@ -339,7 +342,11 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
     if end - start + 1 > limit:
         raise UserError(f"the scene's frame range {start}..{end} is {end - start + 1} frames; the engine generates "
                         f"at most {limit} per job: shorten the frame range, or split the shot")
-    params = {"model": s.model or "default", "steps": s.steps, "seed": s.seed, "video": False,
+    return scene, s, camera, start, end
+
+
+def _motion_params(scene, s, armature, seed: int) -> dict:
+    params = {"model": s.model or "default", "steps": s.steps, "seed": seed, "video": False,
               "fps": float(scene.render.fps / scene.render.fps_base)}
     if s.sr_steps > 0:
         params["sr_steps"] = s.sr_steps
@@ -349,40 +356,34 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         params["skeleton"] = s.skeleton
     if s.fit_shape:
         params["fit_shape"] = True
-    out = output_dir(scene, camera, out_override)
-    if kind == "posemaps":
-        out = os.path.join(out, "posemaps")
-    keep_maps = os.path.normpath(posemaps_dir) if posemaps_dir else None
-    shot, adopt = shot_identity(scene, camera), shown_folders(scene)
-    check_folders((out, keep_maps), shot, adopt)
-    take = kind == "plates" and not out_override  # a folder named by a script gets the plates themselves
-    if take:
-        out = next_take(out, shot)
-    if kind == "posemaps":
-        appearance = appearance_iuv = None
-        use_default = True
-        # the whole camera view scaled into the square, not the window that follows the body: the camera's
-        # background and the strips crop the square's middle band, which is the camera frame (display.py)
-        params["plate"] = False
-    else:
-        appearance, appearance_iuv, use_default, shown = appearance_files(context, armature, camera)
-        if shown is not None:
-            params["appearance_frame"] = shown
+    return params
+
+
+def _appearance_params(context, s, a, armature, camera, params: dict) -> tuple[bytes | None, bytes | None]:
+    """The appearance files of a plates job, its params filled in (``a``: the appearance settings, see
+    :func:`appearance_files`)."""
+    appearance, appearance_iuv, use_default, shown = appearance_files(context, armature, camera, a)
+    if shown is not None:
+        params["appearance_frame"] = shown
+    if s.finetune_steps > 0:
+        params["finetune_steps"] = s.finetune_steps
+    if appearance_iuv is not None:
+        params["iuv_order"] = a.iuv_order  # the IUV file's channel order, as the panel says
+        if s.finetune_steps == 0 and s.method != "TEXTURE" and not model_reads_iuv(s.model or "default"):
+            appearance_iuv = None  # this model reads g(c) only to fine-tune
+    if s.method == "TEXTURE":
+        if appearance_iuv is None and shown is None and not use_default:
+            raise UserError("Texture transfer needs the appearance's pose: choose Model's own, Image + IUV, a "
+                            "photo with its reference pose, or a scene render at a frame of the shot")
         if s.finetune_steps > 0:
-            params["finetune_steps"] = s.finetune_steps
-        if appearance_iuv is not None:
-            params["iuv_order"] = s.iuv_order  # the IUV file's channel order, as the panel says
-            if s.finetune_steps == 0 and s.method != "TEXTURE" and not model_reads_iuv(s.model or "default"):
-                appearance_iuv = None  # this model reads g(c) only to fine-tune
-        if s.method == "TEXTURE":
-            if appearance_iuv is None and shown is None and not use_default:
-                raise UserError("Texture transfer needs the appearance's pose: choose Model's own, Image + IUV, a "
-                                "photo with its reference pose, or a scene render at a frame of the shot")
-            if s.finetune_steps > 0:
-                raise UserError("Texture transfer has no network to fine-tune: set Fine-tuning steps to 0")
-            params["method"] = "texture"
+            raise UserError("Texture transfer has no network to fine-tune: set Fine-tuning steps to 0")
+        params["method"] = "texture"
     params["use_default_appearance"] = use_default
-    check_params(params, MANAGER.status.job_limits)
+    return appearance, appearance_iuv
+
+
+def _sample(scene, armature, camera, start: int, end: int, skeleton_path: str = "") -> tuple[dict, str | None]:
+    """The armature sampled with the shot camera, in the unit that makes a person of it (and the note saying so)."""
     try:
         arrays = sample_armature(scene, armature, start, end, camera=camera)
     except ArmatureError as exc:
@@ -399,6 +400,34 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         from .armature import save_skeleton_npz
 
         save_skeleton_npz(skeleton_path, arrays)
+    return arrays, note
+
+
+def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: str = "",
+                  skeleton_path: str = "") -> RunRequest:
+    """Everything a run needs, read from the scene on the main thread; raises :class:`UserError`."""
+    scene, s, camera, start, end = _shot(context)
+    armature = resolve_armature(context)
+    params = _motion_params(scene, s, armature, s.seed)
+    out = output_dir(scene, camera, out_override)
+    if kind == "posemaps":
+        out = os.path.join(out, "posemaps")
+    keep_maps = os.path.normpath(posemaps_dir) if posemaps_dir else None
+    shot, adopt = shot_identity(scene, camera), shown_folders(scene)
+    check_folders((out, keep_maps), shot, adopt)
+    take = kind == "plates" and not out_override  # a folder named by a script gets the plates themselves
+    if take:
+        out = next_take(out, shot)
+    if kind == "posemaps":
+        appearance = appearance_iuv = None
+        # the whole camera view scaled into the square, not the window that follows the body: the camera's
+        # background and the strips crop the square's middle band, which is the camera frame (display.py)
+        params["plate"] = False
+        params["use_default_appearance"] = True
+    else:
+        appearance, appearance_iuv = _appearance_params(context, s, s, armature, camera, params)
+    check_params(params, MANAGER.status.job_limits)
+    arrays, note = _sample(scene, armature, camera, start, end, skeleton_path)
     without_camera = {k: v for k, v in arrays.items() if not k.startswith("cam_")}
     os.makedirs(out, exist_ok=True)
     return RunRequest(
@@ -407,3 +436,75 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         appearance_iuv=appearance_iuv, skeleton_without_camera=_npz_bytes(without_camera),
         posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else (), take=take,
         armature=armature.name)
+
+
+# ---------------------------------------------------------------------------- several characters
+def selected_armatures(context) -> list:
+    """The armatures Generate makes one job each for: with the panel's Armature empty, the selected armatures of
+    the scene when there are two or more (by name, so each keeps its place: the default seeds follow it);
+    else [] (one character, :func:`resolve_armature`)."""
+    scene = context.scene
+    if scene.btdm.armature is not None:
+        return []
+    try:
+        found = [o for o in scene.objects if o.type == "ARMATURE" and o.select_get()]
+    except RuntimeError:  # an object not in the active view layer
+        found = []
+    return sorted(found, key=lambda o: o.name) if len(found) > 1 else []
+
+
+def character_seed(s, armature, index: int) -> int:
+    """A character's seed: its own, else the shot's plus its place among the characters (so two characters without
+    an appearance image are two people)."""
+    c = armature.btdm_character
+    return c.seed if c.use_own_seed else s.seed + index
+
+
+def _folder_names(armatures) -> list[str]:
+    names, seen = [], set()
+    for arm in armatures:
+        base = bpy.path.clean_name(arm.name) or "character"
+        name, n = base, 1
+        while name.lower() in seen:
+            n += 1
+            name = f"{base}_{n}"
+        seen.add(name.lower())
+        names.append(name)
+    return names
+
+
+def build_group(context, armatures, *, out_override: str = "") -> list[RunRequest]:
+    """One plates run per character (``armatures``, two or more), each with its own appearance and seed, into one
+    take: ``<take>/<armature>/NNNNNN.png``; each request carries the character's distance from the camera per frame
+    (``depths``, :func:`.layers.body_depths`), by which the plates are stacked. Raises :class:`UserError` naming
+    the character whose settings are wrong."""
+    from .layers import body_depths
+
+    scene, s, camera, start, end = _shot(context)
+    out = output_dir(scene, camera, out_override)
+    shot, adopt = shot_identity(scene, camera), shown_folders(scene)
+    check_folders((out,), shot, adopt)
+    take = not out_override
+    if take:
+        out = next_take(out, shot)
+    settings = preferences.engine_settings(context)
+    requests = []
+    for index, (armature, folder) in enumerate(zip(armatures, _folder_names(armatures), strict=True)):
+        c = armature.btdm_character
+        try:
+            params = _motion_params(scene, s, armature, character_seed(s, armature, index))
+            appearance, appearance_iuv = _appearance_params(context, s, c if c.use_own_appearance else s, armature,
+                                                            camera, params)
+            check_params(params, MANAGER.status.job_limits)
+            arrays, note = _sample(scene, armature, camera, start, end)
+        except UserError as exc:
+            raise UserError(f"{armature.name}: {exc}") from None
+        sub = os.path.join(out, folder)
+        requests.append(RunRequest(
+            kind="plates", skeleton=_npz_bytes(arrays), params=params, out_dir=sub, first_frame=start,
+            num_frames=end - start + 1, settings=settings, appearance=appearance, appearance_iuv=appearance_iuv,
+            skeleton_without_camera=None, shot=shot, notes=(f"{armature.name}: {note}",) if note else (),
+            armature=armature.name, character=armature.name, depths=body_depths(arrays)))
+    for request in requests:
+        os.makedirs(request.out_dir, exist_ok=True)
+    return requests

@@ -64,21 +64,9 @@ class BTDM_PG_bone_row(bpy.types.PropertyGroup):
     bone: StringProperty(name="Bone", description="The armature's bone that drives this joint (empty: unmapped)")
 
 
-class BTDM_PG_settings(bpy.types.PropertyGroup):
-    """Everything one shot's pre-vis needs; ``scene.btdm``."""
+class _Appearance:
+    """The appearance settings: the shot's (``scene.btdm``) and a character's own (``object.btdm_character``)."""
 
-    # motion
-    armature: PointerProperty(name="Armature", type=bpy.types.Object, poll=_is_armature,
-                              description="The character's armature (empty: the active object)")
-    camera: PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera,
-                            description="The shot camera (empty: the scene camera)")
-    skeleton: EnumProperty(name="Bone map", items=SKELETON_ITEMS, default="auto",
-                           description="How the rig's bones map onto the body's 24 joints")
-    bone_map: CollectionProperty(type=BTDM_PG_bone_row)
-    bone_map_index: IntProperty(default=0)
-    fit_shape: BoolProperty(name="Fit body shape", default=False,
-                            description="Fit the body's proportions to the rig's bone lengths")
-    # appearance
     appearance: EnumProperty(name="Appearance", items=APPEARANCE_ITEMS, default="MODEL")
     appearance_image: StringProperty(name="Image", subtype="FILE_PATH",
                                      description="The person's photo or image (PNG or JPEG)")
@@ -93,6 +81,35 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
     render_frame: IntProperty(name="Render frame", default=1,
                               description="Frame rendered as the appearance image (Scene render); inside the frame "
                               "range, fine-tuning uses this frame's pose")
+
+
+class BTDM_PG_character(_Appearance, bpy.types.PropertyGroup):
+    """One of several characters of a shot (``object.btdm_character``, on its armature): its own appearance and seed,
+    used when several armatures are generated together; else the shot's."""
+
+    use_own_appearance: BoolProperty(name="Own Appearance", default=False,
+                                     description="This character's own appearance (else the shot's, in the "
+                                     "Appearance section)")
+    use_own_seed: BoolProperty(name="Own Seed", default=False,
+                               description="This character's own seed (else the shot's seed plus its place among "
+                               "the characters, by name)")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same person")
+
+
+class BTDM_PG_settings(_Appearance, bpy.types.PropertyGroup):
+    """Everything one shot's pre-vis needs; ``scene.btdm``."""
+
+    # motion
+    armature: PointerProperty(name="Armature", type=bpy.types.Object, poll=_is_armature,
+                              description="The character's armature (empty: the active object)")
+    camera: PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera,
+                            description="The shot camera (empty: the scene camera)")
+    skeleton: EnumProperty(name="Bone map", items=SKELETON_ITEMS, default="auto",
+                           description="How the rig's bones map onto the body's 24 joints")
+    bone_map: CollectionProperty(type=BTDM_PG_bone_row)
+    bone_map_index: IntProperty(default=0)
+    fit_shape: BoolProperty(name="Fit body shape", default=False,
+                            description="Fit the body's proportions to the rig's bone lengths")
     # generation
     method: EnumProperty(name="Method", default="DIFFUSION", items=(
         ("DIFFUSION", "Diffusion", "The model's networks (BTU-Net + SR3): the plate"),
@@ -126,12 +143,14 @@ class BTDM_PG_settings(bpy.types.PropertyGroup):
                                   options={"HIDDEN"})
 
 
-CLASSES = (BTDM_PG_bone_row, BTDM_PG_settings)
+CLASSES = (BTDM_PG_bone_row, BTDM_PG_character, BTDM_PG_settings)
 
 
 def register() -> None:
     bpy.types.Scene.btdm = PointerProperty(type=BTDM_PG_settings)
+    bpy.types.Object.btdm_character = PointerProperty(type=BTDM_PG_character)
 
 
 def unregister() -> None:
+    del bpy.types.Object.btdm_character
     del bpy.types.Scene.btdm

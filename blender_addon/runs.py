@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 import bpy
 from bpy.app.handlers import persistent
 
 from . import display, takes
-from .jobs import PrevisRun
+from .jobs import PrevisRun, RunGroup
+from .layers import depth_segments
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,9 @@ def finalize(entry: Entry) -> None:
     req = run.request
     gone = entry.why or (missing(entry) if snap.phase == "succeeded" else "")
     scene = bpy.data.scenes.get(entry.scene)
+    if isinstance(run, RunGroup):
+        _finalize_group(entry, run, snap, gone, scene)
+        return
     try:
         if snap.phase == "succeeded" and not gone:
             camera = bpy.data.objects.get(entry.camera)
@@ -192,6 +197,66 @@ def finalize(entry: Entry) -> None:
         entry.ok, entry.result = False, f"could not record the take: {exc}"
     except RuntimeError as exc:
         entry.ok, entry.result = False, f"could not place the strip: {exc}"
+    finally:
+        run.finalized = True
+    _redraw()
+
+
+def character_layers(camera: str, characters: list[dict], take: int | None, props: dict) -> list:
+    """The display layers ``[(folder, strip name, props)]`` of several characters' plates (``characters``: ``name``,
+    ``folder`` (absolute), ``seed``, ``job_id``), in the characters' order."""
+    layers = []
+    for c in characters:
+        seed = c.get("seed", 0)
+        name = f"BTDM {camera} {c['name']}" + (f" take {take}" if take is not None else "") + f" s{seed}"
+        layer_props = {**props, "seed": seed, "job_id": c.get("job_id", ""), "folder": c["folder"],
+                       "character": c["name"]}
+        if take is not None:
+            layer_props["take"] = take
+        layers.append((c["folder"], name, layer_props))
+    return layers
+
+
+def _finalize_group(entry: Entry, run: RunGroup, snap, gone: str, scene) -> None:
+    """:func:`finalize` for several characters: all placed, stacked by distance (one undo step), or none."""
+    requests = run.requests
+    first = requests[0]
+    take_dir = os.path.dirname(first.out_dir)
+    job_ids = [m.snapshot().job_id for m in run.members]
+    try:
+        if snap.phase == "succeeded":
+            number = None
+            if run.take:
+                number = takes.write_group_take(take_dir, requests, job_ids, snap.notes)["take"]
+            if gone:
+                entry.ok, entry.result = False, f"not placed: {gone}"
+                if number is not None:
+                    entry.result += f"; the plates are kept as take {number} (Show Take places them)"
+            else:
+                characters = [{"name": r.character, "folder": r.out_dir, "seed": r.params.get("seed", 0),
+                               "job_id": job} for r, job in zip(requests, job_ids, strict=True)]
+                props = {"model": first.params.get("model", "default"), "steps": first.params.get("steps", 0)}
+                layers = character_layers(entry.camera, characters, number, props)
+                segments = depth_segments([r.depths for r in requests], first.first_frame)
+                display.place_layers(scene, bpy.data.objects.get(entry.camera), layers, segments, kind="plates",
+                                     key=entry.key)
+                entry.ok, entry.result = True, snap.message
+                if snap.notes:
+                    entry.result += " (" + "; ".join(snap.notes) + ")"
+                undo_push(f"BTDM: {entry.camera} " + (f"take {number}, " if number is not None else "")
+                          + f"{len(requests)} characters")
+        else:
+            entry.ok, entry.result = False, snap.message or snap.phase
+            if gone and snap.phase == "cancelled":
+                entry.result = f"cancelled: {gone}; no plate was placed"
+            for request in requests:  # all or nothing: what the characters that finished committed goes
+                takes.discard(request.out_dir)
+            if run.take:
+                takes.remove_if_empty(take_dir)
+    except OSError as exc:
+        entry.ok, entry.result = False, f"could not record the take: {exc}"
+    except RuntimeError as exc:
+        entry.ok, entry.result = False, f"could not place the strips: {exc}"
     finally:
         run.finalized = True
     _redraw()

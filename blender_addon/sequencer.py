@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["all_strips", "find_strips", "place_image_strip", "strips"]
+__all__ = ["all_strips", "find_strips", "place_image_strip", "place_layered_strips", "strips"]
 
 MAX_CHANNEL = 128
 
@@ -60,6 +60,58 @@ def free_channel(editor, start: int, end: int, prefer: int | None = None) -> int
         if _channel_free(editor, channel, start, end):
             return channel
     raise RuntimeError(f"no free sequencer channel for frames {start}..{end - 1}")
+
+
+def free_channels(editor, start: int, end: int, count: int, prefer: int | None = None) -> int:
+    """The lowest channel ``c`` (``prefer`` first) with channels ``c .. c+count-1`` all free over ``[start, end)``."""
+    candidates = ([prefer] if prefer is not None else []) + list(range(1, MAX_CHANNEL - count + 2))
+    for channel in candidates:
+        if channel + count - 1 <= MAX_CHANNEL and all(_channel_free(editor, channel + k, start, end)
+                                                      for k in range(count)):
+            return channel
+    raise RuntimeError(f"no {count} free sequencer channels for frames {start}..{end - 1}")
+
+
+def _new_strip(editor, folder: str, start: int, end: int, channel: int, name: str, fit: str):
+    files = [f"{frame:06d}.png" for frame in range(start, end)]
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise RuntimeError(f"{folder}: {len(missing)} of {len(files)} frames are missing (first: {missing[0]})")
+    strip = strips(editor).new_image(name=name, filepath=blend_relative(os.path.join(folder, files[0])),
+                                     channel=channel, frame_start=start, fit_method=fit)
+    for f in files[1:]:
+        strip.elements.append(f)
+    return strip
+
+
+def place_layered_strips(scene, layers, segments, *, key: str, kind: str, above: bool = True, fit: str = "FIT",
+                         mute: bool = False) -> list:
+    """Several characters' plates, stacked by ``segments`` (``[(start, end, order)]``, scene frames, ``order``
+    indexing ``layers`` farthest first; see :mod:`.layers`): per segment one image strip per character, the
+    nearer on the higher channel, so it covers the farther (alpha over). ``layers`` are ``(folder, name, props)``;
+    every strip carries ``btdm_key``, ``btdm_kind``, ``btdm_character`` and the layer's props. Earlier strips with
+    this key and kind go first (their lowest channel is reused when free). Returns the strips."""
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    old = find_strips(scene, key, kind)
+    prefer = min((s.channel for s in old), default=None)
+    for strip in old:
+        strips(editor).remove(strip)
+    first, end = min(seg[0] for seg in segments), max(seg[1] for seg in segments)
+    base = free_channels(editor, first, end, len(layers), prefer)
+    made = []
+    for start, stop, order in segments:
+        for rank, index in enumerate(order):
+            folder, name, props = layers[index]
+            label = name if len(segments) == 1 else f"{name} {start}-{stop - 1}"
+            strip = _new_strip(editor, folder, start, stop, base + rank, label, fit)
+            if above:
+                strip.blend_type = "ALPHA_OVER"
+            strip.mute = mute
+            strip["btdm_key"], strip["btdm_kind"] = key, kind
+            for k, v in props.items():
+                strip[f"btdm_{k}"] = v
+            made.append(strip)
+    return made
 
 
 def place_image_strip(scene, folder: str, frame_start: int, count: int, *, name: str, key: str, kind: str,

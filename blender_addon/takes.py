@@ -6,6 +6,8 @@ Layout of a shot's output folder (``//previs/<blend>_<scene>_<camera>/`` or the 
     take_001/.btdm-frames.json  which shot owns them and which frames the add-on wrote (:mod:`.jobs`)
     take_001/take.json          what made it: seed, model, steps, method, job id, frames, when
     take_002/...
+    take_003/Alice/000001.png ...   several characters in one Generate: a folder each (each with its own
+    take_003/Bob/000001.png ...     .btdm-frames.json) and one take.json listing them ("characters")
 
 A take is a ``take_NNN`` folder holding a ``take.json`` this add-on wrote. A new take gets the
 next number after the highest one of this folder (a folder left empty by a cancelled run is reused
@@ -27,7 +29,8 @@ from dataclasses import dataclass
 from .jobs import WRITTEN_FILE, RunFailed, _owner, _read_record, _written, check_output_folder
 from .pngio import atomic_write_bytes
 
-__all__ = ["RECORD", "Take", "check_takes", "delete_take", "list_takes", "new_take_dir", "write_take"]
+__all__ = ["RECORD", "Take", "check_takes", "delete_take", "discard", "list_takes", "new_take_dir", "write_group_take",
+           "write_take"]
 
 RECORD = "take.json"
 TAKE_DIR = re.compile(r"^take_(\d{3,})$")
@@ -41,10 +44,26 @@ class Take:
     record: dict  # take.json
 
     @property
+    def characters(self) -> list[dict]:
+        """Several characters' take: ``[{"name", "folder", "seed", "job_id", "depths", ...}]`` ([] for one)."""
+        found = self.record.get("characters")
+        return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
+
+    @property
     def label(self) -> str:
         r = self.record
         method = " texture" if r.get("method") == "texture" else ""
+        if self.characters:
+            seeds = ", ".join(str(c.get("seed", "?")) for c in self.characters)
+            return f"Take {self.number}: {len(self.characters)} characters, seeds {seeds}, {r.get('model', '?')}{method}"
         return f"Take {self.number}: seed {r.get('seed', '?')}, {r.get('model', '?')}{method}"
+
+    def character_folder(self, character: dict) -> str | None:
+        """A character's folder inside the take (None for a name that would leave it)."""
+        name = str(character.get("folder", ""))
+        if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+            return None
+        return os.path.join(self.folder, name)
 
 
 def take_dir(out: str, number: int) -> str:
@@ -74,13 +93,15 @@ def _read_take(folder: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _same_shot(folder: str, shot: dict | None) -> bool:
+def _same_shot(folder: str, shot: dict | None, record: dict | None = None) -> bool:
     if shot is None:
         return True
     try:
         owner = _owner(_read_record(folder))
     except RunFailed:
         return False
+    if owner is None and record is not None and isinstance(record.get("shot"), dict):
+        owner = _owner(record)  # several characters: the take folder holds no frames of its own
     return owner is None or owner == {k: str(shot.get(k, "")) for k in owner}
 
 
@@ -89,7 +110,7 @@ def list_takes(out: str, shot: dict | None = None) -> list[Take]:
     takes = []
     for number, folder in _numbers(out):
         record = _read_take(folder)
-        if record is not None and _same_shot(folder, shot):
+        if record is not None and _same_shot(folder, shot, record):
             takes.append(Take(number=number, folder=folder, record=record))
     return takes
 
@@ -133,9 +154,40 @@ def write_take(folder: str, number_of_frames: int, first_frame: int, params: dic
     return record
 
 
+def write_group_take(folder: str, requests, job_ids: list[str], notes: tuple[str, ...] = ()) -> dict:
+    """Write ``take.json`` for a committed take of several characters (``requests``: one per character, each
+    writing ``folder/<its folder>/``); returns the record."""
+    first = requests[0]
+    record = write_take(folder, first.num_frames, first.first_frame, first.params, job_ids[0], first.shot, notes)
+    record["characters"] = [
+        {"name": r.character, "folder": os.path.basename(r.out_dir), "seed": r.params.get("seed", 0), "job_id": job,
+         "depths": [round(d, 4) for d in r.depths]}
+        for r, job in zip(requests, job_ids, strict=True)]
+    atomic_write_bytes(os.path.join(folder, RECORD), (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+    return record
+
+
+def discard(folder: str) -> None:
+    """Remove what a run of several characters committed in ``folder`` before another character failed: only the
+    frames the add-on wrote there and its record; the folder too when nothing else is left."""
+    names = _written(folder) if os.path.isdir(folder) else set()
+    for name in sorted(names):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+    record = os.path.join(folder, WRITTEN_FILE)
+    if os.path.exists(record):
+        os.unlink(record)
+    remove_if_empty(folder)
+
+
 def remove_if_empty(folder: str) -> bool:
-    """Remove a take folder a failed or cancelled run left with nothing in it."""
+    """Remove a take folder a failed or cancelled run left with nothing in it (nor in its characters' folders)."""
     try:
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)  # fails (and stops) when it holds anything
         os.rmdir(folder)
     except OSError:
         return False
@@ -143,10 +195,32 @@ def remove_if_empty(folder: str) -> bool:
 
 
 def delete_take(take: Take, shot: dict | None) -> list[str]:
-    """Remove the files the add-on wrote for ``take``; returns the names of other files left in its folder
-    (the folder itself goes when none is left). Refuses another shot's take (``RunFailed``)."""
+    """Remove the files the add-on wrote for ``take`` (several characters: in each one's folder too); returns the
+    names of other files left (the folders go when none is left). Refuses another shot's take (``RunFailed``)."""
     folder = take.folder
     check_output_folder(folder, shot)
+    subs = []
+    for character in take.characters:
+        sub = take.character_folder(character)
+        if sub is not None and os.path.isdir(sub) and not os.path.islink(sub):
+            check_output_folder(sub, shot)
+            subs.append(sub)
+    left = []
+    for sub in subs:
+        others = _remove_ours(sub)
+        if others:
+            left += [f"{os.path.basename(sub)}/{name}" for name in others]
+        else:
+            os.rmdir(sub)
+    names = {os.path.basename(sub) for sub in subs}
+    left += [name for name in _remove_ours(folder) if name not in names]
+    if not left:
+        os.rmdir(folder)
+    return left
+
+
+def _remove_ours(folder: str) -> list[str]:
+    """Remove the files the add-on wrote in ``folder`` (its record last); returns the names of the others."""
     ours = _written(folder) | {RECORD, WRITTEN_FILE}
     left = []
     for name in sorted(os.listdir(folder)):
@@ -159,6 +233,4 @@ def delete_take(take: Take, shot: dict | None) -> list[str]:
     record = os.path.join(folder, WRITTEN_FILE)
     if os.path.exists(record):  # last: until the frames are gone it says they are ours
         os.unlink(record)
-    if not left:
-        os.rmdir(folder)
     return left

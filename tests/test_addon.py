@@ -196,7 +196,9 @@ def test_panel_draws_every_mode(tmp_path: Path) -> None:
             def __setattr__(self, k, v): object.__setattr__(self, k, v)
             def prop(self, data, name, **k): self.lines.append(f"prop {name}")
             def prop_search(self, data, name, *a, **k): self.lines.append(f"search {name}")
-            def operator(self, idname, **k): self.lines.append(f"op {idname}")
+            def operator(self, idname, **k):
+                self.lines.append(f"op {idname}")
+                return type("OperatorProperties", (), {})()
             def label(self, text="", **k): self.lines.append(f"label {text}")
             def progress(self, **k): self.lines.append(f"progress {k.get('text')}")
             def template_list(self, *a, **k): self.lines.append(f"list {a[0]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import bpy
+from bpy.props import StringProperty
 
 from ..prepare import UserError, resolve_camera
 
@@ -20,9 +21,18 @@ class BTDM_OT_use_reference_pose(bpy.types.Operator):
     bl_label = "Use as Reference Pose"
     bl_options = {"REGISTER", "UNDO"}
 
+    character: StringProperty(name="Character", default="", options={"SKIP_SAVE"},
+                              description="The armature whose own photo this is (empty: the shot's photo)")
+
     def execute(self, context):
         scene = context.scene
         s = scene.btdm
+        if self.character:
+            obj = scene.objects.get(self.character)
+            if obj is None or obj.type != "ARMATURE":
+                self.report({"ERROR"}, f"BTDM: scene {scene.name!r} has no armature {self.character!r}")
+                return {"CANCELLED"}
+            s = obj.btdm_character
         path = bpy.path.abspath(s.appearance_image)
         if not s.appearance_image or not os.path.isfile(path):
             self.report({"ERROR"}, f"BTDM: choose the photo first (no such file {path!r})")

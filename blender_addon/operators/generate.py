@@ -17,8 +17,8 @@ import bpy
 from bpy.props import StringProperty
 
 from .. import runs
-from ..jobs import PrevisRun
-from ..prepare import UserError, build_request, resolve_camera, strip_key
+from ..jobs import PrevisRun, RunGroup
+from ..prepare import UserError, build_group, build_request, resolve_camera, selected_armatures, strip_key
 
 PROGRESS_EVERY_S = 2.0
 INTERRUPTED_EXIT = 128 + signal.SIGINT
@@ -83,16 +83,21 @@ class _RunOperator:
         return runs.poll_idle(cls, context, "a pre-vis job is running for this scene; cancel it first")
 
     def _start(self, context) -> runs.Entry | None:
+        # Several armatures selected (the panel's Armature empty): one job each, stacked by distance (Generate only)
+        several = selected_armatures(context) if self.kind == "plates" else []
         try:
-            request = build_request(context, self.kind, out_override=self.output_dir,
-                                    posemaps_dir=self.posemaps_dir, skeleton_path=self.skeleton_path)
+            if several:
+                requests = build_group(context, several, out_override=self.output_dir)
+            else:
+                requests = [build_request(context, self.kind, out_override=self.output_dir,
+                                          posemaps_dir=self.posemaps_dir, skeleton_path=self.skeleton_path)]
             camera = resolve_camera(context)
         except UserError as exc:
             self.report({"ERROR"}, f"BTDM: {exc}")
             return None
         scene = context.scene
-        run = PrevisRun(request)
-        armatures = (request.armature,)
+        run = RunGroup(requests, take=not self.output_dir) if several else PrevisRun(requests[0])
+        armatures = tuple(r.armature for r in requests)
         if bpy.app.background:
             entry = runs.Entry(run=run, scene=scene.name, key=strip_key(scene, camera), camera=camera.name,
                                armatures=armatures)
@@ -176,7 +181,8 @@ class _RunOperator:
 
 
 class BTDM_OT_generate_previs(_RunOperator, bpy.types.Operator):
-    """Generate a plate of a person doing the armature's motion, seen through the shot camera, onto the Video Sequencer"""
+    """Generate a plate of a person doing the armature's motion, seen through the shot camera (several armatures
+    selected: one each, the nearer covering the farther)"""
 
     bl_idname = "btdm.generate_previs"
     bl_label = "Generate Pre-vis"

@@ -62,6 +62,8 @@ class BTDM_OT_take_show(_TakeOperator, bpy.types.Operator):
             return {"CANCELLED"}
         r = take.record
         scene = context.scene
+        if take.characters:
+            return self._show_characters(context, camera, take)
         try:
             display.place(
                 scene, camera, take.folder, int(r.get("first_frame", scene.frame_start)), int(r.get("frames", 0)),
@@ -70,6 +72,33 @@ class BTDM_OT_take_show(_TakeOperator, bpy.types.Operator):
                                       "job_id": r.get("job_id", ""), "steps": r.get("steps", 0),
                                       "folder": take.folder, "take": take.number})
         except (RuntimeError, ValueError) as exc:
+            self.report({"ERROR"}, f"BTDM: take {take.number}: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"BTDM: showing {take.label}")
+        return {"FINISHED"}
+
+    def _show_characters(self, context, camera, take):
+        """A take of several characters: each one's plates, stacked by the distances the take recorded."""
+        from ..layers import depth_segments
+        from ..runs import character_layers
+
+        r, scene = take.record, context.scene
+        try:
+            characters = []
+            for c in take.characters:
+                folder = take.character_folder(c)
+                if folder is None:
+                    raise ValueError(f"take.json names a character folder {c.get('folder')!r} outside the take")
+                characters.append({**c, "name": str(c.get("name", "")), "folder": folder})
+            first, count = int(r.get("first_frame", scene.frame_start)), int(r.get("frames", 0))
+            depths = [[float(d) for d in c.get("depths", [])] for c in take.characters]
+            if any(len(d) != count for d in depths):
+                raise ValueError("take.json: a character's distances do not cover the take's frames")
+            layers = character_layers(camera.name, characters, take.number,
+                                      {"model": r.get("model", ""), "steps": r.get("steps", 0)})
+            display.place_layers(scene, camera, layers, depth_segments(depths, first), kind="plates",
+                                 key=strip_key(scene, camera))
+        except (RuntimeError, ValueError, TypeError) as exc:
             self.report({"ERROR"}, f"BTDM: take {take.number}: {exc}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"BTDM: showing {take.label}")

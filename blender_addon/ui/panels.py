@@ -9,6 +9,7 @@ from __future__ import annotations
 import bpy
 
 from .. import display, runs
+from ..properties import APPEARANCE_ITEMS
 from .status import draw_engine_status
 from .status import wrap as _wrap
 
@@ -99,13 +100,17 @@ def draw_motion(layout, context) -> None:
 
 
 def draw_appearance(layout, context) -> None:
-    s = context.scene.btdm
+    draw_appearance_fields(layout, context.scene.btdm)
+
+
+def draw_appearance_fields(layout, s, character: str = "") -> None:
+    """The appearance settings ``s``: the shot's, or a character's own (``character``: its armature's name)."""
     layout.prop(s, "appearance")
     if s.appearance in ("PHOTO", "IMAGE_IUV"):
         layout.prop(s, "appearance_image")
     if s.appearance == "PHOTO":
         row = layout.row()
-        row.operator("btdm.use_reference_pose", icon="ARMATURE_DATA")
+        row.operator("btdm.use_reference_pose", icon="ARMATURE_DATA").character = character
         if s.reference_frame >= 0:
             row.label(text=f"frame {s.reference_frame}")
     if s.appearance == "IMAGE_IUV":
@@ -113,6 +118,38 @@ def draw_appearance(layout, context) -> None:
         layout.prop(s, "iuv_order")
     if s.appearance == "RENDER":
         layout.prop(s, "render_frame")
+
+
+def draw_characters(layout, context) -> None:
+    """Several characters: the selected armatures Generate makes one job each for, their own seeds and looks."""
+    from ..prepare import character_seed, selected_armatures
+
+    scene = context.scene
+    s = scene.btdm
+    several = selected_armatures(context)
+    if not several:
+        lines = _wrap("Several characters: leave Armature empty and select their armatures; Generate makes one "
+                      "job each, the nearer person covering the farther", 48)
+        for n, line in enumerate(lines):
+            layout.label(text=line, icon="INFO" if n == 0 else "NONE")
+        return
+    layout.label(text=f"{len(several)} characters, one job each (queued)", icon="COMMUNITY")
+    labels = {key: label for key, label, _d in APPEARANCE_ITEMS}
+    for index, armature in enumerate(several):
+        c = armature.btdm_character
+        box = layout.box()
+        box.label(text=armature.name, icon="ARMATURE_DATA")
+        row = box.row(align=True)
+        row.prop(c, "use_own_seed", text="Own Seed")
+        if c.use_own_seed:
+            row.prop(c, "seed", text="")
+        else:
+            row.label(text=f"seed {character_seed(s, armature, index)}")
+        box.prop(c, "use_own_appearance")
+        if c.use_own_appearance:
+            draw_appearance_fields(box, c, armature.name)
+        else:
+            box.label(text=f"Appearance: the shot's ({labels.get(s.appearance, s.appearance)})")
 
 
 def draw_quality(layout, context) -> None:
@@ -175,6 +212,7 @@ SECTIONS = (
     ("engine", "Engine", draw_engine, "DEFAULT_CLOSED"),
     ("motion", "Motion", draw_motion, None),
     ("appearance", "Appearance", draw_appearance, "DEFAULT_CLOSED"),
+    ("characters", "Characters", draw_characters, "DEFAULT_CLOSED"),
     ("quality", "Quality", draw_quality, "DEFAULT_CLOSED"),
     ("output", "Output", draw_output, "DEFAULT_CLOSED"),
 )
