@@ -108,6 +108,11 @@ class Recorder:
 lines = []
 panels.draw_characters(Recorder(lines), bpy.context)
 out["panel"] = lines
+try:  # btdm previs keeps one character's skeleton file: refused with several selected
+    bpy.ops.btdm.generate_previs(skeleton_path=os.path.join(OUT, "skeleton.npz"))
+    out["one_only"] = "no error"
+except RuntimeError as exc:
+    out["one_only"] = str(exc)
 bpy.ops.btdm.generate_previs()
 previs = bpy.data.scenes["Scene_ShotCam pre-vis"]
 out["take1"] = {"shot": strips(scene), "previs": strips(previs), "camera": backgrounds(scene.camera)}
@@ -177,6 +182,7 @@ def test_two_characters_one_job_each_the_nearer_covers_the_farther(engine: Engin
     assert "label Alice" in panel and "label Bob" in panel and "label seed 3" in panel  # Alice: the shot's seed
     assert "prop seed" in panel and "op btdm.use_reference_pose" in panel  # Bob: his own seed and look
 
+    assert "2 armatures are selected" in result["one_only"] and "pick it in the panel's Armature" in result["one_only"]
     take = tmp_path / "previs" / "shot_Scene_ShotCam" / "take_001"
     record = json.loads((take / "take.json").read_text())
     chars = {c["name"]: c for c in record["characters"]}

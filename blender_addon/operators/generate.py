@@ -86,6 +86,9 @@ class _RunOperator:
         # Several armatures selected (the panel's Armature empty): one job each, stacked by distance (Generate only)
         several = selected_armatures(context) if self.kind == "plates" else []
         try:
+            if several and (self.skeleton_path or self.posemaps_dir):
+                raise UserError(f"{len(several)} armatures are selected, but a skeleton file and a pose-map folder are "
+                                "kept for one character: pick it in the panel's Armature")
             if several:
                 requests = build_group(context, several, out_override=self.output_dir)
             else:
