@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,18 @@ def body():
     from btdm_engine.body import load_body_model
 
     return load_body_model("mannequin")
+
+
+@pytest.fixture(scope="session")
+def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 0.2 s walk (6 frames at 30 fps) as a MotionClip ``.npz``, made once per session by ``btdm
+    motion make`` as a user makes one (one thread, the session's cache); shared: read-only."""
+    path = tmp_path_factory.mktemp("clips") / "walk.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    btdm = str(Path(sys.executable).with_name("btdm"))
+    subprocess.run([btdm, "motion", "make", "walk", "--seconds", "0.2", "--fps", "30", "--out", str(path)],
+                   cwd=Path(__file__).resolve().parents[1], env=env, check=True, capture_output=True)
+    return path
 
 
 @pytest.fixture()

@@ -115,14 +115,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clips") / "walk.npz")
-
-
-def test_client_round_trip(server: Server, clip: Path) -> None:
+def test_client_round_trip(server: Server, clip_file: Path) -> None:
     client = server.client()
-    job = client.submit(motion=clip.read_bytes(), params={**FAST, "frame_end": 2})
+    job = client.submit(motion=clip_file.read_bytes(), params={**FAST, "frame_end": 2})
     events = list(client.events(job["id"]))
     assert events[-1]["state"] == "succeeded" and all(e["id"] == job["id"] for e in events)
     assert client.job(job["id"])["frames_done"] == 2
@@ -131,7 +126,7 @@ def test_client_round_trip(server: Server, clip: Path) -> None:
     with pytest.raises(EngineError) as info:
         client.plate(job["id"], 0)
     assert info.value.status == 404
-    running = client.submit(motion=clip, params={"steps": 400})
+    running = client.submit(motion=clip_file, params={"steps": 400})
     with pytest.raises(EngineError) as info:
         client.delete(running["id"])
     assert (info.value.status, info.value.code) == (409, "conflict")
@@ -139,15 +134,15 @@ def test_client_round_trip(server: Server, clip: Path) -> None:
     assert client.wait(running["id"])["state"] == "cancelled"
     client.delete(running["id"])
     with pytest.raises(EngineError) as info:
-        client.submit(motion=clip, skeleton=clip)
+        client.submit(motion=clip_file, skeleton=clip_file)
     assert info.value.field == "motion"
     with pytest.raises(EngineError) as info:
-        client.submit(motion=clip.parent / "missing.npz")
+        client.submit(motion=clip_file.parent / "missing.npz")
     assert (info.value.code, info.value.field) == ("local_file", "motion")
 
 
-def test_btdm_animate_engine_equals_local(server: Server, clip: Path, tmp_path: Path) -> None:
-    common = ["--clip", str(clip), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"]
+def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_path: Path) -> None:
+    common = ["--clip", str(clip_file), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"]
     (tmp_path / "token").write_text(TOKEN + "\n")
     remote = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "remote"), "--mp4", "--engine",
                              server.url, "--token-file", str(tmp_path / "token")], cwd=REPO, env=child_env(),
@@ -229,7 +224,7 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path) -> None:
             back.stop()
 
 
-def test_stale_staging_folders_of_a_killed_blender_are_swept(server: Server, clip: Path, tmp_path: Path) -> None:
+def test_stale_staging_folders_of_a_killed_blender_are_swept(server: Server, clip_file: Path, tmp_path: Path) -> None:
     """A Blender killed mid-run leaves ``.btdm-<job>/`` in the output folder; the next run removes it
     once the engine says the job ended or does not know it, and nothing that is not the add-on's."""
     import uuid
@@ -237,8 +232,8 @@ def test_stale_staging_folders_of_a_killed_blender_are_swept(server: Server, cli
     from blender_addon.jobs import sweep_stale_staging
 
     client = server.client()
-    running = client.submit(motion=clip, params={"steps": 400})
-    ended = client.submit(motion=clip, params={"steps": 400})
+    running = client.submit(motion=clip_file, params={"steps": 400})
+    ended = client.submit(motion=clip_file, params={"steps": 400})
     client.cancel(ended["id"])
     assert client.wait(ended["id"])["state"] == "cancelled"
     out = tmp_path / "plates"
