@@ -150,6 +150,10 @@ class EngineClient:
         """``GET /v1/limits``: each job parameter's default, ``{"min", "max"}`` and choices."""
         return self._json("GET", "/v1/limits")
 
+    def whoami(self) -> dict[str, Any]:
+        """``GET /v1/whoami``: this client's token, ``{"client": name, "role": read | submit | admin}``."""
+        return self._json("GET", "/v1/whoami")
+
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: name, preset, resolution, ... of each model."""
         return self._json("GET", "/v1/models")["models"]

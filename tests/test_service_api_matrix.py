@@ -126,7 +126,7 @@ def test_every_operation_but_health_needs_the_token(tmp_path: Path, plain_model:
     svc = Service(tmp_path, plain_model, token=TOKEN)
     try:
         ops = operations(svc.app)
-        assert len(ops) == 15 and ("GET", "/v1/health") in ops
+        assert len(ops) == 16 and ("GET", "/v1/health") in ops
         for method, path in ops:
             for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"Basic {TOKEN}"},
                             {"Authorization": f"Bearer {TOKEN}x"}):

@@ -37,7 +37,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
         checks = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
         headers = {"Authorization": f"Bearer {TOKEN}"}
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 15, [op.label for op in operations]
+        assert len(operations) == 16, [op.label for op in operations]
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

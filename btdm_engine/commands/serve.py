@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -44,9 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     token = p.add_mutually_exclusive_group()
     token.add_argument("--token", default=None,
-                       help="bearer token every endpoint but /v1/health requires (prefer --token-file: "
-                       "a command line is visible to other users)")
-    token.add_argument("--token-file", default=None, metavar="FILE", help="read the token from FILE (first line)")
+                       help="the admin bearer token (named 'admin': may do everything) every endpoint but /v1/health "
+                       "requires (prefer --token-file: a command line is visible to other users)")
+    token.add_argument("--token-file", default=None, metavar="FILE",
+                       help="the tokens, from FILE: one token alone (the admin token), or one 'NAME ROLE TOKEN' line "
+                       "per token, ROLE read (GET only: dashboards, metrics), submit (also submit, and cancel, retry, "
+                       "delete its own jobs) or admin; '#' comments. A job records its token's NAME, never the token")
+    p.add_argument("--read-token", default=None, metavar="TOKEN",
+                   help="a read-only token (named 'read'), besides --token or --token-file: a dashboard can watch "
+                   "the jobs and scrape /metrics but not submit, cancel or delete")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="job store and job files (default $BTDM_CACHE_DIR/serve, i.e. ~/.cache/btdm/serve)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
@@ -102,6 +109,36 @@ def read_token(args: argparse.Namespace) -> str | None:
     return token
 
 
+def read_tokens(args: argparse.Namespace) -> list[Any]:
+    """The server's tokens with their roles (``btdm_engine.service.auth``) from ``--token`` / ``--token-file`` and
+    ``--read-token``; empty: a server without tokens."""
+    from btdm_engine.cli import CliError
+    from btdm_engine.service.auth import ApiToken, TokenError, Tokens, parse_token_file
+
+    tokens: list[ApiToken] = []
+    try:
+        if args.token_file is not None:
+            path = Path(args.token_file)
+            if not path.is_file():
+                raise CliError(f"--token-file {path}: no such file")
+            try:
+                tokens += parse_token_file(path.read_text(encoding="utf-8"))
+            except TokenError as exc:
+                raise CliError(f"--token-file {path}: {exc}") from None
+        elif args.token is not None:
+            tokens.append(ApiToken("admin", "admin", args.token))
+        if getattr(args, "read_token", None) is not None:
+            tokens.append(ApiToken("read", "read", args.read_token))
+        Tokens(tokens)  # names and tokens each once
+    except TokenError as exc:
+        where = f"--token-file {args.token_file}: " if args.token_file is not None else ""
+        raise CliError(f"{where}{exc}") from None
+    if tokens and not any(t.role != "read" for t in tokens):
+        raise CliError("only read-only tokens: nobody could submit a job; add --token or a submit/admin line to "
+                       "--token-file")
+    return tokens
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("BTDM_CACHE_DIR", Path.home() / ".cache" / "btdm")) / "serve"
 
@@ -110,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``btdm serve`` until SIGINT / SIGTERM; returns the exit status."""
     from btdm_engine.cli import CliError
 
-    token = read_token(args)
-    if token is None and not is_loopback(args.host):
+    tokens = read_tokens(args)
+    if not tokens and not is_loopback(args.host):
         raise CliError(f"refusing to listen on {args.host} without a token: anyone who reaches this port could run "
                        "jobs; pass --token-file FILE (or --token), or listen on 127.0.0.1")
     if not 0 <= args.port <= 65535:
@@ -173,11 +210,12 @@ def run(args: argparse.Namespace) -> int:
     store.recover()
     registry = ModelRegistry.with_default(str(device), extra)
     worker = Worker(store, registry, keep_s=args.keep_days * 86400 if args.keep_days > 0 else None)
-    app = create_app(store, worker, registry, token=token, max_queued=args.max_queued, device=str(device),
+    app = create_app(store, worker, registry, tokens=tokens, max_queued=args.max_queued, device=str(device),
                      device_name=device_name, preload=tuple(registry.names()[:1]))
     logger = logging.getLogger("btdm_engine.service")
     logger.info("btdm serve: data %s, device %s (%s), models %s, auth %s", data, device, device_name,
-                ", ".join(registry.names()) or "none", "token" if token else "none (loopback only)")
+                ", ".join(registry.names()) or "none",
+                ", ".join(f"{t.name} ({t.role})" for t in tokens) if tokens else "none (loopback only)")
     from btdm_engine.service import limits
 
     # Idle keep-alive connections close; past MAX_CONNECTIONS open at once, uvicorn answers 503 (the

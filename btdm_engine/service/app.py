@@ -19,12 +19,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,6 +39,7 @@ from btdm_engine import __version__
 from btdm_engine.errors import BtdmError
 from btdm_engine.jobspec import limits_document
 from btdm_engine.service import API_VERSION, inputs, limits
+from btdm_engine.service.auth import ApiToken
 from btdm_engine.service.deps import (
     Admission,
     AdmissionDep,
@@ -48,7 +50,9 @@ from btdm_engine.service.deps import (
     StoreDep,
     WorkerDep,
     bearer_auth,
+    check_owner,
     known_query,
+    require_submit,
 )
 from btdm_engine.service.errors import NO_SPACE, Conflict, InvalidParams, NoSpace, NotFound, ServiceError, disk_full, public
 from btdm_engine.service.guard import RequestGuard
@@ -60,6 +64,7 @@ from btdm_engine.service.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     JOB_ID_PATTERN,
     TAG_PATTERN,
+    Caller,
     ErrorResponse,
     Health,
     Job,
@@ -135,7 +140,7 @@ def health(store: StoreDep, worker: WorkerDep, registry: RegistryDep, settings: 
         "status": "ok" if ok else "degraded", "store": store_health, "worker": worker_health,
         "version": __version__, "api_version": API_VERSION, "device": settings.device,
         "device_name": settings.device_name, "models": registry.names(), "queue": counts,
-        "max_queued": settings.max_queued, "max_frames": limits.MAX_FRAMES, "auth": settings.token is not None,
+        "max_queued": settings.max_queued, "max_frames": limits.MAX_FRAMES, "auth": bool(settings.auth),
     }
 
 
@@ -159,6 +164,16 @@ def models(registry: RegistryDep) -> dict[str, Any]:
     return {"models": registry.infos()}
 
 
+SUBMIT_ROLE = {"x-btdm-role": "submit"}
+"""Marks the operations a ``read`` token may not call (``btdm_engine.service.auth``)."""
+_OWNER = {403: {**_ERRORS, "description": "a read-only token, or a submit token and a job another token submitted"}}
+
+
+@models_router.get("/whoami", response_model=Caller, summary="the token this request came with: its name and role")
+def whoami(principal: PrincipalDep) -> dict[str, Any]:
+    return {"client": principal.name, "role": principal.role}
+
+
 def _get_job(store: JobStore, job_id: str) -> dict[str, Any]:
     job = store.get(job_id)
     if job is None:
@@ -178,7 +193,9 @@ UPLOAD_DOC = {
 
 @jobs_router.post(
     "/jobs", response_model=Job, status_code=202, summary="submit a job (multipart/form-data)",
-    responses={408: {**_ERRORS, "description": "the upload arrived too slowly"},
+    dependencies=[Depends(require_submit)], openapi_extra=SUBMIT_ROLE,
+    responses={403: {**_ERRORS, "description": "a read-only token"},
+               408: {**_ERRORS, "description": "the upload arrived too slowly"},
                413: {**_ERRORS, "description": "an upload over its size limit (refused as it streams in)"},
                429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"},
                507: {**_ERRORS, "description": "the server's disk is full"},
@@ -428,10 +445,12 @@ def video(store: StoreDep, job_id: JobId) -> FileResponse:
     return _file(store, job_id, "video.mp4", "video", "video/mp4")
 
 
-@jobs_router.post("/jobs/{job_id}/cancel", response_model=Job, responses={409: {**_ERRORS}},
+@jobs_router.post("/jobs/{job_id}/cancel", response_model=Job, responses={409: {**_ERRORS}, **_OWNER},
+                  dependencies=[Depends(require_submit)], openapi_extra=SUBMIT_ROLE,
                   summary="cancel a queued or running job (a running sampler stops within one step)")
-def cancel(store: StoreDep, worker: WorkerDep, job_id: JobId) -> dict[str, Any]:
+def cancel(store: StoreDep, worker: WorkerDep, job_id: JobId, principal: PrincipalDep) -> dict[str, Any]:
     job = _get_job(store, job_id)
+    check_owner(principal, job, "cancel")
     if job["state"] in ("succeeded", "failed"):
         raise Conflict(f"job {job_id} already {job['state']}", field="job_id")
     if job["state"] == "queued":
@@ -445,15 +464,17 @@ def cancel(store: StoreDep, worker: WorkerDep, job_id: JobId) -> dict[str, Any]:
 
 @jobs_router.post(
     "/jobs/{job_id}/retry", response_model=Job, status_code=202,
+    dependencies=[Depends(require_submit)], openapi_extra=SUBMIT_ROLE,
     responses={409: {**_ERRORS, "description": "the job did not fail and was not cancelled, or its inputs are gone"},
-               429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"}},
+               429: {**_ERRORS, "description": "the queue is full; retry after Retry-After seconds"}, **_OWNER},
     summary="put a failed or cancelled job back in the queue (same id, same inputs and params)",
 )
-def retry(store: StoreDep, admission: AdmissionDep, job_id: JobId,
+def retry(store: StoreDep, admission: AdmissionDep, job_id: JobId, principal: PrincipalDep,
           priority: Annotated[int | None, Query(ge=limits.MIN_PRIORITY, le=limits.MAX_PRIORITY,
                                                 description="a new priority (default: the job's own)")] = None,
           ) -> dict[str, Any]:
     job = _get_job(store, job_id)
+    check_owner(principal, job, "retry")
     if job["state"] not in ("failed", "cancelled"):
         raise Conflict(f"job {job_id} is {job['state']}; only a failed or cancelled job can be retried", field="job_id")
     missing = _missing_inputs(store, job)
@@ -485,10 +506,12 @@ def _missing_inputs(store: JobStore, job: dict[str, Any]) -> str | None:
     return None
 
 
-@jobs_router.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={409: {**_ERRORS}},
+@jobs_router.delete("/jobs/{job_id}", status_code=204, response_class=Response,
+                    responses={409: {**_ERRORS}, **_OWNER}, dependencies=[Depends(require_submit)], openapi_extra=SUBMIT_ROLE,
                     summary="remove a finished job and its files")
-def delete(store: StoreDep, job_id: JobId) -> Response:
+def delete(store: StoreDep, job_id: JobId, principal: PrincipalDep) -> Response:
     job = _get_job(store, job_id)
+    check_owner(principal, job, "delete")
     if job["state"] not in FINAL_STATES:
         raise Conflict(f"job {job_id} is {job['state']}; cancel it first", field="job_id")
     store.delete(job_id)
@@ -560,12 +583,15 @@ class _RequestLog:
 
 
 def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, token: str | None = None,
-               max_queued: int = 100, device: str = "cpu", device_name: str = "CPU",
-               retry_after_s: int = 10, start_worker: bool = True, preload: tuple[str, ...] = ()) -> FastAPI:
+               tokens: Sequence[ApiToken] = (), max_queued: int = 100, device: str = "cpu", device_name: str = "CPU",
+               retry_after_s: int = 10, start_worker: bool = True, preload: tuple[str, ...] = (),
+               tls: bool = False) -> FastAPI:
     """The API v1 application around an existing store, worker and model registry.
 
-    With ``start_worker`` the app's lifespan starts the worker (loading the ``preload`` models) and
-    stops it at shutdown.
+    ``token`` is an ``admin`` token named ``admin``; ``tokens`` more, with their roles (:mod:`.auth`);
+    neither: a server without tokens (loopback only). With ``start_worker`` the app's lifespan starts
+    the worker (loading the ``preload`` models) and stops it at shutdown. ``tls``: the server speaks
+    HTTPS (a browser's ``Origin`` is then ``https://``).
     """
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -587,8 +613,9 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
     )
     # what the dependencies of .deps hand the endpoints (app.dependency_overrides replaces any of them)
     app.state.store, app.state.worker, app.state.registry = store, worker, registry
-    app.state.settings = ServiceSettings(token=token, max_queued=max_queued, device=device, device_name=device_name,
-                                         retry_after_s=retry_after_s, worker_started=start_worker)
+    app.state.settings = settings = ServiceSettings(
+        token=token, tokens=tuple(tokens), max_queued=max_queued, device=device, device_name=device_name,
+        retry_after_s=retry_after_s, worker_started=start_worker)
     app.state.admission = Admission(max_queued, retry_after_s)
     app.state.metrics = ServiceMetrics(store, lambda: [w.health() for w in worker.workers()], lambda: worker.store_error)
     for member in worker.workers():
@@ -599,9 +626,25 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _bug)
-    app.add_middleware(RequestGuard, token=token, retry_after_s=retry_after_s)
+    app.add_middleware(RequestGuard, tokens=settings.auth, retry_after_s=retry_after_s, tls=tls)
+    app.openapi = functools.partial(_openapi, app, app.openapi, bool(settings.auth))
     app.add_middleware(_RequestLog)
     return app
+
+
+def _openapi(app: FastAPI, build: Callable[[], dict[str, Any]], auth: bool) -> dict[str, Any]:
+    """FastAPI's document; without tokens it declares no security (every operation is open on loopback)."""
+    if app.openapi_schema is None:
+        schema = build()
+        if not auth:
+            schema.get("components", {}).pop("securitySchemes", None)
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    if isinstance(operation, dict):
+                        operation.pop("security", None)
+                        operation.get("responses", {}).pop("401", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 __all__ = ["ERROR_RESPONSES", "ModelInfo", "QueueCounts", "bearer_auth", "create_app", "job_view"]

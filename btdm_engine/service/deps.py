@@ -10,7 +10,7 @@ endpoints declare.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +19,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from btdm_engine.service.errors import QueueFull, ServiceError, Unauthorized
+from btdm_engine.service.auth import ApiToken, Tokens
+from btdm_engine.service.errors import Forbidden, QueueFull, ServiceError, Unauthorized
 from btdm_engine.service.store import JobStore
 from btdm_engine.service.worker import ModelRegistry, Worker
 
@@ -53,6 +54,13 @@ class ServiceSettings:
     device_name: str = "CPU"
     retry_after_s: int = 10
     worker_started: bool = True
+    tokens: tuple[ApiToken, ...] = ()
+    """Tokens with roles besides ``token`` (which is an ``admin`` token named ``admin``)."""
+
+    @functools.cached_property
+    def auth(self) -> Tokens:
+        """Every token the server accepts (empty: a server without tokens)."""
+        return Tokens.of(self.token, self.tokens)
 
 
 @dataclass
@@ -125,17 +133,32 @@ def bearer_auth(settings: SettingsDep,
     is read; this is the check ``/openapi.json`` shows, and the one a test's overridden
     :func:`get_settings` reaches.
     """
-    token = settings.token
-    if token is None:
+    tokens = settings.auth
+    if not tokens:
         return Principal(None)
-    given = b"" if credentials is None else credentials.credentials.encode("utf-8", "surrogateescape")
-    if not secrets.compare_digest(given, token.encode("utf-8")):
+    found = tokens.match(None if credentials is None else credentials.credentials)
+    if found is None:
         raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)",
                            headers={"WWW-Authenticate": "Bearer"})
-    return Principal("admin")
+    return Principal(found.name, found.role)
 
 
 PrincipalDep = Annotated[Principal, Depends(bearer_auth)]
+
+
+def require_submit(principal: PrincipalDep) -> Principal:
+    """The operations that change jobs depend on this: a ``read`` token is refused (403)."""
+    if principal.role not in ("submit", "admin"):
+        raise Forbidden(f"the token {principal.name} is read-only (role {principal.role}); this operation needs a "
+                        "submit or admin token")
+    return principal
+
+
+def check_owner(principal: Principal, job: dict[str, Any], action: str) -> None:
+    """A ``submit`` token manages the jobs it submitted; ``admin`` (and a server without tokens) any job."""
+    if principal.role != "admin" and job.get("client") != principal.name:
+        raise Forbidden(f"job {job['id']} was submitted by {job.get('client') or 'no token'}; the token "
+                        f"{principal.name} (role {principal.role}) may {action} only its own jobs", field="job_id")
 
 
 _QUERY_NAMES: dict[int, tuple[Any, frozenset[str]]] = {}

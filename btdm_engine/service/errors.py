@@ -92,6 +92,13 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """A valid token whose role does not allow the operation (a read-only token submitting, ...)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NoSpace(ServiceError):
     """The server's disk is full: nothing of the request was kept."""
 

@@ -9,8 +9,10 @@ line and headers alone (nothing of the body is read):
    than ``same-origin`` / ``none``, is a cross-origin web page: 403. Non-browser clients (the
    add-on, ``btdm animate --engine``, curl) send neither.
 2. **The token**, with one: every ``/v1/`` path but ``/v1/health``, and ``/metrics``, needs ``Authorization: Bearer``
-   (compared in constant time): 401 before any upload is read. (The routers' ``bearer_auth``
-   dependency says the same in ``/openapi.json``.)
+   (compared in constant time, :mod:`.auth`): 401 before any upload is read; a ``read`` token on
+   anything but ``GET``/``HEAD`` is 403 (a submit from a dashboard's token is refused before its
+   upload). (The routers' ``bearer_auth`` and ``require_submit`` dependencies say the same in
+   ``/openapi.json``.)
 3. **Uploads at once**: at most ``MAX_CONCURRENT_UPLOADS`` ``POST /v1/jobs`` bodies in flight; more
    are 503 with ``Retry-After``.
 4. **Sizes while streaming**: a declared ``Content-Length`` over ``MAX_REQUEST_BYTES`` is 413 at
@@ -29,7 +31,6 @@ discarded by uvicorn, not stored.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 from btdm_engine.service import limits
+from btdm_engine.service.auth import Tokens, required_role
 from btdm_engine.service.errors import PayloadTooLarge, ServiceError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -116,9 +118,11 @@ class _PartSizes:
 class RequestGuard:
     """ASGI middleware; see the module docstring. ``token`` None means the loopback-only mode."""
 
-    def __init__(self, app: Any, *, token: str | None, max_bytes: int | None = None, max_uploads: int | None = None,
-                 retry_after_s: int = 10) -> None:
-        self.app, self.token, self.retry_after_s = app, token, retry_after_s
+    def __init__(self, app: Any, *, token: str | None = None, tokens: Tokens | None = None,
+                 max_bytes: int | None = None, max_uploads: int | None = None, retry_after_s: int = 10,
+                 tls: bool = False) -> None:
+        self.app, self.retry_after_s, self.tls = app, retry_after_s, tls
+        self.tokens = tokens if tokens is not None else Tokens.of(token)
         self.max_bytes = limits.MAX_REQUEST_BYTES if max_bytes is None else max_bytes
         self.max_uploads = limits.MAX_CONCURRENT_UPLOADS if max_uploads is None else max_uploads
         self.uploads = 0
@@ -134,7 +138,9 @@ class RequestGuard:
         if origin is not None:
             scheme, _, rest = origin.partition("://")
             o_name, o_port = split_host(rest)
-            if scheme != "http" or o_name not in LOOPBACK_NAMES or (o_port or 80) != (server_port or 80):
+            own_scheme, default_port = ("https", 443) if self.tls else ("http", 80)
+            if scheme != own_scheme or o_name not in LOOPBACK_NAMES or (o_port or default_port) != (
+                    server_port or default_port):
                 return ServiceError(f"Origin: requests from web pages ({origin[:100]}) are refused (the server runs "
                                     "without a token)", field="Origin", status=403, code="cross_origin")
         site = headers.get("sec-fetch-site")
@@ -143,24 +149,27 @@ class RequestGuard:
                                 "without a token)", field="Origin", status=403, code="cross_origin")
         return None
 
-    def _token_error(self, path: str, headers: Headers) -> ServiceError | None:
-        if self.token is None or not (path.startswith("/v1/") or path in TOKEN_PATHS) or path in OPEN_PATHS:
+    def _token_error(self, method: str, path: str, headers: Headers) -> ServiceError | None:
+        if not self.tokens or not (path.startswith("/v1/") or path in TOKEN_PATHS) or path in OPEN_PATHS:
             return None
         scheme, _, given = headers.get("authorization", "").partition(" ")
-        ok = scheme.lower() == "bearer" and secrets.compare_digest(
-            given.strip().encode("utf-8", "surrogateescape"), self.token.encode("utf-8"))
-        if ok:
-            return None
-        return ServiceError("missing or wrong bearer token (Authorization: Bearer <token>)", status=401,
-                            code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        token = self.tokens.match(given.strip()) if scheme.lower() == "bearer" else None
+        if token is None:
+            return ServiceError("missing or wrong bearer token (Authorization: Bearer <token>)", status=401,
+                                code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        needed = required_role(method, path)
+        if not token.allows(needed):
+            return ServiceError(f"the token {token.name} is read-only (role {token.role}); {method} needs a submit or "
+                                "admin token", status=403, code="forbidden")
+        return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        error = (self._origin_error(scope, headers) if self.token is None else None) or \
-            self._token_error(scope["path"], headers)
+        error = (self._origin_error(scope, headers) if not self.tokens else None) or \
+            self._token_error(scope["method"], scope["path"], headers)
         declared = headers.get("content-length")
         if error is None and declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             error = PayloadTooLarge(f"the request is larger than the {self.max_bytes // limits.MiB} MiB limit")

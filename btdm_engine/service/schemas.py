@@ -353,6 +353,15 @@ class Health(BaseModel):
     worker: WorkerHealth | None = None
 
 
+class Caller(BaseModel):
+    """``GET /v1/whoami``: the token a request came with."""
+
+    client: str | None = Field(description="the token's name (what the jobs it submits record); null on a server "
+                               "without tokens")
+    role: Literal["read", "submit", "admin"] = Field(description="read: GET only; submit: also submit, and cancel, "
+                                                     "retry, delete its own jobs; admin: everything")
+
+
 class Bounds(BaseModel):
     min: int | float
     max: int | float
