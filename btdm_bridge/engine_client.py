@@ -3,7 +3,7 @@
 It runs inside Blender's own Python (no torch, no third-party packages) and in ``btdm animate
 --engine``. Every call is blocking; the add-on runs them off Blender's main thread.
 
-    client = EngineClient("http://127.0.0.1:8765", token=None)
+    client = EngineClient("http://127.0.0.1:8765", token=None)  # https://...: cafile= for a private CA
     job = client.submit(motion="walk.npz", params={"steps": 20, "seed": 0})
     final = client.wait(job["id"], callback=lambda j: print(j["stage"], j["step"], j["total"]))
     png = client.frame(job["id"], 0)
@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -77,13 +78,22 @@ def _read_input(name: str, value: str | os.PathLike[str] | bytes) -> bytes:
 class EngineClient:
     """Talks to one engine service. ``timeout`` (seconds) bounds each connect and each read."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10.0,
+                 cafile: str | os.PathLike[str] | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise EngineError(None, "bad_url", f"engine URL must be http(s)://host:port, got {url!r}", "url")
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = float(timeout)
+        # https: the system's certificate authorities (SSL_CERT_FILE too), or only ``cafile`` (a self-signed
+        # server's certificate, a studio's own CA); the host name is always checked.
+        self._context: ssl.SSLContext | None = None
+        if cafile is not None:
+            try:
+                self._context = ssl.create_default_context(cafile=os.fspath(cafile))
+            except (OSError, ssl.SSLError) as exc:
+                raise EngineError(None, "local_file", f"cafile: cannot read {cafile}: {exc}", "cafile") from None
 
     # ------------------------------------------------------------------ transport
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
@@ -95,7 +105,8 @@ class EngineClient:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout if timeout is None else timeout)
+            return urllib.request.urlopen(request, timeout=self.timeout if timeout is None else timeout,
+                                          context=self._context)
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:

@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--read-token", default=None, metavar="TOKEN",
                    help="a read-only token (named 'read'), besides --token or --token-file: a dashboard can watch "
                    "the jobs and scrape /metrics but not submit, cancel or delete")
+    p.add_argument("--ssl-certfile", default=None, metavar="PEM",
+                   help="serve HTTPS with this certificate (chain) file, with --ssl-keyfile; for a box reached from "
+                   "other machines (or put a TLS reverse proxy in front: docs/service.md)")
+    p.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's private key (unencrypted)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="job store and job files (default $BTDM_CACHE_DIR/serve, i.e. ~/.cache/btdm/serve)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
@@ -139,6 +143,28 @@ def read_tokens(args: argparse.Namespace) -> list[Any]:
     return tokens
 
 
+def check_tls(args: argparse.Namespace) -> dict[str, str]:
+    """``--ssl-certfile`` / ``--ssl-keyfile`` as uvicorn's ``ssl_*`` keywords (both or neither; the files
+    must load as a pair); empty without TLS."""
+    from btdm_engine.cli import CliError
+
+    cert, key = args.ssl_certfile, args.ssl_keyfile
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise CliError("--ssl-certfile and --ssl-keyfile go together (the certificate and its private key)")
+    import ssl
+
+    for flag, path in (("--ssl-certfile", cert), ("--ssl-keyfile", key)):
+        if not Path(path).is_file():
+            raise CliError(f"{flag} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise CliError(f"--ssl-certfile {cert} / --ssl-keyfile {key}: not a certificate and its key ({exc})") from None
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("BTDM_CACHE_DIR", Path.home() / ".cache" / "btdm")) / "serve"
 
@@ -151,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if not tokens and not is_loopback(args.host):
         raise CliError(f"refusing to listen on {args.host} without a token: anyone who reaches this port could run "
                        "jobs; pass --token-file FILE (or --token), or listen on 127.0.0.1")
+    tls = check_tls(args)
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be 0..65535, got {args.port}")
     if args.max_queued < 1:
@@ -210,19 +237,24 @@ def run(args: argparse.Namespace) -> int:
     store.recover()
     registry = ModelRegistry.with_default(str(device), extra)
     worker = Worker(store, registry, keep_s=args.keep_days * 86400 if args.keep_days > 0 else None)
-    app = create_app(store, worker, registry, tokens=tokens, max_queued=args.max_queued, device=str(device),
+    app = create_app(store, worker, registry, tokens=tokens, tls=bool(tls), max_queued=args.max_queued, device=str(device),
                      device_name=device_name, preload=tuple(registry.names()[:1]))
     logger = logging.getLogger("btdm_engine.service")
     logger.info("btdm serve: data %s, device %s (%s), models %s, auth %s", data, device, device_name,
                 ", ".join(registry.names()) or "none",
                 ", ".join(f"{t.name} ({t.role})" for t in tokens) if tokens else "none (loopback only)")
+    if tls:
+        logger.info("btdm serve: HTTPS with %s", tls["ssl_certfile"])
+    elif not is_loopback(args.host):
+        logger.warning("btdm serve: plain HTTP on %s: tokens and uploads cross the network unencrypted; pass "
+                       "--ssl-certfile/--ssl-keyfile or put a TLS reverse proxy in front (docs/service.md)", args.host)
     from btdm_engine.service import limits
 
     # Idle keep-alive connections close; past MAX_CONNECTIONS open at once, uvicorn answers 503 (the
     # app's guard cuts slow bodies and caps uploads: btdm_engine.service.guard).
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on", timeout_keep_alive=limits.KEEP_ALIVE_S,
-                            limit_concurrency=limits.MAX_CONNECTIONS)
+                            limit_concurrency=limits.MAX_CONNECTIONS, **tls)
     server = uvicorn.Server(config)
     if watch is not None:
         watch.start()
