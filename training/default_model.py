@@ -58,6 +58,15 @@ RESIDUAL_SETTINGS: dict[str, Any] = dict(
     preset="tiny-warp", model_overrides={"residual": True}, init_reset=("unet.out.2.",), steps=600, batch_size=8,
     lr=3e-4, seed=0, cache_frames=True, num_workers=1, checkpoint_every=100, sample_every=0, log_every=10,
 )  # fmt: skip
+# The 256 px SR3 (32 -> 256; issue 21: a figure taller than 200 px in a shot is drawn from at least
+# 256 px): the same residual network (fully convolutional, no attention), warm-started from the
+# 128 px residual SR3's weights with a zero head again (at 256 px its 128 px correction does harm:
+# it starts from the base, the prior on the body and the upsampled frame around it), trained on at
+# 256 px on the `wide256` set's train characters. A 256 px step costs ~4x a 128 px one: batch 4.
+RESIDUAL_256_SETTINGS: dict[str, Any] = dict(
+    preset="tiny-warp", model_overrides={"residual": True, "resolution": 256}, init_reset=("unet.out.2.",), steps=300,
+    batch_size=4, lr=2e-4, seed=0, cache_frames=True, num_workers=1, checkpoint_every=50, sample_every=0, log_every=10,
+)  # fmt: skip
 # How the shipped SR3 is sampled when a job does not say (Animator.sr_steps_for): one step, its x0
 # prediction from pure noise (the conditional mean), scored best on held-out people
 # (docs/results/default_model_residual.md).
@@ -74,7 +83,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--btunet-steps", type=int, default=BTUNET_SETTINGS["steps"])
     p.add_argument("--sr3-steps", type=int, default=SR3_SETTINGS["steps"])
     p.add_argument("--residual-steps", type=int, default=RESIDUAL_SETTINGS["steps"])
-    p.add_argument("--stage", choices=("all", "btunet", "sr3", "sr3-residual", "assemble"), default="all",
+    p.add_argument("--data256", type=Path, default=Path("data/wide256"),
+                   help="the same people at 256 px, for the 256 px SR3 (btdm synth build --preset wide256)")
+    p.add_argument("--resolution", type=int, choices=(128, 256), default=256,
+                   help="the shipped SR3's output size: 256 trains the sr3-256 stage on --data256 (default)")
+    p.add_argument("--steps-256", type=int, default=RESIDUAL_256_SETTINGS["steps"])
+    p.add_argument("--stage", choices=("all", "btunet", "sr3", "sr3-residual", "sr3-256", "assemble"), default="all",
                    help="train one network, or only assemble finished runs (default: all in turn)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--notes", type=Path, default=None,
@@ -114,10 +128,11 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
         preset = preset.get("name", "?")
     characters = {s: sorted({r.character for r in manifest.split(s)}) for s in manifest.splits}
     people = ", ".join(f"{len(c)} {s}" for s, c in characters.items())
+    sr_res = json.loads((runs["sr3"] / "checkpoint" / "config.json").read_text(encoding="utf-8"))["model"]["resolution"]
     lines = [
         "# The embedded default model",
         "",
-        "A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and a residual `tiny-warp` SR3 (32 -> 128 px, 1.06 M",
+        f"A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and a residual `tiny-warp` SR3 (32 -> {sr_res} px, 1.06 M",
         "parameters), both reading the texture-transfer prior (the appearance's pixels moved onto every pose",
         "map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside their usual inputs; the SR3",
         "predicts a correction over the prior on the body and the upsampled BTU-Net frame around it, and is",
@@ -142,8 +157,8 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
     ]
     for kind, run in runs.items():
         cfg = json.loads((run / "train_config.json").read_text(encoding="utf-8"))
-        keys = ("preset", "mode", "steps", "batch_size", "lr", "ema_decay", "hflip_prob", "seed") if kind == "btunet" else (
-            "preset", "steps", "batch_size", "lr", "ema_decay", "seed")
+        keys = ("data", "preset") + (("mode",) if kind == "btunet" else ()) + ("steps", "batch_size", "lr", "ema_decay") + (
+            ("hflip_prob",) if kind == "btunet" else ()) + ("seed",)
         row = _last_log_row(run)
         if cfg.get("init_from"):
             keys += ("model_overrides", "init_from", "init_reset")
@@ -205,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    runs = {"btunet": args.work / "btunet", "sr3": args.work / "sr3-residual"}
+    residual = args.work / "sr3-residual"
+    runs = {"btunet": args.work / "btunet", "sr3": args.work / ("sr3-256" if args.resolution == 256 else "sr3-residual")}
     plain = args.work / "sr3"
     if args.stage in ("all", "btunet"):
         _train("btunet", args.data, runs["btunet"], {**BTUNET_SETTINGS, "steps": args.btunet_steps}, not args.no_progress,
@@ -214,10 +230,19 @@ def main(argv: list[str] | None = None) -> int:
         _train("sr3", args.data, plain, {**SR3_SETTINGS, "steps": args.sr3_steps}, not args.no_progress,
                args.allow_incomplete)
     if args.stage in ("all", "sr3-residual"):
-        _train("sr3", args.data, runs["sr3"], {**RESIDUAL_SETTINGS, "init_from": str(plain),
-                                              "steps": args.residual_steps}, not args.no_progress, args.allow_incomplete)
+        _train("sr3", args.data, residual, {**RESIDUAL_SETTINGS, "init_from": str(plain),
+                                            "steps": args.residual_steps}, not args.no_progress, args.allow_incomplete)
+    if args.resolution == 256 and args.stage in ("all", "sr3-256"):
+        if not (args.data256 / "manifest.json").is_file():
+            raise SystemExit(f"{args.data256}: no manifest.json; build it first: btdm synth build --preset wide256 "
+                             f"--out {args.data256}")
+        _train("sr3", args.data256, runs["sr3"], {**RESIDUAL_256_SETTINGS, "init_from": str(residual),
+                                                  "steps": args.steps_256}, not args.no_progress, args.allow_incomplete)
     if args.stage in ("all", "assemble"):
-        out = assemble(args.data, runs, args.out, notes, sampling=SR3_SAMPLING, card_runs={"sr3 (plain)": plain})
+        card_runs = {"sr3 (plain)": plain} | ({"sr3 (128 px residual)": residual} if args.resolution == 256 else {})
+        # c ships at the output size: a 256 px model's from the 256 px set (the same held-out person)
+        data = args.data256 if args.resolution == 256 else args.data
+        out = assemble(data, runs, args.out, notes, sampling=SR3_SAMPLING, card_runs=card_runs)
         print(f"default model written to {out}")
     return 0
 
