@@ -183,7 +183,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     old = store.get("0123456789abcdef0123456789abcdef")
     assert old["params"] == {"steps": 2} and old["priority"] == 0 and old["client"] is None
-    assert old["idempotency_key"] is None and old["tag"] is None
+    assert old["idempotency_key"] is None and old["tag"] is None and old["worker"] is None and old["retries"] == 0
     new = store.create(new_job_id(), params={}, source="motion", inputs={}, idempotency_key="k", client="a")
     assert store.find_idempotent("a", "k")["id"] == new["id"]
     store.close()

@@ -23,6 +23,7 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_QUEUED = 100
 DEFAULT_KEEP_DAYS = 7.0
 MIN_TOKEN_CHARS = 16
+MAX_WORKERS = 64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's private key (unencrypted)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="job store and job files (default $BTDM_CACHE_DIR/serve, i.e. ~/.cache/btdm/serve)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N, or several CUDA devices 'cuda:0,cuda:1' (one worker on each, each "
+                   "holding its models; default: cuda when available, else cpu)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="workers per device sharing the one queue (default 1). On the CPU the threads (--threads, "
+                   "else every core) are split among them: a job uses fewer cores, more jobs run at once")
     p.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED, metavar="N",
                    help=f"queued jobs beyond which POST /v1/jobs answers 429 (default {DEFAULT_MAX_QUEUED})")
     p.add_argument("--keep-days", type=float, default=DEFAULT_KEEP_DAYS, metavar="D",
@@ -165,6 +171,32 @@ def check_tls(args: argparse.Namespace) -> dict[str, str]:
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
+def parse_devices(spec: str, torch: Any) -> list[Any]:
+    """``--device``: ``cpu``, ``cuda``, ``cuda:N`` or several CUDA devices ``cuda:0,cuda:1`` (each once)."""
+    from btdm_engine.cli import CliError
+
+    devices = []
+    for part in spec.split(","):
+        try:
+            device = torch.device(part.strip())
+        except RuntimeError:
+            raise CliError(f"--device {part.strip()!r}: expected cpu, cuda or cuda:N") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise CliError(f"--device {spec}: CUDA is not available")
+            device = torch.device("cuda", device.index or 0)
+            if device.index >= torch.cuda.device_count():
+                raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        elif device.type != "cpu":
+            raise CliError(f"--device must be cpu, cuda or cuda:N, got {part.strip()}")
+        devices.append(device)
+    if len(set(devices)) != len(devices):
+        raise CliError(f"--device {spec}: a device is named twice (--workers N puts N workers on each)")
+    if len({d.type for d in devices}) > 1 or (devices[0].type == "cpu" and len(devices) > 1):
+        raise CliError(f"--device {spec}: several devices are CUDA devices; for several CPU workers use --workers")
+    return devices
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("BTDM_CACHE_DIR", Path.home() / ".cache" / "btdm")) / "serve"
 
@@ -186,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--keep-days must be >= 0, got {args.keep_days}")
     if args.threads is not None and args.threads < 1:
         raise CliError(f"--threads must be >= 1, got {args.threads}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise CliError(f"--workers must be 1..{MAX_WORKERS}, got {args.workers}")
     watch = None
     if args.parent_pid is not None:
         from btdm_engine.service.lifeline import ParentWatch
@@ -215,32 +249,40 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.service.app import create_app
     from btdm_engine.service.schemas import MODEL_NAME_PATTERN
     from btdm_engine.service.store import JobStore
-    from btdm_engine.service.worker import ModelRegistry, Worker
+    from btdm_engine.service.worker import ModelRegistry, Worker, WorkerPool
 
     for name in extra:
         if not re.match(MODEL_NAME_PATTERN, name) or name == "default":
             raise CliError(f"--model {name}: a name is 1..64 of A-Z a-z 0-9 _ . - and not 'default'")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CliError(f"--device {args.device}: CUDA is not available")
-        device = torch.device("cuda", device.index or 0)
-        device_name = torch.cuda.get_device_name(device)
-    elif device.type == "cpu":
-        device_name = f"CPU ({torch.get_num_threads()} threads)"
+    devices = parse_devices(args.device or str(default_device()), torch)
+    count = len(devices) * args.workers
+    threads = None  # one worker: torch's threads as set above, as before
+    if devices[0].type == "cuda":
+        device_name = ", ".join(dict.fromkeys(torch.cuda.get_device_name(d) for d in devices))
     else:
-        raise CliError(f"--device must be cpu, cuda or cuda:N, got {args.device}")
+        total = torch.get_num_threads()
+        if count > 1:
+            threads = max(1, total // count)
+        device_name = f"CPU ({total} threads" + (f", {count} workers of {threads}" if count > 1 else "") + ")"
+    device = ",".join(str(d) for d in devices)
     data = Path(args.data) if args.data else default_data_dir()
     store = JobStore(data)
     store.recover()
-    registry = ModelRegistry.with_default(str(device), extra)
-    worker = Worker(store, registry, keep_s=args.keep_days * 86400 if args.keep_days > 0 else None)
-    app = create_app(store, worker, registry, tokens=tokens, tls=bool(tls), max_queued=args.max_queued, device=str(device),
+    keep_s = args.keep_days * 86400 if args.keep_days > 0 else None
+    members = []
+    for n, (dev, _) in enumerate((d, k) for d in devices for k in range(args.workers)):
+        # each worker its own registry: its own copy of each model on its device, nothing shared between threads
+        members.append(Worker(store, ModelRegistry.with_default(str(dev), extra), keep_s=keep_s if n == 0 else None,
+                              name="btdm-worker" if count == 1 else f"btdm-worker-{n}", threads=threads))
+    worker = members[0] if count == 1 else WorkerPool(members)
+    registry = members[0].registry
+    app = create_app(store, worker, registry, tokens=tokens, tls=bool(tls), max_queued=args.max_queued, device=device,
                      device_name=device_name, preload=tuple(registry.names()[:1]))
     logger = logging.getLogger("btdm_engine.service")
-    logger.info("btdm serve: data %s, device %s (%s), models %s, auth %s", data, device, device_name,
+    logger.info("btdm serve: data %s, device %s (%s), %d worker(s), models %s, auth %s", data, device, device_name,
+                count,
                 ", ".join(registry.names()) or "none",
                 ", ".join(f"{t.name} ({t.role})" for t in tokens) if tokens else "none (loopback only)")
     if tls:

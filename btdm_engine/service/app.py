@@ -138,6 +138,7 @@ def health(store: StoreDep, worker: WorkerDep, registry: RegistryDep, settings: 
     ok = store_health["ok"] and (worker_health["alive"] or not settings.worker_started)
     return {
         "status": "ok" if ok else "degraded", "store": store_health, "worker": worker_health,
+        "workers": [w.health() for w in worker.workers()],
         "version": __version__, "api_version": API_VERSION, "device": settings.device,
         "device_name": settings.device_name, "models": registry.names(), "queue": counts,
         "max_queued": settings.max_queued, "max_frames": limits.MAX_FRAMES, "auth": bool(settings.auth),

@@ -291,6 +291,8 @@ class Job(BaseModel):
                                         "submitted with")
     retries: int = Field(default=0, description="times the job was put back in the queue by POST "
                          "/v1/jobs/{id}/retry")
+    worker: str | None = Field(default=None, description="the worker that runs (ran) the job's last run: its "
+                               "name@device (btdm serve --workers, --device cuda:0,cuda:1)")
 
 
 class JobList(BaseModel):
@@ -336,6 +338,8 @@ class WorkerHealth(BaseModel):
     state: Literal["idle", "running", "store_error", "stopped"]
     job: str | None = Field(default=None, description="the running job")
     last_error: str | None = Field(default=None, description="why the last job failed, if it did")
+    device: str | None = Field(default=None, description="where it runs jobs (cpu, cuda:0, ...; a pool: each device)")
+    name: str | None = Field(default=None, description="the worker's thread name (pool: several workers)")
 
 
 class Health(BaseModel):
@@ -350,7 +354,9 @@ class Health(BaseModel):
     max_frames: int = Field(description="the most frames one job may generate (frame_end - frame_start)")
     auth: bool = Field(description="whether the other endpoints need a bearer token")
     store: StoreHealth | None = None
-    worker: WorkerHealth | None = None
+    worker: WorkerHealth | None = Field(default=None, description="the workers together (btdm serve --workers): "
+                                        "alive while every one is, running while any runs a job")
+    workers: list[WorkerHealth] | None = Field(default=None, description="each worker")
 
 
 class Caller(BaseModel):

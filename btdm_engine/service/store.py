@@ -33,7 +33,7 @@ from btdm_engine.service.schemas import FINAL_STATES
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-"""1: the first store; 2 adds ``client``, ``idempotency_key``, ``request_hash``, ``priority``, ``tag``, ``retries``
+"""1: the first store; 2 adds ``client``, ``idempotency_key``, ``request_hash``, ``priority``, ``tag``, ``retries``, ``worker``
 (a version-1 database is migrated in place at open)."""
 MAX_ATTEMPTS = 3
 """Runs a job gets across server crashes before it is failed (a job that kills the server every
@@ -43,7 +43,7 @@ _COLUMNS = (
     "id", "seq", "state", "stage", "step", "total", "frames_done", "frames_total", "posemaps_done", "eta_s",
     "error", "created", "started", "finished", "params", "source", "inputs", "attempts", "cancel_requested",
     "has_video", "has_plates", "plate_width", "plate_height", "width", "height", "retarget",
-    "client", "idempotency_key", "request_hash", "priority", "tag", "retries",
+    "client", "idempotency_key", "request_hash", "priority", "tag", "retries", "worker",
 )
 _JSON = ("params", "inputs", "retarget")
 _BOOL = ("cancel_requested", "has_video", "has_plates")
@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_hash TEXT,
     priority INTEGER NOT NULL DEFAULT 0,
     tag TEXT,
-    retries INTEGER NOT NULL DEFAULT 0
+    retries INTEGER NOT NULL DEFAULT 0,
+    worker TEXT
 );
 """
 _MIGRATE_1_TO_2 = (
@@ -92,6 +93,7 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE jobs ADD COLUMN tag TEXT",
     "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN worker TEXT",
 )
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
@@ -279,8 +281,9 @@ class JobStore:
         logger.info("job %s: %s%s", job_id, state, extra)
         return job
 
-    def claim_next(self) -> dict[str, Any] | None:
-        """The next queued job, marked running (attempts + 1, progress reset); None when the queue is empty.
+    def claim_next(self, worker: str | None = None) -> dict[str, Any] | None:
+        """The next queued job, marked running (attempts + 1, progress reset, ``worker`` recorded); None when the
+        queue is empty.
 
         The highest ``priority`` first; within a priority, the oldest (first come, first served).
         """
@@ -292,7 +295,7 @@ class JobStore:
             job = self.get(row[0])
             assert job is not None
             return self.transition(job["id"], "running", started=time.time(), attempts=job["attempts"] + 1,
-                                   stage=None, step=0, total=None, eta_s=None)
+                                   stage=None, step=0, total=None, eta_s=None, worker=worker)
 
     def cancel_queued(self, job_id: str) -> dict[str, Any] | None:
         """Cancel a job that is still queued (atomically against :meth:`claim_next`); None if it is not queued."""

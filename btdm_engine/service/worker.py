@@ -199,9 +199,11 @@ class Worker:
     """Runs queued jobs of ``store`` one at a time on ``registry``'s device, in a daemon thread."""
 
     def __init__(self, store: JobStore, registry: ModelRegistry, *, poll_s: float = 1.0,
-                 keep_s: float | None = None) -> None:
+                 keep_s: float | None = None, name: str = "btdm-worker", threads: int | None = None) -> None:
         self.store = store
         self.registry = registry
+        self.name = name
+        self.threads = threads  # torch threads of this worker's thread (its share of the CPU); None: inherited
         self.poll_s = poll_s
         self.keep_s = keep_s  # finished jobs older than this are removed while idle (None: kept)
         self._next_expiry = 0.0
@@ -217,17 +219,25 @@ class Worker:
 
     # -- lifetime
     def start(self, preload: tuple[str, ...] = ()) -> None:
-        self._thread = threading.Thread(target=self._loop, args=(preload,), name="btdm-worker", daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(preload,), name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Interrupt the running job (it goes back to the queue and resumes at the next start) and join."""
-        self._stop.set()
-        self.store.wake()
+        self.signal_stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def signal_stop(self) -> None:
+        """Ask the worker to stop (its running job is interrupted within one network step); no wait."""
+        self._stop.set()
+        self.store.wake()
+
     def _loop(self, preload: tuple[str, ...]) -> None:
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)  # per thread: the sampler's workers split this worker's share
         for name in preload:
             try:
                 self.registry.load(name)
@@ -235,7 +245,7 @@ class Worker:
                 logger.exception("could not load model %s", name)
         while not self._stop.is_set():
             try:
-                job = self.store.claim_next()
+                job = self.store.claim_next(f"{self.name}@{self.registry.device}")
                 self.store_error = None
                 if job is None:
                     self._expire_if_due()
@@ -255,7 +265,13 @@ class Worker:
         alive = self._thread is not None and self._thread.is_alive()
         state = ("stopped" if not alive else "store_error" if self.store_error else
                  "running" if running else "idle")
-        return {"alive": alive, "state": state, "job": running, "last_error": self.last_error}
+        return {"alive": alive, "state": state, "job": running, "last_error": self.last_error,
+                "device": self.registry.device, "name": self.name}
+
+    def running(self) -> list[str]:
+        """The id of the job this worker runs now (none or one)."""
+        with self._lock:
+            return list(self._cancel)
 
     def workers(self) -> list[Worker]:
         """The workers behind this one (itself: a pool answers its members)."""
@@ -275,8 +291,7 @@ class Worker:
         Returns the ids of the jobs that were running. Nobody is left to fetch their results, and a
         cancelled job never resumes; queued jobs keep their uploads until ``--keep-days``.
         """
-        with self._lock:
-            running = list(self._cancel)
+        running = [job_id for worker in self.workers() for job_id in worker.running()]
         for job_id in running:
             self.store.update(job_id, cancel_requested=True)
             self.cancel(job_id)
@@ -644,6 +659,65 @@ class _JobRun:
                 for n, iuv in zip(missing, renderer.render_clip(clip, size=size, progress=False, frames=missing)):
                     publish(n, iuv)
         return files, fps, plan
+
+
+class WorkerPool:
+    """Several :class:`Worker` threads sharing one queue (``btdm serve --workers N``, ``--device cuda:0,cuda:1``):
+    each claims the next job from the store (atomically: one job, one worker) and runs it on its own
+    registry's device with its own loaded models. Answers what the app and ``btdm serve`` ask of a worker:
+    start, stop, cancel, abandon, health (the members' together, and each one's), ``store_error``."""
+
+    def __init__(self, members: list[Worker]) -> None:
+        if not members:
+            raise ValueError("a worker pool needs at least one worker")
+        self.members = list(members)
+        self.store = members[0].store
+        self.registry = members[0].registry  # the API's view of the models (every member offers the same)
+
+    def workers(self) -> list[Worker]:
+        return list(self.members)
+
+    def start(self, preload: tuple[str, ...] = ()) -> None:
+        for worker in self.members:
+            worker.start(preload)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for worker in self.members:  # all interrupted at once, then joined
+            worker.signal_stop()
+        deadline = time.monotonic() + timeout
+        for worker in self.members:
+            worker.stop(max(0.0, deadline - time.monotonic()))
+
+    def cancel(self, job_id: str) -> None:
+        for worker in self.members:
+            worker.cancel(job_id)
+
+    abandon = Worker.abandon
+
+    @property
+    def store_error(self) -> str | None:
+        return next((w.store_error for w in self.members if w.store_error is not None), None)
+
+    @property
+    def metrics(self) -> Any:
+        return self.members[0].metrics
+
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        for worker in self.members:
+            worker.metrics = value
+
+    def health(self) -> dict[str, Any]:
+        """The pool as one worker: alive while every member is, running while any runs a job."""
+        each = [w.health() for w in self.members]
+        alive = all(h["alive"] for h in each)
+        running = next((h["job"] for h in each if h["job"] is not None), None)
+        state = ("stopped" if not any(h["alive"] for h in each) else
+                 "store_error" if any(h["state"] == "store_error" for h in each) else
+                 "running" if running else "idle")
+        last_error = next((h["last_error"] for h in each if h["last_error"]), None)
+        return {"alive": alive, "state": state, "job": running, "last_error": last_error,
+                "device": ",".join(dict.fromkeys(h["device"] for h in each)), "name": "pool"}
 
 
 def wants_plates(params: dict[str, Any], inputs: dict[str, Any]) -> bool:
