@@ -64,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N, or several CUDA devices 'cuda:0,cuda:1' (one worker on each, each "
                    "holding its models; default: cuda when available, else cpu)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the jobs on the Ray cluster at ADDRESS (host:port of its head, or 'auto'): one actor per "
+                   "GPU holding the models, one per CPU node where there is no GPU; a node lost mid-job: the job "
+                   "resumes on another (instead of --device / --workers; needs the ray extra)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="workers per device sharing the one queue (default 1). On the CPU the threads (--threads, "
                    "else every core) are split among them: a job uses fewer cores, more jobs run at once")
@@ -220,6 +224,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--threads must be >= 1, got {args.threads}")
     if not 1 <= args.workers <= MAX_WORKERS:
         raise CliError(f"--workers must be 1..{MAX_WORKERS}, got {args.workers}")
+    if args.ray is not None and (args.device is not None or args.workers != 1):
+        raise CliError("--ray runs the jobs on the cluster's actors (one per GPU or CPU node); drop --device / --workers")
+    if args.ray is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise CliError("--ray needs Ray: pip install 'btdm-previs[ray]'")
     watch = None
     if args.parent_pid is not None:
         from btdm_engine.service.lifeline import ParentWatch
@@ -256,27 +267,39 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--model {name}: a name is 1..64 of A-Z a-z 0-9 _ . - and not 'default'")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    devices = parse_devices(args.device or str(default_device()), torch)
+    devices = [] if args.ray else parse_devices(args.device or str(default_device()), torch)
     count = len(devices) * args.workers
     threads = None  # one worker: torch's threads as set above, as before
-    if devices[0].type == "cuda":
+    if args.ray:
+        device_name = ""
+    elif devices[0].type == "cuda":
         device_name = ", ".join(dict.fromkeys(torch.cuda.get_device_name(d) for d in devices))
     else:
         total = torch.get_num_threads()
         if count > 1:
             threads = max(1, total // count)
         device_name = f"CPU ({total} threads" + (f", {count} workers of {threads}" if count > 1 else "") + ")"
-    device = ",".join(str(d) for d in devices)
+    device = "ray" if args.ray else ",".join(str(d) for d in devices)
     data = Path(args.data) if args.data else default_data_dir()
     store = JobStore(data)
     store.recover()
     keep_s = args.keep_days * 86400 if args.keep_days > 0 else None
-    members = []
+    members: list[Any] = []
+    if args.ray:
+        from btdm_engine.service.raypool import start_ray_workers
+
+        api_registry = ModelRegistry.with_default("cpu", extra)  # reads the model configs; never loads a model here
+        try:
+            members, device_name = start_ray_workers(args.ray, store, api_registry, extra, keep_s=keep_s)
+        except Exception as exc:  # no cluster at the address, no room for an actor, ...
+            store.close()
+            raise CliError(f"--ray {args.ray}: {exc}") from None
+        count = len(members)
     for n, (dev, _) in enumerate((d, k) for d in devices for k in range(args.workers)):
         # each worker its own registry: its own copy of each model on its device, nothing shared between threads
         members.append(Worker(store, ModelRegistry.with_default(str(dev), extra), keep_s=keep_s if n == 0 else None,
                               name="btdm-worker" if count == 1 else f"btdm-worker-{n}", threads=threads))
-    worker = members[0] if count == 1 else WorkerPool(members)
+    worker = members[0] if count == 1 and not args.ray else WorkerPool(members)
     registry = members[0].registry
     app = create_app(store, worker, registry, tokens=tokens, tls=bool(tls), max_queued=args.max_queued, device=device,
                      device_name=device_name, preload=tuple(registry.names()[:1]))
@@ -307,6 +330,10 @@ def run(args: argparse.Namespace) -> int:
             watch.stop()
         worker.stop()  # already stopped by the app's lifespan unless startup failed (port in use, ...)
         store.close()
+        if args.ray:
+            import ray
+
+            ray.shutdown()  # the actors are not detached: they end with the server
     if not server.started:
         raise CliError(f"could not listen on {args.host}:{args.port} (see the log above)")
     return 0

@@ -335,7 +335,8 @@ class StoreHealth(BaseModel):
 
 class WorkerHealth(BaseModel):
     alive: bool = Field(description="whether the worker thread runs")
-    state: Literal["idle", "running", "store_error", "stopped"]
+    state: Literal["idle", "running", "store_error", "stopped", "unavailable"] = Field(
+        description="unavailable: a Ray worker whose actor does not answer (its node was lost; Ray restarts it)")
     job: str | None = Field(default=None, description="the running job")
     last_error: str | None = Field(default=None, description="why the last job failed, if it did")
     device: str | None = Field(default=None, description="where it runs jobs (cpu, cuda:0, ...; a pool: each device)")

@@ -43,7 +43,7 @@ from btdm_engine.fileio import atomic_path, atomic_write_text, read_json
 from btdm_engine.procs import release_freed_memory
 from btdm_engine.service import limits
 from btdm_engine.service.errors import NO_SPACE, InvalidParams, ServiceError, disk_full, public
-from btdm_engine.service.store import JobStore
+from btdm_engine.service.store import MAX_ATTEMPTS, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ EXPIRY_EVERY_S = 600.0
 
 class JobCancelled(Exception):
     """The job's cancel signal was set (by a client, or by the server stopping)."""
+
+
+class RunLost(Exception):
+    """What ran the job is gone (a Ray node died with its actor): the job goes back to the queue, the run
+    counted like a crash (after ``store.MAX_ATTEMPTS`` runs it fails)."""
 
 
 # ---------------------------------------------------------------------------- models
@@ -215,6 +220,7 @@ class Worker:
         self.store_error: str | None = None  # the job store's last write error, until a write succeeds
         self.last_error: str | None = None  # why the last job failed
         self.metrics: Any = None  # metrics.ServiceMetrics (the app's), told of each frame and each run's end
+        self.available = True  # False while a remote worker's runner does not answer (raypool.RayWorker)
         self._frames_this_run = 0
 
     # -- lifetime
@@ -238,14 +244,13 @@ class Worker:
             import torch
 
             torch.set_num_threads(self.threads)  # per thread: the sampler's workers split this worker's share
-        for name in preload:
-            try:
-                self.registry.load(name)
-            except Exception:  # a broken model folder must not stop the server from serving the others
-                logger.exception("could not load model %s", name)
+        self._preload(preload)
         while not self._stop.is_set():
+            if not self._ready():  # a remote worker whose runner is gone (a lost node): claim nothing meanwhile
+                self._stop.wait(self.poll_s)
+                continue
             try:
-                job = self.store.claim_next(f"{self.name}@{self.registry.device}")
+                job = self.store.claim_next(f"{self.name}@{self.where()}")
                 self.store_error = None
                 if job is None:
                     self._expire_if_due()
@@ -258,15 +263,30 @@ class Worker:
                              exc_info=not disk_full(exc))
                 self._stop.wait(self.poll_s * 5)
 
+    def _preload(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            try:
+                self.registry.load(name)
+            except Exception:  # a broken model folder must not stop the server from serving the others
+                logger.exception("could not load model %s", name)
+
+    def _ready(self) -> bool:
+        """Whether the worker can take a job now (always, in process)."""
+        return True
+
+    def where(self) -> str:
+        """Where this worker runs jobs: its device (a Ray worker: its node)."""
+        return str(self.registry.device)
+
     def health(self) -> dict[str, Any]:
         """The worker's part of ``GET /v1/health``."""
         with self._lock:
             running = next(iter(self._cancel), None)
         alive = self._thread is not None and self._thread.is_alive()
         state = ("stopped" if not alive else "store_error" if self.store_error else
-                 "running" if running else "idle")
+                 "running" if running else "idle" if self.available else "unavailable")
         return {"alive": alive, "state": state, "job": running, "last_error": self.last_error,
-                "device": self.registry.device, "name": self.name}
+                "device": self.where(), "name": self.name}
 
     def running(self) -> list[str]:
         """The id of the job this worker runs now (none or one)."""
@@ -344,6 +364,13 @@ class Worker:
             # The server is stopping: back to the queue, and this run does not count as a crash.
             return self.store.transition(job_id, "queued", attempts=job["attempts"] - 1, stage=None, step=0,
                                          total=None, eta_s=None)
+        except RunLost as exc:
+            if event.is_set():
+                return self.store.transition(job_id, "cancelled", finished=time.time(), eta_s=None)
+            if job["attempts"] >= MAX_ATTEMPTS:
+                return self._failed(job_id, public(f"lost what ran it during each of {job['attempts']} runs ({exc})"))
+            logger.warning("job %s: %s; back in the queue, to resume from its files elsewhere", job_id, exc)
+            return self.store.transition(job_id, "queued", stage=None, step=0, total=None, eta_s=None)
         except BtdmError as exc:
             message = exc.message if isinstance(exc, ServiceError) else str(exc)
             return self._failed(job_id, public(message))
