@@ -108,11 +108,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clips") / "walk.npz")
-
-
 def test_health_and_models(server: Server) -> None:
     client = server.client()
     health = client.health()
@@ -129,9 +124,9 @@ def test_health_and_models(server: Server) -> None:
         assert path in spec["paths"], path
 
 
-def test_job_events_frames_equal_btdm_animate(server: Server, clip: Path, tmp_path: Path) -> None:
+def test_job_events_frames_equal_btdm_animate(server: Server, clip_file: Path, tmp_path: Path) -> None:
     client = server.client()
-    job = client.submit(motion=clip, params=FAST)
+    job = client.submit(motion=clip_file, params=FAST)
     assert job["state"] == "queued" and len(job["id"]) == 32 and job["params"]["steps"] == 2
     seen: list[dict] = []
     final = client.wait(job["id"], callback=seen.append)
@@ -146,7 +141,7 @@ def test_job_events_frames_equal_btdm_animate(server: Server, clip: Path, tmp_pa
     assert (final["width"], final["height"]) == (128, 128)
     assert final["started"] >= final["created"] and final["finished"] >= final["started"]
 
-    subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--steps", "2",
+    subprocess.run([*BTDM, "animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--steps", "2",
                     "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
                    capture_output=True)
     for n in range(6):
@@ -166,26 +161,26 @@ def test_job_events_frames_equal_btdm_animate(server: Server, clip: Path, tmp_pa
     assert info.value.status == 404 and info.value.field == "job_id"
 
 
-def test_texture_method_job_equals_btdm_animate_method_texture(server: Server, clip: Path, tmp_path: Path) -> None:
+def test_texture_method_job_equals_btdm_animate_method_texture(server: Server, clip_file: Path, tmp_path: Path) -> None:
     client = server.client()
-    final = client.wait(client.submit(motion=clip, params={"method": "texture", "seed": 3})["id"])
+    final = client.wait(client.submit(motion=clip_file, params={"method": "texture", "seed": 3})["id"])
     assert final["state"] == "succeeded", final["error"]
-    subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--method", "texture",
+    subprocess.run([*BTDM, "animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--method", "texture",
                     "--size", "128", "--no-progress"], cwd=REPO, env=child_env(), check=True, capture_output=True)
     for n in range(6):
         local = cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(decode(client.frame(final["id"], n)), local, err_msg=f"frame {n}")
     # without the appearance's IUV map there is nothing to transfer: refused, naming the field
-    code, body = _post(server, motion=clip.read_bytes(), appearance=_png((8, 8, 3)),
+    code, body = _post(server, motion=clip_file.read_bytes(), appearance=_png((8, 8, 3)),
                        params='{"method": "texture"}')
     assert (code, body["error"]["field"]) == (422, "params.method"), body
-    code, body = _post(server, motion=clip.read_bytes(), params='{"method": "texture", "finetune_steps": 2}')
+    code, body = _post(server, motion=clip_file.read_bytes(), params='{"method": "texture", "finetune_steps": 2}')
     assert (code, body["error"]["field"]) == (422, "params.finetune_steps"), body
 
 
-def test_cancel_mid_run(server: Server, clip: Path) -> None:
+def test_cancel_mid_run(server: Server, clip_file: Path) -> None:
     client = server.client()
-    job = client.submit(motion=clip, params={"steps": 400, "sr_steps": 2})
+    job = client.submit(motion=clip_file, params={"steps": 400, "sr_steps": 2})
     for event in client.events(job["id"]):
         if event["stage"] == "btunet" and event["step"] >= 2:
             break
@@ -198,27 +193,27 @@ def test_cancel_mid_run(server: Server, clip: Path) -> None:
         client.frame(job["id"], 0)
     assert info.value.status == 404
     assert client.health()["status"] == "ok"  # the worker keeps serving
-    assert client.wait(client.submit(motion=clip, params=FAST)["id"])["state"] == "succeeded"
+    assert client.wait(client.submit(motion=clip_file, params=FAST)["id"])["state"] == "succeeded"
     # Several jobs on: the model was loaded once, at start, and kept.
     assert server.log.read_text().count("model default loaded") == 1
 
 
-def test_full_queue_gives_429(server: Server, clip: Path) -> None:
+def test_full_queue_gives_429(server: Server, clip_file: Path) -> None:
     client = server.client()
-    running = client.submit(motion=clip, params={"steps": 400, "sr_steps": 2})
+    running = client.submit(motion=clip_file, params={"steps": 400, "sr_steps": 2})
     for event in client.events(running["id"]):
         if event["state"] == "running":
             break
-    queued = [client.submit(motion=clip, params=FAST) for _ in range(2)]
+    queued = [client.submit(motion=clip_file, params=FAST) for _ in range(2)]
     request = urllib.request.Request(server.url + "/v1/jobs", method="POST", data=b"")
     with pytest.raises(EngineError) as info:
-        client.submit(motion=clip, params=FAST)
+        client.submit(motion=clip_file, params=FAST)
     assert (info.value.status, info.value.code) == (429, "queue_full")
     try:
         urllib.request.urlopen(request, timeout=10)
     except urllib.error.HTTPError as exc:
         assert exc.code == 422 or exc.code == 400  # an empty body is refused before the queue is looked at
-    body, ctype = _form(motion=clip.read_bytes())
+    body, ctype = _form(motion=clip_file.read_bytes())
     req = urllib.request.Request(server.url + "/v1/jobs", data=body, method="POST", headers={"Content-Type": ctype})
     with pytest.raises(urllib.error.HTTPError) as http:
         urllib.request.urlopen(req, timeout=10)
@@ -259,9 +254,9 @@ def _png(shape: tuple[int, ...]) -> bytes:
     return buf.tobytes()
 
 
-def test_bad_input_gets_a_4xx_naming_the_field(server: Server, clip: Path) -> None:
-    motion = clip.read_bytes()
-    with np.load(clip) as npz:
+def test_bad_input_gets_a_4xx_naming_the_field(server: Server, clip_file: Path) -> None:
+    motion = clip_file.read_bytes()
+    with np.load(clip_file) as npz:
         fields = {k: npz[k] for k in npz.files}
     evil_zip = io.BytesIO()
     with zipfile.ZipFile(evil_zip, "w") as z:
@@ -323,9 +318,9 @@ def test_bad_input_gets_a_4xx_naming_the_field(server: Server, clip: Path) -> No
         assert "error" in json.loads(info.value.read()), path
 
 
-def test_posemaps_zip_job(server: Server, clip: Path, tmp_path: Path) -> None:
+def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path) -> None:
     client = server.client()
-    done = client.wait(client.submit(motion=clip, params={**FAST, "video": False})["id"])
+    done = client.wait(client.submit(motion=clip_file, params={**FAST, "video": False})["id"])
     zipped = io.BytesIO()
     maps = server.data / "jobs" / done["id"] / "posemaps" / "iuv"
     with zipfile.ZipFile(zipped, "w") as z:
@@ -380,7 +375,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) ->
         np.testing.assert_array_equal(frame, cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
 
 
-def test_token_auth(tmp_path: Path, clip: Path) -> None:
+def test_token_auth(tmp_path: Path, clip_file: Path) -> None:
     srv = Server(tmp_path / "data", token=TOKEN).start()
     try:
         assert srv.client(token="wrong").health()["auth"] is True  # health needs no token
@@ -389,7 +384,7 @@ def test_token_auth(tmp_path: Path, clip: Path) -> None:
                 EngineClient(srv.url, token=token or None).models()
             assert (info.value.status, info.value.code) == (401, "unauthorized")
         with pytest.raises(EngineError) as info:
-            EngineClient(srv.url, token="wrong").submit(motion=clip, params=FAST)
+            EngineClient(srv.url, token="wrong").submit(motion=clip_file, params=FAST)
         assert info.value.status == 401
         assert srv.client().models()[0]["name"] == "default"
         assert srv.client().jobs() == []
@@ -410,10 +405,10 @@ def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     assert result.returncode == 2 and "at least 16 characters" in result.stderr
 
 
-def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Server, clip: Path, tmp_path: Path) -> None:
+def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Server, clip_file: Path, tmp_path: Path) -> None:
     from btdm_engine.motion.clip import MotionClip
 
-    wide = MotionClip.load(clip).resized(192, 128).save(tmp_path / "wide.npz")
+    wide = MotionClip.load(clip_file).resized(192, 128).save(tmp_path / "wide.npz")
     client = server.client()
     job = client.submit(motion=wide, params={**FAST, "frame_end": 3, "video": False})
     final = client.wait(job["id"])
@@ -422,7 +417,7 @@ def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Serv
     subprocess.run([*BTDM, "animate", "--clip", str(wide), "--plate", "--out", str(tmp_path / "local"), "--steps", "2",
                     "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
                    capture_output=True)
-    # A part of the clip (frame_end): plates at the shot's size with a real matte.
+    # A part of the clip_file (frame_end): plates at the shot's size with a real matte.
     for n in range(3):
         plate = decode(client.plate(job["id"], n))
         assert plate.shape == (128, 192, 4) and plate[..., 3].max() == 255 and plate[..., 3].min() == 0
@@ -433,11 +428,11 @@ def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Serv
         np.testing.assert_array_equal(decode(client.plate(full["id"], n)), local_plate)
         np.testing.assert_array_equal(decode(client.frame(full["id"], n)),
                                       cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
-    square = client.submit(motion=clip, params={**FAST, "plate": False, "video": False})
+    square = client.submit(motion=clip_file, params={**FAST, "plate": False, "video": False})
     assert client.wait(square["id"])["has_plates"] is False
 
 
-def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Server, clip: Path, tmp_path: Path) -> None:
+def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Server, clip_file: Path, tmp_path: Path) -> None:
     # A render (or matched photo) of the whole shot-camera view at one frame: the engine cuts it with
     # that frame's window and fine-tunes with that frame's pose map as g(c); no IUV file is needed.
     from btdm_bridge.engine_client import EngineError
@@ -446,7 +441,7 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
     from btdm_engine.posemaps.preview import colorize_iuv
     from btdm_engine.posemaps.renderer import IUVRenderer
 
-    wide = MotionClip.load(clip).resized(192, 128)
+    wide = MotionClip.load(clip_file).resized(192, 128)
     path = wide.save(tmp_path / "wide.npz")
     with IUVRenderer(load_body_model(wide.body_model), 192, 128) as renderer:
         (iuv,) = renderer.render_clip(wide, progress=False, frames=[2])
@@ -484,11 +479,11 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
     assert refused(appearance=_png((64, 64, 3)), params={**without, "plate": False}).field == "params.finetune_steps"
 
 
-def test_skeleton_job_is_retargeted(server: Server, clip: Path, tmp_path: Path) -> None:
+def test_skeleton_job_is_retargeted(server: Server, clip_file: Path, tmp_path: Path) -> None:
     from btdm_engine.motion.bvh import read_bvh, save_bvh, skeleton_from_bvh
     from btdm_engine.motion.clip import MotionClip
 
-    bvh = save_bvh(MotionClip.load(clip), tmp_path / "walk.bvh")
+    bvh = save_bvh(MotionClip.load(clip_file), tmp_path / "walk.bvh")
     anim = skeleton_from_bvh(read_bvh(bvh))
     anim.save(tmp_path / "walk_skeleton.npz")
     client = server.client()
@@ -504,13 +499,13 @@ def test_skeleton_job_is_retargeted(server: Server, clip: Path, tmp_path: Path) 
     assert info.value.status == 422 and info.value.field == "params.skeleton"
 
 
-def test_sigterm_puts_the_running_job_back_in_the_queue(tmp_path: Path, clip: Path) -> None:
+def test_sigterm_puts_the_running_job_back_in_the_queue(tmp_path: Path, clip_file: Path) -> None:
     import sqlite3
 
     srv = Server(tmp_path / "data").start()
     try:
         client = srv.client()
-        job = client.submit(motion=clip, params={"steps": 400})
+        job = client.submit(motion=clip_file, params={"steps": 400})
         for event in client.events(job["id"]):
             if event["stage"] == "btunet":
                 break

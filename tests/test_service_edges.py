@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_service import FAST, TOKEN, Server, make_clip
+from test_service import FAST, TOKEN, Server
 
 from btdm_bridge.engine_client import EngineClient, _multipart
 from btdm_engine.service import limits
@@ -127,11 +127,6 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clips") / "walk.npz")
-
-
 def post(url: str, headers: dict[str, str] | None = None, **files: bytes | str) -> tuple[int, dict]:
     fields = {k: v for k, v in files.items() if isinstance(v, str)}
     blobs = {k: (f"{k}.bin", v, "application/octet-stream") for k, v in files.items() if isinstance(v, bytes)}
@@ -153,8 +148,8 @@ def get(url: str, path: str, headers: dict[str, str]) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_bombs_and_bad_params_get_a_4xx_naming_the_field(server: Server, clip: Path) -> None:
-    motion = clip.read_bytes()
+def test_bombs_and_bad_params_get_a_4xx_naming_the_field(server: Server, clip_file: Path) -> None:
+    motion = clip_file.read_bytes()
     skeleton_fps = npz_of({"fps": npy_header_only((), "|V400000000")})
     cases = [
         ({"motion": npz_of({"poses": npy_header_only((60, 24, 3_200_000), "<f4")})}, 413, "motion", "'poses'"),
@@ -175,10 +170,10 @@ def test_bombs_and_bad_params_get_a_4xx_naming_the_field(server: Server, clip: P
         assert words in body["error"]["message"], (label, body)
     assert server.client().health()["queue"] == before
     # the server is whole: a valid job still runs
-    assert server.client().wait(server.client().submit(motion=clip, params=FAST)["id"])["state"] == "succeeded"
+    assert server.client().wait(server.client().submit(motion=clip_file, params=FAST)["id"])["state"] == "succeeded"
 
 
-def test_host_and_origin_in_the_no_token_mode(server: Server, clip: Path) -> None:
+def test_host_and_origin_in_the_no_token_mode(server: Server, clip_file: Path) -> None:
     port = server.port
     refused = [
         {"Host": "rebind.evil.example"},
@@ -194,7 +189,7 @@ def test_host_and_origin_in_the_no_token_mode(server: Server, clip: Path) -> Non
         for path in ("/v1/health", "/v1/jobs"):
             code, body = get(server.url, path, headers)
             assert code == 403 and body["error"]["field"] in ("Host", "Origin"), (headers, path, body)
-        code, body = post(server.url, headers, motion=clip.read_bytes(), params=json.dumps(FAST))
+        code, body = post(server.url, headers, motion=clip_file.read_bytes(), params=json.dumps(FAST))
         assert code == 403, (headers, body)
     assert len(server.client().jobs()) == jobs
     for headers in ({"Host": f"localhost:{port}"}, {"Host": f"[::1]:{port}"}, {"Origin": f"http://127.0.0.1:{port}"},

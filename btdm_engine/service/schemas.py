@@ -6,6 +6,7 @@ extend, never rename.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from btdm_engine.limits import JOB_LIMITS
 from btdm_engine.service import limits
 from btdm_engine.service.errors import InvalidParams, ServiceError
 
+JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
+# How the service names the fields jobspec's rules speak of (JobSpec.fault).
+RULE_NAMES = {"appearance": "appearance", "appearance_iuv": "appearance_iuv", "frame_start": "frame_start",
+              "appearance_frame": "params.appearance_frame", **{n: f"params.{n}" for n in JOB_FIELDS}}
 _DEFAULT = JobSpec()  # every generation key's default and bounds: btdm_engine.jobspec / limits.JOB_LIMITS
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -172,32 +177,15 @@ class JobParams(BaseModel):
             model = ctx.model_info(self.model)
         except ServiceError as exc:
             raise _refused(exc.message, exc.field or "params.model", type(exc)) from None
-        appearance, appearance_iuv = "appearance" in ctx.files, "appearance_iuv" in ctx.files
-        if appearance_iuv and not appearance:
-            raise _refused("appearance_iuv needs appearance (it is the appearance image's IUV map)",
-                           "appearance_iuv", ServiceError)
-        if appearance_iuv and self.finetune_steps == 0 and not model["texture_prior"] and self.method != "texture":
-            raise _refused(f"appearance_iuv is only used by fine-tuning with model {model['name']} (it takes no "
-                           "texture-transfer prior); set params.finetune_steps > 0 or drop it", "appearance_iuv")
-        if self.appearance_frame is not None and not appearance:
-            raise _refused("params.appearance_frame says which frame the appearance image shows; send that image "
-                           "(appearance)", "params.appearance_frame")
-        if self.appearance_frame is not None and appearance_iuv:
-            raise _refused("send appearance_iuv or params.appearance_frame (whose pose map then is the IUV map), "
-                           "not both", "appearance_iuv")
-        default_app = not appearance and self.use_default_appearance and model["has_default_appearance"]
-        has_iuv = appearance_iuv or self.appearance_frame is not None or default_app
-        if self.finetune_steps > 0 and not has_iuv:
-            raise _refused("params.finetune_steps > 0 needs appearance and its IUV map: appearance_iuv, or "
-                           "params.appearance_frame (paper sec. 3.3)", "params.finetune_steps")
-        if self.method == "texture" and not has_iuv:
-            raise _refused("params.method texture moves the appearance's pixels through its IUV map: send "
-                           "appearance with appearance_iuv, or params.appearance_frame", "params.method")
-        if self.method == "texture" and self.finetune_steps > 0:
-            raise _refused("params.method texture has no network to fine-tune; drop params.finetune_steps",
-                           "params.finetune_steps")
-        if self.sr_steps is not None and not model["has_sr3"]:
-            raise _refused(f"params.sr_steps given but model {model['name']} has no SR3 stage", "params.sr_steps")
+        appearance = "appearance" in ctx.files
+        fault = self.spec().fault(
+            RULE_NAMES, appearance=appearance, appearance_iuv="appearance_iuv" in ctx.files,
+            appearance_frame=self.appearance_frame,
+            own_appearance=not appearance and self.use_default_appearance and model["has_default_appearance"],
+            model=f"model {model['name']}", has_sr3=model["has_sr3"], texture_prior=model["texture_prior"])
+        if fault is not None:  # jobspec.RULES, the CLI's and the Animator's rules, in the service's words
+            raise _refused(fault.message, fault.field,
+                           ServiceError if fault.rule == "iuv_without_appearance" else InvalidParams)
         return self
 
     def window(self, frames: int) -> tuple[int, int]:
@@ -215,11 +203,14 @@ class JobParams(BaseModel):
             raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} (send a "
                                 "shorter range: params frame_start / frame_end, or a shorter scene frame range in "
                                 "Blender)", field="params.frame_end")
-        if self.appearance_frame is not None and self.appearance_frame >= stop - start:
-            raise InvalidParams(f"params.appearance_frame {self.appearance_frame} is not one of the job's "
-                                f"{stop - start} frames (0..{stop - start - 1}, counted from frame_start)",
-                                field="params.appearance_frame")
+        fault = self.spec().fault(RULE_NAMES, appearance_frame=self.appearance_frame, frames=stop - start)
+        if fault is not None:
+            raise InvalidParams(fault.message, field=fault.field)
         return start, stop
+
+    def spec(self) -> JobSpec:
+        """These params' generation keys as the engine's one job specification."""
+        return JobSpec(**{n: getattr(self, n) for n in JOB_FIELDS})
 
 
 def parse_params(text: str | None, context: SubmitContext | None = None) -> JobParams:

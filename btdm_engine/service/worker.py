@@ -40,9 +40,11 @@ import numpy as np
 
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_text, read_json
+from btdm_engine.jobspec import JobFault, JobSpec
 from btdm_engine.procs import release_freed_memory
 from btdm_engine.service import limits
 from btdm_engine.service.errors import NO_SPACE, InvalidParams, ServiceError, disk_full, public
+from btdm_engine.service.schemas import JOB_FIELDS, RULE_NAMES
 from btdm_engine.service.store import MAX_ATTEMPTS, JobStore
 
 logger = logging.getLogger(__name__)
@@ -432,6 +434,12 @@ class Worker:
             raise JobCancelled("cancelled")
 
 
+def _refuse(fault: JobFault | None) -> None:
+    """A job rule (jobspec.RULES) broken when the job runs, in the service's words."""
+    if fault is not None:
+        raise InvalidParams(fault.message, field=fault.field)
+
+
 class _JobRun:
     """One run of one job (fresh or resumed); see the module docstring for the folder layout."""
 
@@ -459,9 +467,9 @@ class _JobRun:
         entry = self.worker.registry.entry(p["model"])
         animator = self.worker.registry.load(p["model"])
         res, out_res, dev = animator.low_resolution, animator.resolution, animator.device
-        if animator.sr3 is None and p.get("sr_steps") is not None:
-            raise InvalidParams(f"params.sr_steps given but model {p['model']} has no SR3 stage",
-                                field="params.sr_steps")
+        spec = JobSpec(**{n: p[n] for n in JOB_FIELDS if n in p})
+        # the model checked at submission may have changed since (a restart with other --model folders)
+        _refuse(spec.fault(RULE_NAMES, model=f"model {p['model']}", has_sr3=animator.sr3 is not None))
 
         # 0. batch sizes fixed once per job (a resumed run must chunk exactly like the first); on the
         # CPU a step's calls run side by side (`btdm serve --threads` workers, as in the Animator).
@@ -492,9 +500,7 @@ class _JobRun:
         if shown is not None and appearance is not None:
             # c shows the body as frame `shown` does: a picture of the whole shot is cut with that
             # frame's window (plates), and that frame's pose map is its IUV map g(c).
-            if not 0 <= shown < num:
-                raise InvalidParams(f"params.appearance_frame {shown} is not one of the job's {num} frames",
-                                    field="params.appearance_frame")
+            _refuse(spec.fault(RULE_NAMES, appearance_frame=shown, frames=num))
             if plan is not None:
                 appearance = plan.crop(shown, appearance, out_res)
             appearance_iuv = read_iuv_png(iuv_files[shown])
