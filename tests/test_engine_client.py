@@ -121,8 +121,8 @@ def test_client_round_trip(server: Server, clip_file: Path) -> None:
     events = list(client.events(job["id"]))
     assert events[-1]["state"] == "succeeded" and all(e["id"] == job["id"] for e in events)
     assert client.job(job["id"])["frames_done"] == 2
-    assert decode(client.frame(job["id"], 1)).shape == (128, 128, 3)
-    assert decode(client.posemap(job["id"], 0)).shape == (128, 128, 3)
+    assert decode(client.frame(job["id"], 1)).shape == (256, 256, 3)  # the default model's output size
+    assert decode(client.posemap(job["id"], 0)).shape == (256, 256, 3)
     with pytest.raises(EngineError) as info:
         client.plate(job["id"], 0)
     assert info.value.status == 404

@@ -296,7 +296,7 @@ def test_embedded_default_model_animates_without_model_or_appearance(tmp_path: P
     assert (root / "MODEL_CARD.md").is_file()
     image, iuv = default_appearance()
     animator = Animator.from_pretrained(root, device="cpu")
-    assert (animator.low_resolution, animator.resolution) == (32, 128)
+    assert (animator.low_resolution, animator.resolution) == (32, 256)
     assert cv2.imread(str(image)).shape[:2] == cv2.imread(str(iuv)).shape[:2]
 
     clip = make_motion("dance", seconds=0.2, fps=10, width=128, height=128)
@@ -306,7 +306,7 @@ def test_embedded_default_model_animates_without_model_or_appearance(tmp_path: P
                      "--no-progress", "--device", "cpu"]) == 0
     assert "using the embedded model" in capsys.readouterr().err
     frames = sorted((out / "frames").iterdir())
-    assert len(frames) == 2 and cv2.imread(str(frames[0])).shape == (128, 128, 3)
+    assert len(frames) == 2 and cv2.imread(str(frames[0])).shape == (256, 256, 3)
 
 
 def test_sr3_steps_default_to_the_checkpoints_own_choice() -> None:

@@ -548,9 +548,9 @@ def test_demo_command(tmp_path: Path, capsys) -> None:
     # generated frames from the embedded model, at its SR3 resolution, with video and strip
     frames = sorted((out / "generated" / "frames").glob("*.png"))
     assert len(frames) == 6
-    assert cv2.imread(str(frames[0])).shape == (128, 128, 3)
+    assert cv2.imread(str(frames[0])).shape == (256, 256, 3)
     assert (out / "generated" / "animation.mp4").stat().st_size > 1000
-    assert cv2.imread(str(out / "generated" / "strip.png")).shape[0] > 2 * 128
+    assert cv2.imread(str(out / "generated" / "strip.png")).shape[0] > 2 * 256
     assert main(["demo", "--out", str(tmp_path / "maps_only"), "--seconds", "0.2", "--size", "48",
                  "--no-generate", "--no-progress"]) == 0
     assert not (tmp_path / "maps_only" / "generated").exists()

@@ -116,7 +116,7 @@ def test_health_and_models(server: Server) -> None:
     assert health["auth"] is False and health["max_frames"] == 2000
     (model,) = client.models()
     assert model["name"] == "default" and model["preset"] == "tiny-warp" and model["texture_prior"]
-    assert (model["resolution"], model["low_resolution"], model["takes_appearance"]) == (128, 32, True)
+    assert (model["resolution"], model["low_resolution"], model["takes_appearance"]) == (256, 32, True)
     spec = json.loads(urllib.request.urlopen(server.url + "/openapi.json", timeout=10).read())
     for path in ("/v1/health", "/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events",
                  "/v1/jobs/{job_id}/frames/{n}.png", "/v1/jobs/{job_id}/posemaps/{n}.png",
@@ -138,7 +138,7 @@ def test_job_events_frames_equal_btdm_animate(server: Server, clip_file: Path, t
     ranks = [order.index(s) for s in stages if s is not None]
     assert "btunet" in stages and ranks == sorted(ranks), stages
     assert final["frames_done"] == final["frames_total"] == 6 and final["has_video"]
-    assert (final["width"], final["height"]) == (128, 128)
+    assert (final["width"], final["height"]) == (256, 256)
     assert final["started"] >= final["created"] and final["finished"] >= final["started"]
 
     subprocess.run([*BTDM, "animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--steps", "2",
@@ -147,9 +147,9 @@ def test_job_events_frames_equal_btdm_animate(server: Server, clip_file: Path, t
     for n in range(6):
         served = decode(client.frame(job["id"], n))
         local = cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
-        assert served.shape == (128, 128, 3)
+        assert served.shape == (256, 256, 3)
         np.testing.assert_array_equal(served, local, err_msg=f"frame {n}")
-        assert decode(client.posemap(job["id"], n)).shape == (128, 128, 3)
+        assert decode(client.posemap(job["id"], n)).shape == (256, 256, 3)
     assert client.video(job["id"])[4:8] == b"ftyp"
     with pytest.raises(EngineError) as info:
         client.frame(job["id"], 6)
@@ -329,15 +329,15 @@ def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path) -> No
     job = client.submit(posemaps=zipped.getvalue(), params=FAST)
     final = client.wait(job["id"])
     assert final["state"] == "succeeded" and final["frames_done"] == 3 and final["source"] == "posemaps"
-    assert decode(client.frame(job["id"], 2)).shape == (128, 128, 3)
+    assert decode(client.frame(job["id"], 2)).shape == (256, 256, 3)
 
 
 def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) -> None:
-    # 36 frames: after the first SR3 chunk (16 frames at 128 px on one CPU thread) two more chunks
-    # remain, so the kill lands mid-job even when the event reaches the test late (CI once ran a
+    # 36 frames: after the first SR3 chunks (16 frames: four chunks of 4 at 256 px on one CPU thread)
+    # five more chunks remain, so the kill lands mid-job even when the event reaches the test late (CI once ran a
     # short tail to the end before the kill arrived).
     clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
-    params = {"steps": 2, "sr_steps": 12, "seed": 5}
+    params = {"steps": 2, "sr_steps": 4, "seed": 5}
     srv = Server(tmp_path / "data").start()
     try:
         client = srv.client()
@@ -369,7 +369,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) ->
         restarted.stop()
     # The resumed frames equal an uninterrupted run's (the SR3 noise of skipped chunks is replayed).
     subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--steps", "2",
-                    "--sr-steps", "12", "--seed", "5", "--no-progress"], cwd=REPO, env=child_env(), check=True,
+                    "--sr-steps", "4", "--seed", "5", "--no-progress"], cwd=REPO, env=child_env(), check=True,
                    capture_output=True)
     for n, frame in enumerate(frames):
         np.testing.assert_array_equal(frame, cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
@@ -421,7 +421,7 @@ def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Serv
     for n in range(3):
         plate = decode(client.plate(job["id"], n))
         assert plate.shape == (128, 192, 4) and plate[..., 3].max() == 255 and plate[..., 3].min() == 0
-        assert decode(client.frame(job["id"], n)).shape == (128, 128, 3)
+        assert decode(client.frame(job["id"], n)).shape == (256, 256, 3)
     full = client.wait(client.submit(motion=wide, params={**FAST, "video": False})["id"])
     for n in range(6):
         local_plate = cv2.imread(str(tmp_path / "local" / "plates" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
