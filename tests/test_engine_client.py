@@ -190,7 +190,7 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path) -> None:
 
     clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
     srv = Server(tmp_path / "data").start()
-    animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "2", "--sr-steps", "12", "--seed",
+    animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "2", "--sr-steps", "4", "--seed",
                                 "5", "--no-progress", "--out", str(tmp_path / "out"), "--engine", srv.url],
                                cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     back = None

@@ -166,7 +166,7 @@ def test_texture_method_job_equals_btdm_animate_method_texture(server: Server, c
     final = client.wait(client.submit(motion=clip_file, params={"method": "texture", "seed": 3})["id"])
     assert final["state"] == "succeeded", final["error"]
     subprocess.run([*BTDM, "animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--method", "texture",
-                    "--size", "128", "--no-progress"], cwd=REPO, env=child_env(), check=True, capture_output=True)
+                    "--size", "256", "--no-progress"], cwd=REPO, env=child_env(), check=True, capture_output=True)
     for n in range(6):
         local = cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(decode(client.frame(final["id"], n)), local, err_msg=f"frame {n}")
