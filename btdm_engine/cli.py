@@ -13,13 +13,15 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from btdm_engine import procs
+from btdm_engine import __version__, limits, procs
 from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError, UsageError
+from btdm_engine.fileio import describe_os_error
 
 # The engine's modules that contribute subcommands, in the order `btdm --help` lists them.
 ENGINE_COMMAND_MODULES: tuple[str, ...] = (
@@ -55,14 +57,12 @@ DEVICE_FORMS = "cpu, cuda or cuda:N"
 
 def check_device(text: str | None, flag: str = "--device") -> str | None:
     """A ``--device`` value the engine can use (None or "auto" = choose), else a UsageError naming the forms."""
-    import re
-
     if text is None or text == "auto":
         return None
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise CliError(f"{flag} {text!r}: expected {DEVICE_FORMS}")
     if text.startswith("cuda"):
-        import torch
+        import torch  # lazy: torch stays out of `btdm --help`
 
         if not torch.cuda.is_available():
             raise CliError(f"{flag} {text}: CUDA is not available on this machine")
@@ -91,8 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_limit_flag(sub: argparse._SubParsersAction) -> None:
     """Give every leaf command ``--limit NAME=VALUE`` (btdm_engine.limits), in one place."""
-    from btdm_engine.limits import DEFAULTS
-
     for parser in sub.choices.values():
         nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if nested:
@@ -102,13 +100,11 @@ def _add_limit_flag(sub: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--limit", action="append", default=[], metavar="NAME=N",
                 help="raise a safety limit for this run (repeatable); names and defaults: "
-                + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()),
+                + ", ".join(f"{k}={v}" for k, v in limits.DEFAULTS.items()),
             )
 
 
 def _version() -> str:
-    from btdm_engine import __version__
-
     return f"btdm {__version__}"
 
 
@@ -122,15 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from btdm_engine import limits
-
         with cli_logging():
             limits.override(getattr(args, "limit", None))
             _set_threads(getattr(args, "threads", None))
             return int(args.func(args) or 0)
     except (BtdmError, OSError) as exc:  # the project's own errors and the file system's; a bug shows its traceback
-        from btdm_engine.fileio import describe_os_error
-
         message = describe_os_error(exc) if isinstance(exc, OSError) and not isinstance(exc, BtdmError) else exc
         print(f"{_command_name(args)}: error: {message}", file=sys.stderr)
         return 2
@@ -179,7 +171,7 @@ def _set_threads(threads: int | None) -> None:
         return
     if not is_int(threads) or not 1 <= threads <= 1024:
         raise CliError(f"--threads must be between 1 and 1024, got {threads!r}")
-    import torch
+    import torch  # lazy: torch stays out of `btdm --help`
 
     torch.set_num_threads(threads)
 

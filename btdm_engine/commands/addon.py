@@ -26,6 +26,10 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+from btdm_bridge import addon_home
+from btdm_engine.cli import CliError
+from btdm_engine.fileio import atomic_dir, atomic_path
+
 __all__ = ["USER_DIR_MARK", "addon_source_dir", "blender_user_dir", "bridge_source_dir", "build_zip", "register"]
 
 REPOSITORY = "user_default"
@@ -71,8 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        from btdm_engine.cli import CliError
-
         raise CliError(f"the {name} package is not installed with this btdm")
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -88,8 +90,6 @@ def bridge_source_dir() -> Path:
 
 
 def read_manifest(source: Path) -> dict:
-    from btdm_engine.cli import CliError
-
     path = source / "blender_manifest.toml"
     try:
         manifest = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -135,9 +135,6 @@ def validate(path: Path) -> str | None:
 
 def build_zip(out_dir: Path) -> Path:
     """Write the extension zip into ``out_dir`` (atomically); returns its path."""
-    from btdm_engine.cli import CliError
-    from btdm_engine.fileio import atomic_path
-
     source = addon_source_dir()
     manifest = read_manifest(source)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,8 +156,6 @@ def build_zip(out_dir: Path) -> Path:
 def blender_user_dir(blender: Path, extension_id: str, repository: str = REPOSITORY) -> Path:
     """The user folder that ``blender`` gives extension ``extension_id`` of ``repository``
     (``bpy.utils.extension_path_user``, made if missing); asked of that Blender, which knows its own folders."""
-    from btdm_engine.cli import CliError
-
     expr = ("import bpy; print(" + repr(USER_DIR_MARK) + " + bpy.utils.extension_path_user("
             + repr(f"bl_ext.{repository}.{extension_id}") + ", create=True))")
     proc = subprocess.run([str(blender), "--background", "--factory-startup", "--python-expr", expr],
@@ -180,10 +175,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from btdm_bridge import addon_home
-    from btdm_engine.cli import CliError
-    from btdm_engine.fileio import atomic_dir
-
     btdm = Path(args.btdm) if args.btdm else Path(sys.executable).with_name("btdm")
     if not btdm.is_file():
         found = shutil.which("btdm")

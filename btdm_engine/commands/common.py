@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from btdm_engine.cli import CliError
+
 __all__ = ["Progress", "parse_frames"]
 
 
@@ -19,7 +21,7 @@ class Progress:
     def __call__(self, stage: str, step: int, total: int | None) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: tqdm costs 60 ms at every `btdm --help`
 
         if stage != self.stage:
             self.close()
@@ -35,8 +37,6 @@ class Progress:
 
 def parse_frames(frames: str | None) -> tuple[int, int] | None:
     """``--frames START:STOP`` as (start, stop); None when not given."""
-    from btdm_engine.cli import CliError
-
     if frames is None:
         return None
     start, sep, stop = frames.partition(":")

@@ -14,8 +14,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from btdm_engine import limits
+from btdm_engine.commands.common import Progress
 from btdm_engine.constants import PRECISIONS, THREADS_HELP
 from btdm_engine.errors import UsageError
+from btdm_engine.motion import MOTIONS, make_motion
+from btdm_engine.posemaps.atlas import build_atlas
+from btdm_engine.posemaps.export import export_posemaps
+from btdm_engine.weights import default_appearance, default_model_dir
 
 DEFAULT_MOTIONS: tuple[str, ...] = ("walk", "spin")
 SHEET_FRAMES = 6  # sample frames per motion on the contact sheet
@@ -58,19 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from btdm_engine.body import load_body_model
-    from btdm_engine.motion import MOTIONS, make_motion
-    from btdm_engine.posemaps.atlas import build_atlas
-    from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.export import export_posemaps
-    from btdm_engine.posemaps.preview import (
-        colorize_iuv,
-        contact_sheet,
-        part_legend,
-        write_rgb_png,
-    )
+    from btdm_engine.body import load_body_model  # lazy: torch (btdm_engine.body.model)
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, part_legend, write_rgb_png  # lazy: torch, cv2
 
     unknown = [m for m in args.motions if m not in MOTIONS]
     if unknown:
@@ -81,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps and --sr-steps must be >= 1, got {args.steps} and {args.sr_steps}")
     if args.size < 16:
         raise UsageError(f"--size must be at least 16 pixels, got {args.size}")
-    from btdm_engine import limits
-
     limits.check("steps", args.steps, "--steps")
     if args.sr_steps is not None:
         limits.check("steps", args.sr_steps, "--sr-steps")
@@ -93,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{label} must be a positive number of seconds, got {seconds}")
         limits.check("frames", round(seconds * args.fps), f"{label} {seconds:g} x --fps {args.fps:g}")
     if not args.no_generate:
-        from btdm_engine.weights import default_appearance
-
         default_appearance()  # a stripped install fails now, not after the pose maps
     out = Path(args.out)
     body = load_body_model("mannequin")
@@ -127,16 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace, out: Path, body: Any, atlas: Any) -> None:
     """Animate ``args.generate`` with the embedded model and its shipped appearance image."""
-    import numpy as np
-
-    from btdm_engine.commands.common import Progress
-    from btdm_engine.imageio import read_rgb
-    from btdm_engine.motion import make_motion
-    from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png
-    from btdm_engine.posemaps.renderer import IUVRenderer
-    from btdm_engine.weights import default_appearance, default_model_dir
+    from btdm_engine.imageio import read_rgb  # lazy: cv2
+    from btdm_engine.pipeline import Animator  # lazy: torch
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png  # lazy: torch, cv2
+    from btdm_engine.posemaps.renderer import IUVRenderer  # lazy: pyrender, OpenGL
 
     animator = Animator.from_pretrained(default_model_dir())
     image_path, iuv_path = default_appearance()

@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from btdm_engine.imageio import parse_colour
-    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
+    from btdm_engine.imageio import parse_colour  # lazy: cv2
+    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report  # lazy: torch
 
     report = evaluate(
         args.pred,

@@ -16,8 +16,12 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from btdm_engine import limits
 from btdm_engine.constants import DEVICES, IUV_ORDERS
-from btdm_engine.errors import UsageError
+from btdm_engine.errors import NonFiniteError, UsageError
+from btdm_engine.fileio import atomic_dir, make_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,17 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from tqdm import tqdm
+    # lazy, all of these: `btdm --help` imports this module, and torch and cv2 stay out of it
+    import torch  # lazy: torch
+    from tqdm import tqdm  # lazy: tqdm
 
-    from btdm_engine import limits
-    from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint
-    from btdm_engine.errors import NonFiniteError
-    from btdm_engine.fileio import atomic_dir, make_folder
-    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, parse_colour, read_rgb
-    from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network
-    from btdm_engine.posemaps.encoding import read_iuv_png
+    from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint  # lazy: torch
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, parse_colour, read_rgb  # lazy: cv2
+    from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network  # lazy: torch
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")

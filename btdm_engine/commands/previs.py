@@ -23,13 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from btdm_engine.procs import die_with_parent, stop_process
+from btdm_engine.cli import CliError
+from btdm_engine.motion.retarget import to_motion_clip
+from btdm_engine.motion.skeleton_animation import SkeletonAnimation
+from btdm_engine.procs import die_with_parent, ray_connect, stop_process
 
 __all__ = ["register", "run_shot"]
 
@@ -86,9 +91,6 @@ class _LocalEngine:
     """A `btdm serve` child on a free loopback port for the batch."""
 
     def __init__(self, device: str | None) -> None:
-        import socket
-        import tempfile
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -102,8 +104,8 @@ class _LocalEngine:
                                      preexec_fn=die_with_parent)  # no engine outlives a killed batch
 
     def wait(self, timeout: float = 180.0) -> None:
+        # lazy: the HTTP client (http, ssl) costs a tenth of a second at every `btdm --help`
         from btdm_bridge.engine_client import EngineClient, EngineError
-        from btdm_engine.cli import CliError
 
         client = EngineClient(self.url, timeout=2.0)
         deadline = time.monotonic() + timeout
@@ -123,8 +125,6 @@ class _LocalEngine:
 
 
 def run(args: argparse.Namespace) -> int:
-    from btdm_engine.cli import CliError
-
     shots = [Path(s).resolve() for s in args.shots]
     for shot in shots:
         if not shot.is_file():
@@ -212,9 +212,6 @@ def _last_line(text: str) -> str:
 
 def _write_clip(out: Path, params: dict[str, Any]) -> None:
     """clip.npz: the job's skeleton retargeted with the job's own options (the service does not serve its clip)."""
-    from btdm_engine.motion.retarget import to_motion_clip
-    from btdm_engine.motion.skeleton_animation import SkeletonAnimation
-
     anim = SkeletonAnimation.load(out / "skeleton.npz")
     kwargs = {key: params[key] for key in ("skeleton", "bone_map", "scale", "up") if params.get(key) is not None}
     result = to_motion_clip(anim, fit_shape=bool(params.get("fit_shape")), **kwargs)
@@ -227,9 +224,7 @@ def _ray_shot(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 def _run_ray(specs: list[dict[str, Any]], env: dict[str, str], address: str) -> list[dict[str, Any]]:
     """Shots as Ray tasks, one GPU each when the cluster has GPUs (the output folder must be shared)."""
-    import ray
-
-    from btdm_engine.procs import ray_connect
+    import ray  # lazy: optional (the ray extra)
 
     started_here = ray_connect(address)
     try:

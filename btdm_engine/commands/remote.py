@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from btdm_bridge.engine_client import EngineClient, EngineError
+from btdm_engine.cli import CliError
 from btdm_engine.commands.common import Progress, parse_frames
+from btdm_engine.commands.serve import read_token
+from btdm_engine.fileio import StagedRun, atomic_write_bytes
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _zip_posemaps(folder: Path, span: tuple[int, int] | None = None) -> bytes:
     """The folder's IUV PNGs as a zip; with ``span`` (``--frames``) exactly frames start..stop-1, as locally."""
-    from btdm_engine.imageio import frame_index, list_frames
+    from btdm_engine.imageio import frame_index, list_frames  # lazy: cv2
 
     if not folder.is_dir():
         raise FileNotFoundError(f"--posemaps {folder}: no such folder")
@@ -62,10 +65,6 @@ def _zip_posemaps(folder: Path, span: tuple[int, int] | None = None) -> bytes:
 
 def animate_remote(args: argparse.Namespace) -> int:
     """Run ``btdm animate`` on the engine at ``args.engine``; returns the exit status."""
-    from btdm_engine.cli import CliError
-    from btdm_engine.commands.serve import read_token
-    from btdm_engine.fileio import StagedRun, atomic_write_bytes
-
     if args.device is not None:
         raise CliError("--device applies to the server (btdm serve --device); drop it with --engine")
     if args.threads is not None:

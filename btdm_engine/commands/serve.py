@@ -10,6 +10,7 @@ Heavy imports happen in :func:`run`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -17,6 +18,12 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from btdm_engine.cli import CliError
+from btdm_engine.constants import THREADS_HELP
+from btdm_engine.limits import JOB_LIMITS
+from btdm_engine.service import limits
+from btdm_engine.service.lifeline import ParentWatch
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -28,10 +35,6 @@ MAX_WORKERS = 64
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` subcommand to the ``btdm`` dispatcher."""
-    from btdm_engine.constants import THREADS_HELP
-    from btdm_engine.limits import JOB_LIMITS
-    from btdm_engine.service import limits as job  # torch-free
-
     p = subparsers.add_parser(
         "serve",
         help="run the engine as an HTTP job service (for the Blender add-on, batches, remote GPUs)",
@@ -83,9 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "model is always offered as 'default'")
     p.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                    help="raise an engine limit on what uploads are read with (repeatable; names as for the other "
-                        f"commands: frames, pixels, ...). A job's own limits are fixed: at most {job.MAX_FRAMES} "
+                        f"commands: frames, pixels, ...). A job's own limits are fixed: at most {limits.MAX_FRAMES} "
                         f"frames, {JOB_LIMITS['steps'][1]:g} steps, {JOB_LIMITS['finetune_steps'][1]:g} fine-tuning "
-                        f"steps (btdm_engine/limits.py, GET /v1/limits), {job.MAX_REQUEST_BYTES >> 20} MiB per request "
+                        f"steps (btdm_engine/limits.py, GET /v1/limits), {limits.MAX_REQUEST_BYTES >> 20} MiB per request "
                         "(btdm_engine/service/limits.py)")
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
                    help="end with process PID (the Blender add-on passes its own): when it is gone, killed or "
@@ -105,8 +108,6 @@ def is_loopback(host: str) -> bool:
 
 
 def read_token(args: argparse.Namespace) -> str | None:
-    from btdm_engine.cli import CliError
-
     if args.token_file is not None:
         path = Path(args.token_file)
         if not path.is_file():
@@ -126,7 +127,7 @@ def read_token(args: argparse.Namespace) -> str | None:
 def read_tokens(args: argparse.Namespace) -> list[Any]:
     """The server's tokens with their roles (``btdm_engine.service.auth``) from ``--token`` / ``--token-file`` and
     ``--read-token``; empty: a server without tokens."""
-    from btdm_engine.cli import CliError
+    # lazy: service.auth pulls pydantic (service.schemas, a tenth of a second) into `btdm --help`
     from btdm_engine.service.auth import ApiToken, TokenError, Tokens, parse_token_file
 
     tokens: list[ApiToken] = []
@@ -156,14 +157,12 @@ def read_tokens(args: argparse.Namespace) -> list[Any]:
 def check_tls(args: argparse.Namespace) -> dict[str, str]:
     """``--ssl-certfile`` / ``--ssl-keyfile`` as uvicorn's ``ssl_*`` keywords (both or neither; the files
     must load as a pair); empty without TLS."""
-    from btdm_engine.cli import CliError
-
     cert, key = args.ssl_certfile, args.ssl_keyfile
     if cert is None and key is None:
         return {}
     if cert is None or key is None:
         raise CliError("--ssl-certfile and --ssl-keyfile go together (the certificate and its private key)")
-    import ssl
+    import ssl  # lazy: ssl costs 40 ms at every `btdm --help`
 
     for flag, path in (("--ssl-certfile", cert), ("--ssl-keyfile", key)):
         if not Path(path).is_file():
@@ -177,8 +176,6 @@ def check_tls(args: argparse.Namespace) -> dict[str, str]:
 
 def parse_devices(spec: str, torch: Any) -> list[Any]:
     """``--device``: ``cpu``, ``cuda``, ``cuda:N`` or several CUDA devices ``cuda:0,cuda:1`` (each once)."""
-    from btdm_engine.cli import CliError
-
     devices = []
     for part in spec.split(","):
         try:
@@ -207,8 +204,6 @@ def default_data_dir() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``btdm serve`` until SIGINT / SIGTERM; returns the exit status."""
-    from btdm_engine.cli import CliError
-
     tokens = read_tokens(args)
     if not tokens and not is_loopback(args.host):
         raise CliError(f"refusing to listen on {args.host} without a token: anyone who reaches this port could run "
@@ -226,15 +221,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--workers must be 1..{MAX_WORKERS}, got {args.workers}")
     if args.ray is not None and (args.device is not None or args.workers != 1):
         raise CliError("--ray runs the jobs on the cluster's actors (one per GPU or CPU node); drop --device / --workers")
-    if args.ray is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("ray") is None:
-            raise CliError("--ray needs Ray: pip install 'btdm-previs[ray]'")
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise CliError("--ray needs Ray: pip install 'btdm-previs[ray]'")
     watch = None
     if args.parent_pid is not None:
-        from btdm_engine.service.lifeline import ParentWatch
-
         def parent_gone() -> None:
             worker.abandon()
             server.should_exit = True
@@ -253,14 +243,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)  # replaces the plain lines btdm_engine.cli sets up
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-    import torch
-    import uvicorn
+    # lazy, all of these: the service stack stays out of `btdm --help`
+    import torch  # lazy: torch
+    import uvicorn  # lazy: uvicorn
 
-    from btdm_engine.pipeline import default_device
-    from btdm_engine.service.app import create_app
-    from btdm_engine.service.schemas import MODEL_NAME_PATTERN
-    from btdm_engine.service.store import JobStore
-    from btdm_engine.service.worker import ModelRegistry, Worker, WorkerPool
+    from btdm_engine.pipeline import default_device  # lazy: torch
+    from btdm_engine.service.app import create_app  # lazy: fastapi
+    from btdm_engine.service.schemas import MODEL_NAME_PATTERN  # lazy: pydantic
+    from btdm_engine.service.store import JobStore  # lazy: pydantic
+    from btdm_engine.service.worker import ModelRegistry, Worker, WorkerPool  # lazy: pydantic, torch when run
 
     for name in extra:
         if not re.match(MODEL_NAME_PATTERN, name) or name == "default":
@@ -286,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     keep_s = args.keep_days * 86400 if args.keep_days > 0 else None
     members: list[Any] = []
     if args.ray:
-        from btdm_engine.service.raypool import start_ray_workers
+        from btdm_engine.service.raypool import start_ray_workers  # lazy: pydantic stays out of `btdm --help`
 
         api_registry = ModelRegistry.with_default("cpu", extra)  # reads the model configs; never loads a model here
         try:
@@ -313,8 +304,6 @@ def run(args: argparse.Namespace) -> int:
     elif not is_loopback(args.host):
         logger.warning("btdm serve: plain HTTP on %s: tokens and uploads cross the network unencrypted; pass "
                        "--ssl-certfile/--ssl-keyfile or put a TLS reverse proxy in front (docs/service.md)", args.host)
-    from btdm_engine.service import limits
-
     # Idle keep-alive connections close; past MAX_CONNECTIONS open at once, uvicorn answers 503 (the
     # app's guard cuts slow bodies and caps uploads: btdm_engine.service.guard).
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
@@ -331,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
         worker.stop()  # already stopped by the app's lifespan unless startup failed (port in use, ...)
         store.close()
         if args.ray:
-            import ray
+            import ray  # lazy: optional (the ray extra)
 
             ray.shutdown()  # the actors are not detached: they end with the server
     if not server.started:
