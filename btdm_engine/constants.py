@@ -31,6 +31,11 @@ IUV_ORDERS: tuple[str, ...] = ("btdm", "densepose")
 # The two networks (checkpoint "kind") and their presets (BTUNetConfig / SR3Config.PRESET_FIELDS).
 MODEL_KINDS: tuple[str, ...] = ("btunet", "sr3")
 MODEL_PRESETS: tuple[str, ...] = ("tiny", "tiny-warp", "base", "paper")
+# A model folder's SR3 stages, in order: ``sr3/`` (the BTU-Net's frames in), then optionally
+# ``sr3-2/`` (``sr3/``'s frames in), ``sr3-3/``, ...: a cascade of super-resolution models (Ho et
+# al., "Cascaded Diffusion Models for High Fidelity Image Generation", JMLR 2022), each stage
+# conditioned on the one before at its own size (pipeline.Animator).
+SR3_STAGE_DIRS: tuple[str, ...] = ("sr3",) + tuple(f"sr3-{k}" for k in range(2, 5))
 
 # Samplers' noise across frames: one draw every frame shares, or one per frame (diffusion.samplers).
 NOISE_MODES: tuple[str, ...] = ("shared", "independent")

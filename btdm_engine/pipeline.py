@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from btdm_engine.checkpoints import load_checkpoint
-from btdm_engine.constants import NOISE_MODES, PRECISIONS, SAMPLERS
+from btdm_engine.constants import NOISE_MODES, PRECISIONS, SAMPLERS, SR3_STAGE_DIRS
 from btdm_engine.dataconfig import check_choice, check_int
 from btdm_engine.diffusion.losses import bidirectional_loss
 from btdm_engine.diffusion.samplers import (
@@ -70,6 +71,16 @@ _CPU_BUDGET_BYTES = 4 << 30
 _CPU_PAIR_FRAMES = 16
 # A job's defaults, written once (btdm_engine/jobspec.py): the CLI's, the service's and these agree.
 _JOB = JobSpec()
+
+
+def sr3_stage_dirs(root: str | os.PathLike[str]) -> list[Path]:
+    """The SR3 stage folders of a model folder, in order (stops at the first missing one)."""
+    found: list[Path] = []
+    for name in SR3_STAGE_DIRS:
+        if not (Path(root) / name).exists():
+            break
+        found.append(Path(root) / name)
+    return found
 
 
 class AnimatorError(BtdmError, ValueError):
@@ -361,36 +372,45 @@ class Animator:
         *,
         device: str | torch.device | None = None,
         meta: dict[str, Any] | None = None,
+        cascade: list[tuple[nn.Module, ScheduleConfig]] | None = None,
     ) -> None:
         if (sr3 is None) != (sr3_schedule is None):
             raise AnimatorError("sr3 and sr3_schedule must be given together")
+        if cascade and sr3 is None:
+            raise AnimatorError("cascade stages need a first SR3 stage (sr3)")
         res = btunet.config.resolution
-        if sr3 is not None and sr3.config.low_resolution != res:
-            raise AnimatorError(
-                f"SR3 expects {sr3.config.low_resolution} px input but the BTU-Net makes {res} px frames"
-            )
+        for k, net in enumerate([] if sr3 is None else [sr3] + [m for m, _ in cascade or []]):
+            if net.config.low_resolution != res:
+                before = "the BTU-Net" if k == 0 else f"SR3 stage {k}"
+                raise AnimatorError(
+                    f"SR3 stage {k + 1} expects {net.config.low_resolution} px input but {before} makes {res} px frames"
+                )
+            res = net.config.resolution
         self.btunet = btunet.eval()
         self.schedule = schedule
         self.sr3 = None if sr3 is None else sr3.eval()
         self.sr3_schedule = sr3_schedule
+        # the SR3 stages after the first (model folders' sr3-2/, ...), each fed the one before
+        self.cascade = [(net.eval(), sched) for net, sched in cascade or []]
         self.meta = meta or {}
         self.device = torch.device("cpu")
         self.to(default_device() if device is None else device)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device | None = None) -> Animator:
-        """Load ``directory/btunet`` and, when present, ``directory/sr3`` (checkpoint folders)."""
+        """Load ``directory/btunet`` and, when present, its SR3 stages ``directory/sr3``, ``sr3-2``, ...
+        (checkpoint folders; :func:`sr3_stage_dirs`)."""
         root = Path(directory)
         if not root.is_dir():
             raise AnimatorError(f"model folder {root} does not exist")
         if not (root / "btunet").is_dir():
             raise AnimatorError(f"{root}: no btunet/ checkpoint folder inside")
         btunet, schedule, meta = load_checkpoint(root / "btunet", kind="btunet")
-        sr3 = sr3_schedule = None
-        sr3_meta: dict[str, Any] = {}
-        if (root / "sr3").exists():
-            sr3, sr3_schedule, sr3_meta = load_checkpoint(root / "sr3", kind="sr3")
-        return cls(btunet, schedule, sr3, sr3_schedule, device=device, meta={"btunet": meta, "sr3": sr3_meta})
+        stages = [load_checkpoint(folder, kind="sr3") for folder in sr3_stage_dirs(root)]
+        sr3, sr3_schedule, sr3_meta = stages[0] if stages else (None, None, {})
+        return cls(btunet, schedule, sr3, sr3_schedule, device=device,
+                   meta={"btunet": meta, "sr3": sr3_meta, "cascade": [m for _, _, m in stages[1:]]},
+                   cascade=[(net, sched) for net, sched, _ in stages[1:]])
 
     def to(self, device: str | torch.device) -> Animator:
         """Move the networks to ``device`` (returns self).
@@ -403,8 +423,8 @@ class Animator:
             raise AnimatorError(f"device {device} requested but CUDA is not available")
         layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
         self.btunet.to(device, memory_format=layout)
-        if self.sr3 is not None:
-            self.sr3.to(device, memory_format=layout)
+        for net, _ in self.sr3_stages:
+            net.to(device, memory_format=layout)
         self.device = device
         return self
 
@@ -414,23 +434,44 @@ class Animator:
         return int(self.btunet.config.resolution)
 
     @property
-    def resolution(self) -> int:
-        """The output frame size: SR3's when present, else the BTU-Net's."""
-        return int(self.sr3.config.resolution) if self.sr3 is not None else self.low_resolution
+    def sr3_stages(self) -> list[tuple[nn.Module, ScheduleConfig]]:
+        """Every SR3 stage in order (none, ``sr3`` alone, or ``sr3`` then the cascade's)."""
+        if self.sr3 is None:
+            return []
+        assert self.sr3_schedule is not None
+        return [(self.sr3, self.sr3_schedule), *self.cascade]
 
-    def sr_steps_for(self, steps: int, sr_steps: int | None = None) -> int:
-        """A job's SR3 steps: ``sr_steps`` when given; else the SR3 checkpoint's own choice
-        (``extra.sampling.sr_steps`` in its config.json: the shipped residual SR3 says 1, its x0
-        prediction from pure noise, the conditional mean, which scored best on held-out people,
+    @property
+    def resolution(self) -> int:
+        """The output frame size: the last SR3 stage's when there is one, else the BTU-Net's."""
+        stages = self.sr3_stages
+        return int(stages[-1][0].config.resolution) if stages else self.low_resolution
+
+    def sr_steps_for(self, steps: int, sr_steps: int | None = None, stage: int = 0) -> int:
+        """A job's steps for SR3 stage ``stage`` (0 = ``sr3/``, 1 = ``sr3-2/``, ...): ``sr_steps``
+        when given (every stage); else the stage checkpoint's own choice (``extra.sampling.sr_steps``
+        in its config.json: the shipped residual SR3 says 1, its x0 prediction from pure noise, the
+        conditional mean, which scored best on held-out people,
         docs/results/default_model_residual.md); else ``steps``."""
         if sr_steps is not None:
             return sr_steps
-        extra = self.meta.get("sr3", {}).get("extra") or {}
+        meta = self.meta.get("sr3", {}) if stage == 0 else (self.meta.get("cascade") or [{}] * stage)[stage - 1]
+        extra = meta.get("extra") or {}
         own = (extra.get("sampling") or {}).get("sr_steps") if isinstance(extra, dict) else None
         if own is None:
             return steps
-        check_int(own, "sr3/config.json extra.sampling.sr_steps", AnimatorError, lo=1, hi=int(JOB_LIMITS["sr_steps"][1]))
+        where = f"{SR3_STAGE_DIRS[stage]}/config.json extra.sampling.sr_steps"
+        check_int(own, where, AnimatorError, lo=1, hi=int(JOB_LIMITS["sr_steps"][1]))
         return int(own)
+
+    def sr3_calls(self, frames: int, steps: int, sr_steps: int | None = None, batch: int | None = None) -> int:
+        """The SR3 network calls (every stage) that :meth:`super_resolve` makes for ``frames`` frames:
+        the ``total`` of its ``"sr3"`` callbacks."""
+        return sum(
+            math.ceil(frames / (batch or max_batch_for(int(net.config.resolution), self.device)))
+            * self.sr_steps_for(steps, sr_steps, k)
+            for k, (net, _) in enumerate(self.sr3_stages)
+        )
 
     def animate(
         self,
@@ -545,7 +586,7 @@ class Animator:
         if self.sr3 is None:
             yield from tensor_to_images(low)
             return
-        for chunk in self.super_resolve(job, low, steps=self.sr_steps_for(steps, sr_steps), seed=seed, eta=eta,
+        for chunk in self.super_resolve(job, low, steps=steps, sr_steps=sr_steps, seed=seed, eta=eta,
                                         batch=sr_batch, low_res_logsnr=sr_low_res_logsnr, noise=sr_noise,
                                         precision=precision, workers=workers, callback=callback, cancel=cancel):
             yield from tensor_to_images(chunk)
@@ -621,28 +662,55 @@ class Animator:
         raise AnimatorError(f"sampler {sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
 
     def super_resolve(
-        self, job: GenerationInputs, low: Tensor, *, start: int = 0, steps: int = _JOB.steps, seed: int = _JOB.seed,
-        eta: float = _JOB.eta, batch: int | None = None, low_res_logsnr: float | None = None, noise: str = _JOB.noise,
-        precision: str = "auto", workers: int | None = None, callback: Callback | None = None, cancel: object = None,
+        self, job: GenerationInputs, low: Tensor, *, start: int = 0, steps: int = _JOB.steps,
+        sr_steps: int | None = _JOB.sr_steps, seed: int = _JOB.seed, eta: float = _JOB.eta, batch: int | None = None,
+        low_res_logsnr: float | None = None, noise: str = _JOB.noise, precision: str = "auto",
+        workers: int | None = None, callback: Callback | None = None, cancel: object = None,
     ) -> Iterator[Tensor]:
-        """Stage 3: SR3 over frames ``start..`` of ``low``, streamed in chunks (n, 3, R, R) in [-1, 1];
-        a warp-conditioned SR3 reads each chunk's prior at the output size as it goes."""
-        if self.sr3 is None:
+        """Stage 3: SR3 over frames ``start..`` of ``low``, streamed in chunks (n, 3, R, R) in [-1, 1].
+
+        Every SR3 stage of the model runs in turn on each chunk, the next stage reading the chunks
+        of the one before as they come (a cascade never holds the sequence at any size above the
+        BTU-Net's). A warp-conditioned stage reads each chunk's prior at its own output size. Steps
+        per stage: :meth:`sr_steps_for`; seeds: stage 2 for ``sr3/``, 3 for ``sr3-2/``, ...;
+        ``callback("sr3", call, total)`` counts the calls of every stage (:meth:`sr3_calls`).
+        """
+        stages = self.sr3_stages
+        if not stages:
             raise AnimatorError("this Animator has no SR3 model")
         dev = self.device
         workers, intra = sampling_workers(dev, workers)
-        warp = None
-        if job.texture is not None and getattr(self.sr3.config, "warp_channels", 0):
-            texture, iuv, size = job.texture, job.pose_maps, self.resolution
-            assert iuv is not None
-            warp = lambda a, b: warp_maps(texture, iuv[start + a : start + b], size)  # noqa: E731
-        chunks = sample_sr3(
-            _autocast_for(self.sr3, dev, precision), low[start:].to(dev), steps=steps, schedule=self.sr3_schedule,
-            generator=_generator(seed, 2), resolution=self.resolution, eta=eta,
-            batch=batch if batch is not None else max_batch_for(self.resolution, dev, workers),
-            low_res_logsnr=low_res_logsnr, noise=noise, callback=callback, cancel=cancel, workers=workers, warp=warp,
-        )
+        frames = low.shape[0] - start
+        total = self.sr3_calls(frames, steps, sr_steps, batch)
+        calls = 0
+
+        def counted(_stage: str, _step: int, _total: int | None) -> None:
+            nonlocal calls
+            calls += 1
+            if callback is not None:
+                callback("sr3", calls, total)
+
+        chunks: Tensor | Iterator[Tensor] = low[start:].to(dev)
+        for k, (net, schedule) in enumerate(stages):
+            size = int(net.config.resolution)
+            warp = None
+            if job.texture is not None and getattr(net.config, "warp_channels", 0):
+                texture, iuv = job.texture, job.pose_maps
+                assert iuv is not None
+                warp = functools.partial(_warp_frames, texture, iuv, start, size)
+            chunks = sample_sr3(
+                _autocast_for(net, dev, precision), chunks, steps=self.sr_steps_for(steps, sr_steps, k),
+                schedule=schedule, generator=_generator(seed, 2 + k), resolution=size, eta=eta,
+                batch=batch if batch is not None else max_batch_for(size, dev, workers), num_frames=frames,
+                low_res_logsnr=low_res_logsnr, noise=noise, callback=counted, cancel=cancel, workers=workers,
+                warp=warp,
+            )
         yield from stream_with_threads(chunks, intra)
+
+
+def _warp_frames(texture: UVTexture, iuv: np.ndarray, offset: int, size: int, a: int, b: int) -> Tensor:
+    """The prior of frames ``offset + a .. offset + b - 1`` at ``size`` px (a stage's ``warp``)."""
+    return warp_maps(texture, iuv[offset + a : offset + b], size)
 
 
 @dataclass
@@ -690,6 +758,7 @@ __all__ = [
     "resize_pose_maps",
     "resolve_precision",
     "sampling_workers",
+    "sr3_stage_dirs",
     "stream_with_threads",
     "tensor_to_images",
 ]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from btdm_engine.constants import SR3_STAGE_DIRS
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_text, read_json
 from btdm_engine.jobspec import JobFault, JobSpec
@@ -115,12 +115,17 @@ class ModelRegistry:
         if btunet is None:
             raise ServiceError(f"model {entry.name}: {entry.path} has no btunet/config.json")
         sr3 = config("sr3")
+        last = sr3
+        for name in SR3_STAGE_DIRS[1:]:  # a cascade's later stages: the last one's size is the output's
+            if (stage := config(name)) is None:
+                break
+            last = stage
         extra = btunet.get("extra", {})
         low = int(btunet["model"]["resolution"])
         return {
             "name": entry.name,
             "preset": extra.get("training", {}).get("preset"),
-            "resolution": int(sr3["model"]["resolution"]) if sr3 else low,
+            "resolution": int(last["model"]["resolution"]) if last else low,
             "low_resolution": low,
             "has_sr3": sr3 is not None,
             "takes_appearance": extra.get("task") == "single_image",
@@ -527,9 +532,8 @@ class _JobRun:
                 self.progress.set_stage("finetune", 0, p["finetune_steps"])
                 btunet = animator.finetune(job, steps=p["finetune_steps"], lr=p["finetune_lr"], seed=p["seed"],
                                            callback=self.progress, cancel=self.is_cancelled)
-            self.progress.sr3_total = (
-                math.ceil(num / run_info["sr_batch"]) * animator.sr_steps_for(p["steps"], p["sr_steps"])
-                if animator.sr3 is not None else None)
+            self.progress.sr3_total = (animator.sr3_calls(num, p["steps"], p["sr_steps"], run_info["sr_batch"])
+                                       if animator.sr3 is not None else None)
             self.progress.set_stage("btunet", 0, p["steps"] * (num if p["sampler"] == "unidirectional" else 1))
             low = animator.sample_low(job, btunet, steps=p["steps"], seed=p["seed"], sampler=p["sampler"],
                                       eta=p["eta"], noise=p["noise"], max_batch=run_info["max_batch"],
@@ -555,10 +559,10 @@ class _JobRun:
         elif done < num:
             batch = run_info["sr_batch"]
             first_chunk = done // batch
-            sr_steps = animator.sr_steps_for(p["steps"], p["sr_steps"])
             start = first_chunk * batch
-            self.progress.set_stage("sr3", 0, math.ceil((num - start) / batch) * sr_steps)
-            chunks = animator.super_resolve(job, low, start=start, steps=sr_steps, seed=p["seed"], eta=p["eta"],
+            self.progress.set_stage("sr3", 0, animator.sr3_calls(num - start, p["steps"], p["sr_steps"], batch))
+            chunks = animator.super_resolve(job, low, start=start, steps=p["steps"], sr_steps=p["sr_steps"],
+                                            seed=p["seed"], eta=p["eta"],
                                             batch=batch, noise=p["noise"], workers=workers, callback=self.progress,
                                             cancel=self.is_cancelled)
             n = start
