@@ -70,7 +70,7 @@ from btdm_engine import limits
 from btdm_engine.dataconfig import check_int, check_keys, check_number, is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text, read_json
-from btdm_engine.imageio import ImageReadError, image_size
+from btdm_engine.imageio import ImageReadError, image_size, read_image
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -380,7 +380,7 @@ class DatasetManifest:
             if not clip_path.is_file():
                 raise DatasetFormatError(f"{clip_path}: missing ({where})")
             if check_clips:
-                from btdm_engine.motion.clip import MotionClip
+                from btdm_engine.motion.clip import MotionClip  # lazy: loads scipy, only to check clips
 
                 try:
                     clip = MotionClip.load(clip_path)
@@ -447,8 +447,6 @@ class DatasetManifest:
 
     def _blank_frames(self, rec: SequenceRecord) -> list[str]:
         """Warnings for a sequence whose sampled frames are blank; an error when all its frames are."""
-        from btdm_engine.imageio import read_image
-
         folder = self.sequence_dir(rec.id)
         notes = []
         for sub, blank, what in (("rgb", _uniform, "one uniform colour (a failed render?)"),

@@ -19,6 +19,7 @@ import numpy as np
 
 from btdm_engine.errors import UsageError
 from btdm_engine.fileio import atomic_write_bytes
+from btdm_engine.motion.clip import MotionClip
 from btdm_engine.posemaps.encoding import write_iuv_png
 from training.dataset_format import SEQUENCES_DIR, SequenceRecord, frame_name, write_manifest
 
@@ -70,8 +71,6 @@ def toy_frame(size: int, t: int, character: int, phase: float = 0.0) -> tuple[np
 
 
 def _toy_clip(num_frames: int, size: int, fps: float):
-    from btdm_engine.motion.clip import MotionClip
-
     k = np.array([[size, 0, size / 2], [0, size, size / 2], [0, 0, 1]], np.float32)
     w2c = np.eye(4, dtype=np.float32)
     w2c[2, 3] = 3.0

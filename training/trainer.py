@@ -60,18 +60,32 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
-from btdm_engine.checkpoints import non_finite_tensors, save_checkpoint
+from btdm_engine import limits
+from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint
 from btdm_engine.diffusion.losses import bidirectional_loss, sr3_loss, unidirectional_loss
+from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sample_unidirectional
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_dir, atomic_path, atomic_write_text, write_json_atomic
 from btdm_engine.models import build_model
 from btdm_engine.models.btunet import BTUNetConfig
 from btdm_engine.models.sr3 import SR3Config
+from btdm_engine.posemaps.encoding import tensor_to_iuv
+from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png
 from training.config import TrainConfig, TrainConfigError
 from training.dataset_format import DatasetFormatError, DatasetManifest, SequenceFrames
-from training.datasets import WARP_RESOLUTION, FramePairDataset, PairDatasetConfig, SR3FrameDataset
+from training.datasets import (
+    WARP_RESOLUTION,
+    FramePairDataset,
+    PairDatasetConfig,
+    SR3FrameDataset,
+    load_sequence,
+    sequence_warp,
+    tensor_to_uint8,
+)
+from training.video import DensePoseVideoSet
 
 STATE_VERSION = 1
 CONFIG_FILE = "train_config.json"
@@ -107,8 +121,6 @@ def training_sequences(config: TrainConfig) -> tuple[list[SequenceFrames], list[
         held_out = [s for s in ("test", "val") if s in manifest.splits and s != config.split]
         preview = manifest.sequence_frames(held_out[0]) if held_out else train
     else:
-        from training.video import DensePoseVideoSet
-
         videos = DensePoseVideoSet(root)
         train = videos.sequence_frames(config.split)
         held_out = [s for s in ("test", "val") if s in videos.splits and s != config.split]
@@ -345,8 +357,6 @@ def prune_snapshots(run_dir: Path, keep: int) -> None:
 
 def load_snapshot(snapshot: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
     """Restore raw weights, EMA weights and optimizer from a snapshot, strictly."""
-    from btdm_engine.checkpoints import load_checkpoint
-
     meta = json.loads((snapshot / "training_state.json").read_text(encoding="utf-8"))
     if meta.get("format_version") != STATE_VERSION:
         raise TrainingError(f"{snapshot / 'training_state.json'}: unsupported format_version {meta.get('format_version')!r}")
@@ -420,7 +430,7 @@ class RunLog:
     """CSV + TensorBoard logging on rank 0; a resumed run drops rows past its snapshot."""
 
     def __init__(self, run_dir: Path, resume_step: int, resumed: bool) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard (protobuf, absl) only for a logging run
 
         self.csv_path = run_dir / "log.csv"
         rows: list[dict[str, str]] = []
@@ -460,11 +470,6 @@ def write_preview(
     autoregressive sampler for the unidirectional mode), c = the sequence's first frame.
     SR3: rows = low-res input (nearest-upscaled), ground truth, sample.
     """
-    from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sample_unidirectional
-    from btdm_engine.posemaps.encoding import tensor_to_iuv
-    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_mp4, write_rgb_png
-    from training.datasets import load_sequence, sequence_warp, tensor_to_uint8
-
     ema.eval()
     n = min(config.sample_frames, sequence.num_frames)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -593,8 +598,6 @@ def _remove_failed_start(run_dir: Path) -> None:
 
 def check_model_size(config: TrainConfig) -> None:
     """Build the network on the meta device (no memory) and refuse one over the ``parameters`` limit."""
-    from btdm_engine import limits
-
     net_config = model_config(config)
     with torch.device("meta"):
         count = sum(p.numel() for p in build_model(config.kind, net_config.to_dict()).parameters())
@@ -830,8 +833,6 @@ class _Monitor:
         self.log = RunLog(run.run_dir, step, resumed=resumed)
         self.bar = None
         if progress:
-            from tqdm import tqdm
-
             config = run.config
             self.bar = tqdm(total=config.steps, initial=step, desc=f"train {config.kind} ({config.mode})", unit="step",
                             dynamic_ncols=True)  # fmt: skip

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from btdm_engine.dataconfig import check_keys, is_int
-from btdm_engine.fileio import read_json
+from btdm_engine.fileio import atomic_write_text, read_json
 from training.dataset_format import DatasetFormatError, SequenceFrames
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -152,7 +152,7 @@ def symmetry_from_detectron2(mat_path: str | Path) -> DensePoseSymmetry:
 
     Save it beside the videos with ``write_symmetry(symmetry_from_detectron2(MAT), ROOT / SYMMETRY_FILE)``.
     """
-    import scipy.io
+    import scipy.io  # lazy: scipy only to read detectron2's .mat file
 
     mat = scipy.io.loadmat(str(mat_path))
     doc: dict[str, Any] = {"format_version": SYMMETRY_VERSION, "labels": list(DETECTRON2_PART_SWAP)}
@@ -165,8 +165,6 @@ def symmetry_from_detectron2(mat_path: str | Path) -> DensePoseSymmetry:
 
 def write_symmetry(symmetry: DensePoseSymmetry, path: str | Path) -> Path:
     """Write a table as JSON (atomically)."""
-    from btdm_engine.fileio import atomic_write_text
-
     return atomic_write_text(Path(path), json.dumps(symmetry.to_dict(), separators=(",", ":")) + "\n")
 
 
