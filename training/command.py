@@ -26,8 +26,10 @@ from pathlib import Path
 from types import UnionType
 from typing import Any
 
+from btdm_engine import limits
 from btdm_engine.constants import MODEL_KINDS
 from btdm_engine.errors import UsageError
+from training.config import TrainConfig
 
 # Every TrainConfig field is a flag ``--field-name VALUE`` with the field's help and choices, except
 # these: other flag names and forms (turned into the field's value by _CONVERT) ...
@@ -53,7 +55,7 @@ def _json_object(text: str) -> Any:
 
 
 def _colour(text: str) -> tuple[float, float, float]:
-    from btdm_engine.imageio import parse_colour
+    from btdm_engine.imageio import parse_colour  # lazy: imageio loads cv2; btdm --help stays cv2-free
 
     return parse_colour(text)
 
@@ -67,8 +69,6 @@ def config_flags() -> list[tuple[str, str, dict[str, Any]]]:
 
     Every flag defaults to None, so that a resumed run knows which options were given.
     """
-    from training.config import TrainConfig  # torch-free: the dataclass and its checks
-
     hints = typing.get_type_hints(TrainConfig)
     flags = []
     for f in dataclasses.fields(TrainConfig):
@@ -117,8 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the arguments describe (for --resume: the saved one plus what was given)."""
-    from training.config import TrainConfig
-    from training.trainer import CONFIG_FILE
+    from training.trainer import CONFIG_FILE  # lazy: the trainer loads torch; btdm --help stays torch-free
 
     given = {
         name: _CONVERT.get(name, lambda v: v)(getattr(args, name))
@@ -139,10 +138,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: torch only when a run starts, not for btdm --help
 
-    from btdm_engine import limits
-    from training.trainer import train
+    from training.trainer import train  # lazy: the trainer loads torch
 
     if args.steps is not None:
         limits.check("finetune_steps", args.steps, "--steps")

@@ -50,9 +50,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_dir, atomic_write_bytes, write_json_atomic
+from btdm_engine.imageio import read_image, resize_labels
+from training.config import TrainConfig
+from training.dataset_format import SEQUENCES_DIR, DatasetManifest, SequenceRecord, frame_name, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +195,8 @@ def _pick_test_sequences(records: list[Any], count: int) -> list[Any]:
 def _pack_sequence(source: Any, rec: Any, dst_root: Path, size: int, max_frames: int | None,
                    budget: Callable[[int, str], None]) -> Any:  # fmt: skip
     """Write one sequence at ``size`` px into ``dst_root``; returns its SequenceRecord."""
-    from btdm_engine.imageio import read_image, resize_labels
-    from btdm_engine.motion.clip import MotionClip
-    from btdm_engine.posemaps.encoding import read_iuv_png, validate_iuv
-    from training.dataset_format import SEQUENCES_DIR, SequenceRecord, frame_name
+    from btdm_engine.motion.clip import MotionClip  # lazy: loads scipy
+    from btdm_engine.posemaps.encoding import read_iuv_png, validate_iuv  # lazy: loads torch
 
     src = source.sequence_dir(rec.id)
     dst = dst_root / SEQUENCES_DIR / rec.id
@@ -246,8 +248,6 @@ def pack_dataset(
     held-out people are never trained on (the trainer reads the ``train`` split). ``out`` is
     written whole (``atomic_dir``) or not at all; an old pack there is replaced with ``replace``.
     """
-    from training.dataset_format import DatasetManifest, write_manifest
-
     source = DatasetManifest.load(data)
     where = f"pack {Path(data)}"
     if not source.info.get("complete", True) and not allow_incomplete:
@@ -348,7 +348,7 @@ class ShardInfo:
 
 def _tensor_digest(tensors: dict[str, Any]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (the export id)."""
-    import torch
+    import torch  # lazy: the module stays torch-free until a command needs torch
 
     digest = hashlib.sha256()
     for name in sorted(tensors):
@@ -383,10 +383,10 @@ def export_shards(
     otherwise. Shard 1 carries the checkpoint's ``config.json`` in its metadata; every shard
     carries the export id (a hash of all exported tensors), its index and the shard count.
     """
-    import torch
-    from safetensors.torch import save
+    import torch  # lazy: the module stays torch-free until a command needs torch
+    from safetensors.torch import save  # lazy: loads torch
 
-    from btdm_engine.checkpoints import load_checkpoint
+    from btdm_engine.checkpoints import load_checkpoint  # lazy: loads torch
 
     out = Path(out)
     old = sorted(out.glob(f"*-of-*{SHARD_SUFFIX}")) if out.is_dir() else []
@@ -440,7 +440,7 @@ def export_shards(
 
 
 def _device_summary() -> dict[str, Any]:
-    import torch
+    import torch  # lazy: the module stays torch-free until a command needs torch
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -509,8 +509,7 @@ def train_recipe(
     is when everything, export included, must be done: the budget shrinks to fit it (the device
     run's command limit, after a benchmark of unknown length). Returns the summary.
     """
-    from training.config import TrainConfig
-    from training.trainer import train
+    from training.trainer import train  # lazy: the trainer loads torch
 
     if (minutes is None) == (steps is None):
         raise GpuRecipeError("train: give exactly one of minutes (a wall-clock budget) and steps")
@@ -521,7 +520,7 @@ def train_recipe(
     t_start = time.monotonic()
     run_dir, export = Path(run_dir), Path(export)
     fields = {**TRAIN_SETTINGS, **(settings or {})}
-    import torch
+    import torch  # lazy: the module stays torch-free until a command needs torch
 
     cuda = fields.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available()
     # ~1 ms per 64 px pair on one core: 8 workers feed a 64-sample batch every ~10 ms
@@ -606,16 +605,15 @@ def train_recipe(
 def write_preview_png(run_dir: Path, path: Path, frames: int = 8, steps: int = 20) -> Path:
     """A PNG strip of the run's EMA model on its first preview (held-out) sequence: pose maps, the
     truth, and frames sampled with algorithm 1 from frame 0 as c (PNG only: no ffmpeg needed)."""
-    import torch
+    import torch  # lazy: the module stays torch-free until a command needs torch
 
-    from btdm_engine.checkpoints import load_checkpoint
-    from btdm_engine.diffusion.samplers import sample_bidirectional
-    from btdm_engine.pipeline import _autocast_for, default_device
-    from btdm_engine.posemaps.encoding import tensor_to_iuv
-    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
-    from training.config import TrainConfig
-    from training.datasets import load_sequence, tensor_to_uint8
-    from training.trainer import training_sequences
+    from btdm_engine.checkpoints import load_checkpoint  # lazy: loads torch
+    from btdm_engine.diffusion.samplers import sample_bidirectional  # lazy: loads torch
+    from btdm_engine.pipeline import _autocast_for, default_device  # lazy: loads torch
+    from btdm_engine.posemaps.encoding import tensor_to_iuv  # lazy: loads torch
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png  # lazy: loads torch
+    from training.datasets import load_sequence, tensor_to_uint8  # lazy: loads torch
+    from training.trainer import training_sequences  # lazy: loads torch
 
     config = TrainConfig.from_dict(json.loads((run_dir / "train_config.json").read_text(encoding="utf-8")))
     device = default_device() if config.device == "auto" else torch.device(config.device)
@@ -637,8 +635,6 @@ def write_preview_png(run_dir: Path, path: Path, frames: int = 8, steps: int = 2
 
 
 def _shard_metadata(path: Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -655,7 +651,7 @@ def read_shards(shards: str | Path | Iterable[str | Path]) -> tuple[dict[str, An
 
     ``shards`` is a folder holding ``*-of-*.safetensors`` files or a list of such files.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: safetensors.torch loads torch
 
     if isinstance(shards, (str, Path)) and Path(shards).is_dir():
         files = sorted(Path(shards).glob(f"*-of-*{SHARD_SUFFIX}"))
@@ -714,9 +710,9 @@ def assemble_model(
     ``appearance_from`` a model folder whose ``appearance.png`` / ``appearance_iuv.png`` are copied.
     ``out`` is written whole or not at all; an earlier assembled folder is replaced with ``replace``.
     """
-    from btdm_engine.checkpoints import load_checkpoint, read_checkpoint_config, save_checkpoint
-    from btdm_engine.diffusion.schedule import ScheduleConfig
-    from btdm_engine.models import build_model
+    from btdm_engine.checkpoints import load_checkpoint, read_checkpoint_config, save_checkpoint  # lazy: loads torch
+    from btdm_engine.diffusion.schedule import ScheduleConfig  # lazy: loads torch
+    from btdm_engine.models import build_model  # lazy: loads torch
 
     tensors, document, meta = read_shards(shards)
     kind = document.get("kind")
