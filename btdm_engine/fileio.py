@@ -18,14 +18,19 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from btdm_engine.errors import BtdmError
+from btdm_engine.procs import clean_stale_temps
 
 
 class NpzFormatError(BtdmError, ValueError):
@@ -219,8 +224,6 @@ def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...]
     refused by its reader before any allocation. Raises :class:`NpzFormatError` (a ``ValueError``)
     naming the member for a member that is not an ``.npy`` array.
     """
-    import zipfile
-
     out: dict[str, tuple[tuple[int, ...], Any]] = {}
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
@@ -237,8 +240,6 @@ def npz_headers(path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...]
 def read_npy_header(fh: Any) -> tuple[tuple[int, ...], Any]:
     """``(shape, dtype)`` from the header of an open ``.npy`` stream (format 1.0 or 2.0), reading
     nothing past it; ``ValueError`` for a bad or unknown header."""
-    import numpy as np
-
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
         shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -271,10 +272,6 @@ class StagedRun:
 
     def begin(self) -> tuple[Path, bool]:
         """Create a fresh staging folder; returns it and whether an interrupted run's was removed."""
-        import shutil
-
-        from btdm_engine.procs import clean_stale_temps
-
         self._created = _missing_folders(self.out)  # what abandon() may remove again, deepest first
         make_folder(self.out, "cannot write the output")
         removed = False
@@ -290,9 +287,6 @@ class StagedRun:
 
     def publish(self, count: int, info: dict[str, Any] | None = None) -> None:
         """Move the staged outputs of ``count`` frames into ``OUT`` and record them."""
-        import re
-        import shutil
-
         frame_name = re.compile(r"^\d{6}\.png$")
         record_path = self.out / self.RECORD
         old = read_json(record_path, StagingError) if record_path.is_file() else {}
@@ -329,8 +323,6 @@ class StagedRun:
         its parents that did not exist before :meth:`begin`, each only while empty. An earlier
         complete run in ``OUT`` is untouched.
         """
-        import shutil
-
         if (self.staging / self.MARKER).is_file():
             shutil.rmtree(self.staging, ignore_errors=True)
         for folder in getattr(self, "_created", ()):

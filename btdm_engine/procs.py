@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -39,8 +40,6 @@ _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
 
 
 def _glibc() -> ctypes.CDLL | None:
-    import platform
-
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
     return ctypes.CDLL(None)
@@ -121,7 +120,7 @@ def ray_connect(address: str) -> bool:
 
     Returns whether this call started the connection (the caller then shuts it down when done).
     """
-    import ray
+    import ray  # lazy: optional (the ray extra)
 
     if ray.is_initialized():
         return False

@@ -21,6 +21,7 @@ import torch
 from einops import rearrange
 
 from btdm_engine.body import exact
+from btdm_engine.body.mannequin import mannequin_path
 from btdm_engine.body.skeleton import NUM_BETAS, NUM_JOINTS, NUM_POSE_BASIS, PARENTS
 from btdm_engine.errors import BtdmError
 
@@ -278,8 +279,6 @@ def load_body_model(name_or_path: str | Path = "mannequin") -> BodyModel:
     returned model is shared: treat its arrays as read-only.
     """
     if isinstance(name_or_path, str) and name_or_path == "mannequin":
-        from btdm_engine.body.mannequin import mannequin_path
-
         path, name = mannequin_path(), "mannequin"
     else:
         path = Path(name_or_path)

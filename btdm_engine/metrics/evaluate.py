@@ -29,6 +29,7 @@ reported as ``null`` with the reason, never estimated.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from btdm_engine import limits
 from btdm_engine.constants import IUV_ORDERS
 from btdm_engine.errors import BtdmError, UsageError
 from btdm_engine.fileio import write_json_atomic
@@ -48,6 +50,7 @@ from btdm_engine.metrics.fid import FIDInceptionV3, frechet_distance, inception_
 from btdm_engine.metrics.flow import tof_per_pair, warping_error_per_pair
 from btdm_engine.metrics.image import fill_background, psnr, ssim
 from btdm_engine.metrics.lpips import LPIPS, lpips_pairs, tlpips_per_pair
+from btdm_engine.posemaps.encoding import read_iuv_png
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +137,6 @@ def discover_sequences(root: str | Path, kind: str) -> dict[str, Path]:
 
 
 def _read_masks(paths: Sequence[Path], order: str, size: tuple[int, int]) -> torch.Tensor:
-    from btdm_engine.posemaps.encoding import read_iuv_png
-
     masks = [resize_labels(read_iuv_png(p, order=order)[..., 0], size) > 0 for p in paths]
     return torch.from_numpy(np.stack(masks))
 
@@ -241,8 +242,6 @@ def _dataset_manifest(folder: Path) -> Path | None:
 
 def _check_complete(folders: dict[str, str | Path | None], allow: bool) -> None:
     """Refuse (or, with ``allow``, warn about) a folder inside a dataset whose manifest marks it incomplete."""
-    import json
-
     for flag, folder in folders.items():
         if folder is None:
             continue
@@ -273,8 +272,6 @@ def _check(
     if size is not None and size < 11:
         raise UsageError(f"evaluation size must be at least 11 px (the SSIM window), got {size}")
     if size is not None:
-        from btdm_engine import limits
-
         limits.check("size", size, "--size")
     pred_seqs = discover_sequences(pred, "rgb")
     gt_seqs = discover_sequences(gt, "rgb")
