@@ -35,6 +35,13 @@ from btdm_engine import limits
 from btdm_engine.body.skeleton import JOINT_NAMES, NUM_BETAS, NUM_JOINTS, PARENTS
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import npz_headers
+from btdm_engine.motion.camera import framing_camera
+from btdm_engine.motion.clip import MotionClip
+from btdm_engine.motion.kinematics import forward_kinematics, world_rotations
+from btdm_engine.motion.library import cached_body_model
+from btdm_engine.motion.retarget import Retargeted, _resample
+from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
 __all__ = ["MODELS", "AmassError", "AmassMotion", "amass_skeleton_animation", "amass_to_clip", "is_amass",
            "read_amass"]
@@ -182,8 +189,6 @@ def read_amass(path: str | os.PathLike[str]) -> AmassMotion:
 
 def _turn(poses: np.ndarray, trans: np.ndarray, rest_pelvis: np.ndarray, up: str) -> tuple[np.ndarray, np.ndarray]:
     """The file's global orientation and translation in the clip's Y-up world (body joints untouched)."""
-    from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-
     if up == "Y":
         return poses, trans
     poses = poses.copy()
@@ -199,12 +204,6 @@ def amass_to_clip(motion: AmassMotion, *, body_model: str = "mannequin", width: 
     ``up``: the file's up axis (default Z, AMASS's). ``fps`` resamples (slerp). The report says what
     was kept: ``skeleton`` (the model), ``map`` (SMPL joint -> itself), ``betas``, ``gender``, ``warnings``.
     """
-    from btdm_engine.motion.camera import framing_camera
-    from btdm_engine.motion.clip import MotionClip
-    from btdm_engine.motion.kinematics import world_rotations
-    from btdm_engine.motion.library import cached_body_model
-    from btdm_engine.motion.retarget import Retargeted, _resample
-
     up = up or "Z"
     if up not in ("Y", "Z"):
         raise AmassError(f"{motion.source}: unknown up axis {up!r}; allowed: Y, Z")
@@ -245,10 +244,6 @@ def amass_skeleton_animation(motion: AmassMotion, *, body_model: str = "mannequi
     the file's betas; a frame's bone matrix is the joint's world rotation (SMPL's, in the file's
     world) and its posed position.
     """
-    from btdm_engine.motion.kinematics import forward_kinematics, world_rotations
-    from btdm_engine.motion.library import cached_body_model
-    from btdm_engine.motion.skeleton_animation import SkeletonAnimation
-
     rest = cached_body_model(body_model).rest_joints(motion.clip_betas()).astype(np.float64)
     poses = motion.body_poses()
     world = world_rotations(poses)  # SMPL's canonical frame -> the file's world

@@ -26,6 +26,8 @@ from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_text
 from btdm_engine.motion.bonemaps import SKELETONS
 from btdm_engine.motion.clip import MotionClip
+from btdm_engine.motion.library import cached_body_model
+from btdm_engine.motion.retarget import to_motion_clip
 from btdm_engine.motion.rotations import axis_angle_to_matrix, matrix_to_euler
 from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
@@ -376,8 +378,6 @@ def save_bvh(
     if units not in ("cm", "m"):
         raise BvhError(f"unknown units {units!r}; allowed: cm, m")
     scale = 100.0 if units == "cm" else 1.0
-    from btdm_engine.motion.library import cached_body_model
-
     rest = cached_body_model(body_model or clip.body_model).rest_joints(clip.betas).astype(np.float64)
     has_child = {p for p in PARENTS if p >= 0}
     joints = []
@@ -458,8 +458,6 @@ def load_bvh(
 
     The SMPL pelvis follows the BVH's pelvis/hips bone: ``trans = hips position - rest pelvis``.
     """
-    from btdm_engine.motion.retarget import to_motion_clip
-
     path = Path(path)
     if up_axis is not None and up_axis not in UP_AXES:
         raise BvhError(f"unknown up axis {up_axis!r}; allowed: {', '.join(UP_AXES)}")

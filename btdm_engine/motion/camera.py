@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from btdm_engine import fixed_order as fx
+from btdm_engine.body.exact import posed_points
 from btdm_engine.errors import BtdmError
 
 
@@ -231,8 +232,6 @@ def framing_camera(
     candidate's float32 position ever be off by more than the slack allows for, every vertex is
     posed exactly instead.
     """
-    from btdm_engine.body.exact import posed_points
-
     poses = np.asarray(poses, dtype=np.float32)
     trans = np.asarray(trans, dtype=np.float32)
     frames = len(poses)

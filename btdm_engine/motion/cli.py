@@ -4,12 +4,19 @@ preview clips."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+import numpy as np
+
+from btdm_engine import limits
 from btdm_engine.body.skeleton import JOINT_NAMES
 from btdm_engine.constants import UP_AXES
 from btdm_engine.errors import UsageError
 from btdm_engine.motion.bonemaps import SKELETONS
+from btdm_engine.motion.clip import MotionClip
+from btdm_engine.motion.library import MOTIONS, describe, make_motion
+from btdm_engine.motion.sources import import_motion, read_skeleton_animation
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -112,15 +119,11 @@ def _source_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _retarget(args: argparse.Namespace, **extra):
-    from btdm_engine.motion.sources import import_motion
-
     return import_motion(args.file, bone_map_file=args.bone_map, armature=args.armature, skeleton=args.skeleton,
                          scale=args.scale, up=args.up, **extra)
 
 
 def _warn(args: argparse.Namespace, lines: list[str]) -> None:
-    import sys
-
     for line in lines:
         print(f"btdm motion {args.action}: warning: {args.file.name}: {line}", file=sys.stderr)
 
@@ -131,9 +134,6 @@ def _check_size(size: int) -> None:
 
 
 def _make(args: argparse.Namespace) -> int:
-    from btdm_engine import limits
-    from btdm_engine.motion.library import make_motion
-
     _check_size(args.size)
     limits.check_fps(args.fps, "--fps")
     clip = make_motion(args.name, seconds=args.seconds, fps=args.fps, speed=args.speed, seed=args.seed,
@@ -144,8 +144,6 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from btdm_engine import limits
-
     _check_size(args.size)
     if args.fps is not None:
         limits.check_fps(args.fps, "--fps")
@@ -163,8 +161,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from btdm_engine.motion.sources import read_skeleton_animation
-
     anim = read_skeleton_animation(args.file, armature=args.armature)
     done = _retarget(args)
     _warn(args, done.warnings)
@@ -185,18 +181,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from btdm_engine.motion.library import MOTIONS, describe
-
     for name in MOTIONS:
         print(f"{name:14s} {describe(name)}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from btdm_engine.motion.clip import MotionClip
-
     clip = MotionClip.load(args.clip)
     K = clip.K[0]
     cam_pos = -clip.world_to_cam[0, :3, :3].T @ clip.world_to_cam[0, :3, 3]
@@ -214,8 +204,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from btdm_engine.motion.clip import MotionClip
-    from btdm_engine.motion.preview import contact_sheet
+    from btdm_engine.motion.preview import contact_sheet  # lazy: cv2
 
     if args.frames <= 0 or args.tile < 16:
         raise UsageError(f"--frames must be positive and --tile at least 16, got {args.frames} and {args.tile}")

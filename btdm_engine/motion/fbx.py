@@ -31,7 +31,7 @@ def read_fbx(path: str | os.PathLike[str], armature: str | None = None) -> Skele
     if path.stat().st_size > MAX_BYTES:
         raise MotionSourceError(f"{path.name}: larger than the {MAX_BYTES >> 20} MiB limit for FBX files")
     try:
-        import bpy
+        import bpy  # lazy: optional (Blender as a Python module)
     except ImportError as exc:
         raise MotionSourceError(
             f"{path.name}: FBX import needs Blender as a Python module (pip install -e '.[blender]')") from exc

@@ -450,7 +450,7 @@ def _ground_and_plant(
 
 def cached_body_model(name_or_path: str) -> object:
     """The body model by name or path (``load_body_model`` keeps models in memory)."""
-    from btdm_engine.body import load_body_model
+    from btdm_engine.body import load_body_model  # lazy: torch (btdm_engine.body.model)
 
     return load_body_model(name_or_path)
 

@@ -17,6 +17,7 @@ from btdm_engine.errors import UsageError
 from btdm_engine.fileio import atomic_write_bytes
 from btdm_engine.motion.camera import project
 from btdm_engine.motion.clip import MotionClip
+from btdm_engine.motion.library import cached_body_model
 
 __all__ = ["clip_joints", "contact_sheet", "draw_stick_figure"]
 
@@ -28,8 +29,6 @@ _CENTRE = (30, 30, 30)
 def clip_joints(clip: MotionClip, body: object | None = None) -> np.ndarray:
     """World joint positions (T, 24, 3) of ``clip`` on its body model (or ``body``)."""
     if body is None:
-        from btdm_engine.motion.library import cached_body_model
-
         body = cached_body_model(clip.body_model)
     _, joints = body.forward(clip.poses, clip.betas, clip.trans)
     return np.asarray(joints, dtype=np.float64)

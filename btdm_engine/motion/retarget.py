@@ -45,6 +45,7 @@ from btdm_engine.motion.bonemaps import choose_map, map_from_dict
 from btdm_engine.motion.camera import framing_camera
 from btdm_engine.motion.clip import MAX_DISTANCE, MotionClip
 from btdm_engine.motion.kinematics import local_rotations, world_rotations
+from btdm_engine.motion.library import cached_body_model
 from btdm_engine.motion.rotations import align_vectors, axis_angle_to_matrix, rotation_y
 from btdm_engine.motion.skeleton_animation import SkeletonAnimation
 
@@ -413,8 +414,6 @@ def to_motion_clip(
     ``units``, ``scale``, ``up``, ``facing_deg``, ``betas``, ``fit_rms_mm``/``fit_max_mm`` (with
     ``fit_shape``), ``camera`` ("shot" or "default") and ``warnings`` (one line each).
     """
-    from btdm_engine.motion.library import cached_body_model
-
     source = anim.source
     notes: list[str] = []
     if up is not None and up not in UP_AXES:

@@ -31,6 +31,7 @@ from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
 from btdm_engine.motion.clip import MotionClip
+from btdm_engine.motion.library import cached_body_model
 
 __all__ = ["ShotError", "ShotPlan", "plan_shot", "unmix_edges"]
 
@@ -195,8 +196,6 @@ def _window_matrices(windows: np.ndarray, resolution: int) -> np.ndarray:
 
 def _bounding_boxes(clip: MotionClip, body_model: str | None = None, chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame box (x0, y0, x1, y1) of the posed mesh in shot pixels, and whether it is visible."""
-    from btdm_engine.motion.library import cached_body_model
-
     body = cached_body_model(body_model or clip.body_model)
     T = clip.num_frames
     boxes = np.zeros((T, 4))

@@ -12,7 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from btdm_engine.motion.amass import amass_skeleton_animation, amass_to_clip, is_amass, read_amass
 from btdm_engine.motion.bonemaps import read_bone_map
+from btdm_engine.motion.bvh import read_bvh, skeleton_from_bvh
+from btdm_engine.motion.fbx import read_fbx
+from btdm_engine.motion.retarget import to_motion_clip
 from btdm_engine.motion.skeleton_animation import MotionSourceError, SkeletonAnimation
 
 __all__ = ["FORMATS", "MotionSourceError", "import_motion", "read_skeleton_animation"]
@@ -27,16 +31,10 @@ def read_skeleton_animation(path: str | os.PathLike[str], armature: str | None =
         raise FileNotFoundError(f"{path}: no such motion file")
     suffix = path.suffix.lower()
     if suffix == ".bvh":
-        from btdm_engine.motion.bvh import read_bvh, skeleton_from_bvh
-
         return skeleton_from_bvh(read_bvh(path), source=path.name)
     if suffix == ".fbx":
-        from btdm_engine.motion.fbx import read_fbx
-
         return read_fbx(path, armature=armature)
     if suffix == ".npz":
-        from btdm_engine.motion.amass import amass_skeleton_animation, is_amass, read_amass
-
         if is_amass(path):
             return amass_skeleton_animation(read_amass(path))
         return SkeletonAnimation.load(path)
@@ -48,9 +46,6 @@ def import_motion(
     armature: str | None = None, **options: Any,
 ) -> Any:
     """Read and retarget a motion file; ``options`` go to ``to_motion_clip``. Returns its ``Retargeted``."""
-    from btdm_engine.motion.amass import amass_to_clip, is_amass, read_amass
-    from btdm_engine.motion.retarget import to_motion_clip
-
     path = Path(path)
     if path.suffix.lower() == ".npz" and path.is_file() and is_amass(path):
         return _import_amass(path, bone_map_file, options, amass_to_clip, read_amass)
