@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from btdm_engine.motion.clip import MotionClip
+from btdm_engine.posemaps.export import export_posemaps
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``posemaps`` subcommand to the ``btdm`` dispatcher."""
@@ -33,10 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from btdm_engine.body.model import load_body_model
-    from btdm_engine.motion.clip import MotionClip
-    from btdm_engine.posemaps.densepose_uv import load_atlas
-    from btdm_engine.posemaps.export import export_posemaps
+    from btdm_engine.body.model import load_body_model  # lazy: torch
+    from btdm_engine.posemaps.densepose_uv import load_atlas  # lazy: scipy.io, a tenth of a second at `btdm --help`
 
     clip = MotionClip.load(args.clip)
     body = load_body_model(clip.body_model)

@@ -26,6 +26,7 @@ from einops import rearrange
 from btdm_engine.constants import IUV_ORDERS as PNG_ORDERS
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_write_bytes
+from btdm_engine.imageio import ImageReadError, read_image
 from btdm_engine.posemaps.parts import NUM_PARTS
 
 
@@ -110,8 +111,6 @@ def read_iuv_png(path: str | os.PathLike[str], order: str = "btdm") -> np.ndarra
         IUVFormatError: not a readable 8-bit 3-channel image, or values outside the contract;
             the message names the file.
     """
-    from btdm_engine.imageio import ImageReadError, read_image
-
     _check_order(order)
     path = Path(path)
     if not path.is_file():

@@ -25,8 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from btdm_engine import limits
 from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
+from btdm_engine.fileio import atomic_write_bytes, read_json
+from btdm_engine.posemaps.atlas import Atlas, build_atlas
+from btdm_engine.procs import clean_stale_temps
 
 
 class PosemapExportError(BtdmError, ValueError):
@@ -35,7 +39,6 @@ class PosemapExportError(BtdmError, ValueError):
 if TYPE_CHECKING:
     from btdm_engine.body.model import BodyModel
     from btdm_engine.motion.clip import MotionClip
-    from btdm_engine.posemaps.atlas import Atlas
 
 MANIFEST = "posemaps.json"
 # Bump when the renderer's output for the same inputs changes.
@@ -135,9 +138,9 @@ def export_posemaps(
         atlas: IUV atlas; by default the body's procedural atlas.
         progress: show a progress bar.
     """
-    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
-    from btdm_engine.posemaps.preview import colorize_iuv, write_mp4
-    from btdm_engine.posemaps.renderer import IUVRenderer
+    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png  # lazy: torch, cv2
+    from btdm_engine.posemaps.preview import colorize_iuv, write_mp4  # lazy: torch, cv2
+    from btdm_engine.posemaps.renderer import IUVRenderer  # lazy: pyrender, OpenGL
 
     num_frames = clip.num_frames
     end = num_frames if end is None else int(end)
@@ -149,21 +152,14 @@ def export_posemaps(
     if size is not None:
         if int(size) < 1:
             raise PosemapExportError(f"size must be positive, got {size}")
-        from btdm_engine import limits
-
         limits.check("size", int(size), "--size")
         clip = clip.resized(int(size), int(size))
     if body is None:
-        from btdm_engine.body.model import load_body_model
+        from btdm_engine.body.model import load_body_model  # lazy: torch
 
         body = load_body_model(clip.body_model)
     if atlas is None:
-        from btdm_engine.posemaps.atlas import build_atlas
-
         atlas = build_atlas(body)
-
-    from btdm_engine.fileio import atomic_write_bytes
-    from btdm_engine.procs import clean_stale_temps
 
     out_dir = Path(out_dir)
     iuv_dir = out_dir / "iuv"
@@ -241,9 +237,8 @@ def read_posemap_folder(
     ``frames = (start, stop)`` exactly those frames. A missing frame, a frame count over the
     ``frames`` limit or maps of different sizes are errors naming the file.
     """
-    from btdm_engine import limits
-    from btdm_engine.imageio import frame_index, list_frames
-    from btdm_engine.posemaps.encoding import read_iuv_png
+    from btdm_engine.imageio import frame_index, list_frames  # lazy: cv2
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -262,8 +257,6 @@ def read_posemap_folder(
         declared = None
         manifest = folder / MANIFEST
         if manifest.is_file():
-            from btdm_engine.fileio import read_json
-
             doc = read_json(manifest, PosemapExportError)
             declared = doc.get("frames") if isinstance(doc, dict) else None
             if not is_int(declared) or declared < 1:

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
 
+from btdm_engine import limits
 from btdm_engine.errors import UsageError
 from btdm_engine.fileio import atomic_path, atomic_write_bytes
 from btdm_engine.posemaps.encoding import validate_iuv
 from btdm_engine.posemaps.parts import NUM_PARTS, PART_NAMES
+from btdm_engine.procs import clean_stale_temps, die_with_parent
 
 # One RGB colour per part (index 0 = background). Person's left: warm hues (reds, oranges,
 # yellows); person's right: cool hues (blues, greens, purples); front/back twins differ in
@@ -179,13 +183,6 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: f
     Returns:
         The path written.
     """
-    import subprocess
-
-    import imageio_ffmpeg
-
-    from btdm_engine import limits
-    from btdm_engine.procs import clean_stale_temps, die_with_parent
-
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise UsageError(f"{path}: the preview video must end in '.mp4'")

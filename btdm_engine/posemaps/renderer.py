@@ -30,6 +30,7 @@ import numpy as np
 import pyrender
 from OpenGL import GL
 from pyrender.shader_program import ShaderProgramCache
+from tqdm import tqdm
 
 from btdm_engine.errors import BtdmError
 from btdm_engine.posemaps.atlas import Atlas, build_atlas
@@ -83,14 +84,14 @@ def _keep_shared_egl_display(gl: pyrender.OffscreenRenderer) -> None:
     display, which invalidates every other live EGL context (other renderers, other threads).
     The display stays initialised until the process exits instead.
     """
-    from pyrender.platforms.egl import EGLPlatform
+    from pyrender.platforms.egl import EGLPlatform  # lazy: EGL's library is loaded only where EGL is the platform
 
     platform = gl._platform
     if not isinstance(platform, EGLPlatform):
         return
 
     def delete_context() -> None:
-        from OpenGL import EGL
+        from OpenGL import EGL  # lazy: as EGLPlatform above
 
         if platform._egl_display is not None and platform._egl_context is not None:
             EGL.eglMakeCurrent(platform._egl_display, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE,
@@ -281,8 +282,6 @@ class IUVRenderer:
         Yields:
             uint8 ``(H, W, 3)`` IUV maps, one per requested frame.
         """
-        from tqdm import tqdm
-
         if size is not None:
             if int(size) < 1:
                 raise RendererError(f"size must be positive, got {size}")
