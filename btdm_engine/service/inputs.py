@@ -109,7 +109,7 @@ def check_npz(path: Path, field: str) -> int:
 
 def check_motion(path: Path) -> dict[str, int | float]:
     """Validate a MotionClip upload (``MotionClip.load``: allow_pickle=False, every field checked)."""
-    from btdm_engine.motion.clip import MotionClip
+    from btdm_engine.motion.clip import MotionClip  # lazy: btdm_engine.motion loads scipy, which the API needs only here
 
     check_npz(path, "motion")
     try:
@@ -134,9 +134,10 @@ def retarget_skeleton(path: Path, clip_path: Path, params: dict[str, Any], size:
     ``up``, ``fit_shape``); without a shot camera the default camera is ``size`` px square.
     Returns (what the worker needs to know, the retargeting report).
     """
-    from btdm_engine.motion.bonemaps import SKELETONS
-    from btdm_engine.motion.retarget import to_motion_clip
-    from btdm_engine.motion.skeleton_animation import SkeletonAnimation
+    # lazy, all three: btdm_engine.motion loads scipy, which the API needs only for an upload of this kind
+    from btdm_engine.motion.bonemaps import SKELETONS  # lazy: scipy
+    from btdm_engine.motion.retarget import to_motion_clip  # lazy: scipy
+    from btdm_engine.motion.skeleton_animation import SkeletonAnimation  # lazy: scipy
 
     if params["skeleton"] not in SKELETONS:
         raise InvalidParams(f"params.skeleton: unknown bone-map preset {params['skeleton']!r}; allowed: "
@@ -193,7 +194,7 @@ def png_size(data: bytes, field: str, max_bytes: int = limits.MAX_IMAGE_DECODED_
 
 def _decode_iuv(data: bytes, where: str, field: str, order: str) -> np.ndarray:
     """An IUV PNG's bytes in the project's channel order, valid under the DensePose contract."""
-    from btdm_engine.posemaps.encoding import validate_iuv
+    from btdm_engine.posemaps.encoding import validate_iuv  # lazy: torch stays out of the API's import
 
     try:
         pixels = decode_image(data, where, formats=("png",))
@@ -215,7 +216,7 @@ def check_appearance(path: Path, shot: tuple[int, int] | None = None) -> tuple[i
     data = path.read_bytes()
     width, height = png_size(data, "appearance")
     if shot is not None:
-        from btdm_engine.motion.shot import same_aspect
+        from btdm_engine.motion.shot import same_aspect  # lazy: scipy (btdm_engine.motion)
 
         if not same_aspect(width, height, *shot):
             raise ServiceError(f"appearance: {width}x{height} px; with params.appearance_frame it is the whole "
@@ -249,7 +250,7 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
     of one size. Declared sizes are checked from the zip directory before anything is
     decompressed, and reads are capped.
     """
-    from btdm_engine.posemaps.encoding import encode_iuv_png
+    from btdm_engine.posemaps.encoding import encode_iuv_png  # lazy: torch stays out of the API's import
 
     field = "posemaps"
     if not zipfile.is_zipfile(path):

@@ -16,6 +16,7 @@ exits. :class:`ParentWatch` polls, because no single mechanism covers Linux, mac
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -41,8 +42,6 @@ def _zombie(pid: int) -> bool:
 def parent_alive(pid: int) -> Callable[[], bool]:
     """A cheap check that process ``pid`` still runs; raises ValueError when it does not run now."""
     if sys.platform == "win32":
-        import ctypes
-
         kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
         synchronize, wait_timeout = 0x00100000, 0x102
         handle = kernel32.OpenProcess(synchronize, False, pid)

@@ -79,7 +79,7 @@ class JobRunner:
         self._lock = threading.Lock()
 
     def node(self) -> str:
-        import ray
+        import ray  # lazy: optional (the ray extra)
 
         return ray.get_runtime_context().get_node_id()
 
@@ -92,7 +92,7 @@ class JobRunner:
     def _threads(self) -> None:
         """torch's thread count is per thread, and an actor's calls run on a pool of threads: set it on each."""
         if self.threads is not None:
-            import torch
+            import torch  # lazy: only the actor runs models (the API's import stays torch-free)
 
             torch.set_num_threads(self.threads)
 
@@ -153,7 +153,7 @@ class RayWorker(Worker):
         self.available = False  # until the actor first answers (it loads torch and the models first)
 
     def _preload(self, names: tuple[str, ...]) -> None:
-        import ray
+        import ray  # lazy: optional (the ray extra)
 
         try:
             ray.get(self.actor.load.remote(list(names)), timeout=LOAD_S)
@@ -161,7 +161,7 @@ class RayWorker(Worker):
             logger.error("%s: could not load %s on its Ray actor: %s", self.name, ", ".join(names), exc)
 
     def _ready(self) -> bool:
-        import ray
+        import ray  # lazy: optional (the ray extra)
 
         try:
             self.node = ray.get(self.actor.node.remote(), timeout=PING_S)
@@ -177,7 +177,7 @@ class RayWorker(Worker):
         return f"ray:{(self.node or 'pending')[:12]}"
 
     def _run(self, job: dict[str, Any], is_cancelled: Callable[[], bool]) -> None:
-        import ray
+        import ray  # lazy: optional (the ray extra)
 
         job_id = job["id"]
         folder = self.store.job_dir(job_id)
@@ -230,8 +230,8 @@ def start_ray_workers(address: str, store: JobStore, registry: ModelRegistry, mo
                       keep_s: float | None = None) -> tuple[list[RayWorker], str]:
     """Connect to the cluster at ``address`` and make one actor per GPU (or per CPU node without GPUs) and one
     :class:`RayWorker` for each; the workers and a description of where they run."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    import ray  # lazy: optional (the ray extra)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # lazy: optional (the ray extra)
 
     if not ray.is_initialized():
         ray.init(address=address, namespace="btdm-serve", log_to_driver=False, configure_logging=False)
