@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import bpy
+import cv2
 import numpy as np
 from bpy_extras import anim_utils
 from mathutils import Matrix
@@ -92,8 +94,6 @@ class Rig:
 @contextlib.contextmanager
 def quiet(log_path: str | os.PathLike[str] | None = None) -> Iterator[None]:
     """Send everything written to file descriptors 1 and 2 (Blender's C-level prints) to a log."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     target = os.open(os.fspath(log_path) if log_path else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -667,8 +667,6 @@ def render_frame(frame: int, path: str | os.PathLike[str], log_path: str | os.Pa
     Blender's PNG carries render times and dates as text chunks; the pixels are re-encoded
     without them, so the same scene gives byte-identical files (and checksums).
     """
-    import cv2
-
     path = Path(path)
     raw = path.with_name(f".{path.name}.render.png")
     scene = bpy.context.scene
@@ -746,8 +744,6 @@ def build_character(spec: CharacterSpec, rest: BodyRest, body: BodyModel, garmen
     add_lights([("key", lit.key), ("fill", lit.fill), ("rim", lit.rim)], target, view, lit.world_colour, lit.world_strength)
     render = preset.render
     if threads:
-        from dataclasses import replace
-
         render = replace(render, threads=threads)
     configure_render(render, spec.render_seed, clip.fps)
     return rig

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from btdm_engine.errors import BtdmError
-from btdm_engine.procs import die_with_parent, pid_alive
+from btdm_engine.procs import die_with_parent, pid_alive, ray_connect
 from synthetic_data.presets import Preset, Shard, plan
+from synthetic_data.shard import SYNTH_VERSION, sequence_paths
 from synthetic_data.spec import SpecError
 
 __all__ = ["STAGING", "BuildFailed", "BuildReport", "ShardFailure", "build_dataset", "default_workers"]
@@ -86,7 +87,7 @@ def default_workers() -> int:
 
 # ------------------------------------------------------------------------------ manifest
 def _dataset_format():
-    from training import dataset_format
+    from training import dataset_format  # lazy: loads cv2; btdm --help imports this module
 
     return dataset_format
 
@@ -96,8 +97,6 @@ def _load_existing(out: Path, preset: Preset) -> dict[str, Any]:
     fmt = _dataset_format()
     if not (out / fmt.MANIFEST_NAME).is_file():
         return {}
-    from synthetic_data.shard import SYNTH_VERSION
-
     manifest = fmt.DatasetManifest.load(out)
     version = manifest.info.get("synth_version")
     if version != SYNTH_VERSION:
@@ -123,8 +122,6 @@ def _write_manifest(out: Path, preset: Preset, shards: Sequence[Shard], records:
     for s in done:
         splits[s.split].append(s.sequence_id)
     pending = [s.sequence_id for s in shards if s.sequence_id not in records]
-    from synthetic_data.shard import SYNTH_VERSION
-
     info = {
         "generator": "btdm-synth",
         "synth_version": SYNTH_VERSION,
@@ -165,8 +162,6 @@ def _shard_command(job_path: Path, staging: Path, threads: int) -> list[str]:
 
 def _run_local(shard: Shard, staging: Path, threads: int, report: Report, procs: dict[str, subprocess.Popen]) -> None:
     """Run one shard in a fresh Python process; raise RuntimeError on failure."""
-    from synthetic_data.shard import sequence_paths
-
     paths = sequence_paths(staging, shard.sequence_id)
     job_dir = staging / "jobs"
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -243,7 +238,7 @@ def build_dataset(
     Raises:
         BuildFailed: listing the shards that failed (the rest are in the dataset).
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: btdm --help imports this module (synthetic_data.command) and stays light
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -305,8 +300,6 @@ def build_dataset(
                 _write_manifest(out, preset, shards, records)
 
         def fail(shard: Shard, reason: str) -> None:
-            from synthetic_data.shard import sequence_paths
-
             with state_lock:
                 fractions.pop(shard.sequence_id, None)
                 log = sequence_paths(staging, shard.sequence_id)["log"]
@@ -364,9 +357,7 @@ def _run_all_local(todo: Sequence[Shard], staging: Path, workers: int, on_progre
 
 
 def _run_all_ray(todo: Sequence[Shard], staging: Path, address: str, workers: int | None, on_progress, finish, fail) -> None:
-    import ray
-
-    from btdm_engine.procs import ray_connect
+    import ray  # lazy: ray is optional (the [ray] extra) and heavy
 
     started_here = ray_connect(address)
     try:

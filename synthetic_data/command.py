@@ -10,7 +10,7 @@ Subcommands::
 
 Also installed as the ``btdm-synth`` console script (``main``). Part of the application layer:
 ``btdm_engine.cli`` registers it by name (``APPLICATION_COMMAND_MODULES``); the engine itself never
-imports ``synthetic_data``. Heavy imports happen inside the handlers so ``btdm --help`` stays instant.
+imports ``synthetic_data``. Heavy imports (cv2) happen inside the handlers so ``btdm --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import sys
 
 from btdm_engine.constants import CYCLES_DEVICES
 from btdm_engine.errors import BtdmError, UsageError
+from synthetic_data.build import BuildFailed, build_dataset
+from synthetic_data.presets import PRESETS, get_preset
+from synthetic_data.spec import sample_character
 
 __all__ = ["main", "register"]
 
@@ -88,9 +91,6 @@ def _add_subcommands(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from synthetic_data.build import BuildFailed, build_dataset
-    from synthetic_data.presets import get_preset
-
     preset = get_preset(args.preset)
     if args.device:
         preset = preset.with_overrides(render_device=args.device)
@@ -106,7 +106,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from training.dataset_format import validate_dataset
+    from training.dataset_format import validate_dataset  # lazy: loads cv2; btdm --help stays cv2-free
 
     manifest = validate_dataset(args.root, verify_checksums=args.checksums)
     frames = sum(r.num_frames for r in manifest.sequences.values())
@@ -124,7 +124,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _sheet(args: argparse.Namespace) -> int:
-    from synthetic_data.sheet import dataset_contact_sheet
+    from synthetic_data.sheet import dataset_contact_sheet  # lazy: loads cv2; btdm --help stays cv2-free
 
     frames = None
     if args.frames:
@@ -138,8 +138,6 @@ def _sheet(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from synthetic_data.presets import PRESETS
-
     for p in PRESETS.values():
         seqs = p.characters * len(p.motions)
         print(f"{p.name:6s} {p.characters} characters ({p.characters - p.test_characters} train / {p.test_characters} test)"
@@ -149,8 +147,6 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> int:
-    from synthetic_data.spec import sample_character
-
     print(json.dumps(sample_character(args.seed).to_dict(), indent=1, sort_keys=True))
     return 0
 

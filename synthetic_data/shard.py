@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+import btdm_engine
+from btdm_engine import fixed_order as fx
 from btdm_engine.errors import UsageError
 from btdm_engine.fileio import atomic_write_text
 from synthetic_data.presets import MotionSpec, Preset, Shard
@@ -53,10 +55,9 @@ def make_clip(motion: MotionSpec, character: CharacterSpec, preset: Preset, body
     the root translation follows each body's own ground contact; the static camera frames every
     frame of the posed body from the motion's facing direction turned by the character's yaw.
     """
-    from btdm_engine import fixed_order as fx
-    from btdm_engine.motion import load_bvh, make_motion
-    from btdm_engine.motion.camera import framing_camera
-    from btdm_engine.motion.rotations import axis_angle_to_matrix, rotation_y
+    from btdm_engine.motion import load_bvh, make_motion  # lazy: loads scipy; the builder imports this module light
+    from btdm_engine.motion.camera import framing_camera  # lazy: loads scipy
+    from btdm_engine.motion.rotations import axis_angle_to_matrix, rotation_y  # lazy: loads scipy
 
     res = preset.render.resolution
     betas = np.asarray(character.betas, dtype=np.float64)
@@ -120,11 +121,11 @@ def run_shard(job: dict[str, Any], staging: str | os.PathLike[str], progress: Pr
             progress(done, total)
 
     timings: dict[str, float] = {}
-    from btdm_engine.body import load_body_model
-    from btdm_engine.posemaps import IUVRenderer, write_iuv_png
-    from btdm_engine.posemaps.encoding import validate_iuv
-    from synthetic_data.garments import BodyRest, build_garment
-    from synthetic_data.hair import build_face_marks, build_hair
+    from btdm_engine.body import load_body_model  # lazy: loads torch
+    from btdm_engine.posemaps import IUVRenderer, write_iuv_png  # lazy: loads pyrender/OpenGL and torch
+    from btdm_engine.posemaps.encoding import validate_iuv  # lazy: loads torch
+    from synthetic_data.garments import BodyRest, build_garment  # lazy: loads scipy
+    from synthetic_data.hair import build_face_marks, build_hair  # lazy: loads scipy
 
     with _timed(timings, "setup_s"):
         body = load_body_model(preset.body_model)
@@ -141,7 +142,7 @@ def run_shard(job: dict[str, Any], staging: str | os.PathLike[str], progress: Pr
             write_iuv_png(seq / "iuv" / f"{t:06d}.png", iuv)
             tick()
     # 2. The Blender scene, the cloth bake (pre-roll included) and the renders.
-    from synthetic_data import blender_scene as bs
+    from synthetic_data import blender_scene as bs  # lazy: bpy, only inside the shard process
 
     log = paths["log"]
     with _timed(timings, "scene_s"), bs.quiet(log):
@@ -155,9 +156,7 @@ def run_shard(job: dict[str, Any], staging: str | os.PathLike[str], progress: Pr
             bs.render_frame(P + 1 + t, seq / "rgb" / f"{t:06d}.png", log)
             tick()
     del rig
-    import bpy
-
-    import btdm_engine
+    import bpy  # lazy: bpy, only inside the shard process
 
     meta = {
         "generator": "btdm-synth",

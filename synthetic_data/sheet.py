@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from btdm_engine.errors import UsageError
+from training.dataset_format import DatasetFormatError, DatasetManifest
 
 __all__ = ["composite_rgba", "dataset_contact_sheet"]
 
@@ -31,8 +32,7 @@ def dataset_contact_sheet(root: str | os.PathLike[str], out: str | os.PathLike[s
 
     ``frames`` default to five evenly spaced ones; ``scale`` enlarges cells (nearest neighbour).
     """
-    from btdm_engine.posemaps import colorize_iuv, contact_sheet, read_iuv_png, write_rgb_png
-    from training.dataset_format import DatasetFormatError, DatasetManifest
+    from btdm_engine.posemaps import colorize_iuv, contact_sheet, read_iuv_png, write_rgb_png  # lazy: loads torch
 
     manifest = DatasetManifest.load(root)
     seqs = list(manifest.sequences.values())

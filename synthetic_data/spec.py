@@ -11,6 +11,7 @@ layer converts them to linear light. Lengths are metres in SMPL's world (Y up, b
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -397,8 +398,6 @@ def _jitter_colour(rng: np.random.Generator, c: Colour, amount: float) -> Colour
 
 
 def _hsv_colour(rng: np.random.Generator, value: tuple[float, float], sat: tuple[float, float]) -> Colour:
-    import colorsys
-
     h = rng.uniform(0.0, 1.0)
     return _rgb(colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*value)))
 
