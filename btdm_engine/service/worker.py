@@ -21,6 +21,9 @@ rendered are kept, ``low.npy`` skips fine-tuning and the bidirectional sampler, 
 at the first chunk with a missing frame. SR3 gives every frame the same noise (``sample_sr3``'s
 shared noise, drawn from one seed), so a frame does not depend on the chunks before it and the
 resumed frames equal an uninterrupted run's, which equal ``btdm animate``'s with the same seed.
+
+The API process imports this module before any job runs: torch, cv2 and pyrender (and the engine
+modules that pull them in) are imported where a job first needs them (``# lazy:`` comments).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class ModelRegistry:
     @classmethod
     def with_default(cls, device: str, extra: dict[str, Path] | None = None) -> ModelRegistry:
         """The embedded model as ``default`` (when installed), plus ``extra`` model folders."""
-        from btdm_engine.weights import DEFAULT_MODEL_DIR, NoDefaultModelError, default_appearance
+        from btdm_engine.weights import DEFAULT_MODEL_DIR, NoDefaultModelError, default_appearance  # lazy: torch, cv2
 
         models: dict[str, Path] = {}
         appearances = {}
@@ -152,7 +155,7 @@ class ModelRegistry:
         entry = self.entry(name)
         with self._lock:
             if entry.animator is None:
-                from btdm_engine.pipeline import Animator
+                from btdm_engine.pipeline import Animator  # lazy: torch
 
                 t0 = time.perf_counter()
                 entry.animator = Animator.from_pretrained(entry.path, device=self.device)
@@ -248,7 +251,7 @@ class Worker:
 
     def _loop(self, preload: tuple[str, ...]) -> None:
         if self.threads is not None:
-            import torch
+            import torch  # lazy: torch
 
             torch.set_num_threads(self.threads)  # per thread: the sampler's workers split this worker's share
         self._preload(preload)
@@ -382,7 +385,7 @@ class Worker:
             message = exc.message if isinstance(exc, ServiceError) else str(exc)
             return self._failed(job_id, public(message))
         except Exception as exc:
-            import torch
+            import torch  # lazy: torch
 
             if disk_full(exc):
                 # What the job wrote so far goes (a failed job never resumes), so the store can record the
@@ -429,7 +432,7 @@ class Worker:
                     path.unlink(missing_ok=True)
 
     def _run(self, job: dict[str, Any], is_cancelled: Callable[[], bool]) -> None:
-        from btdm_engine.diffusion.samplers import Cancelled
+        from btdm_engine.diffusion.samplers import Cancelled  # lazy: torch
 
         try:
             _JobRun(self, job, is_cancelled).run()
@@ -462,11 +465,11 @@ class _JobRun:
             raise JobCancelled("cancelled")
 
     def run(self) -> None:
-        import torch
+        import torch  # lazy: torch
 
-        from btdm_engine.imageio import read_rgb
-        from btdm_engine.pipeline import max_batch_for, pair_batch_for, sampling_workers, tensor_to_images
-        from btdm_engine.posemaps.encoding import read_iuv_png
+        from btdm_engine.imageio import read_rgb  # lazy: torch, cv2
+        from btdm_engine.pipeline import max_batch_for, pair_batch_for, sampling_workers, tensor_to_images  # lazy: torch
+        from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
 
         p = self.params
         entry = self.worker.registry.entry(p["model"])
@@ -580,7 +583,7 @@ class _JobRun:
     def write_transfer(self, appearance: Any, appearance_iuv: Any, pose_maps: np.ndarray, plan: Any,
                        iuv_files: list[Path]) -> None:
         """``params.method`` texture: every missing frame by texture transfer (no network)."""
-        from btdm_engine.posemaps.texture import build_texture, transfer
+        from btdm_engine.posemaps.texture import build_texture, transfer  # lazy: torch, cv2
 
         num = len(pose_maps)
         done = 0
@@ -596,8 +599,8 @@ class _JobRun:
 
     def write_frame(self, n: int, frame: np.ndarray, plan: Any, iuv_files: list[Path]) -> None:
         """Plate n (shot-camera jobs) first, then frame n: a frame on disk means its plate is there too."""
-        from btdm_engine.posemaps.encoding import read_iuv_png
-        from btdm_engine.posemaps.preview import write_rgb_png, write_rgba_png
+        from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
+        from btdm_engine.posemaps.preview import write_rgb_png, write_rgba_png  # lazy: torch, cv2
 
         if plan is not None:
             write_rgba_png(self.dir / "plates" / f"{n:06d}.png", plan.composite(n, frame, read_iuv_png(iuv_files[n])))
@@ -606,9 +609,9 @@ class _JobRun:
         self.worker.frame_written(self.params)
 
     def write_video(self, num: int, fps: float) -> None:
-        import cv2
+        import cv2  # lazy: cv2
 
-        from btdm_engine.posemaps.preview import write_mp4
+        from btdm_engine.posemaps.preview import write_mp4  # lazy: torch, cv2
 
         self.progress.set_stage("writing", 0, num)
 
@@ -635,7 +638,7 @@ class _JobRun:
 
     def load_clip(self) -> Any:
         """The job's MotionClip: the upload, or for skeleton jobs the clip retargeted at submit time."""
-        from btdm_engine.motion.clip import MotionClip
+        from btdm_engine.motion.clip import MotionClip  # lazy: torch, cv2
 
         if self.job["source"] == "motion":
             return MotionClip.load(self.dir / "input" / "motion.npz")
@@ -643,8 +646,8 @@ class _JobRun:
 
     def pose_maps(self, size: int) -> tuple[list[Path], float, Any]:
         """IUV maps at ``size`` px in ``posemaps/iuv`` (rendering only missing ones), their previews; fps; shot plan."""
-        from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
-        from btdm_engine.posemaps.preview import colorize_iuv, write_rgb_png
+        from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png  # lazy: torch, cv2
+        from btdm_engine.posemaps.preview import colorize_iuv, write_rgb_png  # lazy: torch, cv2
 
         p = self.params
         iuv_dir, preview_dir = self.dir / "posemaps" / "iuv", self.dir / "posemaps" / "preview"
@@ -660,7 +663,7 @@ class _JobRun:
             clip = clip.slice(start, stop)
             fps, num = float(clip.fps), clip.num_frames
             if wants_plates(p, self.inputs):
-                from btdm_engine.motion.shot import plan_shot
+                from btdm_engine.motion.shot import plan_shot  # lazy: torch, cv2
 
                 plan = plan_shot(clip, size)
                 clip = plan.square_clip
@@ -688,8 +691,8 @@ class _JobRun:
             for n in missing:
                 publish(n, read_iuv_png(sources[n]))
         else:
-            from btdm_engine.body.model import load_body_model
-            from btdm_engine.posemaps.renderer import IUVRenderer
+            from btdm_engine.body.model import load_body_model  # lazy: torch
+            from btdm_engine.posemaps.renderer import IUVRenderer  # lazy: pyrender
 
             body = load_body_model(clip.body_model)
             with IUVRenderer(body, size, size) as renderer:
