@@ -25,8 +25,8 @@ from typing import Any
 
 def _classes() -> tuple[type, ...]:
     """Every class, once, in registration order (property groups before what points at them)."""
-    from . import operators, preferences, properties
-    from .ui import panels
+    from . import operators, preferences, properties  # lazy: bpy modules; the package imports none at load
+    from .ui import panels  # lazy: a bpy module; the package imports none at load
 
     return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES)
 
@@ -38,10 +38,10 @@ def __getattr__(name: str) -> Any:
 
 
 def register() -> None:
-    import bpy
+    import bpy  # lazy: bpy exists only inside Blender; the package's bpy-free modules import without it
 
-    from . import properties, runs
-    from .ui import panels
+    from . import properties, runs  # lazy: bpy modules; the package imports none at load
+    from .ui import panels  # lazy: a bpy module; the package imports none at load
 
     for cls in _classes():
         bpy.utils.register_class(cls)
@@ -51,11 +51,11 @@ def register() -> None:
 
 
 def unregister() -> None:
-    import bpy
+    import bpy  # lazy: bpy exists only inside Blender; the package's bpy-free modules import without it
 
-    from . import operators, properties, runs
-    from .engine import MANAGER
-    from .ui import panels
+    from . import operators, properties, runs  # lazy: bpy modules; the package imports none at load
+    from .engine import MANAGER  # lazy: importing .engine makes the manager and its atexit hook
+    from .ui import panels  # lazy: a bpy module; the package imports none at load
 
     runs.unregister()
     operators.unregister()

@@ -14,11 +14,14 @@ import bpy
 import numpy as np
 
 from . import preferences
-from .armature import ArmatureError, camera_matrices, sample_armature
+from .armature import ArmatureError, camera_matrices, sample_armature, save_skeleton_npz
 from .engine import MANAGER
-from .jobs import RunRequest
+from .jobs import RunFailed, RunRequest, check_output_folder
+from .layers import body_depths
 from .pngio import encode_png, png_size
 from .properties import JOINT_NAMES
+from .sequencer import all_strips
+from .takes import check_takes, new_take_dir
 from .units import UnitsError, armature_scale, rest_height
 
 DEFAULT_MAX_FRAMES = 2000
@@ -88,8 +91,6 @@ def output_dir(scene, camera, override: str = "") -> str:
 def shown_folders(scene) -> tuple[str, ...]:
     """The folders this scene's pre-vis strips show (their frames are this shot's even when a folder's record,
     written by an older add-on, does not say whose they are)."""
-    from .sequencer import all_strips
-
     editor = scene.sequence_editor
     if editor is None:
         return ()
@@ -99,8 +100,6 @@ def shown_folders(scene) -> tuple[str, ...]:
 
 def check_folders(folders, shot: dict, adopt: tuple[str, ...]) -> None:
     """Refuse, before any work, an output folder holding frames that are not this shot's (``UserError``)."""
-    from .jobs import RunFailed, check_output_folder
-
     for folder in folders:
         if folder:
             try:
@@ -112,9 +111,6 @@ def check_folders(folders, shot: dict, adopt: tuple[str, ...]) -> None:
 def next_take(out: str, shot: dict) -> str:
     """The folder of this Generate's take in the shot's output folder (see :mod:`.takes`); ``UserError`` when
     the folder holds another shot's takes or frames pre-vis did not write."""
-    from .jobs import RunFailed
-    from .takes import check_takes, new_take_dir
-
     try:
         check_takes(out, shot)
     except RunFailed as exc:
@@ -397,8 +393,6 @@ def _sample(scene, armature, camera, start: int, end: int, skeleton_path: str = 
         raise UserError(str(exc)) from None
     arrays["scale"] = np.float64(scale)
     if skeleton_path:
-        from .armature import save_skeleton_npz
-
         save_skeleton_npz(skeleton_path, arrays)
     return arrays, note
 
@@ -478,8 +472,6 @@ def build_group(context, armatures, *, out_override: str = "") -> list[RunReques
     take: ``<take>/<armature>/NNNNNN.png``; each request carries the character's distance from the camera per frame
     (``depths``, :func:`.layers.body_depths`), by which the plates are stacked. Raises :class:`UserError` naming
     the character whose settings are wrong."""
-    from .layers import body_depths
-
     scene, s, camera, start, end = _shot(context)
     out = output_dir(scene, camera, out_override)
     shot, adopt = shot_identity(scene, camera), shown_folders(scene)

@@ -17,6 +17,8 @@ from bpy.props import (
     StringProperty,
 )
 
+from . import display
+
 # SMPL's 24 joints in order (btdm_engine/body/skeleton.py JOINT_NAMES; tests check they agree).
 JOINT_NAMES: tuple[str, ...] = (
     "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
@@ -44,8 +46,6 @@ APPEARANCE_ITEMS = (
 
 
 def _view_changed(self, _context) -> None:
-    from . import display
-
     display.sync(self.id_data)
 
 

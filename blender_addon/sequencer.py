@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import bpy
+
 __all__ = ["all_strips", "find_strips", "place_image_strip", "place_layered_strips", "strips"]
 
 MAX_CHANNEL = 128
@@ -35,8 +37,6 @@ def find_strips(scene, key: str, kind: str) -> list:
 
 def blend_relative(path: str) -> str:
     """``//...`` for a path under the .blend's folder (the project can move with its plates), else ``path``."""
-    import bpy
-
     blend = bpy.data.filepath
     if not blend:
         return path

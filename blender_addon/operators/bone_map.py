@@ -9,6 +9,7 @@ import bpy
 from bpy.props import StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
+from ..pngio import atomic_write_bytes
 from ..properties import JOINT_NAMES
 
 MAX_MAP_BYTES = 64 * 1024  # as the engine's bonemaps.read_bone_map
@@ -76,8 +77,6 @@ class BTDM_OT_bone_map_export(bpy.types.Operator, ExportHelper):
     filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
 
     def execute(self, context):
-        from ..pngio import atomic_write_bytes
-
         s = context.scene.btdm
         if not len(s.bone_map):
             reset_rows(s)

@@ -10,6 +10,7 @@ from bpy.props import StringProperty
 
 from .. import preferences
 from ..engine import MANAGER, EngineUnavailable, home
+from ..runs import _redraw
 
 
 class BTDM_OT_connect_engine(bpy.types.Operator):
@@ -45,8 +46,6 @@ class BTDM_OT_connect_engine(bpy.types.Operator):
 
 
 def _watch():
-    from ..runs import _redraw
-
     _redraw()
     return 0.25 if MANAGER.status.checking else None
 

@@ -15,7 +15,17 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, StringProperty
 
-from ..smpl import JOINT_NAMES, PARENTS, TAIL_CHILD, Y_TO_Z, SmplError, bone_rotations, read_amass, rest_joints
+from ..smpl import (
+    JOINT_NAMES,
+    PARENTS,
+    TAIL_CHILD,
+    Y_TO_Z,
+    SmplError,
+    bone_rotations,
+    matrix_to_quaternion,
+    read_amass,
+    rest_joints,
+)
 
 __all__ = ["BTDM_OT_import_smpl", "build_armature"]
 
@@ -103,8 +113,6 @@ def build_armature(context, motion, name: str, first_frame: int):
 
 
 def _quaternions(mats: np.ndarray) -> np.ndarray:
-    from ..smpl import matrix_to_quaternion
-
     q = matrix_to_quaternion(mats)
     # Neighbouring keys on the same hemisphere, so interpolating between frames takes the short way.
     for t in range(1, len(q)):

@@ -9,7 +9,9 @@ from bpy.props import IntProperty
 
 from .. import display, runs, sequencer
 from ..jobs import RunFailed
+from ..layers import depth_segments
 from ..prepare import UserError, output_dir, resolve_camera, shot_identity, strip_key
+from ..runs import character_layers
 from ..takes import delete_take, list_takes
 
 
@@ -79,9 +81,6 @@ class BTDM_OT_take_show(_TakeOperator, bpy.types.Operator):
 
     def _show_characters(self, context, camera, take):
         """A take of several characters: each one's plates, stacked by the distances the take recorded."""
-        from ..layers import depth_segments
-        from ..runs import character_layers
-
         r, scene = take.record, context.scene
         try:
             characters = []

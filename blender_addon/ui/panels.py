@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import bpy
 
-from .. import display, runs
+from .. import display, engine, preferences, runs
+from ..operators.takes import shot_takes, shown_take
+from ..prepare import UserError, character_seed, default_output, selected_armatures
 from ..properties import APPEARANCE_ITEMS
 from .status import draw_engine_status
 from .status import wrap as _wrap
@@ -75,8 +77,6 @@ def draw_view(layout, context) -> None:
 
 
 def draw_engine(layout, context) -> None:
-    from .. import engine, preferences
-
     draw_engine_status(layout, engine.first_run_hint(preferences.engine_settings(context, migrate=False)))
     row = layout.row(align=True)
     row.operator("btdm.connect_engine", icon="LINKED")
@@ -122,8 +122,6 @@ def draw_appearance_fields(layout, s, character: str = "") -> None:
 
 def draw_characters(layout, context) -> None:
     """Several characters: the selected armatures Generate makes one job each for, their own seeds and looks."""
-    from ..prepare import character_seed, selected_armatures
-
     scene = context.scene
     s = scene.btdm
     several = selected_armatures(context)
@@ -174,8 +172,6 @@ def draw_output(layout, context) -> None:
     if not scene.btdm.output_dir:
         camera = scene.btdm.camera or scene.camera
         if camera is not None and bpy.data.filepath:
-            from ..prepare import default_output
-
             layout.label(text=f"Empty: {default_output(scene, camera)}")
         elif not bpy.data.filepath:
             layout.label(text="Empty: //previs/... once the .blend is saved")
@@ -184,9 +180,6 @@ def draw_output(layout, context) -> None:
 
 def draw_takes(layout, context) -> None:
     """The shot's takes, newest first: which one the strip shows, Show and Delete for each."""
-    from ..operators.takes import shot_takes, shown_take
-    from ..prepare import UserError
-
     try:
         camera, _out, _shot, takes = shot_takes(context)
     except UserError:
