@@ -20,6 +20,8 @@ import os
 
 import numpy as np
 
+from .files import atomic_write_bytes  # the add-on's one safe-write path (the bridge imports no engine)
+
 __all__ = ["ArmatureError", "camera_matrices", "sample_armature", "save_skeleton_npz"]
 
 FORMAT_VERSION = 1
@@ -153,8 +155,6 @@ def sample_armature(scene, armature, frame_start: int, frame_end: int, camera=No
 
 def save_skeleton_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> str:
     """Write the sampled arrays as a skeleton-animation ``.npz``, atomically (temp file, then rename)."""
-    from .files import atomic_write_bytes  # the add-on's one safe-write path (the bridge imports no engine)
-
     path = os.fspath(path)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
