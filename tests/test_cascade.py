@@ -135,3 +135,26 @@ def test_cascade_stage_sizes_must_chain(cascade_dir: Path, tmp_path: Path) -> No
     save_checkpoint(tmp_path / "gap" / "sr3-3", _sr3(64, OUT, 4), "sr3", ScheduleConfig())
     assert sr3_stage_dirs(tmp_path / "gap") == []
     assert json.loads((cascade_dir / "sr3-2" / "config.json").read_text())["model"]["low_resolution"] == 64
+
+
+def test_btdm_finetune_keeps_every_sr3_stage(cascade_dir: Path, inputs, tmp_path: Path) -> None:
+    """`btdm finetune` rewrites btunet/ and carries the SR3 stages over unchanged, the cascade's too."""
+    import argparse
+
+    from btdm_engine.commands import finetune as finetune_cmd
+    from btdm_engine.posemaps.encoding import write_iuv_png
+    from btdm_engine.posemaps.preview import write_rgb_png
+
+    _maps, appearance, g = inputs
+    write_rgb_png(tmp_path / "c.png", appearance)
+    write_iuv_png(tmp_path / "c_iuv.png", g)
+    parser = argparse.ArgumentParser(prog="btdm")
+    finetune_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["finetune", "--model", str(cascade_dir), "--appearance", str(tmp_path / "c.png"),
+                              "--appearance-iuv", str(tmp_path / "c_iuv.png"), "--steps", "1", "--device", "cpu",
+                              "--out", str(tmp_path / "tuned")])  # fmt: skip
+    assert args.func(args) == 0
+    for name in ("sr3", "sr3-2"):
+        for f in ("config.json", "model.safetensors"):
+            assert (tmp_path / "tuned" / name / f).read_bytes() == (cascade_dir / name / f).read_bytes()
+    assert Animator.from_pretrained(tmp_path / "tuned", device="cpu").resolution == OUT

@@ -2,7 +2,7 @@
 
 Runs exactly the fine-tuning ``Animator.animate(..., finetune_steps=N, seed=S)`` runs
 (:func:`btdm_engine.pipeline.finetune_btunet`, eq. 4 on the pair (c, c) with poses (g(c), g(c)),
-the same generator derivation from the seed), then writes ``OUT/btunet`` (and copies ``sr3/``).
+the same generator derivation from the seed), then writes ``OUT/btunet`` (and copies the SR3 stages, ``sr3/``, ``sr3-2/``, ...).
 Animating with ``--model OUT`` and no further fine-tuning therefore gives the frames the
 Animator would give with ``finetune_steps=N`` on the original model and the same seed.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from btdm_engine import limits
-from btdm_engine.constants import DEVICES, IUV_ORDERS
+from btdm_engine.constants import DEVICES, IUV_ORDERS, SR3_STAGE_DIRS
 from btdm_engine.errors import NonFiniteError, UsageError
 from btdm_engine.fileio import atomic_dir, make_folder
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint  # lazy: torch
     from btdm_engine.imageio import MIN_APPEARANCE_SIDE, parse_colour, read_rgb  # lazy: cv2
-    from btdm_engine.pipeline import _generator, finetune_btunet, image_to_tensor, iuv_to_network  # lazy: torch
+    from btdm_engine.pipeline import Animator  # lazy: torch
     from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
 
     if args.steps < 1:
@@ -84,16 +84,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.appearance_iuv}: {iuv.shape[1]}x{iuv.shape[0]} px, "
                          f"but {args.appearance} is {image.shape[1]}x{image.shape[0]}")
     model, schedule, meta = load_checkpoint(args.model / "btunet", kind="btunet", device=device)
-    res = model.config.resolution
-    c = image_to_tensor(np.round(image * 255).astype(np.uint8), res, where=str(args.appearance)).to(device)
-    g = iuv_to_network(iuv, res, where=str(args.appearance_iuv)).to(device)
-
+    # The Animator's own stages: its inputs (c, g(c), and for a warp-conditioned BTU-Net the texture
+    # prior of c on g(c)) and its fine-tuning (stage 0 of its seed), so results match `btdm animate`'s.
+    animator = Animator(model, schedule, device=device)
+    job = animator.prepare(iuv[None], np.round(image * 255).astype(np.uint8), iuv)
     bar = tqdm(total=args.steps, desc="finetune", unit="step", dynamic_ncols=True)
-    # The Animator's fine-tuning stage generator (stage 0 of its seed), so results match it.
-    tuned = finetune_btunet(
-        model, c, g, schedule, steps=args.steps, lr=args.lr, generator=_generator(args.seed, 0), batch=args.batch,
-        callback=lambda stage, step, total: bar.update(1),
-    )
+    tuned = animator.finetune(job, steps=args.steps, lr=args.lr, seed=args.seed, batch=args.batch,
+                              callback=lambda stage, step, total: bar.update(1))
     bar.close()
     bad = non_finite_tensors(tuned.state_dict())
     if bad:
@@ -109,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     make_folder(args.out, f"--out {args.out}: cannot write the model")
     save_checkpoint(args.out / "btunet", tuned.to("cpu"), "btunet", schedule, extra=extra)
-    if (args.model / "sr3").is_dir():
-        with atomic_dir(args.out / "sr3") as tmp:
-            shutil.copytree(args.model / "sr3", tmp, dirs_exist_ok=True)
+    for name in SR3_STAGE_DIRS:  # the SR3 stages, unchanged (a cascade's sr3-2/, ... too)
+        if not (args.model / name).is_dir():
+            break
+        with atomic_dir(args.out / name) as tmp:
+            shutil.copytree(args.model / name, tmp, dirs_exist_ok=True)
     print(f"fine-tuned {args.steps} steps on {args.appearance}; model written to {args.out}", file=sys.stderr)
     return 0
