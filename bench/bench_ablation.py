@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from btdm_engine.constants import MODEL_PRESETS, NOISE_MODES
+from training.config import TrainConfig
 
 MODES = ("bidirectional", "unidirectional")
 
@@ -85,8 +86,7 @@ def _reused_steps(data: Path, runs: dict[str, Path], args: argparse.Namespace) -
 
 
 def _train(data: Path, run: Path, mode: str, args: argparse.Namespace, steps: int, resume: bool) -> float:
-    from training.config import TrainConfig
-    from training.trainer import train
+    from training.trainer import train  # lazy: loads torch; --help stays light
 
     config = TrainConfig(
         kind="btunet", data=str(data), preset=args.preset, mode=mode, steps=steps, batch_size=args.batch_size,
@@ -99,16 +99,17 @@ def _train(data: Path, run: Path, mode: str, args: argparse.Namespace, steps: in
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    import torch
+    import torch  # lazy: --help stays torch-free
 
+    # lazy: loads torch; --help stays light
     from bench.heldout import fresh_dir, score, sequence_inputs, truth_frame, write_frames
-    from btdm_engine.imageio import resize_labels
-    from btdm_engine.metrics.evaluate import format_table, write_report
-    from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
-    from training.dataset_format import DatasetManifest
-    from training.toy_data import write_toy_dataset
+    from btdm_engine.imageio import resize_labels  # lazy: loads cv2; --help stays light
+    from btdm_engine.metrics.evaluate import format_table, write_report  # lazy: loads torch; --help stays light
+    from btdm_engine.pipeline import Animator  # lazy: loads torch; --help stays light
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: loads torch; --help stays light
+    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png  # lazy: loads torch; --help stays light
+    from training.dataset_format import DatasetManifest  # lazy: loads cv2; --help stays light
+    from training.toy_data import write_toy_dataset  # lazy: loads torch; --help stays light
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -33,9 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+
+from btdm_engine.procs import die_with_parent, keep_freed_memory
+from btdm_engine.weights import default_appearance, default_model_dir
 
 CONFIGS = {  # batches: the old 1 GiB budget's (BTU-Net 64, SR3 4) for the old path, else the defaults
     "float32": {"precision": "float32", "layout": "contiguous", "wait": "ACTIVE", "threads": 2, "batches": (64, 4),
@@ -55,19 +59,17 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
          batches: tuple[int, int] | None = None, prepared: bool = True, workers: int | None = None,
          keep_freed: bool = True) -> dict:
     if keep_freed:  # as the btdm command does first
-        from btdm_engine.procs import keep_freed_memory
-
         keep_freed_memory()
-    import numpy as np
-    import torch
+    # numpy, torch and the engine start threads: keep_freed_memory() must come first (its docstring)
+    import numpy as np  # lazy: after keep_freed_memory() (the job process imports this module)
+    import torch  # lazy: after keep_freed_memory() (the job process imports this module)
 
-    from btdm_engine.body.model import load_body_model
-    from btdm_engine.imageio import read_rgb
-    from btdm_engine.motion import make_motion
-    from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.renderer import IUVRenderer
-    from btdm_engine.weights import default_appearance, default_model_dir
+    from btdm_engine.body.model import load_body_model  # lazy: loads torch, after keep_freed_memory()
+    from btdm_engine.imageio import read_rgb  # lazy: loads cv2, after keep_freed_memory()
+    from btdm_engine.motion import make_motion  # lazy: loads scipy, after keep_freed_memory()
+    from btdm_engine.pipeline import Animator  # lazy: loads torch, after keep_freed_memory()
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: loads torch, after keep_freed_memory()
+    from btdm_engine.posemaps.renderer import IUVRenderer  # lazy: loads pyrender/OpenGL, after keep_freed_memory()
 
     animator = Animator.from_pretrained(default_model_dir(), device="cpu")
     if layout == "contiguous":
@@ -82,8 +84,6 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
     image, image_iuv = default_appearance()
     c = np.round(read_rgb(image) * 255.0).astype(np.uint8)
     g = read_iuv_png(image_iuv) if animator.uses_warp else None
-    import resource
-
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     sizes = {} if batches is None else {"max_batch": batches[0], "sr_batch": batches[1]}
@@ -99,7 +99,7 @@ def _job(frames: int, motion: str, precision: str, layout: str, steps: int, sr_s
 
 def _conv_peak(dtype: str) -> float:
     """GFLOP/s of a 3x3 convolution shaped like the tiny models' widest layers (channels-last)."""
-    import torch
+    import torch  # lazy: after keep_freed_memory() (the job process imports this module)
 
     x = torch.randn(64, 64, 32, 32).to(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last).eval()
@@ -123,18 +123,16 @@ def _run(name: str, frames: int, motion: str, steps: int, sr_steps: int, out: st
             f"print(json.dumps(_job({frames}, {motion!r}, {cfg['precision']!r}, {cfg['layout']!r}, {steps}, "
             f"{sr_steps}, {out!r}, {cfg['batches']!r}, {cfg['prepared']!r}, {cfg['workers']!r}, "
             f"{cfg['keep_freed']!r})))")
-    from btdm_engine.procs import die_with_parent
-
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                             preexec_fn=die_with_parent)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _difference(a_path: str, b_path: str) -> dict:
-    import numpy as np
-    import torch
+    import numpy as np  # lazy: after keep_freed_memory() (the job process imports this module)
+    import torch  # lazy: after keep_freed_memory() (the job process imports this module)
 
-    from btdm_engine.metrics.image import psnr, ssim
+    from btdm_engine.metrics.image import psnr, ssim  # lazy: loads torch (the job process imports this module)
 
     a, b = np.load(a_path), np.load(b_path)
     ta, tb = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0 for x in (a, b))
@@ -150,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", default="out/bench_cpu", help="folder for the frames compared")
     args = parser.parse_args(argv)
-    from btdm_engine.models.flops import model_cost
+    from btdm_engine.models.flops import model_cost  # lazy: loads torch (the job process imports this module)
 
     os.makedirs(args.out, exist_ok=True)
     load1 = os.getloadavg()[0]
@@ -164,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     for loaded in (False, True):
         hog = None
         if loaded:  # another process keeps one core busy
-            from btdm_engine.procs import die_with_parent
-
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=die_with_parent)
         try:
             # configurations interleaved, repeat by repeat, so a slow spell of a shared machine hits all alike

@@ -272,7 +272,7 @@ def reset_compiler() -> None:
     """``torch.compiler.reset()`` and torch.compile's counters (which that reset keeps)."""
     torch.compiler.reset()
     try:
-        from torch._dynamo.utils import counters
+        from torch._dynamo.utils import counters  # lazy, optional: a private torch module (loads sympy)
     except ImportError:
         return
     counters.clear()
@@ -282,7 +282,7 @@ def compiler_counters() -> dict[str, int] | None:
     """torch.compile's own counts since the last reset: graph breaks, compiled graphs and CUDA-graph
     skips (a skip means ``cudagraphs`` ran as plain ``compile`` somewhere). None where torch keeps none."""
     try:
-        from torch._dynamo.utils import counters
+        from torch._dynamo.utils import counters  # lazy, optional: a private torch module (loads sympy)
     except ImportError:
         return None
     return {

@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from btdm_engine.procs import keep_freed_memory
+from btdm_engine.weights import default_appearance, default_model_dir
+
 # The last commit whose default model is the `tiny` one without the prior (the old path).
 OLD_COMMIT = "a3d2da4"
 MODEL_PATH = "btdm_engine/weights/default"
@@ -55,19 +58,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _one_job(spec: dict) -> dict:
     """One timed generation in this (fresh) process, as ``btdm animate`` runs it."""
-    from btdm_engine.procs import keep_freed_memory
-
     keep_freed_memory()
-    import torch
+    import torch  # lazy: torch, after keep_freed_memory() (the job process imports this module)
 
-    from btdm_engine.body.model import load_body_model
-    from btdm_engine.imageio import read_rgb
-    from btdm_engine.motion import make_motion
-    from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.renderer import IUVRenderer
-    from btdm_engine.posemaps.texture import build_texture, transfer
-    from btdm_engine.weights import default_appearance
+    from btdm_engine.body.model import load_body_model  # lazy: loads torch, after keep_freed_memory()
+    from btdm_engine.imageio import read_rgb  # lazy: loads cv2, after keep_freed_memory()
+    from btdm_engine.motion import make_motion  # lazy: loads scipy, after keep_freed_memory()
+    from btdm_engine.pipeline import Animator  # lazy: loads torch, after keep_freed_memory()
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: loads torch, after keep_freed_memory()
+    from btdm_engine.posemaps.renderer import IUVRenderer  # lazy: loads pyrender/OpenGL, after keep_freed_memory()
+    from btdm_engine.posemaps.texture import build_texture, transfer  # lazy: loads torch, after keep_freed_memory()
 
     clip = make_motion("dance", seconds=spec["frames"] / 30.0, fps=30.0)
     with IUVRenderer(load_body_model(clip.body_model), 128, 128) as renderer:
@@ -104,8 +104,6 @@ def _old_model(out: Path) -> Path:
 
 
 def timing(args: argparse.Namespace) -> dict[str, float]:
-    from btdm_engine.weights import default_model_dir
-
     models = {"old": str(args.old or _old_model(args.out)), "new": str(args.new or default_model_dir()),
               "texture": "texture"}
     best: dict[str, float] = {}
@@ -124,14 +122,14 @@ def timing(args: argparse.Namespace) -> dict[str, float]:
 
 def halo(args: argparse.Namespace) -> dict[str, float]:
     """White excess and error of the old and the unmixed edge, over black (module docstring, 2.)."""
-    import cv2
+    import cv2  # lazy: cv2; the timed job processes import this module
 
-    from bench.heldout import smoke_dataset
-    from btdm_engine.imageio import read_rgb
-    from btdm_engine.motion.shot import unmix_edges
-    from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.preview import write_rgb_png
-    from training.dataset_format import DatasetManifest
+    from bench.heldout import smoke_dataset  # lazy: loads torch; the timed job processes import this module
+    from btdm_engine.imageio import read_rgb  # lazy: loads cv2; the timed job processes import this module
+    from btdm_engine.motion.shot import unmix_edges  # lazy: loads scipy; the timed job processes import this module
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: loads torch; the timed job processes import this module
+    from btdm_engine.posemaps.preview import write_rgb_png  # lazy: loads torch; the timed job processes import this module
+    from training.dataset_format import DatasetManifest  # lazy: loads cv2; the timed job processes import this module
 
     data = args.data or smoke_dataset(args.out)
     tests = DatasetManifest.load(data).sequence_frames("test")
@@ -168,7 +166,7 @@ def halo(args: argparse.Namespace) -> dict[str, float]:
 def old_matte(frame: np.ndarray, body: np.ndarray, grow_px: int) -> np.ndarray:
     """The matte plates had before the edge was unmixed: the body, plus what differs from the
     background in the band around it; the colours were kept as generated."""
-    import cv2
+    import cv2  # lazy: cv2; the timed job processes import this module
 
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow_px + 1, 2 * grow_px + 1))
     band = cv2.dilate(body, kernel).astype(bool)

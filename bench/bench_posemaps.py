@@ -19,6 +19,9 @@ import tracemalloc
 
 import numpy as np
 
+from btdm_engine.posemaps.atlas import build_atlas
+from btdm_engine.posemaps.export import export_posemaps
+
 FRAMES = 300
 SIZE = 256
 FPS = 30.0
@@ -34,11 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     frames, size = args.frames, args.size
 
-    from btdm_engine.body import load_body_model
-    from btdm_engine.motion import make_motion
-    from btdm_engine.posemaps.atlas import build_atlas
-    from btdm_engine.posemaps.export import export_posemaps
-    from btdm_engine.posemaps.renderer import IUVRenderer
+    from btdm_engine.body import load_body_model  # lazy: loads torch; --help stays light
+    from btdm_engine.motion import make_motion  # lazy: loads scipy; --help stays light
+    from btdm_engine.posemaps.renderer import IUVRenderer  # lazy: loads pyrender/OpenGL; --help stays light
 
     body = load_body_model("mannequin")
     clip = make_motion("walk", seconds=frames / FPS, fps=FPS, seed=0, width=size, height=size)

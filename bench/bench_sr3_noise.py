@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from btdm_engine.weights import default_model_dir
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench_sr3_noise", description=__doc__,
@@ -44,11 +46,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
+    # lazy: loads torch; --help stays light
     from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, write_frames
-    from btdm_engine.metrics.evaluate import format_table, write_report
-    from btdm_engine.pipeline import Animator
-    from btdm_engine.weights import default_model_dir
-    from training.dataset_format import DatasetManifest
+    from btdm_engine.metrics.evaluate import format_table, write_report  # lazy: loads torch; --help stays light
+    from btdm_engine.pipeline import Animator  # lazy: loads torch; --help stays light
+    from training.dataset_format import DatasetManifest  # lazy: loads cv2; --help stays light
 
     fresh_dir(args.out)
     if args.data is None:

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from synthetic_data.build import build_dataset
+from synthetic_data.presets import MotionSpec, get_preset
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; ``argv`` as for ``python -m bench.bench_synth``."""
@@ -32,9 +35,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="shards at once (default 1: clean timings)")
     parser.add_argument("--keep", default=None, help="build into this folder and keep it")
     args = parser.parse_args(argv)
-
-    from synthetic_data.build import build_dataset
-    from synthetic_data.presets import MotionSpec, get_preset
 
     base = get_preset("mini").with_overrides(
         name="bench", characters=args.characters, test_characters=1, frames=args.frames,

@@ -19,6 +19,7 @@ from btdm_engine.imageio import read_image, read_rgb, resize_labels, resize_rgb
 from btdm_engine.metrics.evaluate import evaluate
 from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png
 from btdm_engine.posemaps.preview import write_rgb_png
+from training.toy_data import write_toy_dataset
 
 
 def fresh_dir(out: Path) -> None:
@@ -30,8 +31,6 @@ def fresh_dir(out: Path) -> None:
 
 def smoke_dataset(out: Path) -> Path:
     """A toy dataset with one held-out character (``OUT/toy_data``), for a benchmark's smoke run."""
-    from training.toy_data import write_toy_dataset
-
     return write_toy_dataset(out / "toy_data", num_characters=3, sequences_per_character=1, num_frames=4, size=64,
                              test_characters=1)
 
