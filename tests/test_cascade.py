@@ -158,3 +158,35 @@ def test_btdm_finetune_keeps_every_sr3_stage(cascade_dir: Path, inputs, tmp_path
         for f in ("config.json", "model.safetensors"):
             assert (tmp_path / "tuned" / name / f).read_bytes() == (cascade_dir / name / f).read_bytes()
     assert Animator.from_pretrained(tmp_path / "tuned", device="cpu").resolution == OUT
+
+
+def test_a_model_folders_own_appearance_is_used_without_one(cascade_dir: Path, inputs, tmp_path: Path) -> None:
+    """A model folder that ships appearance.png + appearance_iuv.png (as training.default_model writes)
+    lends them to `btdm animate --model DIR` and to `btdm serve --model NAME=DIR` when a job gives none."""
+    import shutil
+
+    from btdm_engine.cli import main as btdm
+    from btdm_engine.posemaps.encoding import write_iuv_png
+    from btdm_engine.posemaps.preview import write_rgb_png
+
+    maps, appearance, g = inputs
+    folder = tmp_path / "model"
+    shutil.copytree(cascade_dir, folder)
+    write_rgb_png(folder / "appearance.png", appearance)
+    write_iuv_png(folder / "appearance_iuv.png", g)
+    for t, m in enumerate(maps[:2]):
+        write_iuv_png(tmp_path / "poses" / f"{t:06d}.png", m)
+    common = ["animate", "--model", str(folder), "--posemaps", str(tmp_path / "poses"), "--steps", "2",
+              "--seed", "1", "--device", "cpu", "--precision", "float32", "--no-progress"]
+    assert btdm([*common, "--out", str(tmp_path / "own")]) == 0
+    assert btdm([*common, "--appearance", str(folder / "appearance.png"), "--appearance-iuv",
+                 str(folder / "appearance_iuv.png"), "--out", str(tmp_path / "given")]) == 0
+    for t in range(2):
+        own = (tmp_path / "own" / "frames" / f"{t:06d}.png").read_bytes()
+        assert own == (tmp_path / "given" / "frames" / f"{t:06d}.png").read_bytes()
+
+    registry = ModelRegistry.with_default("cpu", {"mine": folder, "bare": cascade_dir})
+    assert registry.entry("mine").default_appearance == (folder / "appearance.png", folder / "appearance_iuv.png")
+    assert registry.entry("bare").default_appearance is None
+    assert {i["name"]: i["has_default_appearance"] for i in registry.infos()} == {"default": True, "mine": True,
+                                                                                 "bare": False}

@@ -25,7 +25,7 @@ from btdm_engine.fileio import StagedRun
 from btdm_engine.jobspec import METHODS, JobSpec
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.posemaps.export import read_posemap_folder
-from btdm_engine.weights import default_appearance, default_model_dir
+from btdm_engine.weights import default_appearance, default_model_dir, model_appearance
 
 _DEFAULT = JobSpec()
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
@@ -211,6 +211,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"using {what}its appearance image {args.appearance}", file=sys.stderr)
     else:
         model_dir = args.model
+        own = model_appearance(model_dir) if args.appearance is None and args.appearance_frame is None else None
+        if own is not None:  # the folder's own c and g(c), as the embedded model's are used above
+            args.appearance = own[0]
+            if args.appearance_iuv is None:
+                args.appearance_iuv = own[1]
+            print(f"using {model_dir}'s appearance image {args.appearance}", file=sys.stderr)
     if args.size is not None and not texture_method:
         raise CliError("--size applies to --method texture; diffusion makes the model's own size")
     if args.plate and args.clip is None:

@@ -49,6 +49,7 @@ from btdm_engine.service import limits
 from btdm_engine.service.errors import NO_SPACE, InvalidParams, ServiceError, disk_full, public
 from btdm_engine.service.schemas import JOB_FIELDS, RULE_NAMES
 from btdm_engine.service.store import MAX_ATTEMPTS, JobStore
+from btdm_engine.weights import DEFAULT_MODEL_DIR, NoDefaultModelError, default_appearance, model_appearance
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,8 @@ class ModelRegistry:
 
     @classmethod
     def with_default(cls, device: str, extra: dict[str, Path] | None = None) -> ModelRegistry:
-        """The embedded model as ``default`` (when installed), plus ``extra`` model folders."""
-        from btdm_engine.weights import DEFAULT_MODEL_DIR, NoDefaultModelError, default_appearance  # lazy: torch, cv2
-
+        """The embedded model as ``default`` (when installed), plus ``extra`` model folders; each with
+        the appearance its folder ships (``appearance.png`` + ``appearance_iuv.png``), if any."""
         models: dict[str, Path] = {}
         appearances = {}
         try:
@@ -105,7 +105,12 @@ class ModelRegistry:
             models["default"] = DEFAULT_MODEL_DIR
         except NoDefaultModelError as exc:
             logger.warning("%s", exc)
-        models.update(extra or {})
+        for name, folder in (extra or {}).items():
+            models[name] = folder
+            if (own := model_appearance(folder)) is not None:
+                appearances[name] = own
+            else:
+                appearances.pop(name, None)
         return cls(models, device, appearances)
 
     @staticmethod

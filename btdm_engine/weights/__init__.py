@@ -10,6 +10,7 @@ code: nothing is downloaded.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
@@ -29,11 +30,20 @@ def default_model_dir() -> Path:
     return DEFAULT_MODEL_DIR
 
 
+def model_appearance(folder: str | os.PathLike[str]) -> tuple[Path, Path] | None:
+    """(``appearance.png``, ``appearance_iuv.png``) a model folder ships with, or None without both:
+    what `btdm animate --model DIR` and `btdm serve --model NAME=DIR` use when a job gives no
+    appearance (the recipes of training.default_model write them)."""
+    image, iuv = Path(folder) / "appearance.png", Path(folder) / "appearance_iuv.png"
+    return (image, iuv) if image.is_file() and iuv.is_file() else None
+
+
 def default_appearance() -> tuple[Path, Path]:
     """(appearance image, its IUV pose map) shipped with the default model."""
     root = default_model_dir()
-    image, iuv = root / "appearance.png", root / "appearance_iuv.png"
-    for path in (image, iuv):
+    for path in (root / "appearance.png", root / "appearance_iuv.png"):
         if not path.is_file():
             raise NoDefaultModelError(f"the embedded default model has no {path.name} ({path})")
-    return image, iuv
+    own = model_appearance(root)
+    assert own is not None
+    return own
