@@ -30,6 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, to_uint8, truth_frame, write_frames
+from btdm_engine.imageio import read_image, resize_labels, resize_rgb
+from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
+from btdm_engine.pipeline import Animator
+from btdm_engine.posemaps.encoding import read_iuv_png
+from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
+from btdm_engine.posemaps.texture import build_texture, transfer
+from btdm_engine.weights import default_model_dir
+from training.dataset_format import DatasetManifest
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench_default_model", description=__doc__,
@@ -57,15 +67,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    from bench.heldout import fresh_dir, score, sequence_inputs, smoke_dataset, to_uint8, truth_frame, write_frames
-    from btdm_engine.imageio import resize_labels, resize_rgb
-    from btdm_engine.metrics.evaluate import evaluate, format_table, write_report
-    from btdm_engine.pipeline import Animator
-    from btdm_engine.posemaps.encoding import read_iuv_png
-    from btdm_engine.posemaps.preview import colorize_iuv, contact_sheet, write_rgb_png
-    from btdm_engine.posemaps.texture import build_texture, transfer
-    from btdm_engine.weights import default_model_dir
-    from training.dataset_format import DatasetManifest
 
     fresh_dir(args.out)
     models = {"old": args.old or default_model_dir(), "new": args.new or default_model_dir()}
@@ -190,8 +191,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _truth_has_alpha(seq) -> bool:
     """Whether the set's frames carry the person's alpha (the synthetic sets do), for the ``person`` foreground."""
-    from btdm_engine.imageio import read_image
-
     raw = read_image(seq.rgb[0])
     return raw.ndim == 3 and raw.shape[2] == 4
 

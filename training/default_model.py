@@ -37,9 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from btdm_engine.constants import SR3_STAGE_DIRS
 from btdm_engine.errors import UsageError
 from btdm_engine.fileio import atomic_dir
+from btdm_engine.imageio import read_rgb
+from btdm_engine.posemaps.preview import write_rgb_png
+from training.config import TrainConfig
+from training.dataset_format import DatasetManifest, sha256_file
+from training.trainer import CONFIG_FILE, train
 
 # The shipped model's settings. ``checkpoint_every`` etc. may differ on resume; the rest may not.
 # SR3's items (its prior at 128 px) load in a worker process, which takes the second core once the
@@ -67,6 +74,14 @@ RESIDUAL_256_SETTINGS: dict[str, Any] = dict(
     preset="tiny-warp", model_overrides={"residual": True, "resolution": 256}, init_reset=("unet.out.2.",), steps=300,
     batch_size=4, lr=2e-4, seed=0, cache_frames=True, num_workers=1, checkpoint_every=50, sample_every=0, log_every=10,
 )  # fmt: skip
+# The cascade's last stage (``sr3-2/``, 128 -> 256): the same network again, warm-started from the
+# 32 -> 256 run with a zero head, now conditioned on the 128 px frame (``low_resolution`` 128), so
+# its base is the prior on the body and the 128 px residual SR3's frame around it: hair, sleeves and
+# the silhouette come from a frame four times sharper than the BTU-Net's. Trained on the truth shrunk
+# to 128 px (SR3's own practice), at 256 px on `wide256`.
+CASCADE_SETTINGS: dict[str, Any] = dict(
+    RESIDUAL_256_SETTINGS, model_overrides={"residual": True, "resolution": 256, "low_resolution": 128},
+)
 # How the shipped SR3 is sampled when a job does not say (Animator.sr_steps_for): one step, its x0
 # prediction from pure noise (the conditional mean), scored best on held-out people
 # (docs/results/default_model_residual.md).
@@ -86,9 +101,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data256", type=Path, default=Path("data/wide256"),
                    help="the same people at 256 px, for the 256 px SR3 (btdm synth build --preset wide256)")
     p.add_argument("--resolution", type=int, choices=(128, 256), default=256,
-                   help="the shipped SR3's output size: 256 trains the sr3-256 stage on --data256 (default)")
+                   help="the shipped model's output size: 256 (default) trains the sr3-256 run and from it the "
+                   "cascade's 128 -> 256 stage on --data256, and ships sr3/ (32 -> 128) + sr3-2/ (128 -> 256)")
     p.add_argument("--steps-256", type=int, default=RESIDUAL_256_SETTINGS["steps"])
-    p.add_argument("--stage", choices=("all", "btunet", "sr3", "sr3-residual", "sr3-256", "assemble"), default="all",
+    p.add_argument("--cascade-steps", type=int, default=CASCADE_SETTINGS["steps"])
+    p.add_argument("--stage", choices=("all", "btunet", "sr3", "sr3-residual", "sr3-256", "sr3-cascade", "assemble"),
+                   default="all",
                    help="train one network, or only assemble finished runs (default: all in turn)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--notes", type=Path, default=None,
@@ -102,9 +120,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _train(kind: str, data: Path, run: Path, settings: dict[str, Any], progress: bool,
            allow_incomplete: bool = False) -> None:
-    from training.config import TrainConfig
-    from training.trainer import CONFIG_FILE, train
-
     config = TrainConfig(kind=kind, data=str(data), **settings)
     resume = (run / CONFIG_FILE).is_file()
     if resume:  # continue (or reuse) the run: its saved options, with the resumable ones updated
@@ -120,8 +135,6 @@ def _last_log_row(run: Path) -> dict[str, str]:
 
 
 def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: str = "") -> str:
-    from training.dataset_format import DatasetManifest, sha256_file
-
     manifest = DatasetManifest.load(data)
     preset = manifest.info.get("preset", "?")
     if isinstance(preset, dict):  # synthetic sets record the whole preset; the card names it
@@ -178,10 +191,6 @@ def assemble(data: Path, runs: dict[str, Path], out: Path, notes: str = "", samp
     ``sampling`` goes into the SR3 checkpoint's ``extra.sampling`` (how a job samples it by default);
     ``card_runs`` are further runs the model card lists (the plain SR3 the residual one started from).
     """
-    from btdm_engine.imageio import read_rgb
-    from btdm_engine.posemaps.preview import write_rgb_png
-    from training.dataset_format import DatasetManifest
-
     manifest = DatasetManifest.load(data)
     tests = manifest.sequence_frames("test")
     if not tests:
@@ -196,11 +205,12 @@ def assemble(data: Path, runs: dict[str, Path], out: Path, notes: str = "", samp
     with atomic_dir(out, replace=True) as stage:
         for kind, run in runs.items():
             shutil.copytree(run / "checkpoint", stage / kind)
-        if sampling and "sr3" in runs:
-            config = json.loads((stage / "sr3" / "config.json").read_text(encoding="utf-8"))
-            config.setdefault("extra", {})["sampling"] = dict(sampling)
-            (stage / "sr3" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
-                                                      encoding="utf-8")
+        for kind in runs:
+            if sampling and kind in SR3_STAGE_DIRS:  # every SR3 stage of a cascade
+                config = json.loads((stage / kind / "config.json").read_text(encoding="utf-8"))
+                config.setdefault("extra", {})["sampling"] = dict(sampling)
+                (stage / kind / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                                          encoding="utf-8")
         write_rgb_png(stage / "appearance.png", np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8))
         shutil.copyfile(seq.iuv[0], stage / "appearance_iuv.png")
         (stage / "MODEL_CARD.md").write_text(_model_card(data, {**runs, **(card_runs or {})}, seq.id, notes),
@@ -218,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--notes {args.notes}: no such file")
         notes = args.notes.read_text(encoding="utf-8")
     if args.threads is not None:
-        import torch
-
         torch.set_num_threads(args.threads)
     residual = args.work / "sr3-residual"
-    runs = {"btunet": args.work / "btunet", "sr3": args.work / ("sr3-256" if args.resolution == 256 else "sr3-residual")}
+    direct_256 = args.work / "sr3-256"  # 32 -> 256: the cascade stage's warm start
+    runs = {"btunet": args.work / "btunet", "sr3": residual}
+    if args.resolution == 256:
+        runs["sr3-2"] = args.work / "sr3-cascade"
     plain = args.work / "sr3"
     if args.stage in ("all", "btunet"):
         _train("btunet", args.data, runs["btunet"], {**BTUNET_SETTINGS, "steps": args.btunet_steps}, not args.no_progress,
@@ -237,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.data256 / "manifest.json").is_file():
             raise SystemExit(f"{args.data256}: no manifest.json; build it first: btdm synth build --preset wide256 "
                              f"--out {args.data256}")
-        _train("sr3", args.data256, runs["sr3"], {**RESIDUAL_256_SETTINGS, "init_from": str(residual),
-                                                  "steps": args.steps_256}, not args.no_progress, args.allow_incomplete)
+        _train("sr3", args.data256, direct_256, {**RESIDUAL_256_SETTINGS, "init_from": str(residual),
+                                                 "steps": args.steps_256}, not args.no_progress, args.allow_incomplete)
+    if args.resolution == 256 and args.stage in ("all", "sr3-cascade"):
+        _train("sr3", args.data256, runs["sr3-2"], {**CASCADE_SETTINGS, "init_from": str(direct_256),
+                                                    "steps": args.cascade_steps}, not args.no_progress,
+               args.allow_incomplete)
     if args.stage in ("all", "assemble"):
-        card_runs = {"sr3 (plain)": plain} | ({"sr3 (128 px residual)": residual} if args.resolution == 256 else {})
+        card_runs = {"sr3 (plain)": plain} | ({"sr3 (32 -> 256, warm start)": direct_256} if args.resolution == 256 else {})
         # c ships at the output size: a 256 px model's from the 256 px set (the same held-out person)
         data = args.data256 if args.resolution == 256 else args.data
         out = assemble(data, runs, args.out, notes, sampling=SR3_SAMPLING, card_runs=card_runs)
