@@ -1,5 +1,5 @@
-"""A cascade of SR3 stages (model folders with ``sr3/`` then ``sr3-2/``): BTU-Net 32 px -> SR3 64 px ->
-SR3 96 px, warp-conditioned and residual like the shipped default, on untrained-but-perturbed tiny
+"""A cascade of SR3 stages (model folders with ``sr3/`` then ``sr3-2/``): BTU-Net 32 px -> SR3 48 px ->
+SR3 64 px, warp-conditioned and residual like the shipped default, on untrained-but-perturbed tiny
 networks. The Animator runs every stage on each chunk, streams, resumes from any chunk with the
 same frames, counts progress over every stage, and refuses a stage whose input size does not match."""
 
@@ -21,7 +21,7 @@ from btdm_engine.posemaps.encoding import read_iuv_png
 from btdm_engine.service.worker import ModelEntry, ModelRegistry
 from btdm_engine.weights import default_model_dir
 
-OUT = 96
+OUT = 64
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -45,9 +45,9 @@ def cascade_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     save_checkpoint(root / "btunet", _perturbed(BTUNet(BTUNetConfig.preset("tiny-warp")), 1), "btunet",
                     ScheduleConfig())
-    save_checkpoint(root / "sr3", _sr3(32, 64, 2), "sr3", ScheduleConfig(shift=1.0),
+    save_checkpoint(root / "sr3", _sr3(32, 48, 2), "sr3", ScheduleConfig(shift=1.0),
                     extra={"sampling": {"sr_steps": 2}})
-    save_checkpoint(root / "sr3-2", _sr3(64, OUT, 3), "sr3", ScheduleConfig(shift=1.0),
+    save_checkpoint(root / "sr3-2", _sr3(48, OUT, 3), "sr3", ScheduleConfig(shift=1.0),
                     extra={"sampling": {"sr_steps": 1}})
     return root
 
@@ -67,7 +67,7 @@ def test_model_folder_loads_every_stage_in_order(cascade_dir: Path) -> None:
     assert [p.name for p in sr3_stage_dirs(cascade_dir)] == ["sr3", "sr3-2"]
     animator = Animator.from_pretrained(cascade_dir, device="cpu")
     assert (animator.low_resolution, animator.resolution) == (32, OUT)
-    assert [int(net.config.resolution) for net, _ in animator.sr3_stages] == [64, OUT]
+    assert [int(net.config.resolution) for net, _ in animator.sr3_stages] == [48, OUT]
     # each stage's own step count (config.json extra.sampling.sr_steps), or the job's for all
     assert [animator.sr_steps_for(25, None, k) for k in (0, 1)] == [2, 1]
     assert [animator.sr_steps_for(25, 4, k) for k in (0, 1)] == [4, 4]
@@ -109,8 +109,8 @@ def test_cascade_stages_matter(cascade_dir: Path, inputs, tmp_path: Path) -> Non
     kw = dict(steps=2, seed=5, precision="float32", workers=1)
     frames = base.animate(maps[:2], appearance, g, **kw)
     first_only = Animator(base.btunet, base.schedule, base.sr3, base.sr3_schedule, device="cpu")
-    assert first_only.animate(maps[:2], appearance, g, **kw).shape[1] == 64
-    other_first = _sr3(32, 64, 9)
+    assert first_only.animate(maps[:2], appearance, g, **kw).shape[1] == 48
+    other_first = _sr3(32, 48, 9)
     swapped = Animator(base.btunet, base.schedule, other_first, base.sr3_schedule, device="cpu",
                        cascade=base.cascade, meta=base.meta)
     assert not np.array_equal(swapped.animate(maps[:2], appearance, g, **kw), frames)
@@ -118,8 +118,8 @@ def test_cascade_stages_matter(cascade_dir: Path, inputs, tmp_path: Path) -> Non
 
 def test_cascade_stage_sizes_must_chain(cascade_dir: Path, tmp_path: Path) -> None:
     base = Animator.from_pretrained(cascade_dir, device="cpu")
-    with pytest.raises(AnimatorError, match="SR3 stage 2 expects 48 px input but SR3 stage 1 makes 64 px"):
-        Animator(base.btunet, base.schedule, base.sr3, base.sr3_schedule, cascade=[(_sr3(48, OUT, 4), ScheduleConfig())])
+    with pytest.raises(AnimatorError, match="SR3 stage 2 expects 40 px input but SR3 stage 1 makes 48 px"):
+        Animator(base.btunet, base.schedule, base.sr3, base.sr3_schedule, cascade=[(_sr3(40, OUT, 4), ScheduleConfig())])
     with pytest.raises(AnimatorError, match="need a first SR3 stage"):
         Animator(base.btunet, base.schedule, cascade=base.cascade)
     # a folder whose sr3-2/ expects another size names the stage
@@ -128,13 +128,13 @@ def test_cascade_stage_sizes_must_chain(cascade_dir: Path, tmp_path: Path) -> No
         (broken / name).mkdir(parents=True)
         for f in (cascade_dir / name).iterdir():
             (broken / name / f.name).write_bytes(f.read_bytes())
-    save_checkpoint(broken / "sr3-2", _sr3(48, OUT, 4), "sr3", ScheduleConfig())
-    with pytest.raises(AnimatorError, match="SR3 stage 2 expects 48 px"):
+    save_checkpoint(broken / "sr3-2", _sr3(40, OUT, 4), "sr3", ScheduleConfig())
+    with pytest.raises(AnimatorError, match="SR3 stage 2 expects 40 px"):
         Animator.from_pretrained(broken, device="cpu")
     # a gap ends the cascade: sr3-3/ without sr3-2/ is not read
-    save_checkpoint(tmp_path / "gap" / "sr3-3", _sr3(64, OUT, 4), "sr3", ScheduleConfig())
+    save_checkpoint(tmp_path / "gap" / "sr3-3", _sr3(48, OUT, 4), "sr3", ScheduleConfig())
     assert sr3_stage_dirs(tmp_path / "gap") == []
-    assert json.loads((cascade_dir / "sr3-2" / "config.json").read_text())["model"]["low_resolution"] == 64
+    assert json.loads((cascade_dir / "sr3-2" / "config.json").read_text())["model"]["low_resolution"] == 48
 
 
 def test_btdm_finetune_keeps_every_sr3_stage(cascade_dir: Path, inputs, tmp_path: Path) -> None:
