@@ -61,3 +61,55 @@ def engine(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     server = Engine(tmp_path_factory.mktemp(f"{request.module.__name__}-engine") / "data")
     yield server
     server.stop()
+
+
+def _perturbed(model, seed: int):
+    """Fill the zero-initialised layers with small random values, so every input matters."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval()
+
+
+def _toy_model(root: Path, resolution: int, **sr3: object) -> Path:
+    """A model folder like the embedded one but cheaper per frame: the embedded BTU-Net (tiny-warp,
+    32 px, its trained weights and metadata: a single-image model with the texture-transfer prior)
+    and a warp-conditioned residual SR3 32 px -> ``resolution`` px with perturbed untrained weights.
+    Its appearance image and IUV map (the embedded ones) lie beside it: a job for it uploads them."""
+    import shutil
+
+    import torch
+
+    from btdm_engine.checkpoints import save_checkpoint
+    from btdm_engine.diffusion import ScheduleConfig
+    from btdm_engine.models import SR3, SR3Config
+    from btdm_engine.weights import default_model_dir
+
+    shutil.copytree(default_model_dir() / "btunet", root / "btunet")
+    for name in ("appearance.png", "appearance_iuv.png"):
+        shutil.copyfile(default_model_dir() / name, root / name)
+    torch.manual_seed(0)
+    config = SR3Config.preset("tiny-warp").replace(resolution=resolution, low_resolution=32, residual=True, **sr3)
+    save_checkpoint(root / "sr3", _perturbed(SR3(config), 2), "sr3", ScheduleConfig(),
+                    extra={"task": "super_resolution", "sampling": {"sr_steps": 1}})
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64 px model folder (:func:`_toy_model`) for the tests of mechanics (resume, restarts, node loss,
+    frames equal to ``btdm animate``'s) that do not depend on the model's size: several times cheaper
+    per frame than the embedded 256 px one. Served as ``btdm serve --model toy=DIR``; shared: read-only."""
+    return _toy_model(tmp_path_factory.mktemp("toy-model"), 64)
+
+
+@pytest.fixture(scope="session")
+def toy_model_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 256 px model folder (:func:`_toy_model`) with a thin SR3 (8 channels): chunked by the CPU
+    memory budget like the embedded model (4 frames per SR3 call), cheaper per frame; shared: read-only."""
+    return _toy_model(tmp_path_factory.mktemp("toy-model-256"), 256, model_channels=8, channel_mult=(1, 1, 2, 2))
+

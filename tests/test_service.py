@@ -66,7 +66,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"btdm serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if all(m["loaded"] for m in self.client().models()):
+                # the first model (the embedded one) is loaded at start; others (--model) on first use
+                if self.client().models()[0]["loaded"]:
                     return self
             except EngineError:
                 pass
@@ -87,6 +88,12 @@ class Server:
         if self.proc is not None:
             stop_process(self.proc, timeout=30)
         self.logfile.close()
+
+
+def toy_files(model: Path) -> dict[str, Path]:
+    """The appearance files a job for a toy model folder (conftest ``toy_model``) uploads: only the
+    embedded model brings its own."""
+    return {"appearance": model / "appearance.png", "appearance_iuv": model / "appearance_iuv.png"}
 
 
 def make_clip(path: Path, seconds: float = 0.2, motion: str = "walk") -> Path:
@@ -332,29 +339,35 @@ def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path) -> No
     assert decode(client.frame(job["id"], 2)).shape == (256, 256, 3)
 
 
-def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) -> None:
-    # 36 frames: after the first SR3 chunks (16 frames: four chunks of 4 at 256 px on one CPU thread)
-    # five more chunks remain, so the kill lands mid-job even when the event reaches the test late (CI once ran a
-    # short tail to the end before the kill arrived).
+def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, toy_model_256: Path) -> None:
+    # Resuming does not depend on the model's size: a toy 256 px model (conftest) whose SR3 the CPU memory
+    # budget chunks like the embedded model's, 4 frames per call, each chunk cheaper. 36 frames: nine
+    # chunks; the kill follows the first, so eight remain even when the event reaches the test late (CI
+    # once ran a short tail to the end before the kill arrived).
     clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
-    params = {"steps": 2, "sr_steps": 4, "seed": 5}
-    srv = Server(tmp_path / "data").start()
+    params = {"model": "toy", "steps": 2, "sr_steps": 4, "seed": 5}
+    toy = toy_files(toy_model_256)
+    srv = Server(tmp_path / "data", "--model", f"toy={toy_model_256}").start()
     try:
         client = srv.client()
-        job = client.submit(motion=clip, params=params)
-        queued = client.submit(motion=clip, params=FAST)
+        job = client.submit(motion=clip, params=params, **toy)
+        queued = client.submit(motion=clip, params={**FAST, "model": "toy"}, **toy)
         folder = srv.data / "jobs" / job["id"]
         for event in client.events(job["id"]):
-            if event["frames_done"] >= 16:  # the first SR3 chunk is on disk
+            if event["frames_done"] >= 4:  # the first SR3 chunk is on disk
                 break
         srv.kill()
     finally:
         srv.kill()
     assert not (folder / "frames" / "000035.png").exists(), "the job ended before the kill: the test proves nothing"
-    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((folder / "frames").glob("*.png"))[:16]}
+    assert json.loads((folder / "run.json").read_text())["sr_batch"] == 4  # chunks of 4 frames
+    on_disk = sorted((folder / "frames").glob("*.png"))
+    assert [p.name for p in on_disk] == [f"{n:06d}.png" for n in range(len(on_disk))]
+    # the frames of the chunks finished before the kill: a resumed run must keep them as they are
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in on_disk[: len(on_disk) // 4 * 4]}
     low = (folder / "low.npy").stat()
-    assert len(kept) == 16 and not list((folder / "frames").glob(".*"))  # no half-written frame under its name
-    restarted = Server(tmp_path / "data").start()
+    assert len(kept) >= 4 and not list((folder / "frames").glob(".*"))  # no half-written frame under its name
+    restarted = Server(tmp_path / "data", "--model", f"toy={toy_model_256}").start()
     try:
         client = restarted.client()
         final = client.wait(job["id"])
@@ -368,10 +381,12 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path) ->
     finally:
         restarted.stop()
     # The resumed frames equal an uninterrupted run's (the SR3 noise of skipped chunks is replayed).
-    subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--steps", "2",
-                    "--sr-steps", "4", "--seed", "5", "--no-progress"], cwd=REPO, env=child_env(), check=True,
-                   capture_output=True)
+    subprocess.run([*BTDM, "animate", "--clip", str(clip), "--out", str(tmp_path / "local"), "--model",
+                    str(toy_model_256), "--appearance", str(toy["appearance"]), "--appearance-iuv",
+                    str(toy["appearance_iuv"]), "--steps", "2", "--sr-steps", "4", "--seed", "5", "--no-progress"],
+                   cwd=REPO, env=child_env(), check=True, capture_output=True)
     for n, frame in enumerate(frames):
+        assert frame.shape == (256, 256, 3)
         np.testing.assert_array_equal(frame, cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
 
 
