@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_service import BTDM, FAST, REPO, TOKEN, Server, child_env, decode, free_port, make_clip
+from test_service import BTDM, FAST, REPO, TOKEN, Server, child_env, decode, free_port, make_clip, toy_files
 
 from btdm_bridge.engine_client import EngineClient, EngineError
 
@@ -109,8 +109,8 @@ def test_a_dropped_or_cut_answer_is_unreachable_and_a_run_retries_through_it(tmp
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = Server(tmp_path_factory.mktemp("serve") / "data", token=TOKEN).start()
+def server(tmp_path_factory: pytest.TempPathFactory, toy_model: Path):
+    srv = Server(tmp_path_factory.mktemp("serve") / "data", "--model", f"toy={toy_model}", token=TOKEN).start()
     yield srv
     srv.stop()
 
@@ -141,25 +141,32 @@ def test_client_round_trip(server: Server, clip_file: Path) -> None:
     assert (info.value.code, info.value.field) == ("local_file", "motion")
 
 
-def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_path: Path) -> None:
+def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_path: Path, toy_model: Path) -> None:
+    # What is compared is the client path (upload, job, download), not the model: the server's toy model
+    # (its appearance files uploaded) against `btdm animate --model` of the same folder.
+    # tests/test_service.py compares the embedded model's frames through the service.
+    toy = toy_files(toy_model)
+    look = ["--appearance", str(toy["appearance"]), "--appearance-iuv", str(toy["appearance_iuv"])]
     common = ["--clip", str(clip_file), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"]
     (tmp_path / "token").write_text(TOKEN + "\n")
-    remote = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "remote"), "--mp4", "--engine",
-                             server.url, "--token-file", str(tmp_path / "token")], cwd=REPO, env=child_env(),
-                            capture_output=True, text=True, check=False)
+    remote = subprocess.run([*BTDM, "animate", *common, *look, "--model", "toy", "--out", str(tmp_path / "remote"),
+                             "--mp4", "--engine", server.url, "--token-file", str(tmp_path / "token")], cwd=REPO,
+                            env=child_env(), capture_output=True, text=True, check=False)
     assert remote.returncode == 0, remote.stderr
     assert "frames: 6" in remote.stdout and (tmp_path / "remote" / "animation.mp4").stat().st_size > 0
-    subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "local")], cwd=REPO, env=child_env(),
-                   check=True, capture_output=True)
+    subprocess.run([*BTDM, "animate", *common, *look, "--model", str(toy_model), "--out", str(tmp_path / "local")],
+                   cwd=REPO, env=child_env(), check=True, capture_output=True)
     for n in range(6):
         name = f"frames/{n:06d}.png"
+        assert cv2.imread(str(tmp_path / "remote" / name)).shape == (64, 64, 3), name  # the toy model's size
         np.testing.assert_array_equal(cv2.imread(str(tmp_path / "remote" / name)),
                                       cv2.imread(str(tmp_path / "local" / name)), err_msg=name)
     # --frames with --posemaps means the same frames on the engine as locally; local-only flags are refused.
     job_id = remote.stderr.split("engine job ")[1].split()[0]
     maps = ["--posemaps", str(server.data / "jobs" / job_id / "posemaps" / "iuv"), "--frames", "2:5", "--steps", "2",
-            "--sr-steps", "2", "--seed", "3", "--no-progress"]
-    for where, extra in (("remote_cut", ["--engine", server.url, "--token", TOKEN]), ("local_cut", [])):
+            "--sr-steps", "2", "--seed", "3", "--no-progress", *look]
+    for where, extra in (("remote_cut", ["--engine", server.url, "--token", TOKEN, "--model", "toy"]),
+                         ("local_cut", ["--model", str(toy_model)])):
         subprocess.run([*BTDM, "animate", *maps, "--out", str(tmp_path / where), *extra], cwd=REPO, env=child_env(),
                        check=True, capture_output=True)
     cut = sorted(p.name for p in (tmp_path / "remote_cut" / "frames").iterdir())
@@ -183,15 +190,20 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
     assert bad.returncode == 2 and "model 'nope' is unknown" in bad.stderr and "params.model" in bad.stderr
 
 
-def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path) -> None:
+def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, toy_model: Path) -> None:
     """The server stops mid-job and is back ~7 s later (same port, same data): `btdm animate --engine`
-    keeps polling through the outage and finishes with the job's frames."""
+    keeps polling through the outage and finishes with the job's frames. Riding out does not depend on
+    the model's size: the toy model (conftest)."""
+    import sqlite3
     import time
 
     clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
-    srv = Server(tmp_path / "data").start()
+    toy = toy_files(toy_model)
+    srv = Server(tmp_path / "data", "--model", f"toy={toy_model}").start()
     animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "2", "--sr-steps", "4", "--seed",
-                                "5", "--no-progress", "--out", str(tmp_path / "out"), "--engine", srv.url],
+                                "5", "--no-progress", "--out", str(tmp_path / "out"), "--engine", srv.url, "--model",
+                                "toy", "--appearance", str(toy["appearance"]), "--appearance-iuv",
+                                str(toy["appearance_iuv"])],
                                cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     back = None
     try:
@@ -205,16 +217,22 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert job is not None, "the command's job never ran"
         srv.stop()  # SIGTERM: the running job goes back to the queue
+        with sqlite3.connect(srv.data / "jobs.sqlite3") as db:  # it was stopped mid-job, not after it
+            assert db.execute("SELECT state FROM jobs WHERE id = ?", (job["id"],)).fetchone() == ("queued",)
         time.sleep(7.0)  # the outage; the command must neither exit nor give up meanwhile
         assert animate.poll() is None, animate.communicate()
-        back = Server(tmp_path / "data")
+        back = Server(tmp_path / "data", "--model", f"toy={toy_model}")
         back.port, back.url = srv.port, srv.url
         back.start()
         out, err = animate.communicate(timeout=600)
         assert animate.returncode == 0, err
         assert "frames: 36" in out
         final = back.client().job(job["id"])
-        assert final["state"] == "succeeded" and final["attempts"] >= 1
+        assert final["state"] == "succeeded" and final["attempts"] >= 1 and final["params"]["model"] == "toy"
+        for n in range(36):  # the job's frames, downloaded
+            name = f"{n:06d}.png"
+            np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "frames" / name)),
+                                          decode(back.client().frame(job["id"], n)), err_msg=name)
     finally:
         if animate.poll() is None:
             animate.kill()
