@@ -79,7 +79,7 @@ def _toy_model(root: Path, resolution: int, **sr3: object) -> Path:
     """A model folder like the embedded one but cheaper per frame: the embedded BTU-Net (tiny-warp,
     32 px, its trained weights and metadata: a single-image model with the texture-transfer prior)
     and a warp-conditioned residual SR3 32 px -> ``resolution`` px with perturbed untrained weights.
-    Its appearance image and IUV map (the embedded ones) lie beside it: a job for it uploads them."""
+    It holds the embedded appearance image and its IUV map (``appearance.png``, ``appearance_iuv.png``)."""
     import shutil
 
     import torch
@@ -112,4 +112,3 @@ def toy_model_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 256 px model folder (:func:`_toy_model`) with a thin SR3 (8 channels): chunked by the CPU
     memory budget like the embedded model (4 frames per SR3 call), cheaper per frame; shared: read-only."""
     return _toy_model(tmp_path_factory.mktemp("toy-model-256"), 256, model_channels=8, channel_mult=(1, 1, 2, 2))
-

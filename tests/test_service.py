@@ -91,8 +91,8 @@ class Server:
 
 
 def toy_files(model: Path) -> dict[str, Path]:
-    """The appearance files a job for a toy model folder (conftest ``toy_model``) uploads: only the
-    embedded model brings its own."""
+    """The appearance files of a toy model folder (conftest ``toy_model``): the jobs and `btdm animate` runs
+    that compare frames send them explicitly, so both sides read the same appearance."""
     return {"appearance": model / "appearance.png", "appearance_iuv": model / "appearance_iuv.png"}
 
 
@@ -109,8 +109,9 @@ def decode(png: bytes) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = Server(tmp_path_factory.mktemp("serve") / "data", "--max-queued", "2").start()
+def server(tmp_path_factory: pytest.TempPathFactory, toy_model: Path):
+    # the embedded model, and the toy model (conftest) for the tests of mechanics that do not depend on its size
+    srv = Server(tmp_path_factory.mktemp("serve") / "data", "--max-queued", "2", "--model", f"toy={toy_model}").start()
     yield srv
     srv.stop()
 
@@ -118,12 +119,17 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 def test_health_and_models(server: Server) -> None:
     client = server.client()
     health = client.health()
-    assert health["status"] == "ok" and health["device"] == "cpu" and health["models"] == ["default"]
+    assert health["status"] == "ok" and health["device"] == "cpu" and health["models"] == ["default", "toy"]
     assert set(health["queue"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
     assert health["auth"] is False and health["max_frames"] == 2000
-    (model,) = client.models()
+    model, toy = client.models()
     assert model["name"] == "default" and model["preset"] == "tiny-warp" and model["texture_prior"]
     assert (model["resolution"], model["low_resolution"], model["takes_appearance"]) == (256, 32, True)
+    assert model["has_default_appearance"] and model["loaded"]  # loaded at start
+    # a --model folder: its facts from its configs (the last SR3's size); its own appearance.png + appearance_iuv.png
+    assert (toy["name"], toy["preset"], toy["texture_prior"], toy["has_default_appearance"]) == ("toy", "tiny-warp",
+                                                                                                 True, True)
+    assert (toy["resolution"], toy["low_resolution"], toy["takes_appearance"]) == (64, 32, True)
     spec = json.loads(urllib.request.urlopen(server.url + "/openapi.json", timeout=10).read())
     for path in ("/v1/health", "/v1/models", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events",
                  "/v1/jobs/{job_id}/frames/{n}.png", "/v1/jobs/{job_id}/posemaps/{n}.png",
@@ -325,18 +331,19 @@ def test_bad_input_gets_a_4xx_naming_the_field(server: Server, clip_file: Path) 
         assert "error" in json.loads(info.value.read()), path
 
 
-def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path) -> None:
+def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path, toy_model: Path) -> None:
     client = server.client()
-    done = client.wait(client.submit(motion=clip_file, params={**FAST, "video": False})["id"])
+    toy, fast = toy_files(toy_model), {**FAST, "model": "toy"}
+    done = client.wait(client.submit(motion=clip_file, params={**fast, "video": False}, **toy)["id"])
     zipped = io.BytesIO()
     maps = server.data / "jobs" / done["id"] / "posemaps" / "iuv"
     with zipfile.ZipFile(zipped, "w") as z:
         for path in sorted(maps.glob("*.png"))[:3]:
             z.write(path, f"iuv/{path.name}")
-    job = client.submit(posemaps=zipped.getvalue(), params=FAST)
+    job = client.submit(posemaps=zipped.getvalue(), params=fast, **toy)
     final = client.wait(job["id"])
     assert final["state"] == "succeeded" and final["frames_done"] == 3 and final["source"] == "posemaps"
-    assert decode(client.frame(job["id"], 2)).shape == (256, 256, 3)
+    assert decode(client.frame(job["id"], 2)).shape == (64, 64, 3)  # the toy model's size
 
 
 def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, toy_model_256: Path) -> None:
@@ -420,36 +427,43 @@ def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     assert result.returncode == 2 and "at least 16 characters" in result.stderr
 
 
-def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Server, clip_file: Path, tmp_path: Path) -> None:
+def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Server, clip_file: Path, tmp_path: Path,
+                                                                    toy_model: Path) -> None:
+    # Plates (frames placed over the shot camera's view) do not depend on the model's size: the toy model.
     from btdm_engine.motion.clip import MotionClip
 
     wide = MotionClip.load(clip_file).resized(192, 128).save(tmp_path / "wide.npz")
     client = server.client()
-    job = client.submit(motion=wide, params={**FAST, "frame_end": 3, "video": False})
+    toy = toy_files(toy_model)
+    fast = {**FAST, "model": "toy"}
+    job = client.submit(motion=wide, params={**fast, "frame_end": 3, "video": False}, **toy)
     final = client.wait(job["id"])
     assert final["state"] == "succeeded", final["error"]
     assert (final["has_plates"], final["plate_width"], final["plate_height"]) == (True, 192, 128)
-    subprocess.run([*BTDM, "animate", "--clip", str(wide), "--plate", "--out", str(tmp_path / "local"), "--steps", "2",
-                    "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
-                   capture_output=True)
+    subprocess.run([*BTDM, "animate", "--clip", str(wide), "--plate", "--out", str(tmp_path / "local"), "--model",
+                    str(toy_model), "--appearance", str(toy["appearance"]), "--appearance-iuv",
+                    str(toy["appearance_iuv"]), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"],
+                   cwd=REPO, env=child_env(), check=True, capture_output=True)
     # A part of the clip_file (frame_end): plates at the shot's size with a real matte.
     for n in range(3):
         plate = decode(client.plate(job["id"], n))
         assert plate.shape == (128, 192, 4) and plate[..., 3].max() == 255 and plate[..., 3].min() == 0
-        assert decode(client.frame(job["id"], n)).shape == (256, 256, 3)
-    full = client.wait(client.submit(motion=wide, params={**FAST, "video": False})["id"])
+        assert decode(client.frame(job["id"], n)).shape == (64, 64, 3)
+    full = client.wait(client.submit(motion=wide, params={**fast, "video": False}, **toy)["id"])
     for n in range(6):
         local_plate = cv2.imread(str(tmp_path / "local" / "plates" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(decode(client.plate(full["id"], n)), local_plate)
         np.testing.assert_array_equal(decode(client.frame(full["id"], n)),
                                       cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
-    square = client.submit(motion=clip_file, params={**FAST, "plate": False, "video": False})
+    square = client.submit(motion=clip_file, params={**fast, "plate": False, "video": False}, **toy)
     assert client.wait(square["id"])["has_plates"] is False
 
 
-def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Server, clip_file: Path, tmp_path: Path) -> None:
+def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Server, clip_file: Path, tmp_path: Path,
+                                                                    toy_model: Path) -> None:
     # A render (or matched photo) of the whole shot-camera view at one frame: the engine cuts it with
     # that frame's window and fine-tunes with that frame's pose map as g(c); no IUV file is needed.
+    # The job runs the toy model (the embedded BTU-Net, which is what is fine-tuned; a cheaper SR3).
     from btdm_bridge.engine_client import EngineError
     from btdm_engine.body.model import load_body_model
     from btdm_engine.motion.clip import MotionClip
@@ -466,14 +480,14 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
     (tmp_path / "shot.png").write_bytes(png.tobytes())
     client = server.client()
     params = {**FAST, "video": False, "finetune_steps": 2, "appearance_frame": 2}
-    final = client.wait(client.submit(motion=path, appearance=png.tobytes(), params=params)["id"])
+    final = client.wait(client.submit(motion=path, appearance=png.tobytes(), params={**params, "model": "toy"})["id"])
     assert final["state"] == "succeeded", final["error"]
     assert final["frames_done"] == 6 and final["has_plates"]
     # btdm animate --appearance-frame cuts and fine-tunes the same way: the same frames
-    subprocess.run([*BTDM, "animate", "--clip", str(path), "--plate", "--appearance", str(tmp_path / "shot.png"),
-                    "--appearance-frame", "2", "--finetune-steps", "2", "--out", str(tmp_path / "local"), "--steps",
-                    "2", "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
-                   capture_output=True)
+    subprocess.run([*BTDM, "animate", "--clip", str(path), "--plate", "--model", str(toy_model), "--appearance",
+                    str(tmp_path / "shot.png"), "--appearance-frame", "2", "--finetune-steps", "2", "--out",
+                    str(tmp_path / "local"), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"],
+                   cwd=REPO, env=child_env(), check=True, capture_output=True)
     for n in range(6):
         np.testing.assert_array_equal(decode(client.frame(final["id"], n)),
                                       cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
@@ -494,7 +508,7 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
     assert refused(appearance=_png((64, 64, 3)), params={**without, "plate": False}).field == "params.finetune_steps"
 
 
-def test_skeleton_job_is_retargeted(server: Server, clip_file: Path, tmp_path: Path) -> None:
+def test_skeleton_job_is_retargeted(server: Server, clip_file: Path, tmp_path: Path, toy_model: Path) -> None:
     from btdm_engine.motion.bvh import read_bvh, save_bvh, skeleton_from_bvh
     from btdm_engine.motion.clip import MotionClip
 
@@ -502,7 +516,8 @@ def test_skeleton_job_is_retargeted(server: Server, clip_file: Path, tmp_path: P
     anim = skeleton_from_bvh(read_bvh(bvh))
     anim.save(tmp_path / "walk_skeleton.npz")
     client = server.client()
-    job = client.submit(skeleton=tmp_path / "walk_skeleton.npz", params={**FAST, "skeleton": "smpl", "video": False})
+    job = client.submit(skeleton=tmp_path / "walk_skeleton.npz",
+                        params={**FAST, "model": "toy", "skeleton": "smpl", "video": False}, **toy_files(toy_model))
     assert job["retarget"]["skeleton"] == "smpl" and job["retarget"]["units"] and "warnings" in job["retarget"]
     final = client.wait(job["id"])
     assert final["state"] == "succeeded" and final["frames_done"] == 6 and final["has_plates"] is False
