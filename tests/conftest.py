@@ -29,16 +29,26 @@ def body():
     return load_body_model("mannequin")
 
 
+def _walk(path: Path, seconds: str) -> Path:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    btdm = str(Path(sys.executable).with_name("btdm"))
+    subprocess.run([btdm, "motion", "make", "walk", "--seconds", seconds, "--fps", "30", "--out", str(path)],
+                   cwd=Path(__file__).resolve().parents[1], env=env, check=True, capture_output=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 0.2 s walk (6 frames at 30 fps) as a MotionClip ``.npz``, made once per session by ``btdm
     motion make`` as a user makes one (one thread, the session's cache); shared: read-only."""
-    path = tmp_path_factory.mktemp("clips") / "walk.npz"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    btdm = str(Path(sys.executable).with_name("btdm"))
-    subprocess.run([btdm, "motion", "make", "walk", "--seconds", "0.2", "--fps", "30", "--out", str(path)],
-                   cwd=Path(__file__).resolve().parents[1], env=env, check=True, capture_output=True)
-    return path
+    return _walk(tmp_path_factory.mktemp("clips") / "walk.npz", "0.2")
+
+
+@pytest.fixture(scope="session")
+def clip36_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1.2 s walk (36 frames at 30 fps), made like :func:`clip_file` (a ``btdm motion make`` costs
+    seconds on a busy machine); for the jobs that must still run when a server is killed or stopped."""
+    return _walk(tmp_path_factory.mktemp("clips") / "walk36.npz", "1.2")
 
 
 @pytest.fixture()
@@ -53,12 +63,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    """A real `btdm serve` on a loopback port for one add-on test file (``test_addon.Engine``); stopped after it."""
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory, toy_model: Path):
+    """A real `btdm serve` on a loopback port (``test_addon.Engine``) for the add-on tests, started with the
+    first that needs it and stopped at the end of the session: the add-on's tests share it as one artist's
+    Blender sessions share their local engine (each test's jobs are its own; none reads the whole queue).
+    It offers the embedded model (``default``) and the toy model as ``toy``."""
     from test_addon import Engine
 
-    server = Engine(tmp_path_factory.mktemp(f"{request.module.__name__}-engine") / "data")
+    server = Engine(tmp_path_factory.mktemp("addon-engine") / "data", "--model", f"toy={toy_model}")
     yield server
     server.stop()
 

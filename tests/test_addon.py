@@ -285,13 +285,13 @@ def _messages(tmp_path: Path, engine_url: str) -> dict:
 class Engine:
     """`btdm serve` on a free loopback port; killed at teardown."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(data.parent / "serve.log", "wb")  # noqa: SIM115 (open while the server runs; stop() closes it)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([*BTDM, "serve", "--port", str(self.port), "--data", str(data), "--device", "cpu",
-                                      "--threads", "1"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                      "--threads", "1", *extra], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         client = EngineClient(self.url, timeout=2.0)
         deadline = time.monotonic() + 120
         while True:
@@ -392,6 +392,9 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
         scene.render.engine = "BLENDER_WORKBENCH"
         blender_addon.register()
         scene.btdm.steps, scene.btdm.sr_steps = 2, 2
+        # what each mode sends does not depend on the model's size: the engine's toy model (conftest), which
+        # has its own appearance like the embedded one (the MODEL mode)
+        scene.btdm.model = "toy"
         scene.btdm.iuv_order = "btdm"  # the shipped appearance's IUV map was written by btdm
         seen = {{}}
         # fine-tuning in every mode with an image: the IUV file, the photo's reference pose (frame 3),
@@ -431,6 +434,7 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
     assert all(r["n"] == 8 for r in modes.values()) and len({r["job"] for r in modes.values()}) == 5
     client = EngineClient(engine.url)
     params = {mode: client.job(r["job"])["params"] for mode, r in modes.items()}
+    assert {p["model"] for p in params.values()} == {"toy"}
     assert params["IMAGE_IUV"]["finetune_steps"] == 2 and params["IMAGE_IUV"]["iuv_order"] == "btdm"
     assert params["IMAGE_IUV"]["appearance_frame"] is None
     assert params["TEXTURE"]["method"] == "texture" and params["IMAGE_IUV"]["method"] == "diffusion"
