@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_service import BTDM, FAST, REPO, child_env, free_port, make_clip
+from test_service import BTDM, FAST, REPO, child_env, free_port
 
 from btdm_bridge.engine_client import EngineClient, EngineError
 
@@ -33,8 +33,8 @@ def _can_unshare() -> bool:
 pytestmark = pytest.mark.skipif(not _can_unshare(), reason="no private mount namespace with a tmpfs here")
 
 
-def test_a_full_disk_fails_the_job_and_the_queue_moves_on(tmp_path: Path) -> None:
-    clip = make_clip(tmp_path / "walk.npz")
+def test_a_full_disk_fails_the_job_and_the_queue_moves_on(tmp_path: Path, clip_file: Path) -> None:
+    clip = clip_file
     data = tmp_path / "data"
     data.mkdir()
     port = free_port()

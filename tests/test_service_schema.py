@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from test_service import FAST, TOKEN, Server, make_clip
+from test_service import FAST, TOKEN, Server, toy_files
 
 MAX_EXAMPLES = 12
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> None:
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path, clip_file: Path, toy_model: Path) -> None:
     import schemathesis
     from schemathesis.checks import not_a_server_error
     from schemathesis.generation import GenerationMode
@@ -28,10 +28,11 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
         status_code_conformance,
     )
 
-    srv = Server(tmp_path / "data", token=TOKEN).start()
+    # the known job's files come from the toy model (conftest): a finished job's endpoints, made cheaply
+    srv = Server(tmp_path / "data", "--model", f"toy={toy_model}", token=TOKEN).start()
     try:
         client = srv.client()
-        done = client.wait(client.submit(motion=make_clip(tmp_path / "walk.npz"), params=FAST)["id"])
+        done = client.wait(client.submit(motion=clip_file, params={**FAST, "model": "toy"}, **toy_files(toy_model))["id"])
         assert done["state"] == "succeeded"
         schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")
         checks = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]

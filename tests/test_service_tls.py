@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_service import BTDM, REPO, child_env, free_port, make_clip
+from test_service import BTDM, REPO, child_env, free_port
 from test_service_api_matrix import clip  # noqa: F401 - fixture
 from test_service_client_features import LiveApp
 
@@ -70,7 +70,7 @@ def test_https_on_loopback_with_the_client(tmp_path: Path, cert: tuple[Path, Pat
         EngineClient("https://127.0.0.1:1", cafile=tmp_path / "missing.pem")
 
 
-def test_btdm_serve_over_https_with_role_tokens(tmp_path: Path, cert: tuple[Path, Path]) -> None:
+def test_btdm_serve_over_https_with_role_tokens(tmp_path: Path, cert: tuple[Path, Path], clip_file: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"farm submit {SUBMIT}\ngrafana read {READ}\n")
     port = free_port()
@@ -92,8 +92,7 @@ def test_btdm_serve_over_https_with_role_tokens(tmp_path: Path, cert: tuple[Path
                 pass
             assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
             time.sleep(0.2)
-        clip_path = make_clip(tmp_path / "walk.npz")
-        job = farm.submit(motion=clip_path, params={"method": "texture", "seed": 3}, tag="tls")
+        job = farm.submit(motion=clip_file, params={"method": "texture", "seed": 3}, tag="tls")
         final = farm.wait(job["id"])
         assert final["state"] == "succeeded" and final["client"] == "farm", final
         grafana = EngineClient(url, token=READ, cafile=cert[0], timeout=30)

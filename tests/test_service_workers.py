@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from test_service import BTDM, REPO, Server, child_env, free_port, make_clip
+from test_service import BTDM, REPO, Server, child_env, free_port
 from test_service_api_matrix import clip  # noqa: F401 - fixture
 
 from btdm_engine.service.app import create_app
@@ -134,14 +134,14 @@ def test_device_and_workers_flags(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--workers must be 1..64" in result.stderr, result.stderr
 
 
-def test_btdm_serve_workers_2(tmp_path: Path) -> None:
+def test_btdm_serve_workers_2(tmp_path: Path, clip_file: Path) -> None:
     srv = Server(tmp_path / "data", "--workers", "2").start()
     try:
         client = srv.client()
         health = client.health()
         assert [w["name"] for w in health["workers"]] == ["btdm-worker-0", "btdm-worker-1"]
         assert health["device"] == "cpu" and "2 workers" in health["device_name"]
-        clip_path = make_clip(tmp_path / "walk.npz")
+        clip_path = clip_file
         a, b = (client.submit(motion=clip_path, params=LONG)["id"] for _ in range(2))
         until(lambda: sorted(w["job"] or "" for w in client.health()["workers"]) == sorted([a, b]), "both running")
         for job in (a, b):
