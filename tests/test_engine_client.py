@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_service import BTDM, FAST, REPO, TOKEN, Server, child_env, decode, free_port, make_clip, toy_files
+from test_service import BTDM, FAST, REPO, TOKEN, Server, child_env, decode, free_port, toy_files
 
 from btdm_bridge.engine_client import EngineClient, EngineError
 
@@ -190,14 +190,14 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
     assert bad.returncode == 2 and "model 'nope' is unknown" in bad.stderr and "params.model" in bad.stderr
 
 
-def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, toy_model: Path) -> None:
+def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_file: Path, toy_model: Path) -> None:
     """The server stops mid-job and is back ~7 s later (same port, same data): `btdm animate --engine`
     keeps polling through the outage and finishes with the job's frames. Riding out does not depend on
     the model's size: the toy model (conftest)."""
     import sqlite3
     import time
 
-    clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
+    clip = clip36_file
     toy = toy_files(toy_model)
     srv = Server(tmp_path / "data", "--model", f"toy={toy_model}").start()
     animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "2", "--sr-steps", "4", "--seed",

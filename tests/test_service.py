@@ -346,12 +346,13 @@ def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path, toy_m
     assert decode(client.frame(job["id"], 2)).shape == (64, 64, 3)  # the toy model's size
 
 
-def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, toy_model_256: Path) -> None:
+def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, clip36_file: Path,
+                                                              toy_model_256: Path) -> None:
     # Resuming does not depend on the model's size: a toy 256 px model (conftest) whose SR3 the CPU memory
     # budget chunks like the embedded model's, 4 frames per call, each chunk cheaper. 36 frames: nine
     # chunks; the kill follows the first, so eight remain even when the event reaches the test late (CI
     # once ran a short tail to the end before the kill arrived).
-    clip = make_clip(tmp_path / "walk36.npz", seconds=1.2)
+    clip = clip36_file
     params = {"model": "toy", "steps": 2, "sr_steps": 4, "seed": 5}
     toy = toy_files(toy_model_256)
     srv = Server(tmp_path / "data", "--model", f"toy={toy_model_256}").start()
