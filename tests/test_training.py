@@ -397,6 +397,28 @@ def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Pa
     assert Animator.from_pretrained(out, device="cpu").sr_steps_for(25) == 1
 
 
+def test_default_model_recipe_assembles_a_cascade(toy: Path, tmp_path: Path) -> None:
+    """runs with an ``sr3-2`` stage (the 256 px default's 128 -> 256 SR3) make a cascade folder: both
+    stages, each sampled as ``sampling`` says, the card naming the chain of sizes."""
+    from btdm_engine.pipeline import Animator
+    from training.default_model import assemble
+
+    runs = {"btunet": tmp_path / "btunet", "sr3": tmp_path / "sr3", "sr3-2": tmp_path / "sr3-2"}
+    train(_config(toy, steps=2), runs["btunet"], progress=False)
+    train(_config(toy, "sr3", steps=2, model_overrides={**MICRO_SR3, "resolution": 24}), runs["sr3"], progress=False)
+    train(_config(toy, "sr3", steps=2, model_overrides={**MICRO_SR3, "low_resolution": 24}), runs["sr3-2"],
+          progress=False)
+    out = assemble(toy, runs, tmp_path / "model", sampling={"sr_steps": 1})
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "appearance.png", "appearance_iuv.png", "btunet",
+                                                    "sr3", "sr3-2"]
+    animator = Animator.from_pretrained(out, device="cpu")
+    assert [int(net.config.resolution) for net, _ in animator.sr3_stages] == [24, 32] and animator.resolution == 32
+    assert [animator.sr_steps_for(25, None, k) for k in (0, 1)] == [1, 1]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "a cascade of 2 residual `tiny-warp` SR3s (16 -> 24 -> 32 px" in card
+    assert "| sr3 |" in card and "| sr3-2 |" in card
+
+
 
 def test_warm_start_takes_matching_weights_and_leaves_reset_ones_fresh(toy: Path, tmp_path: Path) -> None:
     """init_from: a run's checkpoint seeds a new run (here a residual SR3 from a plain one) where names

@@ -13,11 +13,13 @@ preset's 256: ~35 min to build on 2 cores. The whole set works as well: drop ``-
 It trains the ``tiny-warp`` BTU-Net (eq. 4, bidirectional) and the ``tiny-warp`` SR3 (32 -> 128),
 both taking the texture-transfer prior (``warp_channels``, :mod:`btdm_engine.posemaps.texture`) as
 input, then the residual SR3 (``residual``: x0 = the prior on the body and the upsampled low-res
-frame around it, plus the network's correction) warm-started from that SR3 with a zero head, with
-the settings below, each in its own resumable run folder under ``--work`` (rerunning continues a
-killed run; a finished run is reused), then writes the model folder atomically: ``btunet/``,
-``sr3/`` (the BTU-Net's and the residual SR3's EMA checkpoints, the SR3 asking for
-:data:`SR3_SAMPLING` in its config's ``extra``), ``appearance.png`` + ``appearance_iuv.png`` (frame 0 of the
+frame around it, plus the network's correction) warm-started from that SR3 with a zero head; at
+``--resolution 256`` (the default) then the same network at 32 -> 256 on ``--data256`` and from it
+the cascade's last stage, 128 -> 256 (:data:`CASCADE_SETTINGS`), with the settings below, each in
+its own resumable run folder under ``--work`` (rerunning continues a killed run; a finished run is
+reused), then writes the model folder atomically: ``btunet/``, ``sr3/`` (the 128 px residual SR3)
+and ``sr3-2/`` (the 128 -> 256 stage) (EMA checkpoints, each SR3 asking for :data:`SR3_SAMPLING` in
+its config's ``extra``), ``appearance.png`` + ``appearance_iuv.png`` (frame 0 of the
 first held-out test sequence: a person the model never saw in training) and ``MODEL_CARD.md``
 (generated from the dataset and the runs, followed by ``--notes``, the measured figures).
 
@@ -141,15 +143,20 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
         preset = preset.get("name", "?")
     characters = {s: sorted({r.character for r in manifest.split(s)}) for s in manifest.splits}
     people = ", ".join(f"{len(c)} {s}" for s, c in characters.items())
-    sr_res = json.loads((runs["sr3"] / "checkpoint" / "config.json").read_text(encoding="utf-8"))["model"]["resolution"]
+    stages = [json.loads((runs[k] / "checkpoint" / "config.json").read_text(encoding="utf-8"))["model"]
+              for k in SR3_STAGE_DIRS if k in runs]
+    sizes = " -> ".join(str(m["low_resolution"]) for m in stages[:1]) + "".join(f" -> {m['resolution']}" for m in stages)
+    what = "a residual `tiny-warp` SR3" if len(stages) == 1 else f"a cascade of {len(stages)} residual `tiny-warp` SR3s"
+    each = "" if len(stages) == 1 else " each"
     lines = [
         "# The embedded default model",
         "",
-        f"A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and a residual `tiny-warp` SR3 (32 -> {sr_res} px, 1.06 M",
-        "parameters), both reading the texture-transfer prior (the appearance's pixels moved onto every pose",
-        "map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside their usual inputs; the SR3",
-        "predicts a correction over the prior on the body and the upsampled BTU-Net frame around it, and is",
-        "sampled in one step unless a job asks for more (`extra.sampling` in `sr3/config.json`). Trained",
+        f"A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and {what} ({sizes} px, 1.06 M parameters{each}),",
+        "all reading the texture-transfer prior (the appearance's pixels moved onto every pose",
+        "map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside their usual inputs; an SR3",
+        "predicts a correction over the prior on the body and the upsampled frame of the stage before",
+        "around it, and is sampled in one step unless a job asks for more (`extra.sampling` in its",
+        "`config.json`; a cascade's stages are `sr3/`, `sr3-2/`, run in turn on each chunk of frames). Trained",
         "on this machine's CPU by `python -m training.default_model`, each network on the synthetic",
         "soft-cloth set its row below names; the appearance and the held-out people come from",
         f"`{data}` (`btdm synth build --preset {preset}`: {len(manifest.sequences)} sequences",
