@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from test_service import BTDM, REPO, child_env, make_clip
+from test_service import BTDM, REPO, child_env
 
 from btdm_bridge.engine_client import EngineClient
 from btdm_engine.service.lifeline import _zombie
@@ -39,8 +39,8 @@ def gone(pid: int) -> bool:
     return _zombie(pid)
 
 
-def test_the_engine_ends_with_a_sigkilled_parent(tmp_path: Path) -> None:
-    clip = make_clip(tmp_path / "walk.npz", seconds=0.5)
+def test_the_engine_ends_with_a_sigkilled_parent(tmp_path: Path, clip_file: Path) -> None:
+    clip = clip_file  # the session's 6-frame walk: the job is killed in its first sampling steps
     data = tmp_path / "data"
     parent = subprocess.Popen([sys.executable, "-c", PARENT, BTDM[0], str(data), str(clip)], cwd=REPO,
                               env=child_env(), stdout=subprocess.PIPE, text=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_service import BTDM, REPO, child_env, decode, free_port, make_clip, toy_files
+from test_service import BTDM, REPO, child_env, decode, free_port, toy_files
 from test_service_api_matrix import clip  # noqa: F401 - fixture
 
 from btdm_bridge.engine_client import EngineClient, EngineError
@@ -111,7 +111,9 @@ def test_two_node_ray_cluster_and_a_node_lost_mid_job(tmp_path: Path, toy_model:
         assert health["device"] == "ray" and "2 actor(s), 2 CPU node(s)" in health["device_name"], health
         nodes = {w["device"] for w in health["workers"]}
         assert nodes == {f"ray:{cluster.head_node.node_id[:12]}", f"ray:{second.node_id[:12]}"}, nodes
-        clip_path = make_clip(tmp_path / "walk.npz", seconds=0.4)
+        from btdm_engine.motion.library import make_motion
+
+        clip_path = make_motion("walk", seconds=0.4, fps=30).save(tmp_path / "walk.npz")  # 12 frames, in-process
         params = {"model": "toy", "steps": 24, "sr_steps": 2, "seed": 5, "video": False}  # long enough to see step 2
         ids = [client.submit(motion=clip_path, params=params, **toy_files(toy_model))["id"] for _ in range(2)]
         on_second = f"ray:{second.node_id[:12]}"
