@@ -415,7 +415,7 @@ def test_default_model_recipe_assembles_a_cascade(toy: Path, tmp_path: Path) -> 
     assert [int(net.config.resolution) for net, _ in animator.sr3_stages] == [24, 32] and animator.resolution == 32
     assert [animator.sr_steps_for(25, None, k) for k in (0, 1)] == [1, 1]
     card = (out / "MODEL_CARD.md").read_text()
-    assert "a cascade of 2 residual `tiny-warp` SR3s (16 -> 24 -> 32 px" in card
+    assert "a cascade of 2 residual `tiny-warp` SR3s\n(16 -> 24 -> 32 px, 1.06 M parameters each)" in card
     assert "| sr3 |" in card and "| sr3-2 |" in card
 
 

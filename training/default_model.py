@@ -14,12 +14,13 @@ It trains the ``tiny-warp`` BTU-Net (eq. 4, bidirectional) and the ``tiny-warp``
 both taking the texture-transfer prior (``warp_channels``, :mod:`btdm_engine.posemaps.texture`) as
 input, then the residual SR3 (``residual``: x0 = the prior on the body and the upsampled low-res
 frame around it, plus the network's correction) warm-started from that SR3 with a zero head; at
-``--resolution 256`` (the default) then the same network at 32 -> 256 on ``--data256`` and from it
-the cascade's last stage, 128 -> 256 (:data:`CASCADE_SETTINGS`), with the settings below, each in
-its own resumable run folder under ``--work`` (rerunning continues a killed run; a finished run is
-reused), then writes the model folder atomically: ``btunet/``, ``sr3/`` (the 128 px residual SR3)
-and ``sr3-2/`` (the 128 -> 256 stage) (EMA checkpoints, each SR3 asking for :data:`SR3_SAMPLING` in
-its config's ``extra``), ``appearance.png`` + ``appearance_iuv.png`` (frame 0 of the
+``--resolution 256`` (the default) then the same network at 32 -> 256 on ``--data256``
+(``--cascade``: and from it a 128 -> 256 stage, :data:`CASCADE_SETTINGS`, shipped after the 128 px
+residual SR3 as a cascade; tried and not shipped, docs/results/cascade_256.md), with the settings
+below, each in its own resumable run folder under ``--work`` (rerunning continues a killed run; a
+finished run is reused), then writes the model folder atomically: ``btunet/``, ``sr3/`` (EMA
+checkpoints; ``--cascade``: ``sr3/`` and ``sr3-2/``), each SR3 asking for :data:`SR3_SAMPLING` in
+its config's ``extra``, ``appearance.png`` + ``appearance_iuv.png`` (frame 0 of the
 first held-out test sequence: a person the model never saw in training) and ``MODEL_CARD.md``
 (generated from the dataset and the runs, followed by ``--notes``, the measured figures).
 
@@ -103,8 +104,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data256", type=Path, default=Path("data/wide256"),
                    help="the same people at 256 px, for the 256 px SR3 (btdm synth build --preset wide256)")
     p.add_argument("--resolution", type=int, choices=(128, 256), default=256,
-                   help="the shipped model's output size: 256 (default) trains the sr3-256 run and from it the "
-                   "cascade's 128 -> 256 stage on --data256, and ships sr3/ (32 -> 128) + sr3-2/ (128 -> 256)")
+                   help="the shipped model's output size: 256 (default) trains the 32 -> 256 SR3 on --data256")
+    p.add_argument("--cascade", action="store_true",
+                   help="at 256 px, ship a cascade instead: sr3/ (the 128 px residual SR3) + sr3-2/ (128 -> 256, "
+                   "trained from the 32 -> 256 run); not the shipped model: docs/results/cascade_256.md")
     p.add_argument("--steps-256", type=int, default=RESIDUAL_256_SETTINGS["steps"])
     p.add_argument("--cascade-steps", type=int, default=CASCADE_SETTINGS["steps"])
     p.add_argument("--stage", choices=("all", "btunet", "sr3", "sr3-residual", "sr3-256", "sr3-cascade", "assemble"),
@@ -146,17 +149,27 @@ def _model_card(data: Path, runs: dict[str, Path], appearance_seq: str, notes: s
     stages = [json.loads((runs[k] / "checkpoint" / "config.json").read_text(encoding="utf-8"))["model"]
               for k in SR3_STAGE_DIRS if k in runs]
     sizes = " -> ".join(str(m["low_resolution"]) for m in stages[:1]) + "".join(f" -> {m['resolution']}" for m in stages)
-    what = "a residual `tiny-warp` SR3" if len(stages) == 1 else f"a cascade of {len(stages)} residual `tiny-warp` SR3s"
-    each = "" if len(stages) == 1 else " each"
+    if len(stages) == 1:
+        networks = [
+            f"A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and a residual `tiny-warp` SR3 ({sizes} px, 1.06 M",
+            "parameters), both reading the texture-transfer prior (the appearance's pixels moved onto every pose",
+            "map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside their usual inputs; the SR3",
+            "predicts a correction over the prior on the body and the upsampled BTU-Net frame around it, and is",
+            "sampled in one step unless a job asks for more (`extra.sampling` in `sr3/config.json`). Trained",
+        ]
+    else:
+        networks = [
+            f"A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and a cascade of {len(stages)} residual `tiny-warp` SR3s",
+            f"({sizes} px, 1.06 M parameters each), all reading the texture-transfer prior (the appearance's",
+            "pixels moved onto every pose map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside",
+            "their usual inputs; each SR3 predicts a correction over the prior on the body and the upsampled",
+            "frame of the stage before around it, and is sampled in one step unless a job asks for more",
+            "(`extra.sampling` in its `config.json`; the stages `sr3/`, `sr3-2/` run in turn on each chunk). Trained",
+        ]
     lines = [
         "# The embedded default model",
         "",
-        f"A `tiny-warp` BTU-Net (32 px, 1.48 M parameters) and {what} ({sizes} px, 1.06 M parameters{each}),",
-        "all reading the texture-transfer prior (the appearance's pixels moved onto every pose",
-        "map through the UV atlas: `btdm_engine/posemaps/texture.py`) beside their usual inputs; an SR3",
-        "predicts a correction over the prior on the body and the upsampled frame of the stage before",
-        "around it, and is sampled in one step unless a job asks for more (`extra.sampling` in its",
-        "`config.json`; a cascade's stages are `sr3/`, `sr3-2/`, run in turn on each chunk of frames). Trained",
+        *networks,
         "on this machine's CPU by `python -m training.default_model`, each network on the synthetic",
         "soft-cloth set its row below names; the appearance and the held-out people come from",
         f"`{data}` (`btdm synth build --preset {preset}`: {len(manifest.sequences)} sequences",
@@ -237,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     residual = args.work / "sr3-residual"
-    direct_256 = args.work / "sr3-256"  # 32 -> 256: the cascade stage's warm start
-    runs = {"btunet": args.work / "btunet", "sr3": residual}
-    if args.resolution == 256:
-        runs["sr3-2"] = args.work / "sr3-cascade"
+    direct_256 = args.work / "sr3-256"  # 32 -> 256 (and a cascade stage's warm start)
+    runs = {"btunet": args.work / "btunet", "sr3": direct_256 if args.resolution == 256 else residual}
+    cascade = args.resolution == 256 and (args.cascade or args.stage == "sr3-cascade")
+    if cascade:
+        runs |= {"sr3": residual, "sr3-2": args.work / "sr3-cascade"}
     plain = args.work / "sr3"
     if args.stage in ("all", "btunet"):
         _train("btunet", args.data, runs["btunet"], {**BTUNET_SETTINGS, "steps": args.btunet_steps}, not args.no_progress,
@@ -257,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                              f"--out {args.data256}")
         _train("sr3", args.data256, direct_256, {**RESIDUAL_256_SETTINGS, "init_from": str(residual),
                                                  "steps": args.steps_256}, not args.no_progress, args.allow_incomplete)
-    if args.resolution == 256 and args.stage in ("all", "sr3-cascade"):
+    if cascade and args.stage in ("all", "sr3-cascade"):
         _train("sr3", args.data256, runs["sr3-2"], {**CASCADE_SETTINGS, "init_from": str(direct_256),
                                                     "steps": args.cascade_steps}, not args.no_progress,
                args.allow_incomplete)
     if args.stage in ("all", "assemble"):
-        card_runs = {"sr3 (plain)": plain} | ({"sr3 (32 -> 256, warm start)": direct_256} if args.resolution == 256 else {})
+        card_runs = {"sr3 (plain)": plain} | (
+            {"sr3 (32 -> 256, warm start)": direct_256} if cascade
+            else {"sr3 (128 px residual)": residual} if args.resolution == 256 else {})
         # c ships at the output size: a 256 px model's from the 256 px set (the same held-out person)
         data = args.data256 if args.resolution == 256 else args.data
         out = assemble(data, runs, args.out, notes, sampling=SR3_SAMPLING, card_runs=card_runs)
