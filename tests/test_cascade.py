@@ -158,6 +158,11 @@ def test_btdm_finetune_keeps_every_sr3_stage(cascade_dir: Path, inputs, tmp_path
         for f in ("config.json", "model.safetensors"):
             assert (tmp_path / "tuned" / name / f).read_bytes() == (cascade_dir / name / f).read_bytes()
     assert Animator.from_pretrained(tmp_path / "tuned", device="cpu").resolution == OUT
+    # c and g(c) become the folder's own appearance (what `btdm animate --model` uses without one)
+    from btdm_engine.imageio import read_rgb
+
+    np.testing.assert_array_equal(np.round(read_rgb(tmp_path / "tuned" / "appearance.png") * 255), appearance)
+    np.testing.assert_array_equal(read_iuv_png(tmp_path / "tuned" / "appearance_iuv.png"), g)
 
 
 def test_a_model_folders_own_appearance_is_used_without_one(cascade_dir: Path, inputs, tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """``btdm finetune``: single-image fine-tuning (paper sec. 3.3) saved as a new model folder.
 
-Runs exactly the fine-tuning ``Animator.animate(..., finetune_steps=N, seed=S)`` runs
-(:func:`btdm_engine.pipeline.finetune_btunet`, eq. 4 on the pair (c, c) with poses (g(c), g(c)),
-the same generator derivation from the seed), then writes ``OUT/btunet`` (and copies the SR3 stages, ``sr3/``, ``sr3-2/``, ...).
-Animating with ``--model OUT`` and no further fine-tuning therefore gives the frames the
-Animator would give with ``finetune_steps=N`` on the original model and the same seed.
+Runs exactly the fine-tuning ``Animator.animate(..., finetune_steps=N, seed=S)`` runs (the Animator's
+``prepare`` and ``finetune`` stages: :func:`btdm_engine.pipeline.finetune_btunet`, eq. 4 on the pair
+(c, c) with poses (g(c), g(c)), the same generator derivation from the seed), then writes
+``OUT/btunet``, copies the SR3 stages (``sr3/``, ``sr3-2/``, ...) and writes c and g(c) as the
+folder's own ``appearance.png`` / ``appearance_iuv.png``. Animating with ``--model OUT`` (c and g(c)
+then come from the folder) and no further fine-tuning therefore gives the frames the Animator would
+give with ``finetune_steps=N`` on the original model and the same seed.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint  # lazy: torch
     from btdm_engine.imageio import MIN_APPEARANCE_SIDE, parse_colour, read_rgb  # lazy: cv2
     from btdm_engine.pipeline import Animator  # lazy: torch
-    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
+    from btdm_engine.posemaps.encoding import read_iuv_png, write_iuv_png  # lazy: torch, cv2
+    from btdm_engine.posemaps.preview import write_rgb_png  # lazy: torch, cv2
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
@@ -111,5 +114,9 @@ def run(args: argparse.Namespace) -> int:
             break
         with atomic_dir(args.out / name) as tmp:
             shutil.copytree(args.model / name, tmp, dirs_exist_ok=True)
+    # the person it was tuned on is the folder's own appearance (weights.model_appearance): `btdm animate
+    # --model OUT` and `btdm serve --model NAME=OUT` use it when a job gives none
+    write_rgb_png(args.out / "appearance.png", np.round(image * 255).astype(np.uint8))
+    write_iuv_png(args.out / "appearance_iuv.png", iuv)
     print(f"fine-tuned {args.steps} steps on {args.appearance}; model written to {args.out}", file=sys.stderr)
     return 0
