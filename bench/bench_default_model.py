@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
 
     fresh_dir(args.out)
     models = {"old": args.old or default_model_dir(), "new": args.new or default_model_dir()}
+    if Path(models["old"]).resolve() == Path(models["new"]).resolve():  # one model: score it once, as "new"
+        del models["old"]
     if args.data is None:  # smoke run: tiny frames, few steps
         data = smoke_dataset(args.out)
         args.frames, args.steps, args.sr_steps = 4, 2, 2
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         if seq.character in seen or len(seen) >= args.picture_characters:
             continue
         seen.append(seq.character)
-        n = len(frames_of[("old", seq.id)])
+        n = len(frames_of[(next(iter(models)), seq.id)])
         pick = np.linspace(0, n - 1, min(n, 8)).round().astype(int)
         c = truth_frame(seq.rgb[0], res)
         poses = colorize_iuv(np.stack([resize_labels(read_iuv_png(seq.iuv[t]), (res, res)) for t in pick]))
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     people = _per_person(reports, order)
     lines = [
         f"data: {data} (test split: {len(tests)} sequences of {len({s.character for s in tests})} held-out characters)",
-        f"models: old = {models['old']}, new = {models['new']}",
+        "models: " + ", ".join(f"{name} = {folder}" for name, folder in models.items()),
         f"sampling: first {args.frames} frames, c = frame 0 of each sequence, {args.steps} BTU-Net + {args.sr_steps} SR3 "
         f"steps, seed {args.seed}, {res} px, foreground only; fine-tuning pass: {args.finetune_steps} steps at lr "
         f"{args.finetune_lr}" + (f" on the first {args.finetune_sequences} sequences" if args.finetune_sequences else "")
