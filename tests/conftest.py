@@ -76,18 +76,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory, toy_model: Path):
     server.stop()
 
 
-def _perturbed(model, seed: int):
-    """Fill the zero-initialised layers with small random values, so every input matters."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval()
-
-
 def _toy_model(root: Path, resolution: int, **sr3: object) -> Path:
     """A model folder like the embedded one but cheaper per frame: the embedded BTU-Net (tiny-warp,
     32 px, its trained weights and metadata: a single-image model with the texture-transfer prior)
@@ -101,13 +89,14 @@ def _toy_model(root: Path, resolution: int, **sr3: object) -> Path:
     from btdm_engine.diffusion import ScheduleConfig
     from btdm_engine.models import SR3, SR3Config
     from btdm_engine.weights import default_model_dir
+    from tests.test_pipeline import trained_like
 
     shutil.copytree(default_model_dir() / "btunet", root / "btunet")
     for name in ("appearance.png", "appearance_iuv.png"):
         shutil.copyfile(default_model_dir() / name, root / name)
     torch.manual_seed(0)
     config = SR3Config.preset("tiny-warp").replace(resolution=resolution, low_resolution=32, residual=True, **sr3)
-    save_checkpoint(root / "sr3", _perturbed(SR3(config), 2), "sr3", ScheduleConfig(),
+    save_checkpoint(root / "sr3", trained_like(SR3(config), 2), "sr3", ScheduleConfig(),
                     extra={"task": "super_resolution", "sampling": {"sr_steps": 1}})
     return root
 

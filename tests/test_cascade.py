@@ -20,30 +20,21 @@ from btdm_engine.pipeline import Animator, AnimatorError, sr3_stage_dirs, tensor
 from btdm_engine.posemaps.encoding import read_iuv_png
 from btdm_engine.service.worker import ModelEntry, ModelRegistry
 from btdm_engine.weights import default_model_dir
+from tests.test_pipeline import trained_like
 
 OUT = 64
 
 
-def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fill the zero-initialised layers with small random values, so every input matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval()
-
-
 def _sr3(low: int, high: int, seed: int) -> SR3:
     config = SR3Config.preset("tiny-warp").replace(resolution=high, low_resolution=low, residual=True)
-    return _perturbed(SR3(config), seed)
+    return trained_like(SR3(config), seed)
 
 
 @pytest.fixture(scope="module")
 def cascade_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cascade")
     torch.manual_seed(0)
-    save_checkpoint(root / "btunet", _perturbed(BTUNet(BTUNetConfig.preset("tiny-warp")), 1), "btunet",
+    save_checkpoint(root / "btunet", trained_like(BTUNet(BTUNetConfig.preset("tiny-warp")), 1), "btunet",
                     ScheduleConfig())
     save_checkpoint(root / "sr3", _sr3(32, 48, 2), "sr3", ScheduleConfig(shift=1.0),
                     extra={"sampling": {"sr_steps": 2}})
