@@ -464,11 +464,13 @@ class Animator:
         check_int(own, where, AnimatorError, lo=1, hi=int(JOB_LIMITS["sr_steps"][1]))
         return int(own)
 
-    def sr3_calls(self, frames: int, steps: int, sr_steps: int | None = None, batch: int | None = None) -> int:
-        """The SR3 network calls (every stage) that :meth:`super_resolve` makes for ``frames`` frames:
-        the ``total`` of its ``"sr3"`` callbacks."""
+    def sr3_calls(self, frames: int, steps: int, sr_steps: int | None = None, batch: int | None = None,
+                  workers: int | None = None) -> int:
+        """The SR3 network calls (every stage) that :meth:`super_resolve` makes for ``frames`` frames
+        with these arguments: the ``total`` of its ``"sr3"`` callbacks."""
+        workers, _ = sampling_workers(self.device, workers)
         return sum(
-            math.ceil(frames / (batch or max_batch_for(int(net.config.resolution), self.device)))
+            math.ceil(frames / (batch or max_batch_for(int(net.config.resolution), self.device, workers)))
             * self.sr_steps_for(steps, sr_steps, k)
             for k, (net, _) in enumerate(self.sr3_stages)
         )
@@ -681,7 +683,7 @@ class Animator:
         dev = self.device
         workers, intra = sampling_workers(dev, workers)
         frames = low.shape[0] - start
-        total = self.sr3_calls(frames, steps, sr_steps, batch)
+        total = self.sr3_calls(frames, steps, sr_steps, batch, workers)
         calls = 0
 
         def counted(_stage: str, _step: int, _total: int | None) -> None:

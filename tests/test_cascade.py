@@ -78,6 +78,12 @@ def test_cascade_frames_stream_and_resume_identically(cascade_dir: Path, inputs)
     sr = [s for s in seen if s[0] == "sr3"]
     total = animator.sr3_calls(5, 2, None, batch=2)
     assert [s[1] for s in sr] == list(range(1, total + 1)) and {s[2] for s in sr} == {total}
+    # with the chunk size left to the memory budget too
+    seen.clear()
+    animator.animate(maps[:2], appearance, g, steps=2, seed=5, precision="float32", workers=2,
+                     callback=lambda *a: seen.append(a))
+    sr = [s for s in seen if s[0] == "sr3"]
+    assert len(sr) == animator.sr3_calls(2, 2, workers=2) and sr[-1][1:] == (len(sr), len(sr))
 
     # the stages as the service's worker drives them, resuming at frame 2 (a chunk boundary)
     job = animator.prepare(maps, appearance, g)
