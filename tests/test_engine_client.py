@@ -199,7 +199,7 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_f
 
     clip = clip36_file
     toy = toy_files(toy_model)
-    srv = Server(tmp_path / "data", "--model", f"toy={toy_model}").start()
+    srv = Server(tmp_path / "data", "--model", f"toy={toy_model}", "--preload", "toy").start()
     animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "2", "--sr-steps", "4", "--seed",
                                 "5", "--no-progress", "--out", str(tmp_path / "out"), "--engine", srv.url, "--model",
                                 "toy", "--appearance", str(toy["appearance"]), "--appearance-iuv",
@@ -221,7 +221,7 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_f
             assert db.execute("SELECT state FROM jobs WHERE id = ?", (job["id"],)).fetchone() == ("queued",)
         time.sleep(7.0)  # the outage; the command must neither exit nor give up meanwhile
         assert animate.poll() is None, animate.communicate()
-        back = Server(tmp_path / "data", "--model", f"toy={toy_model}")
+        back = Server(tmp_path / "data", "--model", f"toy={toy_model}", "--preload", "none")
         back.port, back.url = srv.port, srv.url
         back.start()
         out, err = animate.communicate(timeout=600)

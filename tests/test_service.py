@@ -66,8 +66,10 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"btdm serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                # the first model (the embedded one) is loaded at start; others (--model) on first use
-                if self.client().models()[0]["loaded"]:
+                # the first model (the embedded one) is loaded at start, or those --preload names; others on first use
+                models = self.client().models()
+                wanted = [a for k, a in enumerate(self.extra[1:]) if self.extra[k] == "--preload"] or [models[0]["name"]]
+                if all(m["loaded"] for m in models if m["name"] in wanted):
                     return self
             except EngineError:
                 pass
@@ -355,7 +357,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, cl
     clip = clip36_file
     params = {"model": "toy", "steps": 2, "sr_steps": 4, "seed": 5}
     toy = toy_files(toy_model_256)
-    srv = Server(tmp_path / "data", "--model", f"toy={toy_model_256}").start()
+    srv = Server(tmp_path / "data", "--model", f"toy={toy_model_256}", "--preload", "toy").start()
     try:
         client = srv.client()
         job = client.submit(motion=clip, params=params, **toy)
@@ -375,7 +377,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, cl
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in on_disk[: len(on_disk) // 4 * 4]}
     low = (folder / "low.npy").stat()
     assert len(kept) >= 4 and not list((folder / "frames").glob(".*"))  # no half-written frame under its name
-    restarted = Server(tmp_path / "data", "--model", f"toy={toy_model_256}").start()
+    restarted = Server(tmp_path / "data", "--model", f"toy={toy_model_256}", "--preload", "toy").start()
     try:
         client = restarted.client()
         final = client.wait(job["id"])
@@ -426,6 +428,20 @@ def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
         assert "refusing to listen" in result.stderr and "token" in result.stderr
     result = serve("--token", "short")
     assert result.returncode == 2 and "at least 16 characters" in result.stderr
+
+
+def test_preload_loads_the_named_models_at_start(tmp_path: Path, toy_model: Path) -> None:
+    """--preload NAME loads NAME while the server starts (the embedded model then waits for a job);
+    an unknown name is refused naming the models offered."""
+    result = subprocess.run([*BTDM, "serve", "--port", str(free_port()), "--data", str(tmp_path / "data"),
+                             "--model", f"toy={toy_model}", "--preload", "toyy"],
+                            cwd=REPO, env=child_env(), capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 2 and "--preload toyy: no such model; offered: default, toy" in result.stderr
+    srv = Server(tmp_path / "data", "--model", f"toy={toy_model}", "--preload", "toy").start()
+    try:
+        assert {m["name"]: m["loaded"] for m in srv.client().models()} == {"default": False, "toy": True}
+    finally:
+        srv.stop()
 
 
 def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Server, clip_file: Path, tmp_path: Path,

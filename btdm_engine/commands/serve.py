@@ -82,8 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help=THREADS_HELP)
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
-                   help="offer another model folder (btunet/ + sr3/) under NAME; repeatable. The embedded "
+                   help="offer another model folder (btunet/ + its SR3 stages) under NAME; repeatable. The embedded "
                    "model is always offered as 'default'")
+    p.add_argument("--preload", action="append", default=None, metavar="NAME",
+                   help="load model NAME while the server starts (repeatable); default: the first offered ('default'); "
+                   "'none': each model loads with the first job that asks for it")
     p.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                    help="raise an engine limit on what uploads are read with (repeatable; names as for the other "
                         f"commands: frames, pixels, ...). A job's own limits are fixed: at most {limits.MAX_FRAMES} "
@@ -256,6 +259,11 @@ def run(args: argparse.Namespace) -> int:
     for name in extra:
         if not re.match(MODEL_NAME_PATTERN, name) or name == "default":
             raise CliError(f"--model {name}: a name is 1..64 of A-Z a-z 0-9 _ . - and not 'default'")
+    offered = ModelRegistry.with_default("cpu", extra).names()  # reads the model configs; loads nothing
+    preload = tuple(offered[:1]) if args.preload is None else () if args.preload == ["none"] else tuple(args.preload)
+    for name in preload:
+        if name not in offered:
+            raise CliError(f"--preload {name}: no such model; offered: {', '.join(offered) or 'none'} (or 'none' alone)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     devices = [] if args.ray else parse_devices(args.device or str(default_device()), torch)
@@ -293,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     worker = members[0] if count == 1 and not args.ray else WorkerPool(members)
     registry = members[0].registry
     app = create_app(store, worker, registry, tokens=tokens, tls=bool(tls), max_queued=args.max_queued, device=device,
-                     device_name=device_name, preload=tuple(registry.names()[:1]))
+                     device_name=device_name, preload=preload)
     logger = logging.getLogger("btdm_engine.service")
     logger.info("btdm serve: data %s, device %s (%s), %d worker(s), models %s, auth %s", data, device, device_name,
                 count,
