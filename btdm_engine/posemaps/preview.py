@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
-import imageio_ffmpeg
 import numpy as np
 
 from btdm_engine import limits
@@ -199,6 +198,8 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike[str], fps: f
                 if size is None:
                     size = (frame.shape[1], frame.shape[0])
                     even = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+                    import imageio_ffmpeg  # lazy: absent on the GPU machine (docs/gpu.md); only MP4s need it
+
                     # ffmpeg dies with this process (never an orphan writing on), quality as imageio's 8 (crf 10).
                     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo",
                            "-vcodec", "rawvideo", "-s", f"{even[0]}x{even[1]}", "-pix_fmt", "rgb24", "-r", f"{fps:.6f}",
