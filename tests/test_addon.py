@@ -448,6 +448,7 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
     assert plate.shape[2] == 4 and (plate[..., 3] > 0).any()
 
 
+@pytest.mark.slow
 def test_btdm_previs_mixamo_end_to_end_saved_in_the_blend(engine: Engine, tmp_path: Path) -> None:
     shot = tmp_path / "mixamo_shot.blend"
     run_bpy(f"""

@@ -190,6 +190,7 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
     assert bad.returncode == 2 and "model 'nope' is unknown" in bad.stderr and "params.model" in bad.stderr
 
 
+@pytest.mark.slow
 def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_file: Path, toy_model: Path) -> None:
     """The server stops mid-job and is back ~7 s later (same port, same data): `btdm animate --engine`
     keeps polling through the outage and finishes with the job's frames. Riding out does not depend on

@@ -348,6 +348,7 @@ def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path, toy_m
     assert decode(client.frame(job["id"], 2)).shape == (64, 64, 3)  # the toy model's size
 
 
+@pytest.mark.slow
 def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, clip36_file: Path,
                                                               toy_model_256: Path) -> None:
     # Resuming does not depend on the model's size: a toy 256 px model (conftest) whose SR3 the CPU memory
