@@ -57,6 +57,7 @@ from btdm_engine.jobspec import JobSpec
 from btdm_engine.limits import JOB_LIMITS
 from btdm_engine.posemaps.encoding import iuv_to_tensor, tensor_to_iuv, validate_iuv
 from btdm_engine.posemaps.texture import UVTexture, texture_from_image, warp_maps
+from btdm_engine.weights import sr3_stage_dirs
 
 # Conservative activation estimate for one frame of a network call, per output pixel: the
 # pair's two branches times the float32 feature maps of a U-Net of these sizes. Used only to
@@ -71,16 +72,6 @@ _CPU_BUDGET_BYTES = 4 << 30
 _CPU_PAIR_FRAMES = 16
 # A job's defaults, written once (btdm_engine/jobspec.py): the CLI's, the service's and these agree.
 _JOB = JobSpec()
-
-
-def sr3_stage_dirs(root: str | os.PathLike[str]) -> list[Path]:
-    """The SR3 stage folders of a model folder, in order (stops at the first missing one)."""
-    found: list[Path] = []
-    for name in SR3_STAGE_DIRS:
-        if not (Path(root) / name).exists():
-            break
-        found.append(Path(root) / name)
-    return found
 
 
 class AnimatorError(BtdmError, ValueError):

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from btdm_engine import limits
-from btdm_engine.constants import DEVICES, IUV_ORDERS, SR3_STAGE_DIRS
+from btdm_engine.constants import DEVICES, IUV_ORDERS
 from btdm_engine.errors import NonFiniteError, UsageError
 from btdm_engine.fileio import atomic_dir, make_folder
+from btdm_engine.weights import sr3_stage_dirs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -109,11 +110,9 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     make_folder(args.out, f"--out {args.out}: cannot write the model")
     save_checkpoint(args.out / "btunet", tuned.to("cpu"), "btunet", schedule, extra=extra)
-    for name in SR3_STAGE_DIRS:  # the SR3 stages, unchanged (a cascade's sr3-2/, ... too)
-        if not (args.model / name).is_dir():
-            break
-        with atomic_dir(args.out / name) as tmp:
-            shutil.copytree(args.model / name, tmp, dirs_exist_ok=True)
+    for stage in sr3_stage_dirs(args.model):  # the SR3 stages, unchanged (a cascade's sr3-2/, ... too)
+        with atomic_dir(args.out / stage.name) as tmp:
+            shutil.copytree(stage, tmp, dirs_exist_ok=True)
     # the person it was tuned on is the folder's own appearance (weights.model_appearance): `btdm animate
     # --model OUT` and `btdm serve --model NAME=OUT` use it when a job gives none
     write_rgb_png(args.out / "appearance.png", np.round(image * 255).astype(np.uint8))

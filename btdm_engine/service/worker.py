@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from btdm_engine.constants import SR3_STAGE_DIRS
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_path, atomic_write_text, read_json
 from btdm_engine.jobspec import JobFault, JobSpec
@@ -49,7 +48,13 @@ from btdm_engine.service import limits
 from btdm_engine.service.errors import NO_SPACE, InvalidParams, ServiceError, disk_full, public
 from btdm_engine.service.schemas import JOB_FIELDS, RULE_NAMES
 from btdm_engine.service.store import MAX_ATTEMPTS, JobStore
-from btdm_engine.weights import DEFAULT_MODEL_DIR, NoDefaultModelError, default_appearance, model_appearance
+from btdm_engine.weights import (
+    DEFAULT_MODEL_DIR,
+    NoDefaultModelError,
+    default_appearance,
+    model_appearance,
+    sr3_stage_dirs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +128,8 @@ class ModelRegistry:
         if btunet is None:
             raise ServiceError(f"model {entry.name}: {entry.path} has no btunet/config.json")
         sr3 = config("sr3")
-        last = sr3
-        for name in SR3_STAGE_DIRS[1:]:  # a cascade's later stages: the last one's size is the output's
-            if (stage := config(name)) is None:
-                break
-            last = stage
+        stages = sr3_stage_dirs(entry.path)  # a cascade's last stage makes the output's size
+        last = config(stages[-1].name) if stages else None
         extra = btunet.get("extra", {})
         low = int(btunet["model"]["resolution"])
         return {

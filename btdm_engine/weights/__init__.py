@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from btdm_engine.constants import SR3_STAGE_DIRS
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 
 
@@ -28,6 +30,17 @@ def default_model_dir() -> Path:
             "rebuild it with `python -m training.default_model`"
         )
     return DEFAULT_MODEL_DIR
+
+
+def sr3_stage_dirs(folder: str | os.PathLike[str]) -> list[Path]:
+    """A model folder's SR3 stage folders in order (``constants.SR3_STAGE_DIRS``: ``sr3/``, ``sr3-2/``,
+    ...), up to the first missing one."""
+    found: list[Path] = []
+    for name in SR3_STAGE_DIRS:
+        if not (Path(folder) / name).exists():
+            break
+        found.append(Path(folder) / name)
+    return found
 
 
 def model_appearance(folder: str | os.PathLike[str]) -> tuple[Path, Path] | None:
