@@ -200,7 +200,7 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_f
 
     clip = clip36_file
     toy = toy_files(toy_model)
-    srv = Server(tmp_path / "data", "--model", f"toy={toy_model}", "--preload", "toy").start()
+    srv = Server(tmp_path / "data", "--model", f"toy={toy_model}").start()
     animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "2", "--sr-steps", "4", "--seed",
                                 "5", "--no-progress", "--out", str(tmp_path / "out"), "--engine", srv.url, "--model",
                                 "toy", "--appearance", str(toy["appearance"]), "--appearance-iuv",
