@@ -55,6 +55,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--finetune-sequences", type=int, default=None,
                    help="fine-tune on only the first N held-out sequences per character order (default: all)")
+    p.add_argument("--split", default="test",
+                   help="the manifest split to score (default test; `train` of a wide256-val build holds only its "
+                        "validation people, whom settings are chosen on)")
     p.add_argument("--motion", default=None, help="only the held-out sequences of this motion (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--picture-characters", type=int, default=3, help="held-out characters in comparison.png")
@@ -79,11 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         args.first = min(args.first, 1)
     else:
         data = args.data
-    tests = DatasetManifest.load(data).sequence_frames("test")
+    tests = DatasetManifest.load(data).sequence_frames(args.split)
     if args.motion is not None:
         tests = [s for s in tests if s.id.endswith(f"-{args.motion}")]
     if not tests:
-        raise SystemExit(f"{data}: the manifest has no test split")
+        raise SystemExit(f"{data}: the manifest's {args.split} split has no sequences"
+                         + (f" of motion {args.motion!r}" if args.motion else ""))
     passes = [("", 0)] + ([("_ft", args.finetune_steps)] if args.finetune_steps > 0 else [])
 
     res = None
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     table = format_table([(key, reports[key]) for key in order + ["truth"]], extra=True)
     people = _per_person(reports, order)
     lines = [
-        f"data: {data} (test split: {len(tests)} sequences of {len({s.character for s in tests})} held-out characters)",
+        f"data: {data} ({args.split} split: {len(tests)} sequences of {len({s.character for s in tests})} held-out characters)",
         "models: " + ", ".join(f"{name} = {folder}" for name, folder in models.items()),
         f"sampling: first {args.frames} frames, c = frame 0 of each sequence, {args.steps} BTU-Net + {args.sr_steps} SR3 "
         f"steps, seed {args.seed}, {res} px, foreground only; fine-tuning pass: {args.finetune_steps} steps at lr "

@@ -13,6 +13,10 @@ can rebuild it). Presets:
   24 frames at 128 px.
 * ``wide256``: the same people, motions and cloth as ``wide`` (same seed), rendered at 256 px: the
   truth that 256 px generation is scored against (``--only`` its test sequences).
+* ``wide256-val``: ``wide256`` with 8 more people, c064..c071, whom no shipped network trained on
+  and who are not the test split either: the validation people that a model's settings are chosen
+  on (``--only c064-walk c064-dance ...``; they land in its ``train`` split), so the test people
+  stay unseen by every choice.
 """
 
 from __future__ import annotations
@@ -194,6 +198,8 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 PRESETS["wide256"] = PRESETS["wide"].with_overrides(name="wide256", render_resolution=256)
+# characters are drawn per index (character_seed), so c000..c063 are wide256's people and c064.. new ones
+PRESETS["wide256-val"] = PRESETS["wide256"].with_overrides(name="wide256-val", characters=72)
 
 
 def get_preset(name: str) -> Preset:

@@ -413,3 +413,39 @@ def test_residual_sr3_starts_at_the_prior_on_the_body_and_the_low_res_frame_arou
             torch.testing.assert_close(out[0][:, ~body], up[0][:, ~body])
     with pytest.raises(ModelConfigError, match="residual"):
         SR3Config.preset("tiny-warp").replace(residual="yes")
+
+
+def test_body_correction_shrinks_the_residual_correction_towards_the_prior_on_the_body_only() -> None:
+    """``body_correction`` b: x0 = base + (1 - (1 - b) a) U-Net, so on the body (a = 1) the frame is
+    b * (the full correction) + (1 - b) * the prior, and around the body (a = 0) the full correction."""
+    import numpy as np
+
+    from btdm_engine.models.sr3 import body_coverage
+    from btdm_engine.posemaps.texture import build_texture, warp_maps
+
+    torch.manual_seed(0)
+    full = SR3(SR3Config.preset("tiny-warp").replace(residual=True)).eval()
+    torch.nn.init.normal_(full.unet.out[-1].weight, std=0.05)  # a trained-like, nonzero correction
+    shrunk = SR3(full.config.replace(body_correction=0.25)).eval()
+    shrunk.load_state_dict(full.state_dict())
+    image = np.full((128, 128, 3), 255, np.uint8)
+    iuv = np.zeros((128, 128, 3), np.uint8)
+    iuv[30:100, 50:80] = (2, 60, 90)
+    image[30:100, 50:80] = (200, 20, 20)
+    warp = warp_maps(build_texture([(image, iuv)]), iuv[None], 128)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 128, 128, generator=g)
+    low = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    with torch.no_grad():
+        a, b = full(x, torch.tensor([0.0]), low, warp=warp), shrunk(x, torch.tensor([0.0]), low, warp=warp)
+    coverage = body_coverage(warp)[0, 0]
+    body, around = coverage == 1, coverage == 0
+    assert body.any() and around.any()
+    prior = warp[0, :3]
+    assert not torch.allclose(a[0][:, body], prior[:, body])  # the correction is there to shrink
+    torch.testing.assert_close(b[0][:, body], 0.25 * a[0][:, body] + 0.75 * prior[:, body])
+    torch.testing.assert_close(b[0][:, around], a[0][:, around])
+    with pytest.raises(ModelConfigError, match="body_correction.*residual"):
+        SR3Config.preset("tiny-warp").replace(body_correction=0.5)
+    with pytest.raises(ModelConfigError, match="body_correction"):
+        SR3Config.preset("tiny-warp").replace(residual=True, body_correction=1.5)
