@@ -20,6 +20,7 @@ from btdm_engine.posemaps.parts import flip_iuv
 from btdm_engine.posemaps.texture import (
     FILLED,
     MIRRORED,
+    PIXEL_FILTER,
     SEEN,
     TextureError,
     UVTexture,
@@ -59,6 +60,27 @@ def test_colours_follow_u_and_v_to_another_place_and_size():
     assert np.abs(rgb[inner] - uv_colours(target)[inner]).max() < 0.06
     assert np.allclose(rgb[~body], texture.background) and (conf[~body] == 0).all()
     assert conf[inner].min() > 0.9 and np.allclose(texture.background, 1.0)
+
+
+def test_the_render_is_filtered_over_the_body_only():
+    """A point lookup is sharper than any view of a person: the rendered body passes through a
+    PIXEL_FILTER-wide screen-space filter, normalised over the body, so a print's hard edge softens
+    over about a pixel while the silhouette keeps the body's own colour (no background drawn in)."""
+    iuv = patch(2, 8, 8, 48, 40)
+    dark = np.ones(iuv.shape, np.float32)  # a white background; the body dark, its right half red
+    body = iuv[..., 0] > 0
+    dark[body] = (0.1, 0.1, 0.1)
+    dark[8:56, 28:48] = (0.9, 0.1, 0.1)
+    rgb, _ = build_texture([(dark, iuv)], size=64).render(iuv)
+    assert PIXEL_FILTER > 0
+    # the silhouette: the body's colour, not a mixture with the white around it
+    assert np.abs(rgb[8:56, 8] - 0.1).max() < 0.02 and np.abs(rgb[8, 12:24] - 0.1).max() < 0.02
+    assert np.allclose(rgb[~body], 1.0)
+    # across the print's edge (columns 27 | 28): a step that takes a pixel or two, monotone
+    red = rgb[30, 22:34, 0]
+    assert np.all(np.diff(red) >= -1e-6)
+    assert 0.15 < red[27 - 22] < 0.85 and 0.15 < red[28 - 22] < 0.85
+    assert abs(red[0] - 0.1) < 0.02 and abs(red[-1] - 0.9) < 0.02
 
 
 def test_unseen_texels_come_from_the_mirror_part_then_the_partner():
