@@ -19,6 +19,7 @@ from btdm_engine.pipeline import Animator, AnimatorError
 from btdm_engine.posemaps.parts import flip_iuv
 from btdm_engine.posemaps.texture import (
     FILLED,
+    HOLE_NEIGHBOURS,
     MIRRORED,
     PIXEL_FILTER,
     SEEN,
@@ -94,6 +95,24 @@ def test_unseen_texels_come_from_the_mirror_part_then_the_partner():
     rgb, conf = texture.render(patch(17, 10, 10, 30, 20))
     assert np.allclose(rgb[body], [0.9, 0.1, 0.1], atol=0.02) and np.allclose(conf[body], FILLED)
     assert texture.confidence[15].max() == SEEN
+
+
+def test_gaps_between_seen_texels_fill_from_their_neighbours_not_the_mirror():
+    """A thin limb seen across covers its chart's U in steps wider than a texel: the gaps take the
+    seen texels around them, not the mirror limb's colour (checks of the far leg on the near one)."""
+    iuv = patch(13, 4, 10, 56, 12)  # a lower leg, 12 px across its chart's whole U (32 texels)
+    far = patch(14, 4, 40, 56, 20)  # its mirror twin, seen whole, in shadow
+    iuv[far[..., 0] > 0] = far[far[..., 0] > 0]
+    image = np.ones(iuv.shape, np.float32)
+    image[iuv[..., 0] == 13] = (0.9, 0.85, 0.7)
+    image[iuv[..., 0] == 14] = (0.2, 0.2, 0.2)
+    texture = build_texture([(image, iuv)], size=32)
+    assert HOLE_NEIGHBOURS > 0
+    assert np.abs(texture.colour[13] - [0.9, 0.85, 0.7]).max() < 0.03
+    assert (texture.confidence[13] == SEEN).all()
+    rgb, _ = texture.render(iuv)
+    inner = (iuv[..., 0] == 13) & (np.roll(iuv[..., 0], 1, 1) == 13) & (np.roll(iuv[..., 0], -1, 1) == 13)
+    assert np.abs(rgb[inner] - [0.9, 0.85, 0.7]).max() < 0.03
 
 
 def test_the_torso_is_its_own_mirror_with_u_reversed():
