@@ -395,6 +395,12 @@ def test_default_model_recipe_assembles_a_loadable_model(toy: Path, tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assemble(toy, runs, out, sampling={"sr_steps": 1})  # how a job samples the SR3 when it does not say
     assert Animator.from_pretrained(out, device="cpu").sr_steps_for(25) == 1
+    # an inference-only model field (how much of a residual SR3's correction the body keeps) lands in
+    # sr3/config.json's model, where the loader checks it: this toy SR3 is not residual
+    assemble(toy, runs, out, sampling={"sr_steps": 1}, sr3_inference={"body_correction": 0.5})
+    assert json.loads((out / "sr3" / "config.json").read_text())["model"]["body_correction"] == 0.5
+    with pytest.raises(ValueError, match=r"body_correction: 0\.5 needs a residual network"):
+        Animator.from_pretrained(out, device="cpu")
 
 
 def test_default_model_recipe_assembles_a_cascade(toy: Path, tmp_path: Path) -> None:
