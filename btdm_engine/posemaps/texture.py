@@ -18,11 +18,12 @@ Three things make it usable here:
    then within each part by push-pull interpolation (Gortler et al. 1996, as coordinate-based
    texture inpainting (Grigorev et al., CVPR 2019) fills its input texture before learning
    the rest), and a part c never shows takes its front/back partner's mean colour.
-3. **A confidence map**: 1 where the texel was seen (or a gap among seen ones), 0.5 where the mirror filled it, 0.02 where
-   it was interpolated or guessed, and 0 outside the body. The networks that take w_t as input
-   (``warp_channels`` in their configs) read it as a fourth channel, so they learn where to trust
-   the prior and where to draw from their own knowledge (Neverova et al.'s "blending module"
-   and Grigorev et al.'s inpainting network make the same split).
+3. **A confidence map**: 1 where the texel was seen (or is a gap among seen ones), 0.5 where the
+   mirror filled it, 0.02 where it was interpolated or guessed, and 0 outside the body. The
+   networks that take w_t as input (``warp_channels`` in their configs) read it as a fourth
+   channel, so they learn where to trust the prior and where to draw from their own knowledge
+   (Neverova et al.'s "blending module" and Grigorev et al.'s inpainting network make the same
+   split).
 
 The pixels c shows at the silhouette's edge are mixtures with the background (anti-aliasing);
 they are given a small weight, so a texel seen inside the body wins over a fringe pixel and the
