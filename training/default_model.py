@@ -86,12 +86,13 @@ RESIDUAL_256_SETTINGS: dict[str, Any] = dict(
     batch_size=4, lr=2e-4, seed=0, cache_frames=True, num_workers=1, checkpoint_every=50, sample_every=0, log_every=10,
 )  # fmt: skip
 # The shipped 256 px SR3: that run continued (its head kept) at half the rate on the prior as
-# build_texture makes it since issue 21's second pass (each pixel splatted bilinearly into the atlas,
-# not to its nearest texel: the texture transfer alone went 0.695 -> 0.718 SSIM on the body of the
-# wide256-val people) and on more people: the walk and dance sequences of the train characters of
-# c000..c040 in `wide256` (72; the 600 steps above saw the 48 of c000..c027), ~10 min on 2 cores.
-# It scores as the run it continues on the validation people (0.684 against 0.683 SSIM on the body):
-# shipped so that the network was trained on the prior and the data it is described with.
+# issue 21's second pass makes it (bilinear splatting, the pixel filter and the gap fill of
+# btdm_engine.posemaps.texture: the texture transfer alone went 0.695 -> 0.726 SSIM on the body of
+# the wide256-val people) and on more people: the walk and dance sequences of the train characters
+# of c000..c040 in `wide256` (72; the 600 steps above saw the 48 of c000..c027), ~11 min on 2 cores.
+# Continuing alone changes little (on the bilinear prior, validation body 0.683 -> 0.684 at
+# body_correction 1); it is shipped so that the network was trained on the prior and the data it
+# is described with.
 RETUNE_256_SETTINGS: dict[str, Any] = dict(RESIDUAL_256_SETTINGS, init_reset=(), lr=1e-4, steps=300)
 # How much of the 256 px SR3's correction the body keeps at inference (SR3Config.body_correction),
 # chosen by body SSIM on the validation people of `wide256-val` (c064..c069, walk and dance), whom
@@ -253,14 +254,16 @@ def assemble(data: Path, runs: dict[str, Path], out: Path, notes: str = "", samp
         for kind, run in runs.items():
             shutil.copytree(run / "checkpoint", stage / kind)
         for kind in runs:
-            if (sampling or (kind == "sr3" and sr3_inference)) and kind in SR3_STAGE_DIRS:  # every SR3 stage of a cascade
-                config = json.loads((stage / kind / "config.json").read_text(encoding="utf-8"))
-                if sampling:
-                    config.setdefault("extra", {})["sampling"] = dict(sampling)
-                if kind == "sr3" and sr3_inference:
-                    config["model"].update(sr3_inference)
-                (stage / kind / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
-                                                          encoding="utf-8")
+            model_fields = sr3_inference if kind == "sr3" else None
+            if kind not in SR3_STAGE_DIRS or not (sampling or model_fields):  # every SR3 stage of a cascade
+                continue
+            config = json.loads((stage / kind / "config.json").read_text(encoding="utf-8"))
+            if sampling:
+                config.setdefault("extra", {})["sampling"] = dict(sampling)
+            if model_fields:
+                config["model"].update(model_fields)
+            (stage / kind / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                                      encoding="utf-8")
         write_rgb_png(stage / "appearance.png", np.round(read_rgb(seq.rgb[0]) * 255).astype(np.uint8))
         shutil.copyfile(seq.iuv[0], stage / "appearance_iuv.png")
         (stage / "MODEL_CARD.md").write_text(_model_card(data, {**runs, **(card_runs or {})}, seq.id, notes),
