@@ -24,7 +24,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .engine import MANAGER, EngineSettings, EngineUnavailable, readable
 from .engine_client import FINAL_STATES, EngineError
@@ -58,6 +58,7 @@ class RunRequest:
     settings: EngineSettings
     appearance: bytes | None = None
     appearance_iuv: bytes | None = None
+    views: dict[int, bytes] = field(default_factory=dict)  # further views of the person, {job frame: PNG}
     skeleton_without_camera: bytes | None = None  # fallback for an engine without shot-camera plates
     posemaps_dir: str | None = None  # also keep the pose-map previews here (plates runs)
     shot: dict | None = None  # whose frames these are: {"blend": file name, "scene": ..., "camera": ...}
@@ -248,7 +249,7 @@ class PrevisRun:
         r = self.request
         try:
             return client.submit(skeleton=r.skeleton, appearance=r.appearance, appearance_iuv=r.appearance_iuv,
-                                 params=r.params)
+                                 views=r.views, params=r.params)
         except EngineError as exc:
             if exc.code != "not_supported" or r.skeleton_without_camera is None:
                 raise
@@ -257,7 +258,7 @@ class PrevisRun:
             logger.warning("%s", note)
             self._update(notes=self.snapshot().notes + (note,))
             return client.submit(skeleton=r.skeleton_without_camera, appearance=r.appearance,
-                                 appearance_iuv=r.appearance_iuv, params=r.params)
+                                 appearance_iuv=r.appearance_iuv, views=r.views, params=r.params)
 
     def _run(self) -> None:
         r = self.request

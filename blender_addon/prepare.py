@@ -355,9 +355,19 @@ def _motion_params(scene, s, armature, seed: int) -> dict:
     return params
 
 
-def _appearance_params(context, s, a, armature, camera, params: dict) -> tuple[bytes | None, bytes | None]:
+def view_frames(scene, render_frame: int, count: int) -> list[int]:
+    """The scene frames of a Scene render's further views: ``count - 1`` frames spread over the frame
+    range (the middles of as many equal parts of it), leaving out the Render frame itself."""
+    start, end = scene.frame_start, scene.frame_end
+    others = count - 1
+    frames = {int(round(start + (end - start) * (i + 0.5) / others)) for i in range(others)} if others > 0 else set()
+    return sorted(frames - {render_frame})
+
+
+def _appearance_params(context, s, a, armature, camera, params: dict
+                       ) -> tuple[bytes | None, bytes | None, dict[int, bytes]]:
     """The appearance files of a plates job, its params filled in (``a``: the appearance settings, see
-    :func:`appearance_files`)."""
+    :func:`appearance_files`), and a Scene render's further views ``{job frame: PNG}`` (``a.render_views``)."""
     appearance, appearance_iuv, use_default, shown = appearance_files(context, armature, camera, a)
     if shown is not None:
         params["appearance_frame"] = shown
@@ -375,7 +385,17 @@ def _appearance_params(context, s, a, armature, camera, params: dict) -> tuple[b
             raise UserError("Texture transfer has no network to fine-tune: set Fine-tuning steps to 0")
         params["method"] = "texture"
     params["use_default_appearance"] = use_default
-    return appearance, appearance_iuv
+    views = {}
+    # further renders feed the texture-transfer prior only: none are made for a model that takes none
+    if a.appearance == "RENDER" and a.render_views > 1 and (s.method == "TEXTURE" or model_reads_iuv(s.model or "default")):
+        if shown is None:
+            raise UserError(f"Views: several views need the Render frame inside the frame range "
+                            f"{context.scene.frame_start}..{context.scene.frame_end} (it is {a.render_frame}), so the "
+                            "engine knows the body's pose in each; set it there, or Views to 1")
+        for frame in view_frames(context.scene, a.render_frame, a.render_views):
+            views[frame - context.scene.frame_start] = render_appearance(context, armature, camera, whole=True,
+                                                                         frame=frame)
+    return appearance, appearance_iuv, views
 
 
 def _sample(scene, armature, camera, start: int, end: int, skeleton_path: str = "") -> tuple[dict, str | None]:
@@ -414,12 +434,13 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         out = next_take(out, shot)
     if kind == "posemaps":
         appearance = appearance_iuv = None
+        views = {}
         # the whole camera view scaled into the square, not the window that follows the body: the camera's
         # background and the strips crop the square's middle band, which is the camera frame (display.py)
         params["plate"] = False
         params["use_default_appearance"] = True
     else:
-        appearance, appearance_iuv = _appearance_params(context, s, s, armature, camera, params)
+        appearance, appearance_iuv, views = _appearance_params(context, s, s, armature, camera, params)
     check_params(params, MANAGER.status.job_limits)
     arrays, note = _sample(scene, armature, camera, start, end, skeleton_path)
     without_camera = {k: v for k, v in arrays.items() if not k.startswith("cam_")}
@@ -427,7 +448,7 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
     return RunRequest(
         kind=kind, skeleton=_npz_bytes(arrays), params=params, out_dir=out, first_frame=start,
         num_frames=end - start + 1, settings=preferences.engine_settings(context), appearance=appearance,
-        appearance_iuv=appearance_iuv, skeleton_without_camera=_npz_bytes(without_camera),
+        appearance_iuv=appearance_iuv, views=views, skeleton_without_camera=_npz_bytes(without_camera),
         posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else (), take=take,
         armature=armature.name)
 
@@ -485,8 +506,8 @@ def build_group(context, armatures, *, out_override: str = "") -> list[RunReques
         c = armature.btdm_character
         try:
             params = _motion_params(scene, s, armature, character_seed(s, armature, index))
-            appearance, appearance_iuv = _appearance_params(context, s, c if c.use_own_appearance else s, armature,
-                                                            camera, params)
+            appearance, appearance_iuv, views = _appearance_params(context, s, c if c.use_own_appearance else s,
+                                                                   armature, camera, params)
             check_params(params, MANAGER.status.job_limits)
             arrays, note = _sample(scene, armature, camera, start, end)
         except UserError as exc:
@@ -495,7 +516,7 @@ def build_group(context, armatures, *, out_override: str = "") -> list[RunReques
         requests.append(RunRequest(
             kind="plates", skeleton=_npz_bytes(arrays), params=params, out_dir=sub, first_frame=start,
             num_frames=end - start + 1, settings=settings, appearance=appearance, appearance_iuv=appearance_iuv,
-            skeleton_without_camera=None, shot=shot, notes=(f"{armature.name}: {note}",) if note else (),
+            views=views, skeleton_without_camera=None, shot=shot, notes=(f"{armature.name}: {note}",) if note else (),
             armature=armature.name, character=armature.name, depths=body_depths(arrays)))
     for request in requests:
         os.makedirs(request.out_dir, exist_ok=True)

@@ -81,6 +81,11 @@ class _Appearance:
     render_frame: IntProperty(name="Render frame", default=1,
                               description="Frame rendered as the appearance image (Scene render); inside the frame "
                               "range, fine-tuning uses this frame's pose")
+    render_views: IntProperty(name="Views", default=1, min=1, max=8,
+                              description="Renders of the character at this many frames of the shot: the Render frame "
+                              "and others spread over the frame range (one render each). Each shows more of the body "
+                              "(its back as it turns, the far arm), which the texture-transfer prior (Texture "
+                              "transfer, the embedded model) then shows instead of guessing")
 
 
 class BTDM_PG_character(_Appearance, bpy.types.PropertyGroup):

@@ -16,6 +16,7 @@ Errors: every failure is an :class:`EngineError` with the server's ``status``, `
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import ssl
@@ -24,6 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,7 +39,7 @@ RETRY_STATUSES = (None, 502, 503, 504)
 """Failures :meth:`EngineClient.wait` retries: unreachable, and a busy or restarting server or proxy."""
 _FILE_FIELDS = ("motion", "skeleton", "posemaps", "appearance", "appearance_iuv")
 _FILENAMES = {"motion": "motion.npz", "skeleton": "skeleton.npz", "posemaps": "posemaps.zip",
-              "appearance": "appearance.png", "appearance_iuv": "appearance_iuv.png"}
+              "appearance": "appearance.png", "appearance_iuv": "appearance_iuv.png", "views": "views.zip"}
 
 
 class EngineError(Exception):
@@ -63,6 +65,15 @@ def _multipart(fields: dict[str, bytes | str], files: dict[str, tuple[str, bytes
         parts.append(head.encode() + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _zip_views(views: dict[int, Any]) -> bytes:
+    """``{job frame K: PNG path or bytes}`` as the ``views`` zip: members ``<K>.png``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+        for k, value in sorted(views.items()):
+            archive.writestr(f"{int(k):06d}.png", _read_input(f"views[{k}]", value))
+    return buf.getvalue()
 
 
 def _read_input(name: str, value: str | os.PathLike[str] | bytes) -> bytes:
@@ -170,17 +181,20 @@ class EngineClient:
         return self._json("GET", "/v1/models")["models"]
 
     def submit(self, *, motion: Any = None, skeleton: Any = None, posemaps: Any = None, appearance: Any = None,
-               appearance_iuv: Any = None, params: dict[str, Any] | None = None,
+               appearance_iuv: Any = None, views: dict[int, Any] | None = None, params: dict[str, Any] | None = None,
                idempotency_key: str | None = None, tag: str | None = None,
                priority: int | None = None) -> dict[str, Any]:
         """``POST /v1/jobs``. Each file is a path or bytes; exactly one of motion / skeleton / posemaps (a zip).
+
+        ``views``: further pictures of the person, ``{job frame K: PNG path or bytes}`` (each shows the
+        body as frame K does; sent as the ``views`` zip).
 
         With ``idempotency_key`` (``Idempotency-Key``), sending the same request again (a retry after a
         timeout) answers the job the first one made instead of making a second. ``tag`` labels the job
         (``jobs(tag=)``); ``priority`` (-100..100, default 0): higher runs first.
         """
         given = {"motion": motion, "skeleton": skeleton, "posemaps": posemaps, "appearance": appearance,
-                 "appearance_iuv": appearance_iuv}
+                 "appearance_iuv": appearance_iuv, "views": None if not views else _zip_views(views)}
         sources = [name for name in ("motion", "skeleton", "posemaps") if given[name] is not None]
         if len(sources) != 1:
             raise EngineError(None, "bad_request", "give exactly one of motion, skeleton or posemaps", "motion")

@@ -13,7 +13,7 @@ Standard library only, so ``btdm --help`` stays instant.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,6 +35,9 @@ RULES: tuple[str, ...] = (
     "texture_finetune",  # the texture method has no network to fine-tune
     "sr_steps_without_sr3",  # SR3 steps for a model without an SR3 stage
     "frame_outside",  # the appearance frame K is not one of the job's frames
+    "views_without_iuv",  # further views join c's texture: no c, or no g(c) to start it from
+    "views_unused",  # further views feed the texture-transfer prior: nothing reads it
+    "view_outside",  # a view shows a frame K that is not one of the job's frames
 )
 """The job's cross-field rules, in the order :meth:`JobSpec.fault` checks them (the first broken one
 is named)."""
@@ -114,6 +117,7 @@ class JobSpec:
         model: str = "this model",
         has_sr3: bool | None = None,
         texture_prior: bool | None = None,
+        view_frames: Sequence[int] = (),
     ) -> JobFault | None:
         """The first of the job's cross-field rules (:data:`RULES`) these values and facts break, or None.
 
@@ -123,18 +127,20 @@ class JobSpec:
         model's own appearance image and IUV map stand in for the missing c and g(c)), ``frames``
         (how many frames the job generates), ``model`` (how messages call the model: ``model
         plain``, ``this model``), ``has_sr3`` (it has an SR3 stage), ``texture_prior`` (its
-        networks read the texture-transfer prior, so g(c) is used without fine-tuning). A fact
+        networks read the texture-transfer prior, so g(c) is used without fine-tuning),
+        ``view_frames`` (the job frames that further views of the person show, one per view,
+        each with that frame's pose map as its IUV map; they join c's UV texture). A fact
         left None is not known yet (the CLI reads its model after the flags, and its frames after
         the pose maps): the rules that need it are not checked, so a caller checks again as it
         learns more.
 
         ``names`` maps a field or input (``appearance``, ``appearance_iuv``, ``appearance_frame``,
-        ``finetune_steps``, ``method``, ``sr_steps``) to what the caller calls it, as in
+        ``finetune_steps``, ``method``, ``sr_steps``, ``views``) to what the caller calls it, as in
         :meth:`check`; ``frame_start`` to what the caller counts job frames from. A caller that
         names no ``appearance_frame`` (the Animator, which takes g(c) as an array) is not offered
         it as a source of g(c).
         """
-        name = {"appearance": "appearance", "appearance_iuv": "appearance_iuv",
+        name = {"appearance": "appearance", "appearance_iuv": "appearance_iuv", "views": "views",
                 **{f.name: f.name for f in dataclasses.fields(self)}, **dict(names or {})}
         by_frame = "appearance_frame" in name  # the caller takes an appearance frame K
         frame, iuv, app = name.get("appearance_frame", "appearance_frame"), name["appearance_iuv"], name["appearance"]
@@ -182,6 +188,23 @@ class JobSpec:
             return fault("frame_outside", "appearance_frame",
                          f"{frame} {appearance_frame} is not one of the job's {frames} frames "
                          f"(0..{frames - 1}{counted})")
+        if view_frames:
+            views = name["views"]
+            if known and not (appearance and (appearance_iuv or appearance_frame is not None)):
+                sources = f"{iuv} or {frame} K" if by_frame else iuv
+                return fault("views_without_iuv", "views",
+                             f"{views}: further views join the appearance's UV texture, which starts from {app} and its IUV map: "
+                             f"give {app} with {sources} too")
+            if not texture and texture_prior is False:
+                return fault("views_unused", "views",
+                             f"{views}: further views feed the texture-transfer prior, which {model} does not take; use "
+                             f"{name['method']} texture, or a model that takes it, or drop them")
+            outside = [k for k in view_frames if frames is not None and not 0 <= k < frames]
+            if outside:
+                counted = f", counted from {name['frame_start']}" if "frame_start" in name else ""
+                return fault("view_outside", "views",
+                             f"{views}: frame {outside[0]} is not one of the job's {frames} frames "
+                             f"(0..{frames - 1}{counted})")
         return None
 
     def check_inputs(self, error: ErrorClass, names: Mapping[str, str] | None = None, **facts: Any) -> JobSpec:
@@ -193,10 +216,12 @@ class JobSpec:
 
 
 def limits_document() -> dict[str, Any]:
-    """What ``GET /v1/limits`` answers: every job parameter's default and (lowest, highest) value."""
+    """What ``GET /v1/limits`` answers: every job parameter's default and (lowest, highest) value, and
+    how many further views (``views``) a job may send."""
     return {
         "defaults": to_dict(JobSpec()),
-        "limits": {name: {"min": lo, "max": hi} for name, (lo, hi) in limits.JOB_LIMITS.items()},
+        "limits": {**{name: {"min": lo, "max": hi} for name, (lo, hi) in limits.JOB_LIMITS.items()},
+                   "views": {"min": 0, "max": limits.DEFAULTS["views"]}},  # pictures in the views zip
         "choices": {"sampler": list(SAMPLERS), "noise": list(NOISE_MODES), "method": list(METHODS),
                     "iuv_order": list(IUV_ORDERS)},
     }

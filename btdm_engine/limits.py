@@ -24,6 +24,7 @@ DEFAULTS: dict[str, int] = {
     "batch": 1024,  # samples per step (finetune --batch, train --batch, --max-batch)
     "parameters": 2_000_000_000,  # network parameters a checkpoint's config.json may declare
     "sequences": 100_000,  # sequences in one dataset manifest
+    "views": 16,  # further pictures of the person in one job (animate --view; the service's views zip: always 16)
 }
 # fps outside this range is refused (a clip's fps, a BVH's Frame Time, --fps).
 FPS_RANGE: tuple[float, float] = (0.1, 1000.0)

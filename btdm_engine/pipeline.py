@@ -27,7 +27,7 @@ import copy
 import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -492,6 +492,7 @@ class Animator:
         appearance: np.ndarray | None = None,
         appearance_iuv: np.ndarray | None = None,
         *,
+        views: Sequence[tuple[np.ndarray, np.ndarray]] = (),
         steps: int = _JOB.steps,
         sr_steps: int | None = _JOB.sr_steps,
         seed: int = _JOB.seed,
@@ -525,6 +526,10 @@ class Animator:
             appearance_iuv: g(c), the IUV map of ``appearance`` (H, W, 3) uint8: used by
                 fine-tuning and by a warp-conditioned model's texture-transfer prior (without it,
                 such a model gets the blank prior and draws from c alone).
+            views: further pictures of the same person, ``(image, iuv)`` pairs (uint8 (H, W, 3)
+                and its IUV map), e.g. renders at other frames of the shot: their pixels join c's
+                UV texture, so the prior shows what c hides (a warp-conditioned model only; needs
+                g(c)). c alone conditions the networks and fine-tuning.
             steps: BTU-Net denoising steps (paper: 50).
             sr_steps: SR3 denoising steps (None: the SR3 checkpoint's own choice, else ``steps``;
                 :meth:`sr_steps_for`).
@@ -562,12 +567,13 @@ class Animator:
                        finetune_lr=finetune_lr, sampler=sampler, eta=eta, noise=noise, max_batch=max_batch)
         spec.check(AnimatorError).check_inputs(
             AnimatorError, appearance=appearance is not None, appearance_iuv=appearance_iuv is not None,
-            has_sr3=self.sr3 is not None, texture_prior=self.uses_warp)
+            has_sr3=self.sr3 is not None, texture_prior=self.uses_warp,
+            view_frames=range(len(views)))  # each view comes with its own IUV map: only their count matters
         check_choice(sr_noise, "sr_noise", NOISE_MODES, AnimatorError)
         if self.sr3 is None and (sr_batch is not None or sr_low_res_logsnr is not None):
             raise AnimatorError("sr_batch / sr_low_res_logsnr given but this Animator has no SR3 model")
 
-        job = self.prepare(pose_maps, appearance, appearance_iuv)
+        job = self.prepare(pose_maps, appearance, appearance_iuv, views)
         btunet = self.btunet
         if finetune_steps > 0:
             btunet = self.finetune(job, steps=finetune_steps, lr=finetune_lr, seed=seed, batch=finetune_batch,
@@ -588,10 +594,11 @@ class Animator:
 
     def prepare(
         self, pose_maps: np.ndarray | Tensor, appearance: np.ndarray | None = None,
-        appearance_iuv: np.ndarray | None = None,
+        appearance_iuv: np.ndarray | None = None, views: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     ) -> GenerationInputs:
         """Stage 0: the networks' inputs: pose maps at the BTU-Net's size (NEAREST), c, g(c), and for
-        a warp-conditioned model the texture-transfer prior of every frame (appended to the pose maps)."""
+        a warp-conditioned model the texture-transfer prior of every frame (appended to the pose maps),
+        from the UV texture of c and any further ``views`` (see :meth:`animate_iter`)."""
         res = self.low_resolution
         dev = self.device
         poses = prepare_pose_maps(pose_maps, res)
@@ -606,10 +613,13 @@ class Animator:
                 )
             g = iuv_to_network(appearance_iuv, res, where="appearance_iuv")
         texture = iuv = None
+        if views and not self.uses_warp:
+            raise AnimatorError(f"views: {len(views)} further views given, but this model takes no texture-transfer "
+                                "prior, which is all they feed")
         if self.uses_warp:
             iuv = _as_iuv_array(pose_maps)
             texture = (UVTexture.blank() if appearance is None
-                       else texture_from_image(appearance, appearance_iuv))
+                       else texture_from_image(appearance, appearance_iuv, views=views))
             poses = torch.cat([poses, warp_maps(texture, iuv, res)], dim=1)
             if g is not None:
                 assert appearance_iuv is not None

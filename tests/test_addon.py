@@ -286,6 +286,7 @@ class Engine:
     """`btdm serve` on a free loopback port; killed at teardown."""
 
     def __init__(self, data: Path, *extra: str) -> None:
+        self.data = data
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(data.parent / "serve.log", "wb")  # noqa: SIM115 (open while the server runs; stop() closes it)
@@ -417,6 +418,12 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
         bpy.ops.btdm.generate_previs()
         [strip] = list(scene.sequence_editor.strips_all)
         seen["TEXTURE"] = {{"job": strip["btdm_job_id"], "n": len(strip.elements)}}
+        # the scene render at three frames: the Render frame (2) and two more spread over 1..8 join its texture
+        scene.btdm.appearance, scene.btdm.render_views = "RENDER", 3
+        bpy.ops.btdm.generate_previs()
+        [strip] = list(scene.sequence_editor.strips_all)
+        seen["VIEWS"] = {{"job": strip["btdm_job_id"], "n": len(strip.elements)}}
+        scene.btdm.render_views = 1
         scene.btdm.method = "DIFFUSION"
         # a photo without its reference pose in the shot cannot be fine-tuned on: said before any work
         scene.btdm.appearance, scene.btdm.appearance_image = "PHOTO", {str(tmp_path / 'photo.png')!r}
@@ -430,8 +437,8 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
         print("RESULT " + json.dumps({{"modes": seen, "refused": refused, "method": method}}))
     """, tmp_path, env={"BTDM_ENGINE_URL": engine.url})
     modes = result["modes"]
-    assert set(modes) == {"IMAGE_IUV", "PHOTO", "RENDER", "NONE", "TEXTURE"}
-    assert all(r["n"] == 8 for r in modes.values()) and len({r["job"] for r in modes.values()}) == 5
+    assert set(modes) == {"IMAGE_IUV", "PHOTO", "RENDER", "NONE", "TEXTURE", "VIEWS"}
+    assert all(r["n"] == 8 for r in modes.values()) and len({r["job"] for r in modes.values()}) == 6
     client = EngineClient(engine.url)
     params = {mode: client.job(r["job"])["params"] for mode, r in modes.items()}
     assert {p["model"] for p in params.values()} == {"toy"}
@@ -442,6 +449,11 @@ def test_every_appearance_mode_generates_plates(engine: Engine, tmp_path: Path) 
     # scene frames 3 and 2 of the range 1..8 are the job's frames 2 and 1
     assert (params["PHOTO"]["appearance_frame"], params["PHOTO"]["finetune_steps"]) == (2, 2)
     assert (params["RENDER"]["appearance_frame"], params["RENDER"]["finetune_steps"]) == (1, 2)
+    # scene frames 3 and 6 (the middles of 1..8's two halves) as job frames 2 and 5: whole renders of the shot
+    assert params["VIEWS"]["appearance_frame"] == 1 and params["VIEWS"]["method"] == "texture"
+    views = engine.data / "jobs" / modes["VIEWS"]["job"] / "input" / "views"
+    assert sorted(p.name for p in views.iterdir()) == ["000002.png", "000005.png"]
+    assert cv2.imread(str(views / "000005.png")).shape == (108, 192, 3)  # the camera's view, cut by the engine
     assert result["method"] == "FIT"
     assert "reference pose" in result["refused"] and "frame 50 lies outside the frame range 1..8" in result["refused"]
     plate = cv2.imread(str(tmp_path / "previs" / "shot_Scene_ShotCam" / "take_005" / "000001.png"), cv2.IMREAD_UNCHANGED)

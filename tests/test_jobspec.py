@@ -16,7 +16,7 @@ from btdm_engine.jobspec import RULES, JobFault, JobSpec
 # the service's words (service/schemas.JobParams): files by their form field, params as params.<key>
 SERVICE = {"appearance": "appearance", "appearance_iuv": "appearance_iuv", "appearance_frame": "params.appearance_frame",
            "frame_start": "frame_start", "finetune_steps": "params.finetune_steps", "method": "params.method",
-           "sr_steps": "params.sr_steps"}
+           "sr_steps": "params.sr_steps", "views": "views"}
 NONE = {"appearance": False, "appearance_iuv": False}
 APP = {"appearance": True, "appearance_iuv": False}
 BOTH = {"appearance": True, "appearance_iuv": True}
@@ -71,6 +71,21 @@ CASES = [
      ("params.appearance_frame",
       "params.appearance_frame 3 is not one of the job's 3 frames (0..2, counted from frame_start)"),
      ("--appearance-frame", "--appearance-frame 3 is not one of the job's 3 frames (0..2)"), None),
+    # further views of the person (the add-on's renders at several frames) join c's UV texture
+    (JobSpec(), {**APP, **WARP, "view_frames": (2,)}, "views_without_iuv",
+     ("views", "views: further views join the appearance's UV texture, which starts from appearance and its IUV map: give "
+      "appearance with appearance_iuv or params.appearance_frame K too"),
+     ("--view", "--view: further views join the appearance's UV texture, which starts from --appearance and its IUV map"),
+     ("views", "give appearance with appearance_iuv too")),
+    (JobSpec(), {**NONE, "own_appearance": True, "view_frames": (2,)}, "views_without_iuv",
+     ("views", "give appearance with"), ("--view", "give --appearance with"), ("views", "give appearance with")),
+    (JobSpec(), {**APP, "appearance_frame": 0, **PLAIN, "view_frames": (1,)}, "views_unused",
+     ("views", "views: further views feed the texture-transfer prior, which model plain does not take; use "
+      "params.method texture"),
+     ("--view", "use --method texture, or a model that takes it, or drop them"), None),
+    (JobSpec(method="texture"), {**APP, "appearance_frame": 0, "frames": 4, "view_frames": (1, 4)}, "view_outside",
+     ("views", "views: frame 4 is not one of the job's 4 frames (0..3, counted from frame_start)"),
+     ("--view", "--view: frame 4 is not one of the job's 4 frames (0..3)"), None),
 ]
 
 
@@ -104,6 +119,9 @@ def test_every_rule_is_tested_and_listed_in_order() -> None:
     (JobSpec(sr_steps=2), NONE | WARP),
     (JobSpec(sr_steps=2, finetune_steps=1), {}),  # the model's facts and the inputs are not known yet
     (JobSpec(), {"appearance_frame": 5}),  # the frame count is not known yet
+    (JobSpec(), BOTH | WARP | {"view_frames": (3, 7)}),  # views feed the warp-conditioned model's prior
+    (JobSpec(method="texture"), APP | PLAIN | {"appearance_frame": 0, "frames": 8, "view_frames": (0, 7)}),
+    (JobSpec(), {"view_frames": (9,)}),  # nothing else known yet
 ])
 def test_what_the_rules_accept(spec: JobSpec, facts: dict) -> None:
     assert spec.fault(SERVICE, **facts) is None
@@ -147,6 +165,14 @@ def test_btdm_animate_refuses_in_its_flags_words(tmp_path: Path, capsys: pytest.
     said = refused("--posemaps", str(maps), "--frames", "1:2", "--method", "texture", "--appearance", app,
                    "--appearance-frame", "1")
     assert "--appearance-frame 1 is not one of the job's 1 frames (0..0, counted from --frames START)" in said
+    # --view K IMG: K a job frame, at most 16 pictures, of the person the appearance shows (not the model's own)
+    said = refused("--posemaps", str(maps), "--method", "texture", "--appearance", app, "--appearance-frame", "0",
+                   "--view", "2", app)
+    assert "--view: frame 2 is not one of the job's 2 frames (0..1)" in said
+    assert "K must be a job frame number (zero-based), got 'one'" in refused("--posemaps", str(maps), "--view", "one", app)
+    assert "over the views limit of 16" in refused("--posemaps", str(maps), *["--view", "1", app] * 17)
+    said = refused("--posemaps", str(maps), "--view", "1", app)
+    assert "--view: further views join the appearance's UV texture, which starts from --appearance" in said
 
 
 def test_btdm_animate_names_sr_steps_for_a_model_without_sr3(tmp_path: Path,

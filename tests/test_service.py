@@ -526,6 +526,72 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
     assert refused(appearance=_png((64, 64, 3)), params={**without, "plate": False}).field == "params.finetune_steps"
 
 
+def test_views_join_the_texture_as_btdm_animate_view_does(server: Server, clip_file: Path, tmp_path: Path) -> None:
+    # Pictures of the person at further frames of the shot (the add-on's Scene render at several frames) join
+    # the appearance's UV texture: the service's views zip and `btdm animate --view K IMG` make the same frames,
+    # and at a view's frame the plate shows what that picture shows, which the appearance alone cannot.
+    from btdm_bridge.engine_client import EngineError
+    from btdm_engine.body.model import load_body_model
+    from btdm_engine.motion.clip import MotionClip
+    from btdm_engine.posemaps.renderer import IUVRenderer
+
+    wide = MotionClip.load(clip_file).resized(192, 128)
+    path = wide.save(tmp_path / "wide.npz")
+    with IUVRenderer(load_body_model(wide.body_model), 192, 128) as renderer:
+        maps = np.stack(list(renderer.render_clip(wide, progress=False)))
+    # the person: a colour of its own on each of the 24 body parts, which no mirror or fill can guess
+    colours = np.random.default_rng(7).integers(0, 256, (25, 3)).astype(np.uint8)
+    colours[0] = 255  # the background
+    shots = colours[maps[..., 0]]
+    pngs = {}
+    for k in (0, 2, 5):
+        ok, png = cv2.imencode(".png", shots[k][..., ::-1])
+        assert ok
+        pngs[k] = png.tobytes()
+        (tmp_path / f"shot{k}.png").write_bytes(pngs[k])
+    client = server.client()
+    params = {"method": "texture", "appearance_frame": 2, "video": False}
+    alone = client.wait(client.submit(motion=path, appearance=pngs[2], params=params)["id"])
+    final = client.wait(client.submit(motion=path, appearance=pngs[2], views={0: pngs[0], 5: pngs[5]},
+                                      params=params)["id"])
+    assert final["state"] == alone["state"] == "succeeded", final["error"]
+    subprocess.run([*BTDM, "animate", "--clip", str(path), "--plate", "--method", "texture", "--size", "256",
+                    "--appearance", str(tmp_path / "shot2.png"), "--appearance-frame", "2", "--view", "0",
+                    str(tmp_path / "shot0.png"), "--view", "5", str(tmp_path / "shot5.png"), "--out",
+                    str(tmp_path / "local"), "--no-progress"], cwd=REPO, env=child_env(), check=True, capture_output=True)
+    for n in range(6):
+        np.testing.assert_array_equal(decode(client.frame(final["id"], n)),
+                                      cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
+
+    def error(job: dict, n: int) -> float:  # the plate against the picture of frame n, on the body
+        plate = decode(client.plate(job["id"], n))[..., [2, 1, 0]].astype(float)
+        body = maps[n][..., 0] > 0
+        return float(np.abs(plate - shots[n])[body].mean())
+
+    # a short walk seen from one side: frame 2 shows most of what frames 0 and 5 do (2.6 -> 2.1 grey levels here)
+    assert error(final, 5) < 0.9 * error(alone, 5) and error(final, 0) < 0.9 * error(alone, 0)
+
+    def refused(status: int, **submit: object) -> EngineError:
+        with pytest.raises(EngineError) as info:
+            client.submit(motion=path, **submit)
+        assert info.value.status == status, info.value
+        return info.value
+
+    said = refused(422, appearance=pngs[2], views={6: pngs[5]}, params=params)
+    assert said.field == "views" and "frame 6 is not one of the job's 6 frames" in said.message
+    said = refused(422, views={5: pngs[5]}, params={"video": False})  # the model's own appearance is not this person
+    assert said.field == "views" and "give appearance with" in said.message
+    assert refused(400, appearance=pngs[2], views={5: _png((64, 64, 3))}, params=params).field == "views"  # not the shot
+    many = {k: pngs[5] for k in range(17)}
+    assert refused(413, appearance=pngs[2], views=many, params={**params}).field == "views"
+    bad = io.BytesIO()
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("../000001.png", pngs[5])
+    code, body = _post(server, motion=path.read_bytes(), appearance=pngs[2], views=bad.getvalue(),
+                       params=json.dumps(params))
+    assert (code, body["error"]["field"]) == (400, "views"), body
+
+
 def test_skeleton_job_is_retargeted(server: Server, clip_file: Path, tmp_path: Path, toy_model: Path) -> None:
     from btdm_engine.motion.bvh import read_bvh, save_bvh, skeleton_from_bvh
     from btdm_engine.motion.clip import MotionClip

@@ -26,7 +26,9 @@ from btdm_engine.posemaps.texture import (
     TextureError,
     UVTexture,
     build_texture,
+    texture_from_image,
     transfer,
+    transfer_frames,
     warp_maps,
 )
 
@@ -139,6 +141,14 @@ def test_several_views_fill_one_texture_and_edge_pixels_count_little():
     left, right = patch(2, 8, 8, 48, 40, u=(0, 100)), patch(2, 8, 8, 48, 40, u=(150, 255))
     both = build_texture([(uv_colours(left), left), (uv_colours(right), right)], size=16)
     assert both.confidence[2].mean() > build_texture([(uv_colours(left), left)], size=16).confidence[2].mean()
+    # the one way a job builds its texture: c, then its further views; the texture method's frames from it
+    assert np.array_equal(texture_from_image(uv_colours(left), left, size=16, views=[(uv_colours(right), right)]).colour,
+                          both.colour)
+    with pytest.raises(TextureError, match="needs the appearance's IUV map"):
+        texture_from_image(uv_colours(left), None, views=[(uv_colours(right), right)])
+    maps = np.stack([left, right, patch(2, 4, 4, 20, 20)])
+    frames = list(transfer_frames(both, maps, start=1))
+    assert len(frames) == 2 and all(np.array_equal(f, transfer(both, m)) for f, m in zip(frames, maps[1:], strict=True))
 
 
 def test_blank_texture_errors_and_the_flip_property():
@@ -233,6 +243,11 @@ def test_animator_builds_the_prior_from_g_of_c_and_works_without_it(warp_model):
     assert job.poses.shape == (4, 7, 32, 32) and job.appearance_pose.shape == (7, 32, 32)
     tuned = animator.animate(poses, c, poses[0], finetune_steps=1, **kw)
     assert tuned.shape == with_prior.shape
+    # a further view (c seen again at frame 3) joins the texture: another prior, other frames; without g(c) refused
+    viewed = animator.prepare(poses, c, poses[0], views=[(np.ascontiguousarray(c[:, ::-1]), poses[3])])
+    assert (viewed.poses[:, 3:] != job.poses[:, 3:]).any() and (viewed.poses[:, :3] == job.poses[:, :3]).all()
+    with pytest.raises(AnimatorError, match="views: further views join the appearance's UV texture"):
+        animator.animate(poses, c, None, views=[(c, poses[3])], **kw)
 
 
 def test_a_model_without_the_prior_refuses_an_unused_iuv_map():
@@ -241,6 +256,11 @@ def test_a_model_without_the_prior_refuses_an_unused_iuv_map():
     animator = Animator(trained_like(BTUNet(BTUNetConfig.preset("tiny")), 1), ScheduleConfig(), device="cpu")
     with pytest.raises(AnimatorError, match="only used by fine-tuning"):
         animator.animate(pose_sequence(2, 32), appearance_image(32), pose_sequence(1, 32)[0], steps=1)
+    poses, c = pose_sequence(2, 32), appearance_image(32)
+    with pytest.raises(AnimatorError, match="views: further views feed the texture-transfer prior, which this model"):
+        animator.animate(poses, c, poses[0], views=[(c, poses[1])], steps=1, finetune_steps=1)
+    with pytest.raises(AnimatorError, match="takes no texture-transfer prior, which is all they feed"):
+        animator.prepare(poses, c, poses[0], views=[(c, poses[1])])  # the stage alone (the service's worker)
 
 
 def test_training_items_carry_the_prior(tmp_path):

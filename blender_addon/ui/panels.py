@@ -118,6 +118,7 @@ def draw_appearance_fields(layout, s, character: str = "") -> None:
         layout.prop(s, "iuv_order")
     if s.appearance == "RENDER":
         layout.prop(s, "render_frame")
+        layout.prop(s, "render_views")
 
 
 def draw_characters(layout, context) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from btdm_engine import limits
 from btdm_engine.cli import CliError, check_device
-from btdm_engine.commands.common import Progress, parse_frames
+from btdm_engine.commands.common import Progress, parse_frames, view_frames
 from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS, THREADS_HELP
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import StagedRun
@@ -31,7 +31,7 @@ _DEFAULT = JobSpec()
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
 # What the job's rules call each field and input here: its flag.
 _FLAGS = {name: "--" + name.replace("_", "-") for name in (*_SPEC_FIELDS, "appearance", "appearance_iuv",
-                                                           "appearance_frame")}
+                                                           "appearance_frame")} | {"views": "--view"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the appearance image shows the body as frame K (zero-based) does: with --plate the "
                    "camera's whole view at K (cut with K's window), else framed like the pose maps; fine-tuning "
                    "then uses frame K's pose map as g(c) (no --appearance-iuv)")
+    p.add_argument("--view", nargs=2, action="append", default=[], metavar=("K", "IMG.png"),
+                   help="another picture of the same person, showing the body as frame K does (as --appearance-frame: "
+                   "with --plate the camera's whole view at K); its pixels join the appearance's UV texture, so the "
+                   "texture-transfer prior (--method texture, the embedded model) shows what the appearance hides. "
+                   "Repeat for several (at most the views limit, 16)")
     p.add_argument("--iuv-order", choices=IUV_ORDERS, default=_DEFAULT.iuv_order,
                    help="channel layout of the IUV PNGs read (default btdm; densepose for detectron2 files)")
     p.add_argument("--method", choices=METHODS, default=_DEFAULT.method,
@@ -142,28 +147,25 @@ def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> 
     return maps, float(clip.fps), plan
 
 
-def _read_appearance(path: Path) -> Any:
+def _read_appearance(path: Path, flag: str = "--appearance") -> Any:
     from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb  # cv2
 
     if not path.is_file():
-        raise FileNotFoundError(f"--appearance {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: no such file")
     # The training frames are read the same way (alpha composited onto white).
     return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
 
 
-def _shown_frame(spec: JobSpec, args: argparse.Namespace, appearance: Any, pose_maps: Any,
-                 plan: Any) -> tuple[Any, Any]:
-    """(c, g(c)) for an appearance that shows frame K: cut with K's window (plates), and K's pose map."""
+def _at_frame(k: int, image: Any, pose_maps: Any, plan: Any, flag: str) -> tuple[Any, Any]:
+    """(image, its IUV map) for a picture that shows frame K: cut with K's window (plates), and K's pose map."""
     from btdm_engine.imageio import resize_labels  # cv2
 
-    k = args.appearance_frame
-    spec.check_inputs(CliError, _flags(args), appearance_frame=k, frames=len(pose_maps))
     if plan is not None:
         try:
-            return plan.crop(k, appearance, pose_maps.shape[1]), pose_maps[k]
+            return plan.crop(k, image, pose_maps.shape[1]), pose_maps[k]
         except ValueError as exc:
-            raise CliError(f"--appearance with --appearance-frame and --plate: {exc}") from None
-    return appearance, resize_labels(pose_maps[k], appearance.shape[:2])
+            raise CliError(f"{flag} and --plate: {exc}") from None
+    return image, resize_labels(pose_maps[k], image.shape[:2])
 
 
 def job_spec(args: argparse.Namespace) -> JobSpec:
@@ -203,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     texture_method = args.method == "texture"
     if args.model is None:
         model_dir = default_model_dir()
-        if args.appearance is None and args.appearance_frame is None:
+        if args.appearance is None and args.appearance_frame is None and not args.view:
             args.appearance, shipped_iuv = default_appearance()
             if args.appearance_iuv is None:
                 args.appearance_iuv = shipped_iuv
@@ -211,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"using {what}its appearance image {args.appearance}", file=sys.stderr)
     else:
         model_dir = args.model
-        own = model_appearance(model_dir) if args.appearance is None and args.appearance_frame is None else None
+        mine = args.appearance is not None or args.appearance_frame is not None or args.view  # the user's person
+        own = None if mine else model_appearance(model_dir)
         if own is not None:  # the folder's own c and g(c), as the embedded model's are used above
             args.appearance = own[0]
             if args.appearance_iuv is None:
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     spec = _check_limits(args)
     # the job's cross-field rules (btdm_engine/jobspec.py), again once the model's facts are known
     given = {"appearance": args.appearance is not None, "appearance_iuv": args.appearance_iuv is not None,
-             "appearance_frame": args.appearance_frame}
+             "appearance_frame": args.appearance_frame, "view_frames": view_frames(args.view)}
     spec.check_inputs(CliError, _flags(args), **given)
     if args.frames is not None and args.posemaps is None:
         raise CliError("--frames needs --posemaps (a clip is cut with btdm posemaps --start/--end)")
@@ -239,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     appearance_iuv = None
     if args.appearance_iuv is not None:
         appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
+    shown_views = [(k, _read_appearance(Path(image), "--view")) for k, (_, image) in zip(given["view_frames"], args.view)]
     animator = None if texture_method else Animator.from_pretrained(model_dir, device=args.device)
     size = (args.size or 256) if animator is None else animator.resolution
     reads_iuv = animator is None or animator.uses_warp or args.finetune_steps > 0
@@ -261,9 +265,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         pose_maps, fps = _read_posemaps(Path(args.posemaps), args.iuv_order, args.frames), 30.0
     fps = args.fps if args.fps is not None else fps
+    spec.check_inputs(CliError, _flags(args), **given, frames=len(pose_maps))  # K and the views' frames
     if args.appearance_frame is not None:
-        appearance, appearance_iuv = _shown_frame(spec, args, appearance, pose_maps, plan)
+        appearance, appearance_iuv = _at_frame(args.appearance_frame, appearance, pose_maps, plan,
+                                               "--appearance with --appearance-frame")
         appearance_iuv = appearance_iuv if reads_iuv else None
+    views = [_at_frame(k, image, pose_maps, plan, f"--view {k}") for k, image in shown_views]
 
     if animator is not None and animator.uses_warp and appearance is not None and appearance_iuv is None:
         print("note: no IUV map for the appearance image (--appearance-iuv, or --appearance-frame K for a picture "
@@ -277,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: removed {staging} left by an interrupted earlier run", file=sys.stderr)
     try:
         count, video = _generate(args, staging, animator, model_dir, pose_maps, appearance, appearance_iuv,
-                                 plan, fps, progress)
+                                 views, plan, fps, progress)
     except BaseException:
         run.abandon()  # what this run made goes (OUT/incomplete/, and OUT if it made it); an earlier run stays
         raise
@@ -315,7 +322,8 @@ def check_frame(frame: Any, pose_map: Any, k: int, model_dir: Any) -> None:
 
 
 def _generate(args: argparse.Namespace, staging: Path, animator: Any, model_dir: Any, pose_maps: Any,
-              appearance: Any, appearance_iuv: Any, plan: Any, fps: float, progress: bool) -> tuple[int, Any]:
+              appearance: Any, appearance_iuv: Any, views: list[tuple[Any, Any]], plan: Any, fps: float,
+              progress: bool) -> tuple[int, Any]:
     """Generate the frames into ``staging`` (published by the caller); returns (frame count, video or None)."""
     from btdm_engine.posemaps.preview import write_mp4, write_rgb_png, write_rgba_png  # torch, cv2
 
@@ -328,13 +336,12 @@ def _generate(args: argparse.Namespace, staging: Path, animator: Any, model_dir:
     count = 0
 
     if animator is None:
-        from btdm_engine.posemaps.texture import build_texture, transfer  # torch
+        from btdm_engine.posemaps.texture import texture_from_image, transfer_frames  # torch
 
-        texture = build_texture([(appearance, appearance_iuv)])
-        frames: Any = (transfer(texture, m) for m in pose_maps)
+        frames: Any = transfer_frames(texture_from_image(appearance, appearance_iuv, views=views), pose_maps)
     else:
         frames = animator.animate_iter(
-            pose_maps, appearance, appearance_iuv, steps=args.steps,
+            pose_maps, appearance, appearance_iuv, views=views, steps=args.steps,
             sr_steps=args.sr_steps, seed=args.seed,
             finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, sampler=args.sampler,
             precision=args.precision,

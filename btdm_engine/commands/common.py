@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from btdm_engine import limits
 from btdm_engine.cli import CliError
 
 __all__ = ["Progress", "parse_frames"]
@@ -43,3 +44,18 @@ def parse_frames(frames: str | None) -> tuple[int, int] | None:
     if not (sep and start.isdigit() and stop.isdigit()):
         raise CliError(f"--frames {frames!r}: expected START:STOP, e.g. 0:48")
     return int(start), int(stop)
+
+
+def view_frames(views: list[list[str]]) -> list[int]:
+    """The job frames K of ``btdm animate --view K IMG`` (its ``args.view``), checked: each a number
+    >= 0, no more than the views limit."""
+    limits.check("views", len(views), "--view (pictures)")
+    frames = []
+    for k, image in views:
+        try:
+            frames.append(int(k))
+        except ValueError:
+            raise CliError(f"--view {k} {image}: K must be a job frame number (zero-based), got {k!r}") from None
+        if frames[-1] < 0:
+            raise CliError(f"--view {k} {image}: K must be >= 0 (a zero-based job frame)")
+    return frames

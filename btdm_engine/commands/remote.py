@@ -19,7 +19,7 @@ from typing import Any
 
 from btdm_bridge.engine_client import EngineClient, EngineError
 from btdm_engine.cli import CliError
-from btdm_engine.commands.common import Progress, parse_frames
+from btdm_engine.commands.common import Progress, parse_frames, view_frames
 from btdm_engine.commands.serve import read_token
 from btdm_engine.fileio import StagedRun, atomic_write_bytes
 
@@ -84,6 +84,8 @@ def animate_remote(args: argparse.Namespace) -> int:
     try:
         client = EngineClient(args.engine, token=read_token(args))
         files: dict[str, Any] = {"appearance": args.appearance, "appearance_iuv": args.appearance_iuv}
+        if args.view:  # --view K IMG: the views zip, one picture per job frame K
+            files["views"] = {k: Path(image) for k, (_, image) in zip(view_frames(args.view), args.view)}
         if args.clip is not None:
             files["motion"] = Path(args.clip)
         else:

@@ -189,6 +189,12 @@ UPLOAD_DOC = {
     "appearance": "the appearance image c: a square PNG",
     "appearance_iuv": "the appearance image's IUV map g(c), a PNG of the same size (for finetune_steps and models "
                       "with the texture-transfer prior, GET /v1/models texture_prior)",
+    "views": "further pictures of the same person: a zip of PNGs named [folders/]<digits>.png by the job frame "
+             "(zero-based from frame_start) whose body each shows, that frame's pose map being its IUV map; each "
+             "framed like appearance with appearance_frame (the whole shot-camera view for a job with plates, else "
+             "square), at most 16 (GET /v1/limits: limits.views). Their pixels join the appearance's UV texture, so "
+             "the texture-transfer prior (method texture, models with texture_prior) shows what the appearance "
+             "hides; needs appearance with its IUV map (appearance_iuv or appearance_frame)",
 }
 
 
@@ -211,6 +217,7 @@ def submit(
     posemaps: Annotated[UploadFile | None, File(description=UPLOAD_DOC["posemaps"])] = None,
     appearance: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance"])] = None,
     appearance_iuv: Annotated[UploadFile | None, File(description=UPLOAD_DOC["appearance_iuv"])] = None,
+    views: Annotated[UploadFile | None, File(description=UPLOAD_DOC["views"])] = None,
     params: Annotated[str | None, Form(description="a JSON object (JobParams in the schemas)")] = None,
     tag: Annotated[str | None, Form(pattern=TAG_PATTERN, description="a label to find the job by (a show, a shot, "
                                     "a batch): GET /v1/jobs?tag=")] = None,
@@ -231,7 +238,7 @@ def submit(
         raise ServiceError(f"send exactly one motion source (motion, skeleton or posemaps); got "
                            f"{', '.join(given) or 'none'}", field="motion")
     source = given[0]
-    files = {**sources, "appearance": appearance, "appearance_iuv": appearance_iuv}
+    files = {**sources, "appearance": appearance, "appearance_iuv": appearance_iuv, "views": views}
     context = SubmitContext(frozenset(name for name, upload in files.items() if upload is not None),
                             lambda name: registry.entry(name).info)
     job_params = parse_params(params, context)  # every key, and the keys against each other, the files, the model
@@ -246,7 +253,7 @@ def submit(
     job_id = new_job_id()
     try:
         described = _save_inputs(store.job_dir(job_id) / "input", source, sources[source], appearance,
-                                 appearance_iuv, job_params, registry.entry(job_params.model).info["resolution"])
+                                 appearance_iuv, views, job_params, registry.entry(job_params.model).info["resolution"])
         report = described.pop("retarget", None)
         with admission.slot(store):  # the count and the insert together
             job = store.create(job_id, params=p, source=source, inputs=described, retarget=report,
@@ -291,7 +298,8 @@ def _replayed(job: dict[str, Any], digest: str | None, response: Response) -> di
 
 
 def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: UploadFile | None,
-                 appearance_iuv: UploadFile | None, params: JobParams, resolution: int) -> dict[str, Any]:
+                 appearance_iuv: UploadFile | None, views: UploadFile | None, params: JobParams,
+                 resolution: int) -> dict[str, Any]:
     """Copy and validate the uploads; returns what the worker needs to know about them."""
     p = params.model_dump()
     described: dict[str, Any] = {"source": source}
@@ -324,6 +332,13 @@ def _save_inputs(folder: Path, source: str, upload: UploadFile, appearance: Uplo
         inputs.save_upload(appearance_iuv.file, folder / "appearance_iuv.png", "appearance_iuv")
         inputs.check_appearance_iuv(folder / "appearance_iuv.png", p["iuv_order"], size)
         described["appearance_iuv"] = True
+    if views is not None:
+        archive = folder / "views.zip"
+        inputs.save_upload(views.file, archive, "views")
+        shot = (int(described["width"]), int(described["height"])) if wants_plates(p, described) else None
+        described["views"] = inputs.extract_views(archive, folder / "views", shot)
+        archive.unlink()
+        params.window(int(described["frames"]), described["views"])
     return described
 
 
@@ -504,6 +519,8 @@ def _missing_inputs(store: JobStore, job: dict[str, Any]) -> str | None:
         return "appearance image"
     if job["inputs"].get("appearance_iuv") and not (folder / "input" / "appearance_iuv.png").is_file():
         return "appearance IUV map"
+    if any(not (folder / "input" / "views" / f"{k:06d}.png").is_file() for k in job["inputs"].get("views", ())):
+        return "views"
     return None
 
 

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from btdm_engine import limits as engine_limits
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_dir, atomic_path, read_npy_header
 from btdm_engine.imageio import MIN_APPEARANCE_SIDE, ImageReadError, decode_image, decode_rgb
@@ -214,21 +215,28 @@ def check_appearance(path: Path, shot: tuple[int, int] | None = None) -> tuple[i
     """A PNG (RGB, RGBA or grey, 8 or 16 bit) that OpenCV decodes: square, or with ``shot`` (width,
     height) the whole shot-camera view (its aspect within 1 %)."""
     data = path.read_bytes()
-    width, height = png_size(data, "appearance")
+    size = png_size(data, "appearance")
+    _check_picture(data, "appearance", "appearance", size, shot, str(path))
+    return size
+
+
+def _check_picture(data: bytes, where: str, field: str, size: tuple[int, int], shot: tuple[int, int] | None,
+                   name: str | None = None) -> None:
+    """A picture of the person (the appearance, a view): the shot's aspect with ``shot``, else square; decodable."""
+    width, height = size
     if shot is not None:
         from btdm_engine.motion.shot import same_aspect  # lazy: scipy (btdm_engine.motion)
 
         if not same_aspect(width, height, *shot):
-            raise ServiceError(f"appearance: {width}x{height} px; with params.appearance_frame it is the whole "
-                               f"shot-camera view, {shot[0]}x{shot[1]} (or that aspect)", field="appearance")
+            raise ServiceError(f"{where}: {width}x{height} px; at a frame of a job with plates it is the whole "
+                               f"shot-camera view, {shot[0]}x{shot[1]} (or that aspect)", field=field)
     elif width != height:
-        raise ServiceError(f"appearance: expected a square image (the networks are square), got {width}x{height}",
-                           field="appearance")
+        raise ServiceError(f"{where}: expected a square image (the networks are square), got {width}x{height}",
+                           field=field)
     try:
-        decode_rgb(data, str(path), min_side=MIN_APPEARANCE_SIDE)  # the same floor as btdm animate
+        decode_rgb(data, name or where, min_side=MIN_APPEARANCE_SIDE)  # the same floor as btdm animate
     except BtdmError as exc:
-        raise _named("appearance", exc) from None
-    return width, height
+        raise _named(field, exc) from None
 
 
 def check_appearance_iuv(path: Path, order: str, size: tuple[int, int] | None) -> None:
@@ -242,6 +250,52 @@ def check_appearance_iuv(path: Path, order: str, size: tuple[int, int] | None) -
     _decode_iuv(data, f"{field}: {path.name} (order={order})", field, order)
 
 
+def _open_zip(path: Path, field: str) -> zipfile.ZipFile:
+    if not zipfile.is_zipfile(path):
+        raise ServiceError(f"{field}: not a zip archive", field=field)
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ServiceError(f"{field}: unreadable zip archive ({exc})", field=field) from None
+
+
+def _numbered_members(archive: zipfile.ZipFile, field: str, max_members: int) -> dict[int, zipfile.ZipInfo]:
+    """The zip's files by the frame number of their ``[folders/]<digits>.png`` names (folder entries
+    skipped; no ``..``; each number once), counted and budgeted from the zip's directory alone."""
+    members = [info for info in archive.infolist() if not info.is_dir()]
+    if not members:
+        raise ServiceError(f"{field}: the zip holds no files", field=field)
+    if len(members) > max_members:
+        raise PayloadTooLarge(f"{field}: {len(members)} files; at most {max_members}", field=field)
+    if sum(info.file_size for info in members) > limits.MAX_UNZIPPED_BYTES:
+        raise PayloadTooLarge(f"{field}: more than {limits.MAX_UNZIPPED_BYTES // limits.MiB} MiB unzipped",
+                              field=field)
+    numbered: dict[int, zipfile.ZipInfo] = {}
+    for info in members:
+        match = _MEMBER.match(info.filename)
+        if match is None or any(part in (".", "..") for part in info.filename.split("/")):
+            raise ServiceError(f"{field}: member {info.filename[:100]!r} is not named <digits>.png", field=field)
+        index = int(match.group(1))
+        if index in numbered:
+            raise ServiceError(f"{field}: frame {index} appears twice ({numbered[index].filename[:100]!r}, "
+                               f"{info.filename[:100]!r})", field=field)
+        numbered[index] = info
+    return numbered
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, field: str, size: int | None = None) -> bytes:
+    """A member's bytes (its first ``size`` only, when given), never more than the zip declares."""
+    where = f"{field}: {info.filename[:100]}"
+    try:
+        with archive.open(info) as fh:
+            data = fh.read(info.file_size + 1 if size is None else size)
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+        raise ServiceError(f"{where}: unreadable ({exc})", field=field) from None
+    if len(data) > info.file_size:
+        raise ServiceError(f"{where}: larger than the zip declares", field=field)
+    return data
+
+
 def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
     """Validate a zip of IUV PNGs and write them, in the project's channel order, as ``dest/NNNNNN.png``.
 
@@ -253,42 +307,14 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
     from btdm_engine.posemaps.encoding import encode_iuv_png  # lazy: torch stays out of the API's import
 
     field = "posemaps"
-    if not zipfile.is_zipfile(path):
-        raise ServiceError(f"{field}: not a zip archive", field=field)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ServiceError(f"{field}: unreadable zip archive ({exc})", field=field) from None
-    with archive:
-        members = [info for info in archive.infolist() if not info.is_dir()]
-        if not members:
-            raise ServiceError(f"{field}: the zip holds no files", field=field)
-        if len(members) > limits.MAX_POSEMAP_MEMBERS:
-            raise PayloadTooLarge(f"{field}: {len(members)} files; at most {limits.MAX_POSEMAP_MEMBERS}", field=field)
-        if sum(info.file_size for info in members) > limits.MAX_UNZIPPED_BYTES:
-            raise PayloadTooLarge(f"{field}: more than {limits.MAX_UNZIPPED_BYTES // limits.MiB} MiB unzipped",
-                                  field=field)
-        numbered: dict[int, zipfile.ZipInfo] = {}
-        for info in members:
-            match = _MEMBER.match(info.filename)
-            if match is None or any(part in (".", "..") for part in info.filename.split("/")):
-                raise ServiceError(f"{field}: member {info.filename[:100]!r} is not named <digits>.png", field=field)
-            index = int(match.group(1))
-            if index in numbered:
-                raise ServiceError(f"{field}: frame {index} appears twice ({numbered[index].filename[:100]!r}, "
-                                   f"{info.filename[:100]!r})", field=field)
-            numbered[index] = info
+    with _open_zip(path, field) as archive:
+        numbered = _numbered_members(archive, field, limits.MAX_POSEMAP_MEMBERS)
         # Every map's PNG header first (33 bytes each): the decoded size of the whole zip is budgeted
         # before any map is decoded.
         decoded = 0
         for info in numbered.values():
             where = f"{field}: {info.filename[:100]}"
-            try:
-                with archive.open(info) as fh:
-                    head = fh.read(33)
-            except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
-                raise ServiceError(f"{where}: unreadable ({exc})", field=field) from None
-            decoded += png_info(head, field, limits.MAX_POSEMAP_SIDE, where)[2]
+            decoded += png_info(_read_member(archive, info, field, 33), field, limits.MAX_POSEMAP_SIDE, where)[2]
             if decoded > limits.MAX_POSEMAPS_DECODED_BYTES:
                 raise PayloadTooLarge(f"{field}: the maps decode to more than "
                                       f"{_mib(limits.MAX_POSEMAPS_DECODED_BYTES)} (from their PNG headers)",
@@ -299,13 +325,7 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
             for out_index, index in enumerate(sorted(numbered)):
                 info = numbered[index]
                 where = f"{field}: {info.filename[:100]}"
-                try:
-                    with archive.open(info) as fh:
-                        data = fh.read(info.file_size + 1)
-                except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
-                    raise ServiceError(f"{where}: unreadable ({exc})", field=field) from None
-                if len(data) > info.file_size:
-                    raise ServiceError(f"{where}: larger than the zip declares", field=field)
+                data = _read_member(archive, info, field)
                 width, height, _ = png_info(data, field, limits.MAX_POSEMAP_SIDE, where)
                 if width != height:
                     raise ServiceError(f"{where}: {width}x{height}; pose maps must be square", field=field)
@@ -317,3 +337,27 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
                 (tmp / f"{out_index:06d}.png").write_bytes(encode_iuv_png(iuv, "btdm"))
     assert size is not None
     return {"frames": len(numbered), "width": size[0], "height": size[1]}
+
+
+def extract_views(path: Path, dest: Path, shot: tuple[int, int] | None) -> list[int]:
+    """Validate a zip of further views of the person and write them as ``dest/NNNNNN.png``.
+
+    Members are ``[folders/]<digits>.png`` named by the job frame (zero-based from
+    ``frame_start``) whose body each shows, so that frame's pose map is its IUV map; at most
+    ``views`` (:data:`btdm_engine.limits.DEFAULTS`) of them, each an appearance image
+    (:func:`check_appearance`: square, or with ``shot`` the whole shot-camera view). Returns the
+    frames, in order (:meth:`JobParams.window` checks them against the job's frames).
+    """
+    field = "views"
+    with _open_zip(path, field) as archive:
+        numbered = _numbered_members(archive, field, engine_limits.DEFAULTS["views"])
+        for info in numbered.values():  # every header before anything is decoded
+            png_size(_read_member(archive, info, field, 33), field)
+        with atomic_dir(dest, replace=True) as tmp:
+            for index, info in sorted(numbered.items()):
+                where = f"{field}: {info.filename[:100]}"
+                data = _read_member(archive, info, field)
+                width, height = png_size(data, field)
+                _check_picture(data, where, field, (width, height), shot)
+                (tmp / f"{index:06d}.png").write_bytes(data)
+    return sorted(numbered)

@@ -21,6 +21,7 @@ MAX_UPLOAD_BYTES = {
     "posemaps": 192 * MiB,
     "appearance": 16 * MiB,
     "appearance_iuv": 16 * MiB,
+    "views": 64 * MiB,
 }
 """Per uploaded file, by form field."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -182,16 +182,18 @@ class JobParams(BaseModel):
             RULE_NAMES, appearance=appearance, appearance_iuv="appearance_iuv" in ctx.files,
             appearance_frame=self.appearance_frame,
             own_appearance=not appearance and self.use_default_appearance and model["has_default_appearance"],
-            model=f"model {model['name']}", has_sr3=model["has_sr3"], texture_prior=model["texture_prior"])
+            model=f"model {model['name']}", has_sr3=model["has_sr3"], texture_prior=model["texture_prior"],
+            view_frames=(0,) if "views" in ctx.files else ())  # their frames: window(), once the zip is read
         if fault is not None:  # jobspec.RULES, the CLI's and the Animator's rules, in the service's words
             raise _refused(fault.message, fault.field,
                            ServiceError if fault.rule == "iuv_without_appearance" else InvalidParams)
         return self
 
-    def window(self, frames: int) -> tuple[int, int]:
+    def window(self, frames: int, view_frames: Sequence[int] = ()) -> tuple[int, int]:
         """The source frames ``[start, stop)`` the job generates, from ``frame_start`` / ``frame_end``
         against the source's ``frames``; :class:`InvalidParams` naming the key when they do not fit,
-        when the window is over ``MAX_FRAMES`` or ``appearance_frame`` falls outside it."""
+        when the window is over ``MAX_FRAMES`` or ``appearance_frame`` or one of ``view_frames`` (the
+        views zip's) falls outside it."""
         start, end = self.frame_start, self.frame_end
         stop = frames if end is None else end
         if start >= frames:
@@ -203,7 +205,8 @@ class JobParams(BaseModel):
             raise InvalidParams(f"{stop - start} frames; a job may generate at most {limits.MAX_FRAMES} (send a "
                                 "shorter range: params frame_start / frame_end, or a shorter scene frame range in "
                                 "Blender)", field="params.frame_end")
-        fault = self.spec().fault(RULE_NAMES, appearance_frame=self.appearance_frame, frames=stop - start)
+        fault = self.spec().fault(RULE_NAMES, appearance_frame=self.appearance_frame, frames=stop - start,
+                                  view_frames=view_frames)
         if fault is not None:
             raise InvalidParams(fault.message, field=fault.field)
         return start, stop

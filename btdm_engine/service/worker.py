@@ -519,12 +519,13 @@ class _JobRun:
             if plan is not None:
                 appearance = plan.crop(shown, appearance, out_res)
             appearance_iuv = read_iuv_png(iuv_files[shown])
+        views = [self.view(k, plan, iuv_files, out_res) for k in self.inputs.get("views", ())]
         texture_method = p.get("method") == "texture"
         if p["finetune_steps"] == 0 and not animator.uses_warp and not texture_method:
             appearance_iuv = None  # only fine-tuning and the texture-transfer prior read g(c)
         pose_maps = np.stack([read_iuv_png(f) for f in iuv_files])
         if texture_method:  # no network: the appearance's pixels through the UV atlas, frame by frame
-            self.write_transfer(appearance, appearance_iuv, pose_maps, plan, iuv_files)
+            self.write_transfer(appearance, appearance_iuv, views, pose_maps, plan, iuv_files)
             if p["video"]:
                 self.write_video(num, fps)
             return
@@ -532,7 +533,7 @@ class _JobRun:
         # 3. the low-resolution sequence, once: the Animator's stages (fine-tuning, then algorithm 1
         # or the baseline), so the frames are `btdm animate`'s.
         low_path = self.dir / "low.npy"
-        job = animator.prepare(pose_maps, appearance, appearance_iuv)
+        job = animator.prepare(pose_maps, appearance, appearance_iuv, views)
         if low_path.is_file():
             low = torch.from_numpy(np.load(low_path, allow_pickle=False))
             logger.info("job %s: reusing the low-resolution result %s", self.id, low_path)
@@ -587,21 +588,30 @@ class _JobRun:
             self.write_video(num, fps)
 
     # -- pieces
-    def write_transfer(self, appearance: Any, appearance_iuv: Any, pose_maps: np.ndarray, plan: Any,
-                       iuv_files: list[Path]) -> None:
+    def view(self, k: int, plan: Any, iuv_files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Further view ``k`` (the views zip's picture of job frame k) and its IUV map, frame k's pose map;
+        a picture of the whole shot is cut with that frame's window, as the appearance is."""
+        from btdm_engine.imageio import read_rgb  # lazy: torch, cv2
+        from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
+
+        image = np.round(read_rgb(self.dir / "input" / "views" / f"{k:06d}.png") * 255.0).astype(np.uint8)
+        return (image if plan is None else plan.crop(k, image, size)), read_iuv_png(iuv_files[k])
+
+    def write_transfer(self, appearance: Any, appearance_iuv: Any, views: list[tuple[np.ndarray, np.ndarray]],
+                       pose_maps: np.ndarray, plan: Any, iuv_files: list[Path]) -> None:
         """``params.method`` texture: every missing frame by texture transfer (no network)."""
-        from btdm_engine.posemaps.texture import build_texture, transfer  # lazy: torch, cv2
+        from btdm_engine.posemaps.texture import texture_from_image, transfer_frames  # lazy: torch, cv2
 
         num = len(pose_maps)
         done = 0
         while done < num and (self.dir / "frames" / f"{done:06d}.png").is_file():
             done += 1
         (self.dir / "frames").mkdir(exist_ok=True)
-        texture = build_texture([(appearance, appearance_iuv)])
+        texture = texture_from_image(appearance, appearance_iuv, views=views)
         self.progress.set_stage("writing", done, num)
-        for n in range(done, num):
+        for n, frame in enumerate(transfer_frames(texture, pose_maps, start=done), start=done):
             self.check_cancel()
-            self.write_frame(n, transfer(texture, pose_maps[n]), plan, iuv_files)
+            self.write_frame(n, frame, plan, iuv_files)
             self.progress("writing", n + 1, num)
 
     def write_frame(self, n: int, frame: np.ndarray, plan: Any, iuv_files: list[Path]) -> None:
