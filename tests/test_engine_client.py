@@ -161,10 +161,11 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
         assert cv2.imread(str(tmp_path / "remote" / name)).shape == (64, 64, 3), name  # the toy model's size
         np.testing.assert_array_equal(cv2.imread(str(tmp_path / "remote" / name)),
                                       cv2.imread(str(tmp_path / "local" / name)), err_msg=name)
-    # --frames with --posemaps means the same frames on the engine as locally; local-only flags are refused.
+    # --frames with --posemaps means the same frames on the engine as locally, and so does a further view of the
+    # person (--view K IMG, the views zip; the toy model reads the prior); local-only flags are refused.
     job_id = remote.stderr.split("engine job ")[1].split()[0]
     maps = ["--posemaps", str(server.data / "jobs" / job_id / "posemaps" / "iuv"), "--frames", "2:5", "--steps", "2",
-            "--sr-steps", "2", "--seed", "3", "--no-progress", *look]
+            "--sr-steps", "2", "--seed", "3", "--no-progress", *look, "--view", "1", str(toy["appearance"])]
     for where, extra in (("remote_cut", ["--engine", server.url, "--token", TOKEN, "--model", "toy"]),
                          ("local_cut", ["--model", str(toy_model)])):
         subprocess.run([*BTDM, "animate", *maps, "--out", str(tmp_path / where), *extra], cwd=REPO, env=child_env(),
