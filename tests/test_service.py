@@ -346,6 +346,23 @@ def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path, toy_m
     final = client.wait(job["id"])
     assert final["state"] == "succeeded" and final["frames_done"] == 3 and final["source"] == "posemaps"
     assert decode(client.frame(job["id"], 2)).shape == (64, 64, 3)  # the toy model's size
+    # a picture framed like the pose maps but of another size, at an appearance frame: its IUV map is that pose map
+    # resized to it, as `btdm animate --posemaps` reads it (the same frames); a job once failed at this
+    (tmp_path / "maps").mkdir()
+    for path in sorted(maps.glob("*.png"))[:3]:
+        (tmp_path / "maps" / path.name).write_bytes(path.read_bytes())
+    small = cv2.resize(cv2.imread(str(toy["appearance"])), (40, 40), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "small.png"), small)
+    shown = {**fast, "appearance_frame": 1, "finetune_steps": 1, "video": False}
+    final = client.wait(client.submit(posemaps=zipped.getvalue(), appearance=tmp_path / "small.png", params=shown)["id"])
+    assert final["state"] == "succeeded", final["error"]
+    subprocess.run([*BTDM, "animate", "--posemaps", str(tmp_path / "maps"), "--model", str(toy_model), "--appearance",
+                    str(tmp_path / "small.png"), "--appearance-frame", "1", "--finetune-steps", "1", "--steps", "2",
+                    "--sr-steps", "2", "--seed", "3", "--out", str(tmp_path / "local"), "--no-progress"],
+                   cwd=REPO, env=child_env(), check=True, capture_output=True)
+    for n in range(3):
+        np.testing.assert_array_equal(decode(client.frame(final["id"], n)),
+                                      cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
 
 
 @pytest.mark.slow

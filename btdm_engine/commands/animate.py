@@ -157,15 +157,13 @@ def _read_appearance(path: Path, flag: str = "--appearance") -> Any:
 
 
 def _at_frame(k: int, image: Any, pose_maps: Any, plan: Any, flag: str) -> tuple[Any, Any]:
-    """(image, its IUV map) for a picture that shows frame K: cut with K's window (plates), and K's pose map."""
-    from btdm_engine.imageio import resize_labels  # cv2
+    """(image, its IUV map) for a picture that shows frame K (:func:`~btdm_engine.motion.shot.picture_at_frame`)."""
+    from btdm_engine.motion.shot import picture_at_frame  # scipy
 
-    if plan is not None:
-        try:
-            return plan.crop(k, image, pose_maps.shape[1]), pose_maps[k]
-        except ValueError as exc:
-            raise CliError(f"{flag} and --plate: {exc}") from None
-    return image, resize_labels(pose_maps[k], image.shape[:2])
+    try:
+        return picture_at_frame(plan, k, image, pose_maps[k])
+    except ValueError as exc:
+        raise CliError(f"{flag} and --plate: {exc}") from None
 
 
 def job_spec(args: argparse.Namespace) -> JobSpec:

@@ -30,6 +30,7 @@ from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from btdm_engine.dataconfig import is_int
 from btdm_engine.errors import BtdmError
+from btdm_engine.imageio import resize_labels
 from btdm_engine.motion.clip import MotionClip
 from btdm_engine.motion.library import cached_body_model
 
@@ -144,6 +145,18 @@ class ShotPlan:
         out[..., :3] = np.where(alpha[..., None] > 0, rgb, 0)
         out[..., 3] = alpha
         return out
+
+
+def picture_at_frame(plan: ShotPlan | None, n: int, image: np.ndarray, pose_map: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(picture, its IUV map) for a picture that shows the body as job frame n does (an appearance
+    at ``appearance_frame``, a further view): with a shot ``plan`` (plates) the picture is the whole
+    shot-camera view, cut with frame n's window at the pose map's size, and the pose map is its IUV
+    map; without one the picture is framed like the pose maps, which is resized to it (nearest).
+    ``btdm animate`` and the service's worker both read pictures of frames this way."""
+    if plan is not None:
+        return plan.crop(n, image, pose_map.shape[0]), pose_map
+    return image, resize_labels(pose_map, image.shape[:2])
 
 
 def unmix_edges(frame: np.ndarray, body: np.ndarray, grow_px: int) -> tuple[np.ndarray, np.ndarray]:

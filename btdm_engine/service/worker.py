@@ -475,6 +475,7 @@ class _JobRun:
         import torch  # lazy: torch
 
         from btdm_engine.imageio import read_rgb  # lazy: torch, cv2
+        from btdm_engine.motion.shot import picture_at_frame  # lazy: scipy
         from btdm_engine.pipeline import max_batch_for, pair_batch_for, sampling_workers, tensor_to_images  # lazy: torch
         from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
 
@@ -516,10 +517,8 @@ class _JobRun:
             # c shows the body as frame `shown` does: a picture of the whole shot is cut with that
             # frame's window (plates), and that frame's pose map is its IUV map g(c).
             _refuse(spec.fault(RULE_NAMES, appearance_frame=shown, frames=num))
-            if plan is not None:
-                appearance = plan.crop(shown, appearance, out_res)
-            appearance_iuv = read_iuv_png(iuv_files[shown])
-        views = [self.view(k, plan, iuv_files, out_res) for k in self.inputs.get("views", ())]
+            appearance, appearance_iuv = picture_at_frame(plan, shown, appearance, read_iuv_png(iuv_files[shown]))
+        views = [self.view(k, plan, iuv_files) for k in self.inputs.get("views", ())]
         texture_method = p.get("method") == "texture"
         if p["finetune_steps"] == 0 and not animator.uses_warp and not texture_method:
             appearance_iuv = None  # only fine-tuning and the texture-transfer prior read g(c)
@@ -588,14 +587,15 @@ class _JobRun:
             self.write_video(num, fps)
 
     # -- pieces
-    def view(self, k: int, plan: Any, iuv_files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Further view ``k`` (the views zip's picture of job frame k) and its IUV map, frame k's pose map;
-        a picture of the whole shot is cut with that frame's window, as the appearance is."""
+    def view(self, k: int, plan: Any, iuv_files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        """Further view ``k`` (the views zip's picture of job frame k) and its IUV map, frame k's pose map,
+        read as the appearance at ``appearance_frame`` is (:func:`picture_at_frame`)."""
         from btdm_engine.imageio import read_rgb  # lazy: torch, cv2
+        from btdm_engine.motion.shot import picture_at_frame  # lazy: scipy
         from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
 
         image = np.round(read_rgb(self.dir / "input" / "views" / f"{k:06d}.png") * 255.0).astype(np.uint8)
-        return (image if plan is None else plan.crop(k, image, size)), read_iuv_png(iuv_files[k])
+        return picture_at_frame(plan, k, image, read_iuv_png(iuv_files[k]))
 
     def write_transfer(self, appearance: Any, appearance_iuv: Any, views: list[tuple[np.ndarray, np.ndarray]],
                        pose_maps: np.ndarray, plan: Any, iuv_files: list[Path]) -> None:
