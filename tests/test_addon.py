@@ -224,6 +224,7 @@ def test_panel_draws_every_mode(tmp_path: Path) -> None:
     assert "prop armature" in auto and "prop camera" in auto and "prop steps" in auto
     assert "op btdm.use_reference_pose" in result["auto/PHOTO"]
     assert "prop appearance_iuv" in result["auto/IMAGE_IUV"] and "prop render_frame" in result["auto/RENDER"]
+    assert "prop render_views" in result["auto/RENDER"] and "prop render_views" not in result["auto/PHOTO"]
     assert "list BTDM_UL_bone_map" in result["CUSTOM/MODEL"]
     print("\n".join(auto))
 
