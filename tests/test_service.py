@@ -601,6 +601,12 @@ def test_views_join_the_texture_as_btdm_animate_view_does(server: Server, clip_f
     assert refused(400, appearance=pngs[2], views={5: _png((64, 64, 3))}, params=params).field == "views"  # not the shot
     many = {k: pngs[5] for k in range(17)}
     assert refused(413, appearance=pngs[2], views=many, params={**params}).field == "views"
+    bomb = io.BytesIO()  # a member that unzips to more than an appearance picture may be: refused from the directory
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("000001.png", pngs[5] + bytes(17 << 20))
+    code, body = _post(server, motion=path.read_bytes(), appearance=pngs[2], views=bomb.getvalue(),
+                       params=json.dumps(params))
+    assert (code, body["error"]["field"]) == (413, "views") and "larger than the 16 MiB" in body["error"]["message"]
     bad = io.BytesIO()
     with zipfile.ZipFile(bad, "w") as z:
         z.writestr("../000001.png", pngs[5])

@@ -351,7 +351,11 @@ def extract_views(path: Path, dest: Path, shot: tuple[int, int] | None) -> list[
     field = "views"
     with _open_zip(path, field) as archive:
         numbered = _numbered_members(archive, field, engine_limits.DEFAULTS["views"])
-        for info in numbered.values():  # every header before anything is decoded
+        most = limits.MAX_UPLOAD_BYTES["appearance"]  # each view is a picture like the appearance
+        for info in numbered.values():  # every size and header before anything is decoded
+            if info.file_size > most:
+                raise PayloadTooLarge(f"{field}: {info.filename[:100]} is larger than the {most // limits.MiB} MiB an "
+                                      "appearance picture may be", field=field)
             png_size(_read_member(archive, info, field, 33), field)
         with atomic_dir(dest, replace=True) as tmp:
             for index, info in sorted(numbered.items()):
