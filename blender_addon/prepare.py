@@ -300,7 +300,13 @@ def appearance_files(context, armature, camera, a=None) -> tuple[bytes | None, b
 
 def model_reads_iuv(name: str) -> bool:
     """Whether the engine says model ``name`` takes the texture-transfer prior (which reads the
-    appearance's IUV map without fine-tuning); False while the engine's model list is unknown."""
+    appearance's IUV map without fine-tuning, and further views). Before the add-on has talked to
+    the engine (a session's first Generate, which connects), the model list is unknown: then only
+    ``default``, the embedded model every engine serves under that name, is taken to (were that
+    engine's default another model, it refuses the IUV map or views naming them; were every
+    unknown model taken not to, the first run of the default would lose its prior)."""
+    if not MANAGER.status.models:
+        return name == "default"
     return any(m.get("name") == name and m.get("texture_prior") for m in MANAGER.status.models)
 
 

@@ -215,9 +215,13 @@ def test_panel_draws_every_mode(tmp_path: Path) -> None:
                 for _key, _label, draw, _opts in panels.SECTIONS:
                     draw(Recorder(lines), ctx)
                 out[f"{skeleton}/{mode}"] = lines
+        # no engine talked to yet: the embedded default is taken to read the prior (its IUV map and views are sent)
+        from blender_addon.prepare import model_reads_iuv
+        out["reads_iuv"] = [model_reads_iuv("default"), model_reads_iuv("toy")]
         blender_addon.unregister()
         print("RESULT " + json.dumps(out))
     """, tmp_path)
+    assert result.pop("reads_iuv") == [True, False]
     auto = result["auto/MODEL"]
     assert "op btdm.generate_previs" in auto and "op btdm.preview_posemaps" in auto
     assert "label Not connected" in auto and "op btdm.connect_engine" in auto
