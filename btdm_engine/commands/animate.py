@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "camera's whole view at K (cut with K's window), else framed like the pose maps; fine-tuning "
                    "then uses frame K's pose map as g(c) (no --appearance-iuv)")
     p.add_argument("--view", nargs=2, action="append", default=[], metavar=("K", "IMG.png"),
-                   help="another picture of the same person, showing the body as frame K does (as --appearance-frame: "
+                   help="another picture of the same person in the same light (a frame or render of the same shot), showing "
+                   "the body as frame K does (as --appearance-frame: "
                    "with --plate the camera's whole view at K); its pixels join the appearance's UV texture, so the "
                    "texture-transfer prior (--method texture, the embedded model) shows what the appearance hides. "
                    "Repeat for several (at most the views limit, 16)")
