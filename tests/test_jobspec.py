@@ -171,6 +171,8 @@ def test_btdm_animate_refuses_in_its_flags_words(tmp_path: Path, capsys: pytest.
     assert "--view: frame 2 is not one of the job's 2 frames (0..1)" in said
     assert "K must be a job frame number (zero-based), got 'one'" in refused("--posemaps", str(maps), "--view", "one", app)
     assert "over the views limit of 16" in refused("--posemaps", str(maps), *["--view", "1", app] * 17)
+    assert "frame 1 has a picture already (one --view per frame)" in refused("--posemaps", str(maps), "--view", "1", app,
+                                                                            "--view", "1", app)
     said = refused("--posemaps", str(maps), "--view", "1", app)
     assert "--view: further views join the appearance's UV texture, which starts from --appearance" in said
 

@@ -152,9 +152,12 @@ def _read_appearance(path: Path, flag: str = "--appearance") -> Any:
     from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb  # cv2
 
     if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path}: no such file")
+        raise FileNotFoundError(f"{flag} {path}: " + ("a folder, not an image" if path.is_dir() else "no such file"))
     # The training frames are read the same way (alpha composited onto white).
-    return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
+    try:
+        return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
+    except BtdmError as exc:
+        raise CliError(f"{flag}: {exc}") from None
 
 
 def _at_frame(k: int, image: Any, pose_maps: Any, plan: Any, flag: str) -> tuple[Any, Any]:
@@ -241,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
     appearance_iuv = None
     if args.appearance_iuv is not None:
         appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
-    shown_views = [(k, _read_appearance(Path(image), "--view")) for k, (_, image) in zip(given["view_frames"], args.view)]
+    shown_views = [(k, _read_appearance(Path(image), f"--view {k}"))
+                   for k, (_, image) in zip(given["view_frames"], args.view, strict=True)]
     animator = None if texture_method else Animator.from_pretrained(model_dir, device=args.device)
     size = (args.size or 256) if animator is None else animator.resolution
     reads_iuv = animator is None or animator.uses_warp or args.finetune_steps > 0

@@ -48,7 +48,8 @@ def parse_frames(frames: str | None) -> tuple[int, int] | None:
 
 def view_frames(views: list[list[str]]) -> list[int]:
     """The job frames K of ``btdm animate --view K IMG`` (its ``args.view``), checked: each a number
-    >= 0, no more than the views limit."""
+    >= 0 and given once (the service's views zip holds one picture per frame), no more than the
+    views limit."""
     limits.check("views", len(views), "--view (pictures)")
     frames = []
     for k, image in views:
@@ -58,4 +59,6 @@ def view_frames(views: list[list[str]]) -> list[int]:
             raise CliError(f"--view {k} {image}: K must be a job frame number (zero-based), got {k!r}") from None
         if frames[-1] < 0:
             raise CliError(f"--view {k} {image}: K must be >= 0 (a zero-based job frame)")
+        if frames[-1] in frames[:-1]:
+            raise CliError(f"--view {k} {image}: frame {frames[-1]} has a picture already (one --view per frame)")
     return frames

@@ -21,7 +21,7 @@ from typing import Any
 
 from btdm_engine.cli import CliError
 from btdm_engine.constants import THREADS_HELP
-from btdm_engine.limits import JOB_LIMITS
+from btdm_engine.limits import DEFAULTS, JOB_LIMITS
 from btdm_engine.service import limits
 from btdm_engine.service.lifeline import ParentWatch
 
@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="raise an engine limit on what uploads are read with (repeatable; names as for the other "
                         f"commands: frames, pixels, ...). A job's own limits are fixed: at most {limits.MAX_FRAMES} "
                         f"frames, {JOB_LIMITS['steps'][1]:g} steps, {JOB_LIMITS['finetune_steps'][1]:g} fine-tuning "
-                        f"steps (btdm_engine/limits.py, GET /v1/limits), {limits.MAX_REQUEST_BYTES >> 20} MiB per request "
+                        f"steps, {DEFAULTS['views']} further views (btdm_engine/limits.py, GET /v1/limits), "
+                        f"{limits.MAX_REQUEST_BYTES >> 20} MiB per request "
                         "(btdm_engine/service/limits.py)")
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
                    help="end with process PID (the Blender add-on passes its own): when it is gone, killed or "

@@ -289,7 +289,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, field: str, si
     try:
         with archive.open(info) as fh:
             data = fh.read(info.file_size + 1 if size is None else size)
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
+        # RuntimeError: an encrypted member ("password required")
         raise ServiceError(f"{where}: unreadable ({exc})", field=field) from None
     if len(data) > info.file_size:
         raise ServiceError(f"{where}: larger than the zip declares", field=field)
@@ -352,16 +353,25 @@ def extract_views(path: Path, dest: Path, shot: tuple[int, int] | None) -> list[
     with _open_zip(path, field) as archive:
         numbered = _numbered_members(archive, field, engine_limits.DEFAULTS["views"])
         most = limits.MAX_UPLOAD_BYTES["appearance"]  # each view is a picture like the appearance
+        decoded = 0
         for info in numbered.values():  # every size and header before anything is decoded
+            where = f"{field}: {info.filename[:100]}"
             if info.file_size > most:
-                raise PayloadTooLarge(f"{field}: {info.filename[:100]} is larger than the {most // limits.MiB} MiB an "
-                                      "appearance picture may be", field=field)
-            png_size(_read_member(archive, info, field, 33), field)
+                raise PayloadTooLarge(f"{where} is larger than the {most // limits.MiB} MiB an appearance picture "
+                                      "may be", field=field)
+            width, height, pixels = png_info(_read_member(archive, info, field, 33), field, where=where)
+            if pixels > limits.MAX_IMAGE_DECODED_BYTES:
+                raise PayloadTooLarge(f"{where}: {width}x{height} px decode to {_mib(pixels)}; at most "
+                                      f"{_mib(limits.MAX_IMAGE_DECODED_BYTES)} (save it as 8-bit, or smaller)", field=field)
+            decoded += pixels
+            if decoded > limits.MAX_VIEWS_DECODED_BYTES:
+                raise PayloadTooLarge(f"{field}: the pictures decode to more than {_mib(limits.MAX_VIEWS_DECODED_BYTES)} "
+                                      "together (from their PNG headers); send fewer or smaller", field=field)
         with atomic_dir(dest, replace=True) as tmp:
             for index, info in sorted(numbered.items()):
-                where = f"{field}: {info.filename[:100]}"
                 data = _read_member(archive, info, field)
-                width, height = png_size(data, field)
-                _check_picture(data, where, field, (width, height), shot)
+                width, height, _ = png_info(data, field, where=f"{field}: {info.filename[:100]}")
+                _check_picture(data, f"{field}: {info.filename[:100]}", field, (width, height), shot,
+                               name=info.filename[:100])
                 (tmp / f"{index:06d}.png").write_bytes(data)
     return sorted(numbered)

@@ -25,6 +25,10 @@ MAX_UPLOAD_BYTES = {
 }
 """Per uploaded file, by form field."""
 
+MAX_VIEWS_DECODED_BYTES = 256 * MiB
+"""What the pictures of one ``views`` zip may decode to, all together (from their PNG headers, before
+any is decoded): each may be an appearance picture's 64 MiB, not sixteen of them."""
+
 MAX_NPZ_DECODED_BYTES = {
     "motion": 256 * MiB,
     "skeleton": 512 * MiB,
