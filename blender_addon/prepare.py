@@ -371,9 +371,10 @@ def view_frames(scene, render_frame: int, count: int) -> list[int]:
 
 
 def _appearance_params(context, s, a, armature, camera, params: dict
-                       ) -> tuple[bytes | None, bytes | None, dict[int, bytes]]:
+                       ) -> tuple[bytes | None, bytes | None, dict[int, bytes], tuple[str, ...]]:
     """The appearance files of a plates job, its params filled in (``a``: the appearance settings, see
-    :func:`appearance_files`), and a Scene render's further views ``{job frame: PNG}`` (``a.render_views``)."""
+    :func:`appearance_files`), a Scene render's further views ``{job frame: PNG}`` (``a.render_views``),
+    and notes for the result (Views not rendered for a model that would not read them)."""
     appearance, appearance_iuv, use_default, shown = appearance_files(context, armature, camera, a)
     if shown is not None:
         params["appearance_frame"] = shown
@@ -391,9 +392,13 @@ def _appearance_params(context, s, a, armature, camera, params: dict
             raise UserError("Texture transfer has no network to fine-tune: set Fine-tuning steps to 0")
         params["method"] = "texture"
     params["use_default_appearance"] = use_default
-    views = {}
+    views, notes = {}, ()
     # further renders feed the texture-transfer prior only: none are made for a model that takes none
-    if a.appearance == "RENDER" and a.render_views > 1 and (s.method == "TEXTURE" or model_reads_iuv(s.model or "default")):
+    wanted = a.appearance == "RENDER" and a.render_views > 1
+    if wanted and not (s.method == "TEXTURE" or model_reads_iuv(s.model or "default")):
+        notes = (f"Views {a.render_views}: model {s.model or 'default'} takes no texture-transfer prior, which is "
+                 "all further views feed; only the Render frame was rendered",)
+    elif wanted:
         if shown is None:
             raise UserError(f"Views: several views need the Render frame inside the frame range "
                             f"{context.scene.frame_start}..{context.scene.frame_end} (it is {a.render_frame}), so the "
@@ -401,7 +406,7 @@ def _appearance_params(context, s, a, armature, camera, params: dict
         for frame in view_frames(context.scene, a.render_frame, a.render_views):
             views[frame - context.scene.frame_start] = render_appearance(context, armature, camera, whole=True,
                                                                          frame=frame)
-    return appearance, appearance_iuv, views
+    return appearance, appearance_iuv, views, notes
 
 
 def _sample(scene, armature, camera, start: int, end: int, skeleton_path: str = "") -> tuple[dict, str | None]:
@@ -440,13 +445,13 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         out = next_take(out, shot)
     if kind == "posemaps":
         appearance = appearance_iuv = None
-        views = {}
+        views, view_notes = {}, ()
         # the whole camera view scaled into the square, not the window that follows the body: the camera's
         # background and the strips crop the square's middle band, which is the camera frame (display.py)
         params["plate"] = False
         params["use_default_appearance"] = True
     else:
-        appearance, appearance_iuv, views = _appearance_params(context, s, s, armature, camera, params)
+        appearance, appearance_iuv, views, view_notes = _appearance_params(context, s, s, armature, camera, params)
     check_params(params, MANAGER.status.job_limits)
     arrays, note = _sample(scene, armature, camera, start, end, skeleton_path)
     without_camera = {k: v for k, v in arrays.items() if not k.startswith("cam_")}
@@ -455,7 +460,7 @@ def build_request(context, kind: str, *, out_override: str = "", posemaps_dir: s
         kind=kind, skeleton=_npz_bytes(arrays), params=params, out_dir=out, first_frame=start,
         num_frames=end - start + 1, settings=preferences.engine_settings(context), appearance=appearance,
         appearance_iuv=appearance_iuv, views=views, skeleton_without_camera=_npz_bytes(without_camera),
-        posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=(note,) if note else (), take=take,
+        posemaps_dir=keep_maps, shot=shot, adopt=adopt, notes=((note,) if note else ()) + view_notes, take=take,
         armature=armature.name)
 
 
@@ -512,8 +517,8 @@ def build_group(context, armatures, *, out_override: str = "") -> list[RunReques
         c = armature.btdm_character
         try:
             params = _motion_params(scene, s, armature, character_seed(s, armature, index))
-            appearance, appearance_iuv, views = _appearance_params(context, s, c if c.use_own_appearance else s,
-                                                                   armature, camera, params)
+            appearance, appearance_iuv, views, view_notes = _appearance_params(
+                context, s, c if c.use_own_appearance else s, armature, camera, params)
             check_params(params, MANAGER.status.job_limits)
             arrays, note = _sample(scene, armature, camera, start, end)
         except UserError as exc:
@@ -522,7 +527,8 @@ def build_group(context, armatures, *, out_override: str = "") -> list[RunReques
         requests.append(RunRequest(
             kind="plates", skeleton=_npz_bytes(arrays), params=params, out_dir=sub, first_frame=start,
             num_frames=end - start + 1, settings=settings, appearance=appearance, appearance_iuv=appearance_iuv,
-            views=views, skeleton_without_camera=None, shot=shot, notes=(f"{armature.name}: {note}",) if note else (),
+            views=views, skeleton_without_camera=None, shot=shot,
+            notes=tuple(f"{armature.name}: {n}" for n in ((note,) if note else ()) + view_notes),
             armature=armature.name, character=armature.name, depths=body_depths(arrays)))
     for request in requests:
         os.makedirs(request.out_dir, exist_ok=True)

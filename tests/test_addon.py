@@ -216,12 +216,23 @@ def test_panel_draws_every_mode(tmp_path: Path) -> None:
                     draw(Recorder(lines), ctx)
                 out[f"{skeleton}/{mode}"] = lines
         # no engine talked to yet: the embedded default is taken to read the prior (its IUV map and views are sent)
-        from blender_addon.prepare import model_reads_iuv
-        out["reads_iuv"] = [model_reads_iuv("default"), model_reads_iuv("toy")]
+        import dataclasses
+        from blender_addon import prepare
+        from blender_addon.engine import MANAGER
+        out["reads_iuv"] = [prepare.model_reads_iuv("default"), prepare.model_reads_iuv("toy")]
+        # an engine whose model reads no prior: Views are not rendered, and the result says so
+        MANAGER.status = dataclasses.replace(MANAGER.status, models=[{"name": "plain", "texture_prior": False}])
+        scene.render.engine = "BLENDER_WORKBENCH"
+        scene.btdm.model, scene.btdm.appearance, scene.btdm.render_frame, scene.btdm.render_views = "plain", "RENDER", 1, 3
+        _app, _iuv, views, notes = prepare._appearance_params(ctx, scene.btdm, scene.btdm, arm, scene.camera, {})
+        out["plain_views"] = [len(views), list(notes)]
         blender_addon.unregister()
         print("RESULT " + json.dumps(out))
     """, tmp_path)
     assert result.pop("reads_iuv") == [True, False]
+    count, notes = result.pop("plain_views")
+    assert count == 0 and notes == ["Views 3: model plain takes no texture-transfer prior, which is all further views "
+                                    "feed; only the Render frame was rendered"]
     auto = result["auto/MODEL"]
     assert "op btdm.generate_previs" in auto and "op btdm.preview_posemaps" in auto
     assert "label Not connected" in auto and "op btdm.connect_engine" in auto
