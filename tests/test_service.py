@@ -551,6 +551,7 @@ def test_views_join_the_texture_as_btdm_animate_view_does(server: Server, clip_f
     from btdm_engine.body.model import load_body_model
     from btdm_engine.motion.clip import MotionClip
     from btdm_engine.posemaps.renderer import IUVRenderer
+    from tests.test_service_store import zip_members
 
     wide = MotionClip.load(clip_file).resized(192, 128)
     path = wide.save(tmp_path / "wide.npz")
@@ -607,25 +608,18 @@ def test_views_join_the_texture_as_btdm_animate_view_does(server: Server, clip_f
     code, body = _post(server, motion=path.read_bytes(), appearance=pngs[2], views=bomb.getvalue(),
                        params=json.dumps(params))
     assert (code, body["error"]["field"]) == (413, "views") and "larger than the 16 MiB" in body["error"]["message"]
-    def zipped(members: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
-            for name, data in members.items():
-                z.writestr(name, data)
-        return buf.getvalue()
-
     def posted(views: bytes) -> tuple[int, dict]:
         return _post(server, motion=path.read_bytes(), appearance=pngs[2], views=views, params=json.dumps(params))
 
     # each error names the member; five 4096 px RGBA headers decode to over 256 MiB together: refused from the headers
     big = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + (4096).to_bytes(4, "big") * 2 + bytes([8, 6, 0, 0, 0]) + bytes(4)
-    code, body = posted(zipped({f"{k}.png": big for k in range(5)}))
+    code, body = posted(zip_members({f"{k}.png": big for k in range(5)}))
     assert (code, body["error"]["field"]) == (413, "views") and "more than 256.0 MiB together" in body["error"]["message"]
-    code, body = posted(zipped({"3.png": b"not a png at all, but long enough to have a header"}))
+    code, body = posted(zip_members({"3.png": b"not a png at all, but long enough to have a header"}))
     assert (code, body["error"]["message"]) == (400, "views: 3.png: not a PNG file"), body
-    code, body = posted(zipped({"5.png": _png((8, 8, 3))}))
+    code, body = posted(zip_members({"5.png": _png((8, 8, 3))}))
     assert code == 400 and body["error"]["message"].startswith("views: 5.png: ") and "views: views" not in str(body)
-    encrypted = bytearray(zipped({"5.png": pngs[5]}))  # the encryption flag set: zipfile wants a password
+    encrypted = bytearray(zip_members({"5.png": pngs[5]}))  # the encryption flag set: zipfile wants a password
     central = encrypted.index(b"PK\x01\x02")
     encrypted[central + 8] |= 1
     code, body = posted(bytes(encrypted))

@@ -81,7 +81,8 @@ def test_store_one_writer_under_threads(tmp_path: Path) -> None:
     assert store.version(ids[0]) == 51
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
+def zip_members(members: dict[str, bytes]) -> bytes:
+    """A zip of ``{name: bytes}`` (also the views and pose-map zips of tests/test_service.py)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for name, data in members.items():
@@ -97,7 +98,7 @@ def _iuv_png(size: int = 8, part: int = 1) -> bytes:
 
 def test_posemap_zip_rules(tmp_path: Path) -> None:
     good = tmp_path / "good.zip"
-    good.write_bytes(_zip({"maps/000010.png": _iuv_png(), "maps/2.png": _iuv_png(part=2)}))
+    good.write_bytes(zip_members({"maps/000010.png": _iuv_png(), "maps/2.png": _iuv_png(part=2)}))
     info = extract_posemaps(good, tmp_path / "out", "btdm")
     assert info == {"frames": 2, "width": 8, "height": 8}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000.png", "000001.png"]
@@ -111,7 +112,7 @@ def test_posemap_zip_rules(tmp_path: Path) -> None:
     }
     for label, members in bad.items():
         path = tmp_path / f"{label}.zip"
-        path.write_bytes(_zip(members))
+        path.write_bytes(zip_members(members))
         with pytest.raises(ServiceError) as exc:
             extract_posemaps(path, tmp_path / label, "btdm")
         assert exc.value.field == "posemaps", label
