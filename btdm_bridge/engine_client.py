@@ -71,7 +71,7 @@ def _zip_views(views: dict[int, Any]) -> bytes:
     """``{job frame K: PNG path or bytes}`` as the ``views`` zip: members ``<K>.png``."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-        for k, value in sorted(views.items(), key=lambda item: str(item[0])):
+        for k, value in views.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise EngineError(None, "bad_request", f"views: {k!r} is not a job frame (an int >= 0)", "views")
             archive.writestr(f"{k:06d}.png", _read_input(f"views[{k}]", value))

@@ -185,12 +185,19 @@ def png_info(data: bytes, field: str, max_side: int = limits.MAX_IMAGE_SIDE, whe
 
 
 def png_size(data: bytes, field: str, max_bytes: int = limits.MAX_IMAGE_DECODED_BYTES) -> tuple[int, int]:
-    """(width, height) of a PNG whose decoded pixels fit ``max_bytes`` (:func:`png_info`), else a 413."""
-    width, height, decoded = png_info(data, field)
+    """(width, height) of a PNG whose decoded pixels fit ``max_bytes`` (:func:`png_budget`), else a 413."""
+    return png_budget(data, field, max_bytes)[:2]
+
+
+def png_budget(data: bytes, field: str, max_bytes: int = limits.MAX_IMAGE_DECODED_BYTES, where: str | None = None
+               ) -> tuple[int, int, int]:
+    """(width, height, decoded bytes) of a PNG whose decoded pixels fit ``max_bytes`` (:func:`png_info`),
+    else a 413. Errors name ``where`` (default: the field)."""
+    width, height, decoded = png_info(data, field, where=where)
     if decoded > max_bytes:
-        raise PayloadTooLarge(f"{field}: {width}x{height} px decode to {_mib(decoded)}; at most "
+        raise PayloadTooLarge(f"{where or field}: {width}x{height} px decode to {_mib(decoded)}; at most "
                               f"{_mib(max_bytes)} (save it as 8-bit, or smaller)", field=field)
-    return width, height
+    return width, height, decoded
 
 
 def _decode_iuv(data: bytes, where: str, field: str, order: str) -> np.ndarray:
@@ -354,15 +361,14 @@ def extract_views(path: Path, dest: Path, shot: tuple[int, int] | None) -> list[
         numbered = _numbered_members(archive, field, engine_limits.DEFAULTS["views"])
         most = limits.MAX_UPLOAD_BYTES["appearance"]  # each view is a picture like the appearance
         decoded = 0
-        for info in numbered.values():  # every size and header before anything is decoded
+        sizes: dict[int, tuple[int, int]] = {}
+        for index, info in numbered.items():  # every size and header before anything is decoded
             where = f"{field}: {info.filename[:100]}"
             if info.file_size > most:
                 raise PayloadTooLarge(f"{where} is larger than the {most // limits.MiB} MiB an appearance picture "
                                       "may be", field=field)
-            width, height, pixels = png_info(_read_member(archive, info, field, 33), field, where=where)
-            if pixels > limits.MAX_IMAGE_DECODED_BYTES:
-                raise PayloadTooLarge(f"{where}: {width}x{height} px decode to {_mib(pixels)}; at most "
-                                      f"{_mib(limits.MAX_IMAGE_DECODED_BYTES)} (save it as 8-bit, or smaller)", field=field)
+            width, height, pixels = png_budget(_read_member(archive, info, field, 33), field, where=where)
+            sizes[index] = (width, height)
             decoded += pixels
             if decoded > limits.MAX_VIEWS_DECODED_BYTES:
                 raise PayloadTooLarge(f"{field}: the pictures decode to more than {_mib(limits.MAX_VIEWS_DECODED_BYTES)} "
@@ -370,8 +376,7 @@ def extract_views(path: Path, dest: Path, shot: tuple[int, int] | None) -> list[
         with atomic_dir(dest, replace=True) as tmp:
             for index, info in sorted(numbered.items()):
                 data = _read_member(archive, info, field)
-                width, height, _ = png_info(data, field, where=f"{field}: {info.filename[:100]}")
-                _check_picture(data, f"{field}: {info.filename[:100]}", field, (width, height), shot,
-                               name=info.filename[:100])
+                name = info.filename[:100]
+                _check_picture(data, f"{field}: {name}", field, sizes[index], shot, name=name)
                 (tmp / f"{index:06d}.png").write_bytes(data)
     return sorted(numbered)
