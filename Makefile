@@ -19,14 +19,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/btdm demo --out out/demo
 
-# The whole suite, then its 15 slowest tests (where the time goes).
+# The whole suite in one pytest-xdist worker per core (TEST_WORKERS=0: in this one process, in order),
+# each test file in one worker (its module fixtures start once), then its 15 slowest tests.
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 # The inner loop: everything but the tests marked slow (more than ~30 s on a 2-core machine).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --durations=10 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" --durations=10 tests
 
 bench: $(STAMP)
 	$(PY) -m bench

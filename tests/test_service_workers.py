@@ -151,3 +151,4 @@ def test_btdm_serve_workers_2(tmp_path: Path, clip_file: Path) -> None:
         assert final["state"] == "succeeded" and final["worker"] in ("btdm-worker-0@cpu", "btdm-worker-1@cpu")
     finally:
         srv.stop()
+    assert "Traceback" not in srv.log.read_text()  # SIGTERM stopped the pool at once (a missing method once did not)

@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on", timeout_keep_alive=limits.KEEP_ALIVE_S,
                             limit_concurrency=limits.MAX_CONNECTIONS, **tls)
-    server = uvicorn.Server(config)
+    server = _server(config, app, worker)
     if watch is not None:
         watch.start()
     try:
@@ -335,3 +335,20 @@ def run(args: argparse.Namespace) -> int:
     if not server.started:
         raise CliError(f"could not listen on {args.host}:{args.port} (see the log above)")
     return 0
+
+
+
+def _server(config: Any, app: Any, worker: Any) -> Any:
+    """uvicorn's server, but one that at SIGINT / SIGTERM interrupts the running job and ends the event
+    streams at once, not only once the open connections have drained (up to
+    ``timeout_graceful_shutdown``, 5 s, in which a job would run on, even to its end, and a following
+    client's stream held the shutdown): the job goes back to the queue, the server exits in moments."""
+    import uvicorn  # lazy: uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.stopping.set()
+            worker.signal_stop()
+            super().handle_exit(sig, frame)
+
+    return Server(config)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -403,7 +404,8 @@ async def job_events(request: Request, store: StoreDep, job_id: JobId) -> Stream
 
     async def stream() -> AsyncIterator[str]:
         last, last_sent = -1, time.monotonic()
-        while not await request.is_disconnected():
+        stopping = request.app.state.stopping
+        while not stopping.is_set() and not await request.is_disconnected():  # a stopping server ends it
             version = store.version(job_id)
             if version != last:
                 last = version
@@ -620,6 +622,7 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
         try:
             yield
         finally:
+            app.state.stopping.set()
             if start_worker:
                 await asyncio.to_thread(worker.stop)
 
@@ -635,6 +638,9 @@ def create_app(store: JobStore, worker: Worker, registry: ModelRegistry, *, toke
         token=token, tokens=tuple(tokens), max_queued=max_queued, device=device, device_name=device_name,
         retry_after_s=retry_after_s, worker_started=start_worker)
     app.state.admission = Admission(max_queued, retry_after_s)
+    # set when the server is asked to stop: event streams end then (a client reconnects, or polls, and
+    # rides out the restart), so the open connections close at once instead of holding the shutdown
+    app.state.stopping = threading.Event()
     app.state.metrics = ServiceMetrics(store, lambda: [w.health() for w in worker.workers()], lambda: worker.store_error)
     for member in worker.workers():
         member.metrics = app.state.metrics

@@ -739,11 +739,14 @@ class WorkerPool:
             worker.start(preload)
 
     def stop(self, timeout: float = 30.0) -> None:
-        for worker in self.members:  # all interrupted at once, then joined
-            worker.signal_stop()
+        self.signal_stop()  # all interrupted at once, then joined
         deadline = time.monotonic() + timeout
         for worker in self.members:
             worker.stop(max(0.0, deadline - time.monotonic()))
+
+    def signal_stop(self) -> None:
+        for worker in self.members:
+            worker.signal_stop()
 
     def cancel(self, job_id: str) -> None:
         for worker in self.members:
