@@ -36,7 +36,7 @@ from btdm_engine.dataconfig import check_keys
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError, NonFiniteError
 from btdm_engine.fileio import atomic_path, atomic_write_bytes, make_folder, read_json
-from btdm_engine.models import build_model
+from btdm_engine.models import build_model, on_meta
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -217,7 +217,7 @@ def load_checkpoint(
         raise CheckpointError(f"{config_path}: bad 'schedule': {exc}") from exc
     # 1. the network on the meta device: sizes only, nothing allocated, however large config.json says
     try:
-        with torch.device("meta"):
+        with on_meta():
             skeleton = build_model(document["kind"], document["model"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{config_path}: bad 'model': {exc}") from exc

@@ -173,3 +173,40 @@ def test_save_rejects_bad_arguments_and_never_leaves_a_complete_looking_half_wri
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]  # no temp file left
     with pytest.raises(CheckpointError, match=r"config\.json: missing"):
         load_checkpoint(folder)
+
+
+def test_loading_a_model_leaves_torch_dynamo_unimported() -> None:
+    """Reading a checkpoint builds its network on the meta device first (its size checked before anything is
+    allocated); torch's meta kernels of normal_, mul and exp import torch._dynamo, 1.5 s of every `btdm
+    animate` and `btdm serve` start here, to compute nothing. `models.on_meta` leaves those out: loading the
+    embedded model, and sizing every preset, import no torch._dynamo. Sizes stay right (the parameter counts
+    of the meta and the real network agree)."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+from btdm_engine.models import MODEL_KINDS, build_model, on_meta
+from btdm_engine.models.btunet import PRESETS as BTUNET
+from btdm_engine.models.sr3 import PRESETS as SR3
+from btdm_engine.pipeline import Animator
+from btdm_engine.weights import default_model_dir
+Animator.from_pretrained(default_model_dir())
+counts = {}
+for kind, presets in (("btunet", BTUNET), ("sr3", SR3)):
+    for name, config in presets.items():
+        with on_meta():
+            model = build_model(kind, config.to_dict())
+        assert all(p.is_meta for p in model.parameters())
+        counts[f"{kind}/{name}"] = sum(p.numel() for p in model.parameters())
+print(json.dumps({"dynamo": "torch._dynamo" in sys.modules, "counts": counts}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    result = json.loads(out.splitlines()[-1])
+    assert result["dynamo"] is False
+    from btdm_engine.models import build_model
+    from btdm_engine.models.btunet import PRESETS as BTUNET
+
+    tiny = build_model("btunet", BTUNET["tiny"].to_dict())
+    assert result["counts"]["btunet/tiny"] == sum(p.numel() for p in tiny.parameters())

@@ -69,7 +69,7 @@ from btdm_engine.diffusion.samplers import sample_bidirectional, sample_sr3, sam
 from btdm_engine.diffusion.schedule import ScheduleConfig
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import atomic_dir, atomic_path, atomic_write_text, write_json_atomic
-from btdm_engine.models import build_model
+from btdm_engine.models import build_model, on_meta
 from btdm_engine.models.btunet import BTUNetConfig
 from btdm_engine.models.sr3 import SR3Config
 from btdm_engine.posemaps.encoding import tensor_to_iuv
@@ -599,7 +599,7 @@ def _remove_failed_start(run_dir: Path) -> None:
 def check_model_size(config: TrainConfig) -> None:
     """Build the network on the meta device (no memory) and refuse one over the ``parameters`` limit."""
     net_config = model_config(config)
-    with torch.device("meta"):
+    with on_meta():
         count = sum(p.numel() for p in build_model(config.kind, net_config.to_dict()).parameters())
     limits.check("parameters", count, f"the {config.kind} network these options describe has {count} parameters")
 

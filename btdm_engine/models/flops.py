@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from btdm_engine.models import on_meta
 from btdm_engine.models.btunet import BTUNet, BTUNetConfig
 from btdm_engine.models.config import ModelConfigError
 from btdm_engine.models.sr3 import SR3, SR3Config
@@ -76,7 +77,7 @@ def count_flops(model: BTUNet | SR3, batch: int = 1, *, conditional: bool = True
     The model may live on any device; it is counted as a meta-device copy of its architecture.
     """
     config = model.config
-    with torch.device("meta"):
+    with on_meta():
         meta_model = type(model)(config)
     args, kwargs = example_inputs(meta_model, batch, device="meta", conditional=conditional)
     counter = FlopCounterMode(display=False)
@@ -91,6 +92,6 @@ def model_cost(kind: str, preset: str) -> ModelCost:
     if kind not in config_classes:
         raise ModelConfigError(f"unknown model kind {kind!r}; allowed: {sorted(config_classes)}")
     model_cls, config_cls = config_classes[kind]
-    with torch.device("meta"):
+    with on_meta():
         model = model_cls(config_cls.preset(preset))
     return ModelCost(parameters=count_parameters(model), flops=count_flops(model))

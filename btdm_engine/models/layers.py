@@ -46,6 +46,8 @@ def sinusoidal_positions_2d(size: int, dim: int) -> Tensor:
     Half the channels code the row, half the column; added to attention queries and keys so the
     spatiotemporal block can match a pixel with the same place in the neighbouring frame.
     """
+    if torch.empty(0).is_meta:  # a network of sizes only (models.on_meta): the code's size, no values
+        return torch.empty(size * size, dim)
     quarter = dim // 4
     freqs = torch.exp(-math.log(10_000.0) * torch.arange(quarter, dtype=torch.float64) / quarter)
     coords = torch.arange(size, dtype=torch.float64)
