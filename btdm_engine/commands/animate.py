@@ -201,9 +201,6 @@ def run(args: argparse.Namespace) -> int:
     if args.token is not None or args.token_file is not None:
         raise CliError("--token / --token-file need --engine URL")
 
-    from btdm_engine.pipeline import Animator, AnimatorError  # torch
-    from btdm_engine.posemaps.encoding import read_iuv_png  # torch (the tensor form), cv2
-
     texture_method = args.method == "texture"
     if args.model is None:
         model_dir = default_model_dir()
@@ -239,7 +236,11 @@ def run(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise CliError(f"{frames_dir} already holds {len(existing)} frames; pass --overwrite or choose another --out")
 
-    # Inputs are read before the (slow) pose-map rendering, so a bad file fails at once.
+    # The arguments were checked before torch loads (a second); inputs are read before the (slow) pose-map
+    # rendering, so a bad file fails at once.
+    from btdm_engine.pipeline import Animator, AnimatorError  # torch
+    from btdm_engine.posemaps.encoding import read_iuv_png  # torch (the tensor form), cv2
+
     appearance = None if args.appearance is None else _read_appearance(Path(args.appearance))
     appearance_iuv = None
     if args.appearance_iuv is not None:
