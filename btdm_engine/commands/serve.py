@@ -337,7 +337,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _server(config: Any, app: Any, worker: Any) -> Any:
     """uvicorn's server, but one that at SIGINT / SIGTERM interrupts the running job and ends the event
     streams at once, not only once the open connections have drained (up to
