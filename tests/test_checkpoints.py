@@ -186,7 +186,7 @@ def test_loading_a_model_leaves_torch_dynamo_unimported() -> None:
 
     code = """
 import json, sys
-from btdm_engine.models import MODEL_KINDS, build_model, on_meta
+from btdm_engine.models import build_model, on_meta
 from btdm_engine.models.btunet import PRESETS as BTUNET
 from btdm_engine.models.sr3 import PRESETS as SR3
 from btdm_engine.pipeline import Animator
