@@ -42,7 +42,8 @@ class _NoNormalFill(TorchFunctionMode):
             return args[0] if args else kwargs["tensor"]  # nn.init.normal_ hands its tensor as a keyword
         if func is torch.randn:
             return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
-        if func is torch.Tensor.mul and len(args) == 2 and isinstance(args[1], float):  # scaling it: no values
+        if (func is torch.Tensor.mul and len(args) == 2 and isinstance(args[1], float)
+                and args[0].is_floating_point()):  # scaling it: the same size and dtype, no values
             return args[0]
         return func(*args, **kwargs)
 
