@@ -353,11 +353,19 @@ class Worker:
         """Run a job already marked running; returns its final row. Never raises for the job's own failures."""
         t0 = time.perf_counter()
         self._frames_this_run = 0
-        final = self._run_claimed(job)
-        if self.metrics is not None:
-            params = job["params"]
-            self.metrics.run_ended(final["state"], params.get("model", "default"), params.get("method", "diffusion"),
-                                   time.perf_counter() - t0, self._frames_this_run)
+        event = threading.Event()  # the job's cancel; while it is registered, health() says "running"
+        with self._lock:
+            self._cancel[job["id"]] = event
+        try:
+            final = self._run_claimed(job, event)
+            if self.metrics is not None:
+                params = job["params"]
+                self.metrics.run_ended(final["state"], params.get("model", "default"),
+                                       params.get("method", "diffusion"), time.perf_counter() - t0,
+                                       self._frames_this_run)
+        finally:  # idle once the job's final state is stored and counted, not before
+            with self._lock:
+                self._cancel.pop(job["id"], None)
         return final
 
     def frame_written(self, params: dict[str, Any]) -> None:
@@ -366,11 +374,8 @@ class Worker:
         if self.metrics is not None:
             self.metrics.frame_written(params.get("model", "default"), params.get("method", "diffusion"))
 
-    def _run_claimed(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _run_claimed(self, job: dict[str, Any], event: threading.Event) -> dict[str, Any]:
         job_id = job["id"]
-        event = threading.Event()
-        with self._lock:
-            self._cancel[job_id] = event
         if job["cancel_requested"]:
             event.set()
         try:
@@ -408,8 +413,6 @@ class Worker:
                 error = public(f"internal error ({type(exc).__name__}: {detail})")
             return self._failed(job_id, error)
         finally:
-            with self._lock:
-                self._cancel.pop(job_id, None)
             release_freed_memory()  # the heap kept its peak for the job's network calls (btdm_engine.procs)
         return self.store.transition(job_id, "succeeded", stage=None, finished=time.time(), eta_s=0.0)
 
