@@ -6,12 +6,11 @@ The files are synthetic, written here in AMASS's layout (no downloads).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from commandline import run_btdm
 
 from btdm_engine.motion.amass import Z_TO_Y, AmassError, amass_skeleton_animation, is_amass, read_amass
 from btdm_engine.motion.clip import MotionClip
@@ -20,7 +19,6 @@ from btdm_engine.motion.rotations import axis_angle_to_matrix
 from btdm_engine.motion.sources import MotionSourceError, import_motion
 
 REPO = Path(__file__).resolve().parents[1]
-BTDM = [sys.executable, "-m", "btdm_engine.cli"]
 WIDTH = {"smpl": 72, "smplh": 156, "smplx": 165}
 
 
@@ -100,18 +98,15 @@ def test_the_skeleton_view_matches_the_clip(tmp_path: Path) -> None:
 
 def test_cli_import_and_inspect(tmp_path: Path) -> None:
     amass_file(tmp_path / "walk_poses.npz", "smplx")
-    out = subprocess.run([*BTDM, "motion", "import", str(tmp_path / "walk_poses.npz"), "--out",
-                          str(tmp_path / "clip.npz"), "--size", "64"], capture_output=True, text=True, cwd=REPO)
+    out = run_btdm("motion", "import", tmp_path / "walk_poses.npz", "--out", tmp_path / "clip.npz", "--size", "64")
     assert out.returncode == 0, out.stderr
     assert "12 frames at 120 fps" in out.stdout and "amass smplx" in out.stdout and "female" in out.stdout
     assert "finger, jaw and eye rotations" in out.stderr
     assert MotionClip.load(tmp_path / "clip.npz").num_frames == 12
-    out = subprocess.run([*BTDM, "motion", "inspect", str(tmp_path / "walk_poses.npz")], capture_output=True,
-                         text=True, cwd=REPO)
+    out = run_btdm("motion", "inspect", tmp_path / "walk_poses.npz")
     assert out.returncode == 0, out.stderr
     assert "bones:     24: pelvis, left_hip" in out.stdout and "left_knee       <- left_knee" in out.stdout
-    out = subprocess.run([*BTDM, "motion", "import", str(tmp_path / "walk_poses.npz"), "--out",
-                          str(tmp_path / "c2.npz"), "--scale", "0.01"], capture_output=True, text=True, cwd=REPO)
+    out = run_btdm("motion", "import", tmp_path / "walk_poses.npz", "--out", tmp_path / "c2.npz", "--scale", "0.01")
     assert out.returncode != 0 and "walk_poses.npz" in out.stderr and "--scale cannot apply" in out.stderr
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from commandline import run_btdm
 from test_service import BTDM, FAST, REPO, TOKEN, Server, child_env, decode, free_port, toy_files
 
 from btdm_bridge.engine_client import EngineClient, EngineError
@@ -154,8 +155,7 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
                             env=child_env(), capture_output=True, text=True, check=False)
     assert remote.returncode == 0, remote.stderr
     assert "frames: 6" in remote.stdout and (tmp_path / "remote" / "animation.mp4").stat().st_size > 0
-    subprocess.run([*BTDM, "animate", *common, *look, "--model", str(toy_model), "--out", str(tmp_path / "local")],
-                   cwd=REPO, env=child_env(), check=True, capture_output=True)
+    run_btdm("animate", *common, *look, "--model", str(toy_model), "--out", str(tmp_path / "local"), check=True)
     for n in range(6):
         name = f"frames/{n:06d}.png"
         assert cv2.imread(str(tmp_path / "remote" / name)).shape == (64, 64, 3), name  # the toy model's size
@@ -168,8 +168,7 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
             "--sr-steps", "2", "--seed", "3", "--no-progress", *look, "--view", "1", str(toy["appearance"])]
     for where, extra in (("remote_cut", ["--engine", server.url, "--token", TOKEN, "--model", "toy"]),
                          ("local_cut", ["--model", str(toy_model)])):
-        subprocess.run([*BTDM, "animate", *maps, "--out", str(tmp_path / where), *extra], cwd=REPO, env=child_env(),
-                       check=True, capture_output=True)
+        run_btdm("animate", *maps, "--out", str(tmp_path / where), *extra, check=True)
     cut = sorted(p.name for p in (tmp_path / "remote_cut" / "frames").iterdir())
     assert cut == ["000000.png", "000001.png", "000002.png"], cut
     for name in cut:
@@ -178,16 +177,13 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
     for flags, said in ((["--threads", "1"], "--threads applies to the server"),
                         (["--precision", "float32"], "--precision applies to the server"),
                         (["--frames", "0:2"], "--frames needs --posemaps")):
-        refused = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "refused"), "--engine", server.url,
-                                  "--token", TOKEN, *flags], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                                 check=False)
+        refused = run_btdm("animate", *common, "--out", str(tmp_path / "refused"), "--engine", server.url, "--token",
+                           TOKEN, *flags)
         assert refused.returncode == 2 and said in refused.stderr, refused.stderr
-    denied = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "denied"), "--engine", server.url],
-                            cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
+    denied = run_btdm("animate", *common, "--out", str(tmp_path / "denied"), "--engine", server.url)
     assert denied.returncode == 2 and "bearer token" in denied.stderr, denied.stderr
-    bad = subprocess.run([*BTDM, "animate", *common, "--out", str(tmp_path / "bad"), "--engine", server.url,
-                          "--token", TOKEN, "--model", "nope"], cwd=REPO, env=child_env(), capture_output=True,
-                         text=True, check=False)
+    bad = run_btdm("animate", *common, "--out", str(tmp_path / "bad"), "--engine", server.url, "--token", TOKEN,
+                   "--model", "nope")
     assert bad.returncode == 2 and "model 'nope' is unknown" in bad.stderr and "params.model" in bad.stderr
 
 

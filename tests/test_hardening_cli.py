@@ -1,28 +1,22 @@
 """Issue 23, the CLI's last silent or misleading results: each one now a clear refusal or warning.
 
-Every input is a real file written here and every command runs for real, as a subprocess.
+Every input is a real file written here and every command runs for real, through the function the
+``btdm`` command runs (``commandline.run_btdm``, in this process).
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from commandline import run_btdm as btdm
 
 from btdm_engine.motion import load_bvh, make_motion, save_bvh
 from btdm_engine.motion.bvh import BvhError
 from btdm_engine.motion.clip import MotionClip, MotionClipError
 from btdm_engine.motion.retarget import RetargetError
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def btdm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "btdm_engine.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from commandline import run_btdm
 
 from btdm_bridge.engine_client import EngineClient, EngineError
 from btdm_engine.procs import stop_process
@@ -99,8 +100,7 @@ def toy_files(model: Path) -> dict[str, Path]:
 
 
 def make_clip(path: Path, seconds: float = 0.2, motion: str = "walk") -> Path:
-    subprocess.run([*BTDM, "motion", "make", motion, "--seconds", str(seconds), "--fps", "30", "--out", str(path)],
-                   cwd=REPO, env=child_env(), check=True, capture_output=True)
+    run_btdm("motion", "make", motion, "--seconds", str(seconds), "--fps", "30", "--out", str(path), check=True)
     return path
 
 
@@ -156,9 +156,8 @@ def test_job_events_frames_equal_btdm_animate(server: Server, clip_file: Path, t
     assert (final["width"], final["height"]) == (256, 256)
     assert final["started"] >= final["created"] and final["finished"] >= final["started"]
 
-    subprocess.run([*BTDM, "animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--steps", "2",
-                    "--sr-steps", "2", "--seed", "3", "--no-progress"], cwd=REPO, env=child_env(), check=True,
-                   capture_output=True)
+    run_btdm("animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--steps", "2",
+             "--sr-steps", "2", "--seed", "3", "--no-progress", check=True)
     for n in range(6):
         served = decode(client.frame(job["id"], n))
         local = cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
@@ -180,8 +179,8 @@ def test_texture_method_job_equals_btdm_animate_method_texture(server: Server, c
     client = server.client()
     final = client.wait(client.submit(motion=clip_file, params={"method": "texture", "seed": 3})["id"])
     assert final["state"] == "succeeded", final["error"]
-    subprocess.run([*BTDM, "animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--method", "texture",
-                    "--size", "256", "--no-progress"], cwd=REPO, env=child_env(), check=True, capture_output=True)
+    run_btdm("animate", "--clip", str(clip_file), "--out", str(tmp_path / "local"), "--method", "texture",
+             "--size", "256", "--no-progress", check=True)
     for n in range(6):
         local = cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(decode(client.frame(final["id"], n)), local, err_msg=f"frame {n}")
@@ -356,10 +355,9 @@ def test_posemaps_zip_job(server: Server, clip_file: Path, tmp_path: Path, toy_m
     shown = {**fast, "appearance_frame": 1, "finetune_steps": 1, "video": False}
     final = client.wait(client.submit(posemaps=zipped.getvalue(), appearance=tmp_path / "small.png", params=shown)["id"])
     assert final["state"] == "succeeded", final["error"]
-    subprocess.run([*BTDM, "animate", "--posemaps", str(tmp_path / "maps"), "--model", str(toy_model), "--appearance",
-                    str(tmp_path / "small.png"), "--appearance-frame", "1", "--finetune-steps", "1", "--steps", "2",
-                    "--sr-steps", "2", "--seed", "3", "--out", str(tmp_path / "local"), "--no-progress"],
-                   cwd=REPO, env=child_env(), check=True, capture_output=True)
+    run_btdm("animate", "--posemaps", str(tmp_path / "maps"), "--model", str(toy_model), "--appearance",
+             str(tmp_path / "small.png"), "--appearance-frame", "1", "--finetune-steps", "1", "--steps", "2",
+             "--sr-steps", "2", "--seed", "3", "--out", str(tmp_path / "local"), "--no-progress", check=True)
     for n in range(3):
         np.testing.assert_array_equal(decode(client.frame(final["id"], n)),
                                       cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
@@ -472,10 +470,9 @@ def test_non_square_camera_gives_plates_equal_to_btdm_animate_plate(server: Serv
     final = client.wait(job["id"])
     assert final["state"] == "succeeded", final["error"]
     assert (final["has_plates"], final["plate_width"], final["plate_height"]) == (True, 192, 128)
-    subprocess.run([*BTDM, "animate", "--clip", str(wide), "--plate", "--out", str(tmp_path / "local"), "--model",
-                    str(toy_model), "--appearance", str(toy["appearance"]), "--appearance-iuv",
-                    str(toy["appearance_iuv"]), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"],
-                   cwd=REPO, env=child_env(), check=True, capture_output=True)
+    run_btdm("animate", "--clip", str(wide), "--plate", "--out", str(tmp_path / "local"), "--model",
+             str(toy_model), "--appearance", str(toy["appearance"]), "--appearance-iuv",
+             str(toy["appearance_iuv"]), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress", check=True)
     # A part of the clip_file (frame_end): plates at the shot's size with a real matte.
     for n in range(3):
         plate = decode(client.plate(job["id"], n))
@@ -516,10 +513,9 @@ def test_appearance_frame_fine_tunes_on_a_picture_of_the_whole_shot(server: Serv
     assert final["state"] == "succeeded", final["error"]
     assert final["frames_done"] == 6 and final["has_plates"]
     # btdm animate --appearance-frame cuts and fine-tunes the same way: the same frames
-    subprocess.run([*BTDM, "animate", "--clip", str(path), "--plate", "--model", str(toy_model), "--appearance",
-                    str(tmp_path / "shot.png"), "--appearance-frame", "2", "--finetune-steps", "2", "--out",
-                    str(tmp_path / "local"), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress"],
-                   cwd=REPO, env=child_env(), check=True, capture_output=True)
+    run_btdm("animate", "--clip", str(path), "--plate", "--model", str(toy_model), "--appearance",
+             str(tmp_path / "shot.png"), "--appearance-frame", "2", "--finetune-steps", "2", "--out",
+             str(tmp_path / "local"), "--steps", "2", "--sr-steps", "2", "--seed", "3", "--no-progress", check=True)
     for n in range(6):
         np.testing.assert_array_equal(decode(client.frame(final["id"], n)),
                                       cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
@@ -570,10 +566,10 @@ def test_views_join_the_texture_as_btdm_animate_view_does(server: Server, clip_f
     final = client.wait(client.submit(motion=path, appearance=pngs[2], views={0: pngs[0], 5: pngs[5]},
                                       params=params)["id"])
     assert final["state"] == alone["state"] == "succeeded", final["error"]
-    subprocess.run([*BTDM, "animate", "--clip", str(path), "--plate", "--method", "texture", "--size", "256",
-                    "--appearance", str(tmp_path / "shot2.png"), "--appearance-frame", "2", "--view", "0",
-                    str(tmp_path / "shot0.png"), "--view", "5", str(tmp_path / "shot5.png"), "--out",
-                    str(tmp_path / "local"), "--no-progress"], cwd=REPO, env=child_env(), check=True, capture_output=True)
+    run_btdm("animate", "--clip", str(path), "--plate", "--method", "texture", "--size", "256",
+             "--appearance", str(tmp_path / "shot2.png"), "--appearance-frame", "2", "--view", "0",
+             str(tmp_path / "shot0.png"), "--view", "5", str(tmp_path / "shot5.png"), "--out",
+             str(tmp_path / "local"), "--no-progress", check=True)
     for n in range(6):
         np.testing.assert_array_equal(decode(client.frame(final["id"], n)),
                                       cv2.imread(str(tmp_path / "local" / "frames" / f"{n:06d}.png")))
