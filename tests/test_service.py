@@ -371,7 +371,7 @@ def test_sigkill_mid_job_then_restart_finishes_keeping_frames(tmp_path: Path, cl
     # chunks; the kill follows the first, so eight remain even when the event reaches the test late (CI
     # once ran a short tail to the end before the kill arrived).
     clip = clip36_file
-    params = {"model": "toy", "steps": 2, "sr_steps": 4, "seed": 5}
+    params = {"model": "toy", "steps": 2, "sr_steps": 2, "seed": 5}
     toy = toy_files(toy_model_256)
     srv = Server(tmp_path / "data", "--model", f"toy={toy_model_256}", "--preload", "toy").start()
     try:
