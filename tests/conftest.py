@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,17 +36,16 @@ def body():
 
 
 def _walk(path: Path, seconds: str) -> Path:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    btdm = str(Path(sys.executable).with_name("btdm"))
-    subprocess.run([btdm, "motion", "make", "walk", "--seconds", seconds, "--fps", "30", "--out", str(path)],
-                   cwd=Path(__file__).resolve().parents[1], env=env, check=True, capture_output=True)
+    from commandline import run_btdm
+
+    run_btdm("motion", "make", "walk", "--seconds", seconds, "--fps", "30", "--out", path, check=True)
     return path
 
 
 @pytest.fixture(scope="session")
 def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 0.2 s walk (6 frames at 30 fps) as a MotionClip ``.npz``, made once per session by ``btdm
-    motion make`` as a user makes one (one thread, the session's cache); shared: read-only."""
+    motion make`` as a user makes one (in this process: ``commandline.run_btdm``); shared: read-only."""
     return _walk(tmp_path_factory.mktemp("clips") / "walk.npz", "0.2")
 
 

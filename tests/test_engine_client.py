@@ -200,7 +200,7 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_f
     srv = Server(tmp_path / "data", "--model", f"toy={toy_model}", "--preload", "toy").start()
     # 8 BTU-Net steps: the stop lands inside the bidirectional stage (seconds long), not after the job
     # (with 2 steps an idle machine once finished the toy job before the SIGTERM arrived).
-    animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "8", "--sr-steps", "4", "--seed",
+    animate = subprocess.Popen([*BTDM, "animate", "--clip", str(clip), "--steps", "8", "--sr-steps", "2", "--seed",
                                 "5", "--no-progress", "--out", str(tmp_path / "out"), "--engine", srv.url, "--model",
                                 "toy", "--appearance", str(toy["appearance"]), "--appearance-iuv",
                                 str(toy["appearance_iuv"])],
@@ -224,7 +224,7 @@ def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_f
         srv.stop()  # SIGTERM: the running job goes back to the queue
         with sqlite3.connect(srv.data / "jobs.sqlite3") as db:  # it was stopped mid-job, not after it
             assert db.execute("SELECT state FROM jobs WHERE id = ?", (job["id"],)).fetchone() == ("queued",)
-        time.sleep(2.0)  # the outage (and the restart's seconds); the command must neither exit nor give up
+        time.sleep(1.0)  # the outage, then the restart's seconds; the command must neither exit nor give up
         assert animate.poll() is None, animate.communicate()
         back = Server(tmp_path / "data", "--model", f"toy={toy_model}", "--preload", "none")
         back.port, back.url = srv.port, srv.url
