@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
 from test_service import FAST, TOKEN, Server, toy_files
 
 MAX_EXAMPLES = 12
@@ -19,7 +17,9 @@ MAX_EXAMPLES = 12
 
 @pytest.mark.slow
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path, clip_file: Path, toy_model: Path) -> None:
-    import schemathesis
+    import schemathesis  # with hypothesis, here: 1 s of imports that every xdist worker's collection would pay
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
     from schemathesis.checks import not_a_server_error
     from schemathesis.generation import GenerationMode
     from schemathesis.specs.openapi.checks import (
