@@ -22,9 +22,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """One fresh BTDM cache per test session: the suite never depends on (or pollutes) the
-    user's ~/.cache/btdm, and the mannequin is built once for all test files."""
+    user's ~/.cache/btdm, and the mannequin is built once for all test files. The xdist workers of
+    one run share it (their temporary folders' parent is the run's): its files are written
+    atomically, so the first worker to build the mannequin builds it for the others."""
     if "BTDM_TEST_USE_USER_CACHE" not in os.environ:
-        os.environ["BTDM_CACHE_DIR"] = str(tmp_path_factory.mktemp("btdm-cache"))
+        root = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            root = root.parent
+        cache = root / "btdm-cache"
+        cache.mkdir(exist_ok=True)
+        os.environ["BTDM_CACHE_DIR"] = str(cache)
 
 
 @pytest.fixture(scope="session")

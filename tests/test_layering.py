@@ -9,6 +9,7 @@ any depth (function-local imports count), and no longer loop of imports closes e
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import json
 import subprocess
@@ -86,9 +87,11 @@ def _source_modules() -> dict[str, tuple[Path, bool]]:
     return found
 
 
+@functools.cache
 def _import_graph() -> dict[str, set[str]]:
     """Module -> the source modules it imports anywhere in its file (relative imports resolved;
-    ``from package import name`` counts as importing ``package.name`` when that is a module)."""
+    ``from package import name`` counts as importing ``package.name`` when that is a module). Parsed
+    once for this module's tests, which only read it."""
     modules = _source_modules()
     graph: dict[str, set[str]] = {}
     for name, (path, is_package) in modules.items():
