@@ -243,6 +243,7 @@ def tiny_build(tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tiny_build: SimpleNamespace) -> Path:
+    """The complete tiny dataset that :func:`tiny_build` ends with; shared: read-only."""
     return tiny_build.out
 
 
