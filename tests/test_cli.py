@@ -47,3 +47,21 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys: pytest.Capture
     assert oct(clip.stat().st_mode & 0o777) != oct(0o600)  # outputs are ordinary shared files
     assert main(["posemaps", str(clip), "--out", str(clip), "--size", "32", "--no-progress"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_in_process_runs_answer_as_the_installed_command(tmp_path) -> None:
+    """``commandline.run_btdm`` (the tests' in-process ``btdm``) gives what the installed script gives:
+    the same exit status, stdout and stderr for a success, a project error and an argparse error."""
+    from pathlib import Path
+
+    from commandline import run_btdm
+
+    btdm = str(Path(sys.executable).with_name("btdm"))
+    cases = (["motion", "make", "walk", "--seconds", "0.1", "--out", str(tmp_path / "w.npz")],
+             ["motion", "import", str(tmp_path / "missing.bvh"), "--out", str(tmp_path / "m.npz")],
+             ["motion", "make", "walk", "--fps", "lots", "--out", str(tmp_path / "f.npz")])
+    for args, status in zip(cases, (0, 2, 2)):
+        real = subprocess.run([btdm, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        here = run_btdm(*args, cwd=tmp_path)
+        assert real.returncode == status, (args, real.stderr)
+        assert (here.returncode, here.stdout, here.stderr) == (real.returncode, real.stdout, real.stderr), args
