@@ -174,6 +174,14 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
     for name in cut:
         np.testing.assert_array_equal(cv2.imread(str(tmp_path / "remote_cut" / "frames" / name)),
                                       cv2.imread(str(tmp_path / "local_cut" / "frames" / name)), err_msg=name)
+    # pose maps the folder does not hold: refused before anything is sent, in the words of a local run
+    for span in ("2:99", "4:2"):
+        cut = [*maps[:2], "--frames", span, *maps[4:]]
+        remote_cut = run_btdm("animate", *cut, "--out", str(tmp_path / "refused"), "--engine", server.url, "--token", TOKEN)
+        local_cut = run_btdm("animate", *cut, "--out", str(tmp_path / "refused"), "--model", str(toy_model))
+        assert remote_cut.returncode == local_cut.returncode == 2, (remote_cut.stderr, local_cut.stderr)
+        said = local_cut.stderr.strip().splitlines()[-1]
+        assert said.startswith("btdm animate: error: ") and said in remote_cut.stderr, (said, remote_cut.stderr)
     for flags, said in ((["--threads", "1"], "--threads applies to the server"),
                         (["--precision", "float32"], "--precision applies to the server"),
                         (["--frames", "0:2"], "--frames needs --posemaps")):

@@ -22,6 +22,7 @@ from btdm_engine.cli import CliError
 from btdm_engine.commands.common import Progress, parse_frames, view_frames
 from btdm_engine.commands.serve import read_token
 from btdm_engine.fileio import StagedRun, atomic_write_bytes
+from btdm_engine.posemaps.export import posemap_files
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
@@ -40,25 +41,11 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _zip_posemaps(folder: Path, span: tuple[int, int] | None = None) -> bytes:
-    """The folder's IUV PNGs as a zip; with ``span`` (``--frames``) exactly frames start..stop-1, as locally."""
-    from btdm_engine.imageio import frame_index, list_frames  # lazy: cv2
-
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--posemaps {folder}: no such folder")
-    source = folder / "iuv" if (folder / "iuv").is_dir() else folder
-    files = list_frames(source)
-    if not files:
-        raise ValueError(f"--posemaps {folder}: no <digits>.png IUV files in {source}")
-    if span is not None:
-        by_index = {frame_index(f): f for f in files}
-        missing = [n for n in range(*span) if n not in by_index]
-        if span[0] >= span[1] or missing:
-            raise ValueError(f"--frames {span[0]}:{span[1]}: " + (f"frame {missing[0]} is not in {source}" if missing
-                                                                   else "need START < STOP"))
-        files = [by_index[n] for n in range(*span)]
+    """The folder's IUV PNGs as a zip: the frames a local run reads (``posemap_files``: with ``span``,
+    ``--frames``, exactly start..stop-1; without, the whole sequence with no hole), refused as locally."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-        for path in files:
+        for path in posemap_files(folder, span).values():
             archive.write(path, path.name)
     return buf.getvalue()
 

@@ -227,18 +227,17 @@ def export_posemaps(
     return PosemapExport(iuv_dir, frames, len(todo), len(frames) - len(todo), preview, replaced, tuple(empty))
 
 
-def read_posemap_folder(
-    folder: str | os.PathLike[str], order: str = "btdm", frames: tuple[int, int] | None = None
-) -> np.ndarray:
-    """A folder of IUV PNGs (``DIR/iuv/NNNNNN.png`` or ``DIR/NNNNNN.png``) as uint8 ``(T, H, W, 3)``.
+def posemap_files(folder: str | os.PathLike[str], frames: tuple[int, int] | None = None) -> dict[int, Path]:
+    """The IUV PNGs of a pose-map folder (``DIR/iuv/NNNNNN.png`` or ``DIR/NNNNNN.png``), frame -> file, in
+    frame order, without reading them: what :func:`read_posemap_folder` reads and ``btdm animate
+    --engine`` sends, by one rule.
 
     Every frame must be there: without ``frames`` the sequence runs from the first file to the
     last with no hole, and to ``posemaps.json``'s frame count when the folder has one; with
-    ``frames = (start, stop)`` exactly those frames. A missing frame, a frame count over the
-    ``frames`` limit or maps of different sizes are errors naming the file.
+    ``frames = (start, stop)`` exactly those frames. A missing frame or a frame count over the
+    ``frames`` limit is an error naming the files.
     """
     from btdm_engine.imageio import frame_index, list_frames  # lazy: cv2
-    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -271,12 +270,25 @@ def read_posemap_folder(
             f"{source}: {len(missing)} of frames {wanted.start}..{wanted.stop - 1} are missing ({shown}); "
             "render them (btdm posemaps resumes) or pass a frame range that exists"
         )
+    return {t: files[t] for t in wanted}
+
+
+def read_posemap_folder(
+    folder: str | os.PathLike[str], order: str = "btdm", frames: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A folder of IUV PNGs as uint8 ``(T, H, W, 3)``: the frames :func:`posemap_files` checks and lists
+    (``frames = (start, stop)``, or the whole sequence). Maps of different sizes are an error naming the file.
+    """
+    from btdm_engine.posemaps.encoding import read_iuv_png  # lazy: torch, cv2
+
+    files = posemap_files(folder, frames)
+    first = next(iter(files.values()))
     maps = []
-    for t in wanted:
-        iuv = read_iuv_png(files[t], order=order)
+    for path in files.values():
+        iuv = read_iuv_png(path, order=order)
         if maps and iuv.shape != maps[0].shape:
             raise PosemapExportError(
-                f"{files[t]}: {iuv.shape[1]}x{iuv.shape[0]} px, but {files[wanted.start].name} is "
+                f"{path}: {iuv.shape[1]}x{iuv.shape[0]} px, but {first.name} is "
                 f"{maps[0].shape[1]}x{maps[0].shape[0]}; all pose maps of a sequence must have one size"
             )
         maps.append(iuv)
