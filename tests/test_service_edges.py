@@ -119,6 +119,44 @@ def test_pose_map_zips_are_budgeted_from_the_png_headers(tmp_path: Path) -> None
     assert info.value.field == "posemaps" and not (tmp_path / "out").exists()
 
 
+def test_a_zip_of_countless_entries_is_refused_from_its_end_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # zipfile makes an object per directory entry while it opens a zip: a small upload of empty entries
+    # would cost seconds and memory before any member count could refuse it. The directory's size, from
+    # the end record, refuses it first. (A lowered limit, so that the zip is small: 400 folder entries.)
+    monkeypatch.setattr(limits, "MAX_POSEMAP_MEMBERS", 2)
+    path = tmp_path / "folders.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for n in range(400):
+            z.writestr(zipfile.ZipInfo(f"{n:04d}/" + "x" * 200 + "/"), b"")
+        z.writestr("000000.png", zero_png(8, 8))
+    opened = []
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: opened.append(self))
+    with pytest.raises(PayloadTooLarge, match=r"posemaps: the zip's directory is [\d,]+ bytes, more than 69,632 for at "
+                                              r"most 2 files") as info:
+        extract_posemaps(path, tmp_path / "out", "btdm")
+    assert info.value.field == "posemaps" and opened == [] and not (tmp_path / "out").exists()
+
+
+def test_the_directory_size_is_read_from_the_zip64_end_record_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from btdm_engine.service.inputs import _directory_size
+
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 4)  # zipfile writes ZIP64 end records past this count
+    path = tmp_path / "z64.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for n in range(6):
+            z.writestr(f"{n:06d}.png", b"")
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    assert data.rfind(b"PK\x06\x06") >= 0 and data.rfind(b"PK\x06\x07") >= 0  # ZIP64 end record and locator
+    size = struct.unpack_from("<L", data, end + 12)[0]
+    assert _directory_size(path) == size == 6 * (46 + 10)
+    struct.pack_into("<L", data, end + 12, 0xFFFFFFFF)  # the old record defers to the ZIP64 one, as big archives do
+    path.write_bytes(bytes(data))
+    assert _directory_size(path) == size
+    (tmp_path / "nothing.zip").write_bytes(b"not a zip at all")
+    assert _directory_size(tmp_path / "nothing.zip") is None
+
+
 # ---------------------------------------------------------------------------- against a real server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):

@@ -72,10 +72,9 @@ def check_npz(path: Path, field: str) -> int:
     refused outright (they would need pickle). Returns the declared bytes.
     """
     budget = limits.MAX_NPZ_DECODED_BYTES[field]
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise ServiceError(f"{field}: not a .npz file (not a zip archive)", field=field) from None
+    if not zipfile.is_zipfile(path):
+        raise ServiceError(f"{field}: not a .npz file (not a zip archive)", field=field)
+    archive = _open_zip(path, field, limits.MAX_NPZ_MEMBERS)
     total = 0
     with archive:
         members = archive.infolist()
@@ -257,9 +256,43 @@ def check_appearance_iuv(path: Path, order: str, size: tuple[int, int] | None) -
     _decode_iuv(data, f"{field}: {path.name} (order={order})", field, order)
 
 
-def _open_zip(path: Path, field: str) -> zipfile.ZipFile:
+_END = struct.Struct("<4s4H2LH")  # the end of central directory record (22 bytes, then a comment)
+_END64_LOCATOR = struct.Struct("<4sLQL")  # just before it in a ZIP64 archive: where the ZIP64 end record is
+_END64 = struct.Struct("<4sQ2H2L4Q")  # the ZIP64 end record: ... entries, directory size, its offset
+
+
+def _directory_size(path: Path) -> int | None:
+    """The size in bytes of a zip's central directory, as its end record (ZIP64 too) declares it: read
+    from the file's last 64 KiB (the record and its comment) without parsing the directory; None when
+    the file has no end record (zipfile then refuses it)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - (_END.size + 0xFFFF + _END64_LOCATOR.size)))
+        tail = fh.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _END.size > len(tail):
+            return None
+        directory = _END.unpack_from(tail, at)[5]
+        locator = at - _END64_LOCATOR.size
+        if directory == 0xFFFFFFFF and locator >= 0 and tail[locator:locator + 4] == b"PK\x06\x07":
+            fh.seek(_END64_LOCATOR.unpack_from(tail, locator)[2])
+            record = fh.read(_END64.size)
+            if len(record) == _END64.size and record[:4] == b"PK\x06\x06":
+                directory = _END64.unpack(record)[8]
+    return directory
+
+
+def _open_zip(path: Path, field: str, max_members: int) -> zipfile.ZipFile:
+    """The upload as a zip archive, refused first by the size of its directory (``max_members`` files,
+    as many folder entries, 64 more; ``limits.ZIP_DIRECTORY_BYTES_PER_MEMBER`` each), so that zipfile
+    never parses a directory of a million entries."""
     if not zipfile.is_zipfile(path):
         raise ServiceError(f"{field}: not a zip archive", field=field)
+    directory = _directory_size(path)
+    most = (2 * max_members + 64) * limits.ZIP_DIRECTORY_BYTES_PER_MEMBER
+    if directory is not None and directory > most:
+        raise PayloadTooLarge(f"{field}: the zip's directory is {directory:,} bytes, more than {most:,} for at most "
+                              f"{max_members} files", field=field)
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -315,7 +348,7 @@ def extract_posemaps(path: Path, dest: Path, order: str) -> dict[str, int]:
     from btdm_engine.posemaps.encoding import encode_iuv_png  # lazy: torch stays out of the API's import
 
     field = "posemaps"
-    with _open_zip(path, field) as archive:
+    with _open_zip(path, field, limits.MAX_POSEMAP_MEMBERS) as archive:
         numbered = _numbered_members(archive, field, limits.MAX_POSEMAP_MEMBERS)
         # Every map's PNG header first (33 bytes each): the decoded size of the whole zip is budgeted
         # before any map is decoded.
@@ -357,7 +390,7 @@ def extract_views(path: Path, dest: Path, shot: tuple[int, int] | None) -> list[
     frames, in order (:meth:`JobParams.window` checks them against the job's frames).
     """
     field = "views"
-    with _open_zip(path, field) as archive:
+    with _open_zip(path, field, engine_limits.DEFAULTS["views"]) as archive:
         numbered = _numbered_members(archive, field, engine_limits.DEFAULTS["views"])
         most = limits.MAX_UPLOAD_BYTES["appearance"]  # each view is a picture like the appearance
         decoded = 0

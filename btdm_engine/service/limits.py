@@ -63,6 +63,12 @@ MAX_FRAMES = 2000
 MAX_POSEMAP_MEMBERS = MAX_FRAMES
 """Files in a pose-map zip."""
 
+ZIP_DIRECTORY_BYTES_PER_MEMBER = 1024
+"""Bytes of a zip's central directory per member a zip may hold (an entry is 46 bytes, its name, extra
+field and comment): a zip is refused from its end record when its directory is larger than this times
+twice the members it may hold (its folder entries too) plus 64, before Python's zipfile parses the
+directory into an object per entry (an upload of tens of megabytes can hold a million empty entries)."""
+
 MAX_UNZIPPED_BYTES = 512 * MiB
 """Declared uncompressed size of a pose-map zip, all members together."""
 
