@@ -104,6 +104,7 @@ def test_posemap_zip_rules(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000.png", "000001.png"]
     bad = {
         "traversal": {"../000000.png": _iuv_png()},
+        "absolute": {"/000000.png": _iuv_png()},
         "name": {"frame.png": _iuv_png()},
         "duplicate": {"a/1.png": _iuv_png(), "b/01.png": _iuv_png()},
         "size": {"0.png": _iuv_png(8), "1.png": _iuv_png(16)},
@@ -117,6 +118,8 @@ def test_posemap_zip_rules(tmp_path: Path) -> None:
             extract_posemaps(path, tmp_path / label, "btdm")
         assert exc.value.field == "posemaps", label
         assert not (tmp_path / label).exists(), label
+        if label in ("traversal", "absolute"):
+            assert "points outside the zip" in str(exc.value), (label, str(exc.value))
 
 
 def test_upload_limits_and_png_header(tmp_path: Path) -> None:

@@ -312,8 +312,12 @@ def _numbered_members(archive: zipfile.ZipFile, field: str, max_members: int) ->
                               field=field)
     numbered: dict[int, zipfile.ZipInfo] = {}
     for info in members:
+        parts = info.filename.split("/")
+        if info.filename.startswith(("/", "\\")) or any(part in (".", "..") for part in parts):
+            raise ServiceError(f"{field}: member {info.filename[:100]!r} points outside the zip (an absolute name, "
+                               "'.' or '..'); name members [folders/]<digits>.png", field=field)
         match = _MEMBER.match(info.filename)
-        if match is None or any(part in (".", "..") for part in info.filename.split("/")):
+        if match is None:
             raise ServiceError(f"{field}: member {info.filename[:100]!r} is not named <digits>.png", field=field)
         index = int(match.group(1))
         if index in numbered:
