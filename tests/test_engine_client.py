@@ -195,6 +195,27 @@ def test_btdm_animate_engine_equals_local(server: Server, clip_file: Path, tmp_p
     assert bad.returncode == 2 and "model 'nope' is unknown" in bad.stderr and "params.model" in bad.stderr
 
 
+def test_pictures_go_to_the_engine_as_pngs_of_what_a_local_run_reads(tmp_path: Path) -> None:
+    """The service takes PNGs; `btdm animate --engine` sends a PNG as it is and another picture a local run
+    reads (a JPEG, EXIF-turned) as the PNG of the pixels that run reads, so the same command works both ways."""
+    from btdm_engine.cli import CliError
+    from btdm_engine.commands.remote import _picture
+    from btdm_engine.imageio import read_rgb
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "a.jpg"), image)
+    assert _picture(str(tmp_path / "a.png"), "--appearance") == tmp_path / "a.png"
+    sent = cv2.imdecode(np.frombuffer(_picture(str(tmp_path / "a.jpg"), "--view 3"), np.uint8), cv2.IMREAD_UNCHANGED)
+    local = np.round(read_rgb(tmp_path / "a.jpg") * 255.0).astype(np.uint8)  # as `btdm animate` reads it
+    np.testing.assert_array_equal(sent[..., ::-1], local)
+    assert _picture(None, "--appearance") is None
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(CliError, match="--view 3: "):
+        _picture(str(tmp_path / "b.jpg"), "--view 3")
+
+
 @pytest.mark.slow
 def test_btdm_animate_engine_rides_out_a_server_restart(tmp_path: Path, clip36_file: Path, toy_model: Path) -> None:
     """The server stops mid-job and is back seconds later (same port, same data): `btdm animate --engine`

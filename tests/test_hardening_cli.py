@@ -355,3 +355,23 @@ def test_train_refuses_an_all_black_sequence_and_warns_of_a_blank_frame(tmp_path
     assert (f"{data / 'sequences' / seqs[1] / 'rgb'}: every one of the 4 frames is one uniform colour (a failed "
             f"render?) (sequence {seqs[1]!r})") in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ 7. pictures of the person, as the service takes them
+def test_a_non_square_picture_without_plates_is_refused_as_the_service_does(tmp_path, short_clip):
+    import cv2
+
+    wide, square = tmp_path / "wide.jpg", tmp_path / "square.jpg"
+    cv2.imwrite(str(wide), np.full((48, 64, 3), 120, np.uint8))
+    cv2.imwrite(str(square), np.full((64, 64, 3), 120, np.uint8))
+    base = ("animate", "--clip", str(short_clip), "--method", "texture", "--size", "64", "--no-progress")
+    for flags, flag in ((["--appearance", str(wide), "--appearance-frame", "1"], "--appearance"),
+                        (["--appearance", str(square), "--appearance-frame", "1", "--view", "2", str(wide)], "--view 2")):
+        r = btdm(*base, *flags, "--out", str(tmp_path / "refused"))
+        assert r.returncode == 2, r.stderr
+        assert f"{flag}: expected a square image (the networks are square), got 64x48" in r.stderr, r.stderr
+        assert "--plate" in r.stderr and not (tmp_path / "refused").exists()
+    # a square JPEG is a picture like any other
+    r = btdm(*base, "--appearance", str(square), "--appearance-frame", "1", "--view", "2", str(square),
+             "--out", str(tmp_path / "ok"))
+    assert r.returncode == 0, r.stderr

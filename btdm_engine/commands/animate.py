@@ -247,6 +247,13 @@ def run(args: argparse.Namespace) -> int:
         appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
     shown_views = [(k, _read_appearance(Path(image), f"--view {k}"))
                    for k, (_, image) in zip(given["view_frames"], args.view, strict=True)]
+    if not args.plate:  # the service's rule: without plates a picture of the person is framed like the square maps
+        pictures = [("--appearance", appearance)] if appearance is not None else []
+        for flag, image in pictures + [(f"--view {k}", image) for k, image in shown_views]:
+            if image.shape[0] != image.shape[1]:
+                raise CliError(f"{flag}: expected a square image (the networks are square), got "
+                               f"{image.shape[1]}x{image.shape[0]}; a picture of the whole shot-camera view "
+                               "needs --clip with --plate")
     animator = None if texture_method else Animator.from_pretrained(model_dir, device=args.device)
     size = (args.size or 256) if animator is None else animator.resolution
     reads_iuv = animator is None or animator.uses_warp or args.finetune_steps > 0

@@ -17,10 +17,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from btdm_bridge.engine_client import EngineClient, EngineError
 from btdm_engine.cli import CliError
 from btdm_engine.commands.common import Progress, parse_frames, view_frames
 from btdm_engine.commands.serve import read_token
+from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import StagedRun, atomic_write_bytes
 from btdm_engine.posemaps.export import posemap_files
 
@@ -50,6 +53,30 @@ def _zip_posemaps(folder: Path, span: tuple[int, int] | None = None) -> bytes:
     return buf.getvalue()
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _picture(path: str | None, flag: str) -> Path | bytes | None:
+    """A picture of the person to upload: a PNG as it is; another image a local run reads (a JPEG, turned
+    upright) as the PNG of the pixels that run reads, since the service takes PNGs only."""
+    if path is None:
+        return None
+    with open(path, "rb") as fh:
+        if fh.read(len(_PNG)) == _PNG:
+            return Path(path)
+    import cv2  # lazy: cv2
+
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb  # lazy: cv2
+
+    try:
+        rgb = np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
+    except BtdmError as exc:
+        raise CliError(f"{flag}: {exc}") from None
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    assert ok, path
+    return png.tobytes()
+
+
 def animate_remote(args: argparse.Namespace) -> int:
     """Run ``btdm animate`` on the engine at ``args.engine``; returns the exit status."""
     if args.device is not None:
@@ -70,9 +97,10 @@ def animate_remote(args: argparse.Namespace) -> int:
                        "pass --overwrite or choose another --out")
     try:
         client = EngineClient(args.engine, token=read_token(args))
-        files: dict[str, Any] = {"appearance": args.appearance, "appearance_iuv": args.appearance_iuv}
+        files: dict[str, Any] = {"appearance": _picture(args.appearance, "--appearance"),
+                                 "appearance_iuv": args.appearance_iuv}
         if args.view:  # --view K IMG: the views zip, one picture per job frame K
-            files["views"] = {k: Path(image) for k, (_, image) in zip(view_frames(args.view), args.view)}
+            files["views"] = {k: _picture(image, f"--view {k}") for k, (_, image) in zip(view_frames(args.view), args.view)}
         if args.clip is not None:
             files["motion"] = Path(args.clip)
         else:
