@@ -18,7 +18,7 @@ import numpy as np
 
 from btdm_engine import limits
 from btdm_engine.cli import CliError, check_device
-from btdm_engine.commands.common import Progress, parse_frames, view_frames
+from btdm_engine.commands.common import Progress, parse_frames, read_picture, view_frames
 from btdm_engine.constants import IUV_ORDERS, NOISE_MODES, PRECISIONS, SAMPLERS, THREADS_HELP
 from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import StagedRun
@@ -148,18 +148,6 @@ def _render_clip(path: Path, size: int, progress: bool, plate: bool = False) -> 
     return maps, float(clip.fps), plan
 
 
-def _read_appearance(path: Path, flag: str = "--appearance") -> Any:
-    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb  # cv2
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path}: " + ("a folder, not an image" if path.is_dir() else "no such file"))
-    # The training frames are read the same way (alpha composited onto white).
-    try:
-        return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
-    except BtdmError as exc:
-        raise CliError(f"{flag}: {exc}") from None
-
-
 def _at_frame(k: int, image: Any, pose_maps: Any, plan: Any, flag: str) -> tuple[Any, Any]:
     """(image, its IUV map) for a picture that shows frame K (:func:`~btdm_engine.motion.shot.picture_at_frame`)."""
     from btdm_engine.motion.shot import picture_at_frame  # scipy
@@ -241,11 +229,11 @@ def run(args: argparse.Namespace) -> int:
     from btdm_engine.pipeline import Animator, AnimatorError  # torch
     from btdm_engine.posemaps.encoding import read_iuv_png  # torch (the tensor form), cv2
 
-    appearance = None if args.appearance is None else _read_appearance(Path(args.appearance))
+    appearance = None if args.appearance is None else read_picture(Path(args.appearance), "--appearance")
     appearance_iuv = None
     if args.appearance_iuv is not None:
         appearance_iuv = read_iuv_png(args.appearance_iuv, order=args.iuv_order)
-    shown_views = [(k, _read_appearance(Path(image), f"--view {k}"))
+    shown_views = [(k, read_picture(Path(image), f"--view {k}"))
                    for k, (_, image) in zip(given["view_frames"], args.view, strict=True)]
     if not args.plate:  # the service's rule: without plates a picture of the person is framed like the square maps
         pictures = [("--appearance", appearance)] if appearance is not None else []

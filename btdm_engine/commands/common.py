@@ -1,14 +1,18 @@
 """What ``btdm animate``, its ``--engine`` path (:mod:`.remote`) and ``btdm demo`` share: the
-progress bars and the ``--frames`` option."""
+progress bars, the ``--frames`` and ``--view`` options and how a picture of the person is read."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from btdm_engine import limits
 from btdm_engine.cli import CliError
+from btdm_engine.errors import BtdmError
 
-__all__ = ["Progress", "parse_frames"]
+__all__ = ["Progress", "parse_frames", "read_picture", "view_frames"]
 
 
 class Progress:
@@ -62,3 +66,17 @@ def view_frames(views: list[list[str]]) -> list[int]:
         if frames[-1] in frames[:-1]:
             raise CliError(f"--view {k} {image}: frame {frames[-1]} has a picture already (one --view per frame)")
     return frames
+
+
+def read_picture(path: Path, flag: str) -> np.ndarray:
+    """A picture of the person (``--appearance``, ``--view K IMG``): an 8- or 16-bit PNG or a JPEG (turned
+    upright), alpha composited onto white as the training frames are, as uint8 (H, W, 3) RGB; errors
+    name ``flag``."""
+    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb  # lazy: cv2
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path}: " + ("a folder, not an image" if path.is_dir() else "no such file"))
+    try:
+        return np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
+    except BtdmError as exc:
+        raise CliError(f"{flag}: {exc}") from None

@@ -21,9 +21,8 @@ import numpy as np
 
 from btdm_bridge.engine_client import EngineClient, EngineError
 from btdm_engine.cli import CliError
-from btdm_engine.commands.common import Progress, parse_frames, view_frames
+from btdm_engine.commands.common import Progress, parse_frames, read_picture, view_frames
 from btdm_engine.commands.serve import read_token
-from btdm_engine.errors import BtdmError
 from btdm_engine.fileio import StagedRun, atomic_write_bytes
 from btdm_engine.posemaps.export import posemap_files
 
@@ -58,20 +57,15 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 
 def _picture(path: str | None, flag: str) -> Path | bytes | None:
     """A picture of the person to upload: a PNG as it is; another image a local run reads (a JPEG, turned
-    upright) as the PNG of the pixels that run reads, since the service takes PNGs only."""
+    upright) as the PNG of the pixels that run reads (:func:`read_picture`), since the service takes PNGs only."""
     if path is None:
         return None
+    rgb = read_picture(Path(path), flag)  # a missing file or a bad image is refused as a local run refuses it
     with open(path, "rb") as fh:
         if fh.read(len(_PNG)) == _PNG:
             return Path(path)
     import cv2  # lazy: cv2
 
-    from btdm_engine.imageio import MIN_APPEARANCE_SIDE, read_rgb  # lazy: cv2
-
-    try:
-        rgb = np.round(read_rgb(path, min_side=MIN_APPEARANCE_SIDE) * 255.0).astype(np.uint8)
-    except BtdmError as exc:
-        raise CliError(f"{flag}: {exc}") from None
     ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     assert ok, path
     return png.tobytes()
