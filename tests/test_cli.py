@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from commandline import run_btdm
 
 from btdm_engine.cli import build_parser, main
 
@@ -52,10 +54,6 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys: pytest.Capture
 def test_in_process_runs_answer_as_the_installed_command(tmp_path) -> None:
     """``commandline.run_btdm`` (the tests' in-process ``btdm``) gives what the installed script gives:
     the same exit status, stdout and stderr for a success, a project error and an argparse error."""
-    from pathlib import Path
-
-    from commandline import run_btdm
-
     btdm = str(Path(sys.executable).with_name("btdm"))
     cases = (["motion", "make", "walk", "--seconds", "0.1", "--out", str(tmp_path / "w.npz")],
              ["motion", "import", str(tmp_path / "missing.bvh"), "--out", str(tmp_path / "m.npz")],
